@@ -1,0 +1,213 @@
+"""The ``lorastory`` command line: thin wrappers that parse, call the library, print.
+
+Errors a user can fix are :class:`LorastoryError`: one red line and exit code 1
+(``--debug`` shows the traceback). Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lorastory import __version__
+from lorastory.errors import LorastoryError
+
+
+@dataclass
+class _Options:
+    debug: bool = False
+
+
+app = typer.Typer(
+    name="lorastory",
+    help="From a folder of images to an illustrated story in a trained style.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Import, curate (Data-Juicer recipes) and export training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lorastory {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    if isinstance(ctx.obj, _Options):
+        ctx.obj.debug = debug
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+@data_app.command("import")
+def data_import(
+    src: Annotated[str, typer.Argument(help="Folder, metadata.jsonl/.csv, saved HF dataset, hub id, or modelscope:ID.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    caption: Annotated[Optional[str], typer.Option(help="One caption for every image (e.g. 二次元).")] = None,
+    source: Annotated[str, typer.Option(help="auto, folder, hf or modelscope.")] = "auto",
+    split: Annotated[str, typer.Option(help="Split of a HF/ModelScope dataset.")] = "train",
+    subset: Annotated[Optional[str], typer.Option(help="Subset (config) name of a hub dataset.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Caption column (default: text, caption, prompt...).")] = None,
+    allow_empty_caption: Annotated[bool, typer.Option(help="Keep images that have no caption.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Import images and captions into a Data-Juicer-format dataset (metadata.jsonl + images/)."""
+    from lorastory.data.dataset import ImportConfig, import_dataset
+
+    config = ImportConfig.from_dict(
+        dict(source=src, kind=source, caption=caption, text_column=text_column, split=split, subset=subset,
+             allow_empty_caption=allow_empty_caption),
+        source="options",
+    )
+    result = import_dataset(config, out, overwrite=overwrite)
+    _print_skips(result.skipped)
+    console.print(f"Imported {result.written} images into {out / 'metadata.jsonl'} ({len(result.skipped)} skipped).")
+
+
+@data_app.command("run")
+def data_run(
+    recipe: Annotated[Path, typer.Argument(help="Data-Juicer-format recipe YAML.")],
+    np: Annotated[Optional[int], typer.Option("--np", help="Processes (default: the recipe's np).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a Data-Juicer recipe unchanged: export jsonl, stats, and a report."""
+    from lorastory.data.executor import run_recipe
+    from lorastory.data.recipe import load_recipe, resolve_dataset_file
+    from lorastory.data.report import write_reports
+
+    loaded = load_recipe(recipe)
+    for key in loaded.unknown_keys():
+        err_console.print(f"[yellow]warning:[/] {recipe}: unknown key '{key}' ignored (a typo?)")
+    if loaded.ignored_keys():
+        err_console.print(
+            f"[dim]note: Data-Juicer engine keys with no effect here: {', '.join(loaded.ignored_keys())}[/]"
+        )
+    if quiet or not console.is_terminal:
+        result = run_recipe(loaded, processes=np)
+    else:
+        from rich.progress import Progress
+
+        total = _count_lines(resolve_dataset_file(loaded))
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("curating", total=total)
+            result = run_recipe(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
+    json_report, html_report = write_reports(result)
+    table = Table(title=f"{result.input_path.name} → {result.export_path.name}")
+    for column in ("op", "in", "kept", "dropped", "errors", "seconds"):
+        table.add_column(column, justify="left" if column == "op" else "right")
+    for row in [result.read, *result.ops]:
+        table.add_row(row.name, str(row.n_in), str(row.kept), str(row.dropped), str(row.errors), f"{row.seconds:.2f}")
+    console.print(table)
+    _print_skips([{"item": f"line {s.line} ({s.stage})", "reason": s.reason} for s in result.skipped])
+    console.print(
+        f"Kept {result.n_output} of {result.read.n_in} in {result.seconds:.2f} s on {result.processes} process(es).\n"
+        f"  result: {result.export_path}\n"
+        + (f"  stats:  {result.stats_path}\n" if result.stats_path else "")
+        + f"  report: {html_report} (and {json_report.name})"
+    )
+
+
+@data_app.command("export-csv")
+def data_export_csv(
+    result_jsonl: Annotated[Path, typer.Argument(help="A curated jsonl (e.g. the recipe's export_path).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training folder to write.")],
+    text_key: Annotated[str, typer.Option(help="Caption field.")] = "text",
+    image_key: Annotated[Optional[str], typer.Option(help="Image list field (default: image or images).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Write metadata.csv (file_name,text) and RGB images: what the trainer reads."""
+    from lorastory.data.dataset import export_csv
+
+    result = export_csv(result_jsonl, out, text_key=text_key, image_key=image_key, overwrite=overwrite)
+    _print_skips(result.skipped)
+    console.print(f"Exported {result.written} images to {out / 'metadata.csv'} ({len(result.skipped)} skipped).")
+
+
+@data_app.command("ops")
+def data_ops() -> None:
+    """List the Data-Juicer operators this executor runs, with their parameters."""
+    from lorastory.data.ops import OpParams, registered_ops
+
+    common = set(OpParams.model_fields)
+    table = Table()
+    table.add_column("op")
+    table.add_column("parameters (defaults)")
+    for name, cls in sorted(registered_ops().items()):
+        params = ", ".join(
+            f"{field}={info.default!r}" for field, info in cls.Params.model_fields.items() if field not in common
+        )
+        table.add_row(name, params)
+    console.print(table)
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path("demo-out")) -> None:
+    """Run the whole job offline on the embedded default data."""
+    from lorastory.demo import run_demo
+
+    run_demo(out, console)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+def _print_skips(skipped: list[dict[str, str]], limit: int = 10) -> None:
+    for item in skipped[:limit]:
+        err_console.print(f"[yellow]skipped[/] {item['item']}: {item['reason']}")
+    if len(skipped) > limit:
+        err_console.print(f"[yellow]... and {len(skipped) - limit} more (see the report)[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and map errors to exit codes (1 user error, 2 usage)."""
+    options = _Options()
+    try:
+        # Standalone mode: typer reports usage errors itself (exit 2) and ends with SystemExit.
+        app(args=argv, prog_name="lorastory", obj=options)
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        return 130
+    except LorastoryError as err:
+        if options.debug:
+            raise
+        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

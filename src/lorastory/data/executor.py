@@ -1,0 +1,371 @@
+"""The recipe executor: streams a jsonl through the ops on ``np`` processes.
+
+Worker processes parse each line and run the whole op chain on it (image
+headers are read once per sample and shared by the ops). The main process
+sees results in input order, applies the deduplicators (first occurrence
+wins, as in Data-Juicer), counts per-op outcomes and writes the result and
+stats files as it goes, so memory stays flat however long the input is.
+
+A bad line or image drops that row only; the row, the op and the reason go
+into the report. Output files appear atomically when the run completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorastory.data.ops import Deduplicator, Filter, Op
+from lorastory.data.recipe import Recipe, resolve_dataset_file, stats_path_for
+from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
+from lorastory.errors import ConfigError, LorastoryError
+from lorastory.fileio import atomic_open
+
+HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash", "__dj__videohash")
+INPUT_STAGE = -1
+_CHUNK_LINES = 256
+_EXAMPLES_PER_OP = 12
+
+
+@dataclass
+class OpCounts:
+    """One row of the per-op table."""
+
+    name: str
+    description: str
+    n_in: int = 0
+    kept: int = 0
+    dropped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Skip:
+    """A row left out because it could not be processed (not a filter decision)."""
+
+    line: int
+    stage: str
+    reason: str
+
+
+@dataclass
+class DroppedExample:
+    """A sample a filter or deduplicator dropped, for the report's thumbnails."""
+
+    line: int
+    op_index: int
+    images: list[str]
+    detail: str
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced and measured."""
+
+    input_path: Path
+    export_path: Path
+    stats_path: Path | None
+    read: OpCounts
+    ops: list[OpCounts]
+    skipped: list[Skip]
+    n_skipped: int
+    histograms: dict[str, array]
+    dropped_examples: list[DroppedExample]
+    processes: int
+    seconds: float
+    n_output: int = 0
+    unknown_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Outcome:
+    line: int
+    stop: int  # index of the op that dropped or failed the row; len(ops) if it passed every filter
+    error: str | None
+    output: str | None
+    stats: dict[str, Any]
+    hashes: dict[int, str]
+    times: list[float]
+    images: list[str]
+
+
+class _Chain:
+    """The ops and keys of one run; lives in each worker process."""
+
+    def __init__(self, ops: list[Op], keys: DatasetKeys) -> None:
+        self.ops = ops
+        self.keys = keys
+
+    def run_line(self, line_no: int, raw: bytes) -> _Outcome:
+        times = [0.0] * len(self.ops)
+        try:
+            row = _parse_row(raw, self.keys)
+        except LorastoryError as err:
+            return _Outcome(line_no, INPUT_STAGE, str(err), None, {}, {}, times, [])
+        stats = row.pop(STATS_FIELD, None)
+        sample = Sample(row, self.keys, stats if isinstance(stats, dict) else {})
+        for key in HASH_FIELDS:
+            row.pop(key, None)
+        try:
+            images = sample.image_paths()
+        except LorastoryError as err:
+            return _Outcome(line_no, INPUT_STAGE, str(err), None, {}, {}, times, [])
+        hashes: dict[int, str] = {}
+        stop = len(self.ops)
+        error = None
+        for index, op in enumerate(self.ops):
+            start = time.perf_counter()
+            try:
+                if isinstance(op, Filter):
+                    op.compute_stats(sample)
+                    passed = op.keep(sample.stats)
+                else:
+                    hashes[index] = op.compute_hash(sample)
+                    passed = True
+            except LorastoryError as err:
+                error, passed = str(err), False
+            times[index] = time.perf_counter() - start
+            if not passed:
+                stop = index
+                break
+        output = None
+        if stop == len(self.ops):
+            _absolutise_images(row, self.keys)
+            output = json.dumps(row, ensure_ascii=False)
+        return _Outcome(line_no, stop, error, output, sample.stats, hashes, times, images)
+
+
+def _parse_row(raw: bytes, keys: DatasetKeys) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not UTF-8 ({err.reason} at byte {err.start})") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(row, dict):
+        raise ConfigError(f"expected a JSON object, got {type(row).__name__}")
+    value = row.get(keys.text_key)
+    if value is None:
+        raise ConfigError(f"no '{keys.text_key}' field")
+    if not isinstance(value, str):
+        raise ConfigError(f"'{keys.text_key}' is {type(value).__name__}, not text")
+    return row
+
+
+def _absolutise_images(row: dict[str, Any], keys: DatasetKeys) -> None:
+    """Data-Juicer exports relative image paths joined to the dataset folder (not normalised)."""
+    value = row.get(keys.image_key)
+    if isinstance(value, list):
+        row[keys.image_key] = [
+            p if os.path.isabs(p) or "://" in p else os.path.join(keys.base_dir, p) for p in value
+        ]
+
+
+_WORKER_CHAIN: _Chain | None = None
+
+
+def _init_worker(recipe_data: dict[str, Any], keys: DatasetKeys) -> None:
+    global _WORKER_CHAIN
+    _WORKER_CHAIN = _Chain(Recipe.model_validate(recipe_data).build_ops(), keys)
+
+
+def _work(chunk: list[tuple[int, bytes]]) -> list[_Outcome]:
+    assert _WORKER_CHAIN is not None
+    return [_WORKER_CHAIN.run_line(n, raw) for n, raw in chunk]
+
+
+def _read_chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            chunk.append((line_no, raw))
+            if len(chunk) == _CHUNK_LINES:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _outcomes(recipe: Recipe, chain: _Chain, path: Path, processes: int) -> Iterator[_Outcome]:
+    """Outcomes in input order, computed in ``processes`` workers with bounded read-ahead."""
+    if processes <= 1:
+        for chunk in _read_chunks(path):
+            yield from (chain.run_line(n, raw) for n, raw in chunk)
+        return
+    in_flight = threading.BoundedSemaphore(processes * 4)
+    stopping = threading.Event()
+
+    def feed() -> Iterator[list[tuple[int, bytes]]]:
+        for chunk in _read_chunks(path):
+            in_flight.acquire()
+            if stopping.is_set():
+                return
+            yield chunk
+
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    pool = context.Pool(processes, _init_worker, (recipe.model_dump(), chain.keys))
+    try:
+        for chunk_result in pool.imap(_work, feed()):
+            in_flight.release()
+            yield from chunk_result
+        pool.close()
+    finally:
+        stopping.set()
+        for _ in range(processes * 4):
+            try:
+                in_flight.release()
+            except ValueError:
+                break
+        pool.terminate()
+        pool.join()
+
+
+def _describe_drop(op: Op, stats: dict[str, Any]) -> str:
+    if isinstance(op, Filter):
+        return ", ".join(f"{k}={_short(stats.get(k))}" for k in op.stats_keys)
+    return "duplicate"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value[:4]) + (", ..." if len(value) > 4 else "") + "]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_recipe(
+    recipe: Recipe,
+    processes: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    max_skips_listed: int = 10_000,
+) -> RunResult:
+    """Run ``recipe``; write ``export_path`` and its stats file; return counts for the report."""
+    ops = recipe.build_ops()
+    input_path = resolve_dataset_file(recipe)
+    export_path = Path(os.path.abspath(os.path.expanduser(recipe.export_path)))
+    if export_path.suffix.lower() != ".jsonl":
+        raise ConfigError(f"export_path {export_path}: only .jsonl export is supported")
+    if export_path == input_path:
+        raise ConfigError("export_path is the input file; choose another path so the input is kept")
+    keys = DatasetKeys(recipe.text_key, recipe.image_key, recipe.image_special_token, str(input_path.parent))
+    chain = _Chain(ops, keys)
+    # Data-Juicer also clips np to the CPU count: more processes than cores only add overhead.
+    workers = max(1, min(processes or recipe.np, os.cpu_count() or 1))
+    has_filters = any(isinstance(op, Filter) for op in ops)
+    stats_path = stats_path_for(export_path) if (has_filters and recipe.export_stats) else None
+
+    read = OpCounts("(read)", f"{input_path.name}")
+    counts = [OpCounts(op.name, op.describe()) for op in ops]
+    seen_hashes: dict[int, set[str]] = {i: set() for i, op in enumerate(ops) if isinstance(op, Deduplicator)}
+    histograms: dict[str, array] = {}
+    examples: list[DroppedExample] = []
+    per_op_examples = [0] * len(ops)
+    skipped: list[Skip] = []
+    n_skipped = 0
+    n_output = 0
+    started = time.perf_counter()
+
+    stats_file = atomic_open(stats_path, "w") if stats_path is not None else contextlib.nullcontext()
+    with atomic_open(export_path, "w") as out, stats_file as stats_out:
+        done = 0
+        for outcome in _outcomes(recipe, chain, input_path, workers):
+            done += 1
+            read.n_in += 1
+            if on_progress is not None and done % 512 == 0:
+                on_progress(done)
+            if outcome.stop == INPUT_STAGE:
+                read.errors += 1
+                n_skipped += 1
+                if len(skipped) < max_skips_listed:
+                    skipped.append(Skip(outcome.line, "input", outcome.error or "unreadable"))
+                continue
+            read.kept += 1
+            kept = True
+            for index, op in enumerate(ops):
+                row = counts[index]
+                row.n_in += 1
+                row.seconds += outcome.times[index]
+                if isinstance(op, Filter):
+                    for key in op.stats_keys:
+                        _add_histogram(histograms, f"{index}:{op.name}:{key}", outcome.stats.get(key))
+                if index == outcome.stop:
+                    kept = False
+                    if outcome.error is not None:
+                        row.errors += 1
+                        n_skipped += 1
+                        if len(skipped) < max_skips_listed:
+                            skipped.append(Skip(outcome.line, op.name, outcome.error))
+                    else:
+                        row.dropped += 1
+                        _note_example(examples, per_op_examples, outcome, index, _describe_drop(op, outcome.stats))
+                    break
+                if index in seen_hashes:
+                    digest = outcome.hashes[index]
+                    if digest and digest in seen_hashes[index]:
+                        row.dropped += 1
+                        kept = False
+                        _note_example(examples, per_op_examples, outcome, index, "duplicate")
+                        break
+                    if digest:
+                        seen_hashes[index].add(digest)
+                row.kept += 1
+            if kept:
+                n_output += 1
+                out.write(outcome.output + "\n")
+                if stats_out is not None:
+                    stats_out.write(json.dumps({STATS_FIELD: outcome.stats}, ensure_ascii=False) + "\n")
+        if on_progress is not None:
+            on_progress(done)
+
+    return RunResult(
+        input_path=input_path,
+        export_path=export_path,
+        stats_path=stats_path,
+        read=read,
+        ops=counts,
+        skipped=skipped,
+        n_skipped=n_skipped,
+        histograms=histograms,
+        dropped_examples=examples,
+        processes=workers,
+        seconds=time.perf_counter() - started,
+        n_output=n_output,
+        unknown_keys=recipe.unknown_keys(),
+        ignored_keys=recipe.ignored_keys(),
+    )
+
+
+def _add_histogram(histograms: dict[str, array], key: str, value: Any) -> None:
+    if value is None:
+        return
+    values = value if isinstance(value, list) else [value]
+    bucket = histograms.get(key)
+    if bucket is None:
+        bucket = histograms[key] = array("d")
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            bucket.append(float(v))
+
+
+def _note_example(
+    examples: list[DroppedExample], per_op: list[int], outcome: _Outcome, index: int, detail: str
+) -> None:
+    if per_op[index] < _EXAMPLES_PER_OP:
+        per_op[index] += 1
+        examples.append(DroppedExample(outcome.line, index, outcome.images, detail))

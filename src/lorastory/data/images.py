@@ -1,0 +1,171 @@
+"""Reading images safely and cheaply.
+
+:func:`probe_image` learns what filters need (displayed size, file size,
+format) from the file header alone, and rejects files that would break later
+stages: missing, empty, not an image, truncated, or a decompression bomb.
+:func:`load_rgb` decodes fully, applies the EXIF orientation and converts any
+mode (CMYK, 16-bit, palette with transparency...) to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lorastory.errors import BadImageError
+
+# EXIF orientations 5-8 rotate by 90 degrees: the displayed width is the stored height.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION_TAG = 0x0112
+_PNG_IEND = b"IEND\xaeB`\x82"
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an image file says, sizes as displayed (EXIF applied)."""
+
+    width: int
+    height: int
+    file_size: int
+    format: str
+    mode: str
+    orientation: int = 1
+
+
+def _check_complete(path: str, fmt: str, file_size: int) -> None:
+    """Reject a file whose end marker is missing: a cheap truncation test."""
+    if fmt not in ("JPEG", "PNG", "GIF", "WEBP"):
+        return
+    with open(path, "rb") as handle:
+        tail_len = min(file_size, 4096)
+        handle.seek(file_size - tail_len)
+        tail = handle.read(tail_len)
+        if fmt == "WEBP":
+            handle.seek(4)
+            declared = int.from_bytes(handle.read(4), "little") + 8
+    if fmt == "JPEG":
+        # Encoders may pad after the end-of-image marker; tolerate zero padding only.
+        end = tail.rstrip(b"\x00")
+        if not end.endswith(b"\xff\xd9"):
+            raise BadImageError("truncated JPEG (no end-of-image marker)")
+    elif fmt == "PNG":
+        if not tail.endswith(_PNG_IEND):
+            raise BadImageError("truncated PNG (no IEND chunk)")
+    elif fmt == "GIF":
+        if not tail.rstrip(b"\x00").endswith(b"\x3b"):
+            raise BadImageError("truncated GIF (no trailer)")
+    elif declared > file_size:
+        raise BadImageError(f"truncated WebP ({file_size} of {declared} bytes)")
+
+
+def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> tuple[Image.Image, int]:
+    """Open lazily (header only) after checking the path is a non-empty file."""
+    file = os.fspath(path)
+    try:
+        stat = os.stat(file)
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except OSError as err:
+        raise BadImageError(f"cannot read file ({err.strerror})") from None
+    if not os.path.isfile(file):
+        raise BadImageError("not a regular file (a directory?)")
+    if stat.st_size == 0:
+        raise BadImageError("empty file (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+    except Image.DecompressionBombError:
+        raise BadImageError("decompression bomb: pixel count over the safety limit") from None
+    except UnidentifiedImageError:
+        raise BadImageError("not a recognised image format") from None
+    except OSError as err:
+        raise BadImageError(f"unreadable image ({err})") from None
+    if limit and image.width * image.height > limit:
+        image.close()
+        raise BadImageError(
+            f"decompression bomb: {image.width}x{image.height} is over the {limit:,}-pixel safety limit"
+        )
+    return image, stat.st_size
+
+
+def _orientation(image: Image.Image) -> int:
+    if "exif" not in image.info and image.format not in ("TIFF", "MPO"):
+        return 1
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block only loses the orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def probe_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> ImageInfo:
+    """Read an image's header; raise :class:`BadImageError` with the reason if unusable."""
+    image, file_size = _open_checked(path, max_pixels)
+    with image:
+        fmt = image.format or "UNKNOWN"
+        orientation = _orientation(image)
+        width, height = image.size
+        mode = image.mode
+    _check_complete(os.fspath(path), fmt, file_size)
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return ImageInfo(width, height, file_size, fmt, mode, orientation)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited on ``background``."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: scale the value range to 8 bits instead of clipping.
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype("uint8"), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode == "CMYK":
+        return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_rgb(
+    path: str | os.PathLike[str],
+    max_pixels: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode an image fully (EXIF orientation applied) as 8-bit RGB.
+
+    ``draft_size`` lets JPEG decode at a reduced scale when only a small
+    version is needed (thumbnails, perceptual hashes), which is many times faster.
+    """
+    image, file_size = _open_checked(path, max_pixels)
+    with image:
+        _check_complete(os.fspath(path), image.format or "UNKNOWN", file_size)
+        if draft_size is not None:
+            image.draft("RGB", draft_size)
+        try:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright if upright is not None else image)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise BadImageError(f"cannot decode image ({err})") from None
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a file whose extension is one of the image types we import."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,41 @@
+"""The project's exception types.
+
+Every error a user can cause is a :class:`LorastoryError`; its message is one
+line that says what went wrong and what to do. The CLI prints it and exits 1;
+anything else is a bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+
+class LorastoryError(Exception):
+    """Base class: a problem the user can fix; ``str(err)`` is the whole message."""
+
+
+class ConfigError(LorastoryError):
+    """A config or recipe file is missing, unreadable or invalid."""
+
+
+class RecipeError(ConfigError):
+    """A Data-Juicer-format recipe names an unknown op or a bad parameter."""
+
+
+class DataError(LorastoryError):
+    """Input data (a dataset file, an image, a caption) cannot be used."""
+
+
+class SourceError(DataError):
+    """An import source cannot be found or read."""
+
+
+class BadImageError(DataError):
+    """One image cannot be used; the message is the reason shown in reports."""
+
+
+class MissingExtraError(LorastoryError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package: pip install 'lorastory[{extra}]'"
+        )
