@@ -1,0 +1,1 @@
+"""Model families (Kolors, SDXL, SD1.5), tiny offline models, and LoRA files."""

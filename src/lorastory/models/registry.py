@@ -1,0 +1,175 @@
+"""Model families and how to load them: local folder, hub id, or single file.
+
+A family says which diffusers pipeline to build and what its parts are. The
+family of a folder is read from its ``model_index.json``; ``family=`` overrides.
+Loading from a hub id works with network or a local Hugging Face cache;
+offline without a cache it fails with a message naming the id and how to
+download it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorastory.errors import ConfigError, LorastoryError
+
+
+class ModelLoadError(LorastoryError):
+    """A model cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What distinguishes one model family in code."""
+
+    name: str
+    pipeline_class: str
+    text_encoders: tuple[str, ...]
+    resolution: int
+    single_file: bool
+
+    def pipeline_type(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class)
+
+
+FAMILIES: dict[str, Family] = {
+    "kolors": Family("kolors", "KolorsPipeline", ("text_encoder",), 1024, False),
+    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"), 1024, True),
+    "sd15": Family("sd15", "StableDiffusionPipeline", ("text_encoder",), 512, True),
+}
+_BY_PIPELINE = {f.pipeline_class: f.name for f in FAMILIES.values()}
+# Hub ids whose family is known without fetching anything.
+KNOWN_HUB_MODELS = {
+    "Kwai-Kolors/Kolors-diffusers": "kolors",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; unknown names list the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown model family '{name}'; choose one of {', '.join(FAMILIES)}") from None
+
+
+def family_of_pipeline(pipe: Any) -> Family:
+    """The family of a loaded pipeline, from its class."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in _BY_PIPELINE:
+            return FAMILIES[_BY_PIPELINE[cls.__name__]]
+    raise ConfigError(f"{type(pipe).__name__} is not a Kolors, SDXL or SD1.5 pipeline")
+
+
+def detect_family(folder: str | os.PathLike[str]) -> Family:
+    """Read the family from a diffusers folder's ``model_index.json``."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{folder}: not a diffusers model folder (no model_index.json)")
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{index}: unreadable ({err})") from None
+    for name, family in FAMILIES.items():
+        if class_name == family.pipeline_class or class_name.startswith(family.pipeline_class.removesuffix("Pipeline")):
+            return FAMILIES[name]
+    raise ModelLoadError(f"{folder}: pipeline {class_name or '(none)'} is not Kolors, SDXL or SD1.5; pass --family")
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
+
+
+def load_pipeline(
+    model: str | os.PathLike[str],
+    family: str | None = None,
+    dtype: Any = None,
+    config: str | None = None,
+    allow_pickle: bool = False,
+) -> Any:
+    """Load a diffusers pipeline on the CPU (move it yourself) from any supported source."""
+    source = str(model)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        fam = get_family(family) if family else detect_family(path)
+        return _from_pretrained(fam, str(path), dtype, local_only=True)
+    if path.is_file():
+        return _from_single_file(path, family, dtype, config, allow_pickle)
+    if _looks_like_hub_id(source):
+        name = family or KNOWN_HUB_MODELS.get(source) or _hub_family(source)
+        return _from_pretrained(get_family(name), source, dtype, local_only=False)
+    raise ModelLoadError(f"model '{source}': no such folder or file, and not a hub id (owner/name)")
+
+
+def _from_pretrained(family: Family, source: str, dtype: Any, local_only: bool) -> Any:
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if family.name == "sd15":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return family.pipeline_type().from_pretrained(source, use_safetensors=True, local_files_only=local_only, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise _load_error(source, err, local_only) from None
+
+
+def _hub_family(model_id: str) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        index = hf_hub_download(model_id, "model_index.json")
+    except Exception as err:  # offline, missing repo, auth: all end the same way
+        raise _load_error(model_id, err, local_only=False) from None
+    return detect_family(Path(index).parent).name
+
+
+def _first_line(err: Exception, limit: int = 160) -> str:
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _load_error(source: str, err: Exception, local_only: bool) -> ModelLoadError:
+    first = _first_line(err)
+    if local_only:
+        return ModelLoadError(f"cannot load model folder {source}: {first}")
+    return ModelLoadError(
+        f"cannot load '{source}' from the Hugging Face hub or the local cache ({first}). Offline? Download it "
+        f"where you have network (huggingface-cli download {source}) and pass --model with that folder"
+    )
+
+
+def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | None, allow_pickle: bool) -> Any:
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors "
+            "or pass --allow-pickle if you trust its source"
+        )
+    if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+        raise ModelLoadError(f"{path}: expected a diffusers folder or a .safetensors checkpoint")
+    if not family:
+        raise ModelLoadError(f"{path}: a single-file checkpoint needs --family (sdxl or sd15)")
+    fam = get_family(family)
+    if not fam.single_file:
+        raise ModelLoadError(f"{path}: diffusers cannot load {fam.name} from a single file; use a diffusers folder")
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if config is not None:
+        kwargs["config"] = config
+    try:
+        return fam.pipeline_type().from_single_file(str(path), **kwargs)
+    except Exception as err:  # diffusers raises many types for a bad or unconfigurable file
+        first = _first_line(err)
+        raise ModelLoadError(
+            f"cannot load {path} as {fam.name} ({first}); offline, pass --model-config with a local "
+            "diffusers folder of the same architecture"
+        ) from None
