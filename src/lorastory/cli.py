@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lorastory import __version__
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Import, curate (Data-Juicer recipes) and export training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,7 +84,7 @@ def data_import(
     )
     result = import_dataset(config, out, overwrite=overwrite)
     _print_skips(result.skipped)
-    console.print(f"Imported {result.written} images into {out / 'metadata.jsonl'} ({len(result.skipped)} skipped).")
+    console.print(f"Imported {result.written} images into {out / 'metadata.jsonl'} ({len(result.skipped)} skipped).", markup=False)
 
 
 @data_app.command("run")
@@ -97,7 +100,7 @@ def data_run(
 
     loaded = load_recipe(recipe)
     for key in loaded.unknown_keys():
-        err_console.print(f"[yellow]warning:[/] {recipe}: unknown key '{key}' ignored (a typo?)")
+        err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: unknown key '{escape(key)}' ignored (a typo?)")
     if loaded.ignored_keys():
         err_console.print(
             f"[dim]note: Data-Juicer engine keys with no effect here: {', '.join(loaded.ignored_keys())}[/]"
@@ -112,18 +115,19 @@ def data_run(
             task = progress.add_task("curating", total=total)
             result = run_recipe(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
     json_report, html_report = write_reports(result)
-    table = Table(title=f"{result.input_path.name} → {result.export_path.name}")
+    table = Table(title=escape(f"{result.input_path.name} → {result.export_path.name}"))
     for column in ("op", "in", "kept", "dropped", "errors", "seconds"):
         table.add_column(column, justify="left" if column == "op" else "right")
     for row in [result.read, *result.ops]:
-        table.add_row(row.name, str(row.n_in), str(row.kept), str(row.dropped), str(row.errors), f"{row.seconds:.2f}")
+        table.add_row(escape(row.name), str(row.n_in), str(row.kept), str(row.dropped), str(row.errors), f"{row.seconds:.2f}")
     console.print(table)
     _print_skips([{"item": f"line {s.line} ({s.stage})", "reason": s.reason} for s in result.skipped])
     console.print(
         f"Kept {result.n_output} of {result.read.n_in} in {result.seconds:.2f} s on {result.processes} process(es).\n"
         f"  result: {result.export_path}\n"
         + (f"  stats:  {result.stats_path}\n" if result.stats_path else "")
-        + f"  report: {html_report} (and {json_report.name})"
+        + f"  report: {html_report} (and {json_report.name})",
+        markup=False,
     )
 
 
@@ -140,7 +144,7 @@ def data_export_csv(
 
     result = export_csv(result_jsonl, out, text_key=text_key, image_key=image_key, overwrite=overwrite)
     _print_skips(result.skipped)
-    console.print(f"Exported {result.written} images to {out / 'metadata.csv'} ({len(result.skipped)} skipped).")
+    console.print(f"Exported {result.written} images to {out / 'metadata.csv'} ({len(result.skipped)} skipped).", markup=False)
 
 
 @data_app.command("ops")
@@ -158,6 +162,94 @@ def data_ops() -> None:
         )
         table.add_row(name, params)
     console.print(table)
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+@model_app.command("tiny")
+def model_tiny(
+    family: Annotated[str, typer.Option(help="kolors, sdxl or sd15.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the diffusers model into.")],
+    seed: Annotated[int, typer.Option(help="Weights seed (same seed, same bytes).")] = 0,
+    resolution: Annotated[int, typer.Option(help="Native image size in pixels.")] = 64,
+) -> None:
+    """Build a tiny random model of a family as a diffusers folder (offline, deterministic)."""
+    from lorastory.models.tiny import build_tiny_model
+
+    build_tiny_model(family, out, seed=seed, resolution=resolution)
+    console.print(f"Wrote tiny {family} model to {out}")
+
+
+# --- train -----------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    config_file: Annotated[Optional[Path], typer.Argument(help="Training config YAML (flags override it).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Diffusers folder, hub id or .safetensors.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training folder (metadata.csv or metadata.jsonl).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder.")] = None,
+    family: Annotated[Optional[str], typer.Option(help="kolors, sdxl or sd15 (default: detected).")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="LoRA rank (default 16).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default 4; strength = alpha/rank).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Training size (default 1024).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data (default 1).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for order, noise and crops.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a checkpoint every N steps.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = None,
+    center_crop: Annotated[Optional[bool], typer.Option("--center-crop/--random-crop", help="Crop placement.")] = None,
+    random_flip: Annotated[Optional[bool], typer.Option("--random-flip", help="Flip images horizontally at random.")] = None,
+    buckets: Annotated[Optional[bool], typer.Option("--buckets", help="Aspect-ratio buckets instead of square crops.")] = None,
+    gradient_checkpointing: Annotated[
+        Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")
+    ] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, no, fp16 or bf16.")] = None,
+    validation_prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt to sample during training (repeatable).")] = None,
+    validation_every: Annotated[Optional[int], typer.Option(help="Sample every N steps.")] = None,
+    format: Annotated[Optional[list[str]], typer.Option("--format", help="diffusers and/or kohya (repeatable).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Latent/text cache folder (default OUT/cache).")] = None,
+) -> None:
+    """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
+    from lorastory.config import read_yaml
+    from lorastory.train.config import TrainConfig
+    from lorastory.train.trainer import train
+
+    values = read_yaml(config_file) if config_file else {}
+    if not isinstance(values, dict):
+        from lorastory.errors import ConfigError
+
+        raise ConfigError(f"{config_file}: expected a mapping of settings")
+    flags = dict(
+        model=model, data=data, out=out, family=family, rank=rank, alpha=alpha, resolution=resolution,
+        batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps, seed=seed,
+        checkpoint_every=checkpoint_every, resume=resume, center_crop=center_crop, random_flip=random_flip,
+        buckets=buckets, gradient_checkpointing=gradient_checkpointing, precision=precision,
+        validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
+        cache_dir=cache_dir,
+    )
+    values.update({k: v for k, v in flags.items() if v is not None})
+    config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.2f} img/s"), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("train", total=None, loss=float("nan"), ips=0.0)
+
+        def show(p) -> None:
+            progress.update(task, completed=p.step, total=p.total_steps, loss=p.loss, ips=p.images_per_second)
+
+        result = train(config, on_progress=show, say=lambda m: err_console.print(m, highlight=False))
+    last = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
+    console.print(f"Trained {result.steps} steps{last}.")
+    for file in result.lora_files:
+        console.print(f"  LoRA: {file}")
+    console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
 
 
 # --- demo ------------------------------------------------------------------------------
@@ -184,7 +276,7 @@ def _count_lines(path: Path) -> int:
 
 def _print_skips(skipped: list[dict[str, str]], limit: int = 10) -> None:
     for item in skipped[:limit]:
-        err_console.print(f"[yellow]skipped[/] {item['item']}: {item['reason']}")
+        err_console.print(f"[yellow]skipped[/] {escape(item['item'])}: {escape(item['reason'])}")
     if len(skipped) > limit:
         err_console.print(f"[yellow]... and {len(skipped) - limit} more (see the report)[/]")
 
@@ -196,15 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         # Standalone mode: typer reports usage errors itself (exit 2) and ends with SystemExit.
         app(args=argv, prog_name="lorastory", obj=options)
     except SystemExit as done:
+        # Typer maps Ctrl-C to exit code 130 itself; nothing half-written is left (atomic writes).
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/]")
-        return 130
     except LorastoryError as err:
         if options.debug:
             raise
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 1
     return 0
 

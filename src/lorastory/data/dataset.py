@@ -86,7 +86,7 @@ def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwr
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for index, item in enumerate(items):
                 text = config.caption if config.caption is not None else item.text
-                problem = item.problem
+                problem = item.problem or (item.caption_problem if config.caption is None else None)
                 if problem is None and not (text or "").strip() and not config.allow_empty_caption:
                     problem = "empty or missing caption (pass --caption TEXT, add a .txt file, or --allow-empty-caption)"
                 if problem is None:

@@ -40,6 +40,30 @@ class ImageInfo:
     orientation: int = 1
 
 
+def _jpeg_ends_after_scan(path: str) -> bool:
+    """True if an end-of-image marker follows the start of the scan data.
+
+    Only called when the file does not end with the marker: data appended after
+    a complete JPEG (a phone's motion-photo video, say) is not truncation, while
+    a marker inside an EXIF thumbnail (before the scan) does not count.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    position = 2  # after SOI
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        position += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return data.find(b"\xff\xd9", position) >= 0
+    return False
+
+
 def _check_complete(path: str, fmt: str, file_size: int) -> None:
     """Reject a file whose end marker is missing: a cheap truncation test."""
     if fmt not in ("JPEG", "PNG", "GIF", "WEBP"):
@@ -52,9 +76,9 @@ def _check_complete(path: str, fmt: str, file_size: int) -> None:
             handle.seek(4)
             declared = int.from_bytes(handle.read(4), "little") + 8
     if fmt == "JPEG":
-        # Encoders may pad after the end-of-image marker; tolerate zero padding only.
+        # Encoders may pad after the end-of-image marker, and phones append data.
         end = tail.rstrip(b"\x00")
-        if not end.endswith(b"\xff\xd9"):
+        if not end.endswith(b"\xff\xd9") and not _jpeg_ends_after_scan(path):
             raise BadImageError("truncated JPEG (no end-of-image marker)")
     elif fmt == "PNG":
         if not tail.endswith(_PNG_IEND):
@@ -114,12 +138,22 @@ def probe_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> 
     with image:
         fmt = image.format or "UNKNOWN"
         orientation = _orientation(image)
-        width, height = image.size
+        width, height = _displayed_size(image, orientation)
         mode = image.mode
     _check_complete(os.fspath(path), fmt, file_size)
-    if orientation in _TRANSPOSED_ORIENTATIONS:
-        width, height = height, width
     return ImageInfo(width, height, file_size, fmt, mode, orientation)
+
+
+def _displayed_size(image: Image.Image, orientation: int) -> tuple[int, int]:
+    """Width and height as displayed, from an opened (not decoded) image."""
+    width, height = image.size
+    if orientation not in _TRANSPOSED_ORIENTATIONS:
+        return width, height
+    # Pillow >= 11 reports a TIFF's size already turned (it also turns the pixels on
+    # load); only a size that still equals the stored one needs swapping.
+    if image.format == "TIFF" and (width, height) != (image.tag_v2.get(256), image.tag_v2.get(257)):
+        return width, height
+    return height, width
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -131,7 +165,8 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype("uint8"), "L")
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        # A palette entry or (for L/RGB) a colour key marks transparent pixels.
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")

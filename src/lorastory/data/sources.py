@@ -27,11 +27,16 @@ from lorastory.errors import MissingExtraError, SourceError
 
 SourceKind = Literal["auto", "folder", "hf", "modelscope"]
 TEXT_COLUMNS = ("text", "caption", "prompt", "captions", "sentence")
+_OUTPUT_MARKERS = ("import_report.json", "export_report.json")
 
 
 @dataclass
 class SourceItem:
-    """One image (as a path or as bytes) and its caption, before validation."""
+    """One image (as a path or as bytes) and its caption, before validation.
+
+    ``problem`` makes the item unusable; ``caption_problem`` only makes its own
+    caption unusable, which does not matter when one caption is given for all.
+    """
 
     origin: str
     name_hint: str
@@ -39,6 +44,7 @@ class SourceItem:
     path: str | None = None
     data: Callable[[], bytes] | None = None
     problem: str | None = None
+    caption_problem: str | None = None
 
 
 def open_source(
@@ -85,16 +91,30 @@ def _folder_items(path: Path, text_column: str | None) -> Iterator[SourceItem]:
 
 
 def _image_folder_items(root: Path) -> Iterator[SourceItem]:
-    files = sorted(
-        (p for p in root.rglob("*") if is_image_file(p) and not any(s.startswith(".") for s in p.relative_to(root).parts)),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    files = _image_files(root)
     if not files:
         raise SourceError(f"{root}: no images found (looked for .jpg, .png, .webp, ...)")
     for file in files:
         caption, problem = _read_caption(file.with_suffix(".txt"))
         rel = file.relative_to(root).as_posix()
-        yield SourceItem(rel, Path(rel).with_suffix("").as_posix(), caption, path=str(file), problem=problem)
+        yield SourceItem(rel, Path(rel).with_suffix("").as_posix(), caption, path=str(file), caption_problem=problem)
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Image files under ``root`` in a stable order.
+
+    Hidden files and folders are left out, and so are folders lorastory wrote:
+    an earlier ``--out`` inside the source folder holds copies, not new images.
+    """
+    found = []
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _is_output_dir(Path(folder, d))]
+        found.extend(Path(folder, n) for n in names if not n.startswith(".") and is_image_file(Path(n)))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _is_output_dir(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in _OUTPUT_MARKERS)
 
 
 def _read_caption(path: Path) -> tuple[str | None, str | None]:
@@ -126,7 +146,9 @@ def _metadata_items(meta: Path, text_column: str | None) -> Iterator[SourceItem]
         for rel in images:
             file = Path(rel).expanduser()
             file = file if file.is_absolute() else root / file
-            yield SourceItem(f"{where}: {rel}", Path(rel).with_suffix("").as_posix(), text, path=str(file), problem=text_problem)
+            yield SourceItem(
+                f"{where}: {rel}", Path(rel).with_suffix("").as_posix(), text, path=str(file), caption_problem=text_problem
+            )
 
 
 def _read_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any], str | None]]:
@@ -227,23 +249,25 @@ def _hf_items(dataset: Any, origin: str, text_column: str | None) -> Iterator[So
         yield _item_from_value(f"{origin}[{index}]", f"{index:06d}", text, row[column], problem)
 
 
-def _item_from_value(origin: str, hint: str, text: str | None, value: Any, problem: str | None) -> SourceItem:
+def _item_from_value(
+    origin: str, hint: str, text: str | None, value: Any, caption_problem: str | None
+) -> SourceItem:
     """An item from whatever a dataset row holds: a path, bytes, {'bytes','path'} or a PIL image."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data:
-            return SourceItem(origin, hint, text, data=lambda d=data: d, problem=problem)
+            return SourceItem(origin, hint, text, data=lambda d=data: d, caption_problem=caption_problem)
         value = path
     if isinstance(value, (bytes, bytearray)):
-        return SourceItem(origin, hint, text, data=lambda d=bytes(value): d, problem=problem)
+        return SourceItem(origin, hint, text, data=lambda d=bytes(value): d, caption_problem=caption_problem)
     if isinstance(value, str) and value:
-        return SourceItem(origin, hint, text, path=value, problem=problem)
+        return SourceItem(origin, hint, text, path=value, caption_problem=caption_problem)
     if hasattr(value, "save"):  # a decoded PIL image: keep its original file if it has one
         filename = getattr(value, "filename", "")
         if filename and os.path.isfile(filename):
-            return SourceItem(origin, hint, text, path=filename, problem=problem)
-        return SourceItem(origin, hint, text, data=lambda im=value: _encode_pil(im), problem=problem)
-    return SourceItem(origin, hint, text, problem=problem or "no image in this row")
+            return SourceItem(origin, hint, text, path=filename, caption_problem=caption_problem)
+        return SourceItem(origin, hint, text, data=lambda im=value: _encode_pil(im), caption_problem=caption_problem)
+    return SourceItem(origin, hint, text, problem="no image in this row", caption_problem=caption_problem)
 
 
 def _encode_pil(image: Any) -> bytes:
