@@ -42,3 +42,44 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """Build each tiny family at most once per session; return a function family -> folder."""
+    built: dict[str, object] = {}
+
+    def get(family: str = "kolors"):
+        if family not in built:
+            from lorastory.models.tiny import build_tiny_model
+
+            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(f"tiny-{family}") / "model")
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def style_train_folder(tmp_path_factory):
+    """Eight captioned 96x80 images in a training folder (metadata.csv), like export-csv writes."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("train-data")
+    (folder / "images").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(8):
+        stripes = np.zeros((80, 96, 3), dtype=np.uint8)
+        stripes[:, :, 0] = 200
+        stripes[::8, :, 2] = 255
+        noise = rng.integers(0, 40, stripes.shape, dtype=np.uint8)
+        Image.fromarray(stripes + noise).save(folder / "images" / f"{index:02d}.png")
+        rows.append((f"images/{index:02d}.png", "二次元 striped style" if index % 2 else "striped style 条纹"))
+    with open(folder / "metadata.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "text"])
+        writer.writerows(rows)
+    return folder

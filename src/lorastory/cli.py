@@ -252,6 +252,74 @@ def train_cmd(
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
 
 
+# --- generate ------------------------------------------------------------------------------
+
+
+@app.command("generate")
+def generate_cmd(
+    story_file: Annotated[Path, typer.Argument(help="Story YAML (title, character, style, defaults, panels).")],
+    model: Annotated[str, typer.Option(help="Diffusers folder, hub id or .safetensors.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: stories/<story name>).")] = None,
+    lora: Annotated[Optional[Path], typer.Option(help="LoRA .safetensors to apply.")] = None,
+    lora_scale: Annotated[float, typer.Option(help="LoRA strength.")] = 1.0,
+    family: Annotated[Optional[str], typer.Option(help="kolors, sdxl or sd15 (default: detected).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Panels per batch (default: auto).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow a .ckpt/.pt LoRA (loaded with weights_only).")] = False,
+) -> None:
+    """Render a story's panels, manifest and storyboard."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lorastory.generate.story import generate_story, load_story
+
+    story = load_story(story_file)
+    out = out or Path("stories") / story_file.stem
+    columns = (TextColumn("denoising"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("generate", total=None)
+        result = generate_story(
+            story, model, out, lora=str(lora) if lora else None, lora_scale=lora_scale, family=family,
+            batch_size=batch_size, allow_pickle=allow_pickle,
+            on_step=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(f"Rendered {len(result.panels)} panels in {result.seconds:.1f} s.", markup=False)
+    console.print(f"  storyboard: {result.storyboard}\n  manifest:   {result.manifest}", markup=False)
+
+
+@app.command("grid")
+def grid_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Panel images, in reading order.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Storyboard file to write.")],
+    cols: Annotated[int, typer.Option(help="Columns.")] = 2,
+    rows: Annotated[Optional[int], typer.Option(help="Rows (default: as many as needed).")] = None,
+    spacing: Annotated[int, typer.Option(help="Gap between panels in pixels.")] = 0,
+    title: Annotated[Optional[str], typer.Option(help="Title above the grid.")] = None,
+    caption: Annotated[Optional[list[str]], typer.Option("--caption", help="Caption per panel (repeatable).")] = None,
+    captions_from_metadata: Annotated[
+        bool, typer.Option("--captions", help="Caption each panel with the prompt stored in its PNG.")
+    ] = False,
+    resize: Annotated[Optional[str], typer.Option(help="Final size WxH, e.g. 1024x2048 as in the reference.")] = None,
+) -> None:
+    """Tile images into a storyboard (2 columns by default, CJK captions)."""
+    from lorastory.errors import ConfigError
+    from lorastory.generate.grid import save_storyboard
+    from lorastory.generate.pngmeta import read_parameters
+
+    size = None
+    if resize:
+        try:
+            width, height = (int(v) for v in resize.lower().split("x"))
+            size = (width, height)
+        except ValueError:
+            raise ConfigError(f"--resize {resize!r}: write WIDTHxHEIGHT, e.g. 1024x2048") from None
+    captions = caption
+    if captions_from_metadata and not captions:
+        captions = [(p.prompt if (p := read_parameters(image)) else None) for image in images]
+    board = save_storyboard(images, out, cols=cols, rows=rows, spacing=spacing, title=title,
+                            captions=captions, resize_to=size)
+    console.print(f"Wrote {out} ({board.width}x{board.height}).", markup=False)
+
+
 # --- demo ------------------------------------------------------------------------------
 
 

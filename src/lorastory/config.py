@@ -21,6 +21,11 @@ ModelT = TypeVar("ModelT", bound="YamlModel")
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML file, turning every failure into a one-line :class:`ConfigError`."""
+    return yaml_from_text(read_text(path), str(path))
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A UTF-8 text file's content, or a one-line :class:`ConfigError`."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{file}: no such file")
@@ -28,24 +33,50 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return text
+
+
+def yaml_from_text(text: str, source: str) -> Any:
+    """Parse YAML text; errors name the source, line and column."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{file}:{where}: invalid YAML: {problem}") from err
+        raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line naming each bad field (dotted path) and what was wrong with it."""
+def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (keys and list indices), or its nearest parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            match = node.value[part]
+        else:
+            match = None
+        if match is None:
+            break
+        node, line = match, match.start_mark.line + 1
+    return line
+
+
+def format_validation_error(err: ValidationError, source: str, text: str | None = None) -> str:
+    """One line naming each bad field (dotted path, and its YAML line when known) and what was wrong."""
     parts = []
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
+        line = yaml_line(text, item["loc"]) if text is not None else None
+        parts.append(f"line {line}: {loc}: {msg}" if line else f"{loc}: {msg}")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -55,8 +86,9 @@ class YamlModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @classmethod
-    def from_dict(cls: type[ModelT], data: Any, source: str = "config") -> ModelT:
-        """Validate ``data``; errors become one :class:`ConfigError` naming the fields."""
+    def from_dict(cls: type[ModelT], data: Any, source: str = "config", text: str | None = None) -> ModelT:
+        """Validate ``data``; errors become one :class:`ConfigError` naming the fields
+        (and their lines, when the YAML ``text`` it came from is given)."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -64,12 +96,13 @@ class YamlModel(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, source)) from None
+            raise ConfigError(format_validation_error(err, source, text)) from None
 
     @classmethod
     def from_yaml(cls: type[ModelT], path: str | os.PathLike[str]) -> ModelT:
-        """Load and validate a YAML file."""
-        return cls.from_dict(read_yaml(path), source=str(path))
+        """Load and validate a YAML file; errors point at the line and field."""
+        text = read_text(path)
+        return cls.from_dict(yaml_from_text(text, str(path)), source=str(path), text=text)
 
     def to_yaml(self) -> str:
         """The model as YAML text (Unicode kept as is, keys in field order)."""

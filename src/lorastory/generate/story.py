@@ -1,0 +1,302 @@
+"""Stories: a YAML of panels → PNG panels with parameters, a manifest and a storyboard.
+
+Reads like a diffusers pipeline: check the story, load the model (and LoRA),
+then for each group of panels that share settings: encode, denoise in
+batches, decode, save. Every panel has its own seeded generator, so editing
+one panel leaves the others' pixels as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lorastory import __version__
+from lorastory.config import YamlModel
+from lorastory.errors import ConfigError
+from lorastory.fileio import atomic_write_json, atomic_write_text
+from lorastory.generate.samplers import check_sampler
+
+
+class PanelDefaults(BaseModel):
+    """Settings every panel uses unless it sets its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(50, ge=1, le=1000)
+    cfg: float = Field(4.0, ge=0)
+    width: int = Field(1024, ge=8)
+    height: int = Field(1024, ge=8)
+    seed: int = Field(0, ge=0)
+    sampler: str = "Euler"
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        return check_sampler(value)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        # Refused rather than rounded: a silently different size would not match the story file.
+        if value % 8:
+            raise ValueError(f"{value} is not a multiple of 8 (try {value - value % 8} or {value + 8 - value % 8})")
+        return value
+
+
+class Panel(BaseModel):
+    """One picture of the story."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    negative: str | None = None
+    seed: int | None = Field(None, ge=0)
+    caption: str | None = None
+    steps: int | None = Field(None, ge=1, le=1000)
+    cfg: float | None = Field(None, ge=0)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a panel needs a prompt")
+        return value
+
+
+class Story(YamlModel):
+    """A story file: who, in what style, and the panels."""
+
+    title: str = ""
+    character: str = ""
+    style: str = ""
+    negative: str = ""
+    defaults: PanelDefaults = Field(default_factory=PanelDefaults)
+    panels: list[Panel]
+
+    @model_validator(mode="after")
+    def _has_panels(self) -> Story:
+        if not self.panels:
+            raise ValueError("the story has no panels; add at least one under 'panels:'")
+        return self
+
+
+@dataclass(frozen=True)
+class PanelJob:
+    """A panel with everything resolved: what the manifest records and the pipeline gets."""
+
+    index: int
+    prompt: str
+    negative: str
+    seed: int
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    sampler: str
+    caption: str | None
+
+    @property
+    def file_name(self) -> str:
+        return f"panel-{self.index:02d}.png"
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Panels with the same key can share a batch."""
+        return (self.steps, self.cfg, self.width, self.height, self.sampler)
+
+
+def join_prompt(*parts: str) -> str:
+    """Join non-empty prompt parts with the comma the reference prompts use."""
+    return ",".join(p.strip().strip(",，") for p in parts if p and p.strip())
+
+
+def resolve_panels(story: Story) -> list[PanelJob]:
+    """Every panel with the story's character, style and defaults applied."""
+    d = story.defaults
+    return [
+        PanelJob(
+            index=i,
+            prompt=join_prompt(story.character, panel.prompt, story.style),
+            negative=panel.negative if panel.negative is not None else story.negative,
+            seed=panel.seed if panel.seed is not None else d.seed + i - 1,
+            steps=panel.steps or d.steps,
+            cfg=panel.cfg if panel.cfg is not None else d.cfg,
+            width=d.width,
+            height=d.height,
+            sampler=d.sampler,
+            caption=panel.caption,
+        )
+        for i, panel in enumerate(story.panels, start=1)
+    ]
+
+
+@dataclass
+class StoryResult:
+    out: Path
+    panels: list[Path]
+    storyboard: Path
+    manifest: Path
+    seconds: float
+    jobs: list[PanelJob] = field(default_factory=list)
+
+
+StepCallback = Callable[[int, int], None]
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def generate_story(
+    story: Story,
+    model: str,
+    out: str | Path,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
+    family: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    on_step: StepCallback | None = None,
+    pipe: Any = None,
+    allow_pickle: bool = False,
+) -> StoryResult:
+    """Render every panel of ``story`` into ``out`` with the manifest and storyboard."""
+    import torch
+
+    from lorastory.generate.grid import save_storyboard
+    from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, save_png_with_parameters
+    from lorastory.models.registry import load_pipeline
+
+    # 1. check inputs and resolve the panels
+    jobs = resolve_panels(story)
+    out_dir = Path(out)
+    lora_path = Path(lora) if lora else None
+    if lora_path is not None and not lora_path.is_file():
+        raise ConfigError(f"LoRA {lora_path}: no such file")
+
+    # 2. load the model and LoRA
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if pipe is None:
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        pipe = load_pipeline(model, family, dtype=dtype)
+        pipe.to(target)
+    pipe.set_progress_bar_config(disable=True)
+    if lora_path is not None:
+        from lorastory.models.lora import apply_lora
+
+        apply_lora(pipe, lora_path, scale=lora_scale, allow_pickle=allow_pickle)
+    lora_name = lora_path.stem if lora_path else None
+    lora_hash = lora_short_hash(lora_path) if lora_path else None
+
+    # 3. render group by group, in batches
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    total_steps = sum(job.steps for job in jobs)
+    done_steps = 0
+    base_scheduler = pipe.scheduler.config
+    groups: dict[tuple[Any, ...], list[PanelJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.group_key(), []).append(job)
+    timings: dict[int, float] = {}
+    for group in groups.values():
+        size = batch_size or (8 if target.type == "cuda" else 2)
+        start = 0
+        while start < len(group):
+            chunk = group[start : start + size]
+            try:
+                images, seconds = _render(pipe, chunk, base_scheduler, target,
+                                          lambda step: on_step(done_steps + step * len(chunk), total_steps) if on_step else None)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size = max(1, size // 2)
+                torch.cuda.empty_cache()
+                warnings.warn(f"out of GPU memory; retrying with batch size {size}", stacklevel=2)
+                continue
+            done_steps += chunk[0].steps * len(chunk)
+            for job, image in zip(chunk, images):
+                params = GenerationParams(
+                    prompt=job.prompt, negative_prompt=job.negative, steps=job.steps, sampler=job.sampler,
+                    cfg_scale=job.cfg, seed=job.seed, width=job.width, height=job.height, model=str(model),
+                    lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash,
+                )
+                save_png_with_parameters(image, out_dir / job.file_name, params)
+                timings[job.index] = seconds / len(chunk)
+            start += len(chunk)
+
+    # 4. storyboard, manifest, resolved story
+    panel_paths = [out_dir / job.file_name for job in jobs]
+    storyboard = out_dir / "storyboard.png"
+    save_storyboard(panel_paths, storyboard, cols=2, title=story.title or None,
+                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None)
+    seconds = time.perf_counter() - started
+    manifest = out_dir / "manifest.json"
+    atomic_write_json(manifest, {
+        "lorastory_version": __version__,
+        "title": story.title,
+        "model": str(model),
+        "family": type(pipe).__name__,
+        "lora": {"path": str(lora_path), "sha256": _file_hash(lora_path), "scale": lora_scale} if lora_path else None,
+        "device": str(target),
+        "seconds": round(seconds, 3),
+        "panels": [
+            {"file": job.file_name, "prompt": job.prompt, "negative": job.negative, "seed": job.seed,
+             "steps": job.steps, "cfg": job.cfg, "width": job.width, "height": job.height,
+             "sampler": job.sampler, "caption": job.caption, "seconds": round(timings[job.index], 3)}
+            for job in jobs
+        ],
+        "storyboard": storyboard.name,
+    })
+    atomic_write_text(out_dir / "story.yaml", story.to_yaml())
+    return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
+
+
+def _render(pipe: Any, chunk: list[PanelJob], base_scheduler: Any, device: Any, on_step: Callable[[int], None] | None) -> tuple[list[Any], float]:
+    """One batched pipeline call: a generator per panel, so batching does not change a panel."""
+    import torch
+
+    from lorastory.generate.samplers import make_scheduler
+
+    first = chunk[0]
+    pipe.scheduler = make_scheduler(first.sampler, base_scheduler)
+    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in chunk]
+
+    def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(step + 1)
+        return kwargs
+
+    started = time.perf_counter()
+    images = pipe(
+        prompt=[job.prompt for job in chunk],
+        negative_prompt=[job.negative for job in chunk],
+        num_inference_steps=first.steps,
+        guidance_scale=first.cfg,
+        width=first.width,
+        height=first.height,
+        generator=generators,
+        callback_on_step_end=step_end,
+    ).images
+    return images, time.perf_counter() - started
+
+
+def load_story(path: str | Path) -> Story:
+    """Read and validate a story file; errors name the line and field."""
+    return Story.from_yaml(path)
+
+
+def manifest_panels(manifest: str | Path) -> list[dict[str, Any]]:
+    """The panel records of a run's ``manifest.json``."""
+    return json.loads(Path(manifest).read_text(encoding="utf-8"))["panels"]

@@ -1,0 +1,117 @@
+"""The latent and text-embedding cache.
+
+Each item's latents and each caption's embeddings are one safetensors file
+named by a hash of everything that determines them (model weights, image
+file, placement; model, caption). A change to one caption or one crop
+recomputes only that entry; an unchanged dataset is never re-encoded. After
+caching, the trainer frees the VAE and text encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lorastory.models.conditioning import encode_text
+from lorastory.models.vae import encode_latents
+from lorastory.train.data import Placement, TrainItem, load_pixels
+
+
+def component_fingerprint(model_dir: str | None, component: str) -> str:
+    """A hash of a pipeline component's config and weight files (name, size, mtime)."""
+    digest = hashlib.sha256(component.encode())
+    folder = Path(model_dir or "") / component
+    if model_dir and folder.is_dir():
+        for file in sorted(folder.iterdir()):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            if file.suffix == ".json":
+                digest.update(file.read_bytes())
+    else:
+        digest.update(str(model_dir).encode())
+    return digest.hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def latent_key(vae_fingerprint: str, item: TrainItem, placement: Placement) -> str:
+    stat = os.stat(item.path)
+    return _key("latents", vae_fingerprint, os.path.abspath(item.path), stat.st_size, stat.st_mtime_ns, asdict(placement))
+
+
+def text_key(text_fingerprint: str, caption: str) -> str:
+    return _key("text", text_fingerprint, caption)
+
+
+class TensorCache:
+    """A folder of safetensors files addressed by key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path(key)))
+
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, target)
+
+
+def fill_latents(
+    cache: TensorCache,
+    vae: Any,
+    jobs: Sequence[tuple[str, TrainItem, Placement]],
+    batch_size: int = 4,
+    on_step: Callable[[int], None] | None = None,
+) -> int:
+    """Encode the (key, item, placement) jobs missing from the cache; return how many were encoded."""
+    todo = [job for job in jobs if not cache.has(job[0])]
+    by_size: dict[tuple[int, int], list[tuple[str, TrainItem, Placement]]] = {}
+    for job in todo:
+        by_size.setdefault(job[2].target, []).append(job)
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            pixels = torch.stack([load_pixels(item, placement) for _, item, placement in chunk])
+            latents = encode_latents(vae, pixels)
+            for (key, _, _), latent in zip(chunk, latents):
+                cache.save(key, {"latents": latent})
+            if on_step is not None:
+                on_step(len(chunk))
+    return len(todo)
+
+
+def fill_text(
+    cache: TensorCache,
+    pipe: Any,
+    jobs: Sequence[tuple[str, str]],
+    device: torch.device | str,
+    batch_size: int = 8,
+) -> int:
+    """Encode the (key, caption) jobs missing from the cache; return how many were encoded."""
+    todo = list({key: caption for key, caption in jobs if not cache.has(key)}.items())
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        encoded = encode_text(pipe, [caption for _, caption in chunk], device)
+        for index, (key, _) in enumerate(chunk):
+            cache.save(key, {name: value[index] for name, value in encoded.items()})
+    return len(todo)

@@ -1,0 +1,125 @@
+"""Training items: read a training folder and turn images into model-ready tensors.
+
+A training folder is what ``lorastory data export-csv`` writes
+(``metadata.csv`` with ``file_name,text``) or a folder with a Data-Juicer /
+imagefolder ``metadata.jsonl``. Bad rows and unreadable images are skipped
+with a warning listing them, never silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lorastory.data.dataset import clean_caption
+from lorastory.data.images import load_rgb, probe_image
+from lorastory.errors import BadImageError, DataError
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One image and its caption; ``size`` is (width, height) as displayed."""
+
+    path: str
+    caption: str
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How an item becomes a training tensor: target size, crop, flip."""
+
+    target: tuple[int, int]  # (width, height)
+    crop_top_left: tuple[int, int]  # (top, left) in the resized image
+    resized: tuple[int, int]  # (width, height) before cropping
+    flip: bool = False
+
+
+def read_train_folder(folder: str | Path) -> tuple[list[TrainItem], list[str]]:
+    """Items of a training folder and the problems of the rows that were skipped."""
+    root = Path(folder)
+    if (root / "metadata.csv").is_file():
+        rows = _csv_rows(root / "metadata.csv")
+    elif (root / "metadata.jsonl").is_file():
+        rows = _jsonl_rows(root / "metadata.jsonl")
+    else:
+        raise DataError(f"{root}: no metadata.csv or metadata.jsonl (make one with 'lorastory data export-csv')")
+    items: list[TrainItem] = []
+    problems: list[str] = []
+    for where, file_name, caption in rows:
+        if file_name is None:
+            problems.append(f"{where}: {caption}")
+            continue
+        path = Path(file_name) if Path(file_name).is_absolute() else root / file_name
+        try:
+            info = probe_image(path)
+        except BadImageError as err:
+            problems.append(f"{where}: {path}: {err}")
+            continue
+        items.append(TrainItem(str(path), clean_caption(caption), (info.width, info.height)))
+    if not items:
+        raise DataError(f"{root}: no usable training images" + (f" ({problems[0]})" if problems else ""))
+    return items, problems
+
+
+def _csv_rows(path: Path):
+    text = path.read_bytes().decode("utf-8-sig", errors="strict")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or not {"file_name", "text"} <= set(reader.fieldnames):
+        raise DataError(f"{path}: needs 'file_name' and 'text' columns")
+    for number, row in enumerate(reader, start=2):
+        yield f"{path.name} line {number}", row["file_name"], row["text"] or ""
+
+
+def _jsonl_rows(path: Path):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path.name} line {number}"
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                yield where, None, "not a JSON line"
+                continue
+            image = row.get("file_name") or row.get("image") or row.get("images")
+            image = image[0] if isinstance(image, list) and image else image
+            text = row.get("text", "")
+            if not isinstance(image, str) or not isinstance(text, str):
+                yield where, None, "needs 'text' and an image path"
+                continue
+            yield where, image, text
+
+
+def place(item: TrainItem, target: tuple[int, int], center_crop: bool, flip: bool, rng: random.Random) -> Placement:
+    """Resize to cover ``target`` keeping the aspect ratio, then crop (centre or random)."""
+    width, height = item.size
+    tw, th = target
+    scale = max(tw / width, th / height)
+    rw, rh = max(tw, round(width * scale)), max(th, round(height * scale))
+    if center_crop:
+        top, left = (rh - th) // 2, (rw - tw) // 2
+    else:
+        top, left = rng.randint(0, rh - th), rng.randint(0, rw - tw)
+    return Placement(target, (top, left), (rw, rh), flip)
+
+
+def load_pixels(item: TrainItem, placement: Placement) -> torch.Tensor:
+    """The placed image as a (3, H, W) float tensor in [-1, 1]."""
+    image = load_rgb(item.path)
+    image = image.resize(placement.resized, Image.BICUBIC, reducing_gap=3.0)
+    top, left = placement.crop_top_left
+    tw, th = placement.target
+    image = image.crop((left, top, left + tw, top + th))
+    if placement.flip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

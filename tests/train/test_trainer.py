@@ -1,0 +1,133 @@
+"""LoRA training end to end on tiny models: files, learning, caching, exact resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lorastory.train.config import TrainConfig
+from lorastory.train.trainer import TrainingError, train
+
+
+def _config(model, data, out, **overrides) -> TrainConfig:
+    values = dict(model=str(model), data=str(data), out=str(out), resolution=64, rank=4, alpha=4.0,
+                  lr=1e-3, max_steps=24, batch_size=2, seed=3, gradient_checkpointing=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _generate(pipe, seed=0):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("striped style 条纹", num_inference_steps=3, height=64, width=64, guidance_scale=4.0,
+                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+def test_training_learns_and_writes_a_lora_plain_diffusers_loads(tiny_model_path, style_train_folder, tmp_path):
+    from diffusers import KolorsPipeline
+
+    out = tmp_path / "run"
+    # A random tiny UNet learns little through attention alone; adapting its convolutions too
+    # makes the drop in loss clear within a few dozen steps.
+    config = _config(tiny_model_path("kolors"), style_train_folder, out, max_steps=40, lr=3e-3,
+                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+                     validation_prompts=["striped style 条纹"], validation_every=20, validation_steps=2)
+    messages: list[str] = []
+    result = train(config, say=messages.append)
+    assert result.steps == 40
+    assert np.mean(result.losses[-10:]) < 0.9 * np.mean(result.losses[:10])
+    assert (out / "lora.safetensors").is_file() and (out / "config.yaml").is_file()
+    assert TrainConfig.from_yaml(out / "config.yaml") == config
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-000020-00.png", "step-000040-00.png"]
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    with safe_open(str(out / "lora.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+        assert all(key.startswith("unet.") for key in handle.keys())
+    assert metadata["lorastory.family"] == "kolors" and metadata["lorastory.rank"] == "4"
+
+    pipe = KolorsPipeline.from_pretrained(tiny_model_path("kolors"))
+    base = _generate(pipe)
+    pipe.load_lora_weights(str(out), weight_name="lora.safetensors")
+    assert np.abs(_generate(pipe) - base).max() > 1e-3
+
+
+def test_cache_is_reused_and_invalidated_per_caption(tiny_model_path, style_train_folder, tmp_path):
+    cache = tmp_path / "cache"
+    first: list[str] = []
+    train(_config(tiny_model_path("kolors"), style_train_folder, tmp_path / "a", max_steps=1, cache_dir=str(cache)),
+          say=first.append)
+    assert any("8 image(s) and 2 caption(s) encoded" in m for m in first)
+    again: list[str] = []
+    train(_config(tiny_model_path("kolors"), style_train_folder, tmp_path / "b", max_steps=1, cache_dir=str(cache)),
+          say=again.append)
+    assert any("0 image(s) and 0 caption(s) encoded" in m for m in again)
+
+
+def test_buckets_and_flip_train_on_mixed_sizes(tiny_model_path, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    lines = ["file_name,text"]
+    for index, size in enumerate([(128, 64), (128, 64), (64, 128), (64, 64), (96, 96)]):
+        Image.new("RGB", size, (index * 40, 100, 200)).save(folder / "images" / f"{index}.png")
+        lines.append(f"images/{index}.png,shape {index}")
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    messages: list[str] = []
+    result = train(_config(tiny_model_path("sdxl"), folder, tmp_path / "run", buckets=True, random_flip=True,
+                           bucket_step=32, max_steps=4), say=messages.append)
+    assert result.steps == 4 and (tmp_path / "run" / "lora.safetensors").is_file()
+    assert any("fewer than the batch size" in m for m in messages)
+
+
+def test_existing_checkpoints_need_resume(tiny_model_path, style_train_folder, tmp_path):
+    config = _config(tiny_model_path("sd15"), style_train_folder, tmp_path / "run", max_steps=2, checkpoint_every=1)
+    train(config, say=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    with pytest.raises(TrainingError, match="--resume"):
+        train(config, say=lambda m: None)
+
+
+def _train_command(model, data, out, steps, every):
+    return [sys.executable, "-m", "lorastory", "train", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--resolution", "64", "--rank", "4", "--alpha", "2", "--lr", "1e-3", "--batch-size", "2",
+            "--max-steps", str(steps), "--checkpoint-every", str(every), "--seed", "7", "--no-gradient-checkpointing",
+            "--epochs", "1"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_identical(tiny_model_path, style_train_folder, tmp_path):
+    model = tiny_model_path("kolors")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(model, style_train_folder, straight, 30, 5), check=True, env=env,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(model, style_train_folder, killed, 30, 5), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    half = killed / "checkpoints" / "step-000005"
+    deadline = time.time() + 300
+    while not half.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert half.is_dir(), "the run never reached its first checkpoint"
+    assert not (killed / "lora.safetensors").exists(), "killed too late: the run had finished"
+
+    resumed = subprocess.run(_train_command(model, style_train_folder, killed, 30, 5) + ["--resume"], env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-0000" in resumed.stderr
+    a, b = load_file(str(straight / "lora.safetensors")), load_file(str(killed / "lora.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
