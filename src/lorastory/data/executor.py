@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lorastory.data.ops import Deduplicator, Filter, Op
 from lorastory.data.recipe import Recipe, resolve_dataset_file, stats_path_for
@@ -88,16 +88,26 @@ class RunResult:
     ignored_keys: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Outcome:
+class _Outcome(NamedTuple):
+    """One line's result, kept small: it crosses the process boundary for every row."""
+
     line: int
     stop: int  # index of the op that dropped or failed the row; len(ops) if it passed every filter
     error: str | None
-    output: str | None
-    stats: dict[str, Any]
-    hashes: dict[int, str]
-    times: list[float]
-    images: list[str]
+    output: str | None  # the exported row, serialised (rows that passed every filter)
+    stats_line: str | None  # its ``*_stats.jsonl`` line
+    hashes: dict[int, str] | None
+    image: str | None  # first image, for the report's thumbnails
+    detail: str | None  # why a filter dropped it
+
+
+@dataclass
+class _ChunkResult:
+    """A chunk's outcomes plus what its ops measured (time, stats for the histograms)."""
+
+    outcomes: list[_Outcome]
+    seconds: list[float]
+    histograms: dict[str, list[float]]
 
 
 class _Chain:
@@ -107,43 +117,49 @@ class _Chain:
         self.ops = ops
         self.keys = keys
 
-    def run_line(self, line_no: int, raw: bytes) -> _Outcome:
-        times = [0.0] * len(self.ops)
+    def run_chunk(self, chunk: list[tuple[int, bytes]]) -> _ChunkResult:
+        result = _ChunkResult([], [0.0] * len(self.ops), {})
+        for line_no, raw in chunk:
+            result.outcomes.append(self._run_line(line_no, raw, result))
+        return result
+
+    def _run_line(self, line_no: int, raw: bytes, totals: _ChunkResult) -> _Outcome:
         try:
             row = _parse_row(raw, self.keys)
-        except LorastoryError as err:
-            return _Outcome(line_no, INPUT_STAGE, str(err), None, {}, {}, times, [])
-        stats = row.pop(STATS_FIELD, None)
-        sample = Sample(row, self.keys, stats if isinstance(stats, dict) else {})
-        for key in HASH_FIELDS:
-            row.pop(key, None)
-        try:
+            stats = row.pop(STATS_FIELD, None)
+            sample = Sample(row, self.keys, stats if isinstance(stats, dict) else {})
+            for key in HASH_FIELDS:
+                row.pop(key, None)
             images = sample.image_paths()
         except LorastoryError as err:
-            return _Outcome(line_no, INPUT_STAGE, str(err), None, {}, {}, times, [])
-        hashes: dict[int, str] = {}
-        stop = len(self.ops)
-        error = None
+            return _Outcome(line_no, INPUT_STAGE, str(err), None, None, None, None, None)
+        hashes: dict[int, str] | None = None
+        stop, error, detail = len(self.ops), None, None
         for index, op in enumerate(self.ops):
             start = time.perf_counter()
             try:
                 if isinstance(op, Filter):
                     op.compute_stats(sample)
                     passed = op.keep(sample.stats)
+                    _add_histogram(totals.histograms, op, index, sample.stats)
+                    if not passed:
+                        detail = _describe_drop(op, sample.stats)
                 else:
+                    hashes = hashes or {}
                     hashes[index] = op.compute_hash(sample)
                     passed = True
             except LorastoryError as err:
                 error, passed = str(err), False
-            times[index] = time.perf_counter() - start
+            totals.seconds[index] += time.perf_counter() - start
             if not passed:
                 stop = index
                 break
-        output = None
+        output = stats_line = None
         if stop == len(self.ops):
             _absolutise_images(row, self.keys)
             output = json.dumps(row, ensure_ascii=False)
-        return _Outcome(line_no, stop, error, output, sample.stats, hashes, times, images)
+            stats_line = json.dumps({STATS_FIELD: sample.stats}, ensure_ascii=False)
+        return _Outcome(line_no, stop, error, output, stats_line, hashes, images[0] if images else None, detail)
 
 
 def _parse_row(raw: bytes, keys: DatasetKeys) -> dict[str, Any]:
@@ -182,9 +198,9 @@ def _init_worker(recipe_data: dict[str, Any], keys: DatasetKeys) -> None:
     _WORKER_CHAIN = _Chain(Recipe.model_validate(recipe_data).build_ops(), keys)
 
 
-def _work(chunk: list[tuple[int, bytes]]) -> list[_Outcome]:
+def _work(chunk: list[tuple[int, bytes]]) -> _ChunkResult:
     assert _WORKER_CHAIN is not None
-    return [_WORKER_CHAIN.run_line(n, raw) for n, raw in chunk]
+    return _WORKER_CHAIN.run_chunk(chunk)
 
 
 def _read_chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
@@ -201,11 +217,10 @@ def _read_chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
         yield chunk
 
 
-def _outcomes(recipe: Recipe, chain: _Chain, path: Path, processes: int) -> Iterator[_Outcome]:
-    """Outcomes in input order, computed in ``processes`` workers with bounded read-ahead."""
+def _chunk_results(recipe: Recipe, chain: _Chain, path: Path, processes: int) -> Iterator[_ChunkResult]:
+    """Chunk results in input order, computed in ``processes`` workers with bounded read-ahead."""
     if processes <= 1:
-        for chunk in _read_chunks(path):
-            yield from (chain.run_line(n, raw) for n, raw in chunk)
+        yield from (chain.run_chunk(chunk) for chunk in _read_chunks(path))
         return
     in_flight = threading.BoundedSemaphore(processes * 4)
     stopping = threading.Event()
@@ -222,7 +237,7 @@ def _outcomes(recipe: Recipe, chain: _Chain, path: Path, processes: int) -> Iter
     try:
         for chunk_result in pool.imap(_work, feed()):
             in_flight.release()
-            yield from chunk_result
+            yield chunk_result
         pool.close()
     finally:
         stopping.set()
@@ -235,10 +250,8 @@ def _outcomes(recipe: Recipe, chain: _Chain, path: Path, processes: int) -> Iter
         pool.join()
 
 
-def _describe_drop(op: Op, stats: dict[str, Any]) -> str:
-    if isinstance(op, Filter):
-        return ", ".join(f"{k}={_short(stats.get(k))}" for k in op.stats_keys)
-    return "duplicate"
+def _describe_drop(op: Filter, stats: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_short(stats.get(k))}" for k in op.stats_keys)
 
 
 def _short(value: Any) -> str:
@@ -284,54 +297,53 @@ def run_recipe(
     stats_file = atomic_open(stats_path, "w") if stats_path is not None else contextlib.nullcontext()
     with atomic_open(export_path, "w") as out, stats_file as stats_out:
         done = 0
-        for outcome in _outcomes(recipe, chain, input_path, workers):
-            done += 1
-            read.n_in += 1
-            if on_progress is not None and done % 512 == 0:
-                on_progress(done)
-            if outcome.stop == INPUT_STAGE:
-                read.errors += 1
-                n_skipped += 1
-                if len(skipped) < max_skips_listed:
-                    skipped.append(Skip(outcome.line, "input", outcome.error or "unreadable"))
-                continue
-            read.kept += 1
-            kept = True
-            for index, op in enumerate(ops):
-                row = counts[index]
-                row.n_in += 1
-                row.seconds += outcome.times[index]
-                if isinstance(op, Filter):
-                    for key in op.stats_keys:
-                        _add_histogram(histograms, f"{index}:{op.name}:{key}", outcome.stats.get(key))
-                if index == outcome.stop:
-                    kept = False
-                    if outcome.error is not None:
-                        row.errors += 1
-                        n_skipped += 1
-                        if len(skipped) < max_skips_listed:
-                            skipped.append(Skip(outcome.line, op.name, outcome.error))
-                    else:
-                        row.dropped += 1
-                        _note_example(examples, per_op_examples, outcome, index, _describe_drop(op, outcome.stats))
-                    break
-                if index in seen_hashes:
-                    digest = outcome.hashes[index]
-                    if digest and digest in seen_hashes[index]:
-                        row.dropped += 1
+        for chunk in _chunk_results(recipe, chain, input_path, workers):
+            for index, seconds in enumerate(chunk.seconds):
+                counts[index].seconds += seconds
+            for key, values in chunk.histograms.items():
+                histograms.setdefault(key, array("d")).extend(values)
+            for outcome in chunk.outcomes:
+                read.n_in += 1
+                if outcome.stop == INPUT_STAGE:
+                    read.errors += 1
+                    n_skipped += 1
+                    if len(skipped) < max_skips_listed:
+                        skipped.append(Skip(outcome.line, "input", outcome.error or "unreadable"))
+                    continue
+                read.kept += 1
+                kept = True
+                for index, op in enumerate(ops):
+                    row = counts[index]
+                    row.n_in += 1
+                    if index == outcome.stop:
                         kept = False
-                        _note_example(examples, per_op_examples, outcome, index, "duplicate")
+                        if outcome.error is not None:
+                            row.errors += 1
+                            n_skipped += 1
+                            if len(skipped) < max_skips_listed:
+                                skipped.append(Skip(outcome.line, op.name, outcome.error))
+                        else:
+                            row.dropped += 1
+                            _note_example(examples, per_op_examples, outcome, index, outcome.detail or "")
                         break
-                    if digest:
-                        seen_hashes[index].add(digest)
-                row.kept += 1
-            if kept:
-                n_output += 1
-                out.write(outcome.output + "\n")
-                if stats_out is not None:
-                    stats_out.write(json.dumps({STATS_FIELD: outcome.stats}, ensure_ascii=False) + "\n")
-        if on_progress is not None:
-            on_progress(done)
+                    if index in seen_hashes:
+                        digest = outcome.hashes[index]
+                        if digest and digest in seen_hashes[index]:
+                            row.dropped += 1
+                            kept = False
+                            _note_example(examples, per_op_examples, outcome, index, "duplicate")
+                            break
+                        if digest:
+                            seen_hashes[index].add(digest)
+                    row.kept += 1
+                if kept:
+                    n_output += 1
+                    out.write(outcome.output + "\n")
+                    if stats_out is not None:
+                        stats_out.write(outcome.stats_line + "\n")
+            done += len(chunk.outcomes)
+            if on_progress is not None:
+                on_progress(done)
 
     return RunResult(
         input_path=input_path,
@@ -351,16 +363,14 @@ def run_recipe(
     )
 
 
-def _add_histogram(histograms: dict[str, array], key: str, value: Any) -> None:
-    if value is None:
-        return
-    values = value if isinstance(value, list) else [value]
-    bucket = histograms.get(key)
-    if bucket is None:
-        bucket = histograms[key] = array("d")
-    for v in values:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            bucket.append(float(v))
+def _add_histogram(histograms: dict[str, list[float]], op: Filter, index: int, stats: dict[str, Any]) -> None:
+    """Collect the numeric stats ``op`` computed, keyed "index:op:stat"."""
+    for key in op.stats_keys:
+        value = stats.get(key)
+        values = value if isinstance(value, list) else [value]
+        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers:
+            histograms.setdefault(f"{index}:{op.name}:{key}", []).extend(numbers)
 
 
 def _note_example(
@@ -368,4 +378,4 @@ def _note_example(
 ) -> None:
     if per_op[index] < _EXAMPLES_PER_OP:
         per_op[index] += 1
-        examples.append(DroppedExample(outcome.line, index, outcome.images, detail))
+        examples.append(DroppedExample(outcome.line, index, [outcome.image] if outcome.image else [], detail))

@@ -9,10 +9,14 @@ mode (CMYK, 16-bit, palette with transparency...) to 8-bit RGB.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -40,15 +44,15 @@ class ImageInfo:
     orientation: int = 1
 
 
-def _jpeg_ends_after_scan(path: str) -> bool:
+def _jpeg_ends_after_scan(handle: BinaryIO) -> bool:
     """True if an end-of-image marker follows the start of the scan data.
 
     Only called when the file does not end with the marker: data appended after
     a complete JPEG (a phone's motion-photo video, say) is not truncation, while
     a marker inside an EXIF thumbnail (before the scan) does not count.
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
+    handle.seek(0)
+    data = handle.read()
     position = 2  # after SOI
     while position + 4 <= len(data):
         if data[position] != 0xFF:
@@ -64,21 +68,20 @@ def _jpeg_ends_after_scan(path: str) -> bool:
     return False
 
 
-def _check_complete(path: str, fmt: str, file_size: int) -> None:
-    """Reject a file whose end marker is missing: a cheap truncation test."""
+def _check_complete(handle: BinaryIO, fmt: str, file_size: int) -> None:
+    """Reject a file whose end marker is missing: a cheap truncation test (reads the tail only)."""
     if fmt not in ("JPEG", "PNG", "GIF", "WEBP"):
         return
-    with open(path, "rb") as handle:
-        tail_len = min(file_size, 4096)
-        handle.seek(file_size - tail_len)
-        tail = handle.read(tail_len)
-        if fmt == "WEBP":
-            handle.seek(4)
-            declared = int.from_bytes(handle.read(4), "little") + 8
+    tail_len = min(file_size, 4096)
+    handle.seek(file_size - tail_len)
+    tail = handle.read(tail_len)
+    if fmt == "WEBP":
+        handle.seek(4)
+        declared = int.from_bytes(handle.read(4), "little") + 8
     if fmt == "JPEG":
         # Encoders may pad after the end-of-image marker, and phones append data.
         end = tail.rstrip(b"\x00")
-        if not end.endswith(b"\xff\xd9") and not _jpeg_ends_after_scan(path):
+        if not end.endswith(b"\xff\xd9") and not _jpeg_ends_after_scan(handle):
             raise BadImageError("truncated JPEG (no end-of-image marker)")
     elif fmt == "PNG":
         if not tail.endswith(_PNG_IEND):
@@ -90,36 +93,41 @@ def _check_complete(path: str, fmt: str, file_size: int) -> None:
         raise BadImageError(f"truncated WebP ({file_size} of {declared} bytes)")
 
 
-def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> tuple[Image.Image, int]:
-    """Open lazily (header only) after checking the path is a non-empty file."""
+@contextlib.contextmanager
+def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> Iterator[tuple[Image.Image, int, BinaryIO]]:
+    """Open a file once and its image lazily (header only), after checking it is a non-empty file."""
     file = os.fspath(path)
     try:
-        stat = os.stat(file)
+        handle = open(file, "rb")
     except FileNotFoundError:
         raise BadImageError("file not found") from None
+    except IsADirectoryError:
+        raise BadImageError("not a regular file (a directory?)") from None
     except OSError as err:
         raise BadImageError(f"cannot read file ({err.strerror})") from None
-    if not os.path.isfile(file):
-        raise BadImageError("not a regular file (a directory?)")
-    if stat.st_size == 0:
-        raise BadImageError("empty file (0 bytes)")
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(file)
-    except Image.DecompressionBombError:
-        raise BadImageError("decompression bomb: pixel count over the safety limit") from None
-    except UnidentifiedImageError:
-        raise BadImageError("not a recognised image format") from None
-    except OSError as err:
-        raise BadImageError(f"unreadable image ({err})") from None
-    if limit and image.width * image.height > limit:
-        image.close()
-        raise BadImageError(
-            f"decompression bomb: {image.width}x{image.height} is over the {limit:,}-pixel safety limit"
-        )
-    return image, stat.st_size
+    with handle:
+        stat = os.fstat(handle.fileno())
+        if not S_ISREG(stat.st_mode):
+            raise BadImageError("not a regular file (a directory?)")
+        if stat.st_size == 0:
+            raise BadImageError("empty file (0 bytes)")
+        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(handle)
+        except Image.DecompressionBombError:
+            raise BadImageError("decompression bomb: pixel count over the safety limit") from None
+        except UnidentifiedImageError:
+            raise BadImageError("not a recognised image format") from None
+        except OSError as err:
+            raise BadImageError(f"unreadable image ({err})") from None
+        with image:
+            if limit and image.width * image.height > limit:
+                raise BadImageError(
+                    f"decompression bomb: {image.width}x{image.height} is over the {limit:,}-pixel safety limit"
+                )
+            yield image, stat.st_size, handle
 
 
 def _orientation(image: Image.Image) -> int:
@@ -134,13 +142,12 @@ def _orientation(image: Image.Image) -> int:
 
 def probe_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> ImageInfo:
     """Read an image's header; raise :class:`BadImageError` with the reason if unusable."""
-    image, file_size = _open_checked(path, max_pixels)
-    with image:
+    with _open_checked(path, max_pixels) as (image, file_size, handle):
         fmt = image.format or "UNKNOWN"
         orientation = _orientation(image)
         width, height = _displayed_size(image, orientation)
         mode = image.mode
-    _check_complete(os.fspath(path), fmt, file_size)
+        _check_complete(handle, fmt, file_size)
     return ImageInfo(width, height, file_size, fmt, mode, orientation)
 
 
@@ -188,9 +195,8 @@ def load_rgb(
     ``draft_size`` lets JPEG decode at a reduced scale when only a small
     version is needed (thumbnails, perceptual hashes), which is many times faster.
     """
-    image, file_size = _open_checked(path, max_pixels)
-    with image:
-        _check_complete(os.fspath(path), image.format or "UNKNOWN", file_size)
+    with _open_checked(path, max_pixels) as (image, file_size, handle):
+        _check_complete(handle, image.format or "UNKNOWN", file_size)
         if draft_size is not None:
             image.draft("RGB", draft_size)
         try:

@@ -38,6 +38,7 @@ class Sample:
     keys: DatasetKeys
     stats: dict[str, Any] = field(default_factory=dict)
     _infos: dict[str, ImageInfo] = field(default_factory=dict, repr=False)
+    _paths: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def text(self, key: str | None = None) -> str:
         """The row's text under ``key`` (the recipe's text key by default)."""
@@ -49,15 +50,19 @@ class Sample:
         return value
 
     def image_paths(self, key: str | None = None) -> list[str]:
-        """The row's image paths, resolved against the dataset folder."""
-        value = self.row.get(key or self.keys.image_key)
-        if value is None:
-            return []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-            raise DataError(f"'{key or self.keys.image_key}' must be a list of paths")
-        return [resolve_path(p, self.keys.base_dir) for p in value]
+        """The row's image paths, resolved against the dataset folder (computed once per key)."""
+        name = key or self.keys.image_key
+        paths = self._paths.get(name)
+        if paths is None:
+            value = self.row.get(name)
+            if value is None:
+                value = []
+            elif isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise DataError(f"'{name}' must be a list of paths")
+            paths = self._paths[name] = [resolve_path(p, self.keys.base_dir) for p in value]
+        return paths
 
     def image_info(self, path: str) -> ImageInfo:
         """Header facts of one image (cached); raises :class:`BadImageError` naming the file."""

@@ -5,17 +5,10 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-import imagehash
-
 from lorastory.data.ops.base import Deduplicator, OpParams, register_op
 from lorastory.data.sample import Sample
 
-_HASHERS = {
-    "phash": imagehash.phash,
-    "dhash": imagehash.dhash,
-    "whash": imagehash.whash,
-    "ahash": imagehash.average_hash,
-}
+_HASHERS = {"phash": "phash", "dhash": "dhash", "whash": "whash", "ahash": "average_hash"}
 # Hashes look at a 32x32 (at most) greyscale version: decoding JPEGs at a reduced
 # DCT scale gives the same hash input many times faster than a full decode.
 _DRAFT = (128, 128)
@@ -40,7 +33,9 @@ class ImageDeduplicator(Deduplicator):
     def compute_hash(self, sample: Sample) -> str:
         # Data-Juicer hashes each distinct path once, in first-occurrence order.
         paths = list(dict.fromkeys(sample.image_paths(self.params.image_key)))
-        hasher = _HASHERS[self.params.method]
+        import imagehash  # numpy/scipy: only recipes that deduplicate pay for the import
+
+        hasher = getattr(imagehash, _HASHERS[self.params.method])
         digest = "".join(str(hasher(sample.image_rgb(p, _DRAFT))) for p in paths)
         if self.params.consider_text:
             # As in Data-Juicer, the text's MD5 joins the key, so image-less rows dedup by text.
