@@ -49,7 +49,7 @@ def test_data_ops_lists_the_operators(cli):
 
 
 @pytest.mark.slow
-def test_demo_runs_the_data_stage_end_to_end(cli, tmp_path):
+def test_demo_runs_the_whole_job_end_to_end(cli, tmp_path):
     result = cli("demo", "--out", tmp_path / "demo")
     assert result.code == 0, result.err
     demo = tmp_path / "demo"
@@ -61,3 +61,8 @@ def test_demo_runs_the_data_stage_end_to_end(cli, tmp_path):
     assert all((demo / "train" / row["file_name"]).is_file() and row["text"] for row in rows)
     imported = json.loads((demo / "dataset" / "import_report.json").read_text(encoding="utf-8"))
     assert {item["item"] for item in imported["skipped_items"]} == {"broken_empty.jpg", "broken_truncated.jpg"}
+    assert (demo / "lora" / "lora.safetensors").is_file()
+    manifest = json.loads((demo / "story" / "manifest.json").read_text(encoding="utf-8"))
+    assert [p["seed"] for p in manifest["panels"]] == [1, 1, 2, 5, 0, 1, 7, 0]
+    assert manifest["lora"]["path"].endswith("lora.safetensors")
+    assert "storyboard: " in result.out and (demo / "story" / "storyboard.png").is_file()

@@ -6,6 +6,7 @@ Errors a user can fix are :class:`LorastoryError`: one red line and exit code 1
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,9 +350,20 @@ def _print_skips(skipped: list[dict[str, str]], limit: int = 10) -> None:
         err_console.print(f"[yellow]... and {len(skipped) - limit} more (see the report)[/]")
 
 
+def _quiet_libraries(argv: list[str]) -> None:
+    """Keep the model libraries' info logs and progress bars out of our output (not with --debug)."""
+    if "--debug" in argv:
+        return
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(name, "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map errors to exit codes (1 user error, 2 usage)."""
     options = _Options()
+    _quiet_libraries(sys.argv[1:] if argv is None else argv)
     try:
         # Standalone mode: typer reports usage errors itself (exit 2) and ends with SystemExit.
         app(args=argv, prog_name="lorastory", obj=options)

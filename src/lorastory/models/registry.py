@@ -9,8 +9,11 @@ download it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +120,28 @@ def _from_pretrained(family: Family, source: str, dtype: Any, local_only: bool) 
     if family.name == "sd15":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        return family.pipeline_type().from_pretrained(source, use_safetensors=True, local_files_only=local_only, **kwargs)
+        with warnings.catch_warnings(), _quiet_loading():
+            # diffusers >= 0.42 renamed torch_dtype to dtype; older releases know only torch_dtype.
+            warnings.filterwarnings("ignore", message=".*use `dtype` instead", category=FutureWarning)
+            return family.pipeline_type().from_pretrained(source, use_safetensors=True, local_files_only=local_only, **kwargs)
     except (OSError, ValueError, EnvironmentError) as err:
         raise _load_error(source, err, local_only) from None
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-component loading bars: the caller reports progress in its own terms."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for module in restore:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module in restore:
+            module.enable_progress_bar()
 
 
 def _hub_family(model_id: str) -> str:

@@ -236,9 +236,12 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike[str], seed: int = 0
     import torch
 
     from lorastory.errors import ConfigError
+    from lorastory.models.tiny_clip import CLIP_FAMILIES, build_tiny_clip
 
+    if family in CLIP_FAMILIES:  # CLIP / Chinese CLIP for evaluation (lorastory.models.tiny_clip)
+        return build_tiny_clip(out_dir, seed=seed, image_size=resolution, family=family)
     if family not in TINY_FAMILIES:
-        raise ConfigError(f"unknown family '{family}'; choose one of {', '.join(TINY_FAMILIES)}")
+        raise ConfigError(f"unknown family '{family}'; choose one of {', '.join(TINY_FAMILIES + CLIP_FAMILIES)}")
     if resolution % 8:
         raise ConfigError(f"resolution {resolution} is not a multiple of 8")
     out = Path(out_dir)
