@@ -131,3 +131,38 @@ def test_kill_and_resume_is_bit_identical(tiny_model_path, style_train_folder, t
     a, b = load_file(str(straight / "lora.safetensors")), load_file(str(killed / "lora.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_flags_override_the_config_file(tiny_model_path, style_train_folder, tmp_path, cli):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"model: {tiny_model_path('sd15')}\ndata: {style_train_folder}\nout: {tmp_path / 'run'}\n"
+        "rank: 8\nalpha: 2\nresolution: 64\nmax_steps: 5\nbatch_size: 2\n",
+        encoding="utf-8",
+    )
+    result = cli("train", config, "--rank", "2", "--max-steps", "2", "--format", "diffusers", "--format", "kohya",
+                 "--no-gradient-checkpointing")
+    assert result.code == 0, result.err
+    written = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    assert (written.rank, written.alpha, written.max_steps, written.gradient_checkpointing) == (2, 2.0, 2, False)
+    assert (tmp_path / "run" / "lora.safetensors").is_file() and (tmp_path / "run" / "lora_kohya.safetensors").is_file()
+    assert "Trained 2 steps" in result.out
+
+
+def test_bad_training_settings_are_one_line_errors(tmp_path, cli, style_train_folder):
+    result = cli("train", "--model", "m", "--data", str(style_train_folder), "--out", str(tmp_path), "--rank", "0")
+    assert result.code == 1 and "rank" in result.err and "Traceback" not in result.err
+    result = cli("train", "--model", "m", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "no metadata.csv" in result.err
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_path, style_train_folder, tmp_path):
+    config = _config(tiny_model_path("sd15"), style_train_folder, tmp_path / "run", lr=1e30, max_steps=50,
+                     checkpoint_every=1)
+    with pytest.raises(TrainingError, match="(loss|weights) became") as caught:
+        train(config, say=lambda m: None)
+    assert not (tmp_path / "run" / "lora.safetensors").exists()
+    from safetensors.torch import load_file as load
+
+    for folder in (tmp_path / "run" / "checkpoints").glob("step-*"):  # every checkpoint kept is a good one
+        assert all(torch.isfinite(t).all() for t in load(str(folder / "lora_params.safetensors")).values())

@@ -278,6 +278,7 @@ def train(
             next_position = Position(result.steps, epoch + 1 if finished_epoch else epoch,
                                      0 if finished_epoch else batch_index + 1, config.fingerprint())
             if config.checkpoint_every and result.steps % config.checkpoint_every == 0 and accelerator.is_main_process:
+                _check_finite(trainable, result.steps, out)
                 save_checkpoint(out, next_position, {n: p.detach() for n, p in trainable.items()},
                                 optimizer, lr_scheduler, generator, config.keep_checkpoints)
             if config.validation_every and result.steps % config.validation_every == 0 and accelerator.is_main_process:
@@ -288,6 +289,7 @@ def train(
         epoch, done = epoch + 1, 0
 
     # 6. save
+    _check_finite(trainable, result.steps, out)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipe.unet = accelerator.unwrap_model(unet)
@@ -299,6 +301,15 @@ def train(
             result.lora_files.append(out / name)
     accelerator.end_training()
     return result
+
+
+def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None:
+    """Never write a checkpoint or LoRA holding inf/NaN weights."""
+    if all(torch.isfinite(p).all() for p in params.values()):
+        return
+    last = list_checkpoints(out)
+    where = f"; the last good checkpoint is {last[-1][1]}" if last else ""
+    raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{where}")
 
 
 def _training_step(
