@@ -165,17 +165,49 @@ def data_ops() -> None:
     console.print(table)
 
 
+@data_app.command("clip-score")
+def data_clip_score(
+    dataset: Annotated[Path, typer.Argument(help="A result jsonl (data run) or metadata.csv (data export-csv).")],
+    clip: Annotated[str, typer.Option(help="CLIP model folder or hub id.")] = "openai/clip-vit-base-patch32",
+    batch_size: Annotated[int, typer.Option(help="Images per batch; the softmax is over a batch's texts (8 as in the reference, 0: one batch).")] = 8,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: DATASET_clip_scores.csv beside it).")] = None,
+    text_key: Annotated[str, typer.Option(help="Caption field of a jsonl.")] = "text",
+    image_key: Annotated[Optional[str], typer.Option(help="Image list field of a jsonl (default: image or images).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when available).")] = None,
+    show: Annotated[int, typer.Option(help="Rows to print (all rows go to the CSV).")] = 50,
+) -> None:
+    """The reference workflow's CLIP table: softmax of image-text logits per batch, plus cosine and CLIP-T."""
+    from lorastory.eval.clip_score import load_clip
+    from lorastory.eval.dataset_score import clip_score_dataset
+
+    scores = clip_score_dataset(dataset, load_clip(clip, device), batch_size=batch_size, text_key=text_key,
+                                image_key=image_key, out_csv=out)
+    table = Table(title=escape(f"{dataset.name}: CLIP {clip}, softmax over the texts of each batch"))
+    for column in ("batch", "#", "image", "text", "prob", "best match", "cosine", "CLIP-T", "probs over the batch's texts"):
+        table.add_column(column, justify="right" if column in ("batch", "#", "prob", "best match", "cosine", "CLIP-T") else "left")
+    for row in scores.rows[: max(0, show)]:
+        probs = " ".join(f"{p:.2f}" for p in row.probs) if len(row.probs) <= 8 else f"({len(row.probs)} values in the CSV)"
+        table.add_row(str(row.batch), str(row.position), escape(Path(row.image).name), escape(_clip_text(row.text)),
+                      f"{row.prob:.3f}", str(row.best_match), f"{row.cosine:.4f}", f"{row.clip_t:.2f}", probs)
+    console.print(table)
+    if len(scores.rows) > show:
+        console.print(f"... and {len(scores.rows) - show} more rows in the CSV", markup=False)
+    _print_skips(scores.skipped)
+    console.print(f"Scored {len(scores.rows)} image-text pairs (logit scale {scores.logit_scale:.2f}).\n"
+                  f"  csv: {scores.csv_path}", markup=False)
+
+
 # --- model -----------------------------------------------------------------------------
 
 
 @model_app.command("tiny")
 def model_tiny(
-    family: Annotated[str, typer.Option(help="kolors, sdxl or sd15.")],
+    family: Annotated[str, typer.Option(help="kolors, sdxl, sd15, or clip / chinese-clip (for eval tests).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the diffusers model into.")],
     seed: Annotated[int, typer.Option(help="Weights seed (same seed, same bytes).")] = 0,
-    resolution: Annotated[int, typer.Option(help="Native image size in pixels.")] = 64,
+    resolution: Annotated[int, typer.Option(help="Native image size in pixels (CLIP: its input size).")] = 64,
 ) -> None:
-    """Build a tiny random model of a family as a diffusers folder (offline, deterministic)."""
+    """Build a tiny random model of a family as a diffusers (or transformers CLIP) folder, offline and deterministic."""
     from lorastory.models.tiny import build_tiny_model
 
     build_tiny_model(family, out, seed=seed, resolution=resolution)
@@ -205,6 +237,9 @@ def train_cmd(
     center_crop: Annotated[Optional[bool], typer.Option("--center-crop/--random-crop", help="Crop placement.")] = None,
     random_flip: Annotated[Optional[bool], typer.Option("--random-flip", help="Flip images horizontally at random.")] = None,
     buckets: Annotated[Optional[bool], typer.Option("--buckets", help="Aspect-ratio buckets instead of square crops.")] = None,
+    train_text_encoder: Annotated[
+        Optional[bool], typer.Option("--train-text-encoder", help="Also train a LoRA on the text encoder(s).")
+    ] = None,
     gradient_checkpointing: Annotated[
         Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")
     ] = None,
@@ -228,7 +263,7 @@ def train_cmd(
         model=model, data=data, out=out, family=family, rank=rank, alpha=alpha, resolution=resolution,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps, seed=seed,
         checkpoint_every=checkpoint_every, resume=resume, center_crop=center_crop, random_flip=random_flip,
-        buckets=buckets, gradient_checkpointing=gradient_checkpointing, precision=precision,
+        buckets=buckets, train_text_encoder=train_text_encoder, gradient_checkpointing=gradient_checkpointing, precision=precision,
         validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
         cache_dir=cache_dir,
     )
@@ -319,6 +354,108 @@ def grid_cmd(
     board = save_storyboard(images, out, cols=cols, rows=rows, spacing=spacing, title=title,
                             captions=captions, resize_to=size)
     console.print(f"Wrote {out} ({board.width}x{board.height}).", markup=False)
+
+
+# --- eval ------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'lorastory generate'.")],
+    clip: Annotated[str, typer.Option(help="CLIP folder or hub id; for Chinese prompts a Chinese CLIP (OFA-Sys/chinese-clip-vit-base-patch16).")] = "openai/clip-vit-base-patch32",
+    aesthetic: Annotated[Optional[Path], typer.Option(help="LAION aesthetic predictor weights (.safetensors head or predictor folder); without: n/a.")] = None,
+    aesthetic_clip: Annotated[Optional[str], typer.Option(help="CLIP the aesthetic head reads (default: from its metadata or input size).")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also render the story with and without its LoRA and compare scores.")] = False,
+    annotate: Annotated[bool, typer.Option("--annotate", help="Write storyboard_scored.png with the scores in the captions.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="--compare: base model instead of the one the manifest records.")] = None,
+    lora: Annotated[Optional[Path], typer.Option(help="--compare: LoRA instead of the one the manifest records.")] = None,
+    lora_scale: Annotated[Optional[float], typer.Option(help="--compare: LoRA strength (default: the run's).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when available).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per CLIP batch.")] = 16,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow .pth/.pt aesthetic weights (read with torch.load(weights_only=True)).")] = False,
+) -> None:
+    """Score a run: CLIP-T per panel, character consistency, aesthetics; write scores.json."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lorastory.eval.report import evaluate_run
+
+    columns = (TextColumn("rendering LoRA on/off"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, disable=not (compare and err_console.is_terminal)) as progress:
+        task = progress.add_task("compare", total=None)
+        steps = {"offset": 0, "last": 0}
+
+        def on_step(done: int, total: int) -> None:
+            if done < steps["last"]:  # the second render starts again from 0
+                steps["offset"] += steps["last"]
+            steps["last"] = done
+            progress.update(task, completed=steps["offset"] + done, total=2 * total)
+
+        scores = evaluate_run(
+            run_dir, clip, aesthetic, aesthetic_clip=aesthetic_clip, device=device, batch_size=batch_size,
+            annotate=annotate, compare=compare, allow_pickle=allow_pickle, on_step=on_step,
+            compare_options={"model": model, "lora": str(lora) if lora else None, "lora_scale": lora_scale},
+        )
+    _print_scores(scores)
+    console.print(f"Wrote {run_dir / 'scores.json'}", markup=False)
+    if scores.get("storyboard_scored"):
+        console.print(f"  annotated storyboard: {scores['storyboard_scored']}", markup=False)
+    if scores.get("compare"):
+        console.print(f"  LoRA on/off image:    {scores['compare']['image']}", markup=False)
+
+
+def _num(value: float | None, fmt: str, missing: str = "n/a") -> str:
+    return missing if value is None else format(value, fmt)
+
+
+def _signed(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, "+" + fmt)
+
+
+def _clip_text(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _print_scores(scores: dict) -> None:
+    table = Table(title=escape(f"{scores['title'] or Path(scores['run']).name}: CLIP {scores['clip']['model']}"))
+    for column in ("#", "panel", "prompt", "CLIP-T", "aesthetic", "consistency"):
+        table.add_column(column, justify="left" if column in ("panel", "prompt") else "right")
+    for panel in scores["panels"]:
+        prompt = _clip_text(panel["prompt"]) + (" (truncated)" if panel["prompt_truncated"] else "")
+        table.add_row(str(panel["index"]), escape(panel["file"]), escape(prompt), _num(panel["clip_t"], ".2f"),
+                      _num(panel["aesthetic"], ".2f"), _num(panel["consistency"], ".3f"))
+    console.print(table)
+    summary = scores["summary"]
+    aesthetic = scores["aesthetic"]
+    overview = Table(title="summary", show_header=False)
+    overview.add_column("metric")
+    overview.add_column("value", justify="right")
+    overview.add_row("mean CLIP-T", _num(summary["clip_t_mean"], ".2f"))
+    overview.add_row("character consistency (whole panels)", _num(summary["consistency"], ".4f"))
+    overview.add_row(f"character consistency (subject crop: {summary['subject_crop']})", _num(summary["subject_consistency"], ".4f"))
+    overview.add_row("mean aesthetic (LAION, 1-10)",
+                     _num(summary["aesthetic_mean"], ".2f", f"n/a ({aesthetic.get('reason', 'not available')})"))
+    console.print(overview)
+    if scores.get("compare"):
+        _print_compare(scores["compare"])
+    for note in scores["notes"] + (scores.get("compare") or {}).get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def _print_compare(compare: dict) -> None:
+    table = Table(title=escape(f"LoRA {Path(compare['lora']['path']).name} at {compare['lora']['scale']:g}: on vs off, same seeds"))
+    for column in ("metric", "with LoRA", "without", "delta"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    names = {"clip_t_mean": ("mean CLIP-T", ".2f"), "consistency": ("consistency", ".4f"),
+             "subject_consistency": ("consistency (subject crop)", ".4f"), "aesthetic_mean": ("mean aesthetic", ".2f")}
+    for key, (label, fmt) in names.items():
+        row = compare["summary"][key]
+        table.add_row(label, _num(row["with_lora"], fmt), _num(row["without_lora"], fmt), _signed(row["delta"], fmt))
+    for panel in compare["panels"]:
+        row = panel["clip_t"]
+        table.add_row(f"CLIP-T {panel['file']}", _num(row["with_lora"], ".2f"), _num(row["without_lora"], ".2f"),
+                      _signed(row["delta"], ".2f"))
+    console.print(table)
 
 
 # --- demo ------------------------------------------------------------------------------

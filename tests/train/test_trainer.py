@@ -166,3 +166,24 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_path
 
     for folder in (tmp_path / "run" / "checkpoints").glob("step-*"):  # every checkpoint kept is a good one
         assert all(torch.isfinite(t).all() for t in load(str(folder / "lora_params.safetensors")).values())
+
+
+@pytest.mark.parametrize("family", ["sd15", "kolors"])
+def test_text_encoder_lora_trains_with_the_unet(tiny_model_path, style_train_folder, tmp_path, cli, family):
+    from lorastory.models.lora import apply_lora
+    from lorastory.models.registry import load_pipeline
+
+    out = tmp_path / "run"
+    result = cli("train", "--model", tiny_model_path(family), "--data", style_train_folder, "--out", out,
+                 "--resolution", "64", "--rank", "4", "--max-steps", "3", "--batch-size", "2", "--lr", "1e-2",
+                 "--train-text-encoder", "--no-gradient-checkpointing", "--checkpoint-every", "3",
+                 "--validation-prompt", "striped style 条纹", "--validation-every", "3")
+    assert result.code == 0, result.err
+    with safe_open(str(out / "lora.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+        te_b = [k for k in keys if k.startswith("text_encoder.") and ("lora_B" in k or ".up." in k)]
+        assert te_b and any(handle.get_tensor(k).abs().max() > 0 for k in te_b)  # the text-encoder LoRA moved
+    pipe = load_pipeline(tiny_model_path(family))
+    info = apply_lora(pipe, out / "lora.safetensors")
+    assert "text_encoder" in info.components
+    assert (out / "samples" / "step-000003-00.png").is_file()

@@ -15,9 +15,18 @@ import torch
 from lorastory.models.registry import family_of_pipeline
 
 
-@torch.no_grad()
-def encode_text(pipe: Any, prompts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Embeddings of ``prompts`` (no classifier-free guidance) as a dict of batch tensors."""
+def encode_text(
+    pipe: Any, prompts: list[str], device: torch.device | str = "cpu", grad: bool = False
+) -> dict[str, torch.Tensor]:
+    """Embeddings of ``prompts`` (no classifier-free guidance) as a dict of batch tensors.
+
+    ``grad=True`` keeps the graph, for training a LoRA on the text encoder.
+    """
+    with torch.set_grad_enabled(grad):
+        return _encode(pipe, prompts, device)
+
+
+def _encode(pipe: Any, prompts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
     family = family_of_pipeline(pipe).name
     if family == "sd15":
         prompt_embeds, _ = pipe.encode_prompt(prompts, device, 1, False)

@@ -199,8 +199,9 @@ def train(
     captions = [(e.text_key, e.item.caption) for e in examples]
     validation = [(text_key(text_fp, p), p) for p in [*config.validation_prompts, ""]] if config.validation_prompts else []
     encoded_text = fill_text(cache, pipe, captions + validation, device)
-    for name in family.text_encoders:
-        setattr(pipe, name, None)  # a 6B text encoder must not sit in memory while the UNet trains
+    if not config.train_text_encoder:
+        for name in family.text_encoders:
+            setattr(pipe, name, None)  # a 6B text encoder must not sit in memory while the UNet trains
     if device.type == "cuda":
         torch.cuda.empty_cache()
     say(f"cache: {encoded} image(s) and {encoded_text} caption(s) encoded, the rest reused "
@@ -212,10 +213,12 @@ def train(
     weight_dtype = _weight_dtype(mixed_precision)
     unet.to(device, dtype=weight_dtype)
     spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
-                    target_modules=config.target_modules, train_text_encoder=False)
-    if config.train_text_encoder:
-        say("warning: text-encoder LoRA needs the text encoder during training and is not combined with caching; "
-            "training the UNet only")
+                    target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
+    # Text encoders being trained encode every batch live (their cached embeddings would be stale).
+    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
+    for encoder in text_encoders.values():
+        encoder.requires_grad_(False)
+        encoder.to(device, dtype=weight_dtype)
     params = inject_lora(pipe, spec)
     for param in params:
         param.data = param.data.float()
@@ -228,6 +231,8 @@ def train(
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    for encoder in text_encoders.values():
+        encoder.train()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -235,7 +240,7 @@ def train(
     position = Position(0, 0, 0, config.fingerprint())
     if config.resume and existing:
         position, saved = load_checkpoint(existing[-1][1], config.fingerprint(), optimizer, lr_scheduler, generator)
-        named = dict(accelerator.unwrap_model(unet).named_parameters())
+        named = _trainable(accelerator.unwrap_model(unet), text_encoders)
         for name, tensor in saved.items():
             named[name].data.copy_(tensor)
         say(f"resumed from {existing[-1][1].name} (step {position.global_step})")
@@ -243,7 +248,7 @@ def train(
     # 5. loop
     accelerator.init_trackers("lorastory")
     result = TrainResult(out, [], position.global_step)
-    trainable = {n: p for n, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}
+    trainable = _trainable(accelerator.unwrap_model(unet), text_encoders)
     epoch, done = position.epoch, position.batches_done
     seen_images, window_start = 0, time.perf_counter()
     unet.train()
@@ -252,7 +257,8 @@ def train(
         for batch_index in range(done, len(batches)):
             batch = [examples[i] for i in batches[batch_index]]
             with accelerator.accumulate(unet):
-                loss = _training_step(batch, cache, unet, noise_scheduler, generator, config, device, weight_dtype)
+                texts = _batch_text(batch, cache, pipe if text_encoders else None, device)
+                loss = _training_step(batch, texts, cache, unet, noise_scheduler, generator, config, device, weight_dtype)
                 if not torch.isfinite(loss):
                     last = list_checkpoints(out)
                     where = f"; the last good checkpoint is {last[-1][1]}" if last else ""
@@ -312,13 +318,25 @@ def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None
     raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{where}")
 
 
+def _trainable(unet: Any, text_encoders: dict[str, Any]) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters being trained, named "<component>.<parameter>"."""
+    modules = {"unet": unet, **text_encoders}
+    return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
+
+
+def _batch_text(batch: list[_Example], cache: TensorCache, pipe: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Caption embeddings for a batch: from the cache, or live (with gradients) when ``pipe`` is given."""
+    if pipe is not None:
+        return encode_text(pipe, [e.item.caption for e in batch], device, grad=True)
+    texts = [cache.load(e.text_key) for e in batch]
+    return {name: torch.stack([t[name] for t in texts]).to(device) for name in texts[0]}
+
+
 def _training_step(
-    batch: list[_Example], cache: TensorCache, unet: Any, noise_scheduler: Any, generator: torch.Generator,
-    config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
+    batch: list[_Example], text: dict[str, torch.Tensor], cache: TensorCache, unet: Any, noise_scheduler: Any,
+    generator: torch.Generator, config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
 ) -> torch.Tensor:
     latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
-    texts = [cache.load(e.text_key) for e in batch]
-    text = {name: torch.stack([t[name] for t in texts]).to(device) for name in texts[0]}
     noise = torch.randn(latents.shape, generator=generator)
     if config.noise_offset:
         noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
@@ -350,15 +368,20 @@ def _validate(
     unet.eval()
     pipe.unet = unet
     pipe.vae.to(device)
-    negative = cache.load(text_key(text_fp, ""))
+
+    def embed(prompt: str) -> dict[str, torch.Tensor]:
+        if pipe.text_encoder is not None:  # trained with the text encoder: its cached embeddings are stale
+            return {k: v.to(device) for k, v in encode_text(pipe, [prompt], device).items()}
+        return {k: v[None].to(device) for k, v in cache.load(text_key(text_fp, prompt)).items()}
+
+    negative = embed("")
     paths = []
     for index, prompt in enumerate(config.validation_prompts):
-        positive = cache.load(text_key(text_fp, prompt))
-        kwargs = {"prompt_embeds": positive["prompt_embeds"][None].to(device),
-                  "negative_prompt_embeds": negative["prompt_embeds"][None].to(device)}
+        positive = embed(prompt)
+        kwargs = {"prompt_embeds": positive["prompt_embeds"], "negative_prompt_embeds": negative["prompt_embeds"]}
         if "pooled_prompt_embeds" in positive:
-            kwargs["pooled_prompt_embeds"] = positive["pooled_prompt_embeds"][None].to(device)
-            kwargs["negative_pooled_prompt_embeds"] = negative["pooled_prompt_embeds"][None].to(device)
+            kwargs["pooled_prompt_embeds"] = positive["pooled_prompt_embeds"]
+            kwargs["negative_pooled_prompt_embeds"] = negative["pooled_prompt_embeds"]
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             image = pipe(
                 **kwargs, num_inference_steps=config.validation_steps, guidance_scale=config.validation_cfg,
