@@ -187,3 +187,17 @@ def test_text_encoder_lora_trains_with_the_unet(tiny_model_path, style_train_fol
     info = apply_lora(pipe, out / "lora.safetensors")
     assert "text_encoder" in info.components
     assert (out / "samples" / "step-000003-00.png").is_file()
+
+
+def test_accumulation_schedules_and_loss_options(tiny_model_path, style_train_folder, tmp_path, cli):
+    out = tmp_path / "run"
+    result = cli("train", "--model", tiny_model_path("sd15"), "--data", style_train_folder, "--out", out,
+                 "--resolution", "64", "--rank", "2", "--max-steps", "2", "--batch-size", "2",
+                 "--gradient-accumulation", "2", "--lr-scheduler", "cosine", "--lr-warmup-steps", "1",
+                 "--snr-gamma", "5", "--noise-offset", "0.05", "--optimizer", "adamw8bit",
+                 "--no-gradient-checkpointing")
+    assert result.code == 0, result.err
+    assert "8-bit AdamW needs bitsandbytes and CUDA" in result.err  # falls back on a CPU, and says so
+    written = TrainConfig.from_yaml(out / "config.yaml")
+    assert (written.gradient_accumulation, written.lr_scheduler, written.snr_gamma) == (2, "cosine", 5.0)
+    assert "Trained 2 steps" in result.out
