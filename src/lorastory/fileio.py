@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _default_mode() -> int:
-    """What ``open()`` would give a new file: 0o666 minus the process umask."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 minus the process umask."""
+    return 0o666 & ~_umask()
+
+
+def _default_dir_mode() -> int:
+    """What ``mkdir()`` would give a new folder: 0o777 minus the process umask."""
+    return 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -77,6 +86,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, _default_dir_mode())  # mkdtemp makes 0700; readers expect a normal folder
     try:
         yield tmp
     except BaseException:

@@ -36,24 +36,13 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte → printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes)))
-
-
 def _clip_tokenizer(max_length: int = 77) -> Any:
     """A byte-level CLIP BPE with a handful of merges: every string tokenizes, offline."""
     from transformers import CLIPTokenizer
 
-    chars = list(_bytes_to_unicode().values())
+    from lorastory.models.tiny_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
     merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r"), ("o", "n")]
     tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(tokens)}

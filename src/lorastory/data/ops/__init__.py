@@ -6,10 +6,12 @@ imported below.
 """
 
 from lorastory.data.ops import (  # noqa: F401  (imported to register)
+    image_aesthetics_filter,
     image_aspect_ratio_filter,
     image_deduplicator,
     image_shape_filter,
     image_size_filter,
+    image_text_similarity_filter,
     text_length_filter,
     words_num_filter,
 )

@@ -1,0 +1,327 @@
+"""Scoring a generated run folder: ``scores.json`` and an annotated storyboard.
+
+:func:`evaluate_run` reads the run's ``manifest.json`` (or, without one, the
+prompts stored in the ``panel-NN.png`` files), loads the panels and scores
+them: CLIP-T per panel and its mean, character consistency (whole panels and
+centre crops), and the aesthetic rating when predictor weights are given
+(otherwise every aesthetic value is ``null`` and the summary says why).
+Notes in the result flag what makes a number less trustworthy: Chinese
+prompts read by an English CLIP, prompts cut at CLIP's 77-token window.
+``compare=True`` adds the LoRA on/off comparison (:mod:`lorastory.eval.compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from lorastory import __version__
+from lorastory.eval.aesthetic import NOT_AVAILABLE, AestheticPredictor, VisionEmbedder, default_clip_for, load_aesthetic
+from lorastory.eval.clip_score import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chinese, load_clip
+from lorastory.eval.consistency import SubjectCrop, character_consistency
+from lorastory.eval.errors import EvalError
+from lorastory.fileio import atomic_write_json
+
+SCORES_FILE = "scores.json"
+SCORED_STORYBOARD = "storyboard_scored.png"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RunPanel:
+    """One panel of a run: its file and the prompt it was rendered from."""
+
+    index: int
+    file: str
+    path: Path
+    prompt: str
+    caption: str | None = None
+
+
+@dataclass
+class Run:
+    """A run folder as evaluation sees it."""
+
+    folder: Path
+    title: str
+    manifest: dict[str, Any]
+    panels: list[RunPanel]
+
+
+@dataclass
+class Scorers:
+    """Loaded models, reusable across runs (the LoRA comparison scores two)."""
+
+    clip: ClipModel
+    aesthetic: AestheticPredictor | None = None
+    aesthetic_embedder: ClipModel | VisionEmbedder | None = None
+    aesthetic_reason: str = "no weights given; pass --aesthetic PATH"
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+def _manifest_panels(folder: Path, manifest: dict[str, Any]) -> list[RunPanel]:
+    records = manifest.get("panels")
+    if not isinstance(records, list) or not records:
+        raise EvalError(f"{folder / MANIFEST_FILE}: no panels listed; generate the story again")
+    panels = []
+    for index, record in enumerate(records, start=1):
+        if not isinstance(record, dict) or not isinstance(record.get("file"), str) or not isinstance(record.get("prompt"), str):
+            raise EvalError(f"{folder / MANIFEST_FILE}: panel {index} needs 'file' and 'prompt'")
+        panels.append(RunPanel(index, record["file"], folder / record["file"], record["prompt"], record.get("caption")))
+    return panels
+
+
+def _png_panels(folder: Path) -> list[RunPanel]:
+    from lorastory.generate.pngmeta import read_parameters
+
+    panels = []
+    for index, path in enumerate(sorted(folder.glob("panel-*.png")), start=1):
+        params = read_parameters(path)
+        if params is None or not params.prompt:
+            raise EvalError(f"{path}: no manifest.json in {folder} and this panel has no stored prompt")
+        panels.append(RunPanel(index, path.name, path, params.prompt))
+    return panels
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """The panels and prompts of a run folder (``manifest.json``, else the panels' PNG metadata)."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise EvalError(f"{folder}: no such run folder; pass the folder 'lorastory generate' wrote")
+    manifest_path = folder / MANIFEST_FILE
+    manifest: dict[str, Any] = {}
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise EvalError(f"{manifest_path}: unreadable ({err}); generate the story again") from None
+        if not isinstance(manifest, dict):
+            raise EvalError(f"{manifest_path}: expected a JSON object")
+        panels = _manifest_panels(folder, manifest)
+    else:
+        panels = _png_panels(folder)
+        if not panels:
+            raise EvalError(f"{folder}: no manifest.json and no panel-*.png; pass the folder 'lorastory generate' wrote")
+    for panel in panels:
+        if not panel.path.is_file():
+            raise EvalError(f"{panel.path}: panel listed in the manifest is missing")
+    return Run(folder, str(manifest.get("title") or ""), manifest, panels)
+
+
+def load_panel_images(run: Run) -> list[Image.Image]:
+    """The panels as RGB images; a broken file is an error naming it."""
+    from lorastory.data.images import load_rgb
+    from lorastory.errors import BadImageError
+
+    images = []
+    for panel in run.panels:
+        try:
+            images.append(load_rgb(panel.path))
+        except BadImageError as err:
+            raise EvalError(f"{panel.path}: {err}") from None
+    return images
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_scorers(
+    clip_model: str = DEFAULT_CLIP,
+    aesthetic: str | Path | None = None,
+    aesthetic_clip: str | None = None,
+    device: str | None = None,
+    allow_pickle: bool = False,
+) -> Scorers:
+    """Load the CLIP model and, when weights are given, the aesthetic predictor and the CLIP it reads."""
+    clip = load_clip(clip_model, device)
+    scorers = Scorers(clip)
+    if aesthetic is None:
+        return scorers
+    predictor = load_aesthetic(aesthetic, allow_pickle=allow_pickle, device=device)
+    scorers.aesthetic = predictor
+    if predictor.embedder is not None:
+        scorers.aesthetic_embedder = predictor.embedder
+        return scorers
+    source, note = (aesthetic_clip, None) if aesthetic_clip else default_clip_for(predictor, clip.embed_dim, clip.source)
+    if note:
+        scorers.notes.append(note)
+    embedder = clip if source == clip.source else load_clip(source, device)
+    if embedder.embed_dim != predictor.input_dim:
+        from lorastory.eval.errors import AestheticModelError
+
+        raise AestheticModelError(
+            f"aesthetic head {predictor.path} reads {predictor.input_dim}-d embeddings but {source} gives "
+            f"{embedder.embed_dim}-d; pass the CLIP it was trained on with --aesthetic-clip"
+        )
+    scorers.aesthetic_embedder = embedder
+    predictor.clip_hint = source
+    return scorers
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _notes(scorers: Scorers, prompts: list[str], truncated: list[bool]) -> list[str]:
+    notes = list(scorers.notes)
+    if scorers.clip.kind == "clip" and any(has_chinese(p) for p in prompts):
+        notes.append(
+            f"prompts are Chinese but {scorers.clip.source} is an English CLIP, which reads Chinese badly; "
+            f"for CLIP-T that means something, pass --clip {CHINESE_CLIP}"
+        )
+    if any(truncated):
+        notes.append(
+            f"{sum(truncated)} prompt(s) exceed the text encoder's {scorers.clip.max_text_tokens}-token window; "
+            "their CLIP-T reads the first tokens only"
+        )
+    if len(prompts) < 2:
+        notes.append("one panel: consistency needs at least two")
+    return notes
+
+
+def score_images(
+    scorers: Scorers,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    batch_size: int = 16,
+    subject_crop: SubjectCrop = "center",
+) -> dict[str, Any]:
+    """Per-panel and summary scores of ``images`` against ``prompts`` (no files read or written)."""
+    clip = scorers.clip
+    image_emb = clip.image_embeddings(images, batch_size)
+    text_emb = clip.text_embeddings(prompts, batch_size)
+    clip_t = [100.0 * float(c) for c in (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0)]
+    truncated = [n > clip.max_text_tokens for n in clip.token_counts(prompts)]
+    consistency = character_consistency(clip, images, subject_crop, batch_size, embeddings=image_emb)
+    aesthetic: list[float | None] = [None] * len(images)
+    if scorers.aesthetic is not None and scorers.aesthetic_embedder is not None:
+        embedder = scorers.aesthetic_embedder
+        emb = image_emb if embedder is clip else embedder.image_embeddings(images, batch_size)
+        aesthetic = list(scorers.aesthetic.score_embeddings(emb))
+    panels = [
+        {
+            "clip_t": _round(clip_t[i], 4),
+            "prompt_truncated": truncated[i],
+            "aesthetic": _round(aesthetic[i], 4),
+            "consistency": _round(consistency.per_panel[i], 6),
+            "subject_consistency": _round(consistency.subject_per_panel[i], 6) if consistency.subject_per_panel else None,
+        }
+        for i in range(len(images))
+    ]
+    summary = {
+        "panels": len(images),
+        "clip_t_mean": _round(_mean(clip_t), 4),
+        "clip_t_min": _round(min(clip_t), 4) if clip_t else None,
+        "clip_t_max": _round(max(clip_t), 4) if clip_t else None,
+        **consistency.as_dict(),
+        "aesthetic_mean": _round(_mean(aesthetic), 4),
+    }
+    return {"panels": panels, "summary": summary, "notes": _notes(scorers, list(prompts), truncated)}
+
+
+def _aesthetic_section(scorers: Scorers) -> dict[str, Any]:
+    if scorers.aesthetic is None:
+        return {"available": False, "status": NOT_AVAILABLE, "reason": scorers.aesthetic_reason}
+    return scorers.aesthetic.describe()
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    clip_model: str = DEFAULT_CLIP,
+    aesthetic: str | Path | None = None,
+    *,
+    aesthetic_clip: str | None = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    subject_crop: SubjectCrop = "center",
+    annotate: bool = False,
+    compare: bool = False,
+    compare_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    scorers: Scorers | None = None,
+    write: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score a run folder; write ``scores.json`` (and ``storyboard_scored.png`` with ``annotate``).
+
+    ``compare=True`` also renders the story with and without its LoRA
+    (:func:`lorastory.eval.compare.compare_lora`, ``compare_options`` go to it) and
+    adds the result under ``"compare"``. ``scorers`` reuses loaded models.
+    """
+    started = time.perf_counter()
+    run = read_run(run_dir)
+    scorers = scorers or load_scorers(clip_model, aesthetic, aesthetic_clip, device, allow_pickle)
+    images = load_panel_images(run)
+    scored = score_images(scorers, images, [p.prompt for p in run.panels], batch_size, subject_crop)
+    result: dict[str, Any] = {
+        "lorastory_version": __version__,
+        "run": str(run.folder.resolve()),
+        "title": run.title,
+        "clip": {"model": scorers.clip.source, "kind": scorers.clip.kind, "device": str(scorers.clip.device),
+                 "max_text_tokens": scorers.clip.max_text_tokens},
+        "aesthetic": _aesthetic_section(scorers),
+        "panels": [
+            {"index": p.index, "file": p.file, "prompt": p.prompt, **s} for p, s in zip(run.panels, scored["panels"])
+        ],
+        "summary": scored["summary"],
+        "notes": scored["notes"],
+    }
+    if compare:
+        from lorastory.eval.compare import compare_lora
+
+        result["compare"] = compare_lora(
+            run.folder, scorers=scorers, batch_size=batch_size, subject_crop=subject_crop, device=device,
+            allow_pickle=allow_pickle, on_step=on_step, **(compare_options or {}),
+        )
+    if annotate:
+        result["storyboard_scored"] = str(annotate_storyboard(run, result))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if write:
+        atomic_write_json(run.folder / SCORES_FILE, result)
+    return result
+
+
+# --------------------------------------------------------------------------- storyboard
+
+
+def score_caption(panel: dict[str, Any], prefix: str | None = None) -> str:
+    """``CLIP-T 27.3 · aesthetic 5.12`` (``n/a`` without an aesthetic score)."""
+    aesthetic = panel.get("aesthetic")
+    parts = [f"CLIP-T {panel['clip_t']:.1f}", f"aesthetic {aesthetic:.2f}" if aesthetic is not None else "aesthetic n/a"]
+    return " · ".join(([prefix] if prefix else []) + parts)
+
+
+def annotate_storyboard(run: Run, scores: dict[str, Any], path: str | Path | None = None) -> Path:
+    """Write the storyboard with each panel's scores in its caption and the summary in the title."""
+    from lorastory.generate.grid import save_storyboard
+
+    target = Path(path) if path is not None else run.folder / SCORED_STORYBOARD
+    captions = [
+        "\n".join(filter(None, [panel.caption, score_caption(s)])) for panel, s in zip(run.panels, scores["panels"])
+    ]
+    summary = scores["summary"]
+    parts = [f"CLIP-T {summary['clip_t_mean']:.1f}"]
+    if summary.get("consistency") is not None:
+        parts.append(f"consistency {summary['consistency']:.3f}")
+    if summary.get("aesthetic_mean") is not None:
+        parts.append(f"aesthetic {summary['aesthetic_mean']:.2f}")
+    title = " — ".join(filter(None, [run.title, ", ".join(parts)]))
+    save_storyboard([p.path for p in run.panels], target, cols=2, title=title, captions=captions)
+    return target
