@@ -244,6 +244,13 @@ def train_cmd(
         Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")
     ] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, no, fp16 or bf16.")] = None,
+    gradient_accumulation: Annotated[Optional[int], typer.Option(help="Batches per optimizer step.")] = None,
+    lr_scheduler: Annotated[Optional[str], typer.Option(help="constant, constant_with_warmup, linear, cosine...")] = None,
+    lr_warmup_steps: Annotated[Optional[int], typer.Option(help="Warm-up steps of the lr schedule.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw or adamw8bit (bitsandbytes + CUDA).")] = None,
+    snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR-gamma loss weighting (e.g. 5).")] = None,
+    noise_offset: Annotated[Optional[float], typer.Option(help="Noise offset (e.g. 0.05) for darker/brighter images.")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="Checkpoints to keep (newest).")] = None,
     validation_prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt to sample during training (repeatable).")] = None,
     validation_every: Annotated[Optional[int], typer.Option(help="Sample every N steps.")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="diffusers and/or kohya (repeatable).")] = None,
@@ -264,6 +271,8 @@ def train_cmd(
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps, seed=seed,
         checkpoint_every=checkpoint_every, resume=resume, center_crop=center_crop, random_flip=random_flip,
         buckets=buckets, train_text_encoder=train_text_encoder, gradient_checkpointing=gradient_checkpointing, precision=precision,
+        gradient_accumulation=gradient_accumulation, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
+        optimizer=optimizer, snr_gamma=snr_gamma, noise_offset=noise_offset, keep_checkpoints=keep_checkpoints,
         validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
         cache_dir=cache_dir,
     )
@@ -467,6 +476,28 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for every
     from lorastory.demo import run_demo
 
     run_demo(out, console)
+
+
+# --- ui --------------------------------------------------------------------------------
+
+
+@app.command("ui")
+def ui_cmd(
+    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1/localhost needs --auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 7860,
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The only folder the app reads, writes and serves.")] = Path("lorastory-workspace"),
+    auth: Annotated[Optional[str], typer.Option(help="USER:PASSWORD login (or set LORASTORY_UI_AUTH).", show_default=False)] = None,
+) -> None:
+    """The web app: data, training, stories and the gallery in a browser."""
+    from lorastory.ui.app import check_bind
+
+    check_bind(host, auth)  # refuse an open bind before anything is built
+    console.print(f"workspace: {workspace.resolve()}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]serving on {host}:{port} to other machines; login required[/]")
+    from lorastory.ui.app import launch
+
+    launch(workspace, host=host, port=port, auth=auth)
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -56,6 +56,10 @@ class TrainConfig(YamlModel):
 
     precision: Precision = "auto"
     gradient_checkpointing: bool = True
+    # Speed only (not in the fingerprint): with bf16 on CUDA, compute in bf16 with fp32 LoRA weights
+    # instead of autocast, and channels_last; ``compile`` None compiles for runs of 200+ steps.
+    fast: bool = True
+    compile: bool | None = None
 
     checkpoint_every: int = Field(0, ge=0)
     keep_checkpoints: int = Field(3, ge=1)
@@ -78,6 +82,7 @@ class TrainConfig(YamlModel):
     def fingerprint(self) -> str:
         """A short hash of everything that changes the trained weights (not paths or logging)."""
         ignored = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts",
-                   "validation_every", "validation_steps", "validation_cfg", "cache_dir", "save_formats"}
+                   "validation_every", "validation_steps", "validation_cfg", "cache_dir", "save_formats",
+                   "fast", "compile"}
         data = self.model_dump(mode="json", exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,7 +27,7 @@ from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.cache import TensorCache, component_fingerprint, fill_latents, fill_text, latent_key, text_key
-from lorastory.train.checkpoint import Position, list_checkpoints, load_checkpoint, save_checkpoint
+from lorastory.train.checkpoint import CheckpointError, Position, list_checkpoints, load_checkpoint, save_checkpoint
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
 
@@ -172,8 +172,10 @@ def train(
     # 2. model and caches
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed_precision = _precision(config, device)
+    # Fast path: bf16 compute with fp32 LoRA weights (train/speed.py) replaces autocast.
+    bf16_compute = config.fast and device.type == "cuda" and mixed_precision == "bf16"
     accelerator = Accelerator(
-        mixed_precision=mixed_precision,
+        mixed_precision="no" if bf16_compute else mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
         log_with="tensorboard",
         project_dir=str(out / "logs"),
@@ -230,6 +232,11 @@ def train(
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
+    if bf16_compute:
+        from lorastory.train.speed import auto_compile, prepare_for_training
+
+        compile_unet = auto_compile(device, total_steps) if config.compile is None else config.compile
+        say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_unet))
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     for encoder in text_encoders.values():
         encoder.train()
@@ -241,6 +248,9 @@ def train(
     if config.resume and existing:
         position, saved = load_checkpoint(existing[-1][1], config.fingerprint(), optimizer, lr_scheduler, generator)
         named = _trainable(accelerator.unwrap_model(unet), text_encoders)
+        if set(saved) != set(named) or any(saved[n].shape != named[n].shape for n in named):
+            raise CheckpointError(f"{existing[-1][1]} holds a different set of LoRA weights than this run trains; "
+                                  "start a new --out folder")
         for name, tensor in saved.items():
             named[name].data.copy_(tensor)
         say(f"resumed from {existing[-1][1].name} (step {position.global_step})")

@@ -1,0 +1,287 @@
+"""GPU benchmark: LoRA r16 (to_q/k/v/out.0) training of the Kolors UNet at 1024², cached (random) inputs.
+
+One process, one GPU, baselines first. Each configuration builds the same seeded UNet (bf16, on the
+GPU), adds the same seeded LoRA, and trains on the same seeded batches: latents [B, 4, 128, 128],
+prompt embeddings [B, 256, 4096] + pooled [B, 4096] and time ids, as the trainer's cache gives them.
+A step is: noise + timesteps → noisy latents → UNet → MSE in fp32 → backward → clip 1.0 → AdamW
+(lr 1e-4, weight decay 1e-2, the library's defaults) → zero_grad.
+
+- **recipe**: the diffusers-example recipe, LoRA parameters in fp32 and the forward under bf16 autocast
+  (what ``lorastory train`` did before; accelerate's ``mixed_precision="bf16"`` is this autocast).
+- **bf16**: LoRA parameters in bf16, no autocast (fast, but bf16 weights drop small Adam updates).
+- **fast**: ``lorastory.train.speed.prepare_for_training``: fp32 LoRA parameters computed in bf16,
+  no autocast; then channels_last and regional compilation, larger and smaller batches.
+
+Loss curves of recipe / bf16 / fast (eager and compiled) at batch 4 over the same 20 batches, and the
+final LoRA weights' distance from the recipe's, show whether the fast path trains the same.
+
+    PYTHONPATH=src python bench/gpu_train.py --json $OUT/train.json
+    .venv/bin/python bench/gpu_train.py --tiny     # CPU smoke test of the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from _kolors_arch import (  # noqa: E402
+    Recorder, build_unet, environment, kernel_profile, matmul_peak, peak_gb, reset_peak, sync, text_shape,
+)
+
+from lorastory.models.speed import use_compile_cache  # noqa: E402
+from lorastory.train.speed import prepare_for_training  # noqa: E402
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+WEIGHTS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (LoRA weights at the start, at the end)
+
+
+class Data:
+    """Seeded batches, made on the device from the step number: every configuration sees the same data."""
+
+    def __init__(self, device: str, dtype: torch.dtype, tiny: bool) -> None:
+        self.device, self.dtype, self.tiny = device, dtype, tiny
+        self.length, self.hidden = text_shape(tiny)
+        self.lat = 16 if tiny else 128
+        betas = torch.linspace(0.00085**0.5, 0.014**0.5, 1100, dtype=torch.float64) ** 2
+        self.alphas = torch.cumprod(1 - betas, 0).to(device, torch.float32)
+
+    def batch(self, step: int, size: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator(self.device).manual_seed(10_000 + step)
+        d, t = self.device, self.dtype
+        latents = torch.randn(size, 4, self.lat, self.lat, generator=g, device=d)
+        noise = torch.randn(size, 4, self.lat, self.lat, generator=g, device=d)
+        timesteps = torch.randint(0, 1100, (size,), generator=g, device=d)
+        a = self.alphas[timesteps].view(-1, 1, 1, 1)
+        px = self.lat * 8
+        return {
+            "noisy": (a.sqrt() * latents + (1 - a).sqrt() * noise).to(t),
+            "noise": noise,
+            "timesteps": timesteps,
+            "emb": torch.randn(size, self.length, self.hidden, generator=g, device=d).to(t),
+            "pooled": torch.randn(size, self.hidden, generator=g, device=d).to(t),
+            "time_ids": torch.tensor([[px, px, 0, 0, px, px]] * size, device=d, dtype=t),
+        }
+
+
+def lora_params(unet: Any) -> list[torch.nn.Parameter]:
+    return [p for n, p in unet.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+
+
+def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: int, warm: int = 2,
+        channels_last: bool = False, compile_classes: tuple[str, ...] = (), checkpointing: bool = False,
+        keep_weights: bool = False, flops_per_image: float | None = None, peak: float | None = None,
+        profile: bool = False) -> dict[str, Any]:
+    """Build, train ``warm`` + ``steps`` steps, record img/s, peak memory and losses."""
+    from peft import LoraConfig
+
+    reset_peak()
+    device = data.device
+    if device == "cuda":  # the baselines run as diffusers' example does (cuDNN autotuning off)
+        torch.backends.cudnn.benchmark = mode == "fast"
+    unet = build_unet(device, data.dtype, data.tiny)
+    torch.manual_seed(42)
+    unet.add_adapter(LoraConfig(r=16, lora_alpha=4, target_modules=TARGETS, init_lora_weights="gaussian"))
+    params = lora_params(unet)
+    for p in params:
+        p.data = p.data.to(torch.bfloat16 if mode == "bf16" else torch.float32)
+        p.requires_grad_(True)
+    start_weights = torch.cat([p.detach().float().flatten() for p in params]).cpu() if keep_weights else None
+    note = ""
+    if mode == "fast":
+        note = prepare_for_training(unet, compile=bool(compile_classes), channels_last=channels_last,
+                                    compile_classes=compile_classes)
+    elif channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if mode == "recipe" and device == "cuda" else contextlib.nullcontext()
+
+    def step(i: int) -> torch.Tensor:
+        b = data.batch(i, batch)
+        with autocast:
+            pred = unet(b["noisy"], b["timesteps"], encoder_hidden_states=b["emb"],
+                        added_cond_kwargs={"text_embeds": b["pooled"], "time_ids": b["time_ids"]}).sample
+        loss = F.mse_loss(pred.float(), b["noise"].float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    losses = []
+    sync()
+    t0 = time.perf_counter()
+    for i in range(warm):
+        losses.append(step(i))
+    sync()
+    warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(warm, warm + steps):
+        losses.append(step(i))
+    sync()
+    seconds = time.perf_counter() - t0
+    img_s = batch * steps / seconds
+    result: dict[str, Any] = {
+        "mode": mode, "batch": batch, "img_s": round(img_s, 2), "ms_per_step": round(1000 * seconds / steps, 1),
+        "warmup_s": round(warm_s - warm * seconds / steps, 1), "peak_gb": peak_gb(),
+        "losses": [round(x, 5) for x in torch.stack(losses).float().cpu().tolist()],
+    }
+    if note:
+        result["levers"] = note
+    if flops_per_image and peak:
+        tflops = flops_per_image * img_s
+        result.update(tflops=round(tflops, 1), pct_of_matmul_peak=round(100 * tflops / peak, 1))
+    if profile and device == "cuda":
+        try:
+            result["profile_one_step"] = kernel_profile(lambda: step(warm + steps))
+        except Exception:
+            result["profile_error"] = traceback.format_exc()[-400:]
+    row = rec.row(name, **result)
+    if keep_weights:
+        WEIGHTS[name] = (start_weights, torch.cat([p.detach().float().flatten() for p in params]).cpu())
+    del unet, optimizer, params
+    gc.collect()
+    reset_peak()
+    return row
+
+
+def flops_per_image(data: Data) -> float:
+    """TFLOP of one training image (forward + backward through the frozen UNet to the LoRA weights), batch 1."""
+    from peft import LoraConfig
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = build_unet(data.device, data.dtype, data.tiny)
+    unet.add_adapter(LoraConfig(r=16, lora_alpha=4, target_modules=TARGETS))
+    params = lora_params(unet)
+    for p in params:
+        p.data = p.data.to(data.dtype)
+        p.requires_grad_(True)
+    b = data.batch(0, 1)
+    with FlopCounterMode(display=False) as counter:
+        pred = unet(b["noisy"], b["timesteps"], encoder_hidden_states=b["emb"],
+                    added_cond_kwargs={"text_embeds": b["pooled"], "time_ids": b["time_ids"]}).sample
+        F.mse_loss(pred.float(), b["noise"]).backward()
+    del unet, params
+    gc.collect()
+    return counter.get_total_flops() / 1e12
+
+
+def compare(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """How far ``other``'s training went from ``ref``'s: loss curves and the LoRA weights' updates."""
+    la, lb = torch.tensor(ref["losses"]), torch.tensor(other["losses"])
+    (start, ref_end), (_, end) = WEIGHTS[ref["name"]], WEIGHTS[other["name"]]
+    ref_update = (ref_end - start).norm().item()
+    return {
+        "vs": ref["name"],
+        "loss_max_rel_diff": round(((la - lb).abs() / la.abs()).max().item(), 5),
+        "loss_mean_ref": round(la.mean().item(), 5),
+        "loss_mean": round(lb.mean().item(), 5),
+        "update_rel_diff": round((end - ref_end).norm().item() / max(ref_update, 1e-30), 4),
+        "update_norm_ratio": round((end - start).norm().item() / max(ref_update, 1e-30), 4),
+        "unchanged_weight_fraction": round(((end - start) == 0).float().mean().item(), 4),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--tiny", action="store_true", help="small random model on the CPU: a smoke test of this script")
+    parser.add_argument("--budget", type=float, default=280.0, help="seconds; later configurations are skipped past it")
+    parser.add_argument("--curve-steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    use_compile_cache()
+    tiny = args.tiny
+    device = "cpu" if tiny else "cuda"
+    dtype = torch.float32 if tiny else torch.bfloat16
+    rec = Recorder(args.json, started)
+    rec.set("environment", environment())
+    peak = matmul_peak()
+    rec.set("matmul_peak_tflops", peak)
+    data = Data(device, dtype, tiny)
+    fpi = flops_per_image(data)
+    rec.set("tflop_per_training_image", round(fpi, 2))
+    common = {"flops_per_image": fpi, "peak": peak}
+    curve, steps = args.curve_steps, args.steps
+    big = 2 if tiny else 8
+    small = 1 if tiny else 4
+    blocks = ("BasicTransformerBlock",)
+    regions = ("BasicTransformerBlock", "ResnetBlock2D")
+
+    def attempt(name: str, **kw: Any) -> dict[str, Any] | None:
+        if rec.elapsed() > args.budget:
+            rec.row(name, skipped="time budget")
+            return None
+        try:
+            return run(rec, data, name, **common, **kw)
+        except torch.cuda.OutOfMemoryError:
+            gc.collect()
+            reset_peak()
+            rec.row(name, error="out of memory")
+        except Exception:
+            gc.collect()
+            reset_peak()
+            rec.row(name, error=traceback.format_exc()[-1500:])
+        return None
+
+    comparisons = []
+    recipe4 = attempt(f"recipe (fp32 LoRA + autocast), batch {small}", mode="recipe", batch=small, steps=curve, keep_weights=True)
+    bf16_4 = attempt(f"bf16 LoRA, no autocast, batch {small}", mode="bf16", batch=small, steps=curve, keep_weights=True)
+    fast4 = attempt(f"fast eager (fp32 LoRA computed in bf16), batch {small}", mode="fast", batch=small, steps=curve, keep_weights=True)
+    recipe8 = attempt(f"recipe (fp32 LoRA + autocast), batch {big}", mode="recipe", batch=big, steps=steps)
+    attempt(f"bf16 LoRA, no autocast, batch {big}", mode="bf16", batch=big, steps=steps)
+    attempt(f"fast eager, batch {big}", mode="fast", batch=big, steps=steps)
+    attempt(f"fast eager + channels_last, batch {big}", mode="fast", batch=big, steps=steps, channels_last=True)
+    if not args.no_compile:
+        attempt(f"fast + compiled transformer blocks, batch {big}", mode="fast", batch=big, steps=steps,
+                compile_classes=blocks)
+        attempt(f"fast + compiled transformer blocks + channels_last, batch {big}", mode="fast", batch=big,
+                steps=steps, channels_last=True, compile_classes=blocks)
+        attempt(f"fast + compiled transformer + ResNet blocks + channels_last, batch {big}", mode="fast", batch=big,
+                steps=steps, channels_last=True, compile_classes=regions, profile=True)
+        fast4c = attempt(f"fast + compiled (all regions) + channels_last, batch {small}", mode="fast", batch=small,
+                         steps=curve, channels_last=True, compile_classes=regions, keep_weights=True)
+        attempt("fast + compiled (all regions) + channels_last, batch 2" if not tiny else "fast compiled batch 1",
+                mode="fast", batch=2 if not tiny else 1, steps=steps, channels_last=True, compile_classes=regions)
+        attempt("fast + compiled (all regions) + channels_last, batch 12" if not tiny else "fast compiled batch 3",
+                mode="fast", batch=12 if not tiny else 3, steps=steps, channels_last=True, compile_classes=regions)
+        attempt(f"fast + compiled + channels_last + gradient checkpointing, batch {big}", mode="fast", batch=big,
+                steps=steps, channels_last=True, compile_classes=regions, checkpointing=True)
+    else:
+        fast4c = None
+    if recipe4:
+        for other in (bf16_4, fast4, fast4c):
+            if other:
+                comparisons.append({"name": other["name"], **compare(recipe4, other)})
+        rec.set("training_equivalence", comparisons)
+
+    base = recipe8["img_s"] if recipe8 else None
+    print("\n| configuration | img/s | vs recipe b8 | peak GB | warm-up s | ms/step |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in rec.data["rows"]:
+        if "img_s" in row:
+            ratio = f"{row['img_s'] / base:.2f}x" if base else "-"
+            print(f"| {row['name']} | {row['img_s']} | {ratio} | {row['peak_gb']} | {row['warmup_s']} | {row['ms_per_step']} |")
+    for c in comparisons:
+        print(c)
+    print(f"\nelapsed {rec.elapsed():.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Make a loaded pipeline render faster on a GPU, keeping its output within rounding of the eager path.
+
+:func:`prepare_for_speed` applies, in order: LoRA fused into the weights (the LoRA layers stay,
+merged, so a second :func:`~lorastory.models.lora.apply_lora` of the same adapter is still refused),
+fused QKV projections, channels_last weights, and optionally regional compilation of the UNet's
+repeated blocks. Each lever's effect on an H100 is in ``bench/RESULTS.md``. Panels and CFG are
+batched by :func:`~lorastory.generate.story.generate_story` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorastory.models.speed import TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, sdpa_backend, to_channels_last
+
+# Below this many image-steps (panels x steps) a compile's warm-up costs more than it saves.
+COMPILE_MIN_IMAGE_STEPS = 200
+
+
+@dataclass
+class SpeedReport:
+    """What :func:`prepare_for_speed` did to a pipeline."""
+
+    levers: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    compiled_modules: int = 0
+    sdpa: str | None = None
+
+    def __str__(self) -> str:
+        parts = [", ".join(self.levers) or "nothing"]
+        parts += [f"{name} skipped ({why})" for name, why in self.skipped.items()]
+        return "; ".join(parts)
+
+
+def auto_compile(device: Any, image_steps: int) -> bool:
+    """Compile when on CUDA and the work is large enough for the warm-up to pay back."""
+    return getattr(device, "type", str(device)) == "cuda" and image_steps >= COMPILE_MIN_IMAGE_STEPS
+
+
+def _peft_layers(model: Any) -> list[Any]:
+    if model is None:
+        return []
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # no peft, no LoRA layers
+        return []
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _unmerged_lora(model: Any) -> bool:
+    """True when some LoRA layer of ``model`` computes its adapter on the fly (not merged into the weight)."""
+    return any(layer.active_adapters and not layer.merged for layer in _peft_layers(model))
+
+
+def fuse_lora_weights(pipe: Any) -> bool:
+    """Merge every active LoRA (at its current scale) into the base weights; True if there was one to merge."""
+    components = [c for c in getattr(pipe, "_lora_loadable_modules", ()) if getattr(pipe, c, None) is not None]
+    if not any(_unmerged_lora(getattr(pipe, c)) for c in components):
+        return False
+    pipe.fuse_lora(components=components, lora_scale=1.0)
+    return True
+
+
+def fuse_qkv(model: Any) -> bool:
+    """Fuse each attention's Q, K, V (K, V for cross-attention) projections into one matmul."""
+    if model is None or not hasattr(model, "fuse_qkv_projections"):
+        return False
+    if getattr(model, "_lorastory_qkv_fused", False):
+        return True
+    model.fuse_qkv_projections()
+    model._lorastory_qkv_fused = True
+    return True
+
+
+def prepare_for_speed(
+    pipe: Any,
+    *,
+    fuse_lora: bool = True,
+    qkv: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,
+    compile_classes: tuple[str, ...] = UNET_REGIONS,
+    compile_vae: bool = False,
+    sdpa: str | None = None,
+) -> SpeedReport:
+    """Apply the speed levers to ``pipe`` in place and report which ones took.
+
+    Safe to call again on the same pipeline: done levers are not redone. Compiling needs CUDA
+    in practice (the first call of each block shape compiles; later runs read the kernel cache,
+    see :func:`~lorastory.models.speed.use_compile_cache`). ``sdpa`` names the attention backend
+    to prefer inside :func:`speed_context`.
+    """
+    report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
+    unet = getattr(pipe, "unet", None)
+    vae = getattr(pipe, "vae", None)
+    if fuse_lora and fuse_lora_weights(pipe):
+        report.levers.append("LoRA fused")
+    if qkv and "fused QKV" not in report.levers:
+        if _unmerged_lora(unet):
+            report.skipped["fused QKV"] = "a LoRA is loaded unfused"
+        else:
+            try:
+                for model in (unet, vae):
+                    fuse_qkv(model)
+                report.levers.append("fused QKV")
+            except ValueError as err:  # e.g. added KV projections (IP-Adapter)
+                report.skipped["fused QKV"] = str(err).splitlines()[0]
+    if channels_last and "channels_last" not in report.levers:
+        to_channels_last(unet, vae)
+        report.levers.append("channels_last")
+    if compile and unet is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report.compiled_modules += compile_regions(unet, compile_classes)
+            if compile_vae and vae is not None:
+                report.compiled_modules += compile_regions(vae, ("ResnetBlock2D",))
+        if "compiled" not in report.levers:
+            report.levers.append("compiled")
+    if sdpa is not None:
+        report.sdpa = sdpa
+    pipe._lorastory_speed = report
+    return report
+
+
+@contextlib.contextmanager
+def speed_context(pipe: Any) -> Iterator[None]:
+    """The context to render in: the attention backend :func:`prepare_for_speed` chose, if any."""
+    report: SpeedReport | None = getattr(pipe, "_lorastory_speed", None)
+    with sdpa_backend(report.sdpa if report else None):
+        yield
+
+
+__all__ = [
+    "COMPILE_MIN_IMAGE_STEPS",
+    "TRANSFORMER_BLOCKS",
+    "UNET_REGIONS",
+    "SpeedReport",
+    "auto_compile",
+    "fuse_lora_weights",
+    "fuse_qkv",
+    "prepare_for_speed",
+    "speed_context",
+]

@@ -1,0 +1,120 @@
+"""Speed levers shared by generation and training: regional compilation, its cache, SDPA backend, channels_last.
+
+Nothing here changes what a model computes beyond rounding; each helper does one thing
+and says what it did, so callers can report the levers they used. Measured on an H100
+in ``bench/gpu_story.py`` and ``bench/gpu_train.py`` (see ``bench/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Regional compilation: the blocks that repeat in a UNet. Compiling them one by one gives most of
+# a whole-model compile's speed at a fraction of its warm-up, and one compiled graph serves every
+# block of the same shape.
+TRANSFORMER_BLOCKS = ("BasicTransformerBlock",)
+UNET_REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")
+
+SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+
+
+def compile_cache_dir() -> Path:
+    """Where TorchInductor keeps compiled kernels between runs (set ``TORCHINDUCTOR_CACHE_DIR`` to move it)."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder:
+        return Path(folder)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lorastory" / "torchinductor"
+
+
+def use_compile_cache() -> Path:
+    """Keep compiled kernels in a lasting folder, so the next run's warm-up reads them instead of compiling.
+
+    Torch's own default is a folder under /tmp that a reboot empties. A folder the user set wins.
+    """
+    folder = compile_cache_dir()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    return folder
+
+
+def compile_regions(
+    model: Any,
+    classes: Iterable[str] = UNET_REGIONS,
+    *,
+    fullgraph: bool = False,
+    dynamic: bool | None = False,
+    mode: str | None = None,
+) -> int:
+    """``torch.compile`` every submodule of ``model`` whose class name is in ``classes``; return how many.
+
+    Parameter names and the state dict stay as they were (``nn.Module.compile`` compiles in place).
+    Already compiled modules are left alone, so calling this twice is harmless. ``dynamic=False``
+    compiles each block shape (UNet level, batch size) as its own static graph: more graphs to build
+    on the first run, read from the kernel cache after that, and no dynamic-shape kernels.
+    """
+    import torch
+
+    use_compile_cache()
+    # Blocks come in many shapes (one per UNet level and batch size, train and eval) and all compiled
+    # modules share Module._call_impl's code object: past the limit torch would silently run them eagerly.
+    dynamo = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), 1024))
+    wanted = set(classes)
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in wanted and getattr(module, "_compiled_call_impl", None) is None:
+            module.compile(fullgraph=fullgraph, dynamic=dynamic, mode=mode)
+            count += 1
+    return count
+
+
+def uncompile_regions(model: Any) -> int:
+    """Undo :func:`compile_regions` (the modules run eagerly again); return how many were compiled."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+            count += 1
+    return count
+
+
+def to_channels_last(*models: Any) -> int:
+    """Store the 4-D weights of ``models`` as NHWC, the layout cuDNN's fast bf16 convolutions use."""
+    import torch
+
+    count = 0
+    for model in models:
+        if model is not None:
+            model.to(memory_format=torch.channels_last)
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def sdpa_backend(name: str | None) -> Iterator[None]:
+    """Prefer one scaled-dot-product-attention backend, falling back to the others where it cannot run.
+
+    ``None`` leaves torch's own choice. The VAE's single 512-wide head, for one, runs on no flash kernel.
+    """
+    if name is None:
+        yield
+        return
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"unknown SDPA backend '{name}'; choose one of {', '.join(SDPA_BACKENDS)}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    every = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    order = [every[name], *(backend for key, backend in every.items() if key != name)]
+    with sdpa_kernel(order, set_priority=True):
+        yield

@@ -1,0 +1,222 @@
+"""Background jobs for the web app: one runs at a time, the rest wait in order.
+
+Training and generation run here rather than inside a browser request, so a
+page reload (or a second tab) finds the job where it is: the page polls the
+queue. One worker thread means one job on the accelerator at a time.
+
+Cancelling is cooperative: a job's function calls :meth:`JobContext.check`
+from the library's progress callbacks, which raises :class:`Cancelled` between
+steps, never in the middle of writing a file (the library writes its files
+atomically; a job that produces a folder stages it and renames it at the end).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+
+
+class Cancelled(Exception):
+    """Raised inside a job when the user asked it to stop."""
+
+
+@dataclass
+class Job:
+    """One unit of background work and everything the page shows about it."""
+
+    id: int
+    kind: str
+    title: str
+    fn: Callable[[JobContext], Any] = field(repr=False)
+    status: str = QUEUED
+    progress: float = 0.0
+    message: str = "waiting"
+    log: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status in (QUEUED, RUNNING)
+
+    def summary(self) -> str:
+        """One line for the page: status, progress and the latest message."""
+        if self.status == RUNNING:
+            return f"#{self.id} {self.title}: running {self.progress:.0%}, {self.message}"
+        if self.status == QUEUED:
+            return f"#{self.id} {self.title}: queued ({self.message})"
+        if self.status == FAILED:
+            return f"#{self.id} {self.title}: failed: {self.error}"
+        return f"#{self.id} {self.title}: {self.status}" + (f", {self.message}" if self.message else "")
+
+
+class JobContext:
+    """What a running job gets: report progress, log lines and data; check for cancellation."""
+
+    def __init__(self, job: Job, lock: threading.Lock) -> None:
+        self.job = job
+        self._lock = lock
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.job.data
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the user asked this job to stop."""
+        if self.job.cancel_requested.is_set():
+            raise Cancelled()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Set progress (0..1) and the status message; also a cancellation point."""
+        with self._lock:
+            self.job.progress = min(max(float(fraction), 0.0), 1.0)
+            if message is not None:
+                self.job.message = message
+        self.check()
+
+    def log(self, line: str) -> None:
+        """Append a line to the job's log (the newest 500 are kept); also a cancellation point."""
+        with self._lock:
+            self.job.log.append(str(line))
+            del self.job.log[:-500]
+        self.check()
+
+
+class JobQueue:
+    """A FIFO of jobs run one at a time by a single worker thread."""
+
+    def __init__(self, keep_finished: int = 100) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: deque[Job] = deque()
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        self._keep = keep_finished
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run, name="lorastory-jobs", daemon=True)
+        self._worker.start()
+
+    def submit(self, kind: str, title: str, fn: Callable[[JobContext], Any]) -> Job:
+        """Queue ``fn`` (called with a :class:`JobContext`); return its job at once."""
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("the job queue is shut down")
+            job = Job(next(self._ids), kind, title, fn)
+            ahead = len(self._pending) + sum(1 for j in self._jobs.values() if j.status == RUNNING)
+            job.message = f"{ahead} job(s) ahead" if ahead else "starting"
+            self._jobs[job.id] = job
+            self._pending.append(job)
+            self._wake.notify_all()
+            return job
+
+    def cancel(self, job_id: int) -> bool:
+        """Ask a job to stop: a queued one is dropped at once, a running one stops at its next check."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.active:
+                return False
+            job.cancel_requested.set()
+            if job.status == QUEUED:
+                self._pending.remove(job)
+                job.status, job.message, job.finished = CANCELLED, "cancelled before it started", time.time()
+            else:
+                job.message = "stopping after the current step..."
+            return True
+
+    def get(self, job_id: int | None) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id) if job_id is not None else None
+
+    def jobs(self, kind: str | None = None) -> list[Job]:
+        """Jobs, newest first (optionally of one kind)."""
+        with self._lock:
+            return sorted((j for j in self._jobs.values() if kind is None or j.kind == kind), key=lambda j: -j.id)
+
+    def latest(self, kind: str) -> Job | None:
+        """The newest job of ``kind``: what a freshly loaded page shows."""
+        found = self.jobs(kind)
+        return found[0] if found else None
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """Block until the job has finished (for tests and scripts)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wake:
+            while True:
+                job = self._jobs[job_id]
+                if not job.active:
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                self._wake.wait(left)
+
+    def shutdown(self, cancel_running: bool = True, timeout: float = 30.0) -> None:
+        """Stop taking jobs, drop the queued ones, and (optionally) cancel the running one."""
+        with self._wake:
+            self._stopping = True
+            for job in list(self._pending):
+                job.cancel_requested.set()
+                job.status, job.message, job.finished = CANCELLED, "server stopped", time.time()
+            self._pending.clear()
+            if cancel_running:
+                for job in self._jobs.values():
+                    if job.status == RUNNING:
+                        job.cancel_requested.set()
+            self._wake.notify_all()
+        self._worker.join(timeout)
+
+    # --- worker ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                job = self._pending.popleft()
+                job.status, job.started, job.message = RUNNING, time.time(), "starting"
+                for waiting, queued in enumerate(self._pending):
+                    queued.message = f"{waiting + 1} job(s) ahead"
+            context = JobContext(job, self._lock)
+            try:
+                context.check()
+                result = job.fn(context)
+            except Cancelled:
+                self._finish(job, CANCELLED, message="cancelled; nothing half-written was left")
+            except Exception as err:  # a job's failure is shown on the page, never kills the worker
+                from lorastory.errors import LorastoryError
+
+                message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
+                if not isinstance(err, LorastoryError):
+                    job.log.append(traceback.format_exc())
+                self._finish(job, FAILED, error=message)
+            else:
+                self._finish(job, DONE, result=result)
+
+    def _finish(self, job: Job, status: str, *, result: Any = None, error: str | None = None, message: str | None = None) -> None:
+        with self._wake:
+            job.status, job.finished, job.result, job.error = status, time.time(), result, error
+            if status == DONE:
+                job.progress = 1.0
+                job.message = "finished"
+            if message is not None:
+                job.message = message
+            finished = [j for j in self._jobs.values() if not j.active]
+            for old in sorted(finished, key=lambda j: j.id)[: max(0, len(finished) - self._keep)]:
+                del self._jobs[old.id]
+            self._wake.notify_all()

@@ -1,0 +1,117 @@
+"""The generate speed levers on tiny CPU models: same images within rounding, idempotent, honest reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lorastory.generate.speed import SpeedReport, auto_compile, prepare_for_speed, speed_context
+from lorastory.models.speed import compile_cache_dir, sdpa_backend, to_channels_last, uncompile_regions
+
+
+def _pipe(tiny_model_path):
+    from lorastory.models.registry import load_pipeline
+
+    pipe = load_pipeline(tiny_model_path("kolors"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _render(pipe) -> np.ndarray:
+    with speed_context(pipe):
+        return pipe(prompt=["紫色长发少女", "a red fox"], negative_prompt=["", ""], num_inference_steps=3,
+                    guidance_scale=4.0, width=64, height=64, output_type="np",
+                    generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+
+
+def _add_lora(pipe, seed: int = 3) -> None:
+    from lorastory.models.lora import LoraSpec, inject_lora
+
+    inject_lora(pipe, LoraSpec(rank=4, alpha=4))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def test_prepare_for_speed_keeps_the_images_and_fuses_the_lora(tiny_model_path):
+    pipe = _pipe(tiny_model_path)
+    _add_lora(pipe)
+    reference = _render(pipe)
+    report = prepare_for_speed(pipe, compile=False)
+    assert report.levers == ["LoRA fused", "fused QKV", "channels_last"] and not report.skipped
+    assert all(layer.merged for layer in _lora_layers(pipe.unet))
+    fast = _render(pipe)
+    assert np.abs(fast - reference).max() < 1e-3
+    assert np.abs(reference - _render(_pipe(tiny_model_path))).max() > 1e-3  # the LoRA does change the image
+    again = prepare_for_speed(pipe, compile=False)
+    assert again is report and again.levers == ["LoRA fused", "fused QKV", "channels_last"]
+    assert np.abs(_render(pipe) - reference).max() < 1e-3
+
+
+def _lora_layers(model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def test_qkv_is_not_fused_under_an_unfused_lora(tiny_model_path):
+    pipe = _pipe(tiny_model_path)
+    _add_lora(pipe)
+    reference = _render(pipe)
+    report = prepare_for_speed(pipe, fuse_lora=False, compile=False)
+    assert "fused QKV" not in report.levers and "LoRA" in report.skipped["fused QKV"]
+    assert np.abs(_render(pipe) - reference).max() < 1e-3
+
+
+def test_generate_story_fast_on_cpu_matches_the_plain_path(tmp_path, tiny_model_path):
+    from PIL import Image
+
+    from lorastory.generate.story import Story, generate_story
+
+    story = Story.model_validate({"defaults": {"steps": 3, "width": 64, "height": 64},
+                                  "panels": [{"prompt": "少女"}, {"prompt": "a fox"}]})
+    model = str(tiny_model_path("kolors"))
+    generate_story(story, model, tmp_path / "plain", pipe=_pipe(tiny_model_path))
+    generate_story(story, model, tmp_path / "fast", pipe=_pipe(tiny_model_path), fast=True, compile=False)
+    for name in ("panel-01.png", "panel-02.png"):
+        a = np.asarray(Image.open(tmp_path / "plain" / name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "fast" / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["speed"] is None  # CPU default: off
+    assert json.loads((tmp_path / "fast" / "manifest.json").read_text())["speed"] == "fused QKV, channels_last"
+
+
+def test_auto_compile_only_on_cuda_for_long_stories():
+    assert not auto_compile(torch.device("cpu"), 10_000)
+    assert not auto_compile(torch.device("cuda"), 3 * 20)
+    assert auto_compile(torch.device("cuda"), 8 * 50)
+
+
+def test_sdpa_backend_prefers_one_and_falls_back():
+    q = torch.randn(1, 2, 8, 16)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    with sdpa_backend("cudnn"):  # no cuDNN attention on a CPU: falls back, same result
+        assert torch.allclose(torch.nn.functional.scaled_dot_product_attention(q, q, q), expected, atol=1e-6)
+    with sdpa_backend(None):
+        pass
+    with pytest.raises(ValueError, match="unknown SDPA backend"):
+        with sdpa_backend("xformers"):
+            pass
+    assert "sdpa" in str(SpeedReport(levers=["x"], skipped={"sdpa": "why"}))
+
+
+def test_channels_last_and_compile_cache_helpers(monkeypatch, tmp_path):
+    conv = torch.nn.Conv2d(4, 8, 3)
+    assert to_channels_last(conv, None) == 1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "kernels"))
+    assert compile_cache_dir() == tmp_path / "kernels"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "lorastory" / "torchinductor"
+    assert uncompile_regions(conv) == 0

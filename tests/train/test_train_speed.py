@@ -1,0 +1,73 @@
+"""bf16 compute with fp32 LoRA weights: same parameters and names, fp32 gradients, outputs within bf16 rounding."""
+
+from __future__ import annotations
+
+import torch
+
+from lorastory.train.speed import CastLinear, auto_compile, lora_compute_in_input_dtype, prepare_for_training
+
+
+def _unet_with_lora(tiny_model_path):
+    from lorastory.models.lora import LoraSpec, inject_lora
+    from lorastory.models.registry import load_pipeline
+
+    pipe = load_pipeline(tiny_model_path("kolors"))
+    unet = pipe.unet
+    unet.requires_grad_(False)
+    unet.to(torch.bfloat16)
+    torch.manual_seed(0)
+    params = inject_lora(pipe, LoraSpec(rank=4, alpha=4))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.05)
+    for param in params:
+        param.data = param.data.float()
+    return unet, params
+
+
+def _forward(unet):
+    g = torch.Generator().manual_seed(1)
+    hidden = unet.config.encoder_hid_dim
+    sample = torch.randn(2, 4, 8, 8, generator=g).to(torch.bfloat16)
+    text = torch.randn(2, 8, hidden, generator=g).to(torch.bfloat16)
+    pooled = torch.randn(2, hidden, generator=g).to(torch.bfloat16)
+    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]] * 2, dtype=torch.bfloat16)
+    return unet(sample, torch.tensor([10, 500]), encoder_hidden_states=text,
+                added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+
+
+def test_lora_computes_in_bf16_with_fp32_weights_and_gradients(tiny_model_path):
+    unet, params = _unet_with_lora(tiny_model_path)
+    names = list(unet.state_dict())
+    reference = _forward(unet).float()  # peft's own way: the LoRA branch in fp32
+    assert lora_compute_in_input_dtype(unet) > 0
+    assert list(unet.state_dict()) == names
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in params)
+    assert any(type(m) is CastLinear for m in unet.modules())
+    out = _forward(unet)
+    assert out.dtype == torch.bfloat16
+    error = (out.float() - reference).norm() / reference.norm()
+    assert error < 2e-2
+    out.float().square().mean().backward()
+    grads = [p.grad for p in params]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+    assert lora_compute_in_input_dtype(unet) == len([m for m in unet.modules() if hasattr(m, "cast_input_dtype_enabled")])
+
+
+def test_prepare_for_training_reports_its_levers(tiny_model_path):
+    unet, _ = _unet_with_lora(tiny_model_path)
+    line = prepare_for_training(unet, compile=False)
+    assert line.startswith("speed: bf16 compute with fp32 LoRA weights") and "channels_last" in line
+    assert "compiled" not in line
+    assert not auto_compile(torch.device("cpu"), 10_000)
+    assert auto_compile(torch.device("cuda"), 1000) and not auto_compile(torch.device("cuda"), 20)
+
+
+def test_fast_and_compile_do_not_change_the_fingerprint():
+    from lorastory.train.config import TrainConfig
+
+    base = TrainConfig(model="m", data="d", out="o")
+    assert base.fast is True and base.compile is None
+    assert TrainConfig(model="m", data="d", out="o", fast=False, compile=True).fingerprint() == base.fingerprint()

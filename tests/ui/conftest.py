@@ -1,0 +1,126 @@
+"""Fixtures for the web app: a workspace with images and a tiny model, the app in a subprocess, Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("LORASTORY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def _missing_browser() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium fonts-noto-cjk; `make test` does it as root)"
+    return None
+
+
+def write_images(folder: Path, sizes: list[tuple[int, int]], captions: list[str]) -> None:
+    """Striped PNGs of the given sizes with same-name .txt captions."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index, ((width, height), caption) in enumerate(zip(sizes, captions)):
+        pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        pixels[::6, :, 0] = 250
+        Image.fromarray(pixels).save(folder / f"img{index:02d}.png")
+        (folder / f"img{index:02d}.txt").write_text(caption, encoding="utf-8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's; Playwright's own download cannot work offline)."""
+    problem = _missing_browser()
+    if problem:
+        if os.environ.get("LORASTORY_REQUIRE_BROWSER") or os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {problem}")
+        pytest.skip(problem)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def ui_workspace(tmp_path_factory, tiny_model_path):
+    """A workspace with the tiny Kolors as its default model, a folder of images, and a secret outside it."""
+    root = tmp_path_factory.mktemp("ui")
+    ws = root / "workspace"
+    (ws / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model_path("kolors"), ws / "models" / "tiny-kolors")
+    sizes = [(96, 80), (96, 80), (80, 96), (96, 96), (32, 32), (40, 24)]
+    write_images(ws / "incoming", sizes, ["二次元 少女", "二次元 城市", "风景", "猫", "tiny one", "tiny two"])
+    (root / "secret").mkdir()
+    (root / "secret" / "passwords.txt").write_text("top secret", encoding="utf-8")
+    (ws / "escape").symlink_to(root / "secret")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def ui_server(ui_workspace):
+    """``lorastory ui`` in a subprocess on a free port; yields its base URL."""
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LORASTORY_UI_AUTH="")
+    log = open(ui_workspace.parent / "server.log", "w", encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lorastory", "ui", "--workspace", str(ui_workspace), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                log.close()
+                pytest.fail("the app did not start:\n" + (ui_workspace.parent / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    """Where screenshots go: $LORASTORY_UI_SCREENSHOTS if set (e.g. docs/), else a temp folder."""
+    folder = Path(os.environ.get("LORASTORY_UI_SCREENSHOTS") or tmp_path / "shots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (the browser tests screenshot failures)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

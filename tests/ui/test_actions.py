@@ -1,0 +1,113 @@
+"""What the app's buttons do, without a browser: bind checks, story jobs, regenerate, cancel, zip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+
+from lorastory.ui import actions
+from lorastory.ui.app import UiError, check_bind
+from lorastory.ui.jobs import CANCELLED, DONE, JobQueue
+from lorastory.ui.workspace import Workspace
+
+
+def test_bind_beyond_localhost_needs_auth(monkeypatch):
+    monkeypatch.delenv("LORASTORY_UI_AUTH", raising=False)
+    assert check_bind("127.0.0.1", None) is None
+    with pytest.raises(UiError, match="--auth"):
+        check_bind("0.0.0.0", None)
+    with pytest.raises(UiError, match="USER:PASSWORD"):
+        check_bind("0.0.0.0", "nopassword")
+    assert check_bind("0.0.0.0", "ann:s3cret") == ("ann", "s3cret")
+    monkeypatch.setenv("LORASTORY_UI_AUTH", "bob:pw")
+    assert check_bind("192.168.1.5", None) == ("bob", "pw")
+
+
+def test_cli_refuses_open_bind(cli, monkeypatch, tmp_path):
+    monkeypatch.delenv("LORASTORY_UI_AUTH", raising=False)
+    result = cli("ui", "--host", "0.0.0.0", "--workspace", tmp_path / "ws")
+    assert result.code == 1
+    assert "--auth" in result.err and "127.0.0.1" in result.err
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.fixture(scope="module")
+def story_ws(tmp_path_factory, tiny_model_path):
+    ws = Workspace(tmp_path_factory.mktemp("story") / "ws")
+    shutil.copytree(tiny_model_path("kolors"), ws.root / "models" / "tiny-kolors")
+    return ws
+
+
+def small_story(title="小猫的冒险"):
+    return actions.story_from_form(
+        title, "一只橘色的小猫", "水彩风格", "", [["在花园里玩耍", "花园", None, ""], ["在窗边睡觉", "", 7, ""]],
+        {"steps": 2, "cfg": 4.0, "width": 64, "height": 64, "seed": 3, "sampler": "Euler"})
+
+
+@pytest.mark.slow
+def test_story_regenerate_zip(story_ws):
+    ws, queue = story_ws, JobQueue()
+    try:
+        job = queue.wait(queue.submit("story", "s", actions.story_job(ws, small_story(), "", None, 1.0, "s1")).id, 120)
+        assert job.status == DONE, job.error
+        run = ws.root / "stories" / "s1"
+        before = {p.name: p.read_bytes() for p in run.glob("panel-*.png")}
+        assert sorted(before) == ["panel-01.png", "panel-02.png"]
+        assert not [p for p in run.parent.iterdir() if p.name.startswith(".")]
+
+        job = queue.wait(queue.submit("story", "r", actions.regenerate_job(ws, "stories/s1", 2, 12345)).id, 120)
+        assert job.status == DONE, job.error
+        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+        assert [p["seed"] for p in manifest["panels"]] == [3, 12345]
+        assert (run / "panel-01.png").read_bytes() == before["panel-01.png"]
+        assert (run / "panel-02.png").read_bytes() != before["panel-02.png"]
+        assert "seed: 12345" in (run / "story.yaml").read_text(encoding="utf-8")
+        details = actions.run_details(ws, "stories/s1")
+        assert details["rows"][1][3] == 12345 and "在窗边睡觉" in details["rows"][1][1]
+
+        names = zipfile.ZipFile(actions.story_zip(ws, "stories/s1")).namelist()
+        assert {"s1/panel-01.png", "s1/panel-02.png", "s1/storyboard.png", "s1/manifest.json", "s1/story.yaml"} <= set(names)
+    finally:
+        queue.shutdown()
+
+
+@pytest.mark.slow
+def test_cancelled_story_leaves_nothing(story_ws):
+    ws, queue = story_ws, JobQueue()
+    try:
+        story = small_story().model_copy(update={"defaults": small_story().defaults.model_copy(update={"steps": 200})})
+        job = queue.submit("story", "c", actions.story_job(ws, story, "", None, 1.0, "cancelled"))
+        import time
+
+        deadline = time.monotonic() + 60
+        while "step" not in job.message and time.monotonic() < deadline:
+            time.sleep(0.05)
+        queue.cancel(job.id)
+        assert queue.wait(job.id, 60).status == CANCELLED
+        leftovers = [p.name for p in (ws.root / "stories").iterdir() if "cancelled" in p.name]
+        assert leftovers == []
+    finally:
+        queue.shutdown()
+
+
+def test_story_form_validation():
+    with pytest.raises(Exception, match="panels"):
+        actions.story_from_form("t", "", "", "", [["", "", None, ""]], {"steps": 2})
+    with pytest.raises(Exception, match="multiple of 8"):
+        actions.story_from_form("t", "", "", "", [["x", "", None, ""]], {"width": 100})
+    story = actions.story_from_form("t", "", "", "", [["x", "", float("nan"), ""], [None, None, None, None]], {})
+    assert len(story.panels) == 1 and story.panels[0].seed is None
+
+
+def test_recipe_helpers():
+    text = actions.default_recipe("datasets/d/metadata.jsonl", "c")
+    assert 'dataset_path: "datasets/d/metadata.jsonl"' in text and 'export_path: "curated/c/result.jsonl"' in text
+    assert "# process schedule" in text  # comments kept
+    added = actions.add_op(text, "image_size_filter", "max_size: 2MB")
+    assert "image_size_filter" in added and "image_aspect_ratio_filter" in added
+    with pytest.raises(Exception, match="min_widht"):
+        actions.add_op(text, "image_shape_filter", "min_widht: 3")
+    assert "min_width" in actions.op_defaults("image_shape_filter")
