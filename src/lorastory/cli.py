@@ -331,6 +331,21 @@ def generate_cmd(
     console.print(f"  storyboard: {result.storyboard}\n  manifest:   {result.manifest}", markup=False)
 
 
+@app.command("regenerate")
+def regenerate_cmd(
+    run: Annotated[Path, typer.Argument(help="A story run folder (with manifest.json).")],
+    panel: Annotated[int, typer.Option(help="Panel number, from 1.")],
+    seed: Annotated[int, typer.Option(help="The new seed.")],
+    model: Annotated[Optional[str], typer.Option(help="Model (default: the one in manifest.json).")] = None,
+    lora: Annotated[Optional[Path], typer.Option(help="LoRA (default: the one in manifest.json).")] = None,
+) -> None:
+    """Re-render one panel with a new seed; the other panels stay exactly as they are."""
+    from lorastory.generate.story import regenerate_panel
+
+    path = regenerate_panel(run, panel, seed, model=model, lora=str(lora) if lora else None)
+    console.print(f"Rewrote {path} (seed {seed}), the manifest and the storyboard.", markup=False)
+
+
 @app.command("grid")
 def grid_cmd(
     images: Annotated[list[Path], typer.Argument(help="Panel images, in reading order.")],

@@ -153,3 +153,20 @@ def test_reference_story_example_matches_the_workflow():
     assert {(j.cfg, j.steps, j.width, j.height) for j in jobs} == {(4, 50, 1024, 1024)}
     assert jobs[0].prompt.startswith("二次元,日系动漫,演唱会的观众席")
     assert jobs[3].negative == "丑陋、变形、嘈杂、模糊、低对比度,扭曲的手指,多余的手指"
+
+
+def test_regenerate_one_panel_leaves_the_others_byte_identical(tmp_path, tiny_model_path, kolors_pipe, cli):
+    model = str(tiny_model_path("kolors"))
+    generate_story(_story(tmp_path), model, tmp_path / "run", pipe=kolors_pipe)
+    before = {n: (tmp_path / "run" / n).read_bytes() for n in ("panel-01.png", "panel-02.png", "panel-03.png")}
+    result = cli("regenerate", tmp_path / "run", "--panel", "2", "--seed", "1234")
+    assert result.code == 0, result.err
+    assert (tmp_path / "run" / "panel-01.png").read_bytes() == before["panel-01.png"]
+    assert (tmp_path / "run" / "panel-03.png").read_bytes() == before["panel-03.png"]
+    assert (tmp_path / "run" / "panel-02.png").read_bytes() != before["panel-02.png"]
+    assert read_parameters(tmp_path / "run" / "panel-02.png").seed == 1234
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text(encoding="utf-8"))
+    assert [p["seed"] for p in manifest["panels"]] == [1, 1234, 12]
+    assert load_story(tmp_path / "run" / "story.yaml").panels[1].seed == 1234
+    assert not list(tmp_path.glob(".run.*"))  # no staging folder left
+    assert cli("regenerate", tmp_path / "run", "--panel", "9", "--seed", "1").code == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -317,3 +318,57 @@ def load_story(path: str | Path) -> Story:
 def manifest_panels(manifest: str | Path) -> list[dict[str, Any]]:
     """The panel records of a run's ``manifest.json``."""
     return json.loads(Path(manifest).read_text(encoding="utf-8"))["panels"]
+
+
+def regenerate_panel(
+    run_dir: str | Path,
+    index: int,
+    seed: int,
+    model: str | None = None,
+    lora: str | None = None,
+    on_step: StepCallback | None = None,
+    before_swap: Callable[[], None] | None = None,
+    pipe: Any = None,
+) -> Path:
+    """Re-render panel ``index`` (1-based) of a run with a new ``seed``; the others stay byte for byte.
+
+    The panel is rendered as a one-panel story into a staging folder with the
+    run's model, LoRA and settings (``model``/``lora`` override the manifest's
+    paths), then swapped in; the storyboard, manifest and story.yaml are
+    rewritten to match. ``before_swap`` may raise to cancel with nothing changed.
+    """
+    import shutil
+
+    from lorastory.generate.grid import save_storyboard
+
+    folder = Path(run_dir)
+    story = load_story(folder / "story.yaml")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    if not 1 <= index <= len(story.panels):
+        raise ConfigError(f"panel {index}: the story has panels 1 to {len(story.panels)}")
+    recorded_lora = manifest.get("lora") or None
+    lora = lora or (recorded_lora["path"] if recorded_lora else None)
+    panel = story.panels[index - 1].model_copy(update={"seed": int(seed)})
+    staging = folder.with_name(f".{folder.name}.panel-{index:02d}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        single = story.model_copy(update={"panels": [panel], "title": ""})
+        generate_story(single, model or manifest["model"], staging, lora=lora,
+                       lora_scale=recorded_lora["scale"] if recorded_lora else 1.0, on_step=on_step, pipe=pipe)
+        record = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))["panels"][0]
+        record["file"] = f"panel-{index:02d}.png"
+        if before_swap is not None:
+            before_swap()
+        os.replace(staging / "panel-01.png", folder / record["file"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    panels = list(story.panels)
+    panels[index - 1] = panel
+    updated = story.model_copy(update={"panels": panels})
+    manifest["panels"][index - 1] = record
+    captions = [p.get("caption") for p in manifest["panels"]]
+    save_storyboard([folder / p["file"] for p in manifest["panels"]], folder / manifest.get("storyboard", "storyboard.png"),
+                    cols=2, title=updated.title or None, captions=captions if any(captions) else None)
+    atomic_write_json(folder / "manifest.json", manifest)
+    atomic_write_text(folder / "story.yaml", updated.to_yaml())
+    return folder / record["file"]

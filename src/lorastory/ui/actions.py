@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from lorastory.errors import ConfigError, LorastoryError
-from lorastory.fileio import atomic_open, atomic_write_json, atomic_write_text
+from lorastory.errors import ConfigError
+from lorastory.fileio import atomic_open, atomic_write_text
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import PathRefused, Workspace
 
@@ -451,42 +451,18 @@ def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[
     model, LoRA and settings, then swapped in; the storyboard, manifest and story.yaml
     are rewritten to match.
     """
-    from lorastory.generate.grid import save_storyboard
-    from lorastory.generate.story import generate_story, load_story
+    from lorastory.generate.story import regenerate_panel
 
     folder = ws.resolve(run, must_exist=True)
-    story = load_story(folder / "story.yaml")
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    if not 1 <= index <= len(story.panels):
-        raise ConfigError(f"panel {index}: the story has panels 1 to {len(story.panels)}")
     model = resolve_model(ws, manifest["model"])
     lora = manifest.get("lora") or None
     lora_path = str(ws.resolve(lora["path"], must_exist=True)) if lora else None
-    panel = story.panels[index - 1].model_copy(update={"seed": int(seed)})
 
     def run_job(ctx: JobContext) -> dict[str, Any]:
-        staging = folder.with_name(f".{folder.name}.panel-{ctx.job.id}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            single = story.model_copy(update={"panels": [panel], "title": ""})
-            ctx.progress(0.0, f"loading the model for panel {index}")
-            generate_story(single, model, staging, lora=lora_path, lora_scale=lora["scale"] if lora else 1.0,
-                           on_step=lambda done, total: ctx.progress(done / total, f"panel {index}, step {done}/{total}"))
-            record = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))["panels"][0]
-            record["file"] = f"panel-{index:02d}.png"
-            ctx.check()
-            os.replace(staging / "panel-01.png", folder / record["file"])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        panels = list(story.panels)
-        panels[index - 1] = panel
-        updated = story.model_copy(update={"panels": panels})
-        manifest["panels"][index - 1] = record
-        captions = [p.get("caption") for p in manifest["panels"]]
-        save_storyboard([folder / p["file"] for p in manifest["panels"]], folder / manifest.get("storyboard", "storyboard.png"),
-                        cols=2, title=updated.title or None, captions=captions if any(captions) else None)
-        atomic_write_json(folder / "manifest.json", manifest)
-        atomic_write_text(folder / "story.yaml", updated.to_yaml())
+        ctx.progress(0.0, f"loading the model for panel {index}")
+        regenerate_panel(folder, index, int(seed), model=model, lora=lora_path, before_swap=ctx.check,
+                         on_step=lambda done, total: ctx.progress(done / total, f"panel {index}, step {done}/{total}"))
         ctx.data["run"] = str(folder)
         return {"run": ws.rel(folder), "panel": index, "seed": int(seed)}
 
@@ -546,19 +522,8 @@ def run_details(ws: Workspace, run: str) -> dict[str, Any]:
 PARAM_COLUMNS = ["file", "prompt", "negative", "seed", "steps", "cfg", "sampler", "size", "lora"]
 
 
-def eval_available() -> bool:
-    """True when :mod:`lorastory.eval` (scores, LoRA on/off) is installed in this build."""
-    try:
-        from lorastory.eval.report import evaluate_run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def eval_job(ws: Workspace, run: str, clip_model: str, compare: bool) -> Callable[[JobContext], Any]:
     """Score a story run (``scores.json``) with a CLIP model from the workspace; optionally LoRA on/off."""
-    if not eval_available():
-        raise LorastoryError("evaluation (lorastory.eval) is not available in this build")
     from lorastory.eval.report import evaluate_run
 
     folder = ws.resolve(run, must_exist=True)

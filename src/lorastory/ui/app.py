@@ -268,13 +268,12 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
             with gr.Row():
                 g_manifest = gr.JSON(label="manifest.json")
                 g_scores = gr.JSON(label="scores.json")
-            gr.Markdown("### Score a run" + ("" if actions.eval_available() else
-                        " (evaluation is not installed in this build: `lorastory.eval` missing)"))
+            gr.Markdown("### Score a run")
             with gr.Row():
                 g_clip = gr.Dropdown(label="CLIP model (folder in models/)", choices=actions.clip_choices(ws),
                                      allow_custom_value=True)
                 g_compare = gr.Checkbox(label="LoRA on/off comparison", value=False)
-                g_eval_btn = gr.Button("Score run", interactive=actions.eval_available())
+                g_eval_btn = gr.Button("Score run")
             eval_status = gr.Markdown(elem_id="eval-status")
             gr.Markdown("### Training runs")
             with gr.Row():
