@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from lorastory.errors import ConfigError
-from lorastory.fileio import atomic_open, atomic_write_text
+from lorastory.fileio import atomic_open, atomic_write_text, replace_dir
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import PathRefused, Workspace
 
@@ -418,7 +418,7 @@ def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: fl
             ctx.progress(0.0, "loading the model")
             generate_story(story, model_path, staging, lora=lora_path, lora_scale=scale,
                            on_step=lambda done, total: ctx.progress(done / total, _panel_message(done, total, panels)))
-            _swap_in(staging, final)
+            replace_dir(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         ctx.data["run"] = str(final)
@@ -431,17 +431,6 @@ def _panel_message(done: int, total: int, panels: int) -> str:
     per_panel = max(total // max(panels, 1), 1)
     panel = min(done // per_panel + (1 if done % per_panel else 0), panels) or 1
     return f"panel {panel}/{panels}, step {done}/{total}"
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` with the complete ``staging`` folder (the old one goes only after)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[JobContext], Any]:
