@@ -217,18 +217,25 @@ class Recorder:
             os.replace(tmp, self.path)
 
 
-def kernel_profile(fn: Any, top: int = 25) -> dict[str, Any]:
-    """Run ``fn`` once under the profiler: GPU time by kernel category and the top kernels."""
+def kernel_profile(fn: Any, top: int = 25, cpu: bool = False) -> dict[str, Any]:
+    """Run ``fn`` once under the profiler: GPU time by kernel category and the top kernels (and CPU ops)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sync()
+    started = time.perf_counter()
+    activities = [ProfilerActivity.CUDA, *([ProfilerActivity.CPU] if cpu else [])]
+    with profile(activities=activities) as prof:
         fn()
         sync()
+    wall_ms = (time.perf_counter() - started) * 1000
     rows = []
+    cpu_rows = []
     for event in prof.key_averages():
-        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if total:
+        total = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if total and event.device_type == torch.autograd.DeviceType.CUDA:
             rows.append((event.key, total / 1000, event.count))
+        if cpu and event.self_cpu_time_total:
+            cpu_rows.append((event.key, event.self_cpu_time_total / 1000, event.count))
     rows = [r for r in rows if not r[0].startswith(("ProfilerStep", "cudaDeviceSynchronize"))]
     categories: dict[str, float] = {}
 
@@ -249,7 +256,12 @@ def kernel_profile(fn: Any, top: int = 25) -> dict[str, Any]:
     for name, ms, _ in rows:
         categories[category(name)] = categories.get(category(name), 0.0) + ms
     rows.sort(key=lambda r: -r[1])
+    cpu_rows.sort(key=lambda r: -r[1])
+    extra = {"cpu_self_ms_total": round(sum(r[1] for r in cpu_rows), 1),
+             "cpu_top": [{"op": n[:80], "ms": round(ms, 2), "calls": c} for n, ms, c in cpu_rows[:15]]} if cpu else {}
     return {
+        "wall_ms_profiled": round(wall_ms, 1),
+        **extra,
         "total_ms": round(sum(r[1] for r in rows), 1),
         "by_category_ms": {k: round(v, 1) for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},
         "top": [{"kernel": name[:120], "ms": round(ms, 2), "calls": count} for name, ms, count in rows[:top]],

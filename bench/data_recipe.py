@@ -11,12 +11,16 @@ exactly as Data-Juicer users write it, then times, on the same files:
 (b) a single-process Pillow loop reading every header (``Image.open(p).size``),
     the floor for any tool that must look at each file;
 (c) optionally real Data-Juicer (``dj-process --config``) from its own virtualenv,
-    checking that it keeps exactly the samples we keep, with the same stats.
+    checking that it keeps exactly the samples we keep, with the same stats;
+(d) with ``--executor ray``, ``lorastory data run --executor ray`` (a local Ray with np CPUs,
+    started by the command) against the local executor on the same files: the full set and a
+    ``--small``-row prefix (start-up cost), byte-identical outputs checked.
 
 Usage (from the repository root)::
 
     .venv/bin/python bench/data_recipe.py --json bench/out/data_recipe.json \\
         --dj-python /work/djvenv/bin/python
+    .venv/bin/python bench/data_recipe.py --executor ray --json bench/out/data_recipe_ray.json
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of ours and of the header loop; best counts")
     parser.add_argument("--dj-python", type=Path, help="python of a Data-Juicer virtualenv (runs its dj-process)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="ray: also time `data run --executor ray` against the local executor")
+    parser.add_argument("--small", type=int, default=100, help="rows of the start-up run with --executor ray")
     return parser.parse_args()
 
 
@@ -292,6 +299,46 @@ def bench_dj(args: argparse.Namespace, workdir: Path, dataset: Path, ours_kept: 
     }
 
 
+def bench_ray(args: argparse.Namespace, workdir: Path, paths: list[str]) -> dict[str, Any]:
+    """Local vs Ray executor, on all rows and on a ``--small`` prefix; outputs must be identical."""
+    numbers: dict[str, Any] = {}
+    for label, rows in (("small", paths[: args.small]), ("full", paths)):
+        dataset = workdir / f"metadata_{label}.jsonl"
+        write_metadata(dataset, rows)
+        files = {}
+        for executor in ("local", "ray"):
+            export = workdir / f"output_{executor}_{label}" / "result.jsonl"
+            recipe = workdir / f"recipe_{executor}_{label}.yaml"
+            write_recipe(recipe, dataset, export, args.np)
+            command = ours_command(recipe) + (["--executor", "ray"] if executor == "ray" else [])
+            log = workdir / f"{executor}_{label}.log"
+            runs = [time_command(command, workdir, log) for _ in range(args.repeat)]
+            best = min(runs)
+            numbers[f"{executor}_{label}"] = {"rows": len(rows), "runs_s": [r[0] for r in runs],
+                                              "cpu_s": [r[1] for r in runs], "best_s": best[0]}
+            files[executor] = [export.read_bytes(), export.with_name("result_stats.jsonl").read_bytes()]
+        numbers[f"identical_{label}"] = files["local"] == files["ray"]
+    n_small, n_full = min(args.small, len(paths)), len(paths)
+    for executor in ("local", "ray"):
+        small, full = numbers[f"{executor}_small"]["best_s"], numbers[f"{executor}_full"]["best_s"]
+        numbers[f"{executor}_us_per_image"] = (full - small) / max(1, n_full - n_small) * 1e6
+    numbers["startup_overhead_s"] = numbers["ray_small"]["best_s"] - numbers["local_small"]["best_s"]
+    numbers["full_ratio"] = numbers["ray_full"]["best_s"] / numbers["local_full"]["best_s"]
+    return numbers
+
+
+def report_ray(n: int, ray: dict[str, Any]) -> None:
+    """The local vs Ray table."""
+    print(f"\n{'executor (best of runs)':<28} {'rows':>6} {'seconds':>9} {'img/s':>9}")
+    for key in ("local_small", "ray_small", "local_full", "ray_full"):
+        row = ray[key]
+        print(f"{key:<28} {row['rows']:>6} {row['best_s']:>9.2f} {row['rows'] / row['best_s']:>9.0f}")
+    print(f"ray start-up overhead: {ray['startup_overhead_s']:.2f} s; marginal cost: local "
+          f"{ray['local_us_per_image']:.0f} us/image, ray {ray['ray_us_per_image']:.0f} us/image; "
+          f"ray/local on {n}: {ray['full_ratio']:.2f}x; identical outputs: small {ray['identical_small']}, "
+          f"full {ray['identical_full']}")
+
+
 def report(result: dict[str, Any]) -> None:
     """Print the table, the ratios, the agreement checks and the verdict."""
     n, ours, header, dj = result["n"], result["ours"], result["header_loop"], result.get("dj")
@@ -349,7 +396,11 @@ def main() -> None:
         result["speedup"]["ours_vs_dj"] = result["dj"]["seconds"] / ours["best_s"]
     result["meets_target"] = (ours["img_per_s"] >= TARGET_IMG_PER_S
                               and result["speedup"].get("ours_vs_dj", TARGET_VS_DJ) >= TARGET_VS_DJ)
+    if args.executor == "ray":
+        result["ray"] = bench_ray(args, workdir, paths)
     report(result)
+    if "ray" in result:
+        report_ray(args.n, result["ray"])
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -24,7 +24,6 @@ meaningful.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import statistics
 import sys
@@ -182,6 +181,9 @@ def main() -> int:
     parser.add_argument("--lever-steps", type=int, default=6, help="steps of each short lever run")
     parser.add_argument("--baseline-panels", type=int, default=PANELS, help="panels in the one-at-a-time baseline")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-eager-levers", dest="eager_levers", action="store_false",
+                        help="skip the eager SDPA / LoRA / channels_last measurements")
+    parser.add_argument("--fp8", action="store_true", help="also measure the opt-in fp8 mode")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -256,7 +258,7 @@ def main() -> int:
 
     # 3. levers, one by one --------------------------------------------------------------------------------
     backends = {None: ms_b}
-    if not tiny:
+    if not tiny and args.eager_levers:
         for name in ("flash", "cudnn", "efficient"):
             try:
                 pipe._lorastory_speed = None
@@ -270,6 +272,8 @@ def main() -> int:
     rec.set("best_sdpa", best_sdpa)
 
     try:  # LoRA r16 on to_q/k/v/out.0 (zero-initialised B, so fusing leaves the weights bit-identical)
+        if not args.eager_levers:
+            raise StopIteration
         from peft import LoraConfig
 
         pipe.unet.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
@@ -282,57 +286,78 @@ def main() -> int:
         pipe.unload_lora_weights()
         pipe._lorastory_speed = None
         rec.set("lora", {"unfused_ms": lora_unfused, "fused_ms": lora_fused, "no_lora_ms": ms_b})
+    except StopIteration:
+        pass
     except Exception:
         rec.row("LoRA lever", error=traceback.format_exc()[-600:])
         pipe._lorastory_speed = None
 
     prepare_for_speed(pipe, fuse_lora=False, qkv=True, channels_last=False, sdpa=best_sdpa)
     lever("batched + fused QKV" + (f" + SDPA {best_sdpa}" if best_sdpa else ""))
-    prepare_for_speed(pipe, channels_last=True)
-    lever("batched + fused QKV + channels_last")
-    if not tiny:
-        torch.backends.cudnn.benchmark = True  # autotune each conv shape once (off by default)
-        lever("batched + fused QKV + channels_last + cudnn.benchmark")
+
+    def set_channels_last(on: bool) -> None:
+        fmt = torch.channels_last if on else torch.contiguous_format
+        pipe.unet.to(memory_format=fmt)
+        pipe.vae.to(memory_format=fmt)
+        levers = pipe._lorastory_speed.levers
+        if on and "channels_last" not in levers:
+            levers.append("channels_last")
+        if not on and "channels_last" in levers:
+            levers.remove("channels_last")
+
+    if args.eager_levers:
+        set_channels_last(True)
+        lever("batched + fused QKV + channels_last")
+        if not tiny:
+            torch.backends.cudnn.benchmark = True  # autotune each conv shape once (off by default)
+            lever("batched + fused QKV + channels_last + cudnn.benchmark")
+            torch.backends.cudnn.benchmark = False
+        set_channels_last(False)
+
+    def timed_first_call(name: str, **extra: Any) -> float:
+        t0 = time.perf_counter()
+        denoise(pipe, emb, all_panels, 2, size)
+        first_s = time.perf_counter() - t0
+        ms = lever(name, **extra)
+        rec.row(f"warm-up: {name} (first 2-step call minus 2 steady steps)", warmup_s=round(first_s - 2 * ms * PANELS / 1000, 1))
+        return ms
 
     compiled = False
+    channels_last = False
     if not args.no_compile:
         try:
             reset_peak()
-            t0 = time.perf_counter()
-            n = prepare_for_speed(pipe, compile=True, compile_classes=("BasicTransformerBlock",)).compiled_modules
-            denoise(pipe, emb, all_panels, 2, size)
-            first_s = time.perf_counter() - t0
-            ms = lever("+ compiled transformer blocks (compile_repeated_blocks)", compiled_modules=n)
-            rec.row("warm-up: compile transformer blocks (first 2-step call minus 2 steady steps)",
-                    warmup_s=round(first_s - 2 * ms * PANELS / 1000, 1))
-            t0 = time.perf_counter()
-            n = prepare_for_speed(pipe, compile=True).compiled_modules - n  # adds the ResNet blocks
-            denoise(pipe, emb, all_panels, 2, size)
-            first_s = time.perf_counter() - t0
-            ms = lever("+ compiled ResNet blocks too", compiled_modules=n)
-            rec.row("warm-up: compile ResNet blocks (first 2-step call minus 2 steady steps)",
-                    warmup_s=round(first_s - 2 * ms * PANELS / 1000, 1))
+            n = prepare_for_speed(pipe, channels_last=False, compile=True, compile_vae=False,
+                                  compile_classes=("BasicTransformerBlock",)).compiled_modules
+            timed_first_call("+ compiled transformer blocks (compile_repeated_blocks)", compiled_modules=n)
+            n = prepare_for_speed(pipe, channels_last=False, compile=True, compile_vae=False).compiled_modules - n  # + ResNets
+            timed_first_call("+ compiled ResNet blocks too", compiled_modules=n)
             compiled = True
         except Exception:
             rec.row("compile", error=traceback.format_exc()[-1500:])
 
     # 4. fast path, full story -----------------------------------------------------------------------------
-    reset_peak()
-    lat_f, unet_f_s, per_step_f = denoise(pipe, emb, all_panels, steps, size)
-    try:
-        decode(pipe, lat_f[:PANELS], PANELS)  # warm-up (cuDNN autotuning of the VAE's shapes)
-        img_f, vae_f_s = decode(pipe, lat_f, PANELS)
-    except Exception:
-        rec.row("VAE decode under the chosen SDPA backend", error=traceback.format_exc()[-600:])
-        pipe._lorastory_speed.sdpa = None
-        img_f, vae_f_s = decode(pipe, lat_f, PANELS)
-    ms_f = step_ms(per_step_f, PANELS)
-    fast = rec.row("fast path, full story (UNet + VAE, VAE eager channels_last)", unet_s=round(unet_f_s, 2),
-                   ms_per_image_step=ms_f, vae_s=round(vae_f_s, 2), total_s=round(unet_f_s + vae_f_s, 2),
-                   speedup_vs_single=round(base_total / (unet_f_s + vae_f_s), 2),
-                   speedup_vs_batched=round(batched["total_s"] / (unet_f_s + vae_f_s), 2), peak_gb=peak_gb(),
-                   psnr_vs_single=psnr(img_f, ref_img) if len(base_panels) == PANELS else None,
-                   psnr_vs_batched=psnr(img_f, img_b), image_stats=image_stats(img_f), **rate(ms_f))
+    def full_story(name: str) -> tuple[dict[str, Any], torch.Tensor, float, float]:
+        reset_peak()
+        lat, unet_s, per_step = denoise(pipe, emb, all_panels, steps, size)
+        try:
+            decode(pipe, lat[:PANELS], PANELS)  # warm-up (cuDNN autotuning of the VAE's shapes)
+            img, vae_s = decode(pipe, lat, PANELS)
+        except Exception:
+            rec.row("VAE decode under the chosen SDPA backend", error=traceback.format_exc()[-600:])
+            pipe._lorastory_speed.sdpa = None
+            img, vae_s = decode(pipe, lat, PANELS)
+        ms = step_ms(per_step, PANELS)
+        row = rec.row(name, unet_s=round(unet_s, 2), ms_per_image_step=ms, vae_s=round(vae_s, 2),
+                      total_s=round(unet_s + vae_s, 2), speedup_vs_single=round(base_total / (unet_s + vae_s), 2),
+                      speedup_vs_batched=round(batched["total_s"] / (unet_s + vae_s), 2), peak_gb=peak_gb(),
+                      psnr_vs_single=psnr(img, ref_img) if len(base_panels) == PANELS else None,
+                      psnr_vs_batched=psnr(img, img_b), image_stats=image_stats(img), levers=str(pipe._lorastory_speed),
+                      **rate(ms))
+        return row, lat, unet_s, vae_s
+
+    fast, lat_f, unet_f_s, vae_f_s = full_story("fast path, full story (UNet + VAE, VAE eager)")
+    ms_f = fast["ms_per_image_step"]
     rec.set("fast_levers", str(getattr(pipe, "_lorastory_speed", "")))
 
     if compiled and rec.elapsed() < args.budget - 60:
@@ -344,6 +369,7 @@ def main() -> int:
             img_fc, vae_fc_s = decode(pipe, lat_f, PANELS)
             rec.row("VAE decode with compiled ResNet blocks", vae_s=round(vae_fc_s, 2), vs_eager_vae=round(vae_f_s / vae_fc_s, 2),
                     warmup_s=round(vae_warm - vae_fc_s, 1), total_s=round(unet_f_s + vae_fc_s, 2),
+                    speedup_vs_single=round(base_total / (unet_f_s + vae_fc_s), 2),
                     psnr_vs_single=psnr(img_fc, ref_img) if len(base_panels) == PANELS else None)
         except Exception:
             rec.row("VAE compile", error=traceback.format_exc()[-800:])
@@ -360,10 +386,20 @@ def main() -> int:
             rec.set("profile_fast_step", kernel_profile(lambda: denoise(pipe, emb, all_panels, 1, size)))
         except Exception:
             rec.row("profile", error=traceback.format_exc()[-600:])
+    if args.fp8 and compiled and rec.elapsed() < args.budget - 60:
+        try:
+            prepare_for_speed(pipe, channels_last=channels_last, compile=True, compile_vae=False, fp8=True)
+            timed_first_call("fp8 transformer-block linears (opt-in), compiled")
+            fp8_row, *_ = full_story("fp8 (opt-in), full story (UNet + VAE compiled)")
+            rec.set("fp8", fp8_row)
+            if not tiny:
+                rec.set("profile_fp8_step", kernel_profile(lambda: denoise(pipe, emb, all_panels, 1, size)))
+        except Exception:
+            rec.row("fp8", error=traceback.format_exc()[-1500:])
 
     print("\n| what | UNet s | VAE s | total s | vs one-at-a-time | ms/image-step | PSNR min dB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for row in (base, batched, fast):
+    for row in (base, batched, fast, *([rec.data["fp8"]] if "fp8" in rec.data else [])):
         p = row.get("psnr_vs_single")
         print(f"| {row['name']} | {row['unet_s']} | {row['vae_s']} | {row['total_s']} | "
               f"{round(base_total / row['total_s'], 2)}x | {row['ms_per_image_step']} | {min(p) if p else '-'} |")

@@ -38,7 +38,7 @@ from _kolors_arch import (  # noqa: E402
     Recorder, build_unet, environment, kernel_profile, matmul_peak, peak_gb, reset_peak, sync, text_shape,
 )
 
-from lorastory.models.speed import use_compile_cache  # noqa: E402
+from lorastory.models.speed import compile_regions, use_compile_cache  # noqa: E402
 from lorastory.train.speed import prepare_for_training  # noqa: E402
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -54,6 +54,7 @@ class Data:
         self.lat = 16 if tiny else 128
         betas = torch.linspace(0.00085**0.5, 0.014**0.5, 1100, dtype=torch.float64) ** 2
         self.alphas = torch.cumprod(1 - betas, 0).to(device, torch.float32)
+        self.time_ids: dict[int, torch.Tensor] = {}  # made once: a copy from host memory each step would sync
 
     def batch(self, step: int, size: int) -> dict[str, torch.Tensor]:
         g = torch.Generator(self.device).manual_seed(10_000 + step)
@@ -69,7 +70,7 @@ class Data:
             "timesteps": timesteps,
             "emb": torch.randn(size, self.length, self.hidden, generator=g, device=d).to(t),
             "pooled": torch.randn(size, self.hidden, generator=g, device=d).to(t),
-            "time_ids": torch.tensor([[px, px, 0, 0, px, px]] * size, device=d, dtype=t),
+            "time_ids": self.time_ids.setdefault(size, torch.tensor([[px, px, 0, 0, px, px]] * size, device=d, dtype=t)),
         }
 
 
@@ -80,7 +81,7 @@ def lora_params(unet: Any) -> list[torch.nn.Parameter]:
 def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: int, warm: int = 2,
         channels_last: bool = False, compile_classes: tuple[str, ...] = (), checkpointing: bool = False,
         keep_weights: bool = False, flops_per_image: float | None = None, peak: float | None = None,
-        profile: bool = False) -> dict[str, Any]:
+        profile: bool = False, fused_adamw: bool = False, sync_each_step: bool = False) -> dict[str, Any]:
     """Build, train ``warm`` + ``steps`` steps, record img/s, peak memory and losses."""
     from peft import LoraConfig
 
@@ -100,12 +101,15 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
     if mode == "fast":
         note = prepare_for_training(unet, compile=bool(compile_classes), channels_last=channels_last,
                                     compile_classes=compile_classes)
-    elif channels_last:
-        unet.to(memory_format=torch.channels_last)
+    else:
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
+        if compile_classes:
+            compile_regions(unet, compile_classes)
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2, **({"fused": True} if fused_adamw else {}))
     autocast = torch.autocast(device, dtype=torch.bfloat16) if mode == "recipe" and device == "cuda" else contextlib.nullcontext()
 
     def step(i: int) -> torch.Tensor:
@@ -118,6 +122,8 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if sync_each_step:  # what a loop that reads loss.item() every step does
+            loss.item()
         return loss.detach()
 
     losses = []
@@ -132,10 +138,18 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
         losses.append(step(i))
     sync()
     seconds = time.perf_counter() - t0
+    issue = []  # CPU time to queue one step when the GPU starts idle (≈ the CPU overhead when below the step time)
+    for i in range(2):
+        sync()
+        t1 = time.perf_counter()
+        losses.append(step(warm + steps + i))
+        issue.append(time.perf_counter() - t1)
+    sync()
     img_s = batch * steps / seconds
     result: dict[str, Any] = {
         "mode": mode, "batch": batch, "img_s": round(img_s, 2), "ms_per_step": round(1000 * seconds / steps, 1),
         "warmup_s": round(warm_s - warm * seconds / steps, 1), "peak_gb": peak_gb(),
+        "cpu_issue_ms": round(1000 * min(issue), 1),
         "losses": [round(x, 5) for x in torch.stack(losses).float().cpu().tolist()],
     }
     if note:
@@ -145,7 +159,7 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
         result.update(tflops=round(tflops, 1), pct_of_matmul_peak=round(100 * tflops / peak, 1))
     if profile and device == "cuda":
         try:
-            result["profile_one_step"] = kernel_profile(lambda: step(warm + steps))
+            result["profile_one_step"] = kernel_profile(lambda: step(warm + steps + 2), cpu=True)
         except Exception:
             result["profile_error"] = traceback.format_exc()[-400:]
     row = rec.row(name, **result)
@@ -202,6 +216,7 @@ def main() -> int:
     parser.add_argument("--curve-steps", type=int, default=20)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--plan", choices=["full", "v2"], default="full", help="which set of configurations")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -240,6 +255,56 @@ def main() -> int:
         return None
 
     comparisons = []
+    if args.no_compile and args.plan == "v2":
+        blocks = regions = ()
+    if args.plan == "v2":  # second round: no channels_last, where the CPU time goes, bigger batches
+        recipe8 = attempt(f"recipe (fp32 LoRA + autocast), batch {big}", mode="recipe", batch=big, steps=steps)
+        attempt(f"fast eager, batch {big}", mode="fast", batch=big, steps=steps)
+        attempt(f"fast + compiled transformer blocks, batch {big}", mode="fast", batch=big, steps=steps,
+                compile_classes=blocks, profile=True)
+        attempt(f"fast + compiled transformer blocks + loss.item() every step, batch {big}", mode="fast", batch=big,
+                steps=steps, compile_classes=blocks, sync_each_step=True)
+        attempt(f"fast + compiled transformer blocks + fused AdamW, batch {big}", mode="fast", batch=big, steps=steps,
+                compile_classes=blocks, fused_adamw=True)
+        attempt(f"bf16 LoRA + compiled transformer blocks, batch {big}", mode="bf16", batch=big, steps=steps,
+                compile_classes=blocks)
+        attempt(f"fast + compiled transformer + ResNet blocks (NCHW), batch {big}", mode="fast", batch=big,
+                steps=steps, compile_classes=regions, profile=True)
+        attempt("fast + compiled transformer blocks, batch 12" if not tiny else "fast compiled batch 3",
+                mode="fast", batch=12 if not tiny else 3, steps=steps, compile_classes=blocks)
+        attempt(f"fast + compiled transformer blocks + gradient checkpointing, batch {big}", mode="fast", batch=big,
+                steps=steps, compile_classes=blocks, checkpointing=True)
+        attempt("fast + compiled transformer blocks + gradient checkpointing, batch 16" if not tiny else "ckpt batch 4",
+                mode="fast", batch=16 if not tiny else 4, steps=steps, compile_classes=blocks, checkpointing=True)
+        recipe4 = attempt(f"recipe (fp32 LoRA + autocast), batch {small}", mode="recipe", batch=small, steps=curve,
+                          keep_weights=True)
+        fast4c = attempt(f"fast + compiled transformer blocks, batch {small}", mode="fast", batch=small, steps=curve,
+                         compile_classes=blocks, keep_weights=True)
+        bf16_4 = fast4 = None
+    else:
+        recipe4, bf16_4, fast4, fast4c, recipe8 = plan_full(attempt, args, tiny, small, big, curve, steps, blocks, regions)
+    if recipe4:
+        for other in (bf16_4, fast4, fast4c):
+            if other:
+                comparisons.append({"name": other["name"], **compare(recipe4, other)})
+        rec.set("training_equivalence", comparisons)
+
+    base = recipe8["img_s"] if recipe8 else None
+    print("\n| configuration | img/s | vs recipe b8 | peak GB | warm-up s | ms/step | CPU issue ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rec.data["rows"]:
+        if "img_s" in row:
+            ratio = f"{row['img_s'] / base:.2f}x" if base else "-"
+            print(f"| {row['name']} | {row['img_s']} | {ratio} | {row['peak_gb']} | {row['warmup_s']} | {row['ms_per_step']} | {row.get('cpu_issue_ms')} |")
+    for c in comparisons:
+        print(c)
+    print(f"\nelapsed {rec.elapsed():.0f} s")
+    return 0
+
+
+def plan_full(attempt: Any, args: Any, tiny: bool, small: int, big: int, curve: int, steps: int,
+              blocks: tuple[str, ...], regions: tuple[str, ...]) -> tuple[Any, ...]:
+    """The first round (bench/RESULTS.md, run 1)."""
     recipe4 = attempt(f"recipe (fp32 LoRA + autocast), batch {small}", mode="recipe", batch=small, steps=curve, keep_weights=True)
     bf16_4 = attempt(f"bf16 LoRA, no autocast, batch {small}", mode="bf16", batch=small, steps=curve, keep_weights=True)
     fast4 = attempt(f"fast eager (fp32 LoRA computed in bf16), batch {small}", mode="fast", batch=small, steps=curve, keep_weights=True)
@@ -264,23 +329,7 @@ def main() -> int:
                 steps=steps, channels_last=True, compile_classes=regions, checkpointing=True)
     else:
         fast4c = None
-    if recipe4:
-        for other in (bf16_4, fast4, fast4c):
-            if other:
-                comparisons.append({"name": other["name"], **compare(recipe4, other)})
-        rec.set("training_equivalence", comparisons)
-
-    base = recipe8["img_s"] if recipe8 else None
-    print("\n| configuration | img/s | vs recipe b8 | peak GB | warm-up s | ms/step |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for row in rec.data["rows"]:
-        if "img_s" in row:
-            ratio = f"{row['img_s'] / base:.2f}x" if base else "-"
-            print(f"| {row['name']} | {row['img_s']} | {ratio} | {row['peak_gb']} | {row['warmup_s']} | {row['ms_per_step']} |")
-    for c in comparisons:
-        print(c)
-    print(f"\nelapsed {rec.elapsed():.0f} s")
-    return 0
+    return recipe4, bf16_4, fast4, fast4c, recipe8
 
 
 if __name__ == "__main__":

@@ -93,12 +93,28 @@ def data_run(
     recipe: Annotated[Path, typer.Argument(help="Data-Juicer-format recipe YAML.")],
     np: Annotated[Optional[int], typer.Option("--np", help="Processes (default: the recipe's np).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (processes on this machine) or ray (Ray Data; same output).")
+    ] = "local",
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: a local Ray.")
+    ] = None,
 ) -> None:
     """Run a Data-Juicer recipe unchanged: export jsonl, stats, and a report."""
     from lorastory.data.executor import run_recipe
     from lorastory.data.recipe import load_recipe, resolve_dataset_file
     from lorastory.data.report import write_reports
 
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"'{executor}': choose local or ray", param_hint="--executor")
+    if address is not None and executor != "ray":
+        raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
+    if executor == "ray":
+        from functools import partial
+
+        from lorastory.data.executor_ray import run_recipe_ray
+
+        run_recipe = partial(run_recipe_ray, address=address)  # noqa: F811  (same signature otherwise)
     loaded = load_recipe(recipe)
     for key in loaded.unknown_keys():
         err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: unknown key '{escape(key)}' ignored (a typo?)")

@@ -262,13 +262,22 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+ChunkSource = Callable[[Recipe, _Chain, Path, int], Iterator[_ChunkResult]]
+"""Computes the chunk results of a run, in input order: ``(recipe, chain, input_path, workers)``."""
+
+
 def run_recipe(
     recipe: Recipe,
     processes: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_skips_listed: int = 10_000,
+    chunk_source: ChunkSource | None = None,
 ) -> RunResult:
-    """Run ``recipe``; write ``export_path`` and its stats file; return counts for the report."""
+    """Run ``recipe``; write ``export_path`` and its stats file; return counts for the report.
+
+    ``chunk_source`` replaces the local process pool (the Ray executor passes one); whatever
+    computes the chunks, deduplication, counting and writing happen here, so outputs match.
+    """
     ops = recipe.build_ops()
     input_path = resolve_dataset_file(recipe)
     export_path = Path(os.path.abspath(os.path.expanduser(recipe.export_path)))
@@ -297,7 +306,7 @@ def run_recipe(
     stats_file = atomic_open(stats_path, "w") if stats_path is not None else contextlib.nullcontext()
     with atomic_open(export_path, "w") as out, stats_file as stats_out:
         done = 0
-        for chunk in _chunk_results(recipe, chain, input_path, workers):
+        for chunk in (chunk_source or _chunk_results)(recipe, chain, input_path, workers):
             for index, seconds in enumerate(chunk.seconds):
                 counts[index].seconds += seconds
             for key, values in chunk.histograms.items():

@@ -97,19 +97,24 @@ def _check_complete(handle: BinaryIO, fmt: str, file_size: int) -> None:
 def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> Iterator[tuple[Image.Image, int, BinaryIO]]:
     """Open a file once and its image lazily (header only), after checking it is a non-empty file."""
     file = os.fspath(path)
-    try:
-        handle = open(file, "rb")
-    except FileNotFoundError:
-        raise BadImageError("file not found") from None
-    except IsADirectoryError:
-        raise BadImageError("not a regular file (a directory?)") from None
-    except OSError as err:
-        raise BadImageError(f"cannot read file ({err.strerror})") from None
-    with handle:
+    if "://" in file:
+        handle, size = _open_uri(file)
+    else:
+        try:
+            handle = open(file, "rb")
+        except FileNotFoundError:
+            raise BadImageError("file not found") from None
+        except IsADirectoryError:
+            raise BadImageError("not a regular file (a directory?)") from None
+        except OSError as err:
+            raise BadImageError(f"cannot read file ({err.strerror})") from None
         stat = os.fstat(handle.fileno())
         if not S_ISREG(stat.st_mode):
+            handle.close()
             raise BadImageError("not a regular file (a directory?)")
-        if stat.st_size == 0:
+        size = stat.st_size
+    with handle:
+        if size == 0:
             raise BadImageError("empty file (0 bytes)")
         limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
         try:
@@ -127,7 +132,29 @@ def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> Itera
                 raise BadImageError(
                     f"decompression bomb: {image.width}x{image.height} is over the {limit:,}-pixel safety limit"
                 )
-            yield image, stat.st_size, handle
+            yield image, size, handle
+
+
+def _open_uri(uri: str) -> tuple[BinaryIO, int]:
+    """Open ``s3://``, ``gs://``, ``file://``... through fsspec (plus s3fs, gcsfs... for the scheme)."""
+    try:
+        import fsspec
+    except ImportError:
+        raise BadImageError("reading a URI needs fsspec (pip install fsspec)") from None
+    try:
+        fs, target = fsspec.core.url_to_fs(uri)
+        info = fs.info(target)
+        if info.get("type") != "file":
+            raise BadImageError("not a regular file (a directory?)")
+        return fs.open(target, "rb"), int(info.get("size") or 0)
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except ImportError as err:  # e.g. s3:// without s3fs installed
+        raise BadImageError(f"no filesystem for this URI ({err})") from None
+    except (OSError, ValueError) as err:
+        raise BadImageError(f"cannot read file ({err})") from None
 
 
 def _orientation(image: Image.Image) -> int:

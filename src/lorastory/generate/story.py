@@ -177,10 +177,10 @@ def generate_story(
 ) -> StoryResult:
     """Render every panel of ``story`` into ``out`` with the manifest and storyboard.
 
-    ``fast`` (default: on CUDA) fuses the LoRA and the QKV projections into the weights and stores
-    them channels_last (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in
-    is changed in place). ``compile`` (default: on CUDA for stories of 200+ image-steps) also
-    compiles the UNet's repeated blocks, with kernels cached across runs.
+    ``fast`` (default: on CUDA) fuses the LoRA and the QKV projections into the weights
+    (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in is changed in place).
+    ``compile`` (default: on CUDA for stories of 200+ image-steps) also compiles the UNet's and
+    VAE's repeated blocks, with kernels cached across runs.
     """
     import torch
 

@@ -57,7 +57,7 @@ class TrainConfig(YamlModel):
     precision: Precision = "auto"
     gradient_checkpointing: bool = True
     # Speed only (not in the fingerprint): with bf16 on CUDA, compute in bf16 with fp32 LoRA weights
-    # instead of autocast, and channels_last; ``compile`` None compiles for runs of 200+ steps.
+    # instead of autocast; ``compile`` None compiles the transformer blocks for runs of 200+ steps.
     fast: bool = True
     compile: bool | None = None
 

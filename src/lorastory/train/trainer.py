@@ -148,7 +148,7 @@ def train(
 ) -> TrainResult:
     """Train a LoRA as ``config`` says; return where the files went."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import AutocastKwargs, set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
@@ -172,10 +172,12 @@ def train(
     # 2. model and caches
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed_precision = _precision(config, device)
-    # Fast path: bf16 compute with fp32 LoRA weights (train/speed.py) replaces autocast.
+    # Fast path: bf16 compute with fp32 LoRA weights (train/speed.py) replaces autocast. Turned off
+    # through the autocast handler, so accelerate's process-wide state keeps mixed_precision="bf16".
     bf16_compute = config.fast and device.type == "cuda" and mixed_precision == "bf16"
     accelerator = Accelerator(
-        mixed_precision="no" if bf16_compute else mixed_precision,
+        mixed_precision=mixed_precision,
+        kwargs_handlers=[AutocastKwargs(enabled=False)] if bf16_compute else None,
         gradient_accumulation_steps=config.gradient_accumulation,
         log_with="tensorboard",
         project_dir=str(out / "logs"),
