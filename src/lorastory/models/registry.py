@@ -192,6 +192,6 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
     except Exception as err:  # diffusers raises many types for a bad or unconfigurable file
         first = _first_line(err)
         raise ModelLoadError(
-            f"cannot load {path} as {fam.name} ({first}); offline, pass --model-config with a local "
-            "diffusers folder of the same architecture"
+            f"cannot load {path} as {fam.name} ({first}); diffusers needs the architecture's config for a "
+            "single file: run once with network (it is then cached) or convert the file to a diffusers folder"
         ) from None
