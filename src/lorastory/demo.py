@@ -31,33 +31,21 @@ from lorastory.train.trainer import train
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # shipped as package data
 DEMO_RESOLUTION = 64
 
-DEMO_RECIPE = """\
-# The reference workflow's recipe, as a Data-Juicer user writes it, plus a deduplicator.
-project_name: 'data-process'
-dataset_path: '{dataset}'
-np: 2
-text_keys: 'text'
-image_key: 'image'
-image_special_token: '<__dj__image>'
-export_path: '{export}'
-process:
-  - image_shape_filter:
-      min_width: 1024
-      min_height: 1024
-      any_or_all: any
-  - image_aspect_ratio_filter:
-      min_ratio: 0.5
-      max_ratio: 2.0
-      any_or_all: any
-  - image_deduplicator:
-      method: phash
-"""
+
+def demo_recipe(dataset: Path, export: Path) -> str:
+    """The shipped reference recipe (examples/recipe_reference.yaml) pointed at the demo's
+    folders, with a deduplicator added: the text a Data-Juicer user would write."""
+    text = (EXAMPLES / "recipe_reference.yaml").read_text(encoding="utf-8")
+    text = text.replace("./data/data-juicer/input/metadata.jsonl", str(dataset))
+    text = text.replace("./data/data-juicer/output/result.jsonl", str(export))
+    text = text.replace("np: 4", "np: 2")
+    return text + "  - image_deduplicator:\n      method: phash\n"
 
 
 def run_demo(out: Path, console: Console) -> None:
-    """Generate data, import, curate, export; print where everything went."""
+    """Generate data, import, curate, export, train, render, score; print where everything went."""
     out = out.resolve()
-    console.rule("lorastory demo: data stage")
+    console.rule("lorastory demo: data → LoRA → story → scores, offline")
     raw = write_synthetic_folder(out / "raw", count=40, seed=0)
     console.print(f"1. generated {raw}")
 
@@ -69,7 +57,7 @@ def run_demo(out: Path, console: Console) -> None:
     recipe_path = out / "recipe.yaml"
     atomic_write_text(
         recipe_path,
-        DEMO_RECIPE.format(dataset=out / "dataset" / "metadata.jsonl", export=out / "curated" / "result.jsonl"),
+        demo_recipe(out / "dataset" / "metadata.jsonl", out / "curated" / "result.jsonl"),
     )
     result = run_recipe(load_recipe(recipe_path))
     _, html_report = write_reports(result)
