@@ -13,7 +13,6 @@ without it in the bottom row, each captioned with its scores.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from lorastory.eval.consistency import SubjectCrop
 from lorastory.eval.errors import EvalError
 from lorastory.eval.report import SCORES_FILE, Scorers, evaluate_run, read_run, score_caption
-from lorastory.fileio import atomic_write_json
+from lorastory.fileio import atomic_write_json, file_sha256
 
 COMPARE_DIR = "compare"
 WITH_DIR = "with_lora"
@@ -30,14 +29,6 @@ IMAGE_FILE = "lora_on_off.png"
 RESULT_FILE = "compare.json"
 SUMMARY_KEYS = ("clip_t_mean", "consistency", "subject_consistency", "aesthetic_mean")
 PANEL_KEYS = ("clip_t", "aesthetic", "consistency")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _delta(with_value: float | None, without_value: float | None, digits: int = 6) -> float | None:
@@ -64,7 +55,7 @@ def _resolve_lora(manifest: dict[str, Any], run_dir: Path, lora: str | None, lor
     path = Path(lora) if lora is not None else _find_lora(str(record["path"]), run_dir)
     if not path.is_file():
         raise EvalError(f"LoRA {path}: no such file")
-    if lora is None and record.get("sha256") and _sha256(path) != record["sha256"]:
+    if lora is None and record.get("sha256") and file_sha256(path) != record["sha256"]:
         notes.append(f"{path} has changed since the run was generated (sha256 differs); comparing with the file as it is now")
     scale = lora_scale if lora_scale is not None else float((record or {}).get("scale", 1.0))
     return path, scale

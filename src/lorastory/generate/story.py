@@ -8,7 +8,6 @@ one panel leaves the others' pixels as they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lorastory import __version__
 from lorastory.config import YamlModel
 from lorastory.errors import ConfigError
-from lorastory.fileio import atomic_write_json, atomic_write_text
+from lorastory.fileio import atomic_write_json, atomic_write_text, file_sha256
 from lorastory.generate.samplers import check_sampler
 
 
@@ -152,14 +151,6 @@ class StoryResult:
 StepCallback = Callable[[int, int], None]
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def generate_story(
     story: Story,
     model: str,
@@ -263,7 +254,7 @@ def generate_story(
         "title": story.title,
         "model": str(model),
         "family": type(pipe).__name__,
-        "lora": {"path": str(lora_path), "sha256": _file_hash(lora_path), "scale": lora_scale} if lora_path else None,
+        "lora": {"path": str(lora_path), "sha256": file_sha256(lora_path), "scale": lora_scale} if lora_path else None,
         "device": str(target),
         "speed": str(speed) if speed else None,
         "seconds": round(seconds, 3),

@@ -681,15 +681,21 @@ def _split_alpha_keys(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
     return weights, alphas
 
 
-def _from_prefixed(file: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> tuple[_Modules, dict[str, float]]:
-    """diffusers / peft keys with a component prefix, in any of diffusers' historical spellings."""
-    weights, alphas = _split_alpha_keys(tensors)
+def _component_modules(weights: Mapping[str, torch.Tensor]) -> _Modules:
+    """(lora_A, lora_B) per "<component>.<module>" from component-prefixed keys in any diffusers spelling."""
     modules: _Modules = {}
     for component in COMPONENTS:
         part = {k[len(component) + 1 :]: v for k, v in weights.items() if k.startswith(component + ".")}
         if part:
             peft = _unet_to_peft(part) if component == "unet" else _text_to_peft(part)
             modules.update({f"{component}.{m}": ab for m, ab in _modules_of(peft).items()})
+    return modules
+
+
+def _from_prefixed(file: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> tuple[_Modules, dict[str, float]]:
+    """diffusers / peft keys with a component prefix, in any of diffusers' historical spellings."""
+    weights, alphas = _split_alpha_keys(tensors)
+    modules = _component_modules(weights)
     alphas.update(_alphas_from_adapter_metadata(file, meta, modules))
     return modules, alphas
 
@@ -778,12 +784,7 @@ def _from_kohya(file: Path, tensors: dict[str, torch.Tensor], config: Any) -> tu
     except (ValueError, KeyError, IndexError) as err:
         raise LoraFormatError(f"{file.name}: kohya keys diffusers cannot map ({_first_line(err)})") from None
     converted.update(chatglm)
-    modules: _Modules = {}
-    for component in COMPONENTS:
-        part = {k[len(component) + 1 :]: v for k, v in converted.items() if k.startswith(component + ".")}
-        if part:
-            peft = _unet_to_peft(part) if component == "unet" else _text_to_peft(part)
-            modules.update({f"{component}.{m}": ab for m, ab in _modules_of(peft).items()})
+    modules = _component_modules(converted)
     # diffusers' converters move tensors without copying: a module's lora_A object leads back to its kohya name and alpha
     alphas = {}
     for module, (down, _) in modules.items():
