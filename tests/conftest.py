@@ -83,3 +83,18 @@ def style_train_folder(tmp_path_factory):
         writer.writerow(["file_name", "text"])
         writer.writerows(rows)
     return folder
+
+
+@pytest.fixture(scope="session")
+def toy_model_path(tmp_path_factory):
+    """The shipped toy model written out once per session: component ("kolors" or "clip") -> folder."""
+    written: dict[str, object] = {}
+
+    def get(component: str = "kolors"):
+        if component not in written:
+            from lorastory.models.toy import write_toy_model
+
+            written[component] = write_toy_model(tmp_path_factory.mktemp(f"toy-{component}") / "model", component)
+        return written[component]
+
+    return get

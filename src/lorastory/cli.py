@@ -164,6 +164,28 @@ def data_export_csv(
     console.print(f"Exported {result.written} images to {out / 'metadata.csv'} ({len(result.skipped)} skipped).", markup=False)
 
 
+@data_app.command("toyworld")
+def data_toyworld(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write PNG + caption .txt pairs into.")],
+    count: Annotated[int, typer.Option(help="Good samples to draw.")] = 100,
+    style: Annotated[str, typer.Option(help="flat, outlined, pixel or watercolor.")] = "outlined",
+    lang: Annotated[str, typer.Option(help="Caption language: en, zh or both (one per picture, at random).")] = "both",
+    seed: Annotated[int, typer.Option(help="Same seed, same pictures and captions.")] = 0,
+    size: Annotated[int, typer.Option(help="Picture side in pixels.")] = 128,
+    bad_samples: Annotated[bool, typer.Option(help="Add too-small, wrong-aspect, duplicate, mis-captioned and truncated samples.")] = True,
+) -> None:
+    """Draw a captioned toy-world image folder in a render style (what the demo curates and trains on)."""
+    from lorastory.errors import ConfigError
+    from lorastory.toyworld.dataset import write_toy_dataset
+
+    try:
+        written = write_toy_dataset(out, count=count, style=style, lang=lang, seed=seed, size=size, bad_samples=bad_samples)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    bad = ", ".join(f"{len(names)} {kind.replace('_', ' ')}" for kind, names in written.bad.items())
+    console.print(f"Wrote {len(written.good)} {style} pictures to {out}" + (f" plus bad samples: {bad}" if bad else ""), markup=False)
+
+
 @data_app.command("ops")
 def data_ops() -> None:
     """List the Data-Juicer operators this executor runs, with their parameters."""
@@ -228,6 +250,18 @@ def model_tiny(
 
     build_tiny_model(family, out, seed=seed, resolution=resolution)
     console.print(f"Wrote tiny {family} model to {out}")
+
+
+@model_app.command("toy")
+def model_toy(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model into.")],
+    component: Annotated[str, typer.Option(help="kolors (the toy text-to-image model) or clip (the toy Chinese CLIP).")] = "kolors",
+) -> None:
+    """Write the embedded toy model (trained by lorastory on its toy world) as a normal model folder."""
+    from lorastory.models.toy import write_toy_model
+
+    write_toy_model(out, component)
+    console.print(f"Wrote the toy {component} model to {out}", markup=False)
 
 
 # --- train -----------------------------------------------------------------------------

@@ -1,17 +1,17 @@
-"""``lorastory demo``: the job end to end, offline, on generated data.
+"""``lorastory demo``: the whole job, offline, on the embedded toy model.
 
-A generated image folder (with duplicates and broken files) is imported,
-curated with the reference workflow's Data-Juicer recipe plus a
-deduplicator, and exported; a LoRA is trained on it; the reference
-workflow's 8-panel story is rendered with that LoRA into a storyboard and
-scored (CLIP-T, character consistency, LoRA on/off).
-The embedded default model is a tiny random Kolors (and a tiny random
-Chinese CLIP scores the panels), so the pictures are noise until a trained
-default ships; every step runs the real code path.
+A toy-world picture set in a style the toy base model never saw (comic
+outlines), with deliberately bad samples, is imported, curated with a
+Data-Juicer-format recipe (shape, aspect ratio, duplicates, toy-CLIP
+image-text similarity) and exported; a LoRA learns the style on the CPU; an
+8-panel story with one character is drawn with it into a captioned
+storyboard; and the toy CLIP scores the story with the LoRA on and off: the
+style score should rise while the story's content stays followed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -20,90 +20,107 @@ from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.data.executor import run_recipe
 from lorastory.data.recipe import load_recipe
 from lorastory.data.report import write_reports
-from lorastory.data.synthetic import write_synthetic_folder
 from lorastory.eval.report import evaluate_run
 from lorastory.fileio import atomic_write_text
 from lorastory.generate.story import generate_story, load_story
-from lorastory.models.tiny import build_tiny_model
+from lorastory.models.toy import TOY_RESOLUTION, write_toy_model
+from lorastory.toyworld.dataset import write_toy_dataset
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import train
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # shipped as package data
-DEMO_RESOLUTION = 64
+DEMO_STYLE = "outlined"
 
 
-def demo_recipe(dataset: Path, export: Path) -> str:
-    """The shipped reference recipe (examples/recipe_reference.yaml) pointed at the demo's
-    folders, with a deduplicator added: the text a Data-Juicer user would write."""
-    text = (EXAMPLES / "recipe_reference.yaml").read_text(encoding="utf-8")
-    text = text.replace("./data/data-juicer/input/metadata.jsonl", str(dataset))
-    text = text.replace("./data/data-juicer/output/result.jsonl", str(export))
-    text = text.replace("np: 4", "np: 2")
-    return text + "  - image_deduplicator:\n      method: phash\n"
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the demo does; the defaults are the real demo, tests pass a smaller one."""
+
+    pictures: int = 120
+    train_steps: int = 300
+    story_steps: int = 30
 
 
-def run_demo(out: Path, console: Console) -> None:
-    """Generate data, import, curate, export, train, render, score; print where everything went."""
+def demo_recipe(dataset: Path, export: Path, clip: Path) -> str:
+    """The shipped toy recipe (examples/recipe_toy.yaml) pointed at the demo's folders."""
+    text = (EXAMPLES / "recipe_toy.yaml").read_text(encoding="utf-8")
+    text = text.replace("./toy/dataset/metadata.jsonl", str(dataset))
+    text = text.replace("./toy/curated/result.jsonl", str(export))
+    return text.replace("./toy/models/toy-clip", str(clip))
+
+
+def _toy_models(out: Path) -> tuple[Path, Path]:
+    models = {}
+    for component in ("kolors", "clip"):
+        folder = out / "models" / f"toy-{component}"
+        if not any(folder.glob("*.json")):
+            write_toy_model(folder, component)
+        models[component] = folder
+    return models["kolors"], models["clip"]
+
+
+def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
+    """Draw data, import, curate, export, train, render, score; print where everything went."""
+    size = size or DemoSize()
     out = out.resolve()
-    console.rule("lorastory demo: data → LoRA → story → scores, offline")
-    raw = write_synthetic_folder(out / "raw", count=40, seed=0)
-    console.print(f"1. generated {raw}")
+    say = console.print
+    console.rule("lorastory demo: toy data → curated set → style LoRA → story → scores, offline")
+    model, clip = _toy_models(out)
+    drawn = write_toy_dataset(out / "raw", count=size.pictures, style=DEMO_STYLE, seed=0)
+    bad = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in drawn.bad.items())
+    say(f"1. drew {len(drawn.good)} toy-world pictures in the comic-outline style, plus bad samples: {bad}", markup=False)
 
-    imported = import_dataset(ImportConfig(source=str(raw)), out / "dataset", overwrite=True)
-    console.print(f"2. imported {imported.written} images, skipped {len(imported.skipped)}:")
+    imported = import_dataset(ImportConfig(source=str(drawn.folder)), out / "dataset", overwrite=True)
+    say(f"2. imported {imported.written} pictures, skipped {len(imported.skipped)}:")
     for item in imported.skipped:
-        console.print(f"     {item['item']}: {item['reason']}")
+        say(f"     {item['item']}: {item['reason']}", markup=False)
 
     recipe_path = out / "recipe.yaml"
-    atomic_write_text(
-        recipe_path,
-        demo_recipe(out / "dataset" / "metadata.jsonl", out / "curated" / "result.jsonl"),
-    )
+    atomic_write_text(recipe_path, demo_recipe(out / "dataset" / "metadata.jsonl", out / "curated" / "result.jsonl", clip))
     result = run_recipe(load_recipe(recipe_path))
     _, html_report = write_reports(result)
-    console.print(f"3. curated with {recipe_path.name}: kept {result.n_output} of {result.read.n_in}")
+    say(f"3. curated with {recipe_path.name}: kept {result.n_output} of {result.read.n_in}")
     for row in result.ops:
-        console.print(f"     {row.name:<28} in {row.n_in:>3}  kept {row.kept:>3}  dropped {row.dropped:>3}  errors {row.errors}")
-    console.print(f"     report: {html_report}")
+        say(f"     {row.name:<30} in {row.n_in:>4}  kept {row.kept:>4}  dropped {row.dropped:>3}  errors {row.errors}")
+    say(f"     report: {html_report}", markup=False)
 
     exported = export_csv(result.export_path, out / "train", overwrite=True)
-    console.print(f"4. exported {exported.written} training images to {out / 'train' / 'metadata.csv'}")
+    say(f"4. exported {exported.written} training pictures to {out / 'train' / 'metadata.csv'}", markup=False)
 
-    model = out / "models" / "tiny-kolors"
-    if not (model / "model_index.json").is_file():
-        build_tiny_model("kolors", model, resolution=DEMO_RESOLUTION)
     run = out / "lora"
     config = TrainConfig(
-        model=str(model), data=str(out / "train"), out=str(run), resolution=DEMO_RESOLUTION, rank=4, alpha=4,
-        lr=3e-3, max_steps=30, batch_size=2, resume=True, checkpoint_every=10, gradient_checkpointing=False,
-        target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+        model=str(model), data=str(out / "train"), out=str(run), resolution=TOY_RESOLUTION, rank=8, alpha=8,
+        lr=1e-3, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=100,
+        gradient_checkpointing=False, seed=0,
     )
     trained = train(config, say=lambda message: console.print(f"     {message}", markup=False))
-    first, last = trained.losses[:5], trained.losses[-5:]
+    first, last = trained.losses[:20], trained.losses[-20:]
     loss_note = f"loss {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}" if first else "already trained"
-    console.print(f"5. trained a LoRA ({trained.steps} steps, {loss_note}): {run / 'lora.safetensors'}")
+    say(f"5. trained a style LoRA ({trained.steps} steps, {loss_note}): {run / 'lora.safetensors'}", markup=False)
 
-    story = load_story(EXAMPLES / "story_kolors_anime.yaml")
-    story.defaults = story.defaults.model_copy(update={"width": DEMO_RESOLUTION, "height": DEMO_RESOLUTION, "steps": 20})
-    rendered = generate_story(story, str(model), out / "story", lora=str(run / "lora.safetensors"))
-    console.print(f"6. rendered {len(rendered.panels)} panels in {rendered.seconds:.1f} s")
+    story = load_story(EXAMPLES / "story_toy.yaml")
+    story.defaults = story.defaults.model_copy(update={"steps": size.story_steps})
+    rendered = generate_story(story, str(model), out / "story", lora=str(run / "lora.safetensors"), batch_size=8)
+    say(f"6. drew {len(rendered.panels)} panels in {rendered.seconds:.1f} s: {rendered.storyboard}", markup=False)
 
-    clip = out / "models" / "tiny-chinese-clip"
-    if not (clip / "config.json").is_file():
-        build_tiny_model("chinese-clip", clip)
-    scores = evaluate_run(rendered.out, str(clip), annotate=True, compare=True)
-    summary, on_off = scores["summary"], scores["compare"]["summary"]
-    console.print(
-        f"7. scored with a tiny random Chinese CLIP (the numbers exercise the code, not quality): "
-        f"mean CLIP-T {_fmt(summary['clip_t_mean'])}, consistency {_fmt(summary['consistency'])}, "
-        f"LoRA on minus off: CLIP-T {_fmt(on_off['clip_t_mean']['delta'])}, "
-        f"consistency {_fmt(on_off['consistency']['delta'])}"
+    scores = evaluate_run(rendered.out, str(clip), annotate=True, compare=True, compare_options={"render_batch_size": 8})
+    on_off = scores["compare"]["summary"]
+    style, content = on_off["style_score_mean"], on_off["clip_t_content_mean"]
+    say(
+        f"7. scored with the toy CLIP, LoRA on vs off: style score {_fmt(style['with_lora'])} vs {_fmt(style['without_lora'])} "
+        f"({_signed(style['delta'])}); story content {_fmt(content['with_lora'])} vs {_fmt(content['without_lora'])} "
+        f"({_signed(content['delta'])}); character consistency {_fmt(scores['summary']['consistency'])}",
+        markup=False,
     )
     console.rule("done")
-    console.print(f"storyboard: {rendered.storyboard}", markup=False)
-    console.print(f"scores:     {rendered.out / 'scores.json'}", markup=False)
-    console.print(f"LoRA on/off: {scores['compare']['image']}", markup=False)
+    say(f"storyboard:  {rendered.storyboard}", markup=False)
+    say(f"scores:      {rendered.out / 'scores.json'}", markup=False)
+    say(f"LoRA on/off: {scores['compare']['image']}", markup=False)
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"

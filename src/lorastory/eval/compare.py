@@ -27,8 +27,8 @@ WITH_DIR = "with_lora"
 WITHOUT_DIR = "without_lora"
 IMAGE_FILE = "lora_on_off.png"
 RESULT_FILE = "compare.json"
-SUMMARY_KEYS = ("clip_t_mean", "consistency", "subject_consistency", "aesthetic_mean")
-PANEL_KEYS = ("clip_t", "aesthetic", "consistency")
+SUMMARY_KEYS = ("clip_t_mean", "clip_t_content_mean", "style_score_mean", "consistency", "subject_consistency", "aesthetic_mean")
+PANEL_KEYS = ("clip_t", "clip_t_content", "style_score", "aesthetic", "consistency")
 
 
 def _delta(with_value: float | None, without_value: float | None, digits: int = 6) -> float | None:

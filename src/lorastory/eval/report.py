@@ -196,18 +196,41 @@ def _notes(scorers: Scorers, prompts: list[str], truncated: list[bool]) -> list[
     return notes
 
 
+def strip_style(prompt: str, style: str) -> str:
+    """The prompt without the story's style phrase at its end (what the panel shows, not how)."""
+    style = style.strip().strip(",，")
+    if style and prompt.endswith(style):
+        return prompt[: -len(style)].rstrip(" ,，")
+    return prompt
+
+
+def _similarity(image_emb: Any, text_emb: Any) -> list[float]:
+    return [100.0 * float(c) for c in (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0)]
+
+
 def score_images(
     scorers: Scorers,
     images: Sequence[Image.Image],
     prompts: Sequence[str],
     batch_size: int = 16,
     subject_crop: SubjectCrop = "center",
+    style: str | None = None,
 ) -> dict[str, Any]:
-    """Per-panel and summary scores of ``images`` against ``prompts`` (no files read or written)."""
+    """Per-panel and summary scores of ``images`` against ``prompts`` (no files read or written).
+
+    With the story's ``style`` phrase, each panel also gets ``style_score`` (CLIP
+    similarity to the style phrase alone: did the pictures take the style?) and
+    ``clip_t_content`` (CLIP-T of the prompt without the style: is the story still drawn?).
+    """
     clip = scorers.clip
     image_emb = clip.image_embeddings(images, batch_size)
     text_emb = clip.text_embeddings(prompts, batch_size)
-    clip_t = [100.0 * float(c) for c in (image_emb * text_emb).sum(dim=-1).clamp(-1.0, 1.0)]
+    clip_t = _similarity(image_emb, text_emb)
+    style_score: list[float | None] = [None] * len(images)
+    clip_t_content: list[float | None] = [None] * len(images)
+    if style and style.strip():
+        style_score = list(_similarity(image_emb, clip.text_embeddings([style.strip()], 1).expand_as(image_emb)))
+        clip_t_content = list(_similarity(image_emb, clip.text_embeddings([strip_style(p, style) for p in prompts], batch_size)))
     truncated = [n > clip.max_text_tokens for n in clip.token_counts(prompts)]
     consistency = character_consistency(clip, images, subject_crop, batch_size, embeddings=image_emb)
     aesthetic: list[float | None] = [None] * len(images)
@@ -218,6 +241,8 @@ def score_images(
     panels = [
         {
             "clip_t": _round(clip_t[i], 4),
+            "clip_t_content": _round(clip_t_content[i], 4),
+            "style_score": _round(style_score[i], 4),
             "prompt_truncated": truncated[i],
             "aesthetic": _round(aesthetic[i], 4),
             "consistency": _round(consistency.per_panel[i], 6),
@@ -230,6 +255,8 @@ def score_images(
         "clip_t_mean": _round(_mean(clip_t), 4),
         "clip_t_min": _round(min(clip_t), 4) if clip_t else None,
         "clip_t_max": _round(max(clip_t), 4) if clip_t else None,
+        "clip_t_content_mean": _round(_mean(clip_t_content), 4),
+        "style_score_mean": _round(_mean(style_score), 4),
         **consistency.as_dict(),
         "aesthetic_mean": _round(_mean(aesthetic), 4),
     }
@@ -269,7 +296,8 @@ def evaluate_run(
     run = read_run(run_dir)
     scorers = scorers or load_scorers(clip_model, aesthetic, aesthetic_clip, device, allow_pickle)
     images = load_panel_images(run)
-    scored = score_images(scorers, images, [p.prompt for p in run.panels], batch_size, subject_crop)
+    style = run.manifest.get("style") if isinstance(run.manifest.get("style"), str) else None
+    scored = score_images(scorers, images, [p.prompt for p in run.panels], batch_size, subject_crop, style)
     result: dict[str, Any] = {
         "lorastory_version": __version__,
         "run": str(run.folder.resolve()),
@@ -280,6 +308,7 @@ def evaluate_run(
         "panels": [
             {"index": p.index, "file": p.file, "prompt": p.prompt, **s} for p, s in zip(run.panels, scored["panels"])
         ],
+        "style": style,
         "summary": scored["summary"],
         "notes": scored["notes"],
     }
@@ -305,6 +334,8 @@ def score_caption(panel: dict[str, Any], prefix: str | None = None) -> str:
     """``CLIP-T 27.3 · aesthetic 5.12`` (``n/a`` without an aesthetic score)."""
     aesthetic = panel.get("aesthetic")
     parts = [f"CLIP-T {panel['clip_t']:.1f}", f"aesthetic {aesthetic:.2f}" if aesthetic is not None else "aesthetic n/a"]
+    if panel.get("style_score") is not None:
+        parts.insert(1, f"style {panel['style_score']:.1f}")
     return " · ".join(([prefix] if prefix else []) + parts)
 
 

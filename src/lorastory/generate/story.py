@@ -78,6 +78,9 @@ class Story(YamlModel):
     title: str = ""
     character: str = ""
     style: str = ""
+    # Placed between character, panel prompt and style. "," reproduces the reference workflow's
+    # prompts; "，" or ", " keep a prompt in the form a model was trained on.
+    separator: str = ","
     negative: str = ""
     defaults: PanelDefaults = Field(default_factory=PanelDefaults)
     panels: list[Panel]
@@ -113,9 +116,20 @@ class PanelJob:
         return (self.steps, self.cfg, self.width, self.height, self.sampler)
 
 
-def join_prompt(*parts: str) -> str:
-    """Join non-empty prompt parts with the comma the reference prompts use."""
-    return ",".join(p.strip().strip(",，") for p in parts if p and p.strip())
+def join_prompt(*parts: str, separator: str = ",") -> str:
+    """Join non-empty prompt parts (by default with the comma the reference prompts use)."""
+    return separator.join(p.strip().strip(",，") for p in parts if p and p.strip())
+
+
+CHARACTER_SLOT = "{character}"
+
+
+def panel_prompt(story: Story, panel: Panel) -> str:
+    """The panel's full prompt: the character put where the prompt says ``{character}``
+    (else in front), the style at the end."""
+    if CHARACTER_SLOT in panel.prompt:
+        return join_prompt(panel.prompt.replace(CHARACTER_SLOT, story.character.strip()), story.style, separator=story.separator)
+    return join_prompt(story.character, panel.prompt, story.style, separator=story.separator)
 
 
 def resolve_panels(story: Story) -> list[PanelJob]:
@@ -124,7 +138,7 @@ def resolve_panels(story: Story) -> list[PanelJob]:
     return [
         PanelJob(
             index=i,
-            prompt=join_prompt(story.character, panel.prompt, story.style),
+            prompt=panel_prompt(story, panel),
             negative=panel.negative if panel.negative is not None else story.negative,
             seed=panel.seed if panel.seed is not None else d.seed + i - 1,
             steps=panel.steps or d.steps,
@@ -252,6 +266,7 @@ def generate_story(
     atomic_write_json(manifest, {
         "lorastory_version": __version__,
         "title": story.title,
+        "style": story.style,
         "model": str(model),
         "family": type(pipe).__name__,
         "lora": {"path": str(lora_path), "sha256": file_sha256(lora_path), "scale": lora_scale} if lora_path else None,
