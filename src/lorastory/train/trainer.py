@@ -408,7 +408,8 @@ def _resumed_note(name: str, position: Position, global_batch: int, processes: i
     note = f"resumed from {name} (step {position.global_step}, epoch {position.epoch}, sample {position.samples_done})"
     if position.global_batch != global_batch:
         note += (f"; it was written with a global batch of {position.global_batch}, this run has {global_batch} "
-                 f"({processes} process(es) x {batch_size}): the rest of the epoch is batched anew")
+                 f"({processes} process(es) x {batch_size}): the batches from here on hold the samples not yet seen "
+                 "this epoch")
     return note
 
 
@@ -500,6 +501,7 @@ def _validate(
     unet.eval()
     pipe.unet = unet
     pipe.vae.to(device)
+    pipe.set_progress_bar_config(disable=True)  # the run's own progress bar is the one to watch
 
     def embed(prompt: str) -> dict[str, torch.Tensor]:
         if pipe.text_encoder is not None:  # trained with the text encoder: its cached embeddings are stale
