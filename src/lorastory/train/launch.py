@@ -58,15 +58,16 @@ def check_gpus(processes: int) -> None:
 
 
 def launch_command(processes: int, target: Sequence[str]) -> list[str]:
-    """``accelerate launch`` with ``processes`` data-parallel processes on this machine, running ``target``.
+    """``accelerate launch`` with ``processes`` (2 or more) data-parallel processes on this machine, running ``target``.
 
     ``target`` is a script and its arguments, or ``["-m", module, ...]``. Every launcher setting
-    that matters is given, so a user's accelerate config (DeepSpeed, FSDP) cannot change the
-    kind of run; a free port is picked, so two runs on one machine do not collide.
+    that matters is given, so a user's accelerate config (DeepSpeed, FSDP, GPU ids) cannot change
+    the kind of run; a free port is picked, so two runs on one machine do not collide. The
+    trainer sets its own mixed precision, whatever the launcher says.
     """
     return [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--gpu_ids", "all",
         "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
         *target,
     ]
