@@ -125,19 +125,24 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
-def _accelerator(config: TrainConfig, out: Path) -> tuple[Any, bool]:
-    """The run's ``Accelerator`` (joining the process group under a launcher) and whether to use bf16 compute."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs, parse_flag_from_env
+def _processes() -> Any:
+    """accelerate's view of the processes; under a launcher this joins the process group and picks this process's GPU."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    cpu = not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
-    device = PartialState(cpu=cpu).device  # under a launcher: this process's GPU, with the process group up
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _accelerator(config: TrainConfig, out: Path, device: torch.device, unused_parameters: bool) -> tuple[Any, bool]:
+    """The run's ``Accelerator`` and whether to use bf16 compute."""
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs
+
     mixed_precision = _precision(config, device)
     # Fast path: bf16 compute with fp32 LoRA weights (train/speed.py) replaces autocast. Turned off
     # through the autocast handler, so accelerate's process-wide state keeps mixed_precision="bf16".
     bf16_compute = config.fast and device.type == "cuda" and mixed_precision == "bf16"
-    # SDXL's first text encoder feeds its penultimate layer: its last layer's LoRA gets no gradient.
-    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=config.train_text_encoder)]
+    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)]
     if bf16_compute:
         handlers.append(AutocastKwargs(enabled=False))
     accelerator = Accelerator(
@@ -146,7 +151,7 @@ def _accelerator(config: TrainConfig, out: Path) -> tuple[Any, bool]:
         gradient_accumulation_steps=config.gradient_accumulation,
         log_with="tensorboard",
         project_dir=str(out / "logs"),
-        cpu=cpu,
+        cpu=device.type == "cpu",
     )
     return accelerator, bf16_compute
 
@@ -196,11 +201,14 @@ def train(
     from lorastory.models.lora import LoraSpec, inject_lora, save_lora
 
     out = Path(config.out)
-    accelerator, bf16_compute = _accelerator(config, out)
-    main, processes, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    state = _processes()
+    main, processes, rank = state.is_main_process, state.num_processes, state.process_index
     if not main:
         say = _quiet  # every process would print the same lines
     existing = list_checkpoints(out)
+    if processes > 1:
+        _same_everywhere(existing[-1][1].name if existing else None, f"newest checkpoint in {out}",
+                         "with several machines, --out must be a folder they all share")
     if existing and not config.resume:
         raise TrainingError(f"{out} already has checkpoints; pass --resume to continue or choose a new --out")
     if config.resume and not existing:
@@ -216,11 +224,13 @@ def train(
     planned = _plan(items, config, say)
 
     # 2. model and caches
-    device = accelerator.device
-    mixed_precision = accelerator.mixed_precision
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
     pipe = load_pipeline(config.model, config.family)
     family = family_of_pipeline(pipe)
+    # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
+    unused = config.train_text_encoder and family.name == "sdxl"
+    accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
+    device, mixed_precision = accelerator.device, accelerator.mixed_precision
     model_dir = config.model if Path(config.model).is_dir() else None
     vae_fp = component_fingerprint(model_dir, "vae")
     text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
@@ -305,11 +315,12 @@ def train(
             with accelerator.accumulate(model):
                 loss = _training_step(indices, weights, scale, epoch, examples, cache, model, noise_scheduler,
                                       config, device, weight_dtype, live_text=bool(text_encoders))
-                mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()  # the same on every process
+                accelerator.backward(loss)
+                # Read after the backward is queued, so the GPU stays busy; the same value on every process.
+                mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
                 if not math.isfinite(mean_loss):
                     raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
                                         f"{_last_good(out)}")
-                accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
@@ -342,7 +353,7 @@ def train(
 
     # 6. save
     _check_finite(trainable, result.steps, out)
-    accelerator.wait_for_everyone()
+    _check_in_sync(accelerator, trainable)
     if main:
         pipe.unet = accelerator.unwrap_model(model).unet
         for fmt in config.save_formats:
@@ -383,11 +394,12 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
         fill_text(cache, pipe, [(key, text_jobs[key]) for key in mine_text], device)
     accelerator.wait_for_everyone()
     counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
         absent = sum(not cache.has(key) for key in [*latent_jobs, *text_jobs])
-        if absent:
-            raise TrainingError(f"{absent} cache entries written by other processes are not in {cache.root}: "
-                                "with several machines, --cache-dir must be a folder they all share")
+        absent_anywhere = int(accelerator.gather(torch.tensor([absent], device=device)).max())
+        if absent_anywhere:
+            raise TrainingError(f"{absent_anywhere} cache entries written by other processes are not in {cache.root} "
+                                "for all of them: with several machines, --cache-dir must be a folder they all share")
     return int(counts[0]), int(counts[1])
 
 
@@ -423,6 +435,25 @@ def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable:
     if accelerator.is_main_process:
         save_checkpoint(out, position, {n: p.detach() for n, p in trainable.items()}, optimizer, lr_scheduler,
                         states, keep)
+
+
+def _same_everywhere(value: Any, what: str, advice: str) -> None:
+    """Stop every process at once when they see different values of something they must agree on."""
+    from accelerate.utils import gather_object
+
+    seen = gather_object([value])
+    if len(set(seen)) > 1:
+        raise TrainingError(f"the processes see a different {what} ({', '.join(map(str, seen))}): {advice}")
+
+
+def _check_in_sync(accelerator: Any, trainable: dict[str, torch.nn.Parameter]) -> None:
+    """Every process must end with the same LoRA weights (DDP's promise); compare checksums."""
+    if accelerator.num_processes == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in trainable.values()]).sum()
+    sums = accelerator.gather(checksum.reshape(1))
+    if not torch.equal(sums, sums[:1].expand_as(sums)):
+        raise RuntimeError(f"LoRA weights differ between processes after training (checksums {sums.tolist()})")
 
 
 def _last_good(out: Path) -> str:
