@@ -280,7 +280,7 @@ def train_cmd(
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
     from lorastory.config import read_yaml
     from lorastory.train.config import TrainConfig
-    from lorastory.train.launch import LaunchError, check_gpus, is_main_process, launch_training, launched_processes
+    from lorastory.train.launch import is_main_process, run_on_gpus
     from lorastory.train.trainer import train
 
     values = read_yaml(config_file) if config_file else {}
@@ -300,16 +300,9 @@ def train_cmd(
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
-    launched = launched_processes()
-    if gpus and launched and gpus != launched:
-        raise LaunchError(f"--gpus {gpus} inside a launcher that started {launched} processes: drop --gpus "
-                          "when you use accelerate launch or torchrun yourself")
-    if gpus and not launched:
-        check_gpus(gpus)
-        if gpus > 1:
-            err_console.print(f"Starting {gpus} training processes (accelerate launch)...", highlight=False)
-            launch_training(config, gpus, debug=isinstance(ctx.obj, _Options) and ctx.obj.debug)
-            return
+    debug = isinstance(ctx.obj, _Options) and ctx.obj.debug
+    if gpus and run_on_gpus(config, gpus, debug=debug, say=lambda m: err_console.print(m, highlight=False)):
+        return
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -94,3 +94,11 @@ def test_gpus_inside_a_launcher_of_another_size_is_refused(cli, style_train_fold
     monkeypatch.setenv("WORLD_SIZE", "4")
     result = cli("train", *_flags("m", style_train_folder, tmp_path / "run", 2, "--gpus", "2"))
     assert result.code == 1 and "drop --gpus" in result.err
+
+
+def test_a_wrong_data_folder_fails_once_before_any_process_starts(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    result = cli("train", *_flags("m", tmp_path / "nothing", tmp_path / "run", 2, "--gpus", "2"))
+    assert result.code == 1 and result.err.count("no metadata.csv") == 1
+    assert "Starting" not in result.err and not (tmp_path / "run").exists()

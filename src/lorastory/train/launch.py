@@ -16,11 +16,12 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lorastory.errors import LorastoryError
 from lorastory.train.config import TrainConfig
+from lorastory.train.data import metadata_file
 
 
 class LaunchError(LorastoryError):
@@ -73,8 +74,30 @@ def launch_command(processes: int, target: Sequence[str]) -> list[str]:
     ]
 
 
-def launch_training(config: TrainConfig, processes: int, debug: bool = False) -> None:
+def run_on_gpus(config: TrainConfig, gpus: int, debug: bool = False, say: Callable[[str], None] = print) -> bool:
+    """Act on ``--gpus``: check it, and train in ``gpus`` processes when it asks for more than one.
+
+    Returns True when the processes have run (the caller is done), False when the calling
+    process trains itself: one GPU, or a process already started by a launcher of that size.
+    """
+    launched = launched_processes()
+    if launched:
+        if gpus != launched:
+            raise LaunchError(f"--gpus {gpus} inside a launcher that started {launched} processes: drop --gpus "
+                              "when you use accelerate launch or torchrun yourself")
+        return False
+    check_gpus(gpus)
+    if gpus == 1:
+        return False
+    launch_training(config, gpus, debug=debug, say=say)
+    return True
+
+
+def launch_training(config: TrainConfig, processes: int, debug: bool = False,
+                    say: Callable[[str], None] = print) -> None:
     """Run ``lorastory train`` with ``config`` in ``processes`` processes; raise if one fails."""
+    metadata_file(config.data)  # a wrong --data fails here, once, not in every process
+    say(f"Starting {processes} training processes (accelerate launch)...")
     fd, path = tempfile.mkstemp(prefix="lorastory-train-", suffix=".yaml")
     os.close(fd)
     try:
@@ -85,4 +108,4 @@ def launch_training(config: TrainConfig, processes: int, debug: bool = False) ->
         with contextlib.suppress(FileNotFoundError):
             Path(path).unlink()
     if code:
-        raise LaunchError(f"a training process failed (exit code {code}); its message is above")
+        raise LaunchError(f"a training process failed (exit code {code}); its own message is above the launcher's report")
