@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,9 +70,16 @@ def launch_command(processes: int, target: Sequence[str]) -> list[str]:
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--gpu_ids", "all",
-        "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
         *target,
     ]
+
+
+def _free_port() -> int:
+    """A TCP port no one listens on now (what accelerate's ``--main_process_port 0`` does, for any version)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_on_gpus(config: TrainConfig, gpus: int, debug: bool = False, say: Callable[[str], None] = print) -> bool:
