@@ -269,6 +269,7 @@ def model_toy(
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     config_file: Annotated[Optional[Path], typer.Argument(help="Training config YAML (flags override it).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Diffusers folder, hub id or .safetensors.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Training folder (metadata.csv or metadata.jsonl).")] = None,
@@ -305,10 +306,15 @@ def train_cmd(
     validation_every: Annotated[Optional[int], typer.Option(help="Sample every N steps.")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="diffusers and/or kohya (repeatable).")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Latent/text cache folder (default OUT/cache).")] = None,
+    gpus: Annotated[
+        Optional[int], typer.Option(min=1, help="Train data-parallel on N GPUs of this machine (runs accelerate launch; "
+                                                "--batch-size is per GPU).")
+    ] = None,
 ) -> None:
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
     from lorastory.config import read_yaml
     from lorastory.train.config import TrainConfig
+    from lorastory.train.launch import is_main_process, run_on_gpus
     from lorastory.train.trainer import train
 
     values = read_yaml(config_file) if config_file else {}
@@ -328,20 +334,27 @@ def train_cmd(
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+    debug = isinstance(ctx.obj, _Options) and ctx.obj.debug
+    if gpus and run_on_gpus(config, gpus, debug=debug, say=lambda m: err_console.print(m, highlight=False)):
+        return
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("step {task.completed}/{task.total}"), BarColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.2f} img/s"), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as progress:
+    show_bar = err_console.is_terminal and is_main_process()
+    with Progress(*columns, console=err_console, disable=not show_bar) as progress:
         task = progress.add_task("train", total=None, loss=float("nan"), ips=0.0)
 
         def show(p) -> None:
             progress.update(task, completed=p.step, total=p.total_steps, loss=p.loss, ips=p.images_per_second)
 
         result = train(config, on_progress=show, say=lambda m: err_console.print(m, highlight=False))
+    if not result.main_process:
+        return
     last = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
-    console.print(f"Trained {result.steps} steps{last}.")
+    on = f" on {result.processes} processes" if result.processes > 1 else ""
+    console.print(f"Trained {result.steps} steps{on}{last}.")
     for file in result.lora_files:
         console.print(f"  LoRA: {file}")
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")

@@ -5,14 +5,21 @@ named by a hash of everything that determines them (model weights, image
 file, placement; model, caption). A change to one caption or one crop
 recomputes only that entry; an unchanged dataset is never re-encoded. After
 caching, the trainer frees the VAE and text encoder.
+
+Several processes fill one cache together: each encodes its share of the
+missing entries (:func:`missing_share`). An entry is written to a uniquely
+named temporary file and renamed into place, so readers, and other processes
+or runs writing the same folder, only ever see complete entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -71,9 +78,28 @@ class TensorCache:
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, target)
+        # A random name: unique across processes and machines sharing the folder (pids are not).
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def missing_share(cache: TensorCache, keys: Iterable[str], processes: Any) -> list[str]:
+    """The missing entries of ``keys`` that this process encodes: its part of them, split in order.
+
+    ``processes`` is the ``Accelerator`` (or accelerate ``PartialState``). Every process calls
+    this at the same point with the same keys; a barrier after the listing makes sure no process
+    has started writing while another still looks, so all split the same list.
+    """
+    missing = [key for key in dict.fromkeys(keys) if not cache.has(key)]
+    processes.wait_for_everyone()
+    with processes.split_between_processes(missing) as mine:
+        return list(mine)
 
 
 def fill_latents(

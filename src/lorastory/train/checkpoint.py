@@ -1,9 +1,11 @@
 """Training checkpoints: everything needed to continue bit-exactly.
 
-A checkpoint is a folder ``checkpoints/step-000123/`` written atomically:
-the LoRA parameters (safetensors), optimizer and lr-scheduler state (our own
-files, read back with ``weights_only=True``), every random generator's state,
-and the data position (epoch, batches already consumed).
+A checkpoint is a folder ``checkpoints/step-000123/`` written atomically, once,
+by the main process: the LoRA parameters (safetensors; identical on every
+process under DDP), optimizer and lr-scheduler state (our own files, read back
+with ``weights_only=True``), each process's global random generators, and the
+data position in samples (see :mod:`lorastory.train.order`), so a run can go on
+with another number of processes.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ class Position:
 
     global_step: int
     epoch: int
-    batches_done: int  # batches of ``epoch`` already consumed
+    samples_done: int  # samples of ``epoch`` already trained on, over all processes
+    global_batch: int  # batch size × processes the epoch is being cut with
+    history: list[tuple[int, int]]  # earlier parts of the epoch cut with other global batches (order.py)
     fingerprint: str
+    processes: int = 1  # informational: how many processes wrote it
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -57,27 +62,26 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's global generators (torch, CUDA of its own device, Python, NumPy)."""
     numpy_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
         "python": random.getstate(),
         "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(
@@ -86,38 +90,60 @@ def save_checkpoint(
     lora: dict[str, torch.Tensor],
     optimizer: Any,
     scheduler: Any,
-    generator: torch.Generator,
+    rng_states: list[dict[str, Any]],
     keep: int,
 ) -> Path:
-    """Write a checkpoint for ``position`` and drop all but the newest ``keep``."""
+    """Write a checkpoint for ``position`` and drop all but the newest ``keep``.
+
+    ``rng_states`` holds every process's :func:`rng_state`, in process order.
+    """
     target = checkpoint_dir(out, position.global_step)
     with atomic_dir(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, str(tmp / "lora_params.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        torch.save(_rng_state(generator), tmp / "rng.pt")
+        torch.save({"processes": rng_states}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(position), indent=2) + "\n", encoding="utf-8")
     for _, old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def load_checkpoint(
-    folder: Path, fingerprint: str, optimizer: Any, scheduler: Any, generator: torch.Generator
-) -> tuple[Position, dict[str, torch.Tensor]]:
-    """Restore optimizer, scheduler and RNG from ``folder``; return the position and LoRA tensors."""
+def read_position(folder: Path, fingerprint: str) -> Position:
+    """The data position a checkpoint was written at; refuses one from other training settings."""
     try:
-        position = Position(**json.loads((folder / "state.json").read_text(encoding="utf-8")))
-        lora = load_file(str(folder / "lora_params.safetensors"))
-        states = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        data = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
+    if "batches_done" in data:
+        raise CheckpointError(f"{folder} was written by an older lorastory that counted batches; start a new --out folder")
+    try:
+        position = Position(**data)
+    except TypeError as err:
         raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
     if position.fingerprint != fingerprint:
         raise CheckpointError(
             f"{folder} was written with different training settings; resume with the same config "
             "or start a new --out folder"
         )
+    return position
+
+
+def load_checkpoint(
+    folder: Path, optimizer: Any, scheduler: Any, process_index: int = 0
+) -> dict[str, torch.Tensor]:
+    """Restore optimizer, scheduler and this process's generators from ``folder``; return the LoRA tensors.
+
+    Process ``i`` takes the generators process ``i`` saved; with more processes than wrote the
+    checkpoint, process ``i`` takes those of process ``i mod n``.
+    """
+    try:
+        lora = load_file(str(folder / "lora_params.safetensors"))
+        states = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+        saved = rng["processes"]
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
-    _restore_rng(rng, generator)
-    return position, lora
+    _restore_rng(saved[process_index % len(saved)])
+    return lora

@@ -81,8 +81,19 @@ class TrainConfig(YamlModel):
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the trained weights (not paths or logging)."""
-        ignored = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts",
-                   "validation_every", "validation_steps", "validation_cfg", "cache_dir", "save_formats",
-                   "fast", "compile"}
+        return self._hash(_NOT_WEIGHTS)
+
+    def resume_fingerprint(self) -> str:
+        """The fingerprint a checkpoint must match to be resumed: as :meth:`fingerprint`, less the
+        batch size per process, which a resume on another number of GPUs may change (the position
+        is kept in samples; see ``lorastory.train.order``)."""
+        return self._hash(_NOT_WEIGHTS | {"batch_size"})
+
+    def _hash(self, ignored: set[str]) -> str:
         data = self.model_dump(mode="json", exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Settings that do not change the trained weights.
+_NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
+                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile"}

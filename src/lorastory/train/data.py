@@ -43,15 +43,20 @@ class Placement:
     flip: bool = False
 
 
+def metadata_file(folder: str | Path) -> Path:
+    """The training folder's ``metadata.csv`` (preferred) or ``metadata.jsonl``."""
+    root = Path(folder)
+    for name in ("metadata.csv", "metadata.jsonl"):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"{root}: no metadata.csv or metadata.jsonl (make one with 'lorastory data export-csv')")
+
+
 def read_train_folder(folder: str | Path) -> tuple[list[TrainItem], list[str]]:
     """Items of a training folder and the problems of the rows that were skipped."""
     root = Path(folder)
-    if (root / "metadata.csv").is_file():
-        rows = _csv_rows(root / "metadata.csv")
-    elif (root / "metadata.jsonl").is_file():
-        rows = _jsonl_rows(root / "metadata.jsonl")
-    else:
-        raise DataError(f"{root}: no metadata.csv or metadata.jsonl (make one with 'lorastory data export-csv')")
+    metadata = metadata_file(root)
+    rows = _csv_rows(metadata) if metadata.suffix == ".csv" else _jsonl_rows(metadata)
     items: list[TrainItem] = []
     problems: list[str] = []
     for where, file_name, caption in rows:

@@ -7,6 +7,11 @@
 5. loop: cached batch → noise → UNet → loss → step, with checkpoints,
    validation samples and TensorBoard logs;
 6. save ``lora.safetensors`` (and kohya format when asked).
+
+The same code runs in one process or in several under ``accelerate launch`` / ``torchrun``
+(data parallel, DDP through ``accelerator.prepare``): each process encodes its share of the
+cache, trains on its slots of every global batch (:mod:`lorastory.train.order`), and only the
+main process prints, logs, renders samples and writes checkpoints and the LoRA.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ from lorastory.errors import LorastoryError
 from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
-from lorastory.train.cache import TensorCache, component_fingerprint, fill_latents, fill_text, latent_key, text_key
-from lorastory.train.checkpoint import CheckpointError, Position, list_checkpoints, load_checkpoint, save_checkpoint
+from lorastory.train.cache import (
+    TensorCache, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
+)
+from lorastory.train.checkpoint import (
+    CheckpointError, Position, list_checkpoints, load_checkpoint, read_position, rng_state, save_checkpoint,
+)
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
+from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share, sample_seed
 
 
 class TrainingError(LorastoryError):
@@ -38,7 +48,7 @@ class TrainingError(LorastoryError):
 
 @dataclass
 class Progress:
-    """What the loop reports after each optimizer step."""
+    """What the loop reports after each optimizer step (on the main process only)."""
 
     step: int
     total_steps: int
@@ -55,6 +65,9 @@ class TrainResult:
     steps: int
     losses: list[float] = field(default_factory=list)
     samples: list[Path] = field(default_factory=list)
+    main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
+    processes: int = 1
+    cache_seconds: float = 0.0
 
 
 @dataclass
@@ -63,6 +76,26 @@ class _Example:
     placement: Placement
     latent_key: str
     text_key: str
+
+
+class _Denoiser(torch.nn.Module):
+    """The UNet and the text encoders being trained as one module, so DDP averages every LoRA gradient.
+
+    Text encoders being trained encode each batch's captions live (cached embeddings would be stale);
+    ``pipe`` is then the pipeline whose ``encode_prompt`` runs them.
+    """
+
+    def __init__(self, unet: Any, text_encoders: dict[str, Any], pipe: Any = None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoders = torch.nn.ModuleDict(text_encoders)
+        self.pipe = pipe
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: dict[str, torch.Tensor] | None,
+                add_time_ids: torch.Tensor, dtype: torch.dtype, captions: list[str] | None = None) -> torch.Tensor:
+        if captions is not None:
+            text = encode_text(self.pipe, captions, noisy.device, grad=True)
+        return self.unet(noisy, timesteps, **unet_kwargs(text, add_time_ids, dtype)).sample
 
 
 def _plan(items: list[TrainItem], config: TrainConfig, say: Callable[[str], None]) -> list[tuple[TrainItem, Placement]]:
@@ -80,29 +113,6 @@ def _plan(items: list[TrainItem], config: TrainConfig, say: Callable[[str], None
     return planned
 
 
-def _epoch_batches(examples: list[_Example], config: TrainConfig, epoch: int) -> list[list[int]]:
-    """Batches of example indices for ``epoch``: one bucket per batch, seeded order.
-
-    With random flip each image has two cached variants; an epoch uses one of
-    them per image, chosen by the epoch's generator.
-    """
-    rng = random.Random(config.seed * 1_000_003 + epoch)
-    variants: dict[str, list[int]] = {}
-    for index, example in enumerate(examples):
-        variants.setdefault(example.item.path, []).append(index)
-    chosen = [rng.choice(group) for group in variants.values()]
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index in chosen:
-        by_bucket.setdefault(examples[index].placement.target, []).append(index)
-    batches = []
-    for bucket in sorted(by_bucket):
-        group = by_bucket[bucket]
-        rng.shuffle(group)
-        batches += [group[i : i + config.batch_size] for i in range(0, len(group), config.batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def _precision(config: TrainConfig, device: torch.device) -> str:
     if config.precision != "auto":
         return config.precision
@@ -113,6 +123,37 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
 
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _processes() -> Any:
+    """accelerate's view of the processes; under a launcher this joins the process group and picks this process's GPU."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _accelerator(config: TrainConfig, out: Path, device: torch.device, unused_parameters: bool) -> tuple[Any, bool]:
+    """The run's ``Accelerator`` and whether to use bf16 compute."""
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs
+
+    mixed_precision = _precision(config, device)
+    # Fast path: bf16 compute with fp32 LoRA weights (train/speed.py) replaces autocast. Turned off
+    # through the autocast handler, so accelerate's process-wide state keeps mixed_precision="bf16".
+    bf16_compute = config.fast and device.type == "cuda" and mixed_precision == "bf16"
+    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)]
+    if bf16_compute:
+        handlers.append(AutocastKwargs(enabled=False))
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        kwargs_handlers=handlers,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        log_with="tensorboard",
+        project_dir=str(out / "logs"),
+        cpu=device.type == "cpu",
+    )
+    return accelerator, bf16_compute
 
 
 def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, say: Callable[[str], None]) -> Any:
@@ -128,7 +169,9 @@ def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, say: 
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any, config: TrainConfig) -> torch.Tensor:
+def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
+          config: TrainConfig, weights: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale`` × the weighted sum of per-sample losses (scale = processes / samples in the global batch)."""
     per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.snr_gamma is not None:
         from diffusers.training_utils import compute_snr
@@ -137,8 +180,8 @@ def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tenso
         weight = torch.clamp(snr, max=config.snr_gamma) / snr
         if noise_scheduler.config.prediction_type == "v_prediction":
             weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
-        per_sample = per_sample * weight
-    return per_sample.mean()
+        per_sample = per_sample * weight.to(per_sample.device)
+    return (per_sample * weights).sum() * scale
 
 
 def train(
@@ -146,22 +189,33 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a LoRA as ``config`` says; return where the files went."""
-    from accelerate import Accelerator
-    from accelerate.utils import AutocastKwargs, set_seed
+    """Train a LoRA as ``config`` says; return where the files went.
+
+    Under ``accelerate launch`` or ``torchrun`` every process calls this; ``config.batch_size``
+    is per process, ``say`` and ``on_progress`` are called on the main process only.
+    """
+    from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
     from lorastory.models.lora import LoraSpec, inject_lora, save_lora
 
     out = Path(config.out)
+    state = _processes()
+    main, processes, rank = state.is_main_process, state.num_processes, state.process_index
+    if not main:
+        say = _quiet  # every process would print the same lines
     existing = list_checkpoints(out)
+    if processes > 1:
+        _same_everywhere(existing[-1][1].name if existing else None, f"newest checkpoint in {out}",
+                         "with several machines, --out must be a folder they all share")
     if existing and not config.resume:
         raise TrainingError(f"{out} already has checkpoints; pass --resume to continue or choose a new --out")
     if config.resume and not existing:
         say(f"note: no checkpoint in {out}; starting from the beginning")
     out.mkdir(parents=True, exist_ok=True)
-    config.save_yaml(out / "config.yaml")
+    if main:
+        config.save_yaml(out / "config.yaml")
 
     # 1. data
     items, problems = read_train_folder(config.data)
@@ -170,22 +224,13 @@ def train(
     planned = _plan(items, config, say)
 
     # 2. model and caches
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mixed_precision = _precision(config, device)
-    # Fast path: bf16 compute with fp32 LoRA weights (train/speed.py) replaces autocast. Turned off
-    # through the autocast handler, so accelerate's process-wide state keeps mixed_precision="bf16".
-    bf16_compute = config.fast and device.type == "cuda" and mixed_precision == "bf16"
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
-        kwargs_handlers=[AutocastKwargs(enabled=False)] if bf16_compute else None,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        log_with="tensorboard",
-        project_dir=str(out / "logs"),
-        cpu=device.type == "cpu",
-    )
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
     pipe = load_pipeline(config.model, config.family)
     family = family_of_pipeline(pipe)
+    # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
+    unused = config.train_text_encoder and family.name == "sdxl"
+    accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
+    device, mixed_precision = accelerator.device, accelerator.mixed_precision
     model_dir = config.model if Path(config.model).is_dir() else None
     vae_fp = component_fingerprint(model_dir, "vae")
     text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
@@ -194,22 +239,17 @@ def train(
         for item, placement in planned
     ]
     cache = TensorCache(Path(config.cache_dir) if config.cache_dir else out / "cache")
-    started = time.perf_counter()
-    pipe.vae.to(device)
-    encoded = fill_latents(cache, pipe.vae, [(e.latent_key, e.item, e.placement) for e in examples])
-    pipe.vae.to("cpu")
-    for name in family.text_encoders:
-        getattr(pipe, name).to(device, _weight_dtype(mixed_precision) if device.type == "cuda" else torch.float32)
-    captions = [(e.text_key, e.item.caption) for e in examples]
     validation = [(text_key(text_fp, p), p) for p in [*config.validation_prompts, ""]] if config.validation_prompts else []
-    encoded_text = fill_text(cache, pipe, captions + validation, device)
+    started = time.perf_counter()
+    encoded, encoded_text = _fill_caches(accelerator, pipe, family.text_encoders, examples, validation, cache)
+    cache_seconds = time.perf_counter() - started
     if not config.train_text_encoder:
         for name in family.text_encoders:
             setattr(pipe, name, None)  # a 6B text encoder must not sit in memory while the UNet trains
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    say(f"cache: {encoded} image(s) and {encoded_text} caption(s) encoded, the rest reused "
-        f"({time.perf_counter() - started:.1f} s)")
+    by = f" by {processes} processes" if processes > 1 else ""
+    say(f"cache: {encoded} image(s) and {encoded_text} caption(s) encoded{by}, the rest reused ({cache_seconds:.1f} s)")
 
     # 3. LoRA, optimizer, schedule
     unet = pipe.unet
@@ -218,7 +258,6 @@ def train(
     unet.to(device, dtype=weight_dtype)
     spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
                     target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
-    # Text encoders being trained encode every batch live (their cached embeddings would be stale).
     text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
     for encoder in text_encoders.values():
         encoder.requires_grad_(False)
@@ -229,9 +268,14 @@ def train(
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = _make_optimizer(params, config, say)
-    batches_per_epoch = len(_epoch_batches(examples, config, 0))
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation)
-    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    global_batch = config.batch_size * processes
+    samples = [(e.item.path, e.placement.target) for e in examples]
+    position = Position(0, 0, 0, global_batch, [], config.resume_fingerprint(), processes)
+    history: list[tuple[int, int]] = []
+    if config.resume and existing:
+        position = read_position(existing[-1][1], config.resume_fingerprint())
+        history = continued_history(position.history, position.global_batch, position.samples_done, global_batch)
+    total_steps = _total_steps(config, samples, global_batch, position, history)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
     if bf16_compute:
@@ -239,132 +283,240 @@ def train(
 
         compile_unet = auto_compile(device, total_steps) if config.compile is None else config.compile
         say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_unet))
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # The lr scheduler is not prepared: accelerate would step it once per process at every step.
+    model, optimizer = accelerator.prepare(_Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
     for encoder in text_encoders.values():
         encoder.train()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    generator = torch.Generator().manual_seed(config.seed)
 
     # 4. resume
-    position = Position(0, 0, 0, config.fingerprint())
+    trainable = _trainable(accelerator.unwrap_model(model))
     if config.resume and existing:
-        position, saved = load_checkpoint(existing[-1][1], config.fingerprint(), optimizer, lr_scheduler, generator)
-        named = _trainable(accelerator.unwrap_model(unet), text_encoders)
-        if set(saved) != set(named) or any(saved[n].shape != named[n].shape for n in named):
+        saved = load_checkpoint(existing[-1][1], optimizer, lr_scheduler, rank)
+        if set(saved) != set(trainable) or any(saved[n].shape != trainable[n].shape for n in trainable):
             raise CheckpointError(f"{existing[-1][1]} holds a different set of LoRA weights than this run trains; "
                                   "start a new --out folder")
         for name, tensor in saved.items():
-            named[name].data.copy_(tensor)
-        say(f"resumed from {existing[-1][1].name} (step {position.global_step})")
+            trainable[name].data.copy_(tensor)
+        say(_resumed_note(existing[-1][1].name, position, global_batch, processes, config.batch_size))
 
     # 5. loop
     accelerator.init_trackers("lorastory")
-    result = TrainResult(out, [], position.global_step)
-    trainable = _trainable(accelerator.unwrap_model(unet), text_encoders)
-    epoch, done = position.epoch, position.batches_done
+    result = TrainResult(out, [], position.global_step, main_process=main, processes=processes,
+                         cache_seconds=cache_seconds)
+    epoch, done = position.epoch, position.samples_done
     seen_images, window_start = 0, time.perf_counter()
-    unet.train()
+    model.train()
     while result.steps < total_steps:
-        batches = _epoch_batches(examples, config, epoch)
-        for batch_index in range(done, len(batches)):
-            batch = [examples[i] for i in batches[batch_index]]
-            with accelerator.accumulate(unet):
-                texts = _batch_text(batch, cache, pipe if text_encoders else None, device)
-                loss = _training_step(batch, texts, cache, unet, noise_scheduler, generator, config, device, weight_dtype)
-                if not torch.isfinite(loss):
-                    last = list_checkpoints(out)
-                    where = f"; the last good checkpoint is {last[-1][1]}" if last else ""
-                    raise TrainingError(f"loss became {loss.item()} at step {result.steps + 1}: lower --lr or use bf16{where}")
+        order = epoch_batches(samples, config.seed, epoch, global_batch, history)
+        for batch_index in range(batches_before(order, done), len(order)):
+            indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
+            scale = processes / len(order[batch_index])
+            with accelerator.accumulate(model):
+                loss = _training_step(indices, weights, scale, epoch, examples, cache, model, noise_scheduler,
+                                      config, device, weight_dtype, live_text=bool(text_encoders))
                 accelerator.backward(loss)
+                # Read after the backward is queued, so the GPU stays busy; the same value on every process.
+                mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+                if not math.isfinite(mean_loss):
+                    raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
+                                        f"{_last_good(out)}")
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
-                lr_scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            seen_images += len(batch)
+            done += len(order[batch_index])
+            seen_images += len(order[batch_index])
             if not accelerator.sync_gradients:
                 continue
             result.steps += 1
-            loss_value = loss.item()
-            result.losses.append(loss_value)
+            result.losses.append(mean_loss)
             lr = lr_scheduler.get_last_lr()[0]
-            accelerator.log({"train/loss": loss_value, "train/lr": lr}, step=result.steps)
-            elapsed = time.perf_counter() - window_start
-            if on_progress is not None:
-                on_progress(Progress(result.steps, total_steps, epoch, loss_value, lr, seen_images / max(elapsed, 1e-9)))
-            finished_epoch = batch_index + 1 == len(batches)
-            next_position = Position(result.steps, epoch + 1 if finished_epoch else epoch,
-                                     0 if finished_epoch else batch_index + 1, config.fingerprint())
-            if config.checkpoint_every and result.steps % config.checkpoint_every == 0 and accelerator.is_main_process:
-                _check_finite(trainable, result.steps, out)
-                save_checkpoint(out, next_position, {n: p.detach() for n, p in trainable.items()},
-                                optimizer, lr_scheduler, generator, config.keep_checkpoints)
-            if config.validation_every and result.steps % config.validation_every == 0 and accelerator.is_main_process:
-                result.samples += _validate(pipe, accelerator.unwrap_model(unet), cache, config, text_fp, out,
+            accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=result.steps)
+            if on_progress is not None and main:
+                speed = seen_images / max(time.perf_counter() - window_start, 1e-9)
+                on_progress(Progress(result.steps, total_steps, epoch, mean_loss, lr, speed))
+            if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
+                finished_epoch = batch_index + 1 == len(order)
+                here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
+                        if finished_epoch else
+                        Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
+                _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
+            if config.validation_every and result.steps % config.validation_every == 0 and main:
+                result.samples += _validate(pipe, accelerator.unwrap_model(model).unet, cache, config, text_fp, out,
                                             result.steps, device, accelerator)
             if result.steps >= total_steps:
                 break
-        epoch, done = epoch + 1, 0
+        epoch, done, history = epoch + 1, 0, []
 
     # 6. save
     _check_finite(trainable, result.steps, out)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipe.unet = accelerator.unwrap_model(unet)
+    _check_in_sync(accelerator, trainable)
+    if main:
+        pipe.unet = accelerator.unwrap_model(model).unet
         for fmt in config.save_formats:
             name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
             save_lora(pipe, out / name, spec, family.name, format=fmt,
                       extra_metadata={"lorastory.train_config_hash": config.fingerprint(),
                                       "lorastory.steps": str(result.steps)})
             result.lora_files.append(out / name)
+    accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
     return result
+
+
+def _quiet(message: str) -> None:
+    """``say`` for the processes other than the main one."""
+
+
+def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], examples: list[_Example],
+                 validation: list[tuple[str, str]], cache: TensorCache) -> tuple[int, int]:
+    """Encode the missing latents and caption embeddings, each process its share; return the counts over all.
+
+    Afterwards every process can read every entry; with several machines that needs a cache
+    folder they all share, which is checked.
+    """
+    device = accelerator.device
+    latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}
+    text_jobs = {**{e.text_key: e.item.caption for e in examples}, **dict(validation)}
+    mine = missing_share(cache, latent_jobs, accelerator)
+    if mine:
+        pipe.vae.to(device)
+        fill_latents(cache, pipe.vae, [(key, *latent_jobs[key]) for key in mine])
+        pipe.vae.to("cpu")
+    mine_text = missing_share(cache, text_jobs, accelerator)
+    if mine_text:
+        dtype = _weight_dtype(accelerator.mixed_precision) if device.type == "cuda" else torch.float32
+        for name in text_encoders:
+            getattr(pipe, name).to(device, dtype)
+        fill_text(cache, pipe, [(key, text_jobs[key]) for key in mine_text], device)
+    accelerator.wait_for_everyone()
+    counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
+    if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
+        absent = sum(not cache.has(key) for key in [*latent_jobs, *text_jobs])
+        absent_anywhere = int(accelerator.gather(torch.tensor([absent], device=device)).max())
+        if absent_anywhere:
+            raise TrainingError(f"{absent_anywhere} cache entries written by other processes are not in {cache.root} "
+                                "for all of them: with several machines, --cache-dir must be a folder they all share")
+    return int(counts[0]), int(counts[1])
+
+
+def _total_steps(config: TrainConfig, samples: list[tuple[str, tuple[int, int]]], global_batch: int,
+                 position: Position, history: list[tuple[int, int]]) -> int:
+    """Optimizer steps of the whole run. A resume with another global batch re-counts the steps left."""
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = len(epoch_batches(samples, config.seed, 0, global_batch))
+    if position.global_batch == global_batch:
+        return math.ceil(per_epoch / config.gradient_accumulation) * config.epochs
+    order = epoch_batches(samples, config.seed, position.epoch, global_batch, history)
+    left = len(order) - batches_before(order, position.samples_done) + per_epoch * (config.epochs - position.epoch - 1)
+    return position.global_step + math.ceil(left / config.gradient_accumulation)
+
+
+def _resumed_note(name: str, position: Position, global_batch: int, processes: int, batch_size: int) -> str:
+    note = f"resumed from {name} (step {position.global_step}, epoch {position.epoch}, sample {position.samples_done})"
+    if position.global_batch != global_batch:
+        note += (f"; it was written with a global batch of {position.global_batch}, this run has {global_batch} "
+                 f"({processes} process(es) x {batch_size}): the batches from here on hold the samples not yet seen "
+                 "this epoch")
+    return note
+
+
+def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable: dict[str, torch.nn.Parameter],
+                     optimizer: Any, lr_scheduler: Any, keep: int) -> None:
+    """Write a checkpoint from the main process, with every process's generators."""
+    from accelerate.utils import gather_object
+
+    _check_finite(trainable, position.global_step, out)  # on every process: they hold the same weights
+    states = gather_object([rng_state()])
+    if accelerator.is_main_process:
+        save_checkpoint(out, position, {n: p.detach() for n, p in trainable.items()}, optimizer, lr_scheduler,
+                        states, keep)
+
+
+def _same_everywhere(value: Any, what: str, advice: str) -> None:
+    """Stop every process at once when they see different values of something they must agree on."""
+    from accelerate.utils import gather_object
+
+    seen = gather_object([value])
+    if len(set(seen)) > 1:
+        raise TrainingError(f"the processes see a different {what} ({', '.join(map(str, seen))}): {advice}")
+
+
+def _check_in_sync(accelerator: Any, trainable: dict[str, torch.nn.Parameter]) -> None:
+    """Every process must end with the same LoRA weights (DDP's promise); compare checksums."""
+    if accelerator.num_processes == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in trainable.values()]).sum()
+    sums = accelerator.gather(checksum.reshape(1))
+    if not torch.equal(sums, sums[:1].expand_as(sums)):
+        raise RuntimeError(f"LoRA weights differ between processes after training (checksums {sums.tolist()})")
+
+
+def _last_good(out: Path) -> str:
+    last = list_checkpoints(out)
+    return f"; the last good checkpoint is {last[-1][1]}" if last else ""
 
 
 def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None:
     """Never write a checkpoint or LoRA holding inf/NaN weights."""
     if all(torch.isfinite(p).all() for p in params.values()):
         return
-    last = list_checkpoints(out)
-    where = f"; the last good checkpoint is {last[-1][1]}" if last else ""
-    raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{where}")
+    raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{_last_good(out)}")
 
 
-def _trainable(unet: Any, text_encoders: dict[str, Any]) -> dict[str, torch.nn.Parameter]:
+def _trainable(model: _Denoiser) -> dict[str, torch.nn.Parameter]:
     """The LoRA parameters being trained, named "<component>.<parameter>"."""
-    modules = {"unet": unet, **text_encoders}
+    modules = {"unet": model.unet, **model.text_encoders}
     return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
 
 
-def _batch_text(batch: list[_Example], cache: TensorCache, pipe: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    """Caption embeddings for a batch: from the cache, or live (with gradients) when ``pipe`` is given."""
-    if pipe is not None:
-        return encode_text(pipe, [e.item.caption for e in batch], device, grad=True)
+def _batch_text(batch: list[_Example], cache: TensorCache, device: torch.device) -> dict[str, torch.Tensor]:
+    """Cached caption embeddings for a batch."""
     texts = [cache.load(e.text_key) for e in batch]
     return {name: torch.stack([t[name] for t in texts]).to(device) for name in texts[0]}
 
 
+def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,
+                num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's noise and timestep, from a generator seeded for that sample and epoch alone."""
+    noises, timesteps = [], []
+    for index in indices:
+        generator = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index))
+        noise = torch.randn(shape, generator=generator)
+        if config.noise_offset:
+            noise += config.noise_offset * torch.randn((shape[0], 1, 1), generator=generator)
+        noises.append(noise)
+        timesteps.append(torch.randint(0, num_timesteps, (), generator=generator))
+    return torch.stack(noises), torch.stack(timesteps)
+
+
 def _training_step(
-    batch: list[_Example], text: dict[str, torch.Tensor], cache: TensorCache, unet: Any, noise_scheduler: Any,
-    generator: torch.Generator, config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
+    indices: list[int], weights: list[float], scale: float, epoch: int, examples: list[_Example],
+    cache: TensorCache, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
+    weight_dtype: torch.dtype, live_text: bool,
 ) -> torch.Tensor:
+    """This process's loss on its samples of a global batch (see :func:`_loss` for the scaling)."""
+    batch = [examples[i] for i in indices]
     latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
-    noise = torch.randn(latents.shape, generator=generator)
-    if config.noise_offset:
-        noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, noise_scheduler.config.num_train_timesteps)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    add_time_ids = None
-    if "pooled_prompt_embeds" in text:
-        add_time_ids = torch.stack([
-            time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
-        ]).to(device)
-    model_pred = unet(noisy.to(device, weight_dtype), timesteps.to(device), **unet_kwargs(text, add_time_ids, weight_dtype)).sample
-    return _loss(model_pred, target.to(device), timesteps, noise_scheduler, config)
+    add_time_ids = torch.stack([
+        time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
+    ]).to(device)
+    text = None if live_text else _batch_text(batch, cache, device)
+    captions = [e.item.caption for e in batch] if live_text else None
+    model_pred = model(noisy.to(device, weight_dtype), timesteps.to(device), text, add_time_ids, weight_dtype,
+                       captions=captions)
+    return _loss(model_pred, target.to(device), timesteps, noise_scheduler, config,
+                 torch.tensor(weights, device=device), scale)
 
 
 @torch.no_grad()
@@ -380,6 +532,7 @@ def _validate(
     unet.eval()
     pipe.unet = unet
     pipe.vae.to(device)
+    pipe.set_progress_bar_config(disable=True)  # the run's own progress bar is the one to watch
 
     def embed(prompt: str) -> dict[str, torch.Tensor]:
         if pipe.text_encoder is not None:  # trained with the text encoder: its cached embeddings are stale
