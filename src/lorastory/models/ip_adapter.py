@@ -110,6 +110,7 @@ def _offline_error(spec: IpAdapterSource) -> ModelLoadError:
 
 
 def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
+    from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPVisionModelWithProjection
 
     from lorastory.models.tiny_clip import quiet_transformers
@@ -120,8 +121,13 @@ def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
             revision=spec.revision, dtype=pipe.unet.dtype,
         )
     pipe.register_modules(image_encoder=encoder.to(pipe.unet.device))
-    pipe.load_ip_adapter(spec.source, subfolder=spec.subfolder, weight_name=spec.weight_name, image_encoder_folder=None,
-                         local_files_only=local_only, revision=spec.revision)
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" on every load
+    try:
+        pipe.load_ip_adapter(spec.source, subfolder=spec.subfolder, weight_name=spec.weight_name,
+                             image_encoder_folder=None, local_files_only=local_only, revision=spec.revision)
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 @contextlib.contextmanager
