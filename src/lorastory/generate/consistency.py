@@ -304,12 +304,20 @@ class _RenderState:
         return self.panels > 1
 
     def _sample(self, tokens: int, device: Any) -> Any:
-        """Indices [panels, m] of the tokens each panel shares, sorted; one draw per layer and step."""
+        """Indices [panels, m] of the tokens each panel shares, sorted; one draw per layer and step.
+
+        The scores come from the CPU generator (the same draw on every device); the selection runs
+        where the tokens are, and a pinned asynchronous copy keeps the GPU from waiting on the host.
+        """
         import torch
 
         count = max(1, round(self.rate * tokens))
-        order = torch.rand((self.panels, tokens), generator=self.generator).argsort(dim=1)
-        return order[:, :count].sort(dim=1).values.to(device)
+        scores = torch.rand((self.panels, tokens), generator=self.generator)
+        if getattr(device, "type", str(device)) == "cuda":
+            scores = scores.pin_memory().to(device, non_blocking=True)
+        else:
+            scores = scores.to(device)
+        return scores.topk(count, dim=1).indices.sort(dim=1).values
 
     def _others_index(self, device: Any) -> Any:
         """[panels, panels - 1]: for each panel, the other panels."""
