@@ -67,8 +67,10 @@ def smoke(rec: Recorder, device: str) -> None:
             continue
         results = {}
         for mode in ("none", "attention", "reference", "both"):
+            # attention at strength 0.7 takes the biased-attention path; both at 1 the unbiased one
+            strength = 0.7 if mode == "attention" else 1.0
             story = Story.model_validate({"defaults": {"steps": 4, "width": 64, "height": 64},
-                                          "consistency": {"mode": mode, "ip_adapter": str(adapter)},
+                                          "consistency": {"mode": mode, "strength": strength, "ip_adapter": str(adapter)},
                                           "panels": [{"prompt": "a girl"}, {"prompt": "a cat"}, {"prompt": "a dog"}]})
             try:
                 result = generate_story(story, str(model), scratch / f"{family}-{mode}", device=device)

@@ -70,7 +70,16 @@ REFERENCE_FILE = "reference.png"
 
 
 class ConsistencySettings(BaseModel):
-    """``consistency:`` in a story file: how the panels are kept alike (see the module docstring)."""
+    """``consistency:`` in a story file: how the panels are kept alike (see the module docstring).
+
+    Both mechanisms: ``mode``, ``strength`` (0..1). Shared attention: ``blocks``, ``sample_rate``,
+    ``step_range`` (fractions of the steps). Reference: ``reference_image`` (a path) or
+    ``reference_prompt`` (what to generate; default: the character and style), ``reference_scale``
+    (the IP-Adapter scale at strength 1), and where the adapter is: ``ip_adapter`` (folder or hub
+    id), ``ip_adapter_weight`` and ``image_encoder`` (paths inside it); each family has defaults
+    (:data:`lorastory.models.ip_adapter.DEFAULT_IP_ADAPTERS`). Settings of the mechanism the mode
+    does not use are kept but unused, so switching the mode back and forth loses nothing.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
-from lorastory.models.registry import ModelLoadError, family_of_pipeline
+from lorastory.models.registry import ModelLoadError
 
 IP_ADAPTER_OPTION = "consistency.ip_adapter"
 
@@ -197,6 +197,11 @@ def _cross_attention_layers(unet: Any) -> list[Any]:
     return layers
 
 
+# Inside one resampler layer: diffusers' names → the original IP-Adapter-Plus ones (to_k and to_v are one to_kv there).
+_RESAMPLER_RENAMES = (("ln0.", "0.norm1."), ("ln1.", "0.norm2."), ("attn.to_q.", "0.to_q."), ("attn.to_out.0.", "0.to_out."),
+                      ("ff.0.", "1.0."), ("ff.1.net.0.proj.", "1.1."), ("ff.1.net.2.", "1.3."))
+
+
 def _original_resampler_keys(state: dict[str, Any]) -> dict[str, Any]:
     """diffusers' ``IPAdapterPlusImageProjection`` names → the original IP-Adapter-Plus names diffusers reads."""
     import torch
@@ -207,28 +212,16 @@ def _original_resampler_keys(state: dict[str, Any]) -> dict[str, Any]:
         if parts[0] != "layers":
             out[key] = value
             continue
-        layer, rest = parts[1], ".".join(parts[2:])
-        prefix = f"layers.{layer}"
-        if rest.startswith("ln0."):
-            out[f"{prefix}.0.norm1.{rest[4:]}"] = value
-        elif rest.startswith("ln1."):
-            out[f"{prefix}.0.norm2.{rest[4:]}"] = value
-        elif rest == "attn.to_q.weight":
-            out[f"{prefix}.0.to_q.weight"] = value
-        elif rest == "attn.to_k.weight":
+        prefix, rest = f"layers.{parts[1]}", ".".join(parts[2:])
+        if rest == "attn.to_k.weight":
             out[f"{prefix}.0.to_kv.weight"] = torch.cat([value, state[f"{prefix}.attn.to_v.weight"]])
-        elif rest == "attn.to_v.weight":
             continue
-        elif rest == "attn.to_out.0.weight":
-            out[f"{prefix}.0.to_out.weight"] = value
-        elif rest.startswith("ff.0."):
-            out[f"{prefix}.1.0.{rest[5:]}"] = value
-        elif rest == "ff.1.net.0.proj.weight":
-            out[f"{prefix}.1.1.weight"] = value
-        elif rest == "ff.1.net.2.weight":
-            out[f"{prefix}.1.3.weight"] = value
-        else:
+        if rest == "attn.to_v.weight":
+            continue
+        new, old = next(((new, old) for old, new in _RESAMPLER_RENAMES if rest.startswith(old)), (None, None))
+        if new is None:
             raise ValueError(f"unexpected resampler weight {key}")
+        out[f"{prefix}.{new}{rest[len(old):]}"] = value
     return out
 
 
