@@ -192,3 +192,13 @@ def test_bad_consistency_settings_are_one_line_naming_the_field(tmp_path, consis
 def test_example_story_with_consistency_loads():
     story = load_story("examples/story_kolors_consistent.yaml")
     assert story.consistency.mode == "attention" and len(story.panels) == 4
+
+
+def test_a_missing_adapter_fails_before_anything_is_rendered(tmp_path, tiny_model_path, cli):
+    (tmp_path / "empty").mkdir()
+    for adapter, expected in ((tmp_path / "empty", "has no ip_adapter_plus_general.safetensors"),
+                              (tmp_path / "missing", "no such folder, and not a hub id")):
+        (tmp_path / "story.yaml").write_text(_story_text(adapter), encoding="utf-8")
+        result = cli("generate", tmp_path / "story.yaml", "--model", tiny_model_path("kolors"), "--out", tmp_path / "run")
+        assert result.code == 1 and expected in result.err and len(result.err.strip().splitlines()) == 1
+        assert not (tmp_path / "run" / "reference.png").exists()

@@ -250,6 +250,15 @@ def generate_story(
             compile = auto_compile(target, image_steps) and settings.mode == "none"
         speed = prepare_for_speed(pipe, compile=compile)
 
+    adapter_spec = None
+    if settings.uses_reference:  # before any rendering: a missing adapter fails now, not after the reference
+        from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
+        from lorastory.models.registry import family_of_pipeline
+
+        adapter_spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
+                                          settings.image_encoder)
+        check_ip_adapter(adapter_spec)
+
     def params(job: PanelJob, extra: dict[str, str] | None = None) -> GenerationParams:
         return GenerationParams(
             prompt=job.prompt, negative_prompt=job.negative, steps=job.steps, sampler=job.sampler,
@@ -268,7 +277,7 @@ def generate_story(
                                  first.cfg, first.width, first.height, first.sampler, None)
     total_steps = sum(job.steps for job in jobs) + (reference_job.steps if reference_job else 0)
     done_steps = 0
-    reference = None
+    reference = reference_hash = None
     consistency_record: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
     if settings.uses_reference:
         reference_file = out_dir / REFERENCE_FILE
@@ -284,10 +293,10 @@ def generate_story(
             _save_png(reference, reference_file)
             consistency_record["reference"] = {"file": REFERENCE_FILE, "source": str(settings.reference_image),
                                                "sha256": file_sha256(settings.reference_image)}
-        reference_hash = file_sha256(reference_file)[:10]
-        consistency_record["reference"]["png_sha256"] = file_sha256(reference_file)
-    describe = {"Consistency": settings.describe(reference_hash if settings.uses_reference else None)} \
-        if settings.mode != "none" else None
+        digest = file_sha256(reference_file)
+        consistency_record["reference"]["png_sha256"] = digest
+        reference_hash = digest[:10]
+    describe = {"Consistency": settings.describe(reference_hash)} if settings.mode != "none" else None
 
     # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
     shared = SharedAttention(settings) if settings.uses_attention else None
@@ -297,13 +306,10 @@ def generate_story(
     timings: dict[int, float] = {}
     rendered = 0
     with contextlib.ExitStack() as stack:
-        if settings.uses_reference:
-            from lorastory.models.ip_adapter import ip_adapter_loaded, resolve_ip_adapter
-            from lorastory.models.registry import family_of_pipeline
+        if adapter_spec is not None:
+            from lorastory.models.ip_adapter import ip_adapter_loaded
 
-            spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
-                                      settings.image_encoder)
-            adapter = stack.enter_context(ip_adapter_loaded(pipe, spec, settings.ip_adapter_scale))
+            adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
             consistency_record["ip_adapter"] = adapter.as_dict()
         for group in groups.values():
             # Shared attention reaches only batch-mates: a whole group is one batch unless told otherwise.

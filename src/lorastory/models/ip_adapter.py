@@ -130,6 +130,27 @@ def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
         diffusers_logging.set_verbosity(level)
 
 
+def check_ip_adapter(spec: IpAdapterSource) -> None:
+    """Fail early, before any work, when ``spec`` cannot be loaded from here (missing files, offline hub id)."""
+    from lorastory.eval.hub import hub_reachable, looks_like_hub_id
+
+    path = Path(spec.source).expanduser()
+    if path.is_dir():
+        missing = [name for name in (spec.weight, f"{spec.image_encoder}/config.json") if not (path / name).is_file()]
+        if missing:
+            raise ModelLoadError(f"IP-Adapter folder {spec.source} has no {missing[0]}; set {IP_ADAPTER_OPTION} to a folder "
+                                 f"laid out like {DEFAULT_IP_ADAPTERS['kolors'].source} (or ip_adapter_weight / image_encoder)")
+        return
+    if path.exists() or not looks_like_hub_id(spec.source):
+        raise ModelLoadError(f"IP-Adapter '{spec.source}': no such folder, and not a hub id (owner/name); "
+                             f"check {IP_ADAPTER_OPTION}")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec.source, spec.weight, revision=spec.revision)
+    if not isinstance(cached, str) and not hub_reachable():
+        raise _offline_error(spec)
+
+
 @contextlib.contextmanager
 def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterator[IpAdapterInfo]:
     """Load ``spec`` into ``pipe`` at ``scale`` for the block, then restore the pipeline as it was.
@@ -142,14 +163,9 @@ def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterato
     if getattr(getattr(pipe, "unet", None), "encoder_hid_proj", None) is not None and \
             type(pipe.unet.encoder_hid_proj).__name__ == "MultiIPAdapterImageProjection":
         raise ConfigError("the pipeline already has an IP-Adapter loaded; unload it (pipe.unload_ip_adapter()) first")
-    path = Path(spec.source).expanduser()
-    local = path.is_dir()
+    local = Path(spec.source).expanduser().is_dir()
     if not local:
-        from lorastory.eval.hub import looks_like_hub_id
-
-        if path.exists() or not looks_like_hub_id(spec.source):
-            raise ModelLoadError(f"IP-Adapter '{spec.source}': no such folder, and not a hub id (owner/name); "
-                                 f"check {IP_ADAPTER_OPTION}")
+        check_ip_adapter(spec)
     unet = pipe.unet
     saved = {"processors": unet.attn_processors, "image_encoder": getattr(pipe, "image_encoder", None),
              "feature_extractor": getattr(pipe, "feature_extractor", None)}
