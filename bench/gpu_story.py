@@ -95,8 +95,11 @@ def normalise(pipe: Any, emb: Embeds, size: int, device: str) -> dict[str, float
     return {"unet_out_std_before": round(unet_std, 4), "vae_out_std_before": round(vae_std, 4)}
 
 
-def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, cfg: float = CFG) -> tuple[torch.Tensor, float, list[float]]:
-    """One pipeline call for ``panels`` (a seeded CPU generator each), latents out; total s and per-step s."""
+def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, cfg: float = CFG,
+            **extra: Any) -> tuple[torch.Tensor, float, list[float]]:
+    """One pipeline call for ``panels`` (a seeded CPU generator each), latents out; total s and per-step s.
+
+    ``extra`` goes to the pipeline as is (e.g. ``ip_adapter_image``)."""
     generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in panels]
     marks: list[float] = []
 
@@ -112,7 +115,7 @@ def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, cf
             prompt_embeds=emb.pe[panels], pooled_prompt_embeds=emb.pp[panels],
             negative_prompt_embeds=emb.ne[panels], negative_pooled_prompt_embeds=emb.np[panels],
             num_inference_steps=steps, guidance_scale=cfg, width=size, height=size, generator=generators,
-            output_type="latent", callback_on_step_end=on_step,
+            output_type="latent", callback_on_step_end=on_step, **extra,
         ).images
     sync()
     total = time.perf_counter() - started

@@ -264,6 +264,19 @@ def model_toy(
     console.print(f"Wrote the toy {component} model to {out}", markup=False)
 
 
+@model_app.command("tiny-ip-adapter")
+def model_tiny_ip_adapter(
+    model: Annotated[Path, typer.Option(help="Diffusers model folder whose UNet the adapter must fit.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the IP-Adapter (and its image encoder) into.")],
+    seed: Annotated[int, typer.Option(help="Weights seed (same seed, same bytes).")] = 0,
+) -> None:
+    """Build a tiny random IP-Adapter-Plus for a model, in the family's published layout (for tests and demos)."""
+    from lorastory.models.ip_adapter import build_tiny_ip_adapter
+
+    build_tiny_ip_adapter(out, model, seed=seed)
+    console.print(f"Wrote a tiny IP-Adapter for {model} to {out} (consistency.ip_adapter: {out})", markup=False)
+
+
 # --- train -----------------------------------------------------------------------------
 
 
@@ -373,13 +386,20 @@ def generate_cmd(
     family: Annotated[Optional[str], typer.Option(help="kolors, sdxl or sd15 (default: detected).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Panels per batch (default: auto).")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a .ckpt/.pt LoRA (loaded with weights_only).")] = False,
+    consistency: Annotated[Optional[str], typer.Option(
+        help="Override the story's consistency mode: none, attention, reference or both.")] = None,
+    ip_adapter: Annotated[Optional[str], typer.Option(
+        help="IP-Adapter folder or hub id for the reference modes (overrides the story's).")] = None,
 ) -> None:
     """Render a story's panels, manifest and storyboard."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lorastory.generate.story import generate_story, load_story
+    from lorastory.generate.story import generate_story, load_story, with_consistency
 
     story = load_story(story_file)
+    changes = {k: v for k, v in (("mode", consistency), ("ip_adapter", ip_adapter)) if v is not None}
+    if changes:
+        story = with_consistency(story, **changes)
     out = out or Path("stories") / story_file.stem
     columns = (TextColumn("denoising"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TimeRemainingColumn())

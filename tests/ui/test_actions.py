@@ -111,3 +111,29 @@ def test_recipe_helpers():
     with pytest.raises(Exception, match="min_widht"):
         actions.add_op(text, "image_shape_filter", "min_widht: 3")
     assert "min_width" in actions.op_defaults("image_shape_filter")
+
+
+def test_story_form_consistency(story_ws, tmp_path):
+    from lorastory.ui.workspace import PathRefused
+
+    ws = story_ws
+    (ws.root / "models" / "ipa" / "image_encoder").mkdir(parents=True, exist_ok=True)
+    (ws.root / "refs").mkdir(exist_ok=True)
+    (ws.root / "refs" / "hero.png").write_bytes(b"")
+    assert actions.ip_adapter_choices(ws) == ["models/ipa"]
+    settings = actions.consistency_from_form(ws, "both", 0.6, "refs/hero.png", "models/ipa")
+    story = actions.story_from_form("t", "", "", "", [["x", "", None, ""]], {}, settings)
+    assert story.consistency.mode == "both" and story.consistency.strength == 0.6
+    assert story.consistency.reference_image == str(ws.root / "refs" / "hero.png")
+    assert story.consistency.ip_adapter == str(ws.root / "models" / "ipa")
+    assert "mode: both" in story.to_yaml()
+    # Attention alone keeps no reference fields; a hub id passes through; paths outside the workspace are refused.
+    assert actions.consistency_from_form(ws, "attention", 1.0, "refs/hero.png", "models/ipa") == {"mode": "attention",
+                                                                                                   "strength": 1.0}
+    assert actions.consistency_from_form(ws, "reference", None, "", "Kwai-Kolors/Kolors-IP-Adapter-Plus")["ip_adapter"] \
+        == "Kwai-Kolors/Kolors-IP-Adapter-Plus"
+    (tmp_path / "outside.png").write_bytes(b"")
+    with pytest.raises(PathRefused):
+        actions.consistency_from_form(ws, "reference", 1.0, str(tmp_path / "outside.png"), "")
+    with pytest.raises(Exception, match="consistency.mode"):
+        actions.story_from_form("t", "", "", "", [["x", "", None, ""]], {}, {"mode": "sometimes"})

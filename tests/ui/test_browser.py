@@ -125,6 +125,8 @@ def test_story_with_chinese_text(page, ui_workspace, shots):
             except Exception:
                 continue
         cell.get_by_text(text).wait_for(timeout=5_000)
+    page.locator("#story-consistency input").first.click()
+    page.get_by_role("option", name="attention: panels share self-attention").click()
     page.click("#generate-btn")
     page.locator("#story-status").get_by_text("story my-story: done").wait_for(timeout=120_000)
     page.locator("#storyboard img").wait_for()
@@ -132,6 +134,7 @@ def test_story_with_chinese_text(page, ui_workspace, shots):
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["title"] == "小猫的冒险"
     assert [p["prompt"] for p in manifest["panels"]] == ["一只橘色的小猫,在花园里玩耍,水彩风格", "一只橘色的小猫,在窗边睡觉,水彩风格"]
+    assert manifest["consistency"]["mode"] == "attention" and manifest["consistency"]["attention"]["renders"]
     page.screenshot(path=str(shots / "ui-story.png"), full_page=True)
 
     with page.expect_download() as download_info:

@@ -3,11 +3,15 @@
 Reads like a diffusers pipeline: check the story, load the model (and LoRA),
 then for each group of panels that share settings: encode, denoise in
 batches, decode, save. Every panel has its own seeded generator, so editing
-one panel leaves the others' pixels as they were.
+one panel leaves the others' pixels as they were — unless the story's
+``consistency`` ties the panels together (:mod:`lorastory.generate.consistency`):
+then panels of one batch share self-attention tokens, and/or every panel is
+conditioned on one reference image through an IP-Adapter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorastory import __version__
-from lorastory.config import YamlModel
+from lorastory.config import YamlModel, format_validation_error
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_write_json, atomic_write_text, file_sha256
+from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
 from lorastory.generate.samplers import check_sampler
 
 
@@ -83,6 +88,7 @@ class Story(YamlModel):
     separator: str = ","
     negative: str = ""
     defaults: PanelDefaults = Field(default_factory=PanelDefaults)
+    consistency: ConsistencySettings = Field(default_factory=ConsistencySettings)
     panels: list[Panel]
 
     @model_validator(mode="after")
@@ -165,6 +171,26 @@ class StoryResult:
 StepCallback = Callable[[int, int], None]
 
 
+def with_consistency(story: Story, **changes: Any) -> Story:
+    """``story`` with its ``consistency`` settings changed (validated; a bad value is one :class:`ConfigError`)."""
+    data = {**story.consistency.model_dump(), **changes}
+    try:
+        settings = ConsistencySettings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "consistency")) from None
+    return story.model_copy(update={"consistency": settings})
+
+
+def reference_prompt(story: Story, jobs: list[PanelJob]) -> str:
+    """What a generated reference image shows: ``reference_prompt``, else the character and style, else panel 1."""
+    settings = story.consistency
+    if settings.reference_prompt:
+        return settings.reference_prompt
+    if story.character.strip():
+        return join_prompt(story.character, story.style)
+    return jobs[0].prompt
+
+
 def generate_story(
     story: Story,
     model: str,
@@ -184,21 +210,37 @@ def generate_story(
 
     ``fast`` (default: on CUDA) fuses the LoRA and the QKV projections into the weights
     (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in is changed in place).
-    ``compile`` (default: on CUDA for stories of 200+ image-steps) also compiles the UNet's and
-    VAE's repeated blocks, with kernels cached across runs.
+    ``compile`` (default: on CUDA for stories of 200+ image-steps without ``consistency``) also
+    compiles the UNet's and VAE's repeated blocks, with kernels cached across runs.
+
+    With ``story.consistency`` on: in ``attention`` mode a group of panels renders as one batch
+    unless ``batch_size`` says otherwise (then the first batch anchors the later ones); in
+    ``reference`` mode ``reference.png`` is made first (or copied from ``reference_image``) and
+    every panel is conditioned on it. A ``pipe`` passed in gets its processors and IP-Adapter
+    state back afterwards.
     """
     import torch
 
+    from lorastory.generate.consistency import SharedAttention
     from lorastory.generate.grid import save_storyboard
     from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, save_png_with_parameters
     from lorastory.models.registry import load_pipeline
 
     # 1. check inputs and resolve the panels
     jobs = resolve_panels(story)
+    settings = story.consistency
     out_dir = Path(out)
     lora_path = Path(lora) if lora else None
     if lora_path is not None and not lora_path.is_file():
         raise ConfigError(f"LoRA {lora_path}: no such file")
+    if settings.uses_attention and compile:
+        raise ConfigError(f"consistency mode '{settings.mode}' changes the attention every step and cannot run compiled; "
+                          "leave compile off")
+    user_reference = None
+    if settings.uses_reference and settings.reference_image:
+        from lorastory.generate.consistency import load_reference_image
+
+        user_reference = load_reference_image(settings.reference_image)
 
     # 2. load the model and LoRA
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -218,45 +260,98 @@ def generate_story(
         from lorastory.generate.speed import auto_compile, prepare_for_speed
 
         image_steps = sum(job.steps for job in jobs)
-        speed = prepare_for_speed(pipe, compile=auto_compile(target, image_steps) if compile is None else compile)
+        if compile is None:
+            compile = auto_compile(target, image_steps) and settings.mode == "none"
+        speed = prepare_for_speed(pipe, compile=compile)
 
-    # 3. render group by group, in batches
+    adapter_spec = None
+    if settings.uses_reference:  # before any rendering: a missing adapter fails now, not after the reference
+        from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
+        from lorastory.models.registry import family_of_pipeline
+
+        adapter_spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
+                                          settings.image_encoder)
+        check_ip_adapter(adapter_spec)
+
+    def params(job: PanelJob, extra: dict[str, str] | None = None) -> GenerationParams:
+        return GenerationParams(
+            prompt=job.prompt, negative_prompt=job.negative, steps=job.steps, sampler=job.sampler,
+            cfg_scale=job.cfg, seed=job.seed, width=job.width, height=job.height, model=str(model),
+            lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash, extra=extra or {},
+        )
+
+    # 3. the reference image, if the story uses one: the user's, or rendered now with the plain pipeline
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    total_steps = sum(job.steps for job in jobs)
-    done_steps = 0
     base_scheduler = pipe.scheduler.config
+    reference_job = None
+    if settings.uses_reference and user_reference is None:
+        first = jobs[0]
+        reference_job = PanelJob(0, reference_prompt(story, jobs), story.negative, story.defaults.seed, first.steps,
+                                 first.cfg, first.width, first.height, first.sampler, None)
+    total_steps = sum(job.steps for job in jobs) + (reference_job.steps if reference_job else 0)
+    done_steps = 0
+    reference = reference_hash = None
+    consistency_record: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
+    if settings.uses_reference:
+        reference_file = out_dir / REFERENCE_FILE
+        if reference_job is not None:
+            [reference], seconds = _render(pipe, [reference_job], base_scheduler, target,
+                                           lambda step: on_step(step, total_steps) if on_step else None)
+            done_steps += reference_job.steps
+            save_png_with_parameters(reference, reference_file, params(reference_job, {"Consistency": "reference image"}))
+            consistency_record["reference"] = {"file": REFERENCE_FILE, "source": "generated", "prompt": reference_job.prompt,
+                                               "seed": reference_job.seed, "seconds": round(seconds, 3)}
+        else:
+            reference = user_reference
+            _save_png(reference, reference_file)
+            consistency_record["reference"] = {"file": REFERENCE_FILE, "source": str(settings.reference_image),
+                                               "sha256": file_sha256(settings.reference_image)}
+        digest = file_sha256(reference_file)
+        consistency_record["reference"]["png_sha256"] = digest
+        reference_hash = digest[:10]
+    describe = {"Consistency": settings.describe(reference_hash)} if settings.mode != "none" else None
+
+    # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
+    shared = SharedAttention(settings) if settings.uses_attention else None
     groups: dict[tuple[Any, ...], list[PanelJob]] = {}
     for job in jobs:
         groups.setdefault(job.group_key(), []).append(job)
     timings: dict[int, float] = {}
-    for group in groups.values():
-        size = batch_size or (8 if target.type == "cuda" else 2)
-        start = 0
-        while start < len(group):
-            chunk = group[start : start + size]
-            try:
-                images, seconds = _render(pipe, chunk, base_scheduler, target,
-                                          lambda step: on_step(done_steps + step * len(chunk), total_steps) if on_step else None)
-            except torch.cuda.OutOfMemoryError:
-                if size == 1:
-                    raise
-                size = max(1, size // 2)
-                torch.cuda.empty_cache()
-                warnings.warn(f"out of GPU memory; retrying with batch size {size}", stacklevel=2)
-                continue
-            done_steps += chunk[0].steps * len(chunk)
-            for job, image in zip(chunk, images):
-                params = GenerationParams(
-                    prompt=job.prompt, negative_prompt=job.negative, steps=job.steps, sampler=job.sampler,
-                    cfg_scale=job.cfg, seed=job.seed, width=job.width, height=job.height, model=str(model),
-                    lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash,
-                )
-                save_png_with_parameters(image, out_dir / job.file_name, params)
-                timings[job.index] = seconds / len(chunk)
-            start += len(chunk)
+    rendered = 0
+    with contextlib.ExitStack() as stack:
+        if adapter_spec is not None:
+            from lorastory.models.ip_adapter import ip_adapter_loaded
 
-    # 4. storyboard, manifest, resolved story
+            adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
+            consistency_record["ip_adapter"] = adapter.as_dict()
+        for group in groups.values():
+            # Shared attention reaches only batch-mates: a whole group is one batch unless told otherwise.
+            size = batch_size or (len(group) if shared else (8 if target.type == "cuda" else 2))
+            start = 0
+            while start < len(group):
+                chunk = group[start : start + size]
+                try:
+                    images, seconds = _render(pipe, chunk, base_scheduler, target,
+                                              lambda step: on_step(done_steps + step * len(chunk), total_steps) if on_step else None,
+                                              shared=shared, more_batches=rendered + len(chunk) < len(jobs), ip_image=reference)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    size = max(1, size // 2)
+                    torch.cuda.empty_cache()
+                    warnings.warn(f"out of GPU memory; retrying with batch size {size}", stacklevel=2)
+                    continue
+                done_steps += chunk[0].steps * len(chunk)
+                for job, image in zip(chunk, images):
+                    save_png_with_parameters(image, out_dir / job.file_name, params(job, describe))
+                    timings[job.index] = seconds / len(chunk)
+                start += len(chunk)
+                rendered += len(chunk)
+    if shared is not None:
+        consistency_record["attention"] = shared.summary()
+
+    # 5. storyboard, manifest, resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]
     storyboard = out_dir / "storyboard.png"
     save_storyboard(panel_paths, storyboard, cols=2, title=story.title or None,
@@ -272,6 +367,7 @@ def generate_story(
         "lora": {"path": str(lora_path), "sha256": file_sha256(lora_path), "scale": lora_scale} if lora_path else None,
         "device": str(target),
         "speed": str(speed) if speed else None,
+        "consistency": {"mode": settings.mode, **consistency_record},
         "seconds": round(seconds, 3),
         "panels": [
             {"file": job.file_name, "prompt": job.prompt, "negative": job.negative, "seed": job.seed,
@@ -285,8 +381,28 @@ def generate_story(
     return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
 
 
-def _render(pipe: Any, chunk: list[PanelJob], base_scheduler: Any, device: Any, on_step: Callable[[int], None] | None) -> tuple[list[Any], float]:
-    """One batched pipeline call: a generator per panel, so batching does not change a panel."""
+def _save_png(image: Any, path: Path) -> None:
+    from lorastory.fileio import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")
+
+
+def _render(
+    pipe: Any,
+    chunk: list[PanelJob],
+    base_scheduler: Any,
+    device: Any,
+    on_step: Callable[[int], None] | None,
+    shared: Any = None,
+    more_batches: bool = False,
+    ip_image: Any = None,
+) -> tuple[list[Any], float]:
+    """One batched pipeline call: a generator per panel, so batching does not change a panel.
+
+    ``shared`` (a :class:`~lorastory.generate.consistency.SharedAttention`) ties the batch's panels
+    together for the call; ``ip_image`` is the reference image for a loaded IP-Adapter.
+    """
     import torch
 
     from lorastory.generate.samplers import make_scheduler
@@ -301,8 +417,10 @@ def _render(pipe: Any, chunk: list[PanelJob], base_scheduler: Any, device: Any, 
             on_step(step + 1)
         return kwargs
 
+    extra = {"ip_adapter_image": ip_image} if ip_image is not None else {}
+    sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()
     started = time.perf_counter()
-    with speed_context(pipe):
+    with speed_context(pipe), sharing:
         images = pipe(
             prompt=[job.prompt for job in chunk],
             negative_prompt=[job.negative for job in chunk],
@@ -312,6 +430,7 @@ def _render(pipe: Any, chunk: list[PanelJob], base_scheduler: Any, device: Any, 
             height=first.height,
             generator=generators,
             callback_on_step_end=step_end,
+            **extra,
         ).images
     return images, time.perf_counter() - started
 
@@ -342,6 +461,10 @@ def regenerate_panel(
     run's model, LoRA and settings (``model``/``lora`` override the manifest's
     paths), then swapped in; the storyboard, manifest and story.yaml are
     rewritten to match. ``before_swap`` may raise to cancel with nothing changed.
+
+    With shared attention on, a panel depends on its batch-mates, so the whole story is
+    rendered again (with the new seed for this panel) and only this panel is kept. A
+    reference-conditioned run reuses its ``reference.png``.
     """
     import shutil
 
@@ -355,22 +478,26 @@ def regenerate_panel(
     recorded_lora = manifest.get("lora") or None
     lora = lora or (recorded_lora["path"] if recorded_lora else None)
     panel = story.panels[index - 1].model_copy(update={"seed": int(seed)})
-    staging = folder.with_name(f".{folder.name}.panel-{index:02d}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        single = story.model_copy(update={"panels": [panel], "title": ""})
-        generate_story(single, model or manifest["model"], staging, lora=lora,
-                       lora_scale=recorded_lora["scale"] if recorded_lora else 1.0, on_step=on_step, pipe=pipe)
-        record = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))["panels"][0]
-        record["file"] = f"panel-{index:02d}.png"
-        if before_swap is not None:
-            before_swap()
-        os.replace(staging / "panel-01.png", folder / record["file"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     panels = list(story.panels)
     panels[index - 1] = panel
     updated = story.model_copy(update={"panels": panels})
+    staging = folder.with_name(f".{folder.name}.panel-{index:02d}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    whole = story.consistency.uses_attention
+    render = updated.model_copy(update={"title": ""}) if whole else story.model_copy(update={"panels": [panel], "title": ""})
+    if render.consistency.uses_reference and (folder / REFERENCE_FILE).is_file():
+        render = with_consistency(render, reference_image=str(folder / REFERENCE_FILE), reference_prompt=None)
+    try:
+        generate_story(render, model or manifest["model"], staging, lora=lora,
+                       lora_scale=recorded_lora["scale"] if recorded_lora else 1.0, on_step=on_step, pipe=pipe)
+        record = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))["panels"][index - 1 if whole else 0]
+        staged = staging / record["file"]
+        record["file"] = f"panel-{index:02d}.png"
+        if before_swap is not None:
+            before_swap()
+        os.replace(staged, folder / record["file"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     manifest["panels"][index - 1] = record
     captions = [p.get("caption") for p in manifest["panels"]]
     save_storyboard([folder / p["file"] for p in manifest["panels"]], folder / manifest.get("storyboard", "storyboard.png"),

@@ -84,6 +84,12 @@ def lora_choices(ws: Workspace) -> list[str]:
     return ws.list("runs", "*/lora*.safetensors") + ws.list("models", "*lora*.safetensors")
 
 
+def ip_adapter_choices(ws: Workspace) -> list[str]:
+    """IP-Adapter folders in ``models/``: those with a CLIP image encoder where the published layouts keep it."""
+    return [p for p in ws.list("models", "*", dirs=True)
+            if (ws.root / p / "image_encoder").is_dir() or (ws.root / p / "models" / "image_encoder").is_dir()]
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -360,9 +366,30 @@ def run_samples(ws: Workspace, out: str | None) -> list[str]:
 STORY_COLUMNS = ["prompt", "caption", "seed", "negative"]
 
 
+def consistency_from_form(ws: Workspace, mode: str | None, strength: float | None, reference_image: str | None,
+                          ip_adapter: str | None) -> dict[str, Any]:
+    """The story's ``consistency`` settings from the Story tab; paths are checked against the workspace.
+
+    The reference image is a workspace path (empty: one is generated); the IP-Adapter a folder
+    in the workspace or a hub id (empty: the family's published one).
+    """
+    settings: dict[str, Any] = {"mode": mode or "none"}
+    if strength is not None:
+        settings["strength"] = float(strength)
+    if settings["mode"] in ("reference", "both"):
+        if reference_image and reference_image.strip():
+            settings["reference_image"] = str(ws.resolve(reference_image.strip(), must_exist=True))
+        if ip_adapter and ip_adapter.strip():
+            settings["ip_adapter"] = resolve_model(ws, ip_adapter)
+    return settings
+
+
 def story_from_form(title: str, character: str, style: str, negative: str, rows: list[list[Any]],
-                    defaults: dict[str, Any]) -> Any:
-    """A validated :class:`Story` from the Story tab (table rows: prompt, caption, seed, negative)."""
+                    defaults: dict[str, Any], consistency: dict[str, Any] | None = None) -> Any:
+    """A validated :class:`Story` from the Story tab (table rows: prompt, caption, seed, negative).
+
+    ``consistency`` is what :func:`consistency_from_form` returns (default: none).
+    """
     from lorastory.generate.story import Story
 
     panels = []
@@ -383,7 +410,8 @@ def story_from_form(title: str, character: str, style: str, negative: str, rows:
             panel["negative"] = str(neg)
         panels.append(panel)
     data = {"title": title or "", "character": character or "", "style": style or "", "negative": negative or "",
-            "defaults": {k: v for k, v in defaults.items() if not _blank(v)}, "panels": panels}
+            "defaults": {k: v for k, v in defaults.items() if not _blank(v)}, "consistency": consistency or {},
+            "panels": panels}
     for key in ("steps", "width", "height", "seed"):
         if key in data["defaults"]:
             data["defaults"][key] = int(data["defaults"][key])

@@ -2,7 +2,7 @@
 
 Tabs: Data (import, recipe, per-op table, kept/dropped galleries, export),
 Train (form with presets, background job, loss plot, samples), Story (panels
-table, generate, storyboard, regenerate a panel, zip), Gallery / Eval
+table, consistent-character mode, generate, storyboard, regenerate a panel, zip), Gallery / Eval
 (earlier runs with their PNG parameters, manifests and scores).
 
 The app reads and serves only its workspace: Gradio's upload/cache folder is
@@ -28,6 +28,8 @@ from lorastory.ui.workspace import Workspace
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 AUTH_ENV = "LORASTORY_UI_AUTH"
 SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DDIM", "UniPC", "Heun"]
+CONSISTENCY_MODES = [("none: panels independent", "none"), ("attention: panels share self-attention", "attention"),
+                     ("reference: one reference image (IP-Adapter)", "reference"), ("both", "both")]
 CSS = """
 .mono textarea { font-family: ui-monospace, 'Noto Sans Mono CJK SC', monospace !important; font-size: 13px !important; }
 .status { min-height: 1.5em; }
@@ -221,6 +223,16 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
                 s_height = gr.Number(label="height", value=1024, precision=0, elem_id="story-height")
                 s_seed = gr.Number(label="seed", value=0, precision=0)
                 s_sampler = gr.Dropdown(label="sampler", choices=SAMPLERS, value="Euler")
+            with gr.Row():
+                s_consistency = gr.Dropdown(label="Consistent character", choices=CONSISTENCY_MODES, value="none",
+                                            elem_id="story-consistency")
+                s_strength = gr.Slider(label="consistency strength", minimum=0, maximum=1, step=0.05, value=1.0,
+                                       elem_id="story-consistency-strength")
+                s_reference = gr.Textbox(label="Reference image (workspace path; empty: generated)", value="",
+                                         elem_id="story-reference")
+                s_ip_adapter = gr.Dropdown(label="IP-Adapter (folder in models/ or hub id; empty: the model's default)",
+                                           choices=[""] + actions.ip_adapter_choices(ws), value="", allow_custom_value=True,
+                                           elem_id="story-ip-adapter")
             panels = gr.Dataframe(headers=actions.STORY_COLUMNS, datatype=["str", "str", "number", "str"],
                                   value=[["", "", None, ""], ["", "", None, ""]], interactive=True,
                                   column_count=4, label="Panels (prompt, caption, seed: empty = story seed + n - 1)",
@@ -425,11 +437,14 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
 
         # ================================================================== handlers: Story
 
-        def form_story(title, character, style, negative, steps, cfg, width, height, seed_value, sampler, rows):
+        def form_story(title, character, style, negative, steps, cfg, width, height, seed_value, sampler, rows,
+                       mode, strength, reference, ip_adapter):
             defaults = {"steps": steps, "cfg": cfg, "width": width, "height": height, "seed": seed_value, "sampler": sampler}
-            return actions.story_from_form(title, character, style, negative, _rows(rows), defaults)
+            consistency = actions.consistency_from_form(ws, mode, strength, reference, ip_adapter)
+            return actions.story_from_form(title, character, style, negative, _rows(rows), defaults, consistency)
 
-        story_inputs = [s_title, s_character, s_style, s_negative, s_steps, s_cfg, s_width, s_height, s_seed, s_sampler, panels]
+        story_inputs = [s_title, s_character, s_style, s_negative, s_steps, s_cfg, s_width, s_height, s_seed, s_sampler, panels,
+                        s_consistency, s_strength, s_reference, s_ip_adapter]
 
         def on_generate(*values):
             *story_values, model, lora, scale, name = values
@@ -445,14 +460,15 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
 
         def on_load_example(name):
             if not name:
-                return [gr.skip()] * 11
+                return [gr.skip()] * len(story_inputs)
             from lorastory.demo import EXAMPLES
             from lorastory.generate.story import load_story
 
             story = load_story(EXAMPLES / name)
-            d = story.defaults
+            d, c = story.defaults, story.consistency
             return (story.title, story.character, story.style, story.negative, d.steps, d.cfg, d.width, d.height,
-                    d.seed, d.sampler, actions.story_rows(story))
+                    d.seed, d.sampler, actions.story_rows(story), c.mode, c.strength, c.reference_image or "",
+                    c.ip_adapter or "")
 
         load_example_btn.click(on_load_example, example, story_inputs)
 
@@ -518,9 +534,10 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         def on_refresh():
             return (gr.update(choices=actions.story_runs(ws)), gr.update(choices=actions.train_runs(ws)),
                     gr.update(choices=actions.clip_choices(ws)), gr.update(choices=actions.model_choices(ws)),
-                    gr.update(choices=actions.model_choices(ws)), gr.update(choices=[""] + actions.lora_choices(ws)))
+                    gr.update(choices=actions.model_choices(ws)), gr.update(choices=[""] + actions.lora_choices(ws)),
+                    gr.update(choices=[""] + actions.ip_adapter_choices(ws)))
 
-        g_refresh.click(on_refresh, None, [g_run, g_train_run, g_clip, t_model, s_model, s_lora])
+        g_refresh.click(on_refresh, None, [g_run, g_train_run, g_clip, t_model, s_model, s_lora, s_ip_adapter])
 
         def on_train_run(run):
             if not run:

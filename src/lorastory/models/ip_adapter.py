@@ -1,0 +1,320 @@
+"""IP-Adapter (Plus) for a reference image: where each family's adapter lives, loading it, a tiny one.
+
+An IP-Adapter adds a second cross-attention to the UNet whose keys and values come from a
+reference image (CLIP vision features resampled to a few tokens); :func:`ip_adapter_loaded`
+puts one into a pipeline through diffusers' own loader (``pipe.load_ip_adapter``) and takes it
+out again afterwards. Only safetensors files are read.
+
+A source is a local folder or a hub id laid out like the published adapters: the weights
+file at ``weight`` and the CLIP vision encoder in the ``image_encoder`` folder, both relative
+to the source (:data:`DEFAULT_IP_ADAPTERS` lists each family's). Offline, a hub id that is not
+in the local cache fails at once with one line naming it and how to download it.
+
+:func:`build_tiny_ip_adapter` writes a randomly initialised IP-Adapter-Plus for a given UNet in
+that same layout and file format (``image_proj.*`` / ``ip_adapter.*`` keys, the original
+IP-Adapter names that diffusers converts on load), so tests and demos run the real loading path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lorastory.errors import ConfigError
+from lorastory.fileio import atomic_dir
+from lorastory.models.registry import ModelLoadError
+
+IP_ADAPTER_OPTION = "consistency.ip_adapter"
+
+
+@dataclass(frozen=True)
+class IpAdapterSource:
+    """Where an IP-Adapter's files are: a folder or hub id, the weights file and the image encoder folder in it."""
+
+    source: str
+    weight: str
+    image_encoder: str
+    revision: str | None = None
+
+    @property
+    def subfolder(self) -> str:
+        parent = PurePosixPath(self.weight).parent.as_posix()
+        return "" if parent == "." else parent
+
+    @property
+    def weight_name(self) -> str:
+        return PurePosixPath(self.weight).name
+
+
+# Each family's published IP-Adapter Plus. Kolors' safetensors files are on the hub's refs/pr/4
+# (its main branch has pickles only, which are never loaded here).
+DEFAULT_IP_ADAPTERS: dict[str, IpAdapterSource] = {
+    "kolors": IpAdapterSource("Kwai-Kolors/Kolors-IP-Adapter-Plus", "ip_adapter_plus_general.safetensors",
+                              "image_encoder", revision="refs/pr/4"),
+    "sdxl": IpAdapterSource("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors", "models/image_encoder"),
+    "sd15": IpAdapterSource("h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors", "models/image_encoder"),
+}
+
+
+def resolve_ip_adapter(family: str, source: str | None = None, weight: str | None = None,
+                       image_encoder: str | None = None) -> IpAdapterSource:
+    """The family's default adapter with what the user set in its place (a revision only for the default id)."""
+    default = DEFAULT_IP_ADAPTERS[family]
+    spec = replace(default, source=source or default.source,
+                   revision=default.revision if (source or default.source) == default.source else None)
+    spec = replace(spec, weight=weight or spec.weight, image_encoder=image_encoder or spec.image_encoder)
+    if not spec.weight.endswith(".safetensors"):
+        raise ConfigError(f"IP-Adapter weights {spec.weight}: only .safetensors files are loaded; convert it or pick "
+                          "the .safetensors file of the adapter")
+    return spec
+
+
+@dataclass
+class IpAdapterInfo:
+    """What :func:`ip_adapter_loaded` put into the pipeline (recorded in the manifest)."""
+
+    source: str
+    weight: str
+    image_encoder: str
+    revision: str | None
+    scale: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "weight": self.weight, "image_encoder": self.image_encoder,
+                "revision": self.revision, "scale": self.scale}
+
+
+def _load_error(spec: IpAdapterSource, err: BaseException, local: bool) -> ModelLoadError:
+    from lorastory.eval.hub import first_line
+
+    if local:
+        return ModelLoadError(f"cannot load the IP-Adapter in {spec.source} ({spec.weight}, {spec.image_encoder}/): "
+                              f"{first_line(err)}")
+    return ModelLoadError(f"cannot load IP-Adapter '{spec.source}' ({spec.weight}) from the hub: {first_line(err)}")
+
+
+def _offline_error(spec: IpAdapterSource) -> ModelLoadError:
+    from lorastory.eval.hub import offline_by_env
+
+    reason = "HF_HUB_OFFLINE is set" if offline_by_env() else "the hub cannot be reached"
+    revision = f" --revision {spec.revision}" if spec.revision else ""
+    return ModelLoadError(
+        f"IP-Adapter '{spec.source}' is not in the local Hugging Face cache and {reason}; download it where you have "
+        f"network (hf download {spec.source}{revision} --local-dir DIR) and set {IP_ADAPTER_OPTION}: DIR"
+    )
+
+
+def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPVisionModelWithProjection
+
+    from lorastory.models.tiny_clip import quiet_transformers
+
+    with quiet_transformers():
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            spec.source, subfolder=spec.image_encoder, use_safetensors=True, local_files_only=local_only,
+            revision=spec.revision, dtype=pipe.unet.dtype,
+        )
+    pipe.register_modules(image_encoder=encoder.to(pipe.unet.device))
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" on every load
+    try:
+        pipe.load_ip_adapter(spec.source, subfolder=spec.subfolder, weight_name=spec.weight_name,
+                             image_encoder_folder=None, local_files_only=local_only, revision=spec.revision)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def check_ip_adapter(spec: IpAdapterSource) -> None:
+    """Fail early, before any work, when ``spec`` cannot be loaded from here (missing files, offline hub id)."""
+    from lorastory.eval.hub import hub_reachable, looks_like_hub_id
+
+    path = Path(spec.source).expanduser()
+    if path.is_dir():
+        missing = [name for name in (spec.weight, f"{spec.image_encoder}/config.json") if not (path / name).is_file()]
+        if missing:
+            raise ModelLoadError(f"IP-Adapter folder {spec.source} has no {missing[0]}; set {IP_ADAPTER_OPTION} to a folder "
+                                 f"laid out like {DEFAULT_IP_ADAPTERS['kolors'].source} (or ip_adapter_weight / image_encoder)")
+        return
+    if path.exists() or not looks_like_hub_id(spec.source):
+        raise ModelLoadError(f"IP-Adapter '{spec.source}': no such folder, and not a hub id (owner/name); "
+                             f"check {IP_ADAPTER_OPTION}")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec.source, spec.weight, revision=spec.revision)
+    if not isinstance(cached, str) and not hub_reachable():
+        raise _offline_error(spec)
+
+
+@contextlib.contextmanager
+def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterator[IpAdapterInfo]:
+    """Load ``spec`` into ``pipe`` at ``scale`` for the block, then restore the pipeline as it was.
+
+    Restored: the UNet's attention processors (the very objects, so fused-QKV processors stay
+    fused), its text projection (Kolors), and the pipeline's image encoder and feature extractor.
+    """
+    from lorastory.eval.hub import hub_reachable
+
+    if getattr(getattr(pipe, "unet", None), "encoder_hid_proj", None) is not None and \
+            type(pipe.unet.encoder_hid_proj).__name__ == "MultiIPAdapterImageProjection":
+        raise ConfigError("the pipeline already has an IP-Adapter loaded; unload it (pipe.unload_ip_adapter()) first")
+    local = Path(spec.source).expanduser().is_dir()
+    if not local:
+        check_ip_adapter(spec)
+    unet = pipe.unet
+    saved = {"processors": unet.attn_processors, "image_encoder": getattr(pipe, "image_encoder", None),
+             "feature_extractor": getattr(pipe, "feature_extractor", None)}
+    pipe.register_modules(image_encoder=None)
+    try:
+        try:
+            _load_into(pipe, spec, local_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means these files cannot be used
+            if local:
+                raise _load_error(spec, err, local) from None
+            _restore(pipe, saved)
+            if not hub_reachable():
+                raise _offline_error(spec) from None
+            try:
+                _load_into(pipe, spec, local_only=False)
+            except Exception as hub_err:  # noqa: BLE001
+                raise _load_error(spec, hub_err, local) from None
+        pipe.set_ip_adapter_scale(scale)
+        yield IpAdapterInfo(spec.source, spec.weight, spec.image_encoder, spec.revision, scale)
+    finally:
+        _restore(pipe, saved)
+
+
+def _restore(pipe: Any, saved: dict[str, Any]) -> None:
+    unet = pipe.unet
+    if type(getattr(unet, "encoder_hid_proj", None)).__name__ == "MultiIPAdapterImageProjection":
+        pipe.unload_ip_adapter()
+    elif getattr(unet, "text_encoder_hid_proj", None) is not None:  # a load that failed half way (Kolors)
+        unet.encoder_hid_proj = unet.text_encoder_hid_proj
+        unet.text_encoder_hid_proj = None
+        unet.config.encoder_hid_dim_type = "text_proj"
+    unet.set_attn_processor(dict(saved["processors"]))  # diffusers empties the dict it is given
+    pipe.register_modules(image_encoder=saved["image_encoder"], feature_extractor=saved["feature_extractor"])
+
+
+# --------------------------------------------------------------------------- a tiny random adapter
+
+
+def _cross_attention_layers(unet: Any) -> list[Any]:
+    """The UNet's cross-attention modules in the order diffusers numbers IP-Adapter weights (1, 3, 5, ...)."""
+    layers = []
+    for name in unet.attn_processors:
+        if not name.endswith("attn1.processor"):
+            layers.append(unet.get_submodule(name.removesuffix(".processor")))
+    return layers
+
+
+# Inside one resampler layer: diffusers' names → the original IP-Adapter-Plus ones (to_k and to_v are one to_kv there).
+_RESAMPLER_RENAMES = (("ln0.", "0.norm1."), ("ln1.", "0.norm2."), ("attn.to_q.", "0.to_q."), ("attn.to_out.0.", "0.to_out."),
+                      ("ff.0.", "1.0."), ("ff.1.net.0.proj.", "1.1."), ("ff.1.net.2.", "1.3."))
+
+
+def _original_resampler_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """diffusers' ``IPAdapterPlusImageProjection`` names → the original IP-Adapter-Plus names diffusers reads."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            out[key] = value
+            continue
+        prefix, rest = f"layers.{parts[1]}", ".".join(parts[2:])
+        if rest == "attn.to_k.weight":
+            out[f"{prefix}.0.to_kv.weight"] = torch.cat([value, state[f"{prefix}.attn.to_v.weight"]])
+            continue
+        if rest == "attn.to_v.weight":
+            continue
+        new, old = next(((new, old) for old, new in _RESAMPLER_RENAMES if rest.startswith(old)), (None, None))
+        if new is None:
+            raise ValueError(f"unexpected resampler weight {key}")
+        out[f"{prefix}.{new}{rest[len(old):]}"] = value
+    return out
+
+
+def ip_adapter_state_dict(unet: Any, image_embed_dim: int, num_tokens: int = 4, hidden_dim: int = 64,
+                          seed: int = 0) -> dict[str, Any]:
+    """A random IP-Adapter-Plus for ``unet`` as the flat safetensors dict (``image_proj.*``, ``ip_adapter.*``).
+
+    ``image_embed_dim`` is the vision encoder's hidden size; the resampler has diffusers' fixed
+    depth 4 and 64-wide heads (``hidden_dim`` a multiple of 64).
+    """
+    import torch
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    layers = _cross_attention_layers(unet)
+    if not layers:
+        raise ConfigError("this UNet has no cross-attention layers to attach an IP-Adapter to")
+    cross_dim = layers[0].to_k.in_features
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        resampler = IPAdapterPlusImageProjection(embed_dims=image_embed_dim, output_dims=cross_dim, hidden_dims=hidden_dim,
+                                                 heads=hidden_dim // 64, num_queries=num_tokens)
+        flat = {f"image_proj.{k}": v.detach().clone().contiguous()
+                for k, v in _original_resampler_keys(resampler.state_dict()).items()}
+        for index, attn in enumerate(layers):
+            key_id = 2 * index + 1
+            for part in ("to_k_ip", "to_v_ip"):
+                linear = torch.nn.Linear(cross_dim, attn.to_k.out_features, bias=False)
+                flat[f"ip_adapter.{key_id}.{part}.weight"] = linear.weight.detach().clone().contiguous()
+    return flat
+
+
+def tiny_image_encoder(image_size: int = 32, hidden: int = 32, seed: int = 0) -> Any:
+    """A tiny random ``CLIPVisionModelWithProjection`` (what IP-Adapters read images with)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=image_size // 4, projection_dim=hidden)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPVisionModelWithProjection(config).eval()
+
+
+def _unet_of(model: str | os.PathLike[str]) -> tuple[Any, str]:
+    """The UNet of a diffusers model folder (built from its config, random weights) and the folder's family."""
+    from diffusers import UNet2DConditionModel
+
+    from lorastory.models.registry import detect_family
+
+    folder = Path(model)
+    family = detect_family(folder).name
+    config_file = folder / "unet" / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{folder}: no unet/config.json")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    return UNet2DConditionModel.from_config(config), family
+
+
+def build_tiny_ip_adapter(out_dir: str | os.PathLike[str], model: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a random IP-Adapter-Plus fitting the UNet of the diffusers folder ``model`` at ``out_dir``.
+
+    The folder has the model family's published layout (:data:`DEFAULT_IP_ADAPTERS`), so it loads
+    with the default ``weight`` and ``image_encoder`` names. The same seed gives the same bytes.
+    """
+    from safetensors.torch import save_file
+
+    from lorastory.models.tiny_clip import quiet_transformers
+
+    unet, family = _unet_of(model)
+    spec = DEFAULT_IP_ADAPTERS[family]
+    encoder = tiny_image_encoder(seed=seed)
+    state = ip_adapter_state_dict(unet, encoder.config.hidden_size, seed=seed)
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        weight = tmp / spec.weight
+        weight.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(weight), metadata={"format": "pt"})  # one key: safetensors orders several at random
+        with quiet_transformers():
+            encoder.save_pretrained(tmp / spec.image_encoder, safe_serialization=True)
+    return out
