@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -507,8 +508,14 @@ def stage_diffusion(args: argparse.Namespace, device: torch.device, scratch: Pat
 
     out = Path(args.out)
     torch.manual_seed(args.seed)
-    pipe = build_toy_kolors(scratch, seed=args.seed)
-    pipe.vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32)
+    if args.init:  # continue training a toy Kolors folder (its tokenizer, text encoder, UNet and VAE)
+        from diffusers import KolorsPipeline
+
+        pipe = KolorsPipeline.from_pretrained(args.init, torch_dtype=torch.float32)
+        shutil.copy(Path(args.init) / "tokenizer" / "tokenizer.model", scratch / "toy_spm.model")
+    else:
+        pipe = build_toy_kolors(scratch, seed=args.seed)
+        pipe.vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32)
     processor = ChineseCLIPProcessor.from_pretrained(out / "clip")
     _log("rendering")
     data = render_dataset(args.scenes, args.seed + 17, False, scratch / "toy_spm.model", processor.tokenizer.get_vocab(), args.workers)
@@ -567,6 +574,7 @@ def main() -> None:
     parser.add_argument("--unet-steps", type=int, default=0, help="0: as many as fit --max-seconds-unet")
     parser.add_argument("--unet-batch", type=int, default=256)
     parser.add_argument("--unet-lr", type=float, default=4e-4)
+    parser.add_argument("--init", help="diffusion: continue from this toy Kolors folder instead of random weights")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--eval-count", type=int, default=256)
