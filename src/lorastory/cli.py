@@ -569,11 +569,16 @@ def _print_compare(compare: dict) -> None:
 
 
 @app.command("demo")
-def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path("demo-out")) -> None:
-    """Run the whole job offline on the embedded default data."""
-    from lorastory.demo import run_demo
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path("demo-out"),
+    pictures: Annotated[int, typer.Option(min=8, help="Toy-world pictures to draw and curate.")] = 120,
+    train_steps: Annotated[int, typer.Option(min=1, help="LoRA training steps.")] = 300,
+    story_steps: Annotated[int, typer.Option(min=1, help="Sampling steps per panel.")] = 30,
+) -> None:
+    """Run the whole job offline on the embedded toy model: data → curation → style LoRA → story → scores."""
+    from lorastory.demo import DemoSize, run_demo
 
-    run_demo(out, console)
+    run_demo(out, console, DemoSize(pictures=pictures, train_steps=train_steps, story_steps=story_steps))
 
 
 # --- ui --------------------------------------------------------------------------------

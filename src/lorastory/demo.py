@@ -90,7 +90,7 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     run = out / "lora"
     config = TrainConfig(
         model=str(model), data=str(out / "train"), out=str(run), resolution=TOY_RESOLUTION, rank=8, alpha=8,
-        lr=1e-3, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=100,
+        lr=5e-4, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=100,
         gradient_checkpointing=False, seed=0,
     )
     trained = train(config, say=lambda message: console.print(f"     {message}", markup=False))

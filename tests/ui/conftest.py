@@ -65,12 +65,13 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def ui_workspace(tmp_path_factory, tiny_model_path):
-    """A workspace with the tiny Kolors as its default model, a folder of images, and a secret outside it."""
+def ui_workspace(tmp_path_factory, toy_model_path):
+    """A workspace with the toy Kolors as its default model, a folder of images, and a secret outside it."""
     root = tmp_path_factory.mktemp("ui")
     ws = root / "workspace"
     (ws / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model_path("kolors"), ws / "models" / "tiny-kolors")
+    shutil.copytree(toy_model_path("kolors"), ws / "models" / "toy-kolors")
+    shutil.copytree(toy_model_path("clip"), ws / "models" / "toy-clip")
     sizes = [(96, 80), (96, 80), (80, 96), (96, 96), (32, 32), (40, 24)]
     write_images(ws / "incoming", sizes, ["二次元 少女", "二次元 城市", "风景", "猫", "tiny one", "tiny two"])
     (root / "secret").mkdir()

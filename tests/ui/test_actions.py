@@ -35,9 +35,9 @@ def test_cli_refuses_open_bind(cli, monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def story_ws(tmp_path_factory, tiny_model_path):
+def story_ws(tmp_path_factory, toy_model_path):
     ws = Workspace(tmp_path_factory.mktemp("story") / "ws")
-    shutil.copytree(tiny_model_path("kolors"), ws.root / "models" / "tiny-kolors")
+    shutil.copytree(toy_model_path("kolors"), ws.root / "models" / "toy-kolors")
     return ws
 
 

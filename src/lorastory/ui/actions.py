@@ -29,7 +29,8 @@ from lorastory.fileio import atomic_open, atomic_write_text, replace_dir
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import PathRefused, Workspace
 
-DEFAULT_MODEL = "models/tiny-kolors"
+DEFAULT_MODEL = "models/toy-kolors"
+DEFAULT_CLIP = "models/toy-clip"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -37,13 +38,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def ensure_default_model(ws: Workspace, say: Callable[[str], None] = print) -> Path:
-    """The workspace's default model; a tiny random Kolors is built there when there is none."""
-    target = ws.resolve(DEFAULT_MODEL)
-    if not (target / "model_index.json").is_file():
-        from lorastory.models.tiny import build_tiny_model
+    """The workspace's default model: the embedded toy Kolors (and toy CLIP for scoring), written
+    there when missing."""
+    from lorastory.models.toy import write_toy_model
 
-        say(f"building a tiny Kolors model in {target} (the default until you add a real one)...")
-        build_tiny_model("kolors", target)
+    target = ws.resolve(DEFAULT_MODEL)
+    for folder, component in ((target, "kolors"), (ws.resolve(DEFAULT_CLIP), "clip")):
+        if not any(folder.glob("*.json")):
+            say(f"writing the embedded toy {component} model to {folder} (the default until you add a real one)...")
+            write_toy_model(folder, component)
     return target
 
 

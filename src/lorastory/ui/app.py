@@ -282,8 +282,9 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
                 g_scores = gr.JSON(label="scores.json")
             gr.Markdown("### Score a run")
             with gr.Row():
-                g_clip = gr.Dropdown(label="CLIP model (folder in models/)", choices=actions.clip_choices(ws),
-                                     allow_custom_value=True)
+                clips = actions.clip_choices(ws)
+                g_clip = gr.Dropdown(label="CLIP model (folder in models/)", choices=clips, allow_custom_value=True,
+                                     value=actions.DEFAULT_CLIP if actions.DEFAULT_CLIP in clips else None)
                 g_compare = gr.Checkbox(label="LoRA on/off comparison", value=False)
                 g_eval_btn = gr.Button("Score run")
             eval_status = gr.Markdown(elem_id="eval-status")

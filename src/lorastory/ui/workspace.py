@@ -8,7 +8,7 @@ it is resolved (``..`` collapsed, symlinks followed) and refused with a
 
 Layout (created on first use)::
 
-    models/     model folders (a tiny Kolors is built here when there is none)
+    models/     model folders (the embedded toy Kolors and toy CLIP are written here when missing)
     uploads/    validated uploads, one folder per upload
     datasets/   imported datasets (metadata.jsonl + images/)
     recipes/    recipes saved from the editor
