@@ -126,6 +126,16 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _report(message: str, step: int, total: int, start: float, budget: float) -> bool:
+    """Log every 200 steps and the last; True once the stage's time budget is spent."""
+    if step % 200 == 0 or step == total - 1:
+        _log(f"{message} ({time.time() - start:.0f} s)")
+    if time.time() - start > budget:
+        _log(f"{message.split(' step')[0]}: time budget reached after {step + 1} steps")
+        return True
+    return False
+
+
 def _pixels(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -232,10 +242,7 @@ def train_vae(vae: Any, images: torch.Tensor, args: argparse.Namespace, device: 
         schedule.step()
         curves["reconstruction"].append(reconstruction.item())
         curves["kl"].append(kl.item())
-        if step % 200 == 0 or step == args.vae_steps - 1:
-            _log(f"vae step {step}: reconstruction {curves['reconstruction'][-1]:.4f} kl {kl.item():.3f} ({time.time() - start:.0f} s)")
-        if time.time() - start > args.max_seconds_vae:
-            _log(f"vae: time budget reached after {step + 1} steps")
+        if _report(f"vae step {step}: reconstruction {curves['reconstruction'][-1]:.4f} kl {kl.item():.3f}", step, args.vae_steps, start, args.max_seconds_vae):
             break
     vae.eval()
     return curves
@@ -293,10 +300,7 @@ def train_clip(model: Any, data: dict[str, torch.Tensor], args: argparse.Namespa
             model.logit_scale.clamp_(0, LOGIT_SCALE)
         curves["contrastive"].append(loss.item())
         curves["accuracy"].append((logits.argmax(1) == target).float().mean().item())
-        if step % 200 == 0 or step == args.clip_steps - 1:
-            _log(f"clip step {step}: loss {loss.item():.4f} in-batch top-1 {curves['accuracy'][-1]:.3f} ({time.time() - start:.0f} s)")
-        if time.time() - start > args.max_seconds_clip:
-            _log(f"clip: time budget reached after {step + 1} steps")
+        if _report(f"clip step {step}: loss {loss.item():.4f} in-batch top-1 {curves['accuracy'][-1]:.3f}", step, args.clip_steps, start, args.max_seconds_clip):
             break
     model.eval()
     with torch.no_grad():  # logits / 100 = cosine similarity, as for trained CLIP models

@@ -88,10 +88,11 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     say(f"4. exported {exported.written} training pictures to {out / 'train' / 'metadata.csv'}", markup=False)
 
     run = out / "lora"
+    # Outlines are a local, convolutional trait: the LoRA also adapts the ResNet convolutions.
     config = TrainConfig(
-        model=str(model), data=str(out / "train"), out=str(run), resolution=TOY_RESOLUTION, rank=8, alpha=8,
-        lr=5e-4, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=100,
-        gradient_checkpointing=False, seed=0,
+        model=str(model), data=str(out / "train"), out=str(run), resolution=TOY_RESOLUTION, rank=16, alpha=16,
+        lr=1e-4, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=100,
+        gradient_checkpointing=False, seed=0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
     )
     trained = train(config, say=lambda message: console.print(f"     {message}", markup=False))
     first, last = trained.losses[:20], trained.losses[-20:]
@@ -109,7 +110,7 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     say(
         f"7. scored with the toy CLIP, LoRA on vs off: style score {_fmt(style['with_lora'])} vs {_fmt(style['without_lora'])} "
         f"({_signed(style['delta'])}); story content {_fmt(content['with_lora'])} vs {_fmt(content['without_lora'])} "
-        f"({_signed(content['delta'])}); character consistency {_fmt(scores['summary']['consistency'])}",
+        f"({_signed(content['delta'])}); character consistency {scores['summary']['consistency']:.3f}",
         markup=False,
     )
     console.rule("done")

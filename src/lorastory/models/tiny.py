@@ -112,21 +112,23 @@ def _unet(cross_attention_dim: int, addition: dict[str, Any] | None, sample_size
     )
 
 
-def _vae(scaling_factor: float, sample_size: int) -> Any:
+def _vae(scaling_factor: float, sample_size: int, channels: tuple[int, ...] = (8, 16, 16, 16), groups: int = 8,
+         force_upcast: bool = True) -> Any:
+    """An 8x AutoencoderKL with 4 latent channels (the SDXL/Kolors layout, small)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=groups,
         sample_size=sample_size,
         scaling_factor=scaling_factor,
-        force_upcast=True,
+        force_upcast=force_upcast,
     )
 
 

@@ -89,21 +89,10 @@ def _unet() -> Any:
 
 
 def _vae() -> Any:
-    from diffusers import AutoencoderKL
+    from lorastory.models.tiny import _vae as vae
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 64, 128, 128),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=TOY_RESOLUTION,
-        scaling_factor=1.0,  # set from the latents' spread after the VAE is trained
-        force_upcast=False,
-    )
+    # scaling_factor is set from the latents' spread once the VAE is trained
+    return vae(1.0, TOY_RESOLUTION, channels=(32, 64, 128, 128), groups=32, force_upcast=False)
 
 
 def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:
