@@ -51,7 +51,7 @@ def test_data_ops_lists_the_operators(cli):
 @pytest.mark.slow
 def test_demo_runs_the_whole_job_end_to_end(cli, tmp_path):
     # Reduced size: the full demo (make demo) trains 300 steps on 120 pictures.
-    result = cli("demo", "--out", tmp_path / "demo", "--pictures", "40", "--train-steps", "120", "--story-steps", "12")
+    result = cli("demo", "--out", tmp_path / "demo", "--pictures", "40", "--train-steps", "200", "--story-steps", "12")
     assert result.code == 0, result.err
     demo = tmp_path / "demo"
     imported = json.loads((demo / "dataset" / "import_report.json").read_text(encoding="utf-8"))

@@ -121,6 +121,13 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def _move(module: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """Move to the device; cast only when needed (a diffusers model warns on every cast with a dtype)."""
+    module.to(device)
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
@@ -255,13 +262,13 @@ def train(
     unet = pipe.unet
     unet.requires_grad_(False)
     weight_dtype = _weight_dtype(mixed_precision)
-    unet.to(device, dtype=weight_dtype)
+    _move(unet, device, weight_dtype)
     spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
                     target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
     text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
     for encoder in text_encoders.values():
         encoder.requires_grad_(False)
-        encoder.to(device, dtype=weight_dtype)
+        _move(encoder, device, weight_dtype)
     params = inject_lora(pipe, spec)
     for param in params:
         param.data = param.data.float()
