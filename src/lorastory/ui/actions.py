@@ -89,8 +89,10 @@ def lora_choices(ws: Workspace) -> list[str]:
 
 def ip_adapter_choices(ws: Workspace) -> list[str]:
     """IP-Adapter folders in ``models/``: those with a CLIP image encoder where the published layouts keep it."""
-    return [p for p in ws.list("models", "*", dirs=True)
-            if (ws.root / p / "image_encoder").is_dir() or (ws.root / p / "models" / "image_encoder").is_dir()]
+    from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
+
+    encoders = sorted({spec.image_encoder for spec in DEFAULT_IP_ADAPTERS.values()})
+    return [p for p in ws.list("models", "*", dirs=True) if any((ws.root / p / e).is_dir() for e in encoders)]
 
 
 # --------------------------------------------------------------------------- data
