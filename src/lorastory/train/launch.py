@@ -41,8 +41,8 @@ def is_main_process() -> bool:
 
 
 def use_cpu() -> bool:
-    """Whether ``ACCELERATE_USE_CPU`` asks for processes on the CPU."""
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes", "y", "on"}
+    """Whether ``ACCELERATE_USE_CPU`` asks for processes on the CPU (the true values accelerate reads)."""
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes", "y", "t", "on"}
 
 
 def check_gpus(processes: int) -> None:

@@ -39,6 +39,7 @@ from lorastory.train.checkpoint import (
 )
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
+from lorastory.train.launch import use_cpu
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share, sample_seed
 
 
@@ -135,9 +136,8 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
 def _processes() -> Any:
     """accelerate's view of the processes; under a launcher this joins the process group and picks this process's GPU."""
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    return PartialState(cpu=not torch.cuda.is_available() or use_cpu())
 
 
 def _accelerator(config: TrainConfig, out: Path, device: torch.device, unused_parameters: bool) -> tuple[Any, bool]:
