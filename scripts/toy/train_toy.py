@@ -264,8 +264,13 @@ def _clip_pixels(images_uint8: torch.Tensor, device: torch.device, augment: torc
         blur = torch.rand(len(x), generator=augment).to(device) < 0.5
         soft = F.interpolate(F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True), size=x.shape[-2:], mode="bilinear")
         x = torch.where(blur[:, None, None, None], soft, x)
-    mean = torch.tensor(CLIP_MEAN, device=device)[:, None, None]
-    std = torch.tensor(CLIP_STD, device=device)[:, None, None]
+    return _clip_normalize(x)
+
+
+def _clip_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] (N, 3, H, W) as the CLIP image processor normalizes them."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device)[:, None, None]
+    std = torch.tensor(CLIP_STD, device=x.device)[:, None, None]
     return (x - mean) / std
 
 
@@ -318,9 +323,9 @@ def clip_metrics(model: Any, data: dict[str, torch.Tensor], device: torch.device
     count = min(count, len(data["images"]) // 4)
     index = torch.arange(len(data["images"]) - count, len(data["images"]))
     pixels = _clip_pixels(data["images"][index], device)
+    image = F.normalize(_features(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
     metrics: dict[str, float] = {}
     for lang, name in ((0, "en"), (1, "zh")):
-        image = F.normalize(_features(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
         text = F.normalize(
             _features(model.get_text_features(input_ids=data["clip_ids"][index, lang].to(device).long(),
                                               attention_mask=data["clip_mask"][index, lang].to(device).long())).float(),
@@ -492,10 +497,8 @@ def prompt_following(pipe: Any, clip: Any, processor: Any, device: torch.device,
                 generator = [torch.Generator(device).manual_seed(seed + start + i) for i in range(len(batch))]
                 images += pipe(batch, height=TOY_RESOLUTION, width=TOY_RESOLUTION, num_inference_steps=50, guidance_scale=cfg,
                                generator=generator, output_type="pt").images.float()
-            pixels = torch.stack(images).to(device)
-            mean = torch.tensor(CLIP_MEAN, device=device)[:, None, None]
-            std = torch.tensor(CLIP_STD, device=device)[:, None, None]
-            image = F.normalize(_features(clip.get_image_features(pixel_values=(pixels - mean) / std)).float(), dim=-1)
+            pixels = _clip_normalize(torch.stack(images).to(device))
+            image = F.normalize(_features(clip.get_image_features(pixel_values=pixels)).float(), dim=-1)
             similarity = image @ text.T
             target = torch.arange(count, device=device)
             results[f"{lang}_cfg{cfg:g}"] = {
