@@ -37,6 +37,12 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _write_sample(folder: Path, name: str, png: bytes, text: str) -> None:
+    """One sample as ``name.png`` with its caption in ``name.txt``."""
+    atomic_write_bytes(folder / f"{name}.png", png)
+    atomic_write_text(folder / f"{name}.txt", text)
+
+
 def write_toy_dataset(
     out: str | Path,
     count: int = 100,
@@ -60,8 +66,8 @@ def write_toy_dataset(
         scene = sample_scene(rng)
         language = rng.choice(LANGUAGES) if lang == "both" else lang
         name = f"toy_{index:04d}"
-        atomic_write_bytes(folder / f"{name}.png", _png(render(scene, style, size, seed=seed * 100_003 + index)))
-        atomic_write_text(folder / f"{name}.txt", caption(scene, language, style, rng))
+        _write_sample(folder, name, _png(render(scene, style, size, seed=seed * 100_003 + index)),
+                      caption(scene, language, style, rng))
         scenes.append((scene, language))
         result.good.append(name)
     if not bad_samples:
@@ -76,28 +82,24 @@ def write_toy_dataset(
     for index in range(max(1, count // 20)):
         scene, language = fresh()
         tiny, wide = f"bad_small_{index:02d}", f"bad_aspect_{index:02d}"
-        atomic_write_bytes(folder / f"{tiny}.png", _png(render(scene, style, size // 3, seed=index)))
-        atomic_write_text(folder / f"{tiny}.txt", caption(scene, language, style))
+        _write_sample(folder, tiny, _png(render(scene, style, size // 3, seed=index)), caption(scene, language, style))
         panorama = render(scene, style, size, seed=index).resize((size * 3, size), Image.BICUBIC)
-        atomic_write_bytes(folder / f"{wide}.png", _png(panorama))
-        atomic_write_text(folder / f"{wide}.txt", caption(scene, language, style))
+        _write_sample(folder, wide, _png(panorama), caption(scene, language, style))
         bad.setdefault("too_small", []).append(tiny)
         bad.setdefault("wrong_aspect", []).append(wide)
     for index in range(max(1, count // 20)):
         source = result.good[-1 - index]
         copy = f"bad_duplicate_{index:02d}"
-        atomic_write_bytes(folder / f"{copy}.png", (folder / f"{source}.png").read_bytes())
-        atomic_write_text(folder / f"{copy}.txt", (folder / f"{source}.txt").read_text(encoding="utf-8"))
+        _write_sample(folder, copy, (folder / f"{source}.png").read_bytes(),
+                      (folder / f"{source}.txt").read_text(encoding="utf-8"))
         bad.setdefault("duplicate", []).append(copy)
     for index in range(max(1, count // 10)):
         scene, language = fresh()
         other, _ = fresh()
         name = f"bad_caption_{index:02d}"
-        atomic_write_bytes(folder / f"{name}.png", _png(render(scene, style, size, seed=10_000 + index)))
-        atomic_write_text(folder / f"{name}.txt", caption(other, language, style))
+        _write_sample(folder, name, _png(render(scene, style, size, seed=10_000 + index)), caption(other, language, style))
         bad.setdefault("wrong_caption", []).append(name)
     whole = (folder / f"{result.good[0]}.png").read_bytes()
-    atomic_write_bytes(folder / "bad_truncated.png", whole[: len(whole) // 2])
-    atomic_write_text(folder / "bad_truncated.txt", caption(*scenes[0], style))
+    _write_sample(folder, "bad_truncated", whole[: len(whole) // 2], caption(*scenes[0], style))
     bad["truncated"] = ["bad_truncated"]
     return result
