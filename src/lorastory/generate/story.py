@@ -187,7 +187,7 @@ def reference_prompt(story: Story, jobs: list[PanelJob]) -> str:
     if settings.reference_prompt:
         return settings.reference_prompt
     if story.character.strip():
-        return join_prompt(story.character, story.style)
+        return join_prompt(story.character, story.style, separator=story.separator)
     return jobs[0].prompt
 
 
