@@ -20,6 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,49 +315,61 @@ def train(
     epoch, done = position.epoch, position.samples_done
     seen_images, window_start = 0, time.perf_counter()
     model.train()
-    while result.steps < total_steps:
-        order = epoch_batches(samples, config.seed, epoch, global_batch, history)
-        for batch_index in range(batches_before(order, done), len(order)):
-            indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
-            scale = processes / len(order[batch_index])
-            with accelerator.accumulate(model):
-                loss = _training_step(indices, weights, scale, epoch, examples, cache, model, noise_scheduler,
-                                      config, device, weight_dtype, live_text=bool(text_encoders))
-                accelerator.backward(loss)
-                # Read after the backward is queued, so the GPU stays busy; the same value on every process.
-                mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-                if not math.isfinite(mean_loss):
-                    raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
-                                        f"{_last_good(out)}")
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients and not optimizer.step_was_skipped:
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            done += len(order[batch_index])
-            seen_images += len(order[batch_index])
-            if not accelerator.sync_gradients:
-                continue
-            result.steps += 1
-            result.losses.append(mean_loss)
-            lr = lr_scheduler.get_last_lr()[0]
-            accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=result.steps)
-            if on_progress is not None and main:
-                speed = seen_images / max(time.perf_counter() - window_start, 1e-9)
-                on_progress(Progress(result.steps, total_steps, epoch, mean_loss, lr, speed))
-            if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
-                finished_epoch = batch_index + 1 == len(order)
-                here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
-                        if finished_epoch else
-                        Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
-                _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
-            if config.validation_every and result.steps % config.validation_every == 0 and main:
-                result.samples += _validate(pipe, accelerator.unwrap_model(model).unet, cache, config, text_fp, out,
-                                            result.steps, device, accelerator)
-            if result.steps >= total_steps:
-                break
-        epoch, done, history = epoch + 1, 0, []
+    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorastory-prefetch")
+
+    def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[_StepInputs]:
+        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
+        return prefetch.submit(_step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
+                               cache, noise_scheduler, config, bool(text_encoders))
+
+    try:
+        while result.steps < total_steps:
+            order = epoch_batches(samples, config.seed, epoch, global_batch, history)
+            first = batches_before(order, done)
+            upcoming = prepare(order, first, epoch) if first < len(order) else None
+            for batch_index in range(first, len(order)):
+                inputs = upcoming.result()  # type: ignore[union-attr]
+                # The next step's inputs load from the cache while the GPU works on this one.
+                upcoming = prepare(order, batch_index + 1, epoch) if batch_index + 1 < len(order) else None
+                with accelerator.accumulate(model):
+                    loss = _step_loss(inputs, model, noise_scheduler, config, device, weight_dtype)
+                    accelerator.backward(loss)
+                    # Read after the backward is queued, so the GPU stays busy; the same value on every process.
+                    mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
+                                            f"{_last_good(out)}")
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                        lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                done += len(order[batch_index])
+                seen_images += len(order[batch_index])
+                if not accelerator.sync_gradients:
+                    continue
+                result.steps += 1
+                result.losses.append(mean_loss)
+                lr = lr_scheduler.get_last_lr()[0]
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=result.steps)
+                if on_progress is not None and main:
+                    speed = seen_images / max(time.perf_counter() - window_start, 1e-9)
+                    on_progress(Progress(result.steps, total_steps, epoch, mean_loss, lr, speed))
+                if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
+                    finished_epoch = batch_index + 1 == len(order)
+                    here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
+                            if finished_epoch else
+                            Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
+                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
+                if config.validation_every and result.steps % config.validation_every == 0 and main:
+                    result.samples += _validate(pipe, accelerator.unwrap_model(model).unet, cache, config, text_fp, out,
+                                                result.steps, device, accelerator)
+                if result.steps >= total_steps:
+                    break
+            epoch, done, history = epoch + 1, 0, []
+    finally:
+        prefetch.shutdown(wait=True, cancel_futures=True)
 
     # 6. save
     _check_finite(trainable, result.steps, out)
@@ -481,10 +494,10 @@ def _trainable(model: _Denoiser) -> dict[str, torch.nn.Parameter]:
     return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
 
 
-def _batch_text(batch: list[_Example], cache: TensorCache, device: torch.device) -> dict[str, torch.Tensor]:
-    """Cached caption embeddings for a batch."""
+def _batch_text(batch: list[_Example], cache: TensorCache) -> dict[str, torch.Tensor]:
+    """Cached caption embeddings for a batch (on the CPU)."""
     texts = [cache.load(e.text_key) for e in batch]
-    return {name: torch.stack([t[name] for t in texts]).to(device) for name in texts[0]}
+    return {name: torch.stack([t[name] for t in texts]) for name in texts[0]}
 
 
 def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,
@@ -501,12 +514,28 @@ def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: Train
     return torch.stack(noises), torch.stack(timesteps)
 
 
-def _training_step(
+@dataclass
+class _StepInputs:
+    """One process's share of a global batch, prepared on the CPU (see :func:`_step_inputs`)."""
+
+    noisy: torch.Tensor
+    target: torch.Tensor
+    timesteps: torch.Tensor
+    add_time_ids: torch.Tensor
+    text: dict[str, torch.Tensor] | None
+    captions: list[str] | None
+    weights: torch.Tensor
+    scale: float
+
+
+def _step_inputs(
     indices: list[int], weights: list[float], scale: float, epoch: int, examples: list[_Example],
-    cache: TensorCache, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
-    weight_dtype: torch.dtype, live_text: bool,
-) -> torch.Tensor:
-    """This process's loss on its samples of a global batch (see :func:`_loss` for the scaling)."""
+    cache: TensorCache, noise_scheduler: Any, config: TrainConfig, live_text: bool,
+) -> _StepInputs:
+    """Everything a step needs before the GPU: cached latents and text, per-sample noise and timesteps.
+
+    CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains.
+    """
     batch = [examples[i] for i in indices]
     latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
     noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, noise_scheduler.config.num_train_timesteps)
@@ -517,13 +546,20 @@ def _training_step(
         target = noise
     add_time_ids = torch.stack([
         time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
-    ]).to(device)
-    text = None if live_text else _batch_text(batch, cache, device)
+    ])
+    text = None if live_text else _batch_text(batch, cache)
     captions = [e.item.caption for e in batch] if live_text else None
-    model_pred = model(noisy.to(device, weight_dtype), timesteps.to(device), text, add_time_ids, weight_dtype,
-                       captions=captions)
-    return _loss(model_pred, target.to(device), timesteps, noise_scheduler, config,
-                 torch.tensor(weights, device=device), scale)
+    return _StepInputs(noisy, target, timesteps, add_time_ids, text, captions, torch.tensor(weights), scale)
+
+
+def _step_loss(inputs: _StepInputs, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
+               weight_dtype: torch.dtype) -> torch.Tensor:
+    """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling)."""
+    text = None if inputs.text is None else {k: v.to(device) for k, v in inputs.text.items()}
+    model_pred = model(inputs.noisy.to(device, weight_dtype), inputs.timesteps.to(device), text,
+                       inputs.add_time_ids.to(device), weight_dtype, captions=inputs.captions)
+    return _loss(model_pred, inputs.target.to(device), inputs.timesteps, noise_scheduler, config,
+                 inputs.weights.to(device), inputs.scale)
 
 
 @torch.no_grad()
