@@ -40,7 +40,9 @@ from _kolors_arch import (  # noqa: E402
 )
 
 from lorastory.generate.speed import prepare_for_speed, speed_context  # noqa: E402
-from lorastory.models.speed import compile_regions, sdpa_backend, use_compile_cache  # noqa: E402
+from lorastory.models.speed import (  # noqa: E402
+    UNET_REGIONS, compile_regions, sdpa_backend, uncompile_regions, use_compile_cache,
+)
 
 PANELS, STEPS, CFG, SIZE = 8, 50, 4.0, 1024
 
@@ -187,6 +189,8 @@ def main() -> int:
     parser.add_argument("--no-eager-levers", dest="eager_levers", action="store_false",
                         help="skip the eager SDPA / LoRA / channels_last measurements")
     parser.add_argument("--fp8", action="store_true", help="also measure the opt-in fp8 mode")
+    parser.add_argument("--modes", default="", help="comma-separated torch.compile modes to try on the UNet blocks "
+                        "after the fast path, e.g. reduce-overhead,max-autotune-no-cudagraphs")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -399,6 +403,19 @@ def main() -> int:
                 rec.set("profile_fp8_step", kernel_profile(lambda: denoise(pipe, emb, all_panels, 1, size)))
         except Exception:
             rec.row("fp8", error=traceback.format_exc()[-1500:])
+
+    for mode in [m for m in args.modes.split(",") if m] if compiled else []:
+        if rec.elapsed() > args.budget - 60:
+            rec.row(f"UNet blocks compiled with mode={mode}", skipped="time budget")
+            continue
+        try:  # the same blocks recompiled in another mode; the VAE keeps its compiled blocks
+            uncompile_regions(pipe.unet)
+            torch._dynamo.reset()
+            n = compile_regions(pipe.unet, UNET_REGIONS, mode=mode)
+            timed_first_call(f"UNet blocks compiled with mode={mode}", compiled_modules=n)
+            full_story(f"fast path, UNet blocks mode={mode}, full story (UNet + VAE compiled)")
+        except Exception:
+            rec.row(f"UNet blocks compiled with mode={mode}", error=traceback.format_exc()[-1500:])
 
     print("\n| what | UNet s | VAE s | total s | vs one-at-a-time | ms/image-step | PSNR min dB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -11,6 +11,9 @@ A step is: noise + timesteps → noisy latents → UNet → MSE in fp32 → back
 - **bf16**: LoRA parameters in bf16, no autocast (fast, but bf16 weights drop small Adam updates).
 - **fast**: ``lorastory.train.speed.prepare_for_training``: fp32 LoRA parameters computed in bf16,
   no autocast; then channels_last and regional compilation, larger and smaller batches.
+- **nolora** (``--plan v3``): the frozen UNet without any LoRA, trained back to its input: the ceiling
+  that no LoRA-side lever can pass. v3 also measures fused LoRA q/k/v (``lorastory.train.lora_qkv``),
+  transformer blocks replayed as CUDA graphs, and the whole UNet compiled.
 
 Loss curves of recipe / bf16 / fast (eager and compiled) at batch 4 over the same 20 batches, and the
 final LoRA weights' distance from the recipe's, show whether the fast path trains the same.
@@ -81,7 +84,8 @@ def lora_params(unet: Any) -> list[torch.nn.Parameter]:
 def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: int, warm: int = 2,
         channels_last: bool = False, compile_classes: tuple[str, ...] = (), checkpointing: bool = False,
         keep_weights: bool = False, flops_per_image: float | None = None, peak: float | None = None,
-        profile: bool = False, fused_adamw: bool = False, sync_each_step: bool = False) -> dict[str, Any]:
+        profile: bool = False, fused_adamw: bool = False, sync_each_step: bool = False, fuse_qkv: bool = False,
+        whole: str | None = None, compile_mode: str | None = None) -> dict[str, Any]:
     """Build, train ``warm`` + ``steps`` steps, record img/s, peak memory and losses."""
     from peft import LoraConfig
 
@@ -91,7 +95,10 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
         torch.backends.cudnn.benchmark = mode == "fast"
     unet = build_unet(device, data.dtype, data.tiny)
     torch.manual_seed(42)
-    unet.add_adapter(LoraConfig(r=16, lora_alpha=4, target_modules=TARGETS, init_lora_weights="gaussian"))
+    if mode != "nolora":  # "nolora": the frozen UNet alone, backward to its input (what LoRA's own cost sits on)
+        unet.add_adapter(LoraConfig(r=16, lora_alpha=4, target_modules=TARGETS, init_lora_weights="gaussian"))
+    if mode == "nolora":
+        unet.requires_grad_(False)
     params = lora_params(unet)
     for p in params:
         p.data = p.data.to(torch.bfloat16 if mode == "bf16" else torch.float32)
@@ -99,8 +106,10 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
     start_weights = torch.cat([p.detach().float().flatten() for p in params]).cpu() if keep_weights else None
     note = ""
     if mode == "fast":
-        note = prepare_for_training(unet, compile=bool(compile_classes), channels_last=channels_last,
-                                    compile_classes=compile_classes)
+        note = prepare_for_training(unet, compile=bool(compile_classes) and not compile_mode,
+                                    channels_last=channels_last, compile_classes=compile_classes, fuse_qkv=fuse_qkv)
+        if compile_mode:  # e.g. "reduce-overhead": each compiled block replayed as a CUDA graph
+            note += f", compiled {compile_regions(unet, compile_classes, mode=compile_mode)} blocks ({compile_mode})"
     else:
         if channels_last:
             unet.to(memory_format=torch.channels_last)
@@ -109,17 +118,26 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2, **({"fused": True} if fused_adamw else {}))
+    if whole:  # the whole UNet as one compiled graph; "reduce-overhead" replays it as CUDA graphs
+        unet.compile(mode=None if whole == "default" else whole, dynamic=False)
+        note += f", whole UNet compiled ({whole})"
+    optimizer = torch.optim.AdamW(params or [torch.zeros(1, requires_grad=True)], lr=1e-4, weight_decay=1e-2,
+                                  **({"fused": True} if fused_adamw else {}))
     autocast = torch.autocast(device, dtype=torch.bfloat16) if mode == "recipe" and device == "cuda" else contextlib.nullcontext()
 
     def step(i: int) -> torch.Tensor:
         b = data.batch(i, batch)
+        if mode == "nolora":
+            b["noisy"].requires_grad_(True)
+        if "reduce-overhead" in (whole, compile_mode):
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             pred = unet(b["noisy"], b["timesteps"], encoder_hidden_states=b["emb"],
                         added_cond_kwargs={"text_embeds": b["pooled"], "time_ids": b["time_ids"]}).sample
         loss = F.mse_loss(pred.float(), b["noise"].float())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if sync_each_step:  # what a loop that reads loss.item() every step does
@@ -216,7 +234,7 @@ def main() -> int:
     parser.add_argument("--curve-steps", type=int, default=20)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--plan", choices=["full", "v2"], default="full", help="which set of configurations")
+    parser.add_argument("--plan", choices=["full", "v2", "v3"], default="full", help="which set of configurations")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -257,7 +275,10 @@ def main() -> int:
     comparisons = []
     if args.no_compile and args.plan == "v2":
         blocks = regions = ()
-    if args.plan == "v2":  # second round: no channels_last, where the CPU time goes, bigger batches
+    if args.plan == "v3":  # third round: LoRA's own cost, fused LoRA q/k/v, whole-model graphs, CUDA graphs
+        recipe4, fast4c, recipe8 = plan_v3(attempt, tiny, small, big, curve, steps, blocks)
+        bf16_4 = fast4 = None
+    elif args.plan == "v2":  # second round: no channels_last, where the CPU time goes, bigger batches
         recipe8 = attempt(f"recipe (fp32 LoRA + autocast), batch {big}", mode="recipe", batch=big, steps=steps)
         attempt(f"fast eager, batch {big}", mode="fast", batch=big, steps=steps)
         attempt(f"fast + compiled transformer blocks, batch {big}", mode="fast", batch=big, steps=steps,
@@ -300,6 +321,31 @@ def main() -> int:
         print(c)
     print(f"\nelapsed {rec.elapsed():.0f} s")
     return 0
+
+
+def plan_v3(attempt: Any, tiny: bool, small: int, big: int, curve: int, steps: int,
+            blocks: tuple[str, ...]) -> tuple[Any, ...]:
+    """The third round: where LoRA's cost goes and the levers against it and against the CPU."""
+    recipe8 = attempt(f"recipe (fp32 LoRA + autocast), batch {big}", mode="recipe", batch=big, steps=steps)
+    attempt(f"fast + compiled transformer blocks, batch {big}", mode="fast", batch=big, steps=steps,
+            compile_classes=blocks)
+    attempt(f"no LoRA (frozen UNet, backward to its input) + compiled blocks, batch {big}", mode="nolora", batch=big,
+            steps=steps, compile_classes=blocks)
+    attempt(f"fast + fused LoRA q/k/v + compiled blocks, batch {big}", mode="fast", batch=big, steps=steps,
+            compile_classes=blocks, fuse_qkv=True, profile=True)
+    attempt("fast + fused LoRA q/k/v + compiled blocks, batch 12" if not tiny else "fused qkv batch 3", mode="fast",
+            batch=12 if not tiny else 3, steps=steps, compile_classes=blocks, fuse_qkv=True)
+    recipe4 = attempt(f"recipe (fp32 LoRA + autocast), batch {small}", mode="recipe", batch=small, steps=curve,
+                      keep_weights=True)
+    fast4c = attempt(f"fast + fused LoRA q/k/v + compiled blocks, batch {small}", mode="fast", batch=small,
+                     steps=curve, compile_classes=blocks, fuse_qkv=True, keep_weights=True)
+    attempt(f"fast + fused LoRA q/k/v + blocks as CUDA graphs, batch {small}", mode="fast", batch=small,
+            steps=steps, compile_classes=blocks, fuse_qkv=True, compile_mode="reduce-overhead")
+    attempt(f"fast + fused LoRA q/k/v + blocks as CUDA graphs, batch {big}", mode="fast", batch=big,
+            steps=steps, compile_classes=blocks, fuse_qkv=True, compile_mode="reduce-overhead", profile=True)
+    attempt(f"fast + fused LoRA q/k/v + whole UNet compiled, batch {big}", mode="fast", batch=big, steps=steps,
+            fuse_qkv=True, whole="default")
+    return recipe4, fast4c, recipe8
 
 
 def plan_full(attempt: Any, args: Any, tiny: bool, small: int, big: int, curve: int, steps: int,

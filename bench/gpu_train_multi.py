@@ -133,7 +133,7 @@ def run_config(args: argparse.Namespace, model: Path, data: Path, gpus: int, tim
         model=str(model), data=str(data), out=str(run_dir / "out"), cache_dir=str(run_dir / "cache"),
         resolution=args.resolution, rank=16, alpha=4.0, batch_size=args.batch, max_steps=args.warmup + args.steps,
         lr=1e-4, seed=0, precision="no" if args.cpu else "bf16", gradient_checkpointing=args.checkpointing,
-        compile=not args.no_compile,
+        compile="off" if args.no_compile else args.compile,
     )
     config.save_yaml(run_dir / "train.yaml")
     target = [str(Path(__file__).resolve()), "--worker", str(run_dir)]
@@ -234,6 +234,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 16; 3 with --tiny)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (the library default)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile", default="blocks", choices=["auto", "off", "blocks", "cudagraphs"],
+                        help="the trainer's compile setting (blocks: what the earlier runs used)")
     parser.add_argument("--tiny", action="store_true", help="the tiny Kolors model at 64² (smoke test)")
     parser.add_argument("--cpu", action="store_true", help="processes on the CPU (gloo), ACCELERATE_USE_CPU=1")
     parser.add_argument("--work", default="/tmp/lorastory-bench-multi", help="model, data and run folders")

@@ -319,6 +319,9 @@ def train_cmd(
     validation_every: Annotated[Optional[int], typer.Option(help="Sample every N steps.")] = None,
     format: Annotated[Optional[list[str]], typer.Option("--format", help="diffusers and/or kohya (repeatable).")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Latent/text cache folder (default OUT/cache).")] = None,
+    compile: Annotated[Optional[str], typer.Option(
+        help="GPU compilation: auto (runs of 200+ steps), off, blocks, or cudagraphs (blocks replayed as CUDA graphs).")
+    ] = None,
     gpus: Annotated[
         Optional[int], typer.Option(min=1, help="Train data-parallel on N GPUs of this machine (runs accelerate launch; "
                                                 "--batch-size is per GPU).")
@@ -343,7 +346,7 @@ def train_cmd(
         gradient_accumulation=gradient_accumulation, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
         optimizer=optimizer, snr_gamma=snr_gamma, noise_offset=noise_offset, keep_checkpoints=keep_checkpoints,
         validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir, compile=compile,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
@@ -376,6 +379,15 @@ def train_cmd(
 # --- generate ------------------------------------------------------------------------------
 
 
+def _on_off_auto(value: str, flag: str) -> bool | None:
+    choices = {"auto": None, "on": True, "off": False}
+    if value not in choices:
+        from lorastory.errors import ConfigError
+
+        raise ConfigError(f"{flag} must be auto, on or off, not '{value}'")
+    return choices[value]
+
+
 @app.command("generate")
 def generate_cmd(
     story_file: Annotated[Path, typer.Argument(help="Story YAML (title, character, style, defaults, panels).")],
@@ -390,6 +402,10 @@ def generate_cmd(
         help="Override the story's consistency mode: none, attention, reference or both.")] = None,
     ip_adapter: Annotated[Optional[str], typer.Option(
         help="IP-Adapter folder or hub id for the reference modes (overrides the story's).")] = None,
+    fast: Annotated[Optional[bool], typer.Option(
+        "--fast/--no-fast", help="Fuse the LoRA and q/k/v into the weights (default: on a GPU).")] = None,
+    compile: Annotated[str, typer.Option(
+        help="Compile the repeated UNet/VAE blocks: auto (GPU, stories of 200+ image-steps), on or off.")] = "auto",
 ) -> None:
     """Render a story's panels, manifest and storyboard."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -407,7 +423,7 @@ def generate_cmd(
         task = progress.add_task("generate", total=None)
         result = generate_story(
             story, model, out, lora=str(lora) if lora else None, lora_scale=lora_scale, family=family,
-            batch_size=batch_size, allow_pickle=allow_pickle,
+            batch_size=batch_size, allow_pickle=allow_pickle, fast=fast, compile=_on_off_auto(compile, "--compile"),
             on_step=lambda done, total: progress.update(task, completed=done, total=total),
         )
     console.print(f"Rendered {len(result.panels)} panels in {result.seconds:.1f} s.", markup=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorastory.generate.speed import SpeedReport, auto_compile, prepare_for_speed, speed_context
+from lorastory.generate.speed import SpeedReport, auto_batch_size, auto_compile, prepare_for_speed, speed_context
 from lorastory.models.speed import compile_cache_dir, sdpa_backend, to_channels_last, uncompile_regions
 
 
@@ -77,8 +77,8 @@ def test_generate_story_fast_on_cpu_matches_the_plain_path(tmp_path, tiny_model_
     story = Story.model_validate({"defaults": {"steps": 3, "width": 64, "height": 64},
                                   "panels": [{"prompt": "少女"}, {"prompt": "a fox"}]})
     model = str(tiny_model_path("kolors"))
-    generate_story(story, model, tmp_path / "plain", pipe=_pipe(tiny_model_path))
-    generate_story(story, model, tmp_path / "fast", pipe=_pipe(tiny_model_path), fast=True, compile=False)
+    generate_story(story, model, tmp_path / "plain", pipe=_pipe(tiny_model_path), device="cpu")
+    generate_story(story, model, tmp_path / "fast", pipe=_pipe(tiny_model_path), fast=True, compile=False, device="cpu")
     for name in ("panel-01.png", "panel-02.png"):
         a = np.asarray(Image.open(tmp_path / "plain" / name), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "fast" / name), dtype=np.int16)
@@ -91,6 +91,29 @@ def test_auto_compile_only_on_cuda_for_long_stories():
     assert not auto_compile(torch.device("cpu"), 10_000)
     assert not auto_compile(torch.device("cuda"), 3 * 20)
     assert auto_compile(torch.device("cuda"), 8 * 50)
+
+
+def test_auto_batch_follows_free_gpu_memory_and_picture_size(monkeypatch):
+    cuda = torch.device("cuda")
+    free = {"bytes": 0.0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80e9))
+    free["bytes"] = 70e9  # an 80 GB card with the weights loaded
+    assert auto_batch_size(cuda, 1024, 1024, 8) == 8
+    assert auto_batch_size(cuda, 1024, 1024, 3) == 3  # never more than the panels there are
+    free["bytes"] = 8e9  # what a 24 GB card keeps free next to Kolors' weights
+    assert auto_batch_size(cuda, 1024, 1024, 8) == 3
+    assert auto_batch_size(cuda, 512, 512, 8) == 8  # a quarter of the pixels, a quarter of the memory
+    free["bytes"] = 1e9
+    assert auto_batch_size(cuda, 1024, 1024, 8) == 1  # at least one: the OOM fallback has the last word
+    assert auto_batch_size(torch.device("cpu"), 1024, 1024, 8) == 2
+    assert auto_batch_size(torch.device("cpu"), 64, 64, 1) == 1
+
+
+def test_generate_refuses_an_unknown_compile_setting(tmp_path, tiny_model_path, cli):
+    story = tmp_path / "story.yaml"
+    story.write_text("title: t\npanels:\n  - prompt: a cat\n", encoding="utf-8")
+    result = cli("generate", story, "--model", tiny_model_path("kolors"), "--out", tmp_path / "run", "--compile", "fast")
+    assert result.code != 0 and "--compile must be auto, on or off" in result.err
 
 
 def test_sdpa_backend_prefers_one_and_falls_back():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorastory.train.speed import CastLinear, auto_compile, lora_compute_in_input_dtype, prepare_for_training
+from lorastory.train.speed import CastLinear, lora_compute_in_input_dtype, prepare_for_training, resolve_compile
 
 
 def _unet_with_lora(tiny_model_path):
@@ -61,17 +61,40 @@ def test_prepare_for_training_reports_its_levers(tiny_model_path):
     unet, _ = _unet_with_lora(tiny_model_path)
     line = prepare_for_training(unet, compile=False)
     assert line.startswith("speed: bf16 compute with fp32 LoRA weights") and "channels_last" not in line
+    assert "fused LoRA q/k/v in " in line and "fused LoRA q/k/v in 0 " not in line
     assert "compiled" not in line
-    assert not auto_compile(torch.device("cpu"), 10_000)
-    assert auto_compile(torch.device("cuda"), 1000) and not auto_compile(torch.device("cuda"), 20)
+
+
+def test_compile_auto_picks_by_device_length_processes_and_checkpointing():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile("auto", cpu, 10_000) == "off"
+    assert resolve_compile("cudagraphs", cpu, 10_000) == "off"  # nothing to compile on the CPU
+    assert resolve_compile("auto", cuda, 20) == "off"  # too short to repay the warm-up
+    assert resolve_compile("auto", cuda, 1000) == "cudagraphs"
+    assert resolve_compile("auto", cuda, 1000, processes=2) == "blocks"
+    assert resolve_compile("auto", cuda, 1000, gradient_checkpointing=True) == "blocks"
+    assert resolve_compile("blocks", cuda, 20) == "blocks"
+
+
+def test_compile_setting_reads_old_booleans_and_refuses_cudagraphs_with_checkpointing():
+    from lorastory.errors import ConfigError
+    from lorastory.train.config import TrainConfig
+
+    modes = {value: TrainConfig.from_dict({"model": "m", "data": "d", "out": "o", "compile": value}, source="t").compile
+             for value in (None, True, False, "on")}
+    assert modes == {None: "auto", True: "blocks", False: "off", "on": "blocks"}
+    with pytest.raises(ConfigError, match="cudagraphs does not combine with gradient_checkpointing"):
+        TrainConfig.from_dict({"model": "m", "data": "d", "out": "o", "compile": "cudagraphs"}, source="t")
+    with pytest.raises(ConfigError, match="compile"):
+        TrainConfig.from_dict({"model": "m", "data": "d", "out": "o", "compile": "fast"}, source="t")
 
 
 def test_fast_and_compile_do_not_change_the_fingerprint():
     from lorastory.train.config import TrainConfig
 
     base = TrainConfig(model="m", data="d", out="o")
-    assert base.fast is True and base.compile is None
-    assert TrainConfig(model="m", data="d", out="o", fast=False, compile=True).fingerprint() == base.fingerprint()
+    assert base.fast is True and base.compile == "auto"
+    assert TrainConfig(model="m", data="d", out="o", fast=False, compile="blocks").fingerprint() == base.fingerprint()
 
 
 @pytest.mark.gpu
@@ -112,3 +135,42 @@ def test_train_on_cuda_fast_path_matches_autocast(tmp_path, tiny_model_path, sty
     if other.is_file():  # the second of the two runs: same data, same seeds, curves within bf16 rounding
         mine, theirs = result.losses, [float(x) for x in other.read_text().split()]
         assert max(abs(a - b) / abs(b) for a, b in zip(mine, theirs)) < 0.02
+
+
+@pytest.mark.gpu
+def test_train_on_cuda_with_cuda_graphs_samples_and_matches_blocks(tmp_path, tiny_model_path, style_train_folder):
+    import math
+
+    from lorastory.train.config import TrainConfig
+    from lorastory.train.trainer import train
+
+    losses = {}
+    for mode in ("blocks", "cudagraphs"):
+        lines: list[str] = []
+        out = tmp_path / mode
+        config = TrainConfig(model=str(tiny_model_path("kolors")), data=str(style_train_folder), out=str(out),
+                             resolution=64, rank=4, alpha=4.0, lr=1e-3, max_steps=6, batch_size=2, seed=3,
+                             gradient_checkpointing=False, precision="bf16", compile=mode,
+                             validation_prompts=["a girl"], validation_every=3, validation_steps=4)
+        result = train(config, say=lines.append)
+        speed = next(line for line in lines if line.startswith("speed:"))
+        assert ("CUDA graphs" in speed) == (mode == "cudagraphs") and "fused LoRA q/k/v" in speed
+        assert result.steps == 6 and all(math.isfinite(x) for x in result.losses)
+        assert len(list((out / "samples").glob("*.png"))) == 2
+        losses[mode] = result.losses
+    assert max(abs(a - b) / abs(b) for a, b in zip(losses["cudagraphs"], losses["blocks"])) < 0.02
+
+
+@pytest.mark.parametrize("name", ["train_kolors_style.yaml", "train_kolors_fast.yaml", "train_kolors_24gb.yaml"])
+def test_shipped_training_presets_load(name):
+    from importlib import resources
+
+    from lorastory.config import read_yaml
+    from lorastory.train.config import TrainConfig
+
+    path = resources.files("lorastory") / "examples" / name
+    config = TrainConfig.from_dict(read_yaml(path), source=name)
+    assert config.rank == 16 and config.resolution == 1024
+    if name != "train_kolors_style.yaml":
+        assert resolve_compile(config.compile, torch.device("cuda"), 1000, 1, config.gradient_checkpointing) == (
+            "blocks" if config.gradient_checkpointing else "cudagraphs")

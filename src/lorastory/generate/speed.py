@@ -26,6 +26,11 @@ from lorastory.models.speed import (
 
 # Below this many image-steps (panels x steps) a compile's warm-up costs more than it saves.
 COMPILE_MIN_IMAGE_STEPS = 200
+# GPU memory one panel needs while it renders, per megapixel, CFG included: the Kolors UNet's bf16
+# activations at batch 16 (8 panels x CFG) peaked 17 GB above the weights at 1024² (bench/RESULTS.md),
+# about 2.1 GB a panel; the VAE decodes after the UNet is done, in the same room.
+PANEL_BYTES_PER_MEGAPIXEL = 2.6e9
+MAX_AUTO_BATCH = 8
 
 
 @dataclass
@@ -46,6 +51,20 @@ class SpeedReport:
 def auto_compile(device: Any, image_steps: int) -> bool:
     """Compile when on CUDA and the work is large enough for the warm-up to pay back."""
     return getattr(device, "type", str(device)) == "cuda" and image_steps >= COMPILE_MIN_IMAGE_STEPS
+
+
+def auto_batch_size(device: Any, width: int, height: int, panels: int) -> int:
+    """Panels per batch: as many as the free GPU memory holds (up to 8), 2 on the CPU.
+
+    An estimate with a quarter to spare; ``generate_story`` still halves the batch if the GPU runs out.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return max(1, min(2, panels))
+    free, _ = torch.cuda.mem_get_info(device)
+    per_panel = PANEL_BYTES_PER_MEGAPIXEL * width * height / 2**20
+    return max(1, min(MAX_AUTO_BATCH, panels, int(free // per_panel)))
 
 
 def _peft_layers(model: Any) -> list[Any]:

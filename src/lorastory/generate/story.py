@@ -29,6 +29,7 @@ from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_write_json, atomic_write_text, file_sha256
 from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
 from lorastory.generate.samplers import check_sampler
+from lorastory.generate.speed import auto_batch_size
 
 
 class PanelDefaults(BaseModel):
@@ -327,7 +328,10 @@ def generate_story(
             consistency_record["ip_adapter"] = adapter.as_dict()
         for group in groups.values():
             # Shared attention reaches only batch-mates: a whole group is one batch unless told otherwise.
-            size = batch_size or (len(group) if shared else (8 if target.type == "cuda" else 2))
+            if batch_size or shared:
+                size = batch_size or len(group)
+            else:
+                size = auto_batch_size(target, group[0].width, group[0].height, len(group))
             start = 0
             while start < len(group):
                 chunk = group[start : start + size]

@@ -20,6 +20,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -108,16 +109,31 @@ def fill_latents(
     jobs: Sequence[tuple[str, TrainItem, Placement]],
     batch_size: int = 4,
     on_step: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> int:
-    """Encode the (key, item, placement) jobs missing from the cache; return how many were encoded."""
+    """Encode the (key, item, placement) jobs missing from the cache; return how many were encoded.
+
+    Pictures are decoded and resized on ``workers`` threads (default: up to 8), one batch ahead of
+    the VAE, so the GPU does not wait on PNG decoding.
+    """
     todo = [job for job in jobs if not cache.has(job[0])]
     by_size: dict[tuple[int, int], list[tuple[str, TrainItem, Placement]]] = {}
     for job in todo:
         by_size.setdefault(job[2].target, []).append(job)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
-            pixels = torch.stack([load_pixels(item, placement) for _, item, placement in chunk])
+    chunks = [group[start : start + batch_size] for group in by_size.values() for start in range(0, len(group), batch_size)]
+    if not chunks:
+        return 0
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1),
+                            thread_name_prefix="lorastory-decode") as pool:
+
+        def load(chunk: list[tuple[str, TrainItem, Placement]]) -> list[Any]:
+            return [pool.submit(load_pixels, item, placement) for _, item, placement in chunk]
+
+        upcoming = load(chunks[0])
+        for index, chunk in enumerate(chunks):
+            pixels = torch.stack([future.result() for future in upcoming])
+            if index + 1 < len(chunks):
+                upcoming = load(chunks[index + 1])
             latents = encode_latents(vae, pixels)
             for (key, _, _), latent in zip(chunk, latents):
                 cache.save(key, {"latents": latent})

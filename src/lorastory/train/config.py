@@ -13,11 +13,15 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
+# How the UNet is compiled on a GPU: "blocks" compiles each transformer block; "cudagraphs" also
+# replays each compiled block as a CUDA graph, which takes the CPU out of the step; "auto" picks
+# (see ``lorastory.train.speed.resolve_compile``).
+CompileMode = Literal["auto", "off", "blocks", "cudagraphs"]
 
 
 class TrainConfig(YamlModel):
@@ -57,9 +61,9 @@ class TrainConfig(YamlModel):
     precision: Precision = "auto"
     gradient_checkpointing: bool = True
     # Speed only (not in the fingerprint): with bf16 on CUDA, compute in bf16 with fp32 LoRA weights
-    # instead of autocast; ``compile`` None compiles the transformer blocks for runs of 200+ steps.
+    # instead of autocast, self-attention q/k/v with their LoRA in two matmuls, and ``compile``.
     fast: bool = True
-    compile: bool | None = None
+    compile: CompileMode = "auto"
 
     checkpoint_every: int = Field(0, ge=0)
     keep_checkpoints: int = Field(3, ge=1)
@@ -73,10 +77,21 @@ class TrainConfig(YamlModel):
     cache_dir: str | None = None
     save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, value: object) -> object:
+        """Earlier config files wrote ``compile: null/true/false``; ``on`` reads as ``blocks``."""
+        if value is None or isinstance(value, bool) or value == "on":
+            return {None: "auto", True: "blocks", False: "off", "on": "blocks"}[value]
+        return value
+
     @model_validator(mode="after")
     def _resolution_multiple_of_bucket_step(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+        if self.compile == "cudagraphs" and self.gradient_checkpointing:
+            raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
+                             "would be recorded twice); use compile: blocks or gradient_checkpointing: false")
         return self
 
     def fingerprint(self) -> str:

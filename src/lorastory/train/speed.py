@@ -1,4 +1,4 @@
-"""Faster LoRA training on a GPU: bf16 compute with fp32 master LoRA weights and regional compilation.
+"""Faster LoRA training on a GPU: bf16 compute with fp32 master LoRA weights, fused LoRA q/k/v, compilation.
 
 The diffusers example recipe keeps the LoRA parameters in fp32 and wraps the forward in autocast.
 Autocast runs normalisations in fp32 and so turns the residual stream fp32 too: twice the
@@ -7,10 +7,12 @@ while the LoRA parameters (and the optimizer, gradient clipping, checkpoints and
 stay fp32: each LoRA matmul casts its fp32 weight to bf16 on the way in, and the gradient comes
 back to the fp32 weight. That is what autocast does for those matmuls, minus the fp32 detours.
 
-Measured on an H100 (``bench/RESULTS.md``, 1024², rank 16, batch 8): the recipe 13-15 img/s at
-64 GB; bf16 compute 1.12-1.17x at 48 GB; plus compiled transformer blocks 1.66x (21.6 img/s, 42 GB,
-16 s warm-up). channels_last was slower and compiling the ResNet blocks too gained nothing, so both
-are off by default. Loss curves match the recipe's to 0.15 % over 20 steps.
+Measured on an H100 (``bench/RESULTS.md``, 1024², rank 16): the recipe 13.4 img/s at batch 8 (64 GB)
+and 7.6 at batch 4 (35 GB); bf16 compute + compiled transformer blocks 21.7 img/s at batch 8 (42 GB);
+with the self-attention q/k/v and their LoRA fused (``lora_qkv``) 22.2; with each compiled block
+replayed as a CUDA graph 22.4 at batch 8 and 19.5 at batch 4 (24 GB), where the CPU was the bound.
+The frozen UNet alone, with no LoRA, trains at 25 img/s: the rest is the UNet's own kernels.
+channels_last was slower and compiling the ResNet blocks too gained nothing, so both are off.
 """
 
 from __future__ import annotations
@@ -61,23 +63,49 @@ def lora_compute_in_input_dtype(*models: Any) -> int:
     return count
 
 
-def auto_compile(device: torch.device, total_steps: int) -> bool:
-    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+def resolve_compile(setting: str, device: torch.device, total_steps: int, processes: int = 1,
+                    gradient_checkpointing: bool = False) -> str:
+    """The compile mode a run uses: ``off``, ``blocks`` or ``cudagraphs`` (``setting`` as in ``TrainConfig``).
+
+    ``auto`` compiles on CUDA for runs of 200+ steps, with CUDA graphs for one process without
+    gradient checkpointing (recomputed blocks and DDP's gradient hooks are left to the plain
+    compiled blocks; ``TrainConfig`` refuses CUDA graphs with gradient checkpointing).
+    """
+    if device.type != "cuda":
+        return "off"
+    if setting != "auto":
+        return setting
+    if total_steps < COMPILE_MIN_STEPS:
+        return "off"
+    return "cudagraphs" if processes == 1 and not gradient_checkpointing else "blocks"
 
 
 def prepare_for_training(
     unet: Any,
     text_encoders: list[Any] | tuple[Any, ...] = (),
     *,
-    compile: bool = False,
+    compile: bool | str = False,
     channels_last: bool = False,
     compile_classes: tuple[str, ...] = TRANSFORMER_BLOCKS,
+    fuse_qkv: bool = True,
 ) -> str:
-    """Apply the training speed levers in place (after the LoRA is injected); return a line for the log."""
+    """Apply the training speed levers in place (after the LoRA is injected); return a line for the log.
+
+    ``compile``: False/"off", True/"blocks", or "cudagraphs" (each compiled block replayed as a CUDA
+    graph; the training loop then calls ``torch.compiler.cudagraph_mark_step_begin()`` before each forward).
+    """
     done = [f"bf16 compute with fp32 LoRA weights ({lora_compute_in_input_dtype(unet, *text_encoders)} layers)"]
+    if fuse_qkv:
+        from lorastory.train.lora_qkv import fuse_lora_qkv
+
+        done.append(f"fused LoRA q/k/v in {fuse_lora_qkv(unet)} self-attention layers")
     if channels_last:
         to_channels_last(unet)
         done.append("channels_last")
-    if compile:
+    mode = ("blocks" if compile else "off") if isinstance(compile, bool) else compile
+    if mode == "cudagraphs":
+        count = compile_regions(unet, compile_classes, mode="reduce-overhead")
+        done.append(f"compiled {count} blocks as CUDA graphs (warm-up at the first steps)")
+    elif mode == "blocks":
         done.append(f"compiled {compile_regions(unet, compile_classes)} blocks (warm-up at the first steps)")
     return "speed: " + ", ".join(done)

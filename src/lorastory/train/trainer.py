@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -286,11 +286,12 @@ def train(
     total_steps = _total_steps(config, samples, global_batch, position, history)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
+    compile_mode = "off"
     if bf16_compute:
-        from lorastory.train.speed import auto_compile, prepare_for_training
+        from lorastory.train.speed import prepare_for_training, resolve_compile
 
-        compile_unet = auto_compile(device, total_steps) if config.compile is None else config.compile
-        say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_unet))
+        compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
+        say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
     model, optimizer = accelerator.prepare(_Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
     for encoder in text_encoders.values():
@@ -320,7 +321,7 @@ def train(
     def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[_StepInputs]:
         indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
         return prefetch.submit(_step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
-                               cache, noise_scheduler, config, bool(text_encoders))
+                               cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
 
     try:
         while result.steps < total_steps:
@@ -332,16 +333,21 @@ def train(
                 # The next step's inputs load from the cache while the GPU works on this one.
                 upcoming = prepare(order, batch_index + 1, epoch) if batch_index + 1 < len(order) else None
                 with accelerator.accumulate(model):
+                    if compile_mode == "cudagraphs":
+                        torch.compiler.cudagraph_mark_step_begin()
                     loss = _step_loss(inputs, model, noise_scheduler, config, device, weight_dtype)
                     accelerator.backward(loss)
-                    # Read after the backward is queued, so the GPU stays busy; the same value on every process.
-                    mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-                    if not math.isfinite(mean_loss):
-                        raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
-                                            f"{_last_good(out)}")
+                    mean_loss_tensor = accelerator.reduce(loss.detach(), reduction="mean")
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()
+                    # Read once the whole step is queued, so the GPU is not left idle while the CPU queues
+                    # the clipping and the optimizer. The same value on every process. A non-finite loss
+                    # stops the run before any checkpoint or LoRA of this step is written.
+                    mean_loss = mean_loss_tensor.item()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
+                                            f"{_last_good(out)}")
                     if accelerator.sync_gradients and not optimizer.step_was_skipped:
                         lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -530,11 +536,12 @@ class _StepInputs:
 
 def _step_inputs(
     indices: list[int], weights: list[float], scale: float, epoch: int, examples: list[_Example],
-    cache: TensorCache, noise_scheduler: Any, config: TrainConfig, live_text: bool,
+    cache: TensorCache, noise_scheduler: Any, config: TrainConfig, live_text: bool, pin: bool = False,
 ) -> _StepInputs:
     """Everything a step needs before the GPU: cached latents and text, per-sample noise and timesteps.
 
-    CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains.
+    CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains;
+    ``pin`` puts them in page-locked memory, so the copy to the GPU does not stall the CPU.
     """
     batch = [examples[i] for i in indices]
     latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
@@ -549,17 +556,28 @@ def _step_inputs(
     ])
     text = None if live_text else _batch_text(batch, cache)
     captions = [e.item.caption for e in batch] if live_text else None
-    return _StepInputs(noisy, target, timesteps, add_time_ids, text, captions, torch.tensor(weights), scale)
+    inputs = _StepInputs(noisy, target, timesteps, add_time_ids, text, captions, torch.tensor(weights), scale)
+    return _pinned(inputs) if pin else inputs
+
+
+def _pinned(inputs: _StepInputs) -> _StepInputs:
+    text = None if inputs.text is None else {k: v.pin_memory() for k, v in inputs.text.items()}
+    return replace(inputs, noisy=inputs.noisy.pin_memory(), target=inputs.target.pin_memory(),
+                               add_time_ids=inputs.add_time_ids.pin_memory(), text=text,
+                               weights=inputs.weights.pin_memory())
 
 
 def _step_loss(inputs: _StepInputs, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
                weight_dtype: torch.dtype) -> torch.Tensor:
     """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling)."""
-    text = None if inputs.text is None else {k: v.to(device) for k, v in inputs.text.items()}
-    model_pred = model(inputs.noisy.to(device, weight_dtype), inputs.timesteps.to(device), text,
-                       inputs.add_time_ids.to(device), weight_dtype, captions=inputs.captions)
-    return _loss(model_pred, inputs.target.to(device), inputs.timesteps, noise_scheduler, config,
-                 inputs.weights.to(device), inputs.scale)
+    def put(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # asynchronous when pinned
+        return tensor.to(device, dtype, non_blocking=tensor.is_pinned())
+
+    text = None if inputs.text is None else {k: put(v) for k, v in inputs.text.items()}
+    model_pred = model(put(inputs.noisy, weight_dtype), put(inputs.timesteps), text,
+                       put(inputs.add_time_ids), weight_dtype, captions=inputs.captions)
+    return _loss(model_pred, put(inputs.target), inputs.timesteps, noise_scheduler, config,
+                 put(inputs.weights), inputs.scale)
 
 
 @torch.no_grad()
@@ -590,7 +608,8 @@ def _validate(
         if "pooled_prompt_embeds" in positive:
             kwargs["pooled_prompt_embeds"] = positive["pooled_prompt_embeds"]
             kwargs["negative_pooled_prompt_embeds"] = negative["pooled_prompt_embeds"]
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        # Eager: a few sampling steps would not repay compiling (and recording) the blocks' inference shapes.
+        with torch.autocast(device.type, enabled=device.type == "cuda"), torch.compiler.set_stance("force_eager"):
             image = pipe(
                 **kwargs, num_inference_steps=config.validation_steps, guidance_scale=config.validation_cfg,
                 height=config.resolution, width=config.resolution, output_type="np",
