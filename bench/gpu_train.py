@@ -41,7 +41,7 @@ from _kolors_arch import (  # noqa: E402
     Recorder, build_unet, environment, kernel_profile, matmul_peak, peak_gb, reset_peak, sync, text_shape,
 )
 
-from lorastory.models.speed import compile_regions, use_compile_cache  # noqa: E402
+from lorastory.models.speed import compile_regions, sdpa_backend, use_compile_cache  # noqa: E402
 from lorastory.train.speed import prepare_for_training  # noqa: E402
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -85,12 +85,17 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
         channels_last: bool = False, compile_classes: tuple[str, ...] = (), checkpointing: bool = False,
         keep_weights: bool = False, flops_per_image: float | None = None, peak: float | None = None,
         profile: bool = False, fused_adamw: bool = False, sync_each_step: bool = False, fuse_qkv: bool = False,
-        whole: str | None = None, compile_mode: str | None = None) -> dict[str, Any]:
+        whole: str | None = None, compile_mode: str | None = None, sdpa: str | None = None,
+        coordinate_descent: bool = False) -> dict[str, Any]:
     """Build, train ``warm`` + ``steps`` steps, record img/s, peak memory and losses."""
     from peft import LoraConfig
 
     reset_peak()
     device = data.device
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = coordinate_descent  # tunes each Triton kernel's block sizes
+    torch._dynamo.reset()  # each configuration compiles its own graphs (backend choice, kernel tuning)
     if device == "cuda":  # the baselines run as diffusers' example does (cuDNN autotuning off)
         torch.backends.cudnn.benchmark = mode == "fast"
     unet = build_unet(device, data.dtype, data.tiny)
@@ -131,7 +136,7 @@ def run(rec: Recorder, data: Data, name: str, *, mode: str, batch: int, steps: i
             b["noisy"].requires_grad_(True)
         if "reduce-overhead" in (whole, compile_mode):
             torch.compiler.cudagraph_mark_step_begin()
-        with autocast:
+        with autocast, sdpa_backend(sdpa):
             pred = unet(b["noisy"], b["timesteps"], encoder_hidden_states=b["emb"],
                         added_cond_kwargs={"text_embeds": b["pooled"], "time_ids": b["time_ids"]}).sample
         loss = F.mse_loss(pred.float(), b["noise"].float())
@@ -234,7 +239,7 @@ def main() -> int:
     parser.add_argument("--curve-steps", type=int, default=20)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--plan", choices=["full", "v2", "v3"], default="full", help="which set of configurations")
+    parser.add_argument("--plan", choices=["full", "v2", "v3", "v4"], default="full", help="which set of configurations")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -275,7 +280,16 @@ def main() -> int:
     comparisons = []
     if args.no_compile and args.plan == "v2":
         blocks = regions = ()
-    if args.plan == "v3":  # third round: LoRA's own cost, fused LoRA q/k/v, whole-model graphs, CUDA graphs
+    if args.plan == "v4":  # fourth round: attention backend and Triton kernel tuning under the CUDA graphs
+        recipe8 = attempt(f"recipe (fp32 LoRA + autocast), batch {big}", mode="recipe", batch=big, steps=steps)
+        graphs = dict(mode="fast", batch=big, steps=steps, compile_classes=blocks, fuse_qkv=True,
+                      compile_mode="reduce-overhead")
+        attempt(f"fast + fused LoRA q/k/v + blocks as CUDA graphs, batch {big}", **graphs)
+        attempt(f"the same, SDPA prefers flash, batch {big}", **graphs, sdpa="flash")
+        attempt(f"the same, coordinate-descent tuning of the Triton kernels, batch {big}", **graphs,
+                coordinate_descent=True, profile=True)
+        recipe4 = fast4c = bf16_4 = fast4 = None
+    elif args.plan == "v3":  # third round: LoRA's own cost, fused LoRA q/k/v, whole-model graphs, CUDA graphs
         recipe4, fast4c, recipe8 = plan_v3(attempt, tiny, small, big, curve, steps, blocks)
         bf16_4 = fast4 = None
     elif args.plan == "v2":  # second round: no channels_last, where the CPU time goes, bigger batches
