@@ -137,3 +137,16 @@ def test_story_form_consistency(story_ws, tmp_path):
         actions.consistency_from_form(ws, "reference", 1.0, str(tmp_path / "outside.png"), "")
     with pytest.raises(Exception, match="consistency.mode"):
         actions.story_from_form("t", "", "", "", [["x", "", None, ""]], {}, {"mode": "sometimes"})
+
+
+@pytest.mark.parametrize("preset, example", [("fast GPU (1024², batch 8, 40 GB+)", "train_kolors_fast.yaml"),
+                                             ("24 GB GPU (1024², batch 16, checkpointing)", "train_kolors_24gb.yaml")])
+def test_gpu_presets_match_the_shipped_training_examples(preset, example):
+    from importlib import resources
+
+    from lorastory.config import read_yaml
+
+    shipped = read_yaml(resources.files("lorastory") / "examples" / example)
+    form = actions.PRESETS[preset]
+    for key in ("rank", "alpha", "resolution", "batch_size", "gradient_checkpointing", "lr"):
+        assert form[key] == shipped[key], key
