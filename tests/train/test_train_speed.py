@@ -74,6 +74,8 @@ def test_compile_auto_picks_by_device_length_processes_and_checkpointing():
     assert resolve_compile("auto", cuda, 1000, processes=2) == "blocks"
     assert resolve_compile("auto", cuda, 1000, gradient_checkpointing=True) == "blocks"
     assert resolve_compile("blocks", cuda, 20) == "blocks"
+    assert resolve_compile("cudagraphs", cuda, 20) == "cudagraphs"
+    assert resolve_compile("cudagraphs", cuda, 1000, processes=4) == "blocks"  # graphs are for one process
 
 
 def test_compile_setting_reads_old_booleans_and_refuses_cudagraphs_with_checkpointing():
