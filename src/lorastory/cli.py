@@ -6,6 +6,7 @@ Errors a user can fix are :class:`LorastoryError`: one red line and exit code 1
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from lorastory import __version__
 from lorastory.errors import LorastoryError
+from lorastory.fileio import display_path, display_text
 
 
 @dataclass
@@ -661,9 +663,56 @@ def main(argv: list[str] | None = None) -> int:
     except LorastoryError as err:
         if options.debug:
             raise
-        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        _print_error(str(err))
+        return 1
+    except Exception as err:  # noqa: BLE001  the boundary: expected failures become one line, bugs ask for a report
+        if options.debug:
+            raise
+        expected = _expected_failure(err)
+        if expected is not None:
+            _print_error(expected)
+            return 1
+        _print_error(f"unexpected {type(err).__name__}: {_first_line(err)}")
+        err_console.print("This is a bug in lorastory: please report it with the output of the same command "
+                          "run with --debug (lorastory --debug ...).", highlight=False, markup=False)
         return 1
     return 0
+
+
+def _print_error(message: str) -> None:
+    err_console.print(f"[red]error:[/] {escape(display_text(message))}", highlight=False, soft_wrap=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _expected_failure(err: Exception) -> str | None:
+    """The one line for a failure of the machine rather than of lorastory: a file system, memory or a link."""
+    if isinstance(err, OSError) and err.errno is not None:
+        where = err.filename if err.filename is not None else None
+        what = err.strerror or _first_line(err)
+        if where is not None:
+            hint = _OS_HINTS.get(err.errno, "")
+            return f"{display_path(where)}: {what}{hint}"
+        return what
+    if isinstance(err, MemoryError):
+        return "out of memory: use smaller sizes or batches"
+    if isinstance(err, RecursionError):
+        return "input nested too deeply to read"
+    return None
+
+
+_OS_HINTS = {
+    errno.EACCES: " (check the permissions, or choose another output)",
+    errno.EPERM: " (check the permissions, or choose another output)",
+    errno.EROFS: " (a read-only file system: choose another output)",
+    errno.ENOSPC: " (the disk is full: free space or choose another output)",
+    errno.EISDIR: " (a folder where a file is expected)",
+    errno.ENOTDIR: " (a file where a folder is expected)",
+    errno.EEXIST: " (already exists)",
+}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorastory.errors import ConfigError
-from lorastory.fileio import atomic_write_text
+from lorastory.fileio import atomic_write_text, display_path
 
 ModelT = TypeVar("ModelT", bound="YamlModel")
 
@@ -28,23 +28,67 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """A UTF-8 text file's content, or a one-line :class:`ConfigError`."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"{file}: no such file")
+        exists = file.exists() or file.is_symlink()
+        raise ConfigError(f"{display_path(file)}: " + ("not a regular file" if exists else "no such file"))
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{file}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        raise ConfigError(f"{display_path(file)}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     return text
 
 
+# A config, recipe or story has hundreds of values; aliases may not expand it past this
+# ("billion laughs": nine aliases of nine aliases of ... is 9**10 values once walked).
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_YAML_NODES + 1  # a node inside itself (a recursive alias) counts as too large
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo)
+            if size > MAX_YAML_NODES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo) + _expanded_size(v, memo)
+            if size > MAX_YAML_NODES:
+                break
+    memo[key] = size
+    return size
+
+
 def yaml_from_text(text: str, source: str) -> Any:
-    """Parse YAML text; errors name the source, line and column."""
+    """Parse YAML text; errors name the source, line and column.
+
+    Aliases are allowed, but not ones that expand the document past
+    :data:`MAX_YAML_NODES` values, nor a value that contains itself.
+    """
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{source}: too large once its aliases (*name) are expanded "
+                f"(over {MAX_YAML_NODES:,} values, or a value that contains itself)"
+            )
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:

@@ -32,6 +32,10 @@ class BadImageError(DataError):
     """One image cannot be used; the message is the reason shown in reports."""
 
 
+class OutputError(LorastoryError):
+    """An output cannot be written where asked, or would destroy one of the command's inputs."""
+
+
 class MissingExtraError(LorastoryError):
     """An optional dependency is not installed; the message names the extra."""
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -93,29 +93,46 @@ def _check_complete(handle: BinaryIO, fmt: str, file_size: int) -> None:
         raise BadImageError(f"truncated WebP ({file_size} of {declared} bytes)")
 
 
+# Larger files are refused before any byte is decoded: no real training picture comes near it.
+MAX_FILE_BYTES = 1 << 30
+
+
+def _open_local(file: str) -> tuple[BinaryIO, int]:
+    """Open a regular file for reading; FIFOs, devices and folders are refused without blocking."""
+    try:
+        stat = os.stat(file)
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except ValueError:  # an embedded NUL byte
+        raise BadImageError("the path contains a NUL byte") from None
+    except OSError as err:
+        raise BadImageError(f"cannot read file ({err.strerror})") from None
+    if not S_ISREG(stat.st_mode):
+        kind = "a directory" if S_ISDIR(stat.st_mode) else "a pipe, device or socket"
+        raise BadImageError(f"not a regular file ({kind})")
+    try:
+        # O_NONBLOCK: should the path be swapped for a FIFO after the check, open() still returns.
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise BadImageError(f"cannot read file ({err.strerror})") from None
+    handle = os.fdopen(fd, "rb")
+    stat = os.fstat(fd)
+    if not S_ISREG(stat.st_mode):
+        handle.close()
+        raise BadImageError("not a regular file")
+    return handle, stat.st_size
+
+
 @contextlib.contextmanager
 def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> Iterator[tuple[Image.Image, int, BinaryIO]]:
-    """Open a file once and its image lazily (header only), after checking it is a non-empty file."""
+    """Open a file once and its image lazily (header only), after checking it is a non-empty regular file."""
     file = os.fspath(path)
-    if "://" in file:
-        handle, size = _open_uri(file)
-    else:
-        try:
-            handle = open(file, "rb")
-        except FileNotFoundError:
-            raise BadImageError("file not found") from None
-        except IsADirectoryError:
-            raise BadImageError("not a regular file (a directory?)") from None
-        except OSError as err:
-            raise BadImageError(f"cannot read file ({err.strerror})") from None
-        stat = os.fstat(handle.fileno())
-        if not S_ISREG(stat.st_mode):
-            handle.close()
-            raise BadImageError("not a regular file (a directory?)")
-        size = stat.st_size
+    handle, size = _open_uri(file) if "://" in file else _open_local(file)
     with handle:
         if size == 0:
             raise BadImageError("empty file (0 bytes)")
+        if size > MAX_FILE_BYTES:
+            raise BadImageError(f"file of {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for an image")
         limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
         try:
             with warnings.catch_warnings():
@@ -125,14 +142,19 @@ def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> Itera
             raise BadImageError("decompression bomb: pixel count over the safety limit") from None
         except UnidentifiedImageError:
             raise BadImageError("not a recognised image format") from None
-        except OSError as err:
-            raise BadImageError(f"unreadable image ({err})") from None
+        except Exception as err:  # noqa: BLE001  any decoder failure (text-chunk bomb, AVIF/HEIF...) is a bad image
+            raise BadImageError(f"unreadable image ({_reason(err)})") from None
         with image:
             if limit and image.width * image.height > limit:
                 raise BadImageError(
                     f"decompression bomb: {image.width}x{image.height} is over the {limit:,}-pixel safety limit"
                 )
             yield image, size, handle
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
 
 
 def _open_uri(uri: str) -> tuple[BinaryIO, int]:
@@ -172,7 +194,10 @@ def probe_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> 
     with _open_checked(path, max_pixels) as (image, file_size, handle):
         fmt = image.format or "UNKNOWN"
         orientation = _orientation(image)
-        width, height = _displayed_size(image, orientation)
+        try:
+            width, height = _displayed_size(image, orientation)
+        except Exception as err:  # noqa: BLE001  a malformed TIFF tag table
+            raise BadImageError(f"unreadable image header ({_reason(err)})") from None
         mode = image.mode
         _check_complete(handle, fmt, file_size)
     return ImageInfo(width, height, file_size, fmt, mode, orientation)
@@ -199,6 +224,10 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).round().astype("uint8"), "L")
+    if image.mode == "F":
+        image = _float_to_l(image)
+    if image.mode == "LAB":
+        image = _lab_to_rgb(image)
     if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
         # A palette entry or (for L/RGB) a colour key marks transparent pixels.
         image = image.convert("RGBA")
@@ -210,6 +239,28 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     if image.mode == "CMYK":
         return image.convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _float_to_l(image: Image.Image) -> Image.Image:
+    """32-bit float greyscale to 8 bits: values in 0..1 are scaled by 255, wider ranges by their peak."""
+    import numpy as np
+
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, peak = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if low >= 0.0 and peak <= 1.0:
+        scaled = array * 255.0
+    elif low >= 0.0:
+        scaled = array * (255.0 / peak)
+    else:
+        scaled = (array - low) * (255.0 / max(peak - low, 1e-12))
+    return Image.fromarray(np.clip(scaled, 0, 255).round().astype("uint8"), "L")
+
+
+def _lab_to_rgb(image: Image.Image) -> Image.Image:
+    from PIL import ImageCms
+
+    transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+    return ImageCms.applyTransform(image, transform)
 
 
 def load_rgb(
@@ -230,8 +281,10 @@ def load_rgb(
             image.load()
             upright = ImageOps.exif_transpose(image)
             return to_rgb(upright if upright is not None else image)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise BadImageError(f"cannot decode image ({err})") from None
+        except MemoryError:
+            raise BadImageError("not enough memory to decode this image") from None
+        except Exception as err:  # noqa: BLE001  any decoder failure is this image's problem, not the run's
+            raise BadImageError(f"cannot decode image ({_reason(err)})") from None
 
 
 def is_image_file(path: Path) -> bool:
