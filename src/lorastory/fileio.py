@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -75,8 +76,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented UTF-8 JSON (Chinese stays readable) atomically."""
-    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    """Write ``obj`` as indented UTF-8 JSON (Chinese stays readable) atomically.
+
+    NaN and infinities become ``null``: the file stays valid JSON for every reader.
+    Text that cannot be UTF-8 (undecodable file-name bytes) is written escaped.
+    """
+    atomic_write_text(path, json.dumps(json_safe(obj), ensure_ascii=False, indent=2) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` and unencodable strings escaped (see :func:`display_text`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return display_text(obj)
+    if isinstance(obj, dict):
+        return {json_safe(k) if isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -23,7 +23,6 @@ and then read with ``torch.load(weights_only=True)``, which loads tensors only.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from PIL import Image
 
 from lorastory.eval.errors import AestheticModelError
 from lorastory.eval.hub import first_line, hub_reachable, looks_like_hub_id, offline_by_env
+from lorastory.errors import DataError
+from lorastory.fileio import parse_json
 
 AESTHETIC_OPTION = "--aesthetic"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
@@ -272,14 +273,17 @@ def _folder_weights(folder: Path) -> Path:
     )
 
 
-def _load_vision_tower(folder: Path, device: Any) -> VisionEmbedder:
+def _load_vision_tower(folder: Path, device: Any, allow_pickle: bool) -> VisionEmbedder:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     from lorastory.models.tiny_clip import quiet_transformers
 
     try:
         with quiet_transformers():
-            model = CLIPVisionModelWithProjection.from_pretrained(str(folder), local_files_only=True)
+            # Safetensors only, unless the user allowed pickle files for this predictor.
+            model = CLIPVisionModelWithProjection.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=None if allow_pickle else True
+            )
             processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - any loading failure means the files cannot be used
         raise AestheticModelError(f"cannot load the CLIP vision tower of {folder}: {first_line(err)}") from None
@@ -292,7 +296,12 @@ def _load_folder(folder: Path, allow_pickle: bool, device: Any) -> AestheticPred
         state, metadata = read_weights(weights, allow_pickle)
         layout, dim, head = build_head(state, str(weights))
         return AestheticPredictor(str(weights), layout, dim, head, metadata.get(CLIP_METADATA_KEY), None, metadata)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        config = parse_json((folder / "config.json").read_bytes(), str(folder / "config.json"))
+    except DataError as err:
+        raise AestheticModelError(str(err)) from None
+    if not isinstance(config, dict):
+        raise AestheticModelError(f"{folder / 'config.json'}: expected a JSON object")
     if config.get("model_type") not in ("clip_vision_model", "clip"):
         raise AestheticModelError(
             f"{folder}: a '{config.get('model_type')}' model, not a CLIP aesthetic predictor "
@@ -305,7 +314,7 @@ def _load_folder(folder: Path, allow_pickle: bool, device: Any) -> AestheticPred
         )
     state, metadata = read_weights(weights, allow_pickle)
     layout, dim, head = build_head(state, str(weights))
-    embedder = _load_vision_tower(folder, device)
+    embedder = _load_vision_tower(folder, device, allow_pickle)
     if embedder.embed_dim != dim:
         raise AestheticModelError(f"{folder}: head reads {dim}-d embeddings but the vision tower gives {embedder.embed_dim}-d")
     return AestheticPredictor(str(folder), layout, dim, head, str(folder), embedder, metadata)

@@ -13,6 +13,7 @@ without it in the bottom row, each captioned with its scores.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,13 @@ def _resolve_lora(manifest: dict[str, Any], run_dir: Path, lora: str | None, lor
         raise EvalError(f"LoRA {path}: no such file")
     if lora is None and record.get("sha256") and file_sha256(path) != record["sha256"]:
         notes.append(f"{path} has changed since the run was generated (sha256 differs); comparing with the file as it is now")
-    scale = lora_scale if lora_scale is not None else float((record or {}).get("scale", 1.0))
+    recorded = (record or {}).get("scale", 1.0)
+    try:
+        scale = float(lora_scale if lora_scale is not None else recorded)
+    except (TypeError, ValueError):
+        raise EvalError(f"{run_dir / 'manifest.json'}: LoRA scale {recorded!r} is not a number; pass --lora-scale") from None
+    if not math.isfinite(scale):
+        raise EvalError(f"LoRA scale {scale}: pass a finite number (e.g. --lora-scale 1)")
     return path, scale
 
 

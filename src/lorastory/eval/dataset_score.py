@@ -30,6 +30,7 @@ from lorastory.eval.errors import EvalError
 from lorastory.fileio import atomic_write_text
 
 REFERENCE_BATCH = 8
+MAX_CSV_FIELD = 16 << 20  # a caption of a few MB is odd but still a row, not a crash
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,16 @@ def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list
     base = str(path.resolve().parent)
     for number, row, problem in read_rows(path):
         where = f"line {number}"
-        if row is None:
-            skipped.append({"item": where, "reason": problem or "unreadable"})
+        if not isinstance(row, dict):
+            skipped.append({"item": where, "reason": problem or "not a JSON object"})
             continue
         text = row.get(text_key)
         key = image_key or ("image" if "image" in row else "images")
         images = row.get(key) or []
         images = [images] if isinstance(images, str) else images
-        if not isinstance(text, str) or not isinstance(images, list) or not images:
+        if not isinstance(text, str) or not isinstance(images, list) or not images or not all(
+            isinstance(p, str) and p.strip() and "\0" not in p for p in images
+        ):
             skipped.append({"item": where, "reason": f"needs '{text_key}' text and '{key}' paths"})
             continue
         pairs.extend(Pair(resolve_path(str(p), base), clean_caption(text), where) for p in images)
@@ -96,18 +99,38 @@ def _csv_pairs(path: Path) -> tuple[list[Pair], list[dict[str, str]]]:
     pairs: list[Pair] = []
     skipped: list[dict[str, str]] = []
     base = str(path.resolve().parent)
+    csv.field_size_limit(MAX_CSV_FIELD)
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"file_name", "text"} <= set(reader.fieldnames):
+            reader = csv.reader(handle, strict=True)
+            header = next(reader, None)
+            if not header or not {"file_name", "text"} <= set(header):
                 raise EvalError(f"{path}: a csv needs 'file_name' and 'text' columns (as export-csv writes)")
-            for number, row in enumerate(reader, start=2):
-                if not row.get("file_name"):
-                    skipped.append({"item": f"line {number}", "reason": "empty file_name"})
+            for name in ("file_name", "text"):
+                if header.count(name) > 1:
+                    raise EvalError(f"{path}: the column '{name}' appears {header.count(name)} times; keep one")
+            columns = {name: header.index(name) for name in ("file_name", "text")}
+            while True:
+                number = reader.line_num + 1
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    skipped.append({"item": f"line {number}", "reason": f"malformed csv ({err})"})
                     continue
-                pairs.append(Pair(resolve_path(row["file_name"], base), row.get("text") or "", f"line {number}"))
+                if len(values) != len(header):
+                    skipped.append({"item": f"line {number}", "reason": f"{len(values)} fields where the header has {len(header)}"})
+                    continue
+                file_name, text = values[columns["file_name"]], values[columns["text"]]
+                if not file_name.strip() or "\n" in file_name or "\0" in file_name:
+                    skipped.append({"item": f"line {number}", "reason": "empty or malformed file_name"})
+                    continue
+                pairs.append(Pair(resolve_path(file_name, base), text, f"line {number}"))
     except UnicodeDecodeError as err:
         raise EvalError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise EvalError(f"{path}: malformed csv ({err})") from None
     return pairs, skipped
 
 
@@ -195,7 +218,8 @@ def clip_score_dataset(
     for batch, (batch_pairs, images) in enumerate(_loaded_batches(pairs, batch_size, skipped)):
         rows.extend(_score_batch(clip, batch_pairs, images, batch))
     if not rows:
-        raise EvalError(f"{source}: no readable (image, caption) pairs to score")
+        first = f" (first problem: {skipped[0]['item']}: {skipped[0]['reason']})" if skipped else ""
+        raise EvalError(f"{source}: no readable (image, caption) pairs to score{first}")
     scores = DatasetScores(source, rows, skipped, batch_size, clip.logit_scale)
     scores.csv_path = write_csv(scores, Path(out_csv) if out_csv else default_csv_path(source))
     return scores

@@ -12,7 +12,7 @@ prompts read by an English CLIP, prompts cut at CLIP's 77-token window.
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ from lorastory.eval.aesthetic import NOT_AVAILABLE, AestheticPredictor, VisionEm
 from lorastory.eval.clip_score import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chinese, load_clip
 from lorastory.eval.consistency import SubjectCrop, character_consistency
 from lorastory.eval.errors import EvalError
-from lorastory.fileio import atomic_write_json
+from lorastory.errors import DataError
+from lorastory.fileio import atomic_write_json, display_path, display_text, is_valid_text, parse_json, real_path
 
 SCORES_FILE = "scores.json"
 SCORED_STORYBOARD = "storyboard_scored.png"
@@ -76,8 +77,19 @@ def _manifest_panels(folder: Path, manifest: dict[str, Any]) -> list[RunPanel]:
     for index, record in enumerate(records, start=1):
         if not isinstance(record, dict) or not isinstance(record.get("file"), str) or not isinstance(record.get("prompt"), str):
             raise EvalError(f"{folder / MANIFEST_FILE}: panel {index} needs 'file' and 'prompt'")
-        panels.append(RunPanel(index, record["file"], folder / record["file"], record["prompt"], record.get("caption")))
+        path = folder / record["file"]
+        if not is_valid_text(record["file"]) or not _is_within(real_path(path), real_path(folder)):
+            raise EvalError(
+                f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record['file'])!r}, "
+                "which is not inside the run folder"
+            )
+        caption = record.get("caption") if isinstance(record.get("caption"), str) else None
+        panels.append(RunPanel(index, record["file"], path, record["prompt"], caption))
     return panels
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
 
 
 def _png_panels(folder: Path) -> list[RunPanel]:
@@ -101,9 +113,9 @@ def read_run(run_dir: str | Path) -> Run:
     manifest: dict[str, Any] = {}
     if manifest_path.is_file():
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise EvalError(f"{manifest_path}: unreadable ({err}); generate the story again") from None
+            manifest = parse_json(manifest_path.read_bytes(), str(manifest_path))
+        except DataError as err:
+            raise EvalError(f"{err}; generate the story again") from None
         if not isinstance(manifest, dict):
             raise EvalError(f"{manifest_path}: expected a JSON object")
         panels = _manifest_panels(folder, manifest)
@@ -113,7 +125,8 @@ def read_run(run_dir: str | Path) -> Run:
             raise EvalError(f"{folder}: no manifest.json and no panel-*.png; pass the folder 'lorastory generate' wrote")
     for panel in panels:
         if not panel.path.is_file():
-            raise EvalError(f"{panel.path}: panel listed in the manifest is missing")
+            state = "is not a regular file" if os.path.lexists(panel.path) else "is missing"
+            raise EvalError(f"{display_path(panel.path)}: panel listed in the manifest {state}")
     return Run(folder, str(manifest.get("title") or ""), manifest, panels)
 
 
