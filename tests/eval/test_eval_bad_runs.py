@@ -1,0 +1,103 @@
+"""Run folders and datasets written by someone else: one line and exit 1, never a traceback or a read outside."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+def _manifest(run):
+    return json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _write_manifest(run, data) -> None:
+    (run / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def _assert_one_line(result, *needles: str) -> None:
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err and "This is a bug" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.err
+    for needle in needles:
+        assert needle in result.err
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/hostname"])
+def test_a_panel_outside_the_run_folder_is_refused(cli, run_copy, tiny_clip, name):
+    manifest = _manifest(run_copy)
+    manifest["panels"][0]["file"] = name
+    _write_manifest(run_copy, manifest)
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "not inside the run folder")
+    assert not (run_copy / "scores.json").exists()
+
+
+def test_a_symlinked_panel_leading_out_is_refused(cli, run_copy, tiny_clip, tmp_path):
+    outside = tmp_path / "elsewhere.png"
+    os.replace(run_copy / "panel-01.png", outside)
+    (run_copy / "panel-01.png").symlink_to(outside)
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "not inside the run folder")
+
+
+def test_a_deeply_nested_manifest_is_one_line(cli, run_copy, tiny_clip):
+    (run_copy / "manifest.json").write_text("[" * 200_000, encoding="utf-8")
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "manifest.json")
+
+
+@pytest.mark.parametrize("panels", [[], [1, 2], [{"file": 3, "prompt": "x"}], "panel-01.png"])
+def test_manifest_panels_of_the_wrong_shape_are_one_line(cli, run_copy, tiny_clip, panels):
+    manifest = _manifest(run_copy)
+    manifest["panels"] = panels
+    _write_manifest(run_copy, manifest)
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "manifest.json")
+
+
+def test_a_fifo_panel_does_not_hang(cli, run_copy, tiny_clip):
+    (run_copy / "panel-02.png").unlink()
+    os.mkfifo(run_copy / "panel-02.png")
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "panel-02.png", "not a regular file")
+
+
+def test_an_undecodable_panel_names_the_file(cli, run_copy, tiny_clip):
+    (run_copy / "panel-02.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "panel-02.png")
+
+
+def test_a_non_finite_lora_scale_is_refused_before_rendering(cli, run_copy, tiny_clip):
+    result = cli("eval", run_copy, "--clip", tiny_clip, "--compare", "--lora-scale", "nan")
+    _assert_one_line(result, "finite")
+    assert not (run_copy / "compare").exists()
+
+
+def test_a_zero_batch_is_a_usage_error(cli, run_copy, tiny_clip):
+    assert cli("eval", run_copy, "--clip", tiny_clip, "--batch-size", "0").code == 2
+
+
+def test_clip_score_reports_malformed_csv_rows(cli, run_copy, tiny_clip):
+    (run_copy / "m.csv").write_text(
+        "file_name,text\npanel-01.png,one\n,empty name\npanel-02.png,two,extra\npanel-03.png,three\n", encoding="utf-8"
+    )
+    result = cli("data", "clip-score", run_copy / "m.csv", "--clip", tiny_clip)
+    assert result.code == 0, result.err
+    assert "Scored 2 image-text pairs" in result.out
+    assert "line 3" in result.err and "line 4" in result.err
+
+
+def test_clip_score_refuses_a_duplicate_column(cli, run_copy, tiny_clip):
+    (run_copy / "m.csv").write_text("file_name,text,text\npanel-01.png,a,b\n", encoding="utf-8")
+    _assert_one_line(cli("data", "clip-score", run_copy / "m.csv", "--clip", tiny_clip), "'text' appears 2 times")
+
+
+def test_clip_score_skips_rows_of_the_wrong_shape(cli, run_copy, tiny_clip):
+    (run_copy / "m.jsonl").write_text(
+        '[1, 2]\n7\n{"text": "a", "image": 3}\n{"text": "a", "image": ["bad\\u0000name.png"]}\n'
+        '{"text": "b", "image": ["panel-01.png"]}\n' + "[" * 100_000 + "\n",
+        encoding="utf-8",
+    )
+    result = cli("data", "clip-score", run_copy / "m.jsonl", "--clip", tiny_clip)
+    assert result.code == 0, result.err
+    assert "Scored 1 image-text pairs" in result.out
+    for line in ("line 1", "line 2", "line 3", "line 4", "line 6"):
+        assert line in result.err
