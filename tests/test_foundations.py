@@ -188,3 +188,20 @@ def test_an_unexpected_error_asks_for_a_report_and_debug_shows_it(cli, monkeypat
     assert "unexpected KeyError" in result.err and "please report it" in result.err
     with pytest.raises(KeyError):
         cli("--debug", "model", "tiny", "--family", "sd15", "--out", "x")
+
+
+def test_model_commands_do_not_replace_a_users_folder(cli, tmp_path):
+    folder = tmp_path / "my-pictures"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    for args in (("tiny", "--family", "sd15"), ("toy", "--component", "clip")):
+        result = cli("model", *args, "--out", folder)
+        assert result.code == 1 and "is not empty" in result.err and "--overwrite" in result.err
+    assert [p.name for p in folder.iterdir()] == ["holiday.jpg"]
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_tiny_ip_adapter_may_not_write_into_its_model(cli, tiny_model_path):
+    model = tiny_model_path("sd15")
+    result = cli("model", "tiny-ip-adapter", "--model", model, "--out", model / "ip")
+    assert result.code == 1 and "lies inside the input --model" in result.err

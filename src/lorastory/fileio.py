@@ -330,3 +330,16 @@ def parse_json(raw: str | bytes, source: str) -> Any:
         raise DataError(f"{source}: not UTF-8 ({err.reason} at byte {err.start})") from None
     except ValueError as err:
         raise DataError(f"{source}: invalid JSON ({err})") from None
+
+
+def check_output_folder(out: str | os.PathLike[str], overwrite: bool, option: str = "--out") -> None:
+    """Refuse a folder output that is a file, or a non-empty folder unless ``overwrite`` is given."""
+    folder = Path(out)
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if not folder.is_dir():
+        raise OutputError(f"{option} {display_path(folder)} exists and is not a folder; choose a new {option}")
+    if any(folder.iterdir()) and not overwrite:
+        raise OutputError(
+            f"{option} {display_path(folder)} is not empty; choose a new {option} folder or pass --overwrite to replace it"
+        )
