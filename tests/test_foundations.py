@@ -205,3 +205,10 @@ def test_tiny_ip_adapter_may_not_write_into_its_model(cli, tiny_model_path):
     model = tiny_model_path("sd15")
     result = cli("model", "tiny-ip-adapter", "--model", model, "--out", model / "ip")
     assert result.code == 1 and "lies inside the input --model" in result.err
+
+
+def test_the_demo_does_not_write_into_a_users_folder(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = cli("demo", "--out", tmp_path, "--pictures", "8", "--train-steps", "1", "--story-steps", "1")
+    assert result.code == 1 and "not an earlier demo folder" in result.err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -21,7 +21,8 @@ from lorastory.data.executor import run_recipe
 from lorastory.data.recipe import load_recipe
 from lorastory.data.report import write_reports
 from lorastory.eval.report import evaluate_run
-from lorastory.fileio import atomic_write_text
+from lorastory.errors import OutputError
+from lorastory.fileio import atomic_write_text, display_path
 from lorastory.generate.story import generate_story, load_story
 from lorastory.models.toy import TOY_RESOLUTION, write_toy_model
 from lorastory.toyworld.dataset import write_toy_dataset
@@ -30,6 +31,7 @@ from lorastory.train.trainer import train
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # shipped as package data
 DEMO_STYLE = "outlined"
+DEMO_MARKER = "lorastory-demo.txt"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,17 @@ def demo_recipe(dataset: Path, export: Path, clip: Path) -> str:
     return text.replace("./toy/models/toy-clip", str(clip))
 
 
+def _check_demo_folder(out: Path) -> None:
+    """The demo replaces its own sub-folders on a re-run; it never writes into a folder of the user's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"--out {display_path(out)} exists and is not a folder; choose a new --out")
+    earlier_demo = (out / DEMO_MARKER).is_file() or (out / "dataset" / "import_report.json").is_file()
+    if any(out.iterdir()) and not earlier_demo:
+        raise OutputError(f"--out {display_path(out)} is not empty and not an earlier demo folder; choose a new --out")
+
+
 def _toy_models(out: Path) -> tuple[Path, Path]:
     models = {}
     for component in ("kolors", "clip"):
@@ -63,6 +76,8 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     """Draw data, import, curate, export, train, render, score; print where everything went."""
     size = size or DemoSize()
     out = out.resolve()
+    _check_demo_folder(out)
+    atomic_write_text(out / DEMO_MARKER, "A folder written by 'lorastory demo'; it may replace what it wrote here.\n")
     say = console.print
     console.rule("lorastory demo: toy data → curated set → style LoRA → story → scores, offline")
     model, clip = _toy_models(out)
