@@ -77,6 +77,14 @@ class Recipe(YamlModel):
         """Data-Juicer engine keys present in the recipe that have no effect here."""
         return sorted(k for k in (self.model_extra or {}) if k in ENGINE_ONLY_KEYS)
 
+    def range_warnings(self) -> list[str]:
+        """One line per op setting that is legal but drops every row (e.g. a negative maximum)."""
+        return [
+            f"process[{index + 1}] ({op.name}): {text}"
+            for index, op in enumerate(self.build_ops())
+            for text in op.params.warnings()
+        ]
+
     def build_ops(self) -> list[Op]:
         """Instantiate every op; the first unknown name or bad parameter raises."""
         ops = []
@@ -126,3 +134,9 @@ def resolve_dataset_file(recipe: Recipe) -> Path:
 def stats_path_for(export_path: Path) -> Path:
     """Data-Juicer's stats file name: ``result.jsonl`` → ``result_stats.jsonl``."""
     return export_path.with_name(export_path.stem + "_stats.jsonl")
+
+
+def report_paths(export_path: Path) -> tuple[Path, Path]:
+    """Where the JSON and HTML reports of a run go: beside the export."""
+    stem = export_path.with_suffix("")
+    return Path(f"{stem}_report.json"), Path(f"{stem}_report.html")
