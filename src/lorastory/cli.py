@@ -87,7 +87,10 @@ def data_import(
     )
     result = import_dataset(config, out, overwrite=overwrite)
     _print_skips(result.skipped)
-    console.print(f"Imported {result.written} images into {out / 'metadata.jsonl'} ({len(result.skipped)} skipped).", markup=False)
+    others = sum(1 for item in result.skipped if item["reason"].startswith(("not an image type", "caption file with no image")))
+    listed = f", {others} of them files that are not images" if others else ""
+    console.print(f"Imported {result.written} images into {display_path(out / 'metadata.jsonl')} "
+                  f"({len(result.skipped)} skipped{listed}; see import_report.json).", markup=False)
 
 
 @data_app.command("run")
@@ -163,7 +166,7 @@ def data_export_csv(
 
     result = export_csv(result_jsonl, out, text_key=text_key, image_key=image_key, overwrite=overwrite)
     _print_skips(result.skipped)
-    console.print(f"Exported {result.written} images to {out / 'metadata.csv'} ({len(result.skipped)} skipped).", markup=False)
+    console.print(f"Exported {result.written} images to {display_path(out / 'metadata.csv')} ({len(result.skipped)} skipped).", markup=False)
 
 
 @data_app.command("toyworld")
