@@ -88,9 +88,9 @@ def data_import(
     result = import_dataset(config, out, overwrite=overwrite)
     _print_skips(result.skipped)
     others = sum(1 for item in result.skipped if item["reason"].startswith(("not an image type", "caption file with no image")))
-    listed = f", {others} of them files that are not images" if others else ""
+    listed = f", {others} of them files that are not images: see import_report.json" if others else ""
     console.print(f"Imported {result.written} images into {display_path(out / 'metadata.jsonl')} "
-                  f"({len(result.skipped)} skipped{listed}; see import_report.json).", markup=False)
+                  f"({len(result.skipped)} skipped{listed}).", markup=False)
 
 
 @data_app.command("run")

@@ -14,6 +14,7 @@ contain or lie inside the input (the source folder; the jsonl and its images).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -83,6 +84,22 @@ def _check_out_dir(out: Path, marker: str, overwrite: bool) -> None:
         raise OutputError(f"{display_path(out)} is not empty; choose a new --out folder or pass --overwrite")
 
 
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[Path]:
+    """:func:`atomic_dir` for ``--out``; a file-system error while writing there names ``--out``, in one line."""
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except OSError as err:
+        where = Path(os.path.abspath(err.filename)) if isinstance(err.filename, str) else None
+        parent = Path(os.path.abspath(out)).parent
+        if where is None or not (where == parent or parent in where.parents):
+            raise
+        raise OutputError(
+            f"cannot write --out {display_path(out)}: {err.strerror or err} (choose a writable folder)"
+        ) from None
+
+
 def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwrite: bool = False) -> StageResult:
     """Copy a source's valid images with captions into a Data-Juicer-format dataset folder."""
     out = Path(out_dir)
@@ -94,7 +111,7 @@ def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwr
     _check_out_dir(out, "import_report.json", overwrite)
     items = open_source(config.source, config.kind, config.split, config.subset, config.text_column)
     result = StageResult(out)
-    with atomic_dir(out) as tmp:
+    with _output_folder(out) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for index, item in enumerate(items):
@@ -197,7 +214,7 @@ def export_csv(
     _check_out_dir(out, "export_report.json", overwrite)
     result = StageResult(out)
     base = str(source.resolve().parent)
-    with atomic_dir(out) as tmp:
+    with _output_folder(out) as tmp:
         (tmp / "images").mkdir()
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer, lineterminator="\n")
