@@ -190,6 +190,23 @@ def _check_weights(path: str, allow_pickle: bool) -> None:
     raise ClipModelError(f"CLIP model {path}: no weights (model.safetensors) in the folder; check {CLIP_OPTION}")
 
 
+def check_clip_folder(source: str, allow_pickle: bool = False) -> None:
+    """For a local folder: fail at once (before any work) when it is not CLIP or has no usable weights.
+
+    Reads only ``config.json`` and the file names; a hub id is left to :func:`load_clip`.
+    """
+    path, local = resolve_source(source, "CLIP model", CLIP_OPTION, ClipModelError)
+    if not local:
+        return
+    model_type = _read_model_type(path, local)
+    if model_type not in _CLASSES:
+        raise ClipModelError(
+            f"{source} is a '{model_type or 'unknown'}' model, not CLIP or Chinese CLIP; pass a CLIP model "
+            f"(e.g. {DEFAULT_CLIP} or {CHINESE_CLIP})"
+        )
+    _check_weights(path, allow_pickle)
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(source: str, device: str, trust_remote_code: bool, allow_pickle: bool) -> ClipModel:
     from transformers import AutoConfig

@@ -60,6 +60,7 @@ class ImageAestheticsFilter(Filter):
         from pathlib import Path
 
         from lorastory.eval.aesthetic import PICKLE_SUFFIXES, default_clip_for, load_aesthetic
+        from lorastory.eval.clip_score import check_clip_folder
         from lorastory.eval.errors import AestheticModelError, ClipModelError
         from lorastory.eval.hub import check_source
 
@@ -73,6 +74,7 @@ class ImageAestheticsFilter(Filter):
             head = load_aesthetic(path, allow_pickle=self.params.allow_pickle, device="cpu")
             clip = self.params.hf_clip or default_clip_for(head, None, None)[0]
             check_source(str(clip), "CLIP model", "hf_clip", ClipModelError)
+            check_clip_folder(str(clip), allow_pickle=self.params.allow_pickle)
         elif path.is_dir():
             check_source(str(path), "aesthetic predictor", "hf_scorer_model", AestheticModelError)
         else:

@@ -85,11 +85,13 @@ class ImageTextSimilarityFilter(Filter):
 
     def __init__(self, params: ImageTextSimilarityParams) -> None:
         super().__init__(params)
+        from lorastory.eval.clip_score import check_clip_folder
         from lorastory.eval.errors import ClipModelError
         from lorastory.eval.hub import check_source
 
         try:
             check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
+            check_clip_folder(params.hf_clip)
         except ClipModelError as err:
             raise RecipeError(f"{self.name}: {err}") from None
         self._clip: Any = None
