@@ -304,3 +304,9 @@ def test_every_bad_row_is_skipped_with_its_line_and_every_good_row_kept(cli, tmp
     assert "list" in skipped[6] and "int" in skipped[8] and "list of paths" in skipped[9]
     assert "directory" in skipped[12] and "not a regular file" in skipped[14]
     assert report["samples_out"] == 5 and report["skipped"] == 10
+
+
+def test_a_fifo_as_dataset_path_is_one_line_not_a_hang(cli, tmp_path):
+    os.mkfifo(tmp_path / "data.jsonl")
+    line = _one_line_error(cli("data", "run", _recipe(tmp_path, tmp_path / "data.jsonl", [{"text_length_filter": {}}])))
+    assert "not a regular file" in line

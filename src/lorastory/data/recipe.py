@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator
 from lorastory.config import YamlModel, read_yaml
 from lorastory.data.ops import Op, build_op
 from lorastory.errors import ConfigError, RecipeError
+from lorastory.fileio import display_path
 
 # Data-Juicer global keys that only tune its own engine (caching, tracing, Ray...).
 # They are accepted so recipes run unchanged; they change nothing here.
@@ -127,7 +128,8 @@ def resolve_dataset_file(recipe: Recipe) -> Path:
             )
         path = candidates[0]
     if not path.is_file():
-        raise ConfigError(f"dataset_path {path}: no such file")
+        what = "not a regular file (a pipe or device?)" if path.exists() else "no such file"
+        raise ConfigError(f"dataset_path {display_path(path)}: {what}")
     return path
 
 
