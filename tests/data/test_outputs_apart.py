@@ -253,3 +253,18 @@ def test_export_refuses_an_out_that_holds_its_images(cli, tmp_path):
     assert "contains the input image of line 1" in line
     assert _snapshot(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures", "result.jsonl"]
+
+
+def test_export_to_a_read_only_file_system_is_one_line_naming_out(cli, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    dataset = _dataset(tmp_path / "cur", "result.jsonl")
+    out = tmp_path / "ro" / "train"
+
+    def read_only(*args, dir=None, **kwargs):  # what mkdtemp meets on a read-only mount (root ignores chmod)
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, ".train.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    line = _one_line_error(cli("data", "export-csv", dataset, "--out", out))
+    assert f"cannot write --out {out}: Read-only file system" in line

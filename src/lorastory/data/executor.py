@@ -32,7 +32,7 @@ from lorastory.data.ops import Deduplicator, Filter, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
 from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
 from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
-from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text, parse_json
+from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text
 
 HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash", "__dj__videohash")
 INPUT_STAGE = -1

@@ -147,7 +147,8 @@ def _folder_items(path: Path, text_column: str | None) -> Iterator[SourceItem]:
 def _image_folder_items(root: Path) -> Iterator[SourceItem]:
     files, others = _folder_files(root)
     if not files:
-        raise SourceError(f"{display_path(root)}: no images found (looked for .jpg, .png, .webp, ...)")
+        found = f"; {len(others)} other files such as {display_path(others[0].name)}" if others else ""
+        raise SourceError(f"{display_path(root)}: no images found (looked for .jpg, .png, .webp, ...{found})")
     taken = {file.with_suffix(".txt") for file in files}
     listed = [(file, True) for file in files] + [(file, False) for file in others if file not in taken]
     for file, is_image in sorted(listed, key=lambda item: item[0].relative_to(root).as_posix()):
@@ -177,7 +178,9 @@ def _folder_files(root: Path) -> tuple[list[Path], list[Path]]:
         for name in names:
             if not name.startswith("."):
                 (images if is_image_file(Path(name)) else others).append(Path(folder, name))
-    order = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    def order(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
     return sorted(images, key=order), sorted(others, key=order)
 
 
