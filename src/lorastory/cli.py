@@ -87,7 +87,10 @@ def data_import(
     )
     result = import_dataset(config, out, overwrite=overwrite)
     _print_skips(result.skipped)
-    console.print(f"Imported {result.written} images into {out / 'metadata.jsonl'} ({len(result.skipped)} skipped).", markup=False)
+    others = sum(1 for item in result.skipped if item["reason"].startswith(("not an image type", "caption file with no image")))
+    listed = f", {others} of them files that are not images: see import_report.json" if others else ""
+    console.print(f"Imported {result.written} images into {display_path(out / 'metadata.jsonl')} "
+                  f"({len(result.skipped)} skipped{listed}).", markup=False)
 
 
 @data_app.command("run")
@@ -105,7 +108,6 @@ def data_run(
     """Run a Data-Juicer recipe unchanged: export jsonl, stats, and a report."""
     from lorastory.data.executor import run_recipe
     from lorastory.data.recipe import load_recipe, resolve_dataset_file
-    from lorastory.data.report import write_reports
 
     if executor not in ("local", "ray"):
         raise typer.BadParameter(f"'{executor}': choose local or ray", param_hint="--executor")
@@ -124,6 +126,8 @@ def data_run(
         err_console.print(
             f"[dim]note: Data-Juicer engine keys with no effect here: {', '.join(loaded.ignored_keys())}[/]"
         )
+    for warning in loaded.range_warnings():
+        err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: {escape(warning)}")
     if quiet or not console.is_terminal:
         result = run_recipe(loaded, processes=np)
     else:
@@ -133,7 +137,6 @@ def data_run(
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("curating", total=total)
             result = run_recipe(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
-    json_report, html_report = write_reports(result)
     table = Table(title=escape(f"{result.input_path.name} → {result.export_path.name}"))
     for column in ("op", "in", "kept", "dropped", "errors", "seconds"):
         table.add_column(column, justify="left" if column == "op" else "right")
@@ -143,9 +146,9 @@ def data_run(
     _print_skips([{"item": f"line {s.line} ({s.stage})", "reason": s.reason} for s in result.skipped])
     console.print(
         f"Kept {result.n_output} of {result.read.n_in} in {result.seconds:.2f} s on {result.processes} process(es).\n"
-        f"  result: {result.export_path}\n"
-        + (f"  stats:  {result.stats_path}\n" if result.stats_path else "")
-        + f"  report: {html_report} (and {json_report.name})",
+        f"  result: {display_path(result.export_path)}\n"
+        + (f"  stats:  {display_path(result.stats_path)}\n" if result.stats_path else "")
+        + f"  report: {display_path(result.report_html)} (and {display_path(result.report_json.name)})",
         markup=False,
     )
 
@@ -163,7 +166,7 @@ def data_export_csv(
 
     result = export_csv(result_jsonl, out, text_key=text_key, image_key=image_key, overwrite=overwrite)
     _print_skips(result.skipped)
-    console.print(f"Exported {result.written} images to {out / 'metadata.csv'} ({len(result.skipped)} skipped).", markup=False)
+    console.print(f"Exported {result.written} images to {display_path(out / 'metadata.csv')} ({len(result.skipped)} skipped).", markup=False)
 
 
 @data_app.command("toyworld")

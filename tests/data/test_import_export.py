@@ -18,7 +18,7 @@ from PIL import Image
 
 import lorastory.data.dataset as dataset_module
 from lorastory.data.dataset import ImportConfig, clean_caption, export_csv, import_dataset, safe_stem
-from lorastory.errors import DataError, MissingExtraError, SourceError
+from lorastory.errors import DataError, MissingExtraError, OutputError, SourceError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -443,18 +443,22 @@ def test_importing_twice_gives_the_same_dataset(cli, captioned_folder, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "src", "two"]
 
 
-def test_an_out_folder_inside_the_source_is_not_imported_again(cli, captioned_folder, tmp_path):
+def test_an_out_folder_inside_the_source_is_refused_and_old_outputs_there_are_not_imported(cli, captioned_folder, tmp_path):
+    import shutil
+
     _png(captioned_folder / ".hidden" / "skip.png", BLUE)  # hidden folders are never sources
-    out = captioned_folder / "dataset"
-    assert cli("data", "import", captioned_folder, "--out", out).code == 0
-    first = (out / "metadata.jsonl").read_bytes()
-    assert len(_rows(out)) == 4
-    assert export_csv(out / "metadata.jsonl", captioned_folder / "train").written == 4
-    # Neither the earlier import nor the export beside it are read as new images.
-    assert cli("data", "import", captioned_folder, "--out", out, "--caption", "x").code == 0
-    assert len(_rows(out)) == 4
-    assert cli("data", "import", captioned_folder, "--out", out).code == 0
-    assert (out / "metadata.jsonl").read_bytes() == first
+    before = _snapshot(captioned_folder)
+    result = cli("data", "import", captioned_folder, "--out", captioned_folder / "dataset", "--overwrite")
+    assert result.code == 1 and "lies inside the input source" in result.err
+    assert _snapshot(captioned_folder) == before
+    # Outputs that an earlier version wrote inside the source folder are not read as new images.
+    assert cli("data", "import", captioned_folder, "--out", tmp_path / "dataset").code == 0
+    first = (tmp_path / "dataset" / "metadata.jsonl").read_bytes()
+    assert export_csv(tmp_path / "dataset" / "metadata.jsonl", tmp_path / "train").written == 4
+    shutil.move(tmp_path / "dataset", captioned_folder / "dataset")
+    shutil.move(tmp_path / "train", captioned_folder / "train")
+    assert cli("data", "import", captioned_folder, "--out", tmp_path / "again").code == 0
+    assert (tmp_path / "again" / "metadata.jsonl").read_bytes() == first
 
 
 def test_refuses_a_non_empty_unrelated_folder(cli, captioned_folder, tmp_path):
@@ -590,7 +594,7 @@ def test_export_refuses_a_non_empty_unrelated_folder(curated, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me", encoding="utf-8")
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         export_csv(curated / "result.jsonl", out)
     assert _snapshot(out) == {"notes.txt": b"keep me"}
     assert export_csv(curated / "result.jsonl", out, overwrite=True).written == 6

@@ -55,7 +55,7 @@ def test_shape_filter_closed_interval_and_any_or_all(tmp_path):
 def test_sample_without_images_is_kept(tmp_path):
     keep, stats = _run_filter("image_shape_filter", {"min_width": 5000}, {"images": []})
     assert keep and stats["image_width"] == []
-    keep, stats = _run_filter("image_aspect_ratio_filter", {"min_ratio": 9}, {"text": "x"})
+    keep, stats = _run_filter("image_aspect_ratio_filter", {"min_ratio": 9, "max_ratio": 10}, {"text": "x"})
     assert keep and stats["aspect_ratios"] == []
 
 

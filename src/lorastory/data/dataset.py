@@ -7,11 +7,14 @@ it can move). An exported training set is a folder with ``images/`` and
 Hugging Face imagefolder loader read.
 
 Bad inputs never stop a run and are never dropped silently: each is skipped
-with its reason and listed in ``import_report.json`` / ``export_report.json``.
+with its reason and listed in ``import_report.json`` / ``export_report.json``
+(every file of a source folder that is not imported too). ``--out`` may not be,
+contain or lie inside the input (the source folder; the jsonl and its images).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -26,9 +29,9 @@ from typing import Any
 from lorastory.config import YamlModel
 from lorastory.data.images import load_rgb, probe_image
 from lorastory.data.sample import resolve_path
-from lorastory.data.sources import SourceKind, open_source
-from lorastory.errors import BadImageError, DataError
-from lorastory.fileio import atomic_dir, atomic_write_json
+from lorastory.data.sources import SourceKind, open_regular, open_source, source_root
+from lorastory.errors import BadImageError, DataError, OutputError, SourceError
+from lorastory.fileio import atomic_dir, atomic_write_json, check_outputs_apart, display_path, display_text, is_valid_text
 
 _UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
@@ -55,8 +58,12 @@ class StageResult:
     written: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    def skip(self, item: str, reason: str) -> None:
+        """List an input left out; text that is not valid Unicode (file names) is shown escaped."""
+        self.skipped.append({"item": display_text(item), "reason": display_text(reason)})
+
     def as_report(self, **extra: Any) -> dict[str, Any]:
-        return {"out": str(self.out_dir), "written": self.written, "skipped": len(self.skipped),
+        return {"out": display_path(self.out_dir), "written": self.written, "skipped": len(self.skipped),
                 "skipped_items": self.skipped, **extra}
 
 
@@ -68,20 +75,43 @@ def safe_stem(hint: str, limit: int = 48) -> str:
 
 def _check_out_dir(out: Path, marker: str, overwrite: bool) -> None:
     if not out.exists():
+        if out.is_symlink():
+            raise OutputError(f"--out {display_path(out)} is a broken link; remove it or choose another folder")
         return
     if not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
+        raise OutputError(f"--out {display_path(out)} exists and is not a folder; choose a folder")
     if any(out.iterdir()) and not overwrite and not (out / marker).is_file():
-        raise DataError(f"{out} is not empty; choose a new --out folder or pass --overwrite")
+        raise OutputError(f"{display_path(out)} is not empty; choose a new --out folder or pass --overwrite")
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[Path]:
+    """:func:`atomic_dir` for ``--out``; a file-system error while writing there names ``--out``, in one line."""
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except OSError as err:
+        where = Path(os.path.abspath(err.filename)) if isinstance(err.filename, str) else None
+        parent = Path(os.path.abspath(out)).parent
+        if where is None or not (where == parent or parent in where.parents):
+            raise
+        raise OutputError(
+            f"cannot write --out {display_path(out)}: {err.strerror or err} (choose a writable folder)"
+        ) from None
 
 
 def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwrite: bool = False) -> StageResult:
     """Copy a source's valid images with captions into a Data-Juicer-format dataset folder."""
     out = Path(out_dir)
+    if config.caption is not None and not is_valid_text(config.caption):
+        raise DataError("--caption is not valid Unicode text")
+    root = source_root(config.source, config.kind)
+    if root is not None:
+        check_outputs_apart([("--out", out)], [("source", root)])
     _check_out_dir(out, "import_report.json", overwrite)
     items = open_source(config.source, config.kind, config.split, config.subset, config.text_column)
     result = StageResult(out)
-    with atomic_dir(out) as tmp:
+    with _output_folder(out) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for index, item in enumerate(items):
@@ -95,21 +125,33 @@ def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwr
                     except BadImageError as err:
                         problem = str(err)
                 if problem is not None:
-                    result.skipped.append({"item": item.origin, "reason": problem})
+                    result.skip(item.origin, problem)
                     continue
                 meta.write(json.dumps({"text": text or "", "image": [rel]}, ensure_ascii=False) + "\n")
                 result.written += 1
-        config.save_yaml(tmp / "config.yaml")
-        atomic_write_json(tmp / "import_report.json", result.as_report(source=config.source))
+        # A source path that is not valid Unicode is saved escaped (YAML and JSON files are UTF-8).
+        config.model_copy(update={"source": display_text(config.source)}).save_yaml(tmp / "config.yaml")
+        atomic_write_json(tmp / "import_report.json", result.as_report(source=display_text(config.source)))
     return result
+
+
+def _copy_regular(src: str, dst: Path) -> None:
+    """Copy an image that was just probed; a path swapped for a FIFO or device in between is refused, not read."""
+    try:
+        reader = open_regular(src, "image")
+    except SourceError as err:
+        raise BadImageError(str(err)) from None
+    with reader, open(dst, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def _write_image(item: Any, images_dir: Path, index: int) -> str:
     stem = f"{index:06d}-{safe_stem(item.name_hint)}"
     if item.path is not None:
         info = probe_image(item.path)
-        name = stem + _EXTENSIONS.get(info.format, Path(item.path).suffix.lower() or ".img")
-        shutil.copyfile(item.path, images_dir / name)
+        suffix = Path(item.path).suffix.lower()
+        name = stem + _EXTENSIONS.get(info.format, suffix if suffix and is_valid_text(suffix) else ".img")
+        _copy_regular(item.path, images_dir / name)
         return f"images/{name}"
     if item.data is None:
         raise BadImageError("no image data")
@@ -127,7 +169,11 @@ def _write_image(item: Any, images_dir: Path, index: int) -> str:
 
 def read_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """Rows of a jsonl file as (line number, row or None, problem or None), streamed."""
-    with open(path, "rb") as handle:
+    try:
+        handle = open_regular(path, "jsonl", limit=1 << 62)
+    except SourceError as err:
+        raise DataError(str(err)) from None
+    with handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
@@ -136,7 +182,10 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 yield number, None, f"unreadable line ({type(err).__name__})"
                 continue
-            yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
+            except RecursionError:
+                yield number, None, "unreadable line (JSON nested too deeply)"
+                continue
+            yield (number, row, None) if isinstance(row, dict) else (number, None, f"not a JSON object (a {type(row).__name__})")
 
 
 def clean_caption(text: str) -> str:
@@ -159,12 +208,13 @@ def export_csv(
     """
     source = Path(result_jsonl)
     if not source.is_file():
-        raise DataError(f"{source}: no such file")
+        raise DataError(f"{display_path(source)}: no such file")
     out = Path(out_dir)
+    check_outputs_apart([("--out", out)], [("input", source)])
     _check_out_dir(out, "export_report.json", overwrite)
     result = StageResult(out)
     base = str(source.resolve().parent)
-    with atomic_dir(out) as tmp:
+    with _output_folder(out) as tmp:
         (tmp / "images").mkdir()
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer, lineterminator="\n")
@@ -172,26 +222,45 @@ def export_csv(
         for number, row, problem in read_rows(source):
             where = f"line {number}"
             if row is None:
-                result.skipped.append({"item": where, "reason": problem or "unreadable"})
+                result.skip(where, problem or "unreadable")
                 continue
             text = row.get(text_key)
             key = image_key or ("image" if "image" in row else "images")
-            paths = row.get(key) or []
-            paths = [paths] if isinstance(paths, str) else paths
-            if not isinstance(text, str) or not paths:
-                result.skipped.append({"item": where, "reason": f"needs '{text_key}' text and '{key}' paths"})
+            paths, problem = _row_paths(row.get(key), text, text_key, key)
+            if problem is not None:
+                result.skip(where, problem)
                 continue
-            for path in paths:
+            resolved = [resolve_path(path, base) for path in paths]
+            # An image inside --out would be deleted when the new folder replaces it: refuse before any swap.
+            check_outputs_apart([("--out", out)], [(f"image of {where}", p) for p in resolved if "\x00" not in p])
+            for path, full in zip(paths, resolved):
                 try:
-                    name = _export_image(resolve_path(path, base), tmp / "images", result.written)
+                    name = _export_image(full, tmp / "images", result.written)
                 except BadImageError as err:
-                    result.skipped.append({"item": f"{where}: {path}", "reason": str(err)})
+                    result.skip(f"{where}: {path}", str(err))
                     continue
                 writer.writerow([name, clean_caption(text)])
                 result.written += 1
         (tmp / "metadata.csv").write_text(buffer.getvalue(), encoding="utf-8")
-        atomic_write_json(tmp / "export_report.json", result.as_report(source=str(source)))
+        atomic_write_json(tmp / "export_report.json", result.as_report(source=display_path(source)))
     return result
+
+
+def _row_paths(value: Any, text: Any, text_key: str, key: str) -> tuple[list[str], str | None]:
+    """(image paths, None) of a row, or ([], why the row cannot be exported)."""
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(text, str) or not paths:
+        return [], f"needs '{text_key}' text and '{key}' paths"
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return [], f"'{key}' must be a path or a list of paths, not {type(value).__name__}" + (
+            " with other values" if isinstance(value, list) else "")
+    if not is_valid_text(text):
+        return [], f"'{text_key}' is not valid Unicode (a lone \\udXXX escape)"
+    if not all(is_valid_text(p) for p in paths):
+        return [], f"a path in '{key}' is not valid Unicode (a lone \\udXXX escape)"
+    if any(not p.strip() or Path(p).name in ("", ".", "..") for p in paths):
+        return [], f"an empty file name (or '.', '..') in '{key}'"
+    return paths, None
 
 
 def _export_image(path: str, images_dir: Path, index: int) -> str:
@@ -199,7 +268,7 @@ def _export_image(path: str, images_dir: Path, index: int) -> str:
     stem = f"{index:06d}"
     if info.format == "JPEG" and info.mode == "RGB" and info.orientation == 1:
         name = f"{stem}.jpg"
-        shutil.copyfile(path, images_dir / name)
+        _copy_regular(path, images_dir / name)
     else:
         name = f"{stem}.png"
         load_rgb(path).save(images_dir / name, "PNG")

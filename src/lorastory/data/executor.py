@@ -7,15 +7,19 @@ wins, as in Data-Juicer), counts per-op outcomes and writes the result and
 stats files as it goes, so memory stays flat however long the input is.
 
 A bad line or image drops that row only; the row, the op and the reason go
-into the report. Output files appear atomically when the run completes.
+into the report. A model that cannot load stops the whole run instead. The
+result, its stats and the JSON and HTML reports appear together when the run
+completes (:func:`lorastory.fileio.atomic_files`); none of them may be, or
+reach through a link, the input file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import multiprocessing
 import os
+import re
 import threading
 import time
 from array import array
@@ -24,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lorastory.data.ops import Deduplicator, Filter, Op
-from lorastory.data.recipe import Recipe, resolve_dataset_file, stats_path_for
+from lorastory.data.ops import Deduplicator, Filter, Op, OpSetupError
+from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
 from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
-from lorastory.errors import ConfigError, LorastoryError
-from lorastory.fileio import atomic_open
+from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
+from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text
 
 HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash", "__dj__videohash")
 INPUT_STAGE = -1
@@ -86,6 +90,8 @@ class RunResult:
     n_output: int = 0
     unknown_keys: list[str] = field(default_factory=list)
     ignored_keys: list[str] = field(default_factory=list)
+    report_json: Path | None = None
+    report_html: Path | None = None
 
 
 class _Outcome(NamedTuple):
@@ -127,7 +133,10 @@ class _Chain:
         try:
             row = _parse_row(raw, self.keys)
             stats = row.pop(STATS_FIELD, None)
-            sample = Sample(row, self.keys, stats if isinstance(stats, dict) else {})
+            sample = Sample(row, self.keys, dict(stats) if isinstance(stats, dict) else {})
+            for op in self.ops:
+                if isinstance(op, Filter):
+                    op.drop_unusable_stats(sample.stats)
             for key in HASH_FIELDS:
                 row.pop(key, None)
             images = sample.image_paths()
@@ -148,6 +157,8 @@ class _Chain:
                     hashes = hashes or {}
                     hashes[index] = op.compute_hash(sample)
                     passed = True
+            except OpSetupError:
+                raise  # the op cannot run at all: the run stops, the previous result stays
             except LorastoryError as err:
                 error, passed = str(err), False
             totals.seconds[index] += time.perf_counter() - start
@@ -162,6 +173,9 @@ class _Chain:
         return _Outcome(line_no, stop, error, output, stats_line, hashes, images[0] if images else None, detail)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _parse_row(raw: bytes, keys: DatasetKeys) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
@@ -171,6 +185,11 @@ def _parse_row(raw: bytes, keys: DatasetKeys) -> dict[str, Any]:
         row = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise ConfigError("JSON nested too deeply") from None
+    # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 file can hold: the row could not be written.
+    if _SURROGATE_ESCAPE.search(raw) and not is_valid_text(json.dumps(row, ensure_ascii=False)):
+        raise DataError("holds a lone surrogate (a \\udXXX escape that is not half of a pair): not valid Unicode text")
     if not isinstance(row, dict):
         raise ConfigError(f"expected a JSON object, got {type(row).__name__}")
     value = row.get(keys.text_key)
@@ -273,7 +292,7 @@ def run_recipe(
     max_skips_listed: int = 10_000,
     chunk_source: ChunkSource | None = None,
 ) -> RunResult:
-    """Run ``recipe``; write ``export_path`` and its stats file; return counts for the report.
+    """Run ``recipe``; write ``export_path``, its stats file and the reports together; return counts.
 
     ``chunk_source`` replaces the local process pool (the Ray executor passes one); whatever
     computes the chunks, deduplication, counting and writing happen here, so outputs match.
@@ -282,15 +301,15 @@ def run_recipe(
     input_path = resolve_dataset_file(recipe)
     export_path = Path(os.path.abspath(os.path.expanduser(recipe.export_path)))
     if export_path.suffix.lower() != ".jsonl":
-        raise ConfigError(f"export_path {export_path}: only .jsonl export is supported")
-    if export_path == input_path:
-        raise ConfigError("export_path is the input file; choose another path so the input is kept")
+        raise ConfigError(f"export_path {display_path(export_path)}: only .jsonl export is supported")
     keys = DatasetKeys(recipe.text_key, recipe.image_key, recipe.image_special_token, str(input_path.parent))
     chain = _Chain(ops, keys)
     # Data-Juicer also clips np to the CPU count: more processes than cores only add overhead.
     workers = max(1, min(processes or recipe.np, os.cpu_count() or 1))
     has_filters = any(isinstance(op, Filter) for op in ops)
     stats_path = stats_path_for(export_path) if (has_filters and recipe.export_stats) else None
+    json_report, html_report = report_paths(export_path)
+    targets = _output_targets(input_path, export_path, stats_path, json_report, html_report)
 
     read = OpCounts("(read)", f"{input_path.name}")
     counts = [OpCounts(op.name, op.describe()) for op in ops]
@@ -303,8 +322,8 @@ def run_recipe(
     n_output = 0
     started = time.perf_counter()
 
-    stats_file = atomic_open(stats_path, "w") if stats_path is not None else contextlib.nullcontext()
-    with atomic_open(export_path, "w") as out, stats_file as stats_out:
+    with atomic_files(targets) as temps, open(temps[0], "w", encoding="utf-8") as out, \
+            open(temps[1] if stats_path is not None else os.devnull, "w", encoding="utf-8") as stats_out:
         done = 0
         for chunk in (chunk_source or _chunk_results)(recipe, chain, input_path, workers):
             for index, seconds in enumerate(chunk.seconds):
@@ -348,28 +367,55 @@ def run_recipe(
                 if kept:
                     n_output += 1
                     out.write(outcome.output + "\n")
-                    if stats_out is not None:
-                        stats_out.write(outcome.stats_line + "\n")
+                    stats_out.write(outcome.stats_line + "\n")
             done += len(chunk.outcomes)
             if on_progress is not None:
                 on_progress(done)
+        result = RunResult(
+            input_path=input_path,
+            export_path=export_path,
+            stats_path=stats_path,
+            read=read,
+            ops=counts,
+            skipped=skipped,
+            n_skipped=n_skipped,
+            histograms=histograms,
+            dropped_examples=examples,
+            processes=workers,
+            seconds=time.perf_counter() - started,
+            n_output=n_output,
+            unknown_keys=recipe.unknown_keys(),
+            ignored_keys=recipe.ignored_keys(),
+            report_json=json_report,
+            report_html=html_report,
+        )
+        _write_reports(result, temps[-2], temps[-1])
+    return result
 
-    return RunResult(
-        input_path=input_path,
-        export_path=export_path,
-        stats_path=stats_path,
-        read=read,
-        ops=counts,
-        skipped=skipped,
-        n_skipped=n_skipped,
-        histograms=histograms,
-        dropped_examples=examples,
-        processes=workers,
-        seconds=time.perf_counter() - started,
-        n_output=n_output,
-        unknown_keys=recipe.unknown_keys(),
-        ignored_keys=recipe.ignored_keys(),
-    )
+
+def _output_targets(
+    input_path: Path, export_path: Path, stats_path: Path | None, json_report: Path, html_report: Path
+) -> list[Path]:
+    """The files a run replaces, in commit order, after checking none of them is or reaches the input."""
+    named = [("export_path", export_path), ("its stats file", stats_path),
+             ("its report", json_report), ("its HTML report", html_report)]
+    outputs = [(label, path) for label, path in named if path is not None]
+    check_outputs_apart(outputs, [("dataset_path", input_path)])
+    for label, path in outputs:
+        if path.is_dir():
+            raise OutputError(f"{label} {display_path(path)} is a folder; point export_path at a .jsonl file")
+    # Leftovers of a killed run (temp files, a half-done commit) go before this run writes.
+    for _label, path in outputs:
+        clean_stale_temps(path.parent, path.name)
+    return [path for _label, path in outputs]
+
+
+def _write_reports(result: RunResult, json_temp: Path, html_temp: Path) -> None:
+    from lorastory.data.report import render_html, summary
+
+    data = summary(result)
+    json_temp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    html_temp.write_text(render_html(result, data), encoding="utf-8")
 
 
 def _add_histogram(histograms: dict[str, list[float]], op: Filter, index: int, stats: dict[str, Any]) -> None:
@@ -377,7 +423,7 @@ def _add_histogram(histograms: dict[str, list[float]], op: Filter, index: int, s
     for key in op.stats_keys:
         value = stats.get(key)
         values = value if isinstance(value, list) else [value]
-        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         if numbers:
             histograms.setdefault(f"{index}:{op.name}:{key}", []).extend(numbers)
 

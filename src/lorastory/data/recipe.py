@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator
 from lorastory.config import YamlModel, read_yaml
 from lorastory.data.ops import Op, build_op
 from lorastory.errors import ConfigError, RecipeError
+from lorastory.fileio import display_path
 
 # Data-Juicer global keys that only tune its own engine (caching, tracing, Ray...).
 # They are accepted so recipes run unchanged; they change nothing here.
@@ -77,6 +78,14 @@ class Recipe(YamlModel):
         """Data-Juicer engine keys present in the recipe that have no effect here."""
         return sorted(k for k in (self.model_extra or {}) if k in ENGINE_ONLY_KEYS)
 
+    def range_warnings(self) -> list[str]:
+        """One line per op setting that is legal but drops every row (e.g. a negative maximum)."""
+        return [
+            f"process[{index + 1}] ({op.name}): {text}"
+            for index, op in enumerate(self.build_ops())
+            for text in op.params.warnings()
+        ]
+
     def build_ops(self) -> list[Op]:
         """Instantiate every op; the first unknown name or bad parameter raises."""
         ops = []
@@ -119,10 +128,17 @@ def resolve_dataset_file(recipe: Recipe) -> Path:
             )
         path = candidates[0]
     if not path.is_file():
-        raise ConfigError(f"dataset_path {path}: no such file")
+        what = "not a regular file (a pipe or device?)" if path.exists() else "no such file"
+        raise ConfigError(f"dataset_path {display_path(path)}: {what}")
     return path
 
 
 def stats_path_for(export_path: Path) -> Path:
     """Data-Juicer's stats file name: ``result.jsonl`` → ``result_stats.jsonl``."""
     return export_path.with_name(export_path.stem + "_stats.jsonl")
+
+
+def report_paths(export_path: Path) -> tuple[Path, Path]:
+    """Where the JSON and HTML reports of a run go: beside the export."""
+    stem = export_path.with_suffix("")
+    return Path(f"{stem}_report.json"), Path(f"{stem}_report.html")

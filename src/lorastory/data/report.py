@@ -10,23 +10,19 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from array import array
 from pathlib import Path
 from typing import Any
 
 from lorastory.data.executor import RunResult
+from lorastory.data.recipe import report_paths
 from lorastory.errors import BadImageError
-from lorastory.fileio import atomic_write_json, atomic_write_text
+from lorastory.fileio import atomic_files
 
 _THUMB = (160, 160)
 _BINS = 30
-
-
-def report_paths(export_path: Path) -> tuple[Path, Path]:
-    """Where the JSON and HTML reports of a run go: beside the export."""
-    stem = export_path.with_suffix("")
-    return Path(f"{stem}_report.json"), Path(f"{stem}_report.html")
 
 
 def summary(result: RunResult) -> dict[str, Any]:
@@ -65,15 +61,23 @@ def _op_row(counts: Any) -> dict[str, Any]:
 
 
 def write_reports(result: RunResult) -> tuple[Path, Path]:
-    """Write the JSON and HTML reports beside the export; return their paths."""
+    """Write the JSON and HTML reports beside the export again; return their paths.
+
+    :func:`lorastory.data.executor.run_recipe` already writes them together with the result;
+    this rewrites them (e.g. after changing ``result``), both at once.
+    """
     json_path, html_path = report_paths(result.export_path)
     data = summary(result)
-    atomic_write_json(json_path, data)
-    atomic_write_text(html_path, render_html(result, data))
+    with atomic_files([json_path, html_path]) as (json_temp, html_temp):
+        json_temp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        html_temp.write_text(render_html(result, data), encoding="utf-8")
     return json_path, html_path
 
 
 def _histogram_svg(values: array, title: str) -> str:
+    if not values:
+        return ""
+    values = array("d", (v for v in values if math.isfinite(v)))
     if not values:
         return ""
     lo, hi = min(values), max(values)

@@ -17,17 +17,28 @@ import csv
 import io
 import json
 import os
+import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
-from lorastory.data.images import is_image_file
+from lorastory.data.images import IMAGE_EXTENSIONS, is_image_file
 from lorastory.errors import MissingExtraError, SourceError
+from lorastory.fileio import display_path, display_text, is_valid_text
 
 SourceKind = Literal["auto", "folder", "hf", "modelscope"]
 TEXT_COLUMNS = ("text", "caption", "prompt", "captions", "sentence")
 _OUTPUT_MARKERS = ("import_report.json", "export_report.json")
+MAX_CAPTION_BYTES = 1 << 20  # a caption file larger than this is not a caption
+MAX_METADATA_BYTES = 1 << 30
+# A csv field this large is still read (a long caption); the whole file is in memory anyway.
+_CSV_FIELD_LIMIT = MAX_METADATA_BYTES
+# A line inside a quoted csv field that looks like a row of its own ("b.png,caption"): an unterminated quote?
+_ROW_LIKE = re.compile(
+    r"^[^,\"\n]+(?:" + "|".join(re.escape(e) for e in sorted(IMAGE_EXTENSIONS)) + r")\s*,", re.IGNORECASE | re.MULTILINE
+)
 
 
 @dataclass
@@ -71,6 +82,47 @@ def open_source(
     return _hf_items(_load_hub_dataset(src, split, subset), src, text_column)
 
 
+def source_root(src: str, kind: SourceKind = "auto") -> Path | None:
+    """The local folder an import reads its images from (a metadata file's folder), or None for a hub dataset.
+
+    Used to refuse an ``--out`` that is, contains or lies inside the source.
+    """
+    if src.startswith(("modelscope:", "ms:", "hf:")) or kind == "modelscope":
+        return None
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or path.is_symlink():
+        return path.parent
+    return None
+
+
+def open_regular(path: str | os.PathLike[str], what: str, limit: int = MAX_METADATA_BYTES) -> BinaryIO:
+    """Open a regular file of at most ``limit`` bytes for reading; FIFOs, devices and folders are refused without blocking."""
+    shown = display_path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except ValueError:
+        raise SourceError(f"{what} {shown}: the path contains a NUL byte") from None
+    except OSError as err:
+        raise SourceError(f"{what} {shown}: cannot read ({err.strerror})") from None
+    handle = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        handle.close()
+        raise SourceError(f"{what} {shown} is not a regular file (a pipe, device or folder)")
+    if info.st_size > limit:
+        handle.close()
+        raise SourceError(f"{what} {shown} is {info.st_size:,} bytes, over the {limit:,}-byte limit")
+    return handle
+
+
+def read_regular_bytes(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
+    with open_regular(path, what, limit) as handle:
+        return handle.read(limit + 1)[:limit]
+
+
 def _looks_like_hub_id(src: str) -> bool:
     parts = src.split("/")
     return len(parts) == 2 and all(parts) and not src.startswith((".", "/"))
@@ -83,7 +135,9 @@ def _folder_items(path: Path, text_column: str | None) -> Iterator[SourceItem]:
     if path.is_file():
         if path.name.endswith((".jsonl", ".csv")):
             return _metadata_items(path, text_column)
-        raise SourceError(f"{path}: expected a folder, metadata.jsonl or metadata.csv")
+        raise SourceError(f"{display_path(path)}: expected a folder, metadata.jsonl or metadata.csv")
+    if not path.is_dir():
+        raise SourceError(f"{display_path(path)}: not a regular file or folder (a pipe or device?)")
     for name in ("metadata.jsonl", "metadata.csv"):
         if (path / name).is_file():
             return _metadata_items(path / name, text_column)
@@ -91,40 +145,68 @@ def _folder_items(path: Path, text_column: str | None) -> Iterator[SourceItem]:
 
 
 def _image_folder_items(root: Path) -> Iterator[SourceItem]:
-    files = _image_files(root)
+    files, others = _folder_files(root)
     if not files:
-        raise SourceError(f"{root}: no images found (looked for .jpg, .png, .webp, ...)")
-    for file in files:
-        caption, problem = _read_caption(file.with_suffix(".txt"))
+        found = f"; {len(others)} other files such as {display_path(others[0].name)}" if others else ""
+        raise SourceError(f"{display_path(root)}: no images found (looked for .jpg, .png, .webp, ...{found})")
+    taken = {file.with_suffix(".txt") for file in files}
+    listed = [(file, True) for file in files] + [(file, False) for file in others if file not in taken]
+    for file, is_image in sorted(listed, key=lambda item: item[0].relative_to(root).as_posix()):
         rel = file.relative_to(root).as_posix()
+        if not is_image:
+            yield SourceItem(rel, rel, None, problem=_not_taken_reason(file))
+            continue
+        caption, problem = _read_caption(file.with_suffix(".txt"), root)
         yield SourceItem(rel, Path(rel).with_suffix("").as_posix(), caption, path=str(file), caption_problem=problem)
 
 
-def _image_files(root: Path) -> list[Path]:
-    """Image files under ``root`` in a stable order.
+def _not_taken_reason(file: Path) -> str:
+    if file.suffix.lower() == ".txt":
+        return "caption file with no image of the same name"
+    return f"not an image type lorastory imports: {file.suffix.lower() or 'no extension'}"
+
+
+def _folder_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, every other file) under ``root``, each in a stable order.
 
     Hidden files and folders are left out, and so are folders lorastory wrote:
     an earlier ``--out`` inside the source folder holds copies, not new images.
     """
-    found = []
+    images, others = [], []
     for folder, subdirs, names in os.walk(root):
         subdirs[:] = [d for d in subdirs if not d.startswith(".") and not _is_output_dir(Path(folder, d))]
-        found.extend(Path(folder, n) for n in names if not n.startswith(".") and is_image_file(Path(n)))
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        for name in names:
+            if not name.startswith("."):
+                (images if is_image_file(Path(name)) else others).append(Path(folder, name))
+    def order(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    return sorted(images, key=order), sorted(others, key=order)
 
 
 def _is_output_dir(path: Path) -> bool:
     return any((path / marker).is_file() for marker in _OUTPUT_MARKERS)
 
 
-def _read_caption(path: Path) -> tuple[str | None, str | None]:
-    if not path.is_file():
+def _read_caption(path: Path, root: Path) -> tuple[str | None, str | None]:
+    """(caption, problem) of an image's ``.txt``; a link leading out of the source folder is not read."""
+    if not os.path.lexists(path):
         return None, None
-    raw = path.read_bytes()
+    name = display_text(path.name)
+    if not _is_within(Path(os.path.realpath(path)), Path(os.path.realpath(root))):
+        return None, f"caption {name} is a link to a file outside the source folder; it is not read"
+    try:
+        raw = read_regular_bytes(path, MAX_CAPTION_BYTES, "caption")
+    except SourceError as err:
+        return None, str(err)
     try:
         return raw.decode("utf-8-sig").strip(), None
     except UnicodeDecodeError as err:
-        return None, f"caption {path.name} is not UTF-8 ({err.reason} at byte {err.start})"
+        return None, f"caption {name} is not UTF-8 ({err.reason} at byte {err.start})"
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
 
 
 def _metadata_items(meta: Path, text_column: str | None) -> Iterator[SourceItem]:
@@ -144,17 +226,31 @@ def _metadata_items(meta: Path, text_column: str | None) -> Iterator[SourceItem]
             yield SourceItem(where, where, text, problem="no image path (expected 'file_name', 'image' or 'images')")
             continue
         for rel in images:
+            origin = f"{where}: {display_text(rel)}"
+            problem = _path_problem(rel)
+            if problem is not None:
+                yield SourceItem(origin, where, text, problem=problem)
+                continue
             file = Path(rel).expanduser()
             file = file if file.is_absolute() else root / file
-            yield SourceItem(
-                f"{where}: {rel}", Path(rel).with_suffix("").as_posix(), text, path=str(file), caption_problem=text_problem
-            )
+            yield SourceItem(origin, Path(rel).with_suffix("").as_posix(), text, path=str(file), caption_problem=text_problem)
+
+
+def _path_problem(rel: str) -> str | None:
+    """Why an image path written in a metadata file cannot be a file name, or None."""
+    if not rel.strip() or Path(rel).name in ("", ".", ".."):
+        return "empty file name (or '.', '..')"
+    if "\x00" in rel:
+        return "the file name contains a NUL byte"
+    if not is_valid_text(rel):
+        return "the file name is not valid Unicode (a lone \\udXXX escape)"
+    return None
 
 
 def _read_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-    with open(path, "rb") as handle:
+    with open_regular(path, "metadata file", limit=1 << 62) as handle:
         for number, raw in enumerate(handle, start=1):
-            where = f"{path.name} line {number}"
+            where = f"{display_text(path.name)} line {number}"
             if not raw.strip():
                 continue
             try:
@@ -165,22 +261,52 @@ def _read_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any], str | No
             except json.JSONDecodeError as err:
                 yield where, {}, f"not valid JSON ({err.msg})"
                 continue
+            except RecursionError:
+                yield where, {}, "JSON nested too deeply"
+                continue
             if not isinstance(row, dict):
-                yield where, {}, "not a JSON object"
+                yield where, {}, f"not a JSON object (a {type(row).__name__})"
                 continue
             yield where, row, None
 
 
 def _read_csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    shown = display_path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_regular_bytes(path, MAX_METADATA_BYTES, "metadata file").decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise SourceError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or "file_name" not in reader.fieldnames:
-        raise SourceError(f"{path}: needs a 'file_name' column (found {reader.fieldnames or 'none'})")
-    for number, row in enumerate(reader, start=2):
-        yield f"{path.name} line {number}", dict(row), None
+        raise SourceError(f"{shown}: not UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise SourceError(f"{shown} line 1: {err}") from None
+    if not header or "file_name" not in header:
+        raise SourceError(f"{shown}: needs a 'file_name' column (found {', '.join(header or []) or 'none'})")
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise SourceError(f"{shown}: column '{duplicates[0]}' appears twice in the header; rename or remove one")
+    start = 2
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # an unterminated quote reaches the end of the file, or a stray quote
+            raise SourceError(f"{shown} line {start}: {err} (an unterminated or stray quote?); fix the quotes") from None
+        where = f"{display_text(path.name)} line {start}" + (f"-{reader.line_num}" if reader.line_num > start else "")
+        start = reader.line_num + 1
+        if not any(field.strip() for field in fields):
+            continue
+        if len(fields) != len(header):
+            yield where, {}, f"{len(fields)} fields but the header has {len(header)}"
+            continue
+        swallowed = next((f for f in fields if "\n" in f and _ROW_LIKE.search(f.split("\n", 1)[1])), None)
+        if swallowed is not None:
+            yield where, {}, "a quoted field spans lines that look like further rows: an unterminated quote?"
+            continue
+        yield where, dict(zip(header, fields)), None
 
 
 def _pick_text(row: dict[str, Any], text_column: str | None) -> tuple[str | None, str | None]:
@@ -192,6 +318,8 @@ def _pick_text(row: dict[str, Any], text_column: str | None) -> tuple[str | None
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             value = value[0]
         if isinstance(value, str):
+            if not is_valid_text(value):
+                return None, f"caption '{column}' is not valid Unicode (a lone \\udXXX escape)"
             return value.strip(), None
         return None, f"caption '{column}' is {type(value).__name__}, not text"
     return None, None

@@ -174,8 +174,41 @@ def _text_window(model: Any, tokenizer: Any) -> int:
     return int(min(positions, limit))
 
 
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def _check_weights(path: str, allow_pickle: bool) -> None:
+    """A local folder must hold safetensors weights; pickle-only weights need ``allow_pickle``."""
+    folder = Path(path)
+    if any(folder.glob("*.safetensors")) or allow_pickle:
+        return
+    if any((folder / name).is_file() for name in _PICKLE_WEIGHTS):
+        raise ClipModelError(
+            f"CLIP model {path} holds only pickle weights (pytorch_model.bin), which lorastory does not load "
+            "unless allowed; convert it to model.safetensors (save_pretrained does) or pass allow_pickle"
+        )
+    raise ClipModelError(f"CLIP model {path}: no weights (model.safetensors) in the folder; check {CLIP_OPTION}")
+
+
+def check_clip_folder(source: str, allow_pickle: bool = False) -> None:
+    """For a local folder: fail at once (before any work) when it is not CLIP or has no usable weights.
+
+    Reads only ``config.json`` and the file names; a hub id is left to :func:`load_clip`.
+    """
+    path, local = resolve_source(source, "CLIP model", CLIP_OPTION, ClipModelError)
+    if not local:
+        return
+    model_type = _read_model_type(path, local)
+    if model_type not in _CLASSES:
+        raise ClipModelError(
+            f"{source} is a '{model_type or 'unknown'}' model, not CLIP or Chinese CLIP; pass a CLIP model "
+            f"(e.g. {DEFAULT_CLIP} or {CHINESE_CLIP})"
+        )
+    _check_weights(path, allow_pickle)
+
+
 @functools.lru_cache(maxsize=4)
-def _load_cached(source: str, device: str, trust_remote_code: bool) -> ClipModel:
+def _load_cached(source: str, device: str, trust_remote_code: bool, allow_pickle: bool) -> ClipModel:
     from transformers import AutoConfig
 
     from lorastory.models.tiny_clip import quiet_transformers
@@ -183,12 +216,15 @@ def _load_cached(source: str, device: str, trust_remote_code: bool) -> ClipModel
     path, local = resolve_source(source, "CLIP model", CLIP_OPTION, ClipModelError)
     with quiet_transformers():
         model_type = _read_model_type(path, local)
+        if local:
+            _check_weights(path, allow_pickle)
         extra = {"trust_remote_code": True} if trust_remote_code else {}
         if model_type is None:
             config = from_pretrained(AutoConfig, path, local, "CLIP model", CLIP_OPTION, ClipModelError, **extra)
             model_type = str(getattr(config, "model_type", ""))
         model_cls, processor_cls = _model_classes(model_type, source, trust_remote_code)
-        model = from_pretrained(model_cls, path, local, "CLIP model", CLIP_OPTION, ClipModelError, **extra)
+        weights = {} if allow_pickle else {"use_safetensors": True}
+        model = from_pretrained(model_cls, path, local, "CLIP model", CLIP_OPTION, ClipModelError, **extra, **weights)
         processor = from_pretrained(processor_cls, path, local, "CLIP processor", CLIP_OPTION, ClipModelError, **extra)
     for method in ("get_image_features", "get_text_features"):
         if not hasattr(model, method):
@@ -198,9 +234,16 @@ def _load_cached(source: str, device: str, trust_remote_code: bool) -> ClipModel
     return ClipModel(source, model_type, model, processor, target, _text_window(model, processor.tokenizer))
 
 
-def load_clip(source: str = DEFAULT_CLIP, device: str | None = None, trust_remote_code: bool = False) -> ClipModel:
-    """Load (once per process and device) a CLIP or Chinese CLIP model from a folder or hub id."""
-    return _load_cached(str(source), str(resolve_device(device)), bool(trust_remote_code))
+def load_clip(
+    source: str = DEFAULT_CLIP, device: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> ClipModel:
+    """Load (once per process and device) a CLIP or Chinese CLIP model from a folder or hub id.
+
+    Only safetensors weights are read unless ``allow_pickle`` (a folder with only
+    ``pytorch_model.bin`` is refused). ``trust_remote_code`` runs Python from the
+    model folder: recipes and the web app never pass it.
+    """
+    return _load_cached(str(source), str(resolve_device(device)), bool(trust_remote_code), bool(allow_pickle))
 
 
 def cosine_matrix(a: Any, b: Any) -> Any:

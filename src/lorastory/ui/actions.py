@@ -211,7 +211,7 @@ def run_recipe_text(
     from lorastory.data.dataset import read_rows
     from lorastory.data.executor import run_recipe
     from lorastory.data.recipe import load_recipe, resolve_dataset_file
-    from lorastory.data.report import summary, write_reports
+    from lorastory.data.report import summary
     from lorastory.data.sample import resolve_path
 
     path = ws.child("recipes", f"{name}.yaml")
@@ -232,10 +232,9 @@ def run_recipe_text(
                     raise PathRefused(f"{ws.rel(input_file)} line {number}: image {image} is outside the workspace")
     result = run_recipe(recipe, processes=max(1, int(processes or 1)),
                         on_progress=(lambda done: on_progress(done, total)) if on_progress else None)
-    json_report, html_report = write_reports(result)
-    data = summary(result)
-    data["report_html"] = str(html_report)
-    data["report_json"] = str(json_report)
+    data = summary(result)  # the reports were written with the result (trust_remote_code was refused by load_recipe)
+    data["report_html"] = str(result.report_html)
+    data["report_json"] = str(result.report_json)
     return data
 
 

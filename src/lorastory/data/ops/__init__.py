@@ -20,9 +20,10 @@ from lorastory.data.ops.base import (
     Filter,
     Op,
     OpParams,
+    OpSetupError,
     build_op,
     register_op,
     registered_ops,
 )
 
-__all__ = ["Deduplicator", "Filter", "Op", "OpParams", "build_op", "register_op", "registered_ops"]
+__all__ = ["Deduplicator", "Filter", "Op", "OpParams", "OpSetupError", "build_op", "register_op", "registered_ops"]

@@ -9,13 +9,14 @@ hash per sample; the executor keeps the first sample of each hash.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorastory.config import format_validation_error
 from lorastory.data.sample import Sample
-from lorastory.errors import RecipeError
+from lorastory.errors import LorastoryError, RecipeError
 
 _REGISTRY: dict[str, type[Op]] = {}
 
@@ -29,7 +30,11 @@ class OpParams(BaseModel):
     schedules by the recipe's ``np``.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # nan/inf in a threshold would silently keep or drop every row: refused with the field's name.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    #: Ranges whose stat can be negative (no warning for a negative maximum).
+    signed_ranges: ClassVar[frozenset[str]] = frozenset()
 
     text_key: str | None = None
     image_key: str | None = None
@@ -43,8 +48,76 @@ class OpParams(BaseModel):
     work_dir: str | None = None
     index_key: str | None = None
 
+    def ranges(self) -> list[tuple[str, float, float]]:
+        """``(stat name, min, max)`` of each ``min_X``/``max_X`` pair of numeric parameters."""
+        found = []
+        for name in type(self).model_fields:
+            if not name.startswith("min_"):
+                continue
+            stem = name[4:]
+            low, high = getattr(self, name), getattr(self, f"max_{stem}", None)
+            if _is_number(low) and _is_number(high):
+                found.append((stem, float(low), float(high)))
+        return found
+
+    def range_errors(self) -> list[str]:
+        """Ranges that can never keep a row (``min_X`` above ``max_X``)."""
+        return [
+            f"min_{stem} {_num(low)} is greater than max_{stem} {_num(high)}: no row could be kept"
+            for stem, low, high in self.ranges()
+            if low > high
+        ]
+
+    def warnings(self) -> list[str]:
+        """Legal settings that drop every row (a negative maximum of a stat that is never negative)."""
+        return [
+            f"max_{stem} is {_num(high)} but {stem} is never negative: every row will be dropped"
+            for stem, _low, high in self.ranges()
+            if high < 0 and stem not in self.signed_ranges
+        ]
+
+
+def _usable_stat(value: Any, per_image: bool) -> bool:
+    if per_image:
+        return isinstance(value, list) and all(_is_number(v) for v in value)
+    return _is_number(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) and abs(value) < 1e18 else f"{value:g}"
+
 
 AnyOrAll = Literal["any", "all"]
+
+
+class OpSetupError(LorastoryError):
+    """An op cannot run at all (its model fails to load): the whole run stops, no row is judged by it."""
+
+
+def load_once(op: Op, attribute: str, load: Any) -> Any:
+    """``load()`` on first use, kept in ``op.<attribute>``; a failure is kept too, so it is tried once per process.
+
+    Every failure becomes :class:`OpSetupError` naming the op: a model that cannot load stops the
+    run instead of turning every row into a skip.
+    """
+    cached = getattr(op, attribute, None)
+    if isinstance(cached, OpSetupError):
+        raise cached
+    if cached is not None:
+        return cached
+    try:
+        value = load()
+    except Exception as err:  # noqa: BLE001  any loading failure (files, device, memory) stops the run in one line
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        failure = OpSetupError(f"{op.name}: {text}")
+        setattr(op, attribute, failure)
+        raise failure from None
+    setattr(op, attribute, value)
+    return value
 
 
 class Op:
@@ -68,6 +141,22 @@ class Filter(Op):
 
     #: Stats keys this filter writes, in order (used by reports and histograms).
     stats_keys: ClassVar[tuple[str, ...]] = ()
+    #: Whether each stat is a list with one number per image (else one number per row).
+    per_image: ClassVar[bool] = True
+
+    def drop_unusable_stats(self, stats: dict[str, Any]) -> None:
+        """Remove stats of this filter that a row brought with it in a shape it cannot use, so they are recomputed.
+
+        Rows may carry ``__dj__stats__`` written by another tool (or by hand): widths as strings,
+        ``null``, infinite ratios. Only finite numbers (a list of them per image) are reused.
+        """
+        present = [key for key in self.stats_keys if key in stats]
+        if not present:
+            return
+        if all(_usable_stat(stats[key], self.per_image) for key in present):
+            return
+        for key in present:
+            del stats[key]
 
     def compute_stats(self, sample: Sample) -> None:
         """Add this filter's values to ``sample.stats`` (skip keys already present)."""
@@ -115,10 +204,17 @@ def build_op(name: str, params: dict[str, Any] | None, where: str = "process") -
         params = {}
     if not isinstance(params, dict):
         raise RecipeError(f"{where}: parameters of '{name}' must be a mapping, got {params!r}")
+    if params.get("trust_remote_code") not in (None, False):
+        raise RecipeError(
+            f"{where} ({name}): trust_remote_code is never allowed from a recipe (it would run Python code "
+            "from the model folder); remove it and use a CLIP or Chinese CLIP model"
+        )
     try:
         validated = cls.Params.model_validate(params)
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, f"{where} ({name})")) from None
+    for problem in validated.range_errors():
+        raise RecipeError(f"{where} ({name}): {problem}")
     return cls(validated)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, register_op
+from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
 from lorastory.data.sample import Sample
 from lorastory.errors import LorastoryError, RecipeError
 
@@ -60,6 +60,7 @@ class ImageAestheticsFilter(Filter):
         from pathlib import Path
 
         from lorastory.eval.aesthetic import PICKLE_SUFFIXES, default_clip_for, load_aesthetic
+        from lorastory.eval.clip_score import check_clip_folder
         from lorastory.eval.errors import AestheticModelError, ClipModelError
         from lorastory.eval.hub import check_source
 
@@ -73,6 +74,7 @@ class ImageAestheticsFilter(Filter):
             head = load_aesthetic(path, allow_pickle=self.params.allow_pickle, device="cpu")
             clip = self.params.hf_clip or default_clip_for(head, None, None)[0]
             check_source(str(clip), "CLIP model", "hf_clip", ClipModelError)
+            check_clip_folder(str(clip), allow_pickle=self.params.allow_pickle)
         elif path.is_dir():
             check_source(str(path), "aesthetic predictor", "hf_scorer_model", AestheticModelError)
         else:
@@ -80,7 +82,8 @@ class ImageAestheticsFilter(Filter):
 
     def _model(self) -> tuple[Any, Any]:
         """(predictor, image embedder), loaded on first use in each process."""
-        if self._scorer is None:
+
+        def load() -> tuple[Any, Any]:
             from lorastory.eval.aesthetic import default_clip_for, load_aesthetic
             from lorastory.eval.clip_score import load_clip, one_thread_in_workers, op_device
 
@@ -90,9 +93,10 @@ class ImageAestheticsFilter(Filter):
             embedder = predictor.embedder
             if embedder is None:
                 clip = self.params.hf_clip or default_clip_for(predictor, None, None)[0]
-                embedder = load_clip(str(clip), device, self.params.trust_remote_code)
-            self._scorer = (predictor, embedder)
-        return self._scorer
+                embedder = load_clip(str(clip), device, allow_pickle=self.params.allow_pickle)
+            return predictor, embedder
+
+        return load_once(self, "_scorer", load)
 
     def compute_stats(self, sample: Sample) -> None:
         if STATS_KEY in sample.stats:

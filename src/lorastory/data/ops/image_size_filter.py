@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -24,6 +25,8 @@ def size_to_bytes(size: str | int | float) -> int:
     if isinstance(size, bool):
         raise ValueError(f"not a size: {size!r}")
     if isinstance(size, (int, float)):
+        if not math.isfinite(size):
+            raise ValueError(f"not a size: {size!r}")
         if size < 0:
             raise ValueError(f"size must not be negative: {size!r}")
         return int(size)
@@ -38,6 +41,9 @@ class ImageSizeParams(OpParams):
     min_size: str = "0"
     max_size: str = "1TB"
     any_or_all: AnyOrAll = "any"
+
+    def ranges(self) -> list[tuple[str, float, float]]:
+        return [("size", float(size_to_bytes(self.min_size)), float(size_to_bytes(self.max_size)))]
 
     @field_validator("min_size", "max_size", mode="before")
     @classmethod

@@ -24,11 +24,11 @@ first use; a sample's images and chunk texts go through it as one batch.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image, ImageOps
 
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, register_op
+from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
 from lorastory.data.sample import Sample
 from lorastory.errors import RecipeError
 
@@ -46,6 +46,8 @@ class ImageTextSimilarityParams(OpParams):
     vertical_flip: bool = False
     any_or_all: AnyOrAll = "any"
     reduce_mode: Literal["avg", "max", "min"] = "avg"
+
+    signed_ranges: ClassVar[frozenset[str]] = frozenset({"score"})  # a cosine can be negative
 
 
 def split_chunks(text: str, n_images: int, image_token: str) -> list[tuple[str, list[int]]]:
@@ -83,22 +85,27 @@ class ImageTextSimilarityFilter(Filter):
 
     def __init__(self, params: ImageTextSimilarityParams) -> None:
         super().__init__(params)
+        from lorastory.eval.clip_score import check_clip_folder
         from lorastory.eval.errors import ClipModelError
         from lorastory.eval.hub import check_source
 
         try:
             check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
+            check_clip_folder(params.hf_clip)
         except ClipModelError as err:
             raise RecipeError(f"{self.name}: {err}") from None
         self._clip: Any = None
 
     def _model(self) -> Any:
-        if self._clip is None:
+        """The CLIP model, loaded once per process; recipes never enable trust_remote_code (refused in build_op)."""
+
+        def load() -> Any:
             from lorastory.eval.clip_score import load_clip, one_thread_in_workers, op_device
 
             one_thread_in_workers()
-            self._clip = load_clip(self.params.hf_clip, op_device(self.params.accelerator), self.params.trust_remote_code)
-        return self._clip
+            return load_clip(self.params.hf_clip, op_device(self.params.accelerator))
+
+        return load_once(self, "_clip", load)
 
     def _prepare(self, image: Image.Image) -> Image.Image:
         if self.params.horizontal_flip:

@@ -20,6 +20,7 @@ class TextLengthFilter(Filter):
 
     Params = TextLengthParams
     stats_keys = ("text_len",)
+    per_image = False
 
     def compute_stats(self, sample: Sample) -> None:
         if "text_len" not in sample.stats:

@@ -82,6 +82,7 @@ class WordsNumFilter(Filter):
 
     Params = WordsNumParams
     stats_keys = ("num_words",)
+    per_image = False
 
     def compute_stats(self, sample: Sample) -> None:
         if "num_words" not in sample.stats:
