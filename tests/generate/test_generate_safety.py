@@ -341,7 +341,7 @@ def test_a_reference_image_that_is_not_a_picture_is_one_line(tmp_path, cli, mode
     (tmp_path / "dir.png").mkdir()
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
     for name, needle in [("ref.png", "not a regular file"), ("dir.png", "not a regular file"),
-                         ("cut.png", "cut.png"), ("missing.png", "file not found")]:
+                         ("cut.png", "cut.png"), ("missing.png", "no such file")]:
         text = STORY.replace("panels:", f"consistency:\n  mode: reference\n  reference_image: {tmp_path / name}\npanels:")
         story = _write(tmp_path / "s", text)
         _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "out"),

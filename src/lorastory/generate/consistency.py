@@ -462,6 +462,8 @@ def load_reference_image(path: str) -> Any:
     from lorastory.fileio import display_path
 
     file = Path(path).expanduser()
+    if not file.exists() and not file.is_symlink():
+        raise ConfigError(f"consistency.reference_image {display_path(path)}: no such file")
     try:
         return load_rgb(file, max_pixels=64_000_000)
     except BadImageError as err:
