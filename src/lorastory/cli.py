@@ -396,7 +396,7 @@ def generate_cmd(
     model: Annotated[str, typer.Option(help="Diffusers folder, hub id or .safetensors.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: stories/<story name>).")] = None,
     lora: Annotated[Optional[Path], typer.Option(help="LoRA .safetensors to apply.")] = None,
-    lora_scale: Annotated[float, typer.Option(help="LoRA strength.")] = 1.0,
+    lora_scale: Annotated[float, typer.Option(help="LoRA strength (a finite number from -100 to 100).")] = 1.0,
     family: Annotated[Optional[str], typer.Option(help="kolors, sdxl or sd15 (default: detected).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Panels per batch (default: auto).")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a .ckpt/.pt LoRA (loaded with weights_only).")] = False,
@@ -440,7 +440,7 @@ def generate_cmd(
 def regenerate_cmd(
     run: Annotated[Path, typer.Argument(help="A story run folder (with manifest.json).")],
     panel: Annotated[int, typer.Option(help="Panel number, from 1.")],
-    seed: Annotated[int, typer.Option(help="The new seed.")],
+    seed: Annotated[int, typer.Option(help="The new seed (0 to 2**64-1).")],
     model: Annotated[Optional[str], typer.Option(help="Model (default: the one in manifest.json).")] = None,
     lora: Annotated[Optional[Path], typer.Option(help="LoRA (default: the one in manifest.json).")] = None,
 ) -> None:

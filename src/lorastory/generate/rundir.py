@@ -188,11 +188,15 @@ def prepare_output(out: str | os.PathLike[str], names: Iterable[str], overwrite:
 def staging_dir(out: str | os.PathLike[str]) -> Path:
     """A new hidden folder to render into: inside ``out`` if it exists, else beside it (cleaned after a kill)."""
     folder = Path(out)
-    if folder.is_dir():
-        return Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}.{os.getpid()}.", suffix=".tmp", dir=folder))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(folder.parent, folder.name)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp", dir=folder.parent))
+    try:
+        if folder.is_dir():
+            return Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}.{os.getpid()}.", suffix=".tmp", dir=folder))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(folder.parent, folder.name)
+        return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp", dir=folder.parent))
+    except OSError as err:
+        raise OutputError(f"--out {display_path(folder)}: cannot write there ({err.strerror or err}); "
+                          "choose another output") from None
 
 
 def _dir_mode() -> int:
@@ -206,7 +210,11 @@ def commit_run(staging: Path, out: str | os.PathLike[str], earlier: set[str]) ->
     folder = Path(out)
     if staging.parent != folder:  # a new folder: one rename
         os.chmod(staging, _dir_mode())
-        os.rename(staging, folder)
+        try:
+            os.rename(staging, folder)
+        except OSError as err:  # another process made --out meanwhile
+            raise OutputError(f"--out {display_path(folder)}: cannot move the finished run in ({err.strerror}); "
+                              "choose a new --out") from None
         return
     names = sorted(p.name for p in staging.iterdir())
     order = [MANIFEST_FILE] + [n for n in names if n != MANIFEST_FILE]

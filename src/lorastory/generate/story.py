@@ -325,13 +325,13 @@ def generate_story(
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_panel_memory(story.defaults.width, story.defaults.height, target)
 
-    # 2. load the model and LoRA
-    if pipe is None:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-        pipe = load_pipeline(model, family, dtype=dtype)
-        pipe.to(target)
+    # 2. a staging folder (so an unwritable --out fails now), the model and LoRA, then render and move in
     staging = staging_dir(out)
     try:
+        if pipe is None:
+            dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+            pipe = load_pipeline(model, family, dtype=dtype)
+            pipe.to(target)
         result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
                                on_step, allow_pickle, fast, compile, user_reference)
         commit_run(staging, out, earlier)
