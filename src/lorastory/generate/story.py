@@ -133,10 +133,11 @@ class Story(YamlModel):
     def _has_panels(self) -> Story:
         if not self.panels:
             raise ValueError("the story has no panels; add at least one under 'panels:'")
-        last = self.defaults.seed + len(self.panels) - 1  # panel i without a seed uses defaults.seed + i - 1
-        if any(p.seed is None for p in self.panels) and last > MAX_SEED:
-            raise ValueError(f"defaults.seed {self.defaults.seed} + {len(self.panels) - 1} panels passes the largest "
-                             f"seed {MAX_SEED}; use a smaller defaults.seed")
+        # Panel i without a seed of its own uses defaults.seed + i - 1, which must stay a valid seed too.
+        unseeded = [i for i, panel in enumerate(self.panels) if panel.seed is None]
+        if unseeded and self.defaults.seed + unseeded[-1] > MAX_SEED:
+            raise ValueError(f"defaults.seed {self.defaults.seed} + {unseeded[-1]} (panel {unseeded[-1] + 1} has no seed) "
+                             f"passes the largest seed {MAX_SEED}; use a smaller defaults.seed")
         return self
 
 
@@ -617,8 +618,8 @@ def regenerate_panel(
     panel_name = f"panel-{index:02d}.png"
     storyboard_name = manifest.get("storyboard") or STORYBOARD_FILE
     targets = [MANIFEST_FILE, panel_name, storyboard_name, STORY_FILE]
-    check_outputs_apart([(name, folder / name) for name in targets],
-                        [("--lora", lora)] * bool(lora) + [("--model", model)] * os.path.lexists(model))
+    inputs = [(label, path) for label, path in (("--lora", lora), ("--model", model)) if path and os.path.lexists(path)]
+    check_outputs_apart([(name, folder / name) for name in targets], inputs)
     whole = story.consistency.uses_attention
     render = updated.model_copy(update={"title": ""}) if whole else story.model_copy(update={"panels": [panel], "title": ""})
     if render.consistency.uses_reference and (folder / REFERENCE_FILE).is_file():
