@@ -358,3 +358,10 @@ def test_out_inside_the_reference_image_folder_is_fine_but_the_image_itself_is_n
     _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "ref.png"), "reference_image")
     shutil.copy(tmp_path / "ref.png", tmp_path / "copy.png")
     assert (tmp_path / "ref.png").read_bytes() == (tmp_path / "copy.png").read_bytes()
+
+
+def test_the_library_refuses_an_earlier_run_unless_told_to_overwrite(run, model, kolors_pipe):
+    before = _snapshot(run)
+    with pytest.raises(OutputError, match="pass --overwrite"):
+        generate_story(load_story(run / "story.yaml"), model, run, pipe=kolors_pipe)
+    assert _snapshot(run) == before

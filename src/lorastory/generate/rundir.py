@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lorastory.config import read_text
-from lorastory.errors import DataError, OutputError
+from lorastory.errors import ConfigError, DataError, OutputError
 from lorastory.fileio import (
     atomic_files,
     atomic_write_text,
@@ -128,11 +128,11 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         if file.is_file() and file.stat().st_size > MAX_MANIFEST_BYTES:
             raise DataError(f"{source}: over {MAX_MANIFEST_BYTES >> 20} MiB, not a manifest lorastory wrote")
-        text = read_text(file)
-    except DataError:
-        raise
-    except Exception as err:  # ConfigError (not a regular file, not UTF-8) or OSError
-        raise DataError(str(err) if not isinstance(err, OSError) else f"{source}: {err.strerror}") from None
+        text = read_text(file)  # a FIFO or folder: "not a regular file"; bad bytes: "not UTF-8 text"
+    except ConfigError as err:
+        raise DataError(str(err)) from None
+    except OSError as err:
+        raise DataError(f"{source}: {err.strerror}") from None
     return check_manifest(parse_json(text, source), source)
 
 
@@ -140,7 +140,8 @@ def manifest_files(manifest: dict[str, Any]) -> set[str]:
     """The names of the files the run that wrote ``manifest`` put in its folder."""
     names = {MANIFEST_FILE, STORY_FILE, str(manifest.get("storyboard") or STORYBOARD_FILE)}
     names.update(record["file"] for record in manifest["panels"])
-    reference = (manifest.get("consistency") or {}).get("reference") if isinstance(manifest.get("consistency"), dict) else None
+    consistency = manifest.get("consistency")
+    reference = consistency.get("reference") if isinstance(consistency, dict) else None
     if isinstance(reference, dict) and reference.get("file") == REFERENCE_FILE:
         names.add(REFERENCE_FILE)
     return names
