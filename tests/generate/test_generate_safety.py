@@ -365,3 +365,20 @@ def test_the_library_refuses_an_earlier_run_unless_told_to_overwrite(run, model,
     with pytest.raises(OutputError, match="pass --overwrite"):
         generate_story(load_story(run / "story.yaml"), model, run, pipe=kolors_pipe)
     assert _snapshot(run) == before
+
+
+def test_an_empty_out_folder_is_used_and_a_killed_runs_staging_is_cleaned(tmp_path, model, kolors_pipe):
+    story = load_story(_write(tmp_path / "s"))
+    (tmp_path / "out").mkdir()
+    generate_story(story, model, tmp_path / "out", pipe=kolors_pipe)
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    stale = tmp_path / "out" / ".lorastory-run.999999999.dead.tmp"  # what a kill -9 mid-render leaves
+    stale.mkdir()
+    (stale / "panel-01.png").write_bytes(b"half")
+    beside = tmp_path / ".new.999999999.dead.tmp"
+    beside.mkdir()
+    generate_story(story, model, tmp_path / "out", pipe=kolors_pipe, overwrite=True)
+    generate_story(story, model, tmp_path / "new", pipe=kolors_pipe)
+    assert not stale.exists() and not beside.exists()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [
+        "manifest.json", "panel-01.png", "panel-02.png", "story.yaml", "storyboard.png"]
