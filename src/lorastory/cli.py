@@ -412,7 +412,7 @@ def generate_cmd(
     model: Annotated[str, typer.Option(help="Diffusers folder, hub id or .safetensors.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: stories/<story name>).")] = None,
     lora: Annotated[Optional[Path], typer.Option(help="LoRA .safetensors to apply.")] = None,
-    lora_scale: Annotated[float, typer.Option(help="LoRA strength.")] = 1.0,
+    lora_scale: Annotated[float, typer.Option(help="LoRA strength (a finite number from -100 to 100).")] = 1.0,
     family: Annotated[Optional[str], typer.Option(help="kolors, sdxl or sd15 (default: detected).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Panels per batch (default: auto).")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a .ckpt/.pt LoRA (loaded with weights_only).")] = False,
@@ -424,6 +424,8 @@ def generate_cmd(
         "--fast/--no-fast", help="Fuse the LoRA and q/k/v into the weights (default: on a GPU).")] = None,
     compile: Annotated[str, typer.Option(
         help="Compile the repeated UNet/VAE blocks: auto (GPU, stories of 200+ image-steps), on or off.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an earlier run in --out (only the files it wrote; other files are kept).")] = False,
 ) -> None:
     """Render a story's panels, manifest and storyboard."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -443,16 +445,18 @@ def generate_cmd(
             story, model, out, lora=str(lora) if lora else None, lora_scale=lora_scale, family=family,
             batch_size=batch_size, allow_pickle=allow_pickle, fast=fast, compile=_on_off_auto(compile, "--compile"),
             on_step=lambda done, total: progress.update(task, completed=done, total=total),
+            overwrite=overwrite, inputs=[("story file", story_file)],
         )
     console.print(f"Rendered {len(result.panels)} panels in {result.seconds:.1f} s.", markup=False)
-    console.print(f"  storyboard: {result.storyboard}\n  manifest:   {result.manifest}", markup=False)
+    console.print(f"  storyboard: {display_path(result.storyboard)}\n  manifest:   {display_path(result.manifest)}",
+                  markup=False)
 
 
 @app.command("regenerate")
 def regenerate_cmd(
     run: Annotated[Path, typer.Argument(help="A story run folder (with manifest.json).")],
     panel: Annotated[int, typer.Option(help="Panel number, from 1.")],
-    seed: Annotated[int, typer.Option(help="The new seed.")],
+    seed: Annotated[int, typer.Option(help="The new seed (0 to 2**64-1).")],
     model: Annotated[Optional[str], typer.Option(help="Model (default: the one in manifest.json).")] = None,
     lora: Annotated[Optional[Path], typer.Option(help="LoRA (default: the one in manifest.json).")] = None,
 ) -> None:
@@ -460,7 +464,7 @@ def regenerate_cmd(
     from lorastory.generate.story import regenerate_panel
 
     path = regenerate_panel(run, panel, seed, model=model, lora=str(lora) if lora else None)
-    console.print(f"Rewrote {path} (seed {seed}), the manifest and the storyboard.", markup=False)
+    console.print(f"Rewrote {display_path(path)} (seed {seed}), the manifest and the storyboard.", markup=False)
 
 
 @app.command("grid")
@@ -476,25 +480,21 @@ def grid_cmd(
         bool, typer.Option("--captions", help="Caption each panel with the prompt stored in its PNG.")
     ] = False,
     resize: Annotated[Optional[str], typer.Option(help="Final size WxH, e.g. 1024x2048 as in the reference.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Tile images into a storyboard (2 columns by default, CJK captions)."""
-    from lorastory.errors import ConfigError
-    from lorastory.generate.grid import save_storyboard
+    from lorastory.generate.grid import check_grid_output, check_grid_text, parse_size, save_storyboard
     from lorastory.generate.pngmeta import read_parameters
 
-    size = None
-    if resize:
-        try:
-            width, height = (int(v) for v in resize.lower().split("x"))
-            size = (width, height)
-        except ValueError:
-            raise ConfigError(f"--resize {resize!r}: write WIDTHxHEIGHT, e.g. 1024x2048") from None
+    size = parse_size(resize, "--resize") if resize else None
+    check_grid_text(title, caption)
+    check_grid_output(out, images, overwrite)
     captions = caption
     if captions_from_metadata and not captions:
         captions = [(p.prompt if (p := read_parameters(image)) else None) for image in images]
     board = save_storyboard(images, out, cols=cols, rows=rows, spacing=spacing, title=title,
                             captions=captions, resize_to=size)
-    console.print(f"Wrote {out} ({board.width}x{board.height}).", markup=False)
+    console.print(f"Wrote {display_path(out)} ({board.width}x{board.height}).", markup=False)
 
 
 # --- eval ------------------------------------------------------------------------------

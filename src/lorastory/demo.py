@@ -116,7 +116,8 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
 
     story = load_story(EXAMPLES / "story_toy.yaml")
     story.defaults = story.defaults.model_copy(update={"steps": size.story_steps})
-    rendered = generate_story(story, str(model), out / "story", lora=str(run / "lora.safetensors"), batch_size=8)
+    rendered = generate_story(story, str(model), out / "story", lora=str(run / "lora.safetensors"), batch_size=8,
+                              overwrite=True)
     say(f"6. drew {len(rendered.panels)} panels in {rendered.seconds:.1f} s: {rendered.storyboard}", markup=False)
 
     scores = evaluate_run(rendered.out, str(clip), annotate=True, compare=True, compare_options={"render_batch_size": 8})

@@ -60,6 +60,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorastory.errors import ConfigError
+from lorastory.generate.checks import ValidText
 
 Mode = Literal["none", "attention", "reference", "both"]
 MODES: tuple[str, ...] = ("none", "attention", "reference", "both")
@@ -88,12 +89,12 @@ class ConsistencySettings(BaseModel):
     blocks: list[str] = Field(default_factory=lambda: ["up"])
     sample_rate: float = Field(0.5, ge=0, le=1)
     step_range: tuple[float, float] = (0.0, 0.5)
-    reference_image: str | None = None
-    reference_prompt: str | None = None
+    reference_image: ValidText | None = None
+    reference_prompt: ValidText | None = None
     reference_scale: float = Field(0.5, ge=0, le=2)
-    ip_adapter: str | None = None
-    ip_adapter_weight: str | None = None
-    image_encoder: str | None = None
+    ip_adapter: ValidText | None = None
+    ip_adapter_weight: ValidText | None = None
+    image_encoder: ValidText | None = None
 
     @field_validator("blocks")
     @classmethod
@@ -452,16 +453,18 @@ def shared_attention(pipe: Any, settings: ConsistencySettings, panels: int, seed
 
 
 def load_reference_image(path: str) -> Any:
-    """The user's reference image as RGB; a missing or unreadable file is one :class:`ConfigError`."""
+    """The user's reference image as RGB; a missing, unreadable or non-image file (a FIFO, a folder, a
+    truncated or undecodable picture) is one :class:`ConfigError` naming it, without blocking."""
     from pathlib import Path
 
     from lorastory.data.images import load_rgb
     from lorastory.errors import BadImageError
+    from lorastory.fileio import display_path
 
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"consistency.reference_image {path}: no such file")
+    if not file.exists() and not file.is_symlink():
+        raise ConfigError(f"consistency.reference_image {display_path(path)}: no such file")
     try:
         return load_rgb(file, max_pixels=64_000_000)
     except BadImageError as err:
-        raise ConfigError(f"consistency.reference_image {path}: {err}") from None
+        raise ConfigError(f"consistency.reference_image {display_path(path)}: {err}") from None

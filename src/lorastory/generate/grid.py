@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import stat
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +25,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
-from lorastory.data.images import probe_image, to_rgb
-from lorastory.errors import BadImageError, ConfigError
-from lorastory.fileio import atomic_open
+from lorastory.data.images import ImageInfo, probe_image, to_rgb
+from lorastory.errors import BadImageError, ConfigError, OutputError
+from lorastory.fileio import atomic_open, check_outputs_apart, display_path, is_valid_text
 from lorastory.generate import fonts
 
 ImageSource = Image.Image | str | os.PathLike[str]
@@ -35,7 +37,11 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 DEFAULT_COLS = 2
 TEXT_COLOR: Color = (0, 0, 0)
 ELLIPSIS = "…"
-MAX_BOARD_PIXELS = 1 << 28  # 268 M pixels (~800 MB as RGB): far beyond any real storyboard
+# 268 M pixels (~800 MB as RGB, twice that while resizing): far beyond any real storyboard (the
+# reference's is 2 M), and what a machine with a few GB to spare can hold. Every size is checked
+# against it before anything of that size is allocated: the grid, the cells and --resize.
+MAX_BOARD_PIXELS = 1 << 28
+_SIZE_TEXT = re.compile(r"^\s*(\d{1,9})\s*[xX×]\s*(\d{1,9})\s*$")
 
 # Kinsoku: characters that may not start a line, and ones that may not end one.
 _NO_LINE_START = frozenset("，。、；：？！）》」』】〕〉”’…—·～,.;:?!)]}%")
@@ -77,24 +83,98 @@ def fit_into(image: Image.Image, size: tuple[int, int], background: Color = (255
 
 
 def _load(source: ImageSource, background: Color) -> Image.Image:
-    """A panel as RGB, transparency composited on ``background``, EXIF orientation applied."""
+    """A panel as RGB, transparency composited on ``background``, EXIF orientation applied.
+
+    A path is checked by :func:`~lorastory.data.images.probe_image` first (a regular file, not a
+    FIFO or folder; a known, complete image within the pixel limit) and opened without blocking;
+    any decoder failure is a :class:`BadImageError` naming the file.
+    """
     if isinstance(source, Image.Image):
         return to_rgb(source, background)
+    name = display_path(source)
     try:
-        probe_image(source)  # missing, empty, truncated, decompression bomb: a clear reason
-        with Image.open(source) as image:
+        probe_image(source)
+        with _open_regular(source) as handle, Image.open(handle) as image:
             image.load()
             upright = ImageOps.exif_transpose(image)
             return to_rgb(upright if upright is not None else image, background)
     except BadImageError as err:
-        raise BadImageError(f"{os.fspath(source)}: {err}") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise BadImageError(f"{os.fspath(source)}: cannot decode image ({err})") from None
+        raise BadImageError(f"{name}: {err}") from None
+    except MemoryError:
+        raise BadImageError(f"{name}: not enough memory to decode this image") from None
+    except Exception as err:  # noqa: BLE001  any decoder failure is this image's problem
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise BadImageError(f"{name}: cannot decode image ({reason})") from None
+
+
+def _open_regular(path: str | os.PathLike[str]) -> Any:
+    """Open a file for reading without blocking on a FIFO swapped in after the probe; refuse anything irregular."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadImageError("not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _probe(source: ImageSource) -> tuple[int, int]:
+    """The displayed size of a panel, from its header alone (paths) or the image."""
+    if isinstance(source, Image.Image):
+        return source.size
+    try:
+        info: ImageInfo = probe_image(source)
+    except BadImageError as err:
+        raise BadImageError(f"{display_path(source)}: {err}") from None
+    return info.width, info.height
 
 
 def _check_size(name: str, size: tuple[int, int] | None) -> None:
-    if size is not None and (len(size) != 2 or min(size) < 1):
+    if size is None:
+        return
+    if (len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size) or min(size) < 1):
         raise ConfigError(f"{name} must be two positive integers (width, height), got {size!r}")
+    if size[0] * size[1] > MAX_BOARD_PIXELS:
+        raise ConfigError(f"{name} {size[0]}x{size[1]} is too large (over the limit of {MAX_BOARD_PIXELS:,} pixels "
+                          "for a storyboard); use a smaller size")
+
+
+def _check_board(width: int, height: int) -> None:
+    if width * height > MAX_BOARD_PIXELS:
+        raise ConfigError(f"a {width}x{height} storyboard is too large (over the limit of {MAX_BOARD_PIXELS:,} pixels); "
+                          "use a smaller cell_size, spacing or fewer images")
+
+
+def parse_size(text: str, what: str = "size") -> tuple[int, int]:
+    """``"1024x2048"`` -> (1024, 2048): two positive whole numbers within :data:`MAX_BOARD_PIXELS`."""
+    match = _SIZE_TEXT.match(text)
+    if match is None or min(int(match[1]), int(match[2])) < 1:
+        raise ConfigError(f"{what} {text!r}: write WIDTHxHEIGHT with two positive whole numbers, e.g. 1024x2048")
+    size = (int(match[1]), int(match[2]))
+    _check_size(what, size)
+    return size
+
+
+def check_grid_text(title: str | None, captions: Sequence[str | None] | None) -> None:
+    """Refuse a title or caption that is not valid Unicode (it could not be drawn or stored)."""
+    for what, text in [("--title", title), *(("--caption", c) for c in captions or ())]:
+        if text is not None and not is_valid_text(text):
+            raise ConfigError(f"{what} {display_path(text)!r}: not valid Unicode text (a lone surrogate); fix it")
+
+
+def check_grid_output(out: str | os.PathLike[str], images: Sequence[ImageSource], overwrite: bool) -> None:
+    """``out`` may not be one of the images (by any name or link); an existing file is replaced only with ``overwrite``."""
+    target = Path(out)
+    check_outputs_apart([("--out", target)],
+                        [(f"image {i}", p) for i, p in enumerate(images, start=1) if not isinstance(p, Image.Image)])
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise OutputError(f"--out {display_path(target)}: {err.strerror}; choose another output") from None
+    if not stat.S_ISREG(mode):
+        raise OutputError(f"--out {display_path(target)} exists and is not a regular file; choose another output")
+    if not overwrite:
+        raise OutputError(f"--out {display_path(target)} already exists; choose a new --out or pass --overwrite")
 
 
 # --------------------------------------------------------------------------- text
@@ -273,9 +353,11 @@ def make_storyboard(
     if font_size is not None and font_size < 1:
         raise ConfigError(f"font_size must be at least 1 pixel, got {font_size}")
 
-    # 2. Decode the panels and size the cells.
+    # 2. Size the cells from the headers (the grid must fit before anything is decoded), then decode.
+    sizes = [_probe(source) for source in images]
+    cell_w, cell_h = cell_size or (max(w for w, _ in sizes), max(h for _, h in sizes))
+    _check_board(ncols * cell_w + (ncols + 1) * spacing, nrows * cell_h + (nrows + 1) * spacing)
     panels = [_load(source, background) for source in images]
-    cell_w, cell_h = cell_size or (max(p.width for p in panels), max(p.height for p in panels))
     size = font_size or default_font_size(cell_w)
 
     # 3. Wrap the text and size the strips.
@@ -294,8 +376,7 @@ def make_storyboard(
         title_font = fonts.cjk_font(round(size * 1.4))
         [title_lines], title_h = _text_block([title], title_font, board_w, None)
     board_h = title_h + nrows * (cell_h + strip_h) + (nrows + 1) * spacing
-    if board_w * board_h > MAX_BOARD_PIXELS:
-        raise ConfigError(f"a {board_w}x{board_h} storyboard is too large; use a smaller cell_size or fewer images")
+    _check_board(board_w, board_h)
 
     # 4. Paste panels and draw text.
     board = Image.new("RGB", (board_w, board_h), background)
@@ -325,7 +406,8 @@ def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str],
     target = Path(path)
     fmt = Image.registered_extensions().get(target.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
-        raise ConfigError(f"{target}: unknown image extension {target.suffix!r}; use .png, .jpg or .webp")
+        raise ConfigError(f"{display_path(target)}: unknown image extension {display_path(target.suffix)!r}; "
+                          "use .png, .jpg or .webp")
     board = make_storyboard(images, **options)
     save_args: dict[str, Any] = {}
     if fmt == "PNG" and options.get("title"):
@@ -334,6 +416,10 @@ def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str],
         save_args["pnginfo"] = info
     elif fmt == "JPEG":
         save_args["quality"] = 95
-    with atomic_open(target, "wb") as handle:
-        board.save(handle, format=fmt, **save_args)
+    try:
+        with atomic_open(target, "wb") as handle:
+            board.save(handle, format=fmt, **save_args)
+    except OSError as err:
+        raise OutputError(f"{display_path(target)}: cannot write the storyboard ({err.strerror or err}); "
+                          "choose another output") from None
     return board

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
 from lorastory.errors import DataError
 from lorastory.fileio import atomic_open
@@ -339,7 +339,7 @@ def save_png_with_parameters(image: Image.Image, path: str | os.PathLike[str], p
 def _from_json(text: str) -> GenerationParams | None:
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if (
         not isinstance(payload, dict)
@@ -354,14 +354,31 @@ def _from_json(text: str) -> GenerationParams | None:
 
 
 def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
-    """The parameters stored in a PNG: exact ones from ``lorastory``, else parsed from ``parameters``; ``None`` if neither."""
+    """The parameters stored in a PNG: exact ones from ``lorastory``, else parsed from ``parameters``; ``None`` if neither.
+
+    The file is checked as every image is (:func:`~lorastory.data.images.probe_image`: a regular
+    file, not a FIFO or folder, a complete image within the pixel limit); a file that cannot be
+    read, or whose text chunks cannot be decoded (a text-chunk bomb), is one :class:`DataError` naming it.
+    """
+    from lorastory.data.images import probe_image
+    from lorastory.errors import BadImageError
+    from lorastory.fileio import display_path
+
+    name = display_path(path)
     try:
-        with Image.open(path) as image:
+        probe_image(path)
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle, Image.open(handle) as image:
             chunks = dict(getattr(image, "text", None) or {})
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; pass the path of a generated PNG") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read it as an image ({err})") from None
+    except BadImageError as err:
+        if "not found" in str(err):
+            raise DataError(f"{name}: file not found; pass the path of a generated PNG") from None
+        raise DataError(f"{name}: cannot read it as an image ({err})") from None
+    except MemoryError:
+        raise DataError(f"{name}: not enough memory to read its text chunks") from None
+    except Exception as err:  # noqa: BLE001  any decoder failure (text-chunk bomb, AVIF...) names the file
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DataError(f"{name}: cannot read it as an image ({reason})") from None
     exact = chunks.get(JSON_KEY)
     if isinstance(exact, str):
         params = _from_json(exact)
@@ -369,5 +386,8 @@ def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
             return params
     text = chunks.get(PARAMETERS_KEY)
     if isinstance(text, str) and text.strip():
-        return parse_parameters(text)
+        try:
+            return parse_parameters(text)
+        except (DataError, ValueError, TypeError):
+            return None  # another tool's text we cannot make sense of: no parameters
     return None

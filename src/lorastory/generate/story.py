@@ -12,11 +12,11 @@ conditioned on one reference image through an IP-Adapter.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,39 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lorastory import __version__
 from lorastory.config import YamlModel, format_validation_error
-from lorastory.errors import ConfigError
-from lorastory.fileio import atomic_write_json, atomic_write_text, file_sha256
+from lorastory.errors import ConfigError, DataError
+from lorastory.fileio import (
+    atomic_files,
+    atomic_write_text,
+    check_outputs_apart,
+    clean_stale_temps,
+    display_path,
+    file_sha256,
+    finish_commit,
+)
+from lorastory.generate.checks import (
+    MAX_CFG,
+    MAX_PANEL_PIXELS,
+    MAX_PANEL_SIDE,
+    MAX_SEED,
+    ValidText,
+    check_lora_scale,
+    check_panel_memory,
+    check_seed,
+    check_text,
+)
 from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
+from lorastory.generate.rundir import (
+    MANIFEST_FILE,
+    STORY_FILE,
+    STORYBOARD_FILE,
+    commit_run,
+    prepare_output,
+    read_manifest,
+    remove_staging,
+    staging_dir,
+    write_json,
+)
 from lorastory.generate.samplers import check_sampler
 from lorastory.generate.speed import auto_batch_size
 
@@ -38,11 +68,18 @@ class PanelDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(50, ge=1, le=1000)
-    cfg: float = Field(4.0, ge=0)
-    width: int = Field(1024, ge=8)
-    height: int = Field(1024, ge=8)
-    seed: int = Field(0, ge=0)
+    cfg: float = Field(4.0, ge=0, le=MAX_CFG, allow_inf_nan=False)
+    width: int = Field(1024, ge=8, le=MAX_PANEL_SIDE)
+    height: int = Field(1024, ge=8, le=MAX_PANEL_SIDE)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     sampler: str = "Euler"
+
+    @model_validator(mode="after")
+    def _panel_size(self) -> PanelDefaults:
+        if self.width * self.height > MAX_PANEL_PIXELS:
+            raise ValueError(f"a {self.width}x{self.height} panel is over the limit of {MAX_PANEL_PIXELS:,} pixels "
+                             "(4096x4096) per panel; render smaller and upscale")
+        return self
 
     @field_validator("sampler")
     @classmethod
@@ -64,30 +101,30 @@ class Panel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1)
-    negative: str | None = None
-    seed: int | None = Field(None, ge=0)
-    caption: str | None = None
+    negative: ValidText | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    caption: ValidText | None = None
     steps: int | None = Field(None, ge=1, le=1000)
-    cfg: float | None = Field(None, ge=0)
+    cfg: float | None = Field(None, ge=0, le=MAX_CFG, allow_inf_nan=False)
 
     @field_validator("prompt")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("a panel needs a prompt")
-        return value
+        return check_text(value)
 
 
 class Story(YamlModel):
     """A story file: who, in what style, and the panels."""
 
-    title: str = ""
-    character: str = ""
-    style: str = ""
+    title: ValidText = ""
+    character: ValidText = ""
+    style: ValidText = ""
     # Placed between character, panel prompt and style. "," reproduces the reference workflow's
     # prompts; "，" or ", " keep a prompt in the form a model was trained on.
-    separator: str = ","
-    negative: str = ""
+    separator: ValidText = ","
+    negative: ValidText = ""
     defaults: PanelDefaults = Field(default_factory=PanelDefaults)
     consistency: ConsistencySettings = Field(default_factory=ConsistencySettings)
     panels: list[Panel]
@@ -96,6 +133,11 @@ class Story(YamlModel):
     def _has_panels(self) -> Story:
         if not self.panels:
             raise ValueError("the story has no panels; add at least one under 'panels:'")
+        # Panel i without a seed of its own uses defaults.seed + i - 1, which must stay a valid seed too.
+        unseeded = [i for i, panel in enumerate(self.panels) if panel.seed is None]
+        if unseeded and self.defaults.seed + unseeded[-1] > MAX_SEED:
+            raise ValueError(f"defaults.seed {self.defaults.seed} + {unseeded[-1]} (panel {unseeded[-1] + 1} has no seed) "
+                             f"passes the largest seed {MAX_SEED}; use a smaller defaults.seed")
         return self
 
 
@@ -192,6 +234,43 @@ def reference_prompt(story: Story, jobs: list[PanelJob]) -> str:
     return jobs[0].prompt
 
 
+def run_files(story: Story) -> list[str]:
+    """The files a run of ``story`` writes into its folder."""
+    names = [job.file_name for job in resolve_panels(story)]
+    if story.consistency.uses_reference:
+        names.append(REFERENCE_FILE)
+    return [*names, STORYBOARD_FILE, MANIFEST_FILE, STORY_FILE]
+
+
+def _local_inputs(model: str, lora: Path | None, settings: ConsistencySettings) -> list[tuple[str, str | Path]]:
+    """The inputs on this machine that a run's output may not reach: model, LoRA, reference image, IP-Adapter."""
+    found: list[tuple[str, str | Path]] = [("--lora", lora)] if lora is not None else []
+    for label, value in (("--model", model), ("consistency.reference_image", settings.reference_image),
+                         ("consistency.ip_adapter", settings.ip_adapter)):
+        if value and os.path.lexists(os.path.expanduser(str(value))):
+            found.append((label, os.path.expanduser(str(value))))
+    return found
+
+
+def check_story_inputs(story: Story, model: str, out: str | Path, lora: str | None = None, lora_scale: float = 1.0,
+                       batch_size: int | None = None, overwrite: bool = False,
+                       inputs: Sequence[tuple[str, str | Path]] = ()) -> set[str]:
+    """Everything ``generate_story`` checks before a model loads; return the earlier run's files it may replace.
+
+    ``--out`` may not be, contain or lie inside an input (the story file and the others in
+    ``inputs``, the model, LoRA, reference image and IP-Adapter on this machine), and an existing
+    non-empty ``--out`` must be an earlier run with ``overwrite`` (:func:`~lorastory.generate.rundir.prepare_output`).
+    """
+    check_lora_scale(lora_scale, "--lora-scale")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"--batch-size {batch_size!r}: use a whole number of 1 or more, or leave it out (auto)")
+    lora_path = Path(lora) if lora else None
+    if lora_path is not None and not lora_path.is_file():
+        raise ConfigError(f"LoRA {display_path(lora_path)}: no such file")
+    check_outputs_apart([("--out", out)], [*inputs, *_local_inputs(model, lora_path, story.consistency)])
+    return prepare_output(out, run_files(story), overwrite)
+
+
 def generate_story(
     story: Story,
     model: str,
@@ -206,8 +285,15 @@ def generate_story(
     allow_pickle: bool = False,
     fast: bool | None = None,
     compile: bool | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[tuple[str, str | Path]] = (),
 ) -> StoryResult:
     """Render every panel of ``story`` into ``out`` with the manifest and storyboard.
+
+    ``out`` must be new, empty, or (with ``overwrite``) an earlier run folder, whose own files
+    alone are replaced; it may not reach the model, LoRA, reference image or any of ``inputs``
+    (``(label, path)`` pairs, e.g. the story file). The run renders into a hidden staging folder
+    and is moved into ``out`` when complete (:mod:`lorastory.generate.rundir`).
 
     ``fast`` (default: on CUDA) fuses the LoRA and the QKV projections into the weights
     (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in is changed in place).
@@ -222,18 +308,13 @@ def generate_story(
     """
     import torch
 
-    from lorastory.generate.consistency import SharedAttention
-    from lorastory.generate.grid import save_storyboard
-    from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, save_png_with_parameters
     from lorastory.models.registry import load_pipeline
 
-    # 1. check inputs and resolve the panels
+    # 1. check inputs and the output folder, resolve the panels
     jobs = resolve_panels(story)
     settings = story.consistency
-    out_dir = Path(out)
+    earlier = check_story_inputs(story, model, out, lora, lora_scale, batch_size, overwrite, inputs)
     lora_path = Path(lora) if lora else None
-    if lora_path is not None and not lora_path.is_file():
-        raise ConfigError(f"LoRA {lora_path}: no such file")
     if settings.uses_attention and compile:
         raise ConfigError(f"consistency mode '{settings.mode}' changes the attention every step and cannot run compiled; "
                           "leave compile off")
@@ -242,13 +323,39 @@ def generate_story(
         from lorastory.generate.consistency import load_reference_image
 
         user_reference = load_reference_image(settings.reference_image)
-
-    # 2. load the model and LoRA
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if pipe is None:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-        pipe = load_pipeline(model, family, dtype=dtype)
-        pipe.to(target)
+    check_panel_memory(story.defaults.width, story.defaults.height, target)
+
+    # 2. a staging folder (so an unwritable --out fails now), the model and LoRA, then render and move in
+    staging = staging_dir(out)
+    try:
+        if pipe is None:
+            dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+            pipe = load_pipeline(model, family, dtype=dtype)
+            pipe.to(target)
+        result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
+                               on_step, allow_pickle, fast, compile, user_reference)
+        commit_run(staging, out, earlier)
+    finally:
+        remove_staging(staging)
+    out_dir = Path(out)
+    return StoryResult(out_dir, [out_dir / p.name for p in result.panels], out_dir / result.storyboard.name,
+                       out_dir / MANIFEST_FILE, result.seconds, jobs)
+
+
+def _render_story(
+    story: Story, jobs: list[PanelJob], pipe: Any, model: str, out_dir: Path, target: Any, lora_path: Path | None,
+    lora_scale: float, batch_size: int | None, on_step: StepCallback | None, allow_pickle: bool,
+    fast: bool | None, compile: bool | None, user_reference: Any,
+) -> StoryResult:
+    """Render the run into the (staging) folder ``out_dir``: panels, reference, storyboard, manifest, story.yaml."""
+    import torch
+
+    from lorastory.generate.consistency import SharedAttention
+    from lorastory.generate.grid import save_storyboard
+    from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, save_png_with_parameters
+
+    settings = story.consistency
     pipe.set_progress_bar_config(disable=True)
     if lora_path is not None:
         from lorastory.models.lora import apply_lora
@@ -282,7 +389,6 @@ def generate_story(
         )
 
     # 3. the reference image, if the story uses one: the user's, or rendered now with the plain pipeline
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     base_scheduler = pipe.scheduler.config
     reference_job = None
@@ -357,12 +463,12 @@ def generate_story(
 
     # 5. storyboard, manifest, resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]
-    storyboard = out_dir / "storyboard.png"
+    storyboard = out_dir / STORYBOARD_FILE
     save_storyboard(panel_paths, storyboard, cols=2, title=story.title or None,
                     captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None)
     seconds = time.perf_counter() - started
-    manifest = out_dir / "manifest.json"
-    atomic_write_json(manifest, {
+    manifest = out_dir / MANIFEST_FILE
+    write_json(manifest, {
         "lorastory_version": __version__,
         "title": story.title,
         "style": story.style,
@@ -381,7 +487,7 @@ def generate_story(
         ],
         "storyboard": storyboard.name,
     })
-    atomic_write_text(out_dir / "story.yaml", story.to_yaml())
+    atomic_write_text(out_dir / STORY_FILE, story.to_yaml())
     return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
 
 
@@ -445,8 +551,31 @@ def load_story(path: str | Path) -> Story:
 
 
 def manifest_panels(manifest: str | Path) -> list[dict[str, Any]]:
-    """The panel records of a run's ``manifest.json``."""
-    return json.loads(Path(manifest).read_text(encoding="utf-8"))["panels"]
+    """The panel records of a run's ``manifest.json`` (checked: a broken manifest is one :class:`DataError`)."""
+    return read_manifest(manifest)["panels"]
+
+
+def _check_run(folder: Path, index: int) -> tuple[Story, dict[str, Any]]:
+    """The run's story and manifest, checked to match, with panel ``index`` in range and every panel file present."""
+    if not folder.is_dir():
+        raise ConfigError(f"{display_path(folder)}: no such run folder; pass a folder 'lorastory generate' wrote")
+    finish_commit(folder / MANIFEST_FILE)  # an earlier regenerate killed while swapping its files in
+    clean_stale_temps(folder)
+    manifest_path = folder / MANIFEST_FILE
+    manifest = read_manifest(manifest_path)
+    story = load_story(folder / STORY_FILE)
+    where = display_path(manifest_path)
+    if len(manifest["panels"]) != len(story.panels):
+        raise DataError(f"{where} lists {len(manifest['panels'])} panels but {STORY_FILE} has {len(story.panels)}; "
+                        "the run folder was changed by hand: generate the story again")
+    if not 1 <= index <= len(story.panels):
+        raise ConfigError(f"panel {index}: the story has panels 1 to {len(story.panels)}")
+    for number, record in enumerate(manifest["panels"], start=1):
+        path = folder / record["file"]
+        if not path.is_file():
+            raise DataError(f"{display_path(path)}: panel {number} listed in {MANIFEST_FILE} is missing or not a file; "
+                            "generate the story again")
+    return story, manifest
 
 
 def regenerate_panel(
@@ -461,51 +590,62 @@ def regenerate_panel(
 ) -> Path:
     """Re-render panel ``index`` (1-based) of a run with a new ``seed``; the others stay byte for byte.
 
-    The panel is rendered as a one-panel story into a staging folder with the
-    run's model, LoRA and settings (``model``/``lora`` override the manifest's
-    paths), then swapped in; the storyboard, manifest and story.yaml are
-    rewritten to match. ``before_swap`` may raise to cancel with nothing changed.
+    The run folder is checked first (manifest, story.yaml and panel files agree). The panel is
+    rendered as a one-panel story into a staging folder with the run's model, LoRA and settings
+    (``model``/``lora`` override the manifest's paths); then the panel, storyboard, manifest and
+    story.yaml are swapped in together (:func:`lorastory.fileio.atomic_files`: all or nothing).
+    ``before_swap`` may raise to cancel with nothing changed.
 
     With shared attention on, a panel depends on its batch-mates, so the whole story is
     rendered again (with the new seed for this panel) and only this panel is kept. A
     reference-conditioned run reuses its ``reference.png``.
     """
-    import shutil
-
     from lorastory.generate.grid import save_storyboard
 
     folder = Path(run_dir)
-    story = load_story(folder / "story.yaml")
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    if not 1 <= index <= len(story.panels):
-        raise ConfigError(f"panel {index}: the story has panels 1 to {len(story.panels)}")
+    seed = check_seed(seed, "--seed")
+    story, manifest = _check_run(folder, index)
     recorded_lora = manifest.get("lora") or None
     lora = lora or (recorded_lora["path"] if recorded_lora else None)
-    panel = story.panels[index - 1].model_copy(update={"seed": int(seed)})
+    scale = check_lora_scale(recorded_lora.get("scale", 1.0) if recorded_lora else 1.0, f"{MANIFEST_FILE} lora scale")
+    model = model or manifest.get("model")
+    if not model:
+        raise DataError(f"{display_path(folder / MANIFEST_FILE)}: no model recorded; pass --model")
+    panel = story.panels[index - 1].model_copy(update={"seed": seed})
     panels = list(story.panels)
     panels[index - 1] = panel
     updated = story.model_copy(update={"panels": panels})
-    staging = folder.with_name(f".{folder.name}.panel-{index:02d}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    panel_name = f"panel-{index:02d}.png"
+    storyboard_name = manifest.get("storyboard") or STORYBOARD_FILE
+    targets = [MANIFEST_FILE, panel_name, storyboard_name, STORY_FILE]
+    inputs = [(label, path) for label, path in (("--lora", lora), ("--model", model)) if path and os.path.lexists(path)]
+    check_outputs_apart([(name, folder / name) for name in targets], inputs)
     whole = story.consistency.uses_attention
     render = updated.model_copy(update={"title": ""}) if whole else story.model_copy(update={"panels": [panel], "title": ""})
     if render.consistency.uses_reference and (folder / REFERENCE_FILE).is_file():
         render = with_consistency(render, reference_image=str(folder / REFERENCE_FILE), reference_prompt=None)
+    work = Path(tempfile.mkdtemp(prefix=f".lorastory-regenerate.{os.getpid()}.", suffix=".tmp", dir=folder))
     try:
-        generate_story(render, model or manifest["model"], staging, lora=lora,
-                       lora_scale=recorded_lora["scale"] if recorded_lora else 1.0, on_step=on_step, pipe=pipe)
-        record = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))["panels"][index - 1 if whole else 0]
-        staged = staging / record["file"]
-        record["file"] = f"panel-{index:02d}.png"
+        generate_story(render, model, work / "render", lora=lora, lora_scale=scale, on_step=on_step, pipe=pipe)
+        record = read_manifest(work / "render" / MANIFEST_FILE)["panels"][index - 1 if whole else 0]
+        staged_panel = work / "render" / record["file"]
+        record["file"] = panel_name
+        records = list(manifest["panels"])
+        records[index - 1] = record
+        updated_manifest = {**manifest, "panels": records}
+        captions = [p.get("caption") for p in records]
+        sources = [staged_panel if number == index else folder / p["file"] for number, p in enumerate(records, start=1)]
+        save_storyboard(sources, work / storyboard_name, cols=2, title=updated.title or None,
+                        captions=captions if any(captions) else None)
+        write_json(work / MANIFEST_FILE, updated_manifest)
+        atomic_write_text(work / STORY_FILE, updated.to_yaml())
         if before_swap is not None:
             before_swap()
-        os.replace(staged, folder / record["file"])
+        staged = {MANIFEST_FILE: work / MANIFEST_FILE, panel_name: staged_panel,
+                  storyboard_name: work / storyboard_name, STORY_FILE: work / STORY_FILE}
+        with atomic_files([folder / name for name in targets]) as temps:
+            for name, temp in zip(targets, temps):
+                os.replace(staged[name], temp)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    manifest["panels"][index - 1] = record
-    captions = [p.get("caption") for p in manifest["panels"]]
-    save_storyboard([folder / p["file"] for p in manifest["panels"]], folder / manifest.get("storyboard", "storyboard.png"),
-                    cols=2, title=updated.title or None, captions=captions if any(captions) else None)
-    atomic_write_json(folder / "manifest.json", manifest)
-    atomic_write_text(folder / "story.yaml", updated.to_yaml())
-    return folder / record["file"]
+        remove_staging(work)
+    return folder / panel_name
