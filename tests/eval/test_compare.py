@@ -62,3 +62,10 @@ def test_compare_with_a_missing_lora_file_asks_for_one(cli, run_copy, tiny_clip)
     (run_copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     result = cli("eval", run_copy, "--clip", tiny_clip, "--compare")
     assert result.code == 1 and "--lora" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_compare_twice_replaces_its_own_renders(cli, run_copy, tiny_clip):
+    for _ in range(2):
+        result = cli("eval", run_copy, "--clip", tiny_clip, "--compare")
+        assert result.code == 0, result.err
+    assert (run_copy / "compare" / "with_lora" / "manifest.json").is_file()

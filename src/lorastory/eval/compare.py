@@ -142,7 +142,8 @@ def compare_lora(
     out = run.folder / COMPARE_DIR
     if pipe is None:
         pipe = _load_pipe(str(base), _family_name(run.manifest), device)
-    common = dict(pipe=pipe, batch_size=render_batch_size, on_step=on_step, device=str(pipe.device))
+    # Both renders replace the previous comparison of this run (our own folders).
+    common = dict(pipe=pipe, batch_size=render_batch_size, on_step=on_step, device=str(pipe.device), overwrite=True)
     generate_story(story, str(base), out / WITHOUT_DIR, **common)
     generate_story(story, str(base), out / WITH_DIR, lora=str(lora_path), lora_scale=scale, allow_pickle=allow_pickle, **common)
 

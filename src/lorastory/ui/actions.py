@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from lorastory.errors import ConfigError
-from lorastory.fileio import atomic_open, atomic_write_text, replace_dir
+from lorastory.errors import ConfigError, DataError, LorastoryError
+from lorastory.fileio import atomic_open, atomic_write_text, parse_json, replace_dir
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import PathRefused, Workspace
 
@@ -473,10 +473,13 @@ def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[
     model, LoRA and settings, then swapped in; the storyboard, manifest and story.yaml
     are rewritten to match.
     """
+    from lorastory.generate.rundir import read_manifest
     from lorastory.generate.story import regenerate_panel
 
     folder = ws.resolve(run, must_exist=True)
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(folder / "manifest.json")  # a one-line error for a damaged or foreign manifest
+    if not manifest.get("model"):
+        raise DataError(f"{folder / 'manifest.json'}: no model recorded; render the story again")
     model = resolve_model(ws, manifest["model"])
     lora = manifest.get("lora") or None
     lora_path = str(ws.resolve(lora["path"], must_exist=True)) if lora else None
@@ -518,10 +521,11 @@ def train_runs(ws: Workspace) -> list[str]:
 def run_details(ws: Workspace, run: str) -> dict[str, Any]:
     """A story run as the gallery shows it: panels with the parameters read back from each PNG."""
     from lorastory.generate.pngmeta import read_parameters
+    from lorastory.generate.rundir import read_manifest
 
     folder = ws.resolve(run, must_exist=True)
     manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest = _json_or_none(manifest_path, read_manifest) or {}
     rows, panels = [], []
     for path in sorted(folder.glob("panel-*.png")):
         if not ws.is_inside(path):
@@ -535,10 +539,20 @@ def run_details(ws: Workspace, run: str) -> dict[str, Any]:
         rows.append([path.name, params.prompt, params.negative_prompt, params.seed, params.steps, params.cfg_scale,
                      params.sampler, f"{params.width}x{params.height}", lora])
     scores_path = folder / "scores.json"
-    scores = json.loads(scores_path.read_text(encoding="utf-8")) if scores_path.is_file() else None
+    scores = _json_or_none(scores_path, lambda path: parse_json(path.read_bytes(), str(path)))
     board = folder / manifest.get("storyboard", "storyboard.png")
     return {"folder": folder, "manifest": manifest, "rows": rows, "panels": panels, "scores": scores,
             "storyboard": str(board) if board.is_file() and ws.is_inside(board) else None}
+
+
+def _json_or_none(path: Path, read: Callable[[Path], Any]) -> Any:
+    """What ``read`` makes of a JSON file, or None when it is missing or damaged (the gallery shows what it can)."""
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except (LorastoryError, OSError):
+        return None
 
 
 PARAM_COLUMNS = ["file", "prompt", "negative", "seed", "steps", "cfg", "sampler", "size", "lora"]
