@@ -200,7 +200,7 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-MEMORY_HEADROOM = 6 << 30
+MEMORY_HEADROOM = 3 << 30
 """Address space a case may add to what the process already maps: an input that makes a command try to
 allocate tens of GB then fails (MemoryError) instead of taking the machine down with it."""
 
