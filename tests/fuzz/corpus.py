@@ -480,7 +480,7 @@ def _import_out(kind: str) -> Callable[[Path, Resources], Spec]:
         write(root / "data" / "notes.txt", "the user's notes beside the source")
         args = ["data", "import", str(src), "--overwrite", "--out"]
         if kind == "same":
-            return Spec(args + [str(src)], expect="error")
+            return Spec(args + [str(src)], expect="error", checks=[one_line_mention("src")])
         if kind == "parent":
             return Spec(args + [str(root / "data")], expect="error")
         if kind == "inside":
@@ -489,7 +489,7 @@ def _import_out(kind: str) -> Callable[[Path, Resources], Spec]:
             os.symlink(src, root / "link")
             return Spec(args + [str(root / "link")], expect="error")
         if kind == "existing-file":
-            return Spec(args + [str(root / "data" / "notes.txt")], expect="error")
+            return Spec(args + [str(root / "data" / "notes.txt")], expect="error", checks=[one_line_mention("notes.txt")])
         if kind == "unwritable":
             return Spec(args + [str(unwritable_dir(root) / "out")], expect="error")
         raise ValueError(kind)
@@ -1015,8 +1015,11 @@ def _train_resume(damage: str) -> Callable[[Path, Resources], Spec]:
         else:
             raise ValueError(damage)
         args = train_args(res.model(TRAIN_FAMILY), res.train_data(), run, max_steps=3) + ["--resume", "--checkpoint-every", "1"]
+        checks = [lora_finite("run/lora.safetensors")]
+        if damage == "all-checkpoints-empty":
+            checks.append(one_line_mention("step-", "checkpoint"))
         return Spec(args, outputs=["run"], expect="error" if damage == "all-checkpoints-empty" else "ok",
-                    volatile=["run/config.yaml"], checks=[lora_finite("run/lora.safetensors")])
+                    volatile=["run/config.yaml"], checks=checks)
 
     return build
 
@@ -1232,14 +1235,14 @@ def _gen_in_cwd(root: Path, res: Resources, extra: str, file: str, thing: Thing)
 
 
 def _regen(panel: str = "1", seed: str = "7", damage: Callable[[Path], None] | None = None, expect: str = "any",
-           extra: tuple[str, ...] = ()) -> Callable[[Path, Resources], Spec]:
+           extra: tuple[str, ...] = (), checks: list[Check] | None = None) -> Callable[[Path, Resources], Spec]:
     def build(root: Path, res: Resources) -> Spec:
         run = root / "run"
         shutil.copytree(res.run(), run)
         if damage is not None:
             damage(run)
         return Spec(["regenerate", str(run), "--panel", panel, "--seed", seed, *extra], outputs=["run", ".run."],
-                    expect=expect, checks=_gen_checks())
+                    expect=expect, checks=[*_gen_checks(), *(checks or [])])
 
     return build
 
@@ -1263,7 +1266,8 @@ def _regen_cases() -> list[Case]:
         Case("regenerate", "panel-negative", "numbers", _regen(panel="-1", expect="error")),
         Case("regenerate", "manifest-missing", "foreign-stats", _regen(damage=lambda run: (run / "manifest.json").unlink())),
         Case("regenerate", "manifest-invalid-json", "foreign-stats",
-             _regen(damage=lambda run: (run / "manifest.json").write_text("{broken", encoding="utf-8"), expect="error")),
+             _regen(damage=lambda run: (run / "manifest.json").write_text("{broken", encoding="utf-8"), expect="error",
+                    checks=[one_line_mention("manifest.json")])),
         Case("regenerate", "manifest-a-list", "foreign-stats",
              _regen(damage=lambda run: (run / "manifest.json").write_text("[]", encoding="utf-8"), expect="error")),
         Case("regenerate", "manifest-panels-not-a-list", "foreign-stats",
@@ -1335,6 +1339,7 @@ def _grid_out(kind: str) -> Callable[[Path, Resources], Spec]:
         first = root / "in" / "panel-0.png"
         if kind == "is-an-input":
             spec.args[at] = str(first)
+            spec.checks.append(one_line_mention("panel-0.png"))
         elif kind == "symlink-to-input":
             os.symlink(first, root / "alias.png")
             spec.args[at] = str(root / "alias.png")
@@ -1389,7 +1394,7 @@ def _grid_cases() -> list[Case]:
 
 
 def _eval(damage: Callable[[Path, Resources], Any] | None = None, flags: tuple[str, ...] = (), expect: str = "any",
-          clip: Callable[[Path, Resources], Path] | None = None) -> Callable[[Path, Resources], Spec]:
+          clip: Callable[[Path, Resources], Path] | None = None, checks: list[Check] | None = None) -> Callable[[Path, Resources], Spec]:
     def build(root: Path, res: Resources) -> Spec:
         run = root / "run"
         shutil.copytree(res.run(), run)
@@ -1399,7 +1404,7 @@ def _eval(damage: Callable[[Path, Resources], Any] | None = None, flags: tuple[s
         return Spec(["eval", str(run), "--clip", str(model), "--device", "cpu",
                      *[f.replace("{root}", str(root)) for f in flags]],
                     outputs=["run/scores.json", "run/storyboard_scored.png", "run/compare"], expect=expect,
-                    checks=[strict_json("run/scores.json")])
+                    checks=[strict_json("run/scores.json"), *(checks or [])])
 
     return build
 
@@ -1420,7 +1425,8 @@ def _eval_cases() -> list[Case]:
     cases += [
         Case("eval", "manifest-missing", "foreign-stats", _eval(lambda run, _r: (run / "manifest.json").unlink())),
         Case("eval", "manifest-invalid-json", "foreign-stats",
-             _eval(lambda run, _r: (run / "manifest.json").write_text("{oops", encoding="utf-8"), expect="error")),
+             _eval(lambda run, _r: (run / "manifest.json").write_text("{oops", encoding="utf-8"), expect="error",
+                   checks=[one_line_mention("manifest.json")])),
         Case("eval", "manifest-a-list", "foreign-stats",
              _eval(lambda run, _r: (run / "manifest.json").write_text("[1]", encoding="utf-8"), expect="error")),
         Case("eval", "manifest-panels-strings", "foreign-stats",

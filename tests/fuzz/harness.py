@@ -189,13 +189,22 @@ def _alarm(_signum: int, _frame: Any) -> None:
     raise CaseTimeout()
 
 
+BACKSTOP_S = 60.0
+"""If SIGALRM cannot interrupt a case (a C call that retries its blocked system call), the process
+dumps every thread's stack and exits this much later instead of hanging the whole suite."""
+
+
 @contextlib.contextmanager
 def _time_limit(seconds: float):
+    import faulthandler
+
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds + BACKSTOP_S, exit=True, file=sys.__stderr__)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
@@ -260,8 +269,8 @@ def run_case(case: Case, resources: Any, base: Path) -> Outcome:
     spec = case.build(root, resources)
     before = snapshot(root)
     stdout, stderr = io.StringIO(), io.StringIO()
-    os.environ.setdefault("COLUMNS", "200")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    environment = dict(os.environ)
+    os.environ.update(COLUMNS="200", HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     try:
         with _in_folder(root), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
@@ -269,11 +278,16 @@ def run_case(case: Case, resources: Any, base: Path) -> Outcome:
             outcome.code = main(list(spec.args))
     except CaseTimeout:
         outcome.hang = True
+    except KeyboardInterrupt:
+        raise
     except BaseException as err:  # noqa: BLE001  main must never raise without --debug
         import traceback
 
         outcome.traceback.append(f"main raised {type(err).__name__}: {str(err)[:200]}")
         stderr.write("".join(traceback.format_exception(err)))
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     outcome.seconds = time.perf_counter() - started
     outcome.output = stdout.getvalue() + stderr.getvalue()
     if _TRACEBACK.search(outcome.output):
