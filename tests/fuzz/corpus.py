@@ -195,12 +195,15 @@ BAD_ROWS: dict[str, tuple[str, bytes, dict[str, Thing]]] = {
 for _name, (_family, _file, _thing) in BAD_IMAGES.items():
     BAD_ROWS[f"image-{_name}"] = (_family, b'{"text": "bad image %s", "images": ["images/%s"]}'
                                   % (_name.encode(), _file.encode()), {f"images/{_file}": _thing})
+# A latin-1 file name (undecodable bytes): JSON can only name it through the surrogate escape.
+BAD_ROWS["image-latin1-name"] = ("text", b'{"text": "bad image latin1-name", "images": ["images/caf\\udce9.png"]}',
+                                 {"images/caf\udce9.png": bf.good_png(30)})
 # The extra image some malformed rows name: it exists, so only the row's shape is wrong.
 _EXTRA = {"images/extra.png": bf.good_png(50)}
 
 GOOD_COUNT = 3
 # Inputs a stage may either take (where Pillow decodes them) or report; never drop silently.
-MAYBE_IMAGES = {"avif-named-png"}
+MAYBE_IMAGES = {"avif-named-png", "latin1-name"}
 
 
 
@@ -1377,6 +1380,7 @@ def _grid_cases() -> list[Case]:
         Case("grid", "spacing-negative", "numbers", _grid(("--spacing", "-10"))),
         Case("grid", "spacing-huge", "numbers", _grid(("--spacing", "10000000"))),
         Case("grid", "title-lone-surrogate", "text", _grid(("--title", "caf\udce9 title"))),
+        Case("grid", "input-latin1-name", "text", _grid(extra_images={"caf\udce9.png": bf.good_png(31)})),
         Case("grid", "title-10k-chars", "text", _grid(("--title", "标题" * 5000))),
         Case("grid", "captions-more-than-panels", "text", _grid(("--caption", "a", "--caption", "b", "--caption", "c",
                                                                 "--caption", "d"))),
