@@ -333,7 +333,7 @@ def train_cmd(
     from lorastory.config import read_yaml
     from lorastory.train.config import TrainConfig
     from lorastory.train.launch import is_main_process, run_on_gpus
-    from lorastory.train.trainer import train
+    from lorastory.train.trainer import check_run_paths, train
 
     values = read_yaml(config_file) if config_file else {}
     if not isinstance(values, dict):
@@ -352,6 +352,7 @@ def train_cmd(
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+    check_run_paths(config)  # before any process starts or any model loads
     debug = isinstance(ctx.obj, _Options) and ctx.obj.debug
     if gpus and run_on_gpus(config, gpus, debug=debug, say=lambda m: err_console.print(m, highlight=False)):
         return

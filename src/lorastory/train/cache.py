@@ -9,7 +9,10 @@ caching, the trainer frees the VAE and text encoder.
 Several processes fill one cache together: each encodes its share of the
 missing entries (:func:`missing_share`). An entry is written to a uniquely
 named temporary file and renamed into place, so readers, and other processes
-or runs writing the same folder, only ever see complete entries.
+or runs writing the same folder, only ever see complete entries. An entry that is
+there but incomplete anyway (truncated by a full disk or a crash of the machine,
+emptied, overwritten) counts as missing: it is re-encoded and listed in
+:attr:`TensorCache.damaged`, never a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lorastory.errors import DataError
 from lorastory.models.conditioning import encode_text
 from lorastory.models.vae import encode_latents
 from lorastory.train.data import Placement, TrainItem, load_pixels
@@ -66,15 +71,28 @@ class TensorCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.damaged: set[str] = set()  # keys whose file was there but incomplete (re-encoded)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def has(self, key: str) -> bool:
-        return self.path(key).is_file()
+        """Whether a complete entry is there; an incomplete one is remembered in :attr:`damaged`."""
+        path = self.path(key)
+        if not path.is_file():
+            return False
+        if complete_safetensors(path):
+            return True
+        self.damaged.add(key)
+        return False
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path(key)))
+        path = self.path(key)
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+            raise DataError(f"cache entry {path} cannot be read ({type(err).__name__}); delete it and run again "
+                            "to re-encode it") from None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         target = self.path(key)
@@ -88,6 +106,37 @@ class TensorCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+_MAX_HEADER = 100 * 2**20
+
+
+def complete_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a whole safetensors file: its header parses and the file is exactly as
+    long as the header's tensors say (a truncated or padded file is not), without reading the data."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                return False
+            (header_size,) = struct.unpack("<Q", prefix)
+            if not 2 <= header_size <= _MAX_HEADER:
+                return False
+            header = json.loads(handle.read(header_size))
+            size = os.fstat(handle.fileno()).st_size
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(header, dict):
+        return False
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return False
+        end = max(end, offsets[1])
+    return size == 8 + header_size + end
 
 
 def missing_share(cache: TensorCache, keys: Iterable[str], processes: Any) -> list[str]:
