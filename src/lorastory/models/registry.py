@@ -139,7 +139,7 @@ def check_family(folder: str | os.PathLike[str], family: Family) -> None:
     if found is not None and found[0].name != family.name:
         actual, evidence = found
         raise ConfigError(
-            f"{folder} is {'an' if actual.name == 'sd15' else 'a'} {_LABELS[actual.name]} model ({evidence}), "
+            f"{folder} is {'a' if actual.name == 'kolors' else 'an'} {_LABELS[actual.name]} model ({evidence}), "
             f"not {family.name}: drop --family or pass --family {actual.name}"
         )
 
@@ -169,7 +169,7 @@ def load_pipeline(
     if _looks_like_hub_id(source):
         known = KNOWN_HUB_MODELS.get(source)
         if family and known and get_family(family).name != known:
-            raise ConfigError(f"{source} is {'an' if known == 'sd15' else 'a'} {_LABELS[known]} model, not {family}: "
+            raise ConfigError(f"{source} is {'a' if known == 'kolors' else 'an'} {_LABELS[known]} model, not {family}: "
                               f"drop --family or pass --family {known}")
         name = family or known or _hub_family(source)
         return _from_pretrained(get_family(name), source, dtype, local_only=False)
