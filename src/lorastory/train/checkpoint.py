@@ -199,7 +199,7 @@ def newest_good_checkpoint(out: Path, fingerprint: str, say: Callable[[str], Non
             return read_checkpoint(folder, fingerprint)
         except DamagedCheckpoint as err:
             where = f"moved aside to {move_aside(folder).name}" if move else "skipped"
-            say(f"warning: checkpoint {folder.name} is damaged: {err}; {where}, resuming from the one before")
+            say(f"warning: checkpoint {folder.name} is damaged: {err}; {where}")
     return None
 
 
