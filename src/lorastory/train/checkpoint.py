@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorastory.errors import LorastoryError
-from lorastory.fileio import atomic_dir
+from lorastory.fileio import atomic_dir, clean_stale_temps
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -126,8 +127,24 @@ def save_checkpoint(
         _fsync(tmp)
     _fsync(target.parent)  # the rename itself
     for _, old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return target
+
+
+def _remove(folder: Path) -> None:
+    """Delete an old checkpoint: renamed to a temp name first, so a kill half-way through leaves
+    what :func:`clean_checkpoint_temps` removes, never a half checkpoint that looks whole."""
+    doomed = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.replace(folder, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_checkpoint_temps(out: Path) -> list[Path]:
+    """Remove the half-written or half-deleted checkpoint folders of killed runs."""
+    return clean_stale_temps(out / "checkpoints")
 
 
 def _fsync(path: Path) -> None:

@@ -35,10 +35,10 @@ from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
 from lorastory.models.registry import check_family, family_of_pipeline, get_family, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.cache import (
-    TensorCache, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
+    TensorCache, clean_cache_temps, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
 )
 from lorastory.train.checkpoint import (
-    Checkpoint, CheckpointError, Position, apply_checkpoint, list_checkpoints, newest_good_checkpoint, rng_state,
+    Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
     save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
@@ -217,6 +217,8 @@ def train(
     main, processes, rank = state.is_main_process, state.num_processes, state.process_index
     if not main:
         say = _quiet  # every process would print the same lines
+    if main:
+        clean_checkpoint_temps(out)  # of a run killed while writing or pruning checkpoints
     existing = list_checkpoints(out)
     if processes > 1:
         _same_everywhere(existing[-1][1].name if existing else None, f"newest checkpoint in {out}",
@@ -472,19 +474,20 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
     folder they all share, which is checked.
     """
     device = accelerator.device
+    clean_cache_temps(cache)  # of writers that were killed
     latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}
     text_jobs = {**{e.text_key: e.item.caption for e in examples}, **dict(validation)}
     mine = missing_share(cache, latent_jobs, accelerator)
     if mine:
         pipe.vae.to(device)
-        fill_latents(cache, pipe.vae, [(key, *latent_jobs[key]) for key in mine])
+        fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine)
         pipe.vae.to("cpu")
     mine_text = missing_share(cache, text_jobs, accelerator)
     if mine_text:
         dtype = _weight_dtype(accelerator.mixed_precision) if device.type == "cuda" else torch.float32
         for name in text_encoders:
             getattr(pipe, name).to(device, dtype)
-        fill_text(cache, pipe, [(key, text_jobs[key]) for key in mine_text], device)
+        fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text)
     accelerator.wait_for_everyone()
     counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
     if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
