@@ -117,6 +117,7 @@ def test_outputs_that_cannot_be_written_are_refused_first(cli, tmp_path, style_t
         assert expected in line and "no-such-model" not in line, (flags, line)
     assert a_file.read_text(encoding="utf-8") == "keep me"
     assert _snapshot(style_train_folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no run folder, no write-test left
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -243,16 +244,18 @@ def test_cli_trains_on_the_good_rows_and_warns_about_empty_captions(cli, tmp_pat
     for index in range(4):
         _image(folder / f"{index}.png", (40 * index, 100, 200))
         rows.append(json.dumps({"file_name": f"{index}.png", "text": ""}))
-    rows += [json.dumps([1, 2]), json.dumps({"images": 3}), json.dumps({"file_name": ".", "text": "x"})]
+    rows += [json.dumps([1, 2]), json.dumps({"images": 3}), json.dumps({"file_name": ".", "text": "x"}),
+             json.dumps({"file_name": "[red]gone[/].png", "text": "markup-like name"})]
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     before = _snapshot(folder)
     result = cli("train", "--model", tiny_model_path("sd15"), "--data", folder, "--out", tmp_path / "run",
                  "--resolution", "64", "--rank", "2", "--max-steps", "1", "--no-gradient-checkpointing")
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
-    for line in (5, 6, 7):
+    for line in (5, 6, 7, 8):
         assert f"skipped metadata.jsonl line {line}:" in result.err
-    assert "skipped 3 row(s)" in result.err and "training on 4 image(s)" in result.err
+    assert "[red]gone[/].png" in result.err  # printed as text, not read as console markup
+    assert "skipped 4 row(s)" in result.err and "training on 4 image(s)" in result.err
     assert "captions all empty" in result.err
     assert (tmp_path / "run" / "lora.safetensors").is_file()
     assert _snapshot(folder) == before

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -432,14 +433,16 @@ def check_run_paths(config: TrainConfig) -> None:
 
 
 def _check_writable_folder(label: str, folder: Path) -> None:
-    """A folder that exists (or can be made) and takes files; one line saying why not."""
+    """A folder that exists or can be made, and takes files; one line saying why not. Nothing is
+    left behind: the test folder is made in the nearest existing folder and removed."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{label} {display_path(folder)} is a file, not a folder: choose a folder")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{label} {display_path(folder)} cannot be written ({display_path(existing)} is a file, "
+                          "not a folder): choose another folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".lorastory-write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        os.rmdir(tempfile.mkdtemp(prefix=".lorastory-write-test.", dir=existing))
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise OutputError(f"{label} {display_path(folder)} cannot be written ({reason}): choose another folder") from None
