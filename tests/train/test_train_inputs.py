@@ -269,3 +269,15 @@ def test_float_tiff_training_image_is_not_black(tmp_path):
     pixels = load_pixels(item, Placement((64, 64), (0, 0), (64, 64)))
     assert pixels.shape == (3, 64, 64)
     assert float(pixels.max()) > 0.5 and float(pixels.min()) < -0.5  # a ramp, not a black picture
+
+
+def test_csv_nul_and_unterminated_quote_are_reported_not_merged(tmp_path):
+    folder = tmp_path / "data"
+    _image(folder / "a.png")
+    (folder / "metadata.csv").write_bytes(b'file_name,text\na.png,"two\nlines"\na\x00.png,nul\na.png,"bad"x\n'
+                                          b'a.png,"left open\na.png,swallowed?\n')
+    items, problems = read_train_folder(folder)
+    assert [i.caption for i in items] == ["two lines"]
+    assert problems == ["metadata.csv line 4: file name holds a NUL byte",
+                        "metadata.csv line 5: unreadable csv row (',' expected after '\"')",
+                        "metadata.csv lines 6-7: unreadable csv row (unexpected end of data)"]

@@ -109,7 +109,8 @@ def _csv_rows(path: Path):
     # Undecodable bytes become surrogate escapes: the rows holding them are skipped, not the file.
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open to the end is an error for that row, not rows silently merged.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
     except csv.Error as err:
@@ -122,14 +123,16 @@ def _csv_rows(path: Path):
                             "keep one (which one is meant cannot be told)")
     name_at, text_at = header.index("file_name"), header.index("text")
     while True:
+        first_line = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as err:
-            yield f"{path.name} line {reader.line_num}", None, f"unreadable csv row ({err})"
+            span = f"lines {first_line}-{reader.line_num}" if reader.line_num > first_line else f"line {first_line}"
+            yield f"{path.name} {span}", None, f"unreadable csv row ({err})"
             continue
-        where = f"{path.name} line {reader.line_num}"
+        where = f"{path.name} line {first_line}"
         if not row:
             continue
         if len(row) <= name_at:
