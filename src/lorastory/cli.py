@@ -349,7 +349,7 @@ def train_cmd(
     from lorastory.config import read_yaml
     from lorastory.train.config import TrainConfig
     from lorastory.train.launch import is_main_process, run_on_gpus
-    from lorastory.train.trainer import train
+    from lorastory.train.trainer import check_run_paths, train
 
     values = read_yaml(config_file) if config_file else {}
     if not isinstance(values, dict):
@@ -368,8 +368,13 @@ def train_cmd(
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+    check_run_paths(config)  # before any process starts or any model loads
     debug = isinstance(ctx.obj, _Options) and ctx.obj.debug
-    if gpus and run_on_gpus(config, gpus, debug=debug, say=lambda m: err_console.print(m, highlight=False)):
+
+    def say(message: str) -> None:  # plain text (file names may hold [brackets]), one line per message
+        err_console.print(display_text(message), highlight=False, markup=False, soft_wrap=True)
+
+    if gpus and run_on_gpus(config, gpus, debug=debug, say=say):
         return
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -383,7 +388,7 @@ def train_cmd(
         def show(p) -> None:
             progress.update(task, completed=p.step, total=p.total_steps, loss=p.loss, ips=p.images_per_second)
 
-        result = train(config, on_progress=show, say=lambda m: err_console.print(m, highlight=False))
+        result = train(config, on_progress=show, say=say)
     if not result.main_process:
         return
     last = f", final loss {result.losses[-1]:.4f}" if result.losses else ""

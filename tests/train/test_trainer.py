@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -95,42 +88,6 @@ def test_existing_checkpoints_need_resume(tiny_model_path, style_train_folder, t
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     with pytest.raises(TrainingError, match="--resume"):
         train(config, say=lambda m: None)
-
-
-def _train_command(model, data, out, steps, every):
-    return [sys.executable, "-m", "lorastory", "train", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--resolution", "64", "--rank", "4", "--alpha", "2", "--lr", "1e-3", "--batch-size", "2",
-            "--max-steps", str(steps), "--checkpoint-every", str(every), "--seed", "7", "--no-gradient-checkpointing",
-            "--epochs", "1"]
-
-
-@pytest.mark.slow
-def test_kill_and_resume_is_bit_identical(tiny_model_path, style_train_folder, tmp_path):
-    model = tiny_model_path("kolors")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = tmp_path / "straight"
-    subprocess.run(_train_command(model, style_train_folder, straight, 30, 5), check=True, env=env,
-                   capture_output=True)
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(model, style_train_folder, killed, 30, 5), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    half = killed / "checkpoints" / "step-000005"
-    deadline = time.time() + 300
-    while not half.is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert half.is_dir(), "the run never reached its first checkpoint"
-    assert not (killed / "lora.safetensors").exists(), "killed too late: the run had finished"
-
-    resumed = subprocess.run(_train_command(model, style_train_folder, killed, 30, 5) + ["--resume"], env=env,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from step-0000" in resumed.stderr
-    a, b = load_file(str(straight / "lora.safetensors")), load_file(str(killed / "lora.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_cli_flags_override_the_config_file(tiny_model_path, style_train_folder, tmp_path, cli):

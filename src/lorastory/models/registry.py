@@ -72,19 +72,76 @@ def family_of_pipeline(pipe: Any) -> Family:
     raise ConfigError(f"{type(pipe).__name__} is not a Kolors, SDXL or SD1.5 pipeline")
 
 
-def detect_family(folder: str | os.PathLike[str]) -> Family:
-    """Read the family from a diffusers folder's ``model_index.json``."""
+_LABELS = {"kolors": "Kolors", "sdxl": "SDXL", "sd15": "SD1.5"}
+
+
+def _model_index(folder: str | os.PathLike[str]) -> dict[str, Any]:
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{folder}: not a diffusers model folder (no model_index.json)")
     try:
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ModelLoadError(f"{index}: unreadable ({err})") from None
-    for name, family in FAMILIES.items():
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{index}: expected a JSON object")
+    return data
+
+
+def _family_of_class(class_name: str) -> Family | None:
+    for family in FAMILIES.values():
         if class_name == family.pipeline_class or class_name.startswith(family.pipeline_class.removesuffix("Pipeline")):
-            return FAMILIES[name]
-    raise ModelLoadError(f"{folder}: pipeline {class_name or '(none)'} is not Kolors, SDXL or SD1.5; pass --family")
+            return family
+    return None
+
+
+def _component_class(index: dict[str, Any], component: str) -> str | None:
+    entry = index.get(component)
+    if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+        return entry[1]
+    return None
+
+
+def declared_family(folder: str | os.PathLike[str]) -> tuple[Family, str] | None:
+    """The family a diffusers folder is, with the evidence (for messages), or None when it cannot tell.
+
+    The pipeline class in ``model_index.json`` decides; a folder naming another pipeline class is
+    judged by its text encoders (ChatGLM: Kolors; two CLIPs: SDXL; one: SD1.5).
+    """
+    index = _model_index(folder)
+    class_name = index.get("_class_name")
+    if isinstance(class_name, str) and (family := _family_of_class(class_name)) is not None:
+        return family, f"model_index.json: {class_name}"
+    encoder, encoder_2 = _component_class(index, "text_encoder"), _component_class(index, "text_encoder_2")
+    if encoder and "ChatGLM" in encoder:
+        return FAMILIES["kolors"], f"model_index.json: text_encoder {encoder}"
+    if encoder and encoder_2:
+        return FAMILIES["sdxl"], f"model_index.json: text_encoder {encoder} and text_encoder_2 {encoder_2}"
+    if encoder and "CLIP" in encoder:
+        return FAMILIES["sd15"], f"model_index.json: text_encoder {encoder} only"
+    return None
+
+
+def detect_family(folder: str | os.PathLike[str]) -> Family:
+    """Read the family from a diffusers folder's ``model_index.json``."""
+    found = declared_family(folder)
+    if found is None:
+        class_name = _model_index(folder).get("_class_name")
+        shown = class_name if isinstance(class_name, str) and class_name else "(none)"
+        raise ModelLoadError(f"{folder}: pipeline {shown} is not Kolors, SDXL or SD1.5; pass --family")
+    return found[0]
+
+
+def check_family(folder: str | os.PathLike[str], family: Family) -> None:
+    """Refuse ``--family`` naming another family than the folder's configs say (one line, not a
+    crash deep in a tokenizer). A folder that does not say is left to ``family``."""
+    found = declared_family(folder)
+    if found is not None and found[0].name != family.name:
+        actual, evidence = found
+        raise ConfigError(
+            f"{folder} is {'a' if actual.name == 'kolors' else 'an'} {_LABELS[actual.name]} model ({evidence}), "
+            f"not {family.name}: drop --family or pass --family {actual.name}"
+        )
 
 
 def _looks_like_hub_id(model: str) -> bool:
@@ -104,11 +161,17 @@ def load_pipeline(
     path = Path(source).expanduser()
     if path.is_dir():
         fam = get_family(family) if family else detect_family(path)
+        if family:
+            check_family(path, fam)
         return _from_pretrained(fam, str(path), dtype, local_only=True)
     if path.is_file():
         return _from_single_file(path, family, dtype, config, allow_pickle)
     if _looks_like_hub_id(source):
-        name = family or KNOWN_HUB_MODELS.get(source) or _hub_family(source)
+        known = KNOWN_HUB_MODELS.get(source)
+        if family and known and get_family(family).name != known:
+            raise ConfigError(f"{source} is {'a' if known == 'kolors' else 'an'} {_LABELS[known]} model, not {family}: "
+                              f"drop --family or pass --family {known}")
+        name = family or known or _hub_family(source)
         return _from_pretrained(get_family(name), source, dtype, local_only=False)
     raise ModelLoadError(f"model '{source}': no such folder or file, and not a hub id (owner/name)")
 

@@ -9,7 +9,10 @@ caching, the trainer frees the VAE and text encoder.
 Several processes fill one cache together: each encodes its share of the
 missing entries (:func:`missing_share`). An entry is written to a uniquely
 named temporary file and renamed into place, so readers, and other processes
-or runs writing the same folder, only ever see complete entries.
+or runs writing the same folder, only ever see complete entries. An entry that is
+there but incomplete anyway (truncated by a full disk or a crash of the machine,
+emptied, overwritten) counts as missing: it is re-encoded and listed in
+:attr:`TensorCache.damaged`, never a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
+import struct
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lorastory.errors import DataError
 from lorastory.models.conditioning import encode_text
 from lorastory.models.vae import encode_latents
 from lorastory.train.data import Placement, TrainItem, load_pixels
@@ -66,21 +74,34 @@ class TensorCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.damaged: set[str] = set()  # keys whose file was there but incomplete (re-encoded)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def has(self, key: str) -> bool:
-        return self.path(key).is_file()
+        """Whether a complete entry is there; an incomplete one is remembered in :attr:`damaged`."""
+        path = self.path(key)
+        if not path.is_file():
+            return False
+        if complete_safetensors(path):
+            return True
+        self.damaged.add(key)
+        return False
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path(key)))
+        path = self.path(key)
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+            raise DataError(f"cache entry {path} cannot be read ({type(err).__name__}); delete it and run again "
+                            "to re-encode it") from None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # A random name: unique across processes and machines sharing the folder (pids are not).
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        # Unique across processes and machines sharing the folder (pids alone are not).
+        tmp = target.parent / f".{target.name}.{_HOST}-{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
             os.replace(tmp, target)
@@ -88,6 +109,74 @@ class TensorCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+_MAX_HEADER = 100 * 2**20
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:64] or "host"
+_TEMP = re.compile(r"^\..+\.safetensors\.(?:(?P<host>\w+)-(?P<pid>\d+)\.)?[0-9a-f]{32}\.tmp$")
+_STALE_SECONDS = 24 * 3600
+
+
+def clean_cache_temps(cache: TensorCache) -> int:
+    """Remove temp files of killed writers: those of dead processes of this machine, and any a day old
+    (another machine's, or of an older lorastory); return how many."""
+    removed = 0
+    try:
+        folders = [e for e in os.scandir(cache.root) if e.is_dir(follow_symlinks=False) and len(e.name) == 2]
+    except OSError:
+        return 0
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder.path):
+                match = _TEMP.match(entry.name)
+                if match is None:
+                    continue
+                mine_dead = match["host"] == _HOST and not _alive(int(match["pid"]))
+                if mine_dead or time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def complete_safetensors(path: Path) -> bool:
+    """Whether ``path`` is a whole safetensors file: its header parses and the file is exactly as
+    long as the header's tensors say (a truncated or padded file is not), without reading the data."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                return False
+            (header_size,) = struct.unpack("<Q", prefix)
+            if not 2 <= header_size <= _MAX_HEADER:
+                return False
+            header = json.loads(handle.read(header_size))
+            size = os.fstat(handle.fileno()).st_size
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(header, dict):
+        return False
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return False
+        end = max(end, offsets[1])
+    return size == 8 + header_size + end
 
 
 def missing_share(cache: TensorCache, keys: Iterable[str], processes: Any) -> list[str]:
@@ -110,17 +199,22 @@ def fill_latents(
     batch_size: int = 4,
     on_step: Callable[[int], None] | None = None,
     workers: int | None = None,
+    only: Iterable[str] | None = None,
 ) -> int:
-    """Encode the (key, item, placement) jobs missing from the cache; return how many were encoded.
+    """Encode the (key, item, placement) jobs missing from the cache (or, given, the keys ``only``);
+    return how many entries were written.
 
-    Pictures are decoded and resized on ``workers`` threads (default: up to 8), one batch ahead of
-    the VAE, so the GPU does not wait on PNG decoding.
+    ``jobs`` are all of the run's jobs: batches are cut from them in order, the same whatever is
+    cached already, so an entry's bits never depend on which others a killed run had written
+    (a batch of another size may round differently). A batch with one entry to write is encoded
+    whole. Pictures are decoded and resized on ``workers`` threads (default: up to 8), one batch
+    ahead of the VAE, so the GPU does not wait on PNG decoding.
     """
-    todo = [job for job in jobs if not cache.has(job[0])]
+    wanted = set(only) if only is not None else {job[0] for job in jobs if not cache.has(job[0])}
     by_size: dict[tuple[int, int], list[tuple[str, TrainItem, Placement]]] = {}
-    for job in todo:
+    for job in dict((job[0], job) for job in jobs).values():
         by_size.setdefault(job[2].target, []).append(job)
-    chunks = [group[start : start + batch_size] for group in by_size.values() for start in range(0, len(group), batch_size)]
+    chunks = [chunk for chunk in _batches(list(by_size.values()), batch_size) if any(k in wanted for k, _, _ in chunk)]
     if not chunks:
         return 0
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1),
@@ -135,11 +229,16 @@ def fill_latents(
             if index + 1 < len(chunks):
                 upcoming = load(chunks[index + 1])
             latents = encode_latents(vae, pixels)
-            for (key, _, _), latent in zip(chunk, latents):
+            written = [(key, latent) for (key, _, _), latent in zip(chunk, latents) if key in wanted]
+            for key, latent in written:
                 cache.save(key, {"latents": latent})
             if on_step is not None:
-                on_step(len(chunk))
-    return len(todo)
+                on_step(len(written))
+    return sum(key in wanted for chunk in chunks for key, _, _ in chunk)
+
+
+def _batches(groups: list[list[Any]], size: int) -> list[list[Any]]:
+    return [group[start : start + size] for group in groups for start in range(0, len(group), size)]
 
 
 def fill_text(
@@ -148,12 +247,16 @@ def fill_text(
     jobs: Sequence[tuple[str, str]],
     device: torch.device | str,
     batch_size: int = 8,
+    only: Iterable[str] | None = None,
 ) -> int:
-    """Encode the (key, caption) jobs missing from the cache; return how many were encoded."""
-    todo = list({key: caption for key, caption in jobs if not cache.has(key)}.items())
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    """Encode the (key, caption) jobs missing from the cache (or the keys ``only``); return how many
+    entries were written. Batches are cut from all ``jobs`` in order, as in :func:`fill_latents`."""
+    every = list(dict(jobs).items())
+    wanted = set(only) if only is not None else {key for key, _ in every if not cache.has(key)}
+    chunks = [chunk for chunk in _batches([every], batch_size) if any(key in wanted for key, _ in chunk)]
+    for chunk in chunks:
         encoded = encode_text(pipe, [caption for _, caption in chunk], device)
         for index, (key, _) in enumerate(chunk):
-            cache.save(key, {name: value[index] for name, value in encoded.items()})
-    return len(todo)
+            if key in wanted:
+                cache.save(key, {name: value[index] for name, value in encoded.items()})
+    return sum(key in wanted for chunk in chunks for key, _ in chunk)

@@ -6,14 +6,22 @@ process under DDP), optimizer and lr-scheduler state (our own files, read back
 with ``weights_only=True``), each process's global random generators, and the
 data position in samples (see :mod:`lorastory.train.order`), so a run can go on
 with another number of processes.
+
+Every file is fsynced before the folder is renamed into place, so a kill or a power
+cut leaves either a complete checkpoint or none. One that fails to load anyway
+(truncated, emptied, overwritten) is moved aside as ``step-NNNNNN.broken-N``,
+never deleted, and the previous good one is used (:func:`newest_good_checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +31,24 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorastory.errors import LorastoryError
-from lorastory.fileio import atomic_dir
+from lorastory.fileio import atomic_dir, clean_stale_temps
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(LorastoryError):
     """A checkpoint is missing, damaged, or from a different configuration."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read completely into memory: nothing of it can fail to load later."""
+
+    folder: Path
+    position: Position
+    lora: dict[str, torch.Tensor]
+    states: dict[str, Any]  # optimizer and scheduler state dicts
+    rng: list[dict[str, Any]]  # each writing process's generators
 
 
 @dataclass
@@ -103,23 +122,122 @@ def save_checkpoint(
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save({"processes": rng_states}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(position), indent=2) + "\n", encoding="utf-8")
+        for name in ("lora_params.safetensors", "optimizer.pt", "rng.pt", "state.json"):
+            _fsync(tmp / name)
+        _fsync(tmp)
+    _fsync(target.parent)  # the rename itself
     for _, old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return target
+
+
+def _remove(folder: Path) -> None:
+    """Delete an old checkpoint: renamed to a temp name first, so a kill half-way through leaves
+    what :func:`clean_checkpoint_temps` removes, never a half checkpoint that looks whole."""
+    doomed = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.replace(folder, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_checkpoint_temps(out: Path) -> list[Path]:
+    """Remove the half-written or half-deleted checkpoint folders of killed runs."""
+    return clean_stale_temps(out / "checkpoints")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_checkpoint(folder: Path, fingerprint: str) -> Checkpoint:
+    """Read every file of a checkpoint; :class:`DamagedCheckpoint` names the file that does not load,
+    :class:`CheckpointError` refuses one written with other training settings."""
+    position = read_position(folder, fingerprint)
+    lora = _load_part(folder / "lora_params.safetensors", lambda p: load_file(str(p)))
+    states = _load_part(folder / "optimizer.pt", _torch_load)
+    rng = _load_part(folder / "rng.pt", _torch_load)
+    if not isinstance(states, dict) or not {"optimizer", "scheduler"} <= set(states):
+        raise DamagedCheckpoint(folder / "optimizer.pt", "no optimizer and scheduler state")
+    saved = rng.get("processes") if isinstance(rng, dict) else None
+    if not isinstance(saved, list) or not saved:
+        raise DamagedCheckpoint(folder / "rng.pt", "no random generator states")
+    if not isinstance(lora, dict) or not lora:
+        raise DamagedCheckpoint(folder / "lora_params.safetensors", "no LoRA weights")
+    return Checkpoint(folder, position, lora, states, saved)
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_part(path: Path, load: Callable[[Path], Any]) -> Any:
+    try:
+        return load(path)
+    except Exception as err:  # noqa: BLE001 - safetensors, zipfile, pickle and torch raise many types for a bad file
+        raise DamagedCheckpoint(path, _first_line(err)) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:160] if text else "") or type(err).__name__
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file that does not load: truncated, empty or not what it should be."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: cannot be read ({reason})")
+        self.path = path
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint to ``NAME.broken-N`` (kept for inspection, never deleted)."""
+    for number in range(1, 10_000):
+        aside = folder.with_name(f"{folder.name}.broken-{number}")
+        if not aside.exists():
+            os.replace(folder, aside)
+            return aside
+    raise CheckpointError(f"{folder}: damaged, and too many damaged copies beside it; remove the *.broken-* folders")
+
+
+def newest_good_checkpoint(out: Path, fingerprint: str, say: Callable[[str], None],
+                           move: bool = True) -> Checkpoint | None:
+    """The newest checkpoint under ``out`` that loads completely; damaged newer ones are named,
+    moved aside (when ``move``, i.e. on the main process) and skipped with a warning."""
+    for _, folder in reversed(list_checkpoints(out)):
+        try:
+            return read_checkpoint(folder, fingerprint)
+        except DamagedCheckpoint as err:
+            where = f"moved aside to {move_aside(folder).name}" if move else "skipped"
+            say(f"warning: checkpoint {folder.name} is damaged: {err}; {where}")
+    return None
 
 
 def read_position(folder: Path, fingerprint: str) -> Position:
     """The data position a checkpoint was written at; refuses one from other training settings."""
     try:
         data = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise DamagedCheckpoint(folder / "state.json", _first_line(err)) from None
+    if not isinstance(data, dict):
+        raise DamagedCheckpoint(folder / "state.json", "not a JSON object")
     if "batches_done" in data:
         raise CheckpointError(f"{folder} was written by an older lorastory that counted batches; start a new --out folder")
     try:
         position = Position(**data)
     except TypeError as err:
-        raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
+        raise DamagedCheckpoint(folder / "state.json", _first_line(err)) from None
+    if not isinstance(position.fingerprint, str) or not all(
+        isinstance(v, int) and v >= 0 for v in (position.global_step, position.epoch, position.samples_done)
+    ) or not isinstance(position.global_batch, int) or position.global_batch < 1:
+        raise DamagedCheckpoint(folder / "state.json", "position fields are not counts")
     if position.fingerprint != fingerprint:
         raise CheckpointError(
             f"{folder} was written with different training settings; resume with the same config "
@@ -128,22 +246,16 @@ def read_position(folder: Path, fingerprint: str) -> Position:
     return position
 
 
-def load_checkpoint(
-    folder: Path, optimizer: Any, scheduler: Any, process_index: int = 0
-) -> dict[str, torch.Tensor]:
-    """Restore optimizer, scheduler and this process's generators from ``folder``; return the LoRA tensors.
+def apply_checkpoint(checkpoint: Checkpoint, optimizer: Any, scheduler: Any, process_index: int = 0) -> None:
+    """Restore optimizer, scheduler and this process's generators from a read checkpoint.
 
     Process ``i`` takes the generators process ``i`` saved; with more processes than wrote the
     checkpoint, process ``i`` takes those of process ``i mod n``.
     """
     try:
-        lora = load_file(str(folder / "lora_params.safetensors"))
-        states = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
-        saved = rng["processes"]
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    _restore_rng(saved[process_index % len(saved)])
-    return lora
+        optimizer.load_state_dict(checkpoint.states["optimizer"])
+        scheduler.load_state_dict(checkpoint.states["scheduler"])
+        _restore_rng(checkpoint.rng[process_index % len(checkpoint.rng)])
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
+        raise CheckpointError(f"{checkpoint.folder}: its optimizer or generator state does not fit this run "
+                              f"({_first_line(err)}); resume with the same config or start a new --out folder") from None

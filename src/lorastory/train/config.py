@@ -13,9 +13,17 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
+from lorastory.models.registry import FAMILIES
+
+# Limits shared with ``lorastory.models.lora.LoraSpec`` (tests check they agree), so a bad rank
+# or target list is refused here, before any model loads.
+MAX_RANK = 1024
+# numpy's and torch's seeding take 0 .. 2**32 - 1; a seed outside is refused rather than wrapped.
+MAX_SEED = 2**32 - 1
+MAX_RESOLUTION = 8192
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 # How the UNet is compiled on a GPU: "blocks" compiles each transformer block; "cudagraphs" also
@@ -25,24 +33,30 @@ CompileMode = Literal["auto", "off", "blocks", "cudagraphs"]
 
 
 class TrainConfig(YamlModel):
-    """Everything a training run depends on; the run folder gets a copy as ``config.yaml``."""
+    """Everything a training run depends on; the run folder gets a copy as ``config.yaml``.
 
-    model: str
-    data: str
-    out: str
+    Every value is checked here, before anything loads: numbers must be finite (no nan/inf) and
+    in range, so a bad setting is one :class:`~lorastory.errors.ConfigError` naming the field.
+    """
+
+    model_config = ConfigDict(**YamlModel.model_config, allow_inf_nan=False)
+
+    model: str = Field(min_length=1)
+    data: str = Field(min_length=1)
+    out: str = Field(min_length=1)
     family: str | None = None
 
-    rank: int = Field(16, ge=1)
+    rank: int = Field(16, ge=1, le=MAX_RANK)
     alpha: float = Field(4.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
     train_text_encoder: bool = False
 
-    resolution: int = Field(1024, ge=64)
+    resolution: int = Field(1024, ge=64, le=MAX_RESOLUTION)
     center_crop: bool = True
     random_flip: bool = False
     buckets: bool = False
-    bucket_step: int = Field(64, ge=8)
+    bucket_step: int = Field(64, ge=8, le=MAX_RESOLUTION)
 
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
@@ -53,10 +67,10 @@ class TrainConfig(YamlModel):
     max_steps: int | None = Field(None, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    weight_decay: float = 1e-2
+    weight_decay: float = Field(1e-2, ge=0)
     snr_gamma: float | None = Field(None, gt=0)
     noise_offset: float = Field(0.0, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     precision: Precision = "auto"
     gradient_checkpointing: bool = True
@@ -72,10 +86,31 @@ class TrainConfig(YamlModel):
     validation_prompts: list[str] = Field(default_factory=list)
     validation_every: int = Field(0, ge=0)
     validation_steps: int = Field(20, ge=1)
-    validation_cfg: float = 4.0
+    validation_cfg: float = Field(4.0, ge=0)
 
     cache_dir: str | None = None
     save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
+
+    @field_validator("model", "data", "out", "cache_dir")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or not value.strip()):
+            raise ValueError("must be a path without NUL bytes")
+        return value
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str | None) -> str | None:
+        if value is not None and value not in FAMILIES:
+            raise ValueError(f"unknown model family '{value}'; choose one of {', '.join(FAMILIES)} (or leave it out)")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_blank_targets(cls, value: list[str]) -> list[str]:
+        if any(not t.strip() for t in value):
+            raise ValueError("module names must not be empty")
+        return value
 
     @field_validator("compile", mode="before")
     @classmethod

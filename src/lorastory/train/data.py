@@ -22,6 +22,7 @@ from PIL import Image
 from lorastory.data.dataset import clean_caption
 from lorastory.data.images import load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
+from lorastory.fileio import display_path, display_text, is_valid_text
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ def metadata_file(folder: str | Path) -> Path:
 
 
 def read_train_folder(folder: str | Path) -> tuple[list[TrainItem], list[str]]:
-    """Items of a training folder and the problems of the rows that were skipped."""
+    """Items of a training folder and the problems of the rows that were skipped.
+
+    A row of the wrong shape (a JSON line that is not an object, a file name that is not a
+    non-empty string, a caption that is not valid Unicode) or whose image cannot be used is
+    skipped with its line number and the reason; only a folder with no usable row is an error.
+    """
     root = Path(folder)
     metadata = metadata_file(root)
     rows = _csv_rows(metadata) if metadata.suffix == ".csv" else _jsonl_rows(metadata)
@@ -63,25 +69,76 @@ def read_train_folder(folder: str | Path) -> tuple[list[TrainItem], list[str]]:
         if file_name is None:
             problems.append(f"{where}: {caption}")
             continue
+        reason = _row_problem(file_name, caption)
+        if reason:
+            problems.append(f"{where}: {reason}")
+            continue
         path = Path(file_name) if Path(file_name).is_absolute() else root / file_name
         try:
             info = probe_image(path)
         except BadImageError as err:
-            problems.append(f"{where}: {path}: {err}")
+            problems.append(f"{where}: {display_path(path)}: {err}")
             continue
         items.append(TrainItem(str(path), clean_caption(caption), (info.width, info.height)))
     if not items:
-        raise DataError(f"{root}: no usable training images" + (f" ({problems[0]})" if problems else ""))
+        raise DataError(f"{display_path(root)}: no usable training images"
+                        + (f" ({display_text(problems[0])})" if problems else ""))
     return items, problems
 
 
+def _row_problem(file_name: str, caption: str) -> str | None:
+    """Why a row's file name or caption cannot be used, or None."""
+    if not file_name.strip() or Path(file_name).name in ("", ".", ".."):
+        return f"file name {file_name!r} names no file"
+    if not is_valid_text(file_name):
+        return f"file name {display_text(file_name)} is not valid UTF-8"
+    if "\x00" in file_name:
+        return "file name holds a NUL byte"
+    if not is_valid_text(caption):
+        return "caption is not valid UTF-8 (undecodable bytes or lone surrogates)"
+    if "\x00" in caption:
+        return "caption holds a NUL byte"
+    return None
+
+
+# Captions far past any text encoder's length still read (they are truncated when encoded).
+_CSV_FIELD_LIMIT = 64 * 2**20
+
+
 def _csv_rows(path: Path):
-    text = path.read_bytes().decode("utf-8-sig", errors="strict")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or not {"file_name", "text"} <= set(reader.fieldnames):
+    # Undecodable bytes become surrogate escapes: the rows holding them are skipped, not the file.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    # strict: a quote left open to the end is an error for that row, not rows silently merged.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise DataError(f"{path} line 1: unreadable header ({err})") from None
+    if not header or not {"file_name", "text"} <= set(header):
         raise DataError(f"{path}: needs 'file_name' and 'text' columns")
-    for number, row in enumerate(reader, start=2):
-        yield f"{path.name} line {number}", row["file_name"], row["text"] or ""
+    for column in ("file_name", "text"):
+        if header.count(column) > 1:
+            raise DataError(f"{path} line 1: column '{column}' appears {header.count(column)} times; "
+                            "keep one (which one is meant cannot be told)")
+    name_at, text_at = header.index("file_name"), header.index("text")
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            span = f"lines {first_line}-{reader.line_num}" if reader.line_num > first_line else f"line {first_line}"
+            yield f"{path.name} {span}", None, f"unreadable csv row ({err})"
+            continue
+        where = f"{path.name} line {first_line}"
+        if not row:
+            continue
+        if len(row) <= name_at:
+            yield where, None, "no file_name value"
+            continue
+        yield where, row[name_at], row[text_at] if len(row) > text_at else ""
 
 
 def _jsonl_rows(path: Path):
@@ -92,8 +149,11 @@ def _jsonl_rows(path: Path):
             where = f"{path.name} line {number}"
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 yield where, None, "not a JSON line"
+                continue
+            if not isinstance(row, dict):
+                yield where, None, f"a JSON {type(row).__name__}, not an object"
                 continue
             image = row.get("file_name") or row.get("image") or row.get("images")
             image = image[0] if isinstance(image, list) and image else image

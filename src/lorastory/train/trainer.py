@@ -17,7 +17,9 @@ main process prints, logs, renders samples and writes checkpoints and the LoRA.
 from __future__ import annotations
 
 import math
+import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,15 +30,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lorastory.errors import LorastoryError
+from lorastory.errors import LorastoryError, OutputError
+from lorastory.fileio import check_outputs_apart, display_path, real_path
 from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
-from lorastory.models.registry import family_of_pipeline, load_pipeline
+from lorastory.models.registry import check_family, family_of_pipeline, get_family, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.cache import (
-    TensorCache, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
+    TensorCache, clean_cache_temps, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
 )
 from lorastory.train.checkpoint import (
-    CheckpointError, Position, list_checkpoints, load_checkpoint, read_position, rng_state, save_checkpoint,
+    Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
+    save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
@@ -209,10 +213,13 @@ def train(
     from lorastory.models.lora import LoraSpec, inject_lora, save_lora
 
     out = Path(config.out)
+    check_run_paths(config)
     state = _processes()
     main, processes, rank = state.is_main_process, state.num_processes, state.process_index
     if not main:
         say = _quiet  # every process would print the same lines
+    if main:
+        clean_checkpoint_temps(out)  # of a run killed while writing or pruning checkpoints
     existing = list_checkpoints(out)
     if processes > 1:
         _same_everywhere(existing[-1][1].name if existing else None, f"newest checkpoint in {out}",
@@ -221,6 +228,7 @@ def train(
         raise TrainingError(f"{out} already has checkpoints; pass --resume to continue or choose a new --out")
     if config.resume and not existing:
         say(f"note: no checkpoint in {out}; starting from the beginning")
+    checkpoint = _resume_from(out, config, state, say) if config.resume and existing else None
     out.mkdir(parents=True, exist_ok=True)
     if main:
         config.save_yaml(out / "config.yaml")
@@ -229,6 +237,10 @@ def train(
     items, problems = read_train_folder(config.data)
     for problem in problems:
         say(f"skipped {problem}")
+    if problems:
+        say(f"warning: skipped {len(problems)} row(s) of {config.data} (listed above); training on {len(items)} image(s)")
+    if not any(item.caption for item in items):
+        say("warning: captions all empty: the LoRA learns without text conditioning (a style for every prompt)")
     planned = _plan(items, config, say)
 
     # 2. model and caches
@@ -258,6 +270,9 @@ def train(
         torch.cuda.empty_cache()
     by = f" by {processes} processes" if processes > 1 else ""
     say(f"cache: {encoded} image(s) and {encoded_text} caption(s) encoded{by}, the rest reused ({cache_seconds:.1f} s)")
+    if cache.damaged:
+        say(f"note: {len(cache.damaged)} damaged cache entr{'y was' if len(cache.damaged) == 1 else 'ies were'} "
+            f"re-encoded (a killed run or a full disk leaves them), e.g. {display_path(cache.path(min(cache.damaged)))}")
 
     # 3. LoRA, optimizer, schedule
     unet = pipe.unet
@@ -280,8 +295,8 @@ def train(
     samples = [(e.item.path, e.placement.target) for e in examples]
     position = Position(0, 0, 0, global_batch, [], config.resume_fingerprint(), processes)
     history: list[tuple[int, int]] = []
-    if config.resume and existing:
-        position = read_position(existing[-1][1], config.resume_fingerprint())
+    if checkpoint is not None:
+        position = checkpoint.position
         history = continued_history(position.history, position.global_batch, position.samples_done, global_batch)
     total_steps = _total_steps(config, samples, global_batch, position, history)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
@@ -300,14 +315,15 @@ def train(
 
     # 4. resume
     trainable = _trainable(accelerator.unwrap_model(model))
-    if config.resume and existing:
-        saved = load_checkpoint(existing[-1][1], optimizer, lr_scheduler, rank)
+    if checkpoint is not None:
+        saved = checkpoint.lora
         if set(saved) != set(trainable) or any(saved[n].shape != trainable[n].shape for n in trainable):
-            raise CheckpointError(f"{existing[-1][1]} holds a different set of LoRA weights than this run trains; "
+            raise CheckpointError(f"{checkpoint.folder} holds a different set of LoRA weights than this run trains; "
                                   "start a new --out folder")
+        apply_checkpoint(checkpoint, optimizer, lr_scheduler, rank)
         for name, tensor in saved.items():
             trainable[name].data.copy_(tensor)
-        say(_resumed_note(existing[-1][1].name, position, global_batch, processes, config.batch_size))
+        say(_resumed_note(checkpoint.folder.name, position, global_batch, processes, config.batch_size))
 
     # 5. loop
     accelerator.init_trackers("lorastory")
@@ -393,6 +409,62 @@ def train(
     return result
 
 
+def check_run_paths(config: TrainConfig) -> None:
+    """Refuse, before anything loads, outputs that cannot be written or would land in an input,
+    and a ``family`` the model folder's configs contradict.
+
+    ``--out`` must not be, contain or lie inside the data or model folder; ``--cache-dir`` (which
+    only adds hash-named files) must not be or contain them.
+    """
+    out = Path(config.out)
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    inputs = [("--data", config.data)] + ([("--model", config.model)] if Path(config.model).exists() else [])
+    check_outputs_apart([("--out", out)], inputs)
+    if cache is not None:
+        for label, given in inputs:
+            if real_path(given) == real_path(cache) or real_path(cache) in real_path(given).parents:
+                raise OutputError(f"--cache-dir {display_path(cache)} is or contains the input {label} "
+                                  f"{display_path(given)}; choose a cache folder apart from it")
+    _check_writable_folder("--out", out)
+    if cache is not None:
+        _check_writable_folder("--cache-dir", cache)
+    if config.family and Path(config.model).is_dir():
+        check_family(config.model, get_family(config.family))
+
+
+def _check_writable_folder(label: str, folder: Path) -> None:
+    """A folder that exists or can be made, and takes files; one line saying why not. Nothing is
+    left behind: the test folder is made in the nearest existing folder and removed."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{label} {display_path(folder)} is a file, not a folder: choose a folder")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{label} {display_path(folder)} cannot be written ({display_path(existing)} is a file, "
+                          "not a folder): choose another folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lorastory-write-test.", dir=existing))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputError(f"{label} {display_path(folder)} cannot be written ({reason}): choose another folder") from None
+
+
+def _resume_from(out: Path, config: TrainConfig, state: Any, say: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint that loads; damaged newer ones are moved aside by the main process
+    (the others look after it, so all agree). ``None`` (with a warning) when none loads."""
+    checkpoint = None
+    if state.is_main_process:
+        checkpoint = newest_good_checkpoint(out, config.resume_fingerprint(), say, move=True)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        checkpoint = newest_good_checkpoint(out, config.resume_fingerprint(), _quiet, move=False)
+    if state.num_processes > 1:
+        _same_everywhere(checkpoint.folder.name if checkpoint else None, f"newest good checkpoint in {out}",
+                         "with several machines, --out must be a folder they all share")
+    if checkpoint is None:
+        say(f"warning: no checkpoint in {out} could be read (moved aside); starting from the beginning")
+    return checkpoint
+
+
 def _quiet(message: str) -> None:
     """``say`` for the processes other than the main one."""
 
@@ -405,19 +477,20 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
     folder they all share, which is checked.
     """
     device = accelerator.device
+    clean_cache_temps(cache)  # of writers that were killed
     latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}
     text_jobs = {**{e.text_key: e.item.caption for e in examples}, **dict(validation)}
     mine = missing_share(cache, latent_jobs, accelerator)
     if mine:
         pipe.vae.to(device)
-        fill_latents(cache, pipe.vae, [(key, *latent_jobs[key]) for key in mine])
+        fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine)
         pipe.vae.to("cpu")
     mine_text = missing_share(cache, text_jobs, accelerator)
     if mine_text:
         dtype = _weight_dtype(accelerator.mixed_precision) if device.type == "cuda" else torch.float32
         for name in text_encoders:
             getattr(pipe, name).to(device, dtype)
-        fill_text(cache, pipe, [(key, text_jobs[key]) for key in mine_text], device)
+        fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text)
     accelerator.wait_for_everyone()
     counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
     if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
