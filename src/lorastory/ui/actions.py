@@ -293,29 +293,6 @@ def _all_images(jsonl: Path, resolve_path: Callable[[str, str], str]) -> list[tu
 
 # --------------------------------------------------------------------------- training
 
-# The reference workflow's settings (TrainConfig's defaults); the other presets say what they change.
-_REFERENCE_PRESET: dict[str, Any] = {
-    "rank": 16, "alpha": 4.0, "resolution": 1024, "epochs": 1, "max_steps": 0, "batch_size": 1,
-    "gradient_accumulation": 1, "lr": 1e-4, "center_crop": True, "random_flip": False, "buckets": False,
-    "gradient_checkpointing": True, "precision": "auto", "optimizer": "adamw", "train_text_encoder": False,
-}
-PRESETS: dict[str, dict[str, Any]] = {
-    "reference (rank 16, alpha 4, 1024², 1 epoch)": _REFERENCE_PRESET,
-    # examples/train_kolors_fast.yaml: 22 img/s on an H100 at 42 GB (compiled blocks as CUDA graphs).
-    "fast GPU (1024², batch 8, 40 GB+)": {**_REFERENCE_PRESET, "batch_size": 8, "gradient_checkpointing": False},
-    # examples/train_kolors_24gb.yaml: 14.6 img/s on an H100 at 13.7 GB.
-    "24 GB GPU (1024², batch 16, checkpointing)": {**_REFERENCE_PRESET, "batch_size": 16},
-    # Fits small GPUs: half the resolution, 8-bit AdamW, accumulation instead of batch.
-    "low memory (512², 8-bit AdamW, accumulate 4)": {
-        **_REFERENCE_PRESET, "rank": 8, "resolution": 512, "gradient_accumulation": 4, "optimizer": "adamw8bit",
-    },
-    # A few steps on the tiny default model: checks the whole path in seconds on a CPU.
-    "quick check (64², 4 steps)": {
-        **_REFERENCE_PRESET, "rank": 4, "resolution": 64, "max_steps": 4, "gradient_checkpointing": False,
-    },
-}
-TRAIN_FIELDS = tuple(next(iter(PRESETS.values())))
-
 
 def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str, Any]) -> Any:
     """A validated :class:`TrainConfig` from the form; ``model``/``data`` are workspace paths."""
