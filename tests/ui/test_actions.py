@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from lorastory.ui import actions
+from lorastory.ui import actions, presets
 from lorastory.ui.app import UiError, check_bind
 from lorastory.ui.jobs import CANCELLED, DONE, JobQueue
 from lorastory.ui.workspace import Workspace
@@ -139,14 +139,32 @@ def test_story_form_consistency(story_ws, tmp_path):
         actions.story_from_form("t", "", "", "", [["x", "", None, ""]], {}, {"mode": "sometimes"})
 
 
-@pytest.mark.parametrize("preset, example", [("fast GPU (1024², batch 8, 40 GB+)", "train_kolors_fast.yaml"),
+@pytest.mark.parametrize("preset, example", [("reference (rank 16, alpha 4, 1024², 1 epoch)", "train_kolors_style.yaml"),
+                                             ("fast GPU (1024², batch 8, 40 GB+)", "train_kolors_fast.yaml"),
                                              ("24 GB GPU (1024², batch 16, checkpointing)", "train_kolors_24gb.yaml")])
-def test_gpu_presets_match_the_shipped_training_examples(preset, example):
+def test_presets_are_the_shipped_training_examples(preset, example):
+    """What a preset puts in the form is the example file's value, or TrainConfig's default where the file has none."""
     from importlib import resources
 
     from lorastory.config import read_yaml
+    from lorastory.train.config import TrainConfig
 
     shipped = read_yaml(resources.files("lorastory") / "examples" / example)
-    form = actions.PRESETS[preset]
-    for key in ("rank", "alpha", "resolution", "batch_size", "gradient_checkpointing", "lr"):
-        assert form[key] == shipped[key], key
+    form = presets.load_presets()[preset]
+    assert set(form) == set(presets.TRAIN_FIELDS)
+    for key in presets.TRAIN_FIELDS:
+        expected = shipped.get(key, TrainConfig.model_fields[key].default)
+        if key == "max_steps":
+            expected = expected or 0  # the form shows 0 where the epochs decide
+        assert form[key] == expected, key
+
+
+def test_derived_presets_change_only_what_they_say():
+    table = presets.load_presets()
+    reference = table["reference (rank 16, alpha 4, 1024², 1 epoch)"]
+    changed = {name: {k: v for k, v in values.items() if reference[k] != v} for name, values in table.items()}
+    assert changed["low memory (512², 8-bit AdamW, accumulate 4)"] == {
+        "rank": 8, "resolution": 512, "gradient_accumulation": 4, "optimizer": "adamw8bit"}
+    assert changed["quick check (64², 4 steps)"] == {"rank": 4, "resolution": 64, "max_steps": 4,
+                                                     "gradient_checkpointing": False}
+    assert list(table)[0].startswith("reference")

@@ -1,0 +1,212 @@
+"""The Data tab's actions: import a folder or an upload, edit and run a recipe, show kept and
+dropped samples, export a training folder; every image path checked against the workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorastory.errors import ConfigError
+from lorastory.fileio import atomic_write_text
+from lorastory.ui.workspace import PathRefused, Workspace
+
+
+def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
+    """Import a folder inside the workspace into ``datasets/NAME`` (Data-Juicer format)."""
+    from lorastory.data.dataset import ImportConfig, import_dataset
+    from lorastory.data.sources import open_source
+
+    source = ws.resolve(folder, must_exist=True)
+    out = ws.child("datasets", name)
+    links = ws.escaping_links(source) if source.is_dir() else []
+    if links:
+        raise PathRefused(f"{ws.rel(source)} has links that leave the workspace: {', '.join(links[:5])}")
+    # Metadata files can name images anywhere: check every item's path before anything is copied.
+    for item in open_source(str(source), "folder"):
+        if item.path is not None and not item.problem:
+            resolved = item.path if os.path.isabs(item.path) else os.path.join(source, item.path)
+            if not ws.is_inside(resolved):
+                raise PathRefused(f"{item.origin}: image {item.path} is outside the workspace")
+    config = ImportConfig(source=str(source), kind="folder", caption=(caption or None))
+    result = import_dataset(config, out, overwrite=replace)
+    return {"dataset": ws.rel(out), "written": result.written, "skipped": result.skipped}
+
+
+def import_upload(ws: Workspace, files: list[str], upload_root: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
+    """Check uploaded images/zips into ``uploads/NAME-TIME``, then import that folder."""
+    if not files:
+        raise ConfigError("no files uploaded; add images, .txt captions or a .zip")
+    ws.child("datasets", name)  # check the name before storing anything
+    folder = ws.child("uploads", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stored = ws.store_upload(files, upload_root, folder)
+    if not stored.images:
+        shutil.rmtree(folder, ignore_errors=True)
+        reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in stored.refused[:5])
+        raise ConfigError(f"no usable image in the upload ({reasons or 'nothing uploaded'})")
+    result = import_folder(ws, ws.rel(folder), name, caption, replace)
+    result["upload"] = ws.rel(folder)
+    result["refused"] = stored.refused
+    return result
+
+
+def dataset_choices(ws: Workspace) -> list[str]:
+    return ws.list("datasets", "*/metadata.jsonl")
+
+
+def curated_choices(ws: Workspace) -> list[str]:
+    return [p for p in ws.list("curated", "**/*.jsonl") if not p.endswith("_stats.jsonl")]
+
+
+def train_folder_choices(ws: Workspace) -> list[str]:
+    return [str(Path(p).parent.as_posix()) for p in ws.list("train", "*/metadata.csv")]
+
+
+def default_recipe(dataset: str | None, name: str = "curated") -> str:
+    """The reference recipe (shipped example) pointed at a workspace dataset."""
+    from lorastory.demo import EXAMPLES
+
+    text = (EXAMPLES / "recipe_reference.yaml").read_text(encoding="utf-8")
+    return point_recipe(text, dataset or "datasets/NAME/metadata.jsonl", f"curated/{name}/result.jsonl")
+
+
+def point_recipe(text: str, dataset: str, export: str) -> str:
+    """Set ``dataset_path`` and ``export_path`` in recipe text, keeping the rest (and comments) as written."""
+    for key, value in (("dataset_path", dataset), ("export_path", export)):
+        line = f"{key}: {json.dumps(value, ensure_ascii=False)}"
+        text, count = re.subn(rf"(?m)^{key}:.*$", lambda _m, line=line: line, text)
+        if not count:
+            text = line + "\n" + text
+    return text
+
+
+def op_defaults(name: str) -> dict[str, Any]:
+    """An op's own parameters with their defaults (what Data-Juicer names them)."""
+    from lorastory.data.ops import OpParams, registered_ops
+
+    params = registered_ops()[name].Params
+    base = set(OpParams.model_fields)
+    return {k: f.default for k, f in params.model_fields.items() if k not in base}
+
+
+def op_rows(name: str) -> list[list[str]]:
+    """Parameter name, type and default of an op, for the reference table."""
+    from lorastory.data.ops import OpParams, registered_ops
+
+    params = registered_ops()[name].Params
+    rows = []
+    for key, spec in params.model_fields.items():
+        if key in OpParams.model_fields:
+            continue
+        kind = getattr(spec.annotation, "__name__", None) or str(spec.annotation).replace("typing.", "")
+        rows.append([key, kind, json.dumps(spec.default, ensure_ascii=False, default=str)])
+    return rows
+
+
+def add_op(text: str, name: str, params_yaml: str) -> str:
+    """Append ``- name: params`` to the recipe's ``process`` list (validated first)."""
+    from lorastory.config import yaml_from_text
+    from lorastory.data.ops import build_op
+
+    params = yaml_from_text(params_yaml or "{}", f"{name} parameters") or {}
+    build_op(name, params, where=f"new {name}")  # a bad field is refused here, naming it
+    data = yaml_from_text(text or "{}", "recipe") or {}
+    if not isinstance(data, dict):
+        raise ConfigError("the recipe must be a mapping of global keys and 'process'")
+    data.setdefault("process", [])
+    data["process"] = (data["process"] or []) + [{name: params}]
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def run_recipe_text(
+    ws: Workspace, text: str, name: str, processes: int = 1, on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Save the editor's recipe as ``recipes/NAME.yaml`` and run it; paths in it are workspace paths."""
+    from lorastory.data.dataset import read_rows
+    from lorastory.data.executor import run_recipe
+    from lorastory.data.recipe import load_recipe, resolve_dataset_file
+    from lorastory.data.report import summary
+    from lorastory.data.sample import resolve_path
+
+    path = ws.child("recipes", f"{name}.yaml")
+    atomic_write_text(path, text)
+    recipe = load_recipe(path)
+    recipe.dataset_path = str(ws.resolve(recipe.dataset_path, must_exist=True))
+    recipe.export_path = str(ws.resolve(recipe.export_path))
+    input_file = ws.check(resolve_dataset_file(recipe))
+    image_keys = {recipe.image_key, "image", "images"} | {op.params.image_key for op in recipe.build_ops() if op.params.image_key}
+    total = 0
+    for number, row, _problem in read_rows(input_file):
+        total += 1
+        # Any key an op could read images from (ops may set their own image_key).
+        for key in image_keys:
+            images = (row or {}).get(key) or []
+            for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
+                if isinstance(image, str) and not ws.is_inside(resolve_path(image, str(input_file.parent))):
+                    raise PathRefused(f"{ws.rel(input_file)} line {number}: image {image} is outside the workspace")
+    result = run_recipe(recipe, processes=max(1, int(processes or 1)),
+                        on_progress=(lambda done: on_progress(done, total)) if on_progress else None)
+    data = summary(result)  # the reports were written with the result (trust_remote_code was refused by load_recipe)
+    data["report_html"] = str(result.report_html)
+    data["report_json"] = str(result.report_json)
+    return data
+
+
+def kept_samples(ws: Workspace, export: str, limit: int = 48) -> list[tuple[str, str]]:
+    """(image, caption) of the first kept rows of a recipe result, images inside the workspace only."""
+    from lorastory.data.dataset import read_rows
+
+    found = []
+    for _number, row, _problem in read_rows(ws.check(export)):
+        if row is None:
+            continue
+        images = row.get("image") or row.get("images") or []
+        for image in [images] if isinstance(images, str) else images:
+            if isinstance(image, str) and os.path.isfile(image) and ws.is_inside(image):
+                found.append((image, str(row.get("text", ""))[:80]))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def dropped_samples(ws: Workspace, report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(image, "op: why") for the report's dropped examples, images inside the workspace only."""
+    found = []
+    for example in report.get("dropped_examples", []):
+        for image in example.get("images", []):
+            if os.path.isfile(image) and ws.is_inside(image):
+                found.append((image, f"{example['op']}: {example['why']} (line {example['line']})"))
+    return found
+
+
+def export_for_training(ws: Workspace, result_jsonl: str, name: str, replace: bool) -> dict[str, Any]:
+    """``export-csv``: a curated result → ``train/NAME`` (metadata.csv + images)."""
+    from lorastory.data.dataset import export_csv
+    from lorastory.data.sample import resolve_path
+
+    source = ws.resolve(result_jsonl, must_exist=True)
+    for image, _caption in _all_images(source, resolve_path):
+        if not ws.is_inside(image):
+            raise PathRefused(f"{ws.rel(source)}: image {image} is outside the workspace")
+    out = ws.child("train", name)
+    result = export_csv(source, out, overwrite=replace)
+    return {"train_folder": ws.rel(out), "written": result.written, "skipped": result.skipped}
+
+
+def _all_images(jsonl: Path, resolve_path: Callable[[str, str], str]) -> list[tuple[str, str]]:
+    from lorastory.data.dataset import read_rows
+
+    found = []
+    for _number, row, _problem in read_rows(jsonl):
+        images = (row or {}).get("image") or (row or {}).get("images") or []
+        for image in [images] if isinstance(images, str) else images:
+            if isinstance(image, str):
+                found.append((resolve_path(image, str(jsonl.parent)), ""))
+    return found

@@ -1,0 +1,74 @@
+"""Which models the app offers and how a choice becomes what the library loads: workspace folders,
+single files or a hub id, and the embedded toy models written on first start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from lorastory.ui.workspace import PathRefused, Workspace
+
+DEFAULT_MODEL = "models/toy-kolors"
+DEFAULT_CLIP = "models/toy-clip"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def ensure_default_model(ws: Workspace, say: Callable[[str], None] = print) -> Path:
+    """The workspace's default model: the embedded toy Kolors (and toy CLIP for scoring), written
+    there when missing."""
+    from lorastory.models.toy import write_toy_model
+
+    target = ws.resolve(DEFAULT_MODEL)
+    for folder, component in ((target, "kolors"), (ws.resolve(DEFAULT_CLIP), "clip")):
+        if not any(folder.glob("*.json")):
+            say(f"writing the embedded toy {component} model to {folder} (the default until you add a real one)...")
+            write_toy_model(folder, component)
+    return target
+
+
+def model_choices(ws: Workspace) -> list[str]:
+    """Diffusion models in ``models/``: diffusers folders and single .safetensors files."""
+    found = [p for p in ws.list("models", "*", dirs=True) if (ws.root / p / "model_index.json").is_file()]
+    found += ws.list("models", "*.safetensors")
+    return found
+
+
+def clip_choices(ws: Workspace) -> list[str]:
+    """CLIP / Chinese-CLIP folders in ``models/`` (what evaluation scores with)."""
+    found = []
+    for rel in ws.list("models", "*", dirs=True):
+        config = ws.root / rel / "config.json"
+        try:
+            kind = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
+        except (OSError, ValueError):
+            continue
+        if "clip" in str(kind):
+            found.append(rel)
+    return found
+
+
+def resolve_model(ws: Workspace, value: str | None) -> str:
+    """A model choice as the library wants it: a workspace path, or a hub id (never another local path)."""
+    value = (value or "").strip() or DEFAULT_MODEL
+    try:
+        return str(ws.resolve(value, must_exist=True))
+    except PathRefused:
+        if _HUB_ID.match(value) and not os.path.exists(value) and not value.startswith((".", "/", "~")):
+            return value
+        raise
+
+
+def lora_choices(ws: Workspace) -> list[str]:
+    """LoRA files: trained runs' ``lora*.safetensors`` and any in ``models/``."""
+    return ws.list("runs", "*/lora*.safetensors") + ws.list("models", "*lora*.safetensors")
+
+
+def ip_adapter_choices(ws: Workspace) -> list[str]:
+    """IP-Adapter folders in ``models/``: those with a CLIP image encoder where the published layouts keep it."""
+    from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
+
+    encoders = sorted({spec.image_encoder for spec in DEFAULT_IP_ADAPTERS.values()})
+    return [p for p in ws.list("models", "*", dirs=True) if any((ws.root / p / e).is_dir() for e in encoders)]

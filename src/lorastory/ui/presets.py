@@ -1,0 +1,56 @@
+"""The Train tab's presets, read from the shipped training configs (``examples/train_kolors_*.yaml``).
+
+A preset is an example file, validated as a :class:`~lorastory.train.config.TrainConfig`
+(so keys a file leaves out take TrainConfig's defaults), plus what the preset changes on top.
+The settings therefore live in the example files and TrainConfig only; the two presets with
+no file of their own say what they change from the reference workflow's.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from lorastory.demo import EXAMPLES
+from lorastory.train.config import TrainConfig
+
+# The form fields a preset sets, in the order of the Train tab's inputs.
+TRAIN_FIELDS = ("rank", "alpha", "resolution", "epochs", "max_steps", "batch_size", "gradient_accumulation", "lr",
+                "center_crop", "random_flip", "buckets", "gradient_checkpointing", "precision", "optimizer",
+                "train_text_encoder")
+
+# name -> (example file, what the preset changes on top of it), first is the form's default.
+PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
+    "reference (rank 16, alpha 4, 1024², 1 epoch)": ("train_kolors_style.yaml", {}),
+    # 22 img/s on an H100 at 42 GB (compiled blocks as CUDA graphs).
+    "fast GPU (1024², batch 8, 40 GB+)": ("train_kolors_fast.yaml", {}),
+    # 14.6 img/s on an H100 at 13.7 GB.
+    "24 GB GPU (1024², batch 16, checkpointing)": ("train_kolors_24gb.yaml", {}),
+    # Fits small GPUs: half the resolution, 8-bit AdamW, accumulation instead of batch.
+    "low memory (512², 8-bit AdamW, accumulate 4)": (
+        "train_kolors_style.yaml", {"rank": 8, "resolution": 512, "gradient_accumulation": 4, "optimizer": "adamw8bit"},
+    ),
+    # A few steps on the tiny default model: checks the whole path in seconds on a CPU.
+    "quick check (64², 4 steps)": (
+        "train_kolors_style.yaml", {"rank": 4, "resolution": 64, "max_steps": 4, "gradient_checkpointing": False},
+    ),
+}
+
+
+def form_values(config: TrainConfig) -> dict[str, Any]:
+    """The Train tab's preset fields of ``config`` (``max_steps`` 0 where the epochs decide)."""
+    values = {key: getattr(config, key) for key in TRAIN_FIELDS}
+    values["max_steps"] = values["max_steps"] or 0
+    return values
+
+
+def example_config(name: str, changes: dict[str, Any] | None = None) -> TrainConfig:
+    """A shipped training example as a validated :class:`TrainConfig`, with ``changes`` applied."""
+    data = TrainConfig.from_yaml(EXAMPLES / name).model_dump()
+    return TrainConfig.from_dict({**data, **(changes or {})}, source=f"{name} preset")
+
+
+@cache
+def load_presets() -> dict[str, dict[str, Any]]:
+    """Preset name -> form values, in the order the dropdown lists them (read once per process)."""
+    return {name: form_values(example_config(file, changes)) for name, (file, changes) in PRESET_SOURCES.items()}

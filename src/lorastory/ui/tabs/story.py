@@ -1,0 +1,199 @@
+"""The Story tab: the panels table, consistent-character mode, generate, storyboard, regenerate
+a panel, zip. The sampler names are the generator's own (:data:`lorastory.generate.samplers.SAMPLERS`)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import gradio as gr
+
+from lorastory.demo import EXAMPLES
+from lorastory.generate.samplers import SAMPLERS
+from lorastory.generate.story import load_story
+from lorastory.ui import actions
+from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, rows, stop_latest
+
+CONSISTENCY_MODES = [("none: panels independent", "none"), ("attention: panels share self-attention", "attention"),
+                     ("reference: one reference image (IP-Adapter)", "reference"), ("both", "both")]
+EMPTY_PANEL = ["", "", None, ""]
+
+
+def example_stories() -> list[str]:
+    return sorted(p.name for p in EXAMPLES.glob("story_*.yaml"))
+
+
+class StoryTab:
+    """The Story tab's components (built in the order they appear) and its handlers."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.ws = ctx.ws
+        with gr.Tab("Story", id="story"):
+            self._build_story()
+            self._build_panels()
+            self._build_run()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_story(self) -> None:
+        with gr.Row():
+            self.example = gr.Dropdown(label="Start from an example", choices=example_stories(), value=None)
+            self.load_example_btn = gr.Button("Load example")
+        with gr.Row():
+            title = gr.Textbox(label="Title", elem_id="story-title")
+            character = gr.Textbox(label="Character (before every prompt)", elem_id="story-character")
+            style = gr.Textbox(label="Style (after every prompt)", elem_id="story-style")
+        negative = gr.Textbox(label="Negative prompt", value="")
+        with gr.Row():
+            steps = gr.Number(label="steps", value=50, precision=0, elem_id="story-steps")
+            cfg = gr.Number(label="cfg", value=4.0)
+            width = gr.Number(label="width", value=1024, precision=0, elem_id="story-width")
+            height = gr.Number(label="height", value=1024, precision=0, elem_id="story-height")
+            seed = gr.Number(label="seed", value=0, precision=0)
+            sampler = gr.Dropdown(label="sampler", choices=list(SAMPLERS), value="Euler")
+        with gr.Row():
+            mode = gr.Dropdown(label="Consistent character", choices=CONSISTENCY_MODES, value="none",
+                               elem_id="story-consistency")
+            strength = gr.Slider(label="consistency strength", minimum=0, maximum=1, step=0.05, value=1.0,
+                                 elem_id="story-consistency-strength")
+            reference = gr.Textbox(label="Reference image (workspace path; empty: generated)", value="",
+                                   elem_id="story-reference")
+            self.ip_adapter = gr.Dropdown(label="IP-Adapter (folder in models/ or hub id; empty: the model's default)",
+                                          choices=[""] + actions.ip_adapter_choices(self.ws), value="",
+                                          allow_custom_value=True, elem_id="story-ip-adapter")
+        self.panels = gr.Dataframe(headers=actions.STORY_COLUMNS, datatype=["str", "str", "number", "str"],
+                                   value=[list(EMPTY_PANEL), list(EMPTY_PANEL)], interactive=True, column_count=4,
+                                   label="Panels (prompt, caption, seed: empty = story seed + n - 1)", elem_id="panels")
+        # What form_story reads, in its order (and what loading an example fills).
+        self.story_inputs = [title, character, style, negative, steps, cfg, width, height, seed, sampler, self.panels,
+                             mode, strength, reference, self.ip_adapter]
+
+    def _build_panels(self) -> None:
+        with gr.Row():
+            self.add_panel_btn = gr.Button("Add panel")
+            self.remove_panel_btn = gr.Button("Remove last panel")
+            self.move_from = gr.Number(label="move panel", value=2, precision=0, minimum=1)
+            self.move_to = gr.Number(label="to position", value=1, precision=0, minimum=1)
+            self.move_btn = gr.Button("Move")
+        with gr.Row():
+            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=actions.DEFAULT_MODEL,
+                                     allow_custom_value=True)
+            self.lora = gr.Dropdown(label="LoRA (optional)", choices=[""] + actions.lora_choices(self.ws), value="",
+                                    allow_custom_value=True)
+            self.scale = gr.Slider(label="LoRA scale", minimum=0, maximum=2, step=0.05, value=0.8)
+            self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")
+
+    def _build_run(self) -> None:
+        with gr.Row():
+            self.gen_btn = gr.Button("Generate story", variant="primary", elem_id="generate-btn")
+            self.stop_btn = gr.Button("Stop", variant="stop")
+        self.status = gr.Markdown(elem_id="story-status", elem_classes="status")
+        self.storyboard = gr.Image(label="Storyboard", type="filepath", interactive=False, elem_id="storyboard", height=360)
+        self.story_panels = gr.Gallery(label="Panels", columns=4, height=220, object_fit="contain")
+        with gr.Row():
+            self.regen_index = gr.Number(label="Regenerate panel", value=1, precision=0, minimum=1)
+            self.regen_seed = gr.Textbox(label="with seed (empty: random)", value="")
+            self.regen_btn = gr.Button("Regenerate panel", elem_id="regen-btn")
+            self.zip_btn = gr.Button("Make zip (panels, storyboard, manifest)", elem_id="zip-btn")
+        self.story_zip = gr.File(label="Download", interactive=False, elem_id="story-zip", height=80)
+        self.current_run = gr.State(None)
+        with gr.Accordion("Story YAML", open=False):
+            self.story_yaml = gr.Textbox(lines=10, elem_classes="mono", label="story.yaml (read-only view of the form)",
+                                         interactive=False)
+
+    # ------------------------------------------------------------------ events
+
+    def wire(self, clock: Clock) -> None:
+        self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
+                           [self.status, self.story_yaml])
+        self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
+        self.load_example_btn.click(self.on_load_example, self.example, self.story_inputs)
+        self.add_panel_btn.click(on_add_panel, self.panels, self.panels)
+        self.remove_panel_btn.click(on_remove_panel, self.panels, self.panels)
+        self.move_btn.click(on_move, [self.panels, self.move_from, self.move_to], self.panels)
+        self.regen_btn.click(self.on_regenerate, [self.current_run, self.regen_index, self.regen_seed], self.status)
+        self.zip_btn.click(self.on_zip, self.current_run, [self.status, self.story_zip])
+        seen = gr.State({})
+        clock.poll(self.poll, seen, [seen, self.status, self.storyboard, self.story_panels, self.current_run])
+
+    def form_story(self, title, character, style, negative, steps, cfg, width, height, seed_value, sampler, table,
+                   mode, strength, reference, ip_adapter):
+        defaults = {"steps": steps, "cfg": cfg, "width": width, "height": height, "seed": seed_value, "sampler": sampler}
+        consistency = actions.consistency_from_form(self.ws, mode, strength, reference, ip_adapter)
+        return actions.story_from_form(title, character, style, negative, rows(table), defaults, consistency)
+
+    def on_generate(self, *values):
+        *story_values, model, lora, scale, name = values
+        try:
+            story = self.form_story(*story_values)
+            job = self.ctx.jobs.submit("story", f"story {name}",
+                                       actions.story_job(self.ws, story, model, lora or None, float(scale), name))
+        except Exception as error:
+            return err(error), gr.skip()
+        return f"**Queued:** {job.summary()}", story.to_yaml()
+
+    def on_load_example(self, name):
+        if not name:
+            return [gr.skip()] * len(self.story_inputs)
+        story = load_story(EXAMPLES / name)
+        d, c = story.defaults, story.consistency
+        return (story.title, story.character, story.style, story.negative, d.steps, d.cfg, d.width, d.height,
+                d.seed, d.sampler, actions.story_rows(story), c.mode, c.strength, c.reference_image or "",
+                c.ip_adapter or "")
+
+    def on_regenerate(self, run, index, seed_value):
+        if not run:
+            return "**Error:** generate a story first (or pick one in Gallery / Eval)"
+        try:
+            new_seed = int(str(seed_value).strip()) if str(seed_value or "").strip() else random.randrange(2**31)
+        except ValueError:
+            return f"**Error:** seed '{seed_value}' is not a whole number"
+        try:
+            job = self.ctx.jobs.submit("story", f"panel {int(index)} of {self.ws.rel(run)}",
+                                       actions.regenerate_job(self.ws, run, int(index), new_seed))
+        except Exception as error:
+            return err(error)
+        return f"**Queued:** {job.summary()} (seed {new_seed})"
+
+    def on_zip(self, run):
+        if not run:
+            return "**Error:** generate a story first", gr.skip()
+        try:
+            path = actions.story_zip(self.ws, run)
+        except Exception as error:
+            return err(error), gr.skip()
+        return ok(f"`{self.ws.rel(path)}` is ready"), str(path)
+
+    def poll(self, state: dict[str, Any]) -> list[Any]:
+        """The newest story job: status, and once done its storyboard, panels and run folder."""
+        state = dict(state or {})
+        job = self.ctx.jobs.latest("story")
+        if job is None:
+            return [state, *[gr.skip()] * 4]
+        key = (job.id, job.status, round(job.progress, 3), job.message)
+        if state.get("story") == key:
+            return [state, *[gr.skip()] * 4]
+        state["story"] = key
+        if job.status == "done" and job.data.get("run"):
+            details = actions.run_details(self.ws, job.data["run"])
+            return [state, progress_md(job) + "\n\n" + ok(f"`{self.ws.rel(details['folder'])}`"),
+                    details["storyboard"], details["panels"], str(details["folder"])]
+        return [state, progress_md(job), gr.skip(), gr.skip(), gr.skip()]
+
+
+def on_add_panel(table):
+    return rows(table) + [list(EMPTY_PANEL)]
+
+
+def on_remove_panel(table):
+    table = rows(table)
+    return table[:-1] if len(table) > 1 else table
+
+
+def on_move(table, src, dst):
+    table = rows(table)
+    src, dst = int(src or 1) - 1, int(dst or 1) - 1
+    if 0 <= src < len(table) and 0 <= dst < len(table):
+        table.insert(dst, table.pop(src))
+    return table

@@ -1,0 +1,53 @@
+"""The app as built (no browser): its lists come from their one source, and each tab polls its own jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorastory.generate.samplers import SAMPLERS
+from lorastory.ui.presets import TRAIN_FIELDS, load_presets
+
+
+@pytest.fixture(scope="module")
+def app_config(tmp_path_factory):
+    from lorastory.ui.app import create_app
+
+    demo = create_app(tmp_path_factory.mktemp("app") / "ws", build_default_model=False)
+    try:
+        yield demo.get_config_file()
+    finally:
+        demo.lorastory.jobs.shutdown()
+
+
+def component(config, label):
+    found = [c for c in config["components"] if c.get("props", {}).get("label") == label]
+    assert len(found) == 1, label
+    return found[0]["props"]
+
+
+def test_sampler_choices_are_the_generators(app_config):
+    props = component(app_config, "sampler")
+    assert [value for _shown, value in props["choices"]] == list(SAMPLERS)
+    assert props["value"] == "Euler"
+
+
+def test_train_form_shows_the_first_preset(app_config):
+    table = load_presets()
+    props = component(app_config, "Preset")
+    assert [value for _shown, value in props["choices"]] == list(table)
+    first = table[props["value"]]
+    assert props["value"] == next(iter(table))
+    labels = {"rank": "rank", "alpha": "alpha", "resolution": "resolution", "epochs": "epochs",
+              "max_steps": "max steps (0: epochs decide)", "batch_size": "batch size",
+              "gradient_accumulation": "gradient accumulation", "lr": "learning rate", "center_crop": "center crop",
+              "random_flip": "random flip", "buckets": "aspect buckets", "gradient_checkpointing": "gradient checkpointing",
+              "precision": "precision", "optimizer": "optimizer", "train_text_encoder": "train text encoder"}
+    assert set(labels) == set(TRAIN_FIELDS)
+    for key, label in labels.items():
+        assert component(app_config, label)["value"] == first[key], key
+
+
+def test_each_tab_polls_on_the_timer_and_on_load(app_config):
+    polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
+    triggers = sorted(t[1] for d in polls for t in d["targets"])
+    assert triggers == ["load"] * 3 + ["tick"] * 3  # train (with the queue), story, eval
