@@ -10,8 +10,11 @@
 * :mod:`~lorastory.eval.compare` renders a story with and without its LoRA and
   reports the score differences.
 * :mod:`~lorastory.eval.dataset_score` is the reference workflow's CLIP table for a dataset.
+
+Its verb, the Python API the README documents: ``from lorastory.eval import evaluate_run``.
 """
 
 from lorastory.eval.errors import AestheticModelError, ClipModelError, EvalError
+from lorastory.eval.report import evaluate_run
 
-__all__ = ["AestheticModelError", "ClipModelError", "EvalError"]
+__all__ = ["AestheticModelError", "ClipModelError", "EvalError", "evaluate_run"]

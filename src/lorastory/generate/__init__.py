@@ -1,7 +1,18 @@
 """The generate stage: story panels, their PNG parameters, and storyboards.
 
-Modules: :mod:`~lorastory.generate.pngmeta` (A1111-style ``parameters`` text
-chunk), :mod:`~lorastory.generate.fonts` (a CJK-capable font for captions),
+Its verbs, the Python API the README documents::
+
+    from lorastory.generate import generate_story, load_story
+
+    result = generate_story(load_story("story.yaml"), model="models/toy-kolors", out="stories/toy")
+
+Modules: :mod:`~lorastory.generate.story` (a story file rendered into a run folder),
+:mod:`~lorastory.generate.pngmeta` (A1111-style ``parameters`` text chunk),
+:mod:`~lorastory.generate.fonts` (a CJK-capable font for captions),
 :mod:`~lorastory.generate.grid` (panels pasted into a captioned storyboard).
-Nothing is imported here, so importing one module stays light.
+Heavy libraries (torch, diffusers) load only when a story renders.
 """
+
+from lorastory.generate.story import Story, StoryResult, generate_story, load_story
+
+__all__ = ["Story", "StoryResult", "generate_story", "load_story"]
