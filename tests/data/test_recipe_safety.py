@@ -310,3 +310,15 @@ def test_a_fifo_as_dataset_path_is_one_line_not_a_hang(cli, tmp_path):
     os.mkfifo(tmp_path / "data.jsonl")
     line = _one_line_error(cli("data", "run", _recipe(tmp_path, tmp_path / "data.jsonl", [{"text_length_filter": {}}])))
     assert "not a regular file" in line
+
+
+def test_a_recipe_cannot_allow_pickle_files(cli, tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"text": "a", "images": []}\n', encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(
+        f"dataset_path: {tmp_path / 'in.jsonl'}\nexport_path: {tmp_path / 'out.jsonl'}\n"
+        "process:\n  - image_aesthetics_filter:\n      hf_scorer_model: head.pth\n      allow_pickle: true\n",
+        encoding="utf-8",
+    )
+    result = cli("data", "run", tmp_path / "recipe.yaml")
+    assert result.code == 1 and "allow_pickle is never allowed from a recipe" in result.err
+    assert not (tmp_path / "out.jsonl").exists()

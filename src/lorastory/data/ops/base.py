@@ -209,6 +209,11 @@ def build_op(name: str, params: dict[str, Any] | None, where: str = "process") -
             f"{where} ({name}): trust_remote_code is never allowed from a recipe (it would run Python code "
             "from the model folder); remove it and use a CLIP or Chinese CLIP model"
         )
+    if params.get("allow_pickle") not in (None, False):
+        raise RecipeError(
+            f"{where} ({name}): allow_pickle is never allowed from a recipe (a pickle file can run code when "
+            "loaded); convert the weights to .safetensors and remove allow_pickle"
+        )
     try:
         validated = cls.Params.model_validate(params)
     except ValidationError as err:

@@ -34,7 +34,8 @@ class ImageAestheticsParams(OpParams):
     min_score: float = 0.5
     max_score: float = 1.0
     any_or_all: AnyOrAll = "any"
-    # lorastory extensions: the CLIP a head file reads, and consent to read a pickle (.pth) head.
+    # lorastory extensions: the CLIP a head file reads; allow_pickle stays False (a recipe may not set it,
+    # see build_op), kept so recipes that spell it out as false still load.
     hf_clip: str | None = None
     allow_pickle: bool = False
 
