@@ -12,7 +12,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean browser
+.PHONY: setup demo test lint clean browser
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/lorastory demo --out $(DEMO_OUT)
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The code's shape: ruff's small rule set and the layers contract (pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/lint-imports
 
 # The web app's browser tests drive Debian's chromium through Playwright (its own browser
 # download cannot work offline) and need a CJK font. Installed with apt when missing and

@@ -162,7 +162,7 @@ def main() -> int:
     if not args.model:
         parser.error("--model is required (or --tiny)")
 
-    from lorastory.eval.clip_score import DEFAULT_CLIP
+    from lorastory.models.clip import DEFAULT_CLIP
     from lorastory.eval.report import load_scorers
     from lorastory.generate.story import load_story
 

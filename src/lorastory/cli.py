@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lorastory import __version__
-from lorastory.errors import LorastoryError
+from lorastory.errors import LorastoryError, first_line
 from lorastory.fileio import display_path, display_text
 
 
@@ -220,8 +220,8 @@ def data_clip_score(
     show: Annotated[int, typer.Option(help="Rows to print (all rows go to the CSV).")] = 50,
 ) -> None:
     """The reference workflow's CLIP table: softmax of image-text logits per batch, plus cosine and CLIP-T."""
-    from lorastory.eval.clip_score import load_clip
-    from lorastory.eval.dataset_score import clip_score_dataset
+    from lorastory.models.clip import load_clip
+    from lorastory.data.clip_table import clip_score_dataset
 
     scores = clip_score_dataset(dataset, load_clip(clip, device), batch_size=batch_size, text_key=text_key,
                                 image_key=image_key, out_csv=out)
@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         if expected is not None:
             _print_error(expected)
             return 1
-        _print_error(f"unexpected {type(err).__name__}: {_first_line(err)}")
+        _print_error(f"unexpected {type(err).__name__}: {first_line(err, 300)}")
         err_console.print("This is a bug in lorastory: please report it with the output of the same command "
                           "run with --debug (lorastory --debug ...).", highlight=False, markup=False)
         return 1
@@ -704,16 +704,11 @@ def _print_error(message: str) -> None:
     err_console.print(f"[red]error:[/] {escape(display_text(message))}", highlight=False, soft_wrap=True)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
 def _expected_failure(err: Exception) -> str | None:
     """The one line for a failure of the machine rather than of lorastory: a file system, memory or a link."""
     if isinstance(err, OSError) and err.errno is not None:
         where = err.filename if err.filename is not None else None
-        what = err.strerror or _first_line(err)
+        what = err.strerror or first_line(err, 300)
         if where is not None:
             hint = _OS_HINTS.get(err.errno, "")
             return f"{display_path(where)}: {what}{hint}"

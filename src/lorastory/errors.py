@@ -8,6 +8,12 @@ anything else is a bug and shows a traceback.
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type when empty), shortened to ``limit``."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0] or type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class LorastoryError(Exception):
     """Base class: a problem the user can fix; ``str(err)`` is the whole message."""
 
@@ -34,6 +40,18 @@ class BadImageError(DataError):
 
 class OutputError(LorastoryError):
     """An output cannot be written where asked, or would destroy one of the command's inputs."""
+
+
+class ScorerModelError(LorastoryError):
+    """A scoring model (CLIP, aesthetic predictor) cannot be found, read or used."""
+
+
+class ClipModelError(ScorerModelError):
+    """A CLIP model cannot be found or loaded."""
+
+
+class AestheticModelError(ScorerModelError):
+    """Aesthetic-predictor weights cannot be found, read or matched to a CLIP model."""
 
 
 class MissingExtraError(LorastoryError):

@@ -141,8 +141,8 @@ def _head(tmp_path: Path, clip_dir: Path) -> Path:
 
 
 def test_aesthetics_filter_scores_on_data_juicers_scale(cli, tmp_path, dataset, clip_dir):
-    from lorastory.eval.aesthetic import load_aesthetic
-    from lorastory.eval.clip_score import load_clip
+    from lorastory.models.aesthetic import load_aesthetic
+    from lorastory.models.clip import load_clip
 
     head = _head(tmp_path, clip_dir)
     result = cli("data", "run", _recipe(tmp_path, dataset, "image_aesthetics_filter",

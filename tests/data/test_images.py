@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lorastory.data.images import ImageInfo, is_image_file, load_rgb, probe_image
+from lorastory.images import ImageInfo, is_image_file, load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

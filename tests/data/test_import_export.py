@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 import lorastory.data.dataset as dataset_module
-from lorastory.data.dataset import ImportConfig, clean_caption, export_csv, import_dataset, safe_stem
-from lorastory.errors import DataError, MissingExtraError, OutputError, SourceError
+from lorastory.captions import clean_caption
+from lorastory.data.dataset import ImportConfig, export_csv, import_dataset, safe_stem
+from lorastory.errors import MissingExtraError, OutputError, SourceError
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

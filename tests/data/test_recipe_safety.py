@@ -131,8 +131,8 @@ def test_trust_remote_code_from_the_web_recipe_editor_is_refused(tmp_path, datas
 def test_load_clip_refuses_pickle_only_weights_unless_allowed(tmp_path, clip_dir):
     from transformers import CLIPModel
 
-    from lorastory.eval.clip_score import load_clip
-    from lorastory.eval.errors import ClipModelError
+    from lorastory.models.clip import load_clip
+    from lorastory.errors import ClipModelError
 
     folder = tmp_path / "pickled"
     shutil.copytree(clip_dir, folder)
@@ -175,7 +175,7 @@ def test_a_clip_that_fails_to_load_stops_the_run_once_and_keeps_the_previous_res
 
 
 def test_the_model_is_loaded_once_per_process_not_per_row(tmp_path, dataset, clip_dir, monkeypatch):
-    import lorastory.eval.clip_score as clip_score
+    import lorastory.models.clip as clip_score
     from lorastory.data.executor import run_recipe
 
     calls = []

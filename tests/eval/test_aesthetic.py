@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lorastory.eval.aesthetic import build_head, load_aesthetic
-from lorastory.eval.clip_score import load_clip
-from lorastory.eval.errors import AestheticModelError
+from lorastory.models.aesthetic import build_head, load_aesthetic
+from lorastory.models.clip import load_clip
+from lorastory.errors import AestheticModelError
 from lorastory.eval.report import load_scorers, score_images
 
 # LAION's improved-aesthetic-predictor MLP (Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorastory.eval.clip_score import clip_t_scores, load_clip
-from lorastory.eval.errors import ClipModelError
+from lorastory.models.clip import clip_t_scores, load_clip
+from lorastory.errors import ClipModelError
 
 TEXTS = ["a red circle", "a blue square", "二次元 少女"]
 

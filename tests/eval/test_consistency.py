@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from lorastory.eval.clip_score import load_clip
+from lorastory.models.clip import load_clip
 from lorastory.eval.consistency import center_crop, character_consistency, mean_pairwise
 
 

@@ -48,7 +48,7 @@ def test_toy_model_draws_the_colour_where_the_prompt_says(toy_model_path, prompt
 def test_toy_clip_prefers_the_true_caption_in_both_languages(toy_model_path):
     import random
 
-    from lorastory.eval.clip_score import load_clip
+    from lorastory.models.clip import load_clip
     from lorastory.toyworld import caption, render, sample_scene
 
     clip = load_clip(str(toy_model_path("clip")))

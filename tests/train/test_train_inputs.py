@@ -6,7 +6,6 @@ rows of a training folder are skipped with their line number and the reason.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import TrainingError, train
@@ -116,7 +115,7 @@ def test_bad_training_settings_are_one_line_errors(tmp_path, cli, style_train_fo
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_path, style_train_folder, tmp_path):
     config = _config(tiny_model_path("sd15"), style_train_folder, tmp_path / "run", lr=1e30, max_steps=50,
                      checkpoint_every=1)
-    with pytest.raises(TrainingError, match="(loss|weights) became") as caught:
+    with pytest.raises(TrainingError, match="(loss|weights) became"):
         train(config, say=lambda m: None)
     assert not (tmp_path / "run" / "lora.safetensors").exists()
     from safetensors.torch import load_file as load

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorastory.captions import clean_caption
 from lorastory.config import YamlModel
-from lorastory.data.images import load_rgb, probe_image
+from lorastory.images import load_rgb, probe_image
 from lorastory.data.sample import resolve_path
 from lorastory.data.sources import SourceKind, open_regular, open_source, source_root
 from lorastory.errors import BadImageError, DataError, OutputError, SourceError
@@ -35,9 +36,6 @@ from lorastory.fileio import atomic_dir, atomic_write_json, check_outputs_apart,
 
 _UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
-_DJ_SPECIAL_TOKENS = re.compile(r"<__dj__\w+>|<\|__dj__eoc\|>")
-
-
 class ImportConfig(YamlModel):
     """What ``lorastory data import`` ran with (saved as ``config.yaml``)."""
 
@@ -186,11 +184,6 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any
                 yield number, None, "unreadable line (JSON nested too deeply)"
                 continue
             yield (number, row, None) if isinstance(row, dict) else (number, None, f"not a JSON object (a {type(row).__name__})")
-
-
-def clean_caption(text: str) -> str:
-    """A training caption: Data-Juicer's special tokens removed, whitespace collapsed."""
-    return " ".join(_DJ_SPECIAL_TOKENS.sub(" ", text).split())
 
 
 def export_csv(

@@ -107,7 +107,7 @@ def _fmt(value: float) -> str:
 
 
 def _thumbnail(path: str) -> str | None:
-    from lorastory.data.images import load_rgb
+    from lorastory.images import load_rgb
 
     try:
         image = load_rgb(path, draft_size=_THUMB)

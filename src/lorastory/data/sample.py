@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from lorastory.data.images import ImageInfo, load_rgb, probe_image
+from lorastory.images import ImageInfo, load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
 
 STATS_FIELD = "__dj__stats__"

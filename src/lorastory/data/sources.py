@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from lorastory.data.images import IMAGE_EXTENSIONS, is_image_file
+from lorastory.images import IMAGE_EXTENSIONS, is_image_file
 from lorastory.errors import MissingExtraError, SourceError
+from lorastory.hub import looks_like_hub_id
 from lorastory.fileio import display_path, display_text, is_valid_text
 
 SourceKind = Literal["auto", "folder", "hf", "modelscope"]
@@ -77,7 +78,7 @@ def open_source(
         if _is_saved_hf_dataset(path):
             return _hf_items(_load_from_disk(path, split), src, text_column)
         return _folder_items(path, text_column)
-    if kind == "folder" or (kind == "auto" and not _looks_like_hub_id(src)):
+    if kind == "folder" or (kind == "auto" and not looks_like_hub_id(src)):
         raise SourceError(f"{src}: no such file or folder")
     return _hf_items(_load_hub_dataset(src, split, subset), src, text_column)
 
@@ -121,11 +122,6 @@ def read_regular_bytes(path: Path, limit: int, what: str) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
     with open_regular(path, what, limit) as handle:
         return handle.read(limit + 1)[:limit]
-
-
-def _looks_like_hub_id(src: str) -> bool:
-    parts = src.split("/")
-    return len(parts) == 2 and all(parts) and not src.startswith((".", "/"))
 
 
 # --- folders -------------------------------------------------------------------------

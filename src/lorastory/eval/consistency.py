@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from lorastory.eval.clip_score import ClipModel
+from lorastory.models.clip import ClipModel
 
 SubjectCrop = Literal["center", "none"]
 CENTER_FRACTION = 0.6  # the crop keeps the central 60% of width and height (36% of the area)

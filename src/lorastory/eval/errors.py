@@ -7,11 +7,3 @@ from lorastory.errors import LorastoryError
 
 class EvalError(LorastoryError):
     """A run cannot be evaluated (missing manifest, panels, story...)."""
-
-
-class ClipModelError(EvalError):
-    """A CLIP model cannot be found or loaded."""
-
-
-class AestheticModelError(EvalError):
-    """Aesthetic-predictor weights cannot be found, read or matched to a CLIP model."""

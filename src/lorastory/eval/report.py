@@ -22,8 +22,8 @@ from typing import Any
 from PIL import Image
 
 from lorastory import __version__
-from lorastory.eval.aesthetic import NOT_AVAILABLE, AestheticPredictor, VisionEmbedder, default_clip_for, load_aesthetic
-from lorastory.eval.clip_score import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chinese, load_clip
+from lorastory.models.aesthetic import NOT_AVAILABLE, AestheticPredictor, VisionEmbedder, default_clip_for, load_aesthetic
+from lorastory.models.clip import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chinese, load_clip
 from lorastory.eval.consistency import SubjectCrop, character_consistency
 from lorastory.eval.errors import EvalError
 from lorastory.errors import DataError
@@ -132,7 +132,7 @@ def read_run(run_dir: str | Path) -> Run:
 
 def load_panel_images(run: Run) -> list[Image.Image]:
     """The panels as RGB images; a broken file is an error naming it."""
-    from lorastory.data.images import load_rgb
+    from lorastory.images import load_rgb
     from lorastory.errors import BadImageError
 
     images = []
@@ -169,7 +169,7 @@ def load_scorers(
         scorers.notes.append(note)
     embedder = clip if source == clip.source else load_clip(source, device)
     if embedder.embed_dim != predictor.input_dim:
-        from lorastory.eval.errors import AestheticModelError
+        from lorastory.errors import AestheticModelError
 
         raise AestheticModelError(
             f"aesthetic head {predictor.path} reads {predictor.input_dim}-d embeddings but {source} gives "

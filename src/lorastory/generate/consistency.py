@@ -457,7 +457,7 @@ def load_reference_image(path: str) -> Any:
     truncated or undecodable picture) is one :class:`ConfigError` naming it, without blocking."""
     from pathlib import Path
 
-    from lorastory.data.images import load_rgb
+    from lorastory.images import load_rgb
     from lorastory.errors import BadImageError
     from lorastory.fileio import display_path
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
-from lorastory.data.images import ImageInfo, probe_image, to_rgb
+from lorastory.images import ImageInfo, probe_image, to_rgb
 from lorastory.errors import BadImageError, ConfigError, OutputError
 from lorastory.fileio import atomic_open, check_outputs_apart, display_path, is_valid_text
 from lorastory.generate import fonts
@@ -85,7 +85,7 @@ def fit_into(image: Image.Image, size: tuple[int, int], background: Color = (255
 def _load(source: ImageSource, background: Color) -> Image.Image:
     """A panel as RGB, transparency composited on ``background``, EXIF orientation applied.
 
-    A path is checked by :func:`~lorastory.data.images.probe_image` first (a regular file, not a
+    A path is checked by :func:`~lorastory.images.probe_image` first (a regular file, not a
     FIFO or folder; a known, complete image within the pixel limit) and opened without blocking;
     any decoder failure is a :class:`BadImageError` naming the file.
     """

@@ -356,11 +356,11 @@ def _from_json(text: str) -> GenerationParams | None:
 def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
     """The parameters stored in a PNG: exact ones from ``lorastory``, else parsed from ``parameters``; ``None`` if neither.
 
-    The file is checked as every image is (:func:`~lorastory.data.images.probe_image`: a regular
+    The file is checked as every image is (:func:`~lorastory.images.probe_image`: a regular
     file, not a FIFO or folder, a complete image within the pixel limit); a file that cannot be
     read, or whose text chunks cannot be decoded (a text-chunk bomb), is one :class:`DataError` naming it.
     """
-    from lorastory.data.images import probe_image
+    from lorastory.images import probe_image
     from lorastory.errors import BadImageError
     from lorastory.fileio import display_path
 

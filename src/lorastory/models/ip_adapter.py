@@ -90,7 +90,7 @@ class IpAdapterInfo:
 
 
 def _load_error(spec: IpAdapterSource, err: BaseException, local: bool) -> ModelLoadError:
-    from lorastory.eval.hub import first_line
+    from lorastory.errors import first_line
 
     if local:
         return ModelLoadError(f"cannot load the IP-Adapter in {spec.source} ({spec.weight}, {spec.image_encoder}/): "
@@ -99,7 +99,7 @@ def _load_error(spec: IpAdapterSource, err: BaseException, local: bool) -> Model
 
 
 def _offline_error(spec: IpAdapterSource) -> ModelLoadError:
-    from lorastory.eval.hub import offline_by_env
+    from lorastory.hub import offline_by_env
 
     reason = "HF_HUB_OFFLINE is set" if offline_by_env() else "the hub cannot be reached"
     revision = f" --revision {spec.revision}" if spec.revision else ""
@@ -132,7 +132,7 @@ def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
 
 def check_ip_adapter(spec: IpAdapterSource) -> None:
     """Fail early, before any work, when ``spec`` cannot be loaded from here (missing files, offline hub id)."""
-    from lorastory.eval.hub import hub_reachable, looks_like_hub_id
+    from lorastory.hub import hub_reachable, looks_like_hub_id
 
     path = Path(spec.source).expanduser()
     if path.is_dir():
@@ -158,7 +158,7 @@ def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterato
     Restored: the UNet's attention processors (the very objects, so fused-QKV processors stay
     fused), its text projection (Kolors), and the pipeline's image encoder and feature extractor.
     """
-    from lorastory.eval.hub import hub_reachable
+    from lorastory.hub import hub_reachable
 
     if getattr(getattr(pipe, "unet", None), "encoder_hid_proj", None) is not None and \
             type(pipe.unet.encoder_hid_proj).__name__ == "MultiIPAdapterImageProjection":

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorastory.errors import ConfigError, LorastoryError
+from lorastory.errors import ConfigError, LorastoryError, first_line
+from lorastory.hub import PICKLE_SUFFIXES, looks_like_hub_id
 
 
 class ModelLoadError(LorastoryError):
@@ -53,7 +54,6 @@ KNOWN_HUB_MODELS = {
     "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
 }
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def get_family(name: str) -> Family:
@@ -144,11 +144,6 @@ def check_family(folder: str | os.PathLike[str], family: Family) -> None:
         )
 
 
-def _looks_like_hub_id(model: str) -> bool:
-    parts = model.split("/")
-    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
-
-
 def load_pipeline(
     model: str | os.PathLike[str],
     family: str | None = None,
@@ -166,7 +161,7 @@ def load_pipeline(
         return _from_pretrained(fam, str(path), dtype, local_only=True)
     if path.is_file():
         return _from_single_file(path, family, dtype, config, allow_pickle)
-    if _looks_like_hub_id(source):
+    if looks_like_hub_id(source):
         known = KNOWN_HUB_MODELS.get(source)
         if family and known and get_family(family).name != known:
             raise ConfigError(f"{source} is {'a' if known == 'kolors' else 'an'} {_LABELS[known]} model, not {family}: "
@@ -217,13 +212,8 @@ def _hub_family(model_id: str) -> str:
     return detect_family(Path(index).parent).name
 
 
-def _first_line(err: Exception, limit: int = 160) -> str:
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _load_error(source: str, err: Exception, local_only: bool) -> ModelLoadError:
-    first = _first_line(err)
+    first = first_line(err)
     if local_only:
         return ModelLoadError(f"cannot load model folder {source}: {first}")
     return ModelLoadError(
@@ -253,7 +243,7 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
     try:
         return fam.pipeline_type().from_single_file(str(path), **kwargs)
     except Exception as err:  # diffusers raises many types for a bad or unconfigurable file
-        first = _first_line(err)
+        first = first_line(err)
         raise ModelLoadError(
             f"cannot load {path} as {fam.name} ({first}); diffusers needs the architecture's config for a "
             "single file: run once with network (it is then cached) or convert the file to a diffusers folder"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lorastory.errors import LorastoryError
+from lorastory.errors import LorastoryError, first_line
 from lorastory.fileio import atomic_dir, clean_stale_temps
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -181,12 +181,7 @@ def _load_part(path: Path, load: Callable[[Path], Any]) -> Any:
     try:
         return load(path)
     except Exception as err:  # noqa: BLE001 - safetensors, zipfile, pickle and torch raise many types for a bad file
-        raise DamagedCheckpoint(path, _first_line(err)) from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0][:160] if text else "") or type(err).__name__
+        raise DamagedCheckpoint(path, first_line(err)) from None
 
 
 class DamagedCheckpoint(CheckpointError):
@@ -225,7 +220,7 @@ def read_position(folder: Path, fingerprint: str) -> Position:
     try:
         data = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:
-        raise DamagedCheckpoint(folder / "state.json", _first_line(err)) from None
+        raise DamagedCheckpoint(folder / "state.json", first_line(err)) from None
     if not isinstance(data, dict):
         raise DamagedCheckpoint(folder / "state.json", "not a JSON object")
     if "batches_done" in data:
@@ -233,7 +228,7 @@ def read_position(folder: Path, fingerprint: str) -> Position:
     try:
         position = Position(**data)
     except TypeError as err:
-        raise DamagedCheckpoint(folder / "state.json", _first_line(err)) from None
+        raise DamagedCheckpoint(folder / "state.json", first_line(err)) from None
     if not isinstance(position.fingerprint, str) or not all(
         isinstance(v, int) and v >= 0 for v in (position.global_step, position.epoch, position.samples_done)
     ) or not isinstance(position.global_batch, int) or position.global_batch < 1:
@@ -258,4 +253,4 @@ def apply_checkpoint(checkpoint: Checkpoint, optimizer: Any, scheduler: Any, pro
         _restore_rng(checkpoint.rng[process_index % len(checkpoint.rng)])
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{checkpoint.folder}: its optimizer or generator state does not fit this run "
-                              f"({_first_line(err)}); resume with the same config or start a new --out folder") from None
+                              f"({first_line(err)}); resume with the same config or start a new --out folder") from None

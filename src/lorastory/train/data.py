@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lorastory.data.dataset import clean_caption
-from lorastory.data.images import load_rgb, probe_image
+from lorastory.captions import clean_caption
+from lorastory.images import load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
 from lorastory.fileio import display_path, display_text, is_valid_text
 

@@ -148,7 +148,7 @@ class Workspace:
         """Copy uploaded images (and same-name ``.txt`` captions, and the images and captions
         inside ``.zip`` files) into ``dest``, checking each image like the data stage does:
         type, size, truncation and decompression bombs. Anything else is refused with its reason."""
-        from lorastory.data.images import IMAGE_EXTENSIONS, probe_image
+        from lorastory.images import IMAGE_EXTENSIONS, probe_image
 
         dest = self.check(dest)
         dest.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ class Workspace:
         result.captions += 1
 
     def _extract_zip(self, archive: Path, dest: Path, result: UploadResult) -> None:
-        from lorastory.data.images import IMAGE_EXTENSIONS, probe_image
+        from lorastory.images import IMAGE_EXTENSIONS, probe_image
 
         try:
             handle = zipfile.ZipFile(archive)

@@ -6,7 +6,7 @@ models (default ``shunk031/aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE`
 and divides their 1–10 rating by 10, so ``min_score: 0.5`` means 5/10; the
 same scale is used here. ``hf_scorer_model`` is, as there, a hub id or folder
 of such a model — or, as an extension, a LAION head file (``.safetensors``;
-see :mod:`lorastory.eval.aesthetic`), whose CLIP is ``hf_clip`` (default: the
+see :mod:`lorastory.models.aesthetic`), whose CLIP is ``hf_clip`` (default: the
 one the file's metadata names, else LAION's CLIP for its input size).
 
 Weights are checked when the recipe is loaded: missing weights (or a hub id not
@@ -60,10 +60,11 @@ class ImageAestheticsFilter(Filter):
         """Fail before any work when the weights (or the CLIP a head file needs) cannot be had."""
         from pathlib import Path
 
-        from lorastory.eval.aesthetic import PICKLE_SUFFIXES, default_clip_for, load_aesthetic
-        from lorastory.eval.clip_score import check_clip_folder
-        from lorastory.eval.errors import AestheticModelError, ClipModelError
-        from lorastory.eval.hub import check_source
+        from lorastory.hub import PICKLE_SUFFIXES
+        from lorastory.models.aesthetic import default_clip_for, load_aesthetic
+        from lorastory.models.clip import check_clip_folder
+        from lorastory.errors import AestheticModelError, ClipModelError
+        from lorastory.hub import check_source
 
         path = Path(self._source).expanduser()
         if not path.exists() and path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
@@ -85,8 +86,8 @@ class ImageAestheticsFilter(Filter):
         """(predictor, image embedder), loaded on first use in each process."""
 
         def load() -> tuple[Any, Any]:
-            from lorastory.eval.aesthetic import default_clip_for, load_aesthetic
-            from lorastory.eval.clip_score import load_clip, one_thread_in_workers, op_device
+            from lorastory.models.aesthetic import default_clip_for, load_aesthetic
+            from lorastory.models.clip import load_clip, one_thread_in_workers, op_device
 
             one_thread_in_workers()
             device = op_device(self.params.accelerator)

@@ -23,18 +23,17 @@ first use; a sample's images and chunk texts go through it as one batch.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Literal
 
 from PIL import Image, ImageOps
 
+from lorastory.captions import DJ_SPECIAL_TOKENS
 from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
 from lorastory.data.sample import Sample
 from lorastory.errors import RecipeError
 
 EOC_TOKEN = "<|__dj__eoc|>"
 STATS_KEY = "image_text_similarity"
-_SPECIAL = re.compile(r"<__dj__\w+>|<\|__dj__eoc\|>")
 
 
 class ImageTextSimilarityParams(OpParams):
@@ -53,7 +52,7 @@ class ImageTextSimilarityParams(OpParams):
 def split_chunks(text: str, n_images: int, image_token: str) -> list[tuple[str, list[int]]]:
     """(chunk text without special tokens, indices of its images) as Data-Juicer pairs them."""
     if image_token not in text:
-        return [(_SPECIAL.sub("", text).strip(), list(range(n_images)))] if n_images else []
+        return [(DJ_SPECIAL_TOKENS.sub("", text).strip(), list(range(n_images)))] if n_images else []
     chunks = []
     offset = 0
     for chunk in text.split(EOC_TOKEN):
@@ -62,7 +61,7 @@ def split_chunks(text: str, n_images: int, image_token: str) -> list[tuple[str, 
             continue
         indices = list(range(offset, min(offset + count, n_images)))
         if indices:
-            chunks.append((_SPECIAL.sub("", chunk.replace(image_token, "")).strip(), indices))
+            chunks.append((DJ_SPECIAL_TOKENS.sub("", chunk.replace(image_token, "")).strip(), indices))
         offset += count
     return chunks
 
@@ -85,9 +84,9 @@ class ImageTextSimilarityFilter(Filter):
 
     def __init__(self, params: ImageTextSimilarityParams) -> None:
         super().__init__(params)
-        from lorastory.eval.clip_score import check_clip_folder
-        from lorastory.eval.errors import ClipModelError
-        from lorastory.eval.hub import check_source
+        from lorastory.models.clip import check_clip_folder
+        from lorastory.errors import ClipModelError
+        from lorastory.hub import check_source
 
         try:
             check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
@@ -100,7 +99,7 @@ class ImageTextSimilarityFilter(Filter):
         """The CLIP model, loaded once per process; recipes never enable trust_remote_code (refused in build_op)."""
 
         def load() -> Any:
-            from lorastory.eval.clip_score import load_clip, one_thread_in_workers, op_device
+            from lorastory.models.clip import load_clip, one_thread_in_workers, op_device
 
             one_thread_in_workers()
             return load_clip(self.params.hf_clip, op_device(self.params.accelerator))

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
+from lorastory.hub import looks_like_hub_id
 from lorastory.ui.workspace import PathRefused, Workspace
 
 DEFAULT_MODEL = "models/toy-kolors"
 DEFAULT_CLIP = "models/toy-clip"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def ensure_default_model(ws: Workspace, say: Callable[[str], None] = print) -> Path:
@@ -56,7 +55,7 @@ def resolve_model(ws: Workspace, value: str | None) -> str:
     try:
         return str(ws.resolve(value, must_exist=True))
     except PathRefused:
-        if _HUB_ID.match(value) and not os.path.exists(value) and not value.startswith((".", "/", "~")):
+        if looks_like_hub_id(value) and not os.path.exists(value):
             return value
         raise
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorastory.captions import clean_caption
 from lorastory.data.sample import resolve_path
-from lorastory.eval.clip_score import ClipModel
-from lorastory.eval.errors import EvalError
+from lorastory.models.clip import ClipModel
+from lorastory.errors import DataError
 from lorastory.fileio import atomic_write_text
 
 REFERENCE_BATCH = 8
@@ -72,7 +73,7 @@ class DatasetScores:
 
 
 def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list[Pair], list[dict[str, str]]]:
-    from lorastory.data.dataset import clean_caption, read_rows
+    from lorastory.data.dataset import read_rows
 
     pairs: list[Pair] = []
     skipped: list[dict[str, str]] = []
@@ -105,10 +106,10 @@ def _csv_pairs(path: Path) -> tuple[list[Pair], list[dict[str, str]]]:
             reader = csv.reader(handle, strict=True)
             header = next(reader, None)
             if not header or not {"file_name", "text"} <= set(header):
-                raise EvalError(f"{path}: a csv needs 'file_name' and 'text' columns (as export-csv writes)")
+                raise DataError(f"{path}: a csv needs 'file_name' and 'text' columns (as export-csv writes)")
             for name in ("file_name", "text"):
                 if header.count(name) > 1:
-                    raise EvalError(f"{path}: the column '{name}' appears {header.count(name)} times; keep one")
+                    raise DataError(f"{path}: the column '{name}' appears {header.count(name)} times; keep one")
             columns = {name: header.index(name) for name in ("file_name", "text")}
             while True:
                 number = reader.line_num + 1
@@ -128,9 +129,9 @@ def _csv_pairs(path: Path) -> tuple[list[Pair], list[dict[str, str]]]:
                     continue
                 pairs.append(Pair(resolve_path(file_name, base), text, f"line {number}"))
     except UnicodeDecodeError as err:
-        raise EvalError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
     except csv.Error as err:
-        raise EvalError(f"{path}: malformed csv ({err})") from None
+        raise DataError(f"{path}: malformed csv ({err})") from None
     return pairs, skipped
 
 
@@ -138,7 +139,7 @@ def read_pairs(path: str | Path, text_key: str = "text", image_key: str | None =
     """(image, caption) pairs of a jsonl or csv dataset file, and the rows skipped."""
     source = Path(path)
     if not source.is_file():
-        raise EvalError(f"{source}: no such file; pass a result jsonl (data run) or a metadata.csv (data export-csv)")
+        raise DataError(f"{source}: no such file; pass a result jsonl (data run) or a metadata.csv (data export-csv)")
     if source.suffix.lower() == ".csv":
         return _csv_pairs(source)
     return _jsonl_pairs(source, text_key, image_key)
@@ -146,7 +147,7 @@ def read_pairs(path: str | Path, text_key: str = "text", image_key: str | None =
 
 def _loaded_batches(pairs: list[Pair], size: int, skipped: list[dict[str, str]]) -> Iterator[tuple[list[Pair], list[Any]]]:
     """Batches of ``size`` readable pairs with their images (0: one batch of all); bad images are skipped."""
-    from lorastory.data.images import load_rgb
+    from lorastory.images import load_rgb
     from lorastory.errors import BadImageError
 
     batch: list[Pair] = []
@@ -211,7 +212,7 @@ def clip_score_dataset(
 ) -> DatasetScores:
     """Score every (image, caption) of a dataset file in batches; write the csv (default: beside it)."""
     if batch_size < 0:
-        raise EvalError(f"batch size must be 0 (one batch) or more, got {batch_size}")
+        raise DataError(f"batch size must be 0 (one batch) or more, got {batch_size}")
     source = Path(path)
     pairs, skipped = read_pairs(source, text_key, image_key)
     rows: list[PairScore] = []
@@ -219,7 +220,7 @@ def clip_score_dataset(
         rows.extend(_score_batch(clip, batch_pairs, images, batch))
     if not rows:
         first = f" (first problem: {skipped[0]['item']}: {skipped[0]['reason']})" if skipped else ""
-        raise EvalError(f"{source}: no readable (image, caption) pairs to score{first}")
+        raise DataError(f"{source}: no readable (image, caption) pairs to score{first}")
     scores = DatasetScores(source, rows, skipped, batch_size, clip.logit_scale)
     scores.csv_path = write_csv(scores, Path(out_csv) if out_csv else default_csv_path(source))
     return scores

@@ -31,13 +31,13 @@ from typing import Any
 
 from PIL import Image
 
-from lorastory.eval.errors import AestheticModelError
-from lorastory.eval.hub import first_line, hub_reachable, looks_like_hub_id, offline_by_env
+from lorastory.errors import AestheticModelError
+from lorastory.errors import first_line
+from lorastory.hub import PICKLE_SUFFIXES, hub_reachable, looks_like_hub_id, offline_by_env
 from lorastory.errors import DataError
 from lorastory.fileio import parse_json
 
 AESTHETIC_OPTION = "--aesthetic"
-PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl")
 # Sequential indices of the Linear layers in LAION's two MLP heads.
 MLP_LAYOUTS = {(0, 2, 4, 6, 7): "mlp", (0, 3, 6, 9, 11): "mlp_relu"}
 # The CLIP a head of this input size was most likely trained on (LAION's published heads).
@@ -322,7 +322,7 @@ def _load_folder(folder: Path, allow_pickle: bool, device: Any) -> AestheticPred
 
 def load_aesthetic(path: str | Path, allow_pickle: bool = False, device: str | None = None) -> AestheticPredictor:
     """Load aesthetic-predictor weights: a head file, a predictor folder, or a hub id of one."""
-    from lorastory.eval.clip_score import resolve_device
+    from lorastory.models.clip import resolve_device
 
     source = str(path)
     target = resolve_device(device)

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lorastory.errors import LorastoryError
+from lorastory.errors import LorastoryError, first_line
 
 _TRUE = {"1", "on", "yes", "true"}
 
 
+# Weights files that are Python pickles: loading one can run code, so each is refused unless allowed.
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+# owner/name as the Hugging Face hub spells them: letters, digits, '_', '-', '.'; no leading '.', no "..".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9_\-][\w.\-]*$")
+
+
 def looks_like_hub_id(source: str) -> bool:
-    """``owner/name`` that is not a path."""
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~")) and "\\" not in source
+    """``owner/name`` that cannot be read as a path outside the current folder."""
+    return bool(_HUB_ID.match(source)) and ".." not in source
 
 
 def offline_by_env() -> bool:
@@ -48,12 +56,6 @@ def _endpoint_reachable() -> bool:
 def hub_reachable() -> bool:
     """Whether downloading from the hub can work now (a 3-second probe, remembered per process)."""
     return not offline_by_env() and _endpoint_reachable()
-
-
-def first_line(err: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message, shortened."""
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def download_hint(repo_id: str, option: str) -> str:

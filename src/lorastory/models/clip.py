@@ -26,8 +26,9 @@ from typing import Any
 
 from PIL import Image
 
-from lorastory.eval.errors import ClipModelError
-from lorastory.eval.hub import first_line, from_pretrained, resolve_source
+from lorastory.errors import ClipModelError
+from lorastory.errors import first_line
+from lorastory.hub import from_pretrained, resolve_source
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 CHINESE_CLIP = "OFA-Sys/chinese-clip-vit-base-patch16"
