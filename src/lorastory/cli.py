@@ -212,7 +212,7 @@ def data_ops() -> None:
 def data_clip_score(
     dataset: Annotated[Path, typer.Argument(help="A result jsonl (data run) or metadata.csv (data export-csv).")],
     clip: Annotated[str, typer.Option(help="CLIP model folder or hub id.")] = "openai/clip-vit-base-patch32",
-    batch_size: Annotated[int, typer.Option(min=0, help="Images per batch; the softmax is over a batch's texts (8 as in the reference, 0: one batch).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Images per batch; the softmax is over a batch's texts (8 as in the reference, 0: one batch).")] = 8,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: DATASET_clip_scores.csv beside it).")] = None,
     text_key: Annotated[str, typer.Option(help="Caption field of a jsonl.")] = "text",
     image_key: Annotated[Optional[str], typer.Option(help="Image list field of a jsonl (default: image or images).")] = None,
@@ -517,7 +517,7 @@ def eval_cmd(
     lora: Annotated[Optional[Path], typer.Option(help="--compare: LoRA instead of the one the manifest records.")] = None,
     lora_scale: Annotated[Optional[float], typer.Option(help="--compare: LoRA strength (default: the run's).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when available).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per CLIP batch.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Images per CLIP batch.")] = 16,
     allow_pickle: Annotated[bool, typer.Option(help="Allow .pth/.pt aesthetic weights (read with torch.load(weights_only=True)).")] = False,
 ) -> None:
     """Score a run: CLIP-T per panel, character consistency, aesthetics; write scores.json."""

@@ -71,8 +71,9 @@ def test_a_non_finite_lora_scale_is_refused_before_rendering(cli, run_copy, tiny
     assert not (run_copy / "compare").exists()
 
 
-def test_a_zero_batch_is_a_usage_error(cli, run_copy, tiny_clip):
-    assert cli("eval", run_copy, "--clip", tiny_clip, "--batch-size", "0").code == 2
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_a_batch_below_one_is_one_line(cli, run_copy, tiny_clip, size):
+    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip, "--batch-size", size), "batch size must be 1 or more")
 
 
 def test_clip_score_reports_malformed_csv_rows(cli, run_copy, tiny_clip):
@@ -101,3 +102,21 @@ def test_clip_score_skips_rows_of_the_wrong_shape(cli, run_copy, tiny_clip):
     assert "Scored 1 image-text pairs" in result.out
     for line in ("line 1", "line 2", "line 3", "line 4", "line 6"):
         assert line in result.err
+
+
+def test_clip_score_never_writes_over_its_input(cli, run_copy, tiny_clip):
+    (run_copy / "m.csv").write_text("file_name,text\npanel-01.png,one\n", encoding="utf-8")
+    before = (run_copy / "m.csv").read_bytes()
+    for target in ("m.csv", "panel-01.png"):
+        result = cli("data", "clip-score", run_copy / "m.csv", "--clip", tiny_clip, "--out", run_copy / target)
+        _assert_one_line(result, "choose another output")
+    assert (run_copy / "m.csv").read_bytes() == before
+
+
+def test_clip_score_skips_a_caption_that_is_not_unicode(cli, run_copy, tiny_clip):
+    (run_copy / "m.jsonl").write_text(
+        '{"text": "bad \\ud800", "image": ["panel-01.png"]}\n{"text": "good", "image": ["panel-02.png"]}\n', encoding="utf-8"
+    )
+    result = cli("data", "clip-score", run_copy / "m.jsonl", "--clip", tiny_clip)
+    assert result.code == 0, result.err
+    assert "Scored 1 image-text pairs" in result.out and "line 1" in result.err

@@ -28,7 +28,7 @@ from lorastory.captions import clean_caption
 from lorastory.data.sample import resolve_path
 from lorastory.models.clip import ClipModel
 from lorastory.errors import DataError
-from lorastory.fileio import atomic_write_text
+from lorastory.fileio import atomic_write_text, check_outputs_apart, is_valid_text
 
 REFERENCE_BATCH = 8
 MAX_CSV_FIELD = 16 << 20  # a caption of a few MB is odd but still a row, not a crash
@@ -91,6 +91,9 @@ def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list
             isinstance(p, str) and p.strip() and "\0" not in p for p in images
         ):
             skipped.append({"item": where, "reason": f"needs '{text_key}' text and '{key}' paths"})
+            continue
+        if not is_valid_text(text):
+            skipped.append({"item": where, "reason": "caption is not valid Unicode (a lone surrogate)"})
             continue
         pairs.extend(Pair(resolve_path(str(p), base), clean_caption(text), where) for p in images)
     return pairs, skipped
@@ -214,7 +217,9 @@ def clip_score_dataset(
     if batch_size < 0:
         raise DataError(f"batch size must be 0 (one batch) or more, got {batch_size}")
     source = Path(path)
+    target = Path(out_csv) if out_csv else default_csv_path(source)
     pairs, skipped = read_pairs(source, text_key, image_key)
+    check_outputs_apart([("--out", target)], [("DATASET", source), *(("an image", pair.image) for pair in pairs)])
     rows: list[PairScore] = []
     for batch, (batch_pairs, images) in enumerate(_loaded_batches(pairs, batch_size, skipped)):
         rows.extend(_score_batch(clip, batch_pairs, images, batch))
@@ -222,6 +227,6 @@ def clip_score_dataset(
         first = f" (first problem: {skipped[0]['item']}: {skipped[0]['reason']})" if skipped else ""
         raise DataError(f"{source}: no readable (image, caption) pairs to score{first}")
     scores = DatasetScores(source, rows, skipped, batch_size, clip.logit_scale)
-    scores.csv_path = write_csv(scores, Path(out_csv) if out_csv else default_csv_path(source))
+    scores.csv_path = write_csv(scores, target)
     return scores
 

@@ -306,6 +306,8 @@ def evaluate_run(
     adds the result under ``"compare"``. ``scorers`` reuses loaded models.
     """
     started = time.perf_counter()
+    if batch_size < 1:
+        raise EvalError(f"batch size must be 1 or more, got {batch_size}")
     run = read_run(run_dir)
     scorers = scorers or load_scorers(clip_model, aesthetic, aesthetic_clip, device, allow_pickle)
     images = load_panel_images(run)
