@@ -1,0 +1,188 @@
+"""``lorastory data ...``: import, curate with a recipe, export, score a dataset, draw toy data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from lorastory.cli.common import clip_text, console, count_lines, data_app, err_console, print_skips
+from lorastory.fileio import display_path
+
+
+@data_app.command("import")
+def data_import(
+    src: Annotated[str, typer.Argument(help="Folder, metadata.jsonl/.csv, saved HF dataset, hub id, or modelscope:ID.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    caption: Annotated[Optional[str], typer.Option(help="One caption for every image (e.g. 二次元).")] = None,
+    source: Annotated[str, typer.Option(help="auto, folder, hf or modelscope.")] = "auto",
+    split: Annotated[str, typer.Option(help="Split of a HF/ModelScope dataset.")] = "train",
+    subset: Annotated[Optional[str], typer.Option(help="Subset (config) name of a hub dataset.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Caption column (default: text, caption, prompt...).")] = None,
+    allow_empty_caption: Annotated[bool, typer.Option(help="Keep images that have no caption.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Import images and captions into a Data-Juicer-format dataset (metadata.jsonl + images/)."""
+    from lorastory.data.dataset import ImportConfig, import_dataset
+
+    config = ImportConfig.from_dict(
+        dict(source=src, kind=source, caption=caption, text_column=text_column, split=split, subset=subset,
+             allow_empty_caption=allow_empty_caption),
+        source="options",
+    )
+    result = import_dataset(config, out, overwrite=overwrite)
+    print_skips(result.skipped)
+    others = sum(1 for item in result.skipped if item["reason"].startswith(("not an image type", "caption file with no image")))
+    listed = f", {others} of them files that are not images: see import_report.json" if others else ""
+    console.print(f"Imported {result.written} images into {display_path(out / 'metadata.jsonl')} "
+                  f"({len(result.skipped)} skipped{listed}).", markup=False)
+
+
+@data_app.command("run")
+def data_run(
+    recipe: Annotated[Path, typer.Argument(help="Data-Juicer-format recipe YAML.")],
+    np: Annotated[Optional[int], typer.Option("--np", help="Processes (default: the recipe's np).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (processes on this machine) or ray (Ray Data; same output).")
+    ] = "local",
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: a local Ray.")
+    ] = None,
+) -> None:
+    """Run a Data-Juicer recipe unchanged: export jsonl, stats, and a report."""
+    from lorastory.data.executor import run_recipe
+    from lorastory.data.recipe import load_recipe, resolve_dataset_file
+
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"'{executor}': choose local or ray", param_hint="--executor")
+    if address is not None and executor != "ray":
+        raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
+    if executor == "ray":
+        from functools import partial
+
+        from lorastory.data.executor_ray import run_recipe_ray
+
+        run_recipe = partial(run_recipe_ray, address=address)  # noqa: F811  (same signature otherwise)
+    loaded = load_recipe(recipe)
+    for key in loaded.unknown_keys():
+        err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: unknown key '{escape(key)}' ignored (a typo?)")
+    if loaded.ignored_keys():
+        err_console.print(
+            f"[dim]note: Data-Juicer engine keys with no effect here: {', '.join(loaded.ignored_keys())}[/]"
+        )
+    for warning in loaded.range_warnings():
+        err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: {escape(warning)}")
+    if quiet or not console.is_terminal:
+        result = run_recipe(loaded, processes=np)
+    else:
+        from rich.progress import Progress
+
+        total = count_lines(resolve_dataset_file(loaded))
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("curating", total=total)
+            result = run_recipe(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
+    table = Table(title=escape(f"{result.input_path.name} → {result.export_path.name}"))
+    for column in ("op", "in", "kept", "dropped", "errors", "seconds"):
+        table.add_column(column, justify="left" if column == "op" else "right")
+    for row in [result.read, *result.ops]:
+        table.add_row(escape(row.name), str(row.n_in), str(row.kept), str(row.dropped), str(row.errors), f"{row.seconds:.2f}")
+    console.print(table)
+    print_skips([{"item": f"line {s.line} ({s.stage})", "reason": s.reason} for s in result.skipped])
+    console.print(
+        f"Kept {result.n_output} of {result.read.n_in} in {result.seconds:.2f} s on {result.processes} process(es).\n"
+        f"  result: {display_path(result.export_path)}\n"
+        + (f"  stats:  {display_path(result.stats_path)}\n" if result.stats_path else "")
+        + f"  report: {display_path(result.report_html)} (and {display_path(result.report_json.name)})",
+        markup=False,
+    )
+
+
+@data_app.command("export-csv")
+def data_export_csv(
+    result_jsonl: Annotated[Path, typer.Argument(help="A curated jsonl (e.g. the recipe's export_path).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training folder to write.")],
+    text_key: Annotated[str, typer.Option(help="Caption field.")] = "text",
+    image_key: Annotated[Optional[str], typer.Option(help="Image list field (default: image or images).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Write metadata.csv (file_name,text) and RGB images: what the trainer reads."""
+    from lorastory.data.dataset import export_csv
+
+    result = export_csv(result_jsonl, out, text_key=text_key, image_key=image_key, overwrite=overwrite)
+    print_skips(result.skipped)
+    console.print(f"Exported {result.written} images to {display_path(out / 'metadata.csv')} ({len(result.skipped)} skipped).", markup=False)
+
+
+@data_app.command("toyworld")
+def data_toyworld(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write PNG + caption .txt pairs into.")],
+    count: Annotated[int, typer.Option(help="Good samples to draw.")] = 100,
+    style: Annotated[str, typer.Option(help="flat, outlined, pixel or watercolor.")] = "outlined",
+    lang: Annotated[str, typer.Option(help="Caption language: en, zh or both (one per picture, at random).")] = "both",
+    seed: Annotated[int, typer.Option(help="Same seed, same pictures and captions.")] = 0,
+    size: Annotated[int, typer.Option(help="Picture side in pixels.")] = 128,
+    bad_samples: Annotated[bool, typer.Option(help="Add too-small, wrong-aspect, duplicate, mis-captioned and truncated samples.")] = True,
+) -> None:
+    """Draw a captioned toy-world image folder in a render style (what the demo curates and trains on)."""
+    from lorastory.errors import ConfigError
+    from lorastory.toyworld.dataset import write_toy_dataset
+
+    try:
+        written = write_toy_dataset(out, count=count, style=style, lang=lang, seed=seed, size=size, bad_samples=bad_samples)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    bad = ", ".join(f"{len(names)} {kind.replace('_', ' ')}" for kind, names in written.bad.items())
+    console.print(f"Wrote {len(written.good)} {style} pictures to {out}" + (f" plus bad samples: {bad}" if bad else ""), markup=False)
+
+
+@data_app.command("ops")
+def data_ops() -> None:
+    """List the Data-Juicer operators this executor runs, with their parameters."""
+    from lorastory.data.ops import OpParams, registered_ops
+
+    common = set(OpParams.model_fields)
+    table = Table()
+    table.add_column("op")
+    table.add_column("parameters (defaults)")
+    for name, cls in sorted(registered_ops().items()):
+        params = ", ".join(
+            f"{field}={info.default!r}" for field, info in cls.Params.model_fields.items() if field not in common
+        )
+        table.add_row(name, params)
+    console.print(table)
+
+
+@data_app.command("clip-score")
+def data_clip_score(
+    dataset: Annotated[Path, typer.Argument(help="A result jsonl (data run) or metadata.csv (data export-csv).")],
+    clip: Annotated[str, typer.Option(help="CLIP model folder or hub id.")] = "openai/clip-vit-base-patch32",
+    batch_size: Annotated[int, typer.Option(help="Images per batch; the softmax is over a batch's texts (8 as in the reference, 0: one batch).")] = 8,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="CSV to write (default: DATASET_clip_scores.csv beside it).")] = None,
+    text_key: Annotated[str, typer.Option(help="Caption field of a jsonl.")] = "text",
+    image_key: Annotated[Optional[str], typer.Option(help="Image list field of a jsonl (default: image or images).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when available).")] = None,
+    show: Annotated[int, typer.Option(help="Rows to print (all rows go to the CSV).")] = 50,
+) -> None:
+    """The reference workflow's CLIP table: softmax of image-text logits per batch, plus cosine and CLIP-T."""
+    from lorastory.models.clip import load_clip
+    from lorastory.data.clip_table import clip_score_dataset
+
+    scores = clip_score_dataset(dataset, load_clip(clip, device), batch_size=batch_size, text_key=text_key,
+                                image_key=image_key, out_csv=out)
+    table = Table(title=escape(f"{dataset.name}: CLIP {clip}, softmax over the texts of each batch"))
+    for column in ("batch", "#", "image", "text", "prob", "best match", "cosine", "CLIP-T", "probs over the batch's texts"):
+        table.add_column(column, justify="right" if column in ("batch", "#", "prob", "best match", "cosine", "CLIP-T") else "left")
+    for row in scores.rows[: max(0, show)]:
+        probs = " ".join(f"{p:.2f}" for p in row.probs) if len(row.probs) <= 8 else f"({len(row.probs)} values in the CSV)"
+        table.add_row(str(row.batch), str(row.position), escape(Path(row.image).name), escape(clip_text(row.text)),
+                      f"{row.prob:.3f}", str(row.best_match), f"{row.cosine:.4f}", f"{row.clip_t:.2f}", probs)
+    console.print(table)
+    if len(scores.rows) > show:
+        console.print(f"... and {len(scores.rows) - show} more rows in the CSV", markup=False)
+    print_skips(scores.skipped)
+    console.print(f"Scored {len(scores.rows)} image-text pairs (logit scale {scores.logit_scale:.2f}).\n"
+                  f"  csv: {scores.csv_path}", markup=False)
