@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lorastory"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 120
 
-# Still to be split (issue 16): the CLI per command group, the story renderer, the training loop.
-KNOWN_LARGE_MODULES = {"cli.py": 735, "generate/story.py": 651, "train/trainer.py": 701, "models/lora.py": 1040}
+# Still to be split (issue 16): the story renderer and the training loop.
+KNOWN_LARGE_MODULES = {"generate/story.py": 651, "train/trainer.py": 701, "models/lora.py": 1040}
 KNOWN_LONG_FUNCTIONS = {"generate/story.py:_render_story": 146, "train/trainer.py:train": 211}
 
 
