@@ -3,7 +3,8 @@
 This is what sd-scripts, A1111/Forge and ComfyUI read. SDXL uses sd-scripts' SDXL (SGM/LDM) block
 names (``input_blocks``/``middle_block``/``output_blocks``); SD1.5 and Kolors use diffusers module
 names (sd-scripts' SD1 naming), which plain ``KolorsPipeline.load_lora_weights`` and ComfyUI read
-(Kolors with SGM names loads in diffusers only when given ``unet_config``). Reading goes through
+(Kolors with SGM names loads in diffusers only when given ``unet_config``; ``save_lora(...,
+kohya_unet_names="sgm")`` writes them anyway). Reading goes through
 diffusers' own converters, plus Kolors' ChatGLM text-encoder names, which they do not know.
 """
 
