@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from _kolors_arch import (  # noqa: E402
     Recorder, build_unet, build_vae, environment, kernel_profile, matmul_peak, peak_gb, reset_peak, sync, text_shape,
 )
+from levers import apply_fp8  # noqa: E402
 
 from lorastory.generate.speed import prepare_for_speed, speed_context  # noqa: E402
 from lorastory.models.speed import (  # noqa: E402
@@ -395,7 +396,9 @@ def main() -> int:
             rec.row("profile", error=traceback.format_exc()[-600:])
     if args.fp8 and compiled and rec.elapsed() < args.budget - 60:
         try:
-            prepare_for_speed(pipe, channels_last=channels_last, compile=True, compile_vae=False, fp8=True)
+            prepare_for_speed(pipe, channels_last=channels_last, compile=False)  # a LoRA is fused first: fp8 skips LoRA layers
+            apply_fp8(pipe)
+            prepare_for_speed(pipe, channels_last=channels_last, compile=True, compile_vae=False)
             timed_first_call("fp8 transformer-block linears (opt-in), compiled")
             fp8_row, *_ = full_story("fp8 (opt-in), full story (UNet + VAE compiled)")
             rec.set("fp8", fp8_row)

@@ -3,7 +3,8 @@
 :func:`prepare_for_speed` applies, in order: LoRA fused into the weights (the LoRA layers stay,
 merged, so a second :func:`~lorastory.models.lora.apply_lora` of the same adapter is still refused),
 fused QKV projections, and optionally regional compilation of the UNet's transformer and ResNet
-blocks (and the VAE's ResNet blocks). channels_last and an fp8 mode are there but off by default.
+blocks (and the VAE's ResNet blocks). channels_last is there but off by default (the opt-in fp8 mode
+the benchmarks measure lives in ``bench/levers.py``).
 Panels and CFG are batched by :func:`~lorastory.generate.story.generate_story` itself.
 
 Measured on an H100 (``bench/RESULTS.md``, 8 panels at 1024², 50 steps): batching 1.6-1.7x, an unfused
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorastory.models.speed import (
-    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, quantize_fp8, sdpa_backend, to_channels_last,
+    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, sdpa_backend, to_channels_last,
 )
 
 # Below this many image-steps (panels x steps) a compile's warm-up costs more than it saves.
@@ -112,7 +113,6 @@ def prepare_for_speed(
     compile_classes: tuple[str, ...] = UNET_REGIONS,
     compile_vae: bool = True,
     sdpa: str | None = None,
-    fp8: bool = False,
 ) -> SpeedReport:
     """Apply the speed levers to ``pipe`` in place and report which ones took.
 
@@ -121,9 +121,7 @@ def prepare_for_speed(
     loading a LoRA into a prepared pipeline: until then, fused QKV ignores it). Compiling needs CUDA
     in practice (the first call of each block shape compiles; later runs read the kernel cache,
     see :func:`~lorastory.models.speed.use_compile_cache`). ``sdpa`` names the attention backend
-    to prefer inside :func:`speed_context`. ``fp8=True`` (opt-in, lossy, for compiled runs on
-    Hopper GPUs) runs the transformer blocks' linear layers in float8; see
-    :func:`~lorastory.models.speed.quantize_fp8`.
+    to prefer inside :func:`speed_context`.
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
     unet = getattr(pipe, "unet", None)
@@ -152,13 +150,6 @@ def prepare_for_speed(
         to_channels_last(unet, vae)
         report.levers.append("channels_last")
         relayout = True
-    if fp8 and unet is not None and "fp8" not in report.levers:
-        if _unmerged_lora(unet):
-            report.skipped["fp8"] = "a LoRA is loaded unfused"
-        else:
-            quantize_fp8(unet)
-            report.levers.append("fp8")
-            relayout = True
     if relayout and report.compiled_modules:
         import torch
 

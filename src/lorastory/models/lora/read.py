@@ -1,0 +1,201 @@
+"""Read any supported LoRA file into one canonical, scale-correct state dict.
+
+:func:`load_lora_state` reads ours, diffusers/peft (new and old key styles), kohya, and
+DiffSynth-Studio files (peft keys without a prefix, or DiffSynth's own ``blocks.N`` UNet layout)
+into ``<component>.<module>.lora_A.weight`` / ``lora_B.weight`` keys with each module's
+``alpha / rank`` scale multiplied into ``lora_B``, so ``pipe.load_lora_weights(state)`` (which
+assumes alpha == rank for a bare dict) gives the right output. Here: the file reading, the
+layout detection and the baking; each layout's conversion lives in its own module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lorastory.models.lora.diffsynth import from_diffsynth_blocks, is_diffsynth_blocks
+from lorastory.models.lora.diffusers_format import from_prefixed, peft_adapter_config_alphas
+from lorastory.models.lora.errors import LoraFormatError, LoraMismatchError, first_line
+from lorastory.models.lora.keys import COMPONENTS, META_PREFIX, Modules
+from lorastory.models.lora.kohya import from_kohya, is_kohya
+from lorastory.models.lora.lycoris import refuse_lycoris
+from lorastory.models.lora.spec import LoraInfo
+from lorastory.models.lora.unet_layout import default_unet_config
+from lorastory.models.registry import get_family
+
+if TYPE_CHECKING:
+    import torch
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# First key segments of diffusers UNet modules: a file of unprefixed peft keys under these is a UNet LoRA.
+_UNET_ROOTS = {
+    "down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding", "encoder_hid_proj",
+}
+
+
+def load_lora_state(
+    path: str | os.PathLike[str],
+    allow_pickle: bool = False,
+    *,
+    family: str | None = None,
+    unet_config: Any = None,
+    default_alpha: float | None = None,
+) -> tuple[dict[str, torch.Tensor], LoraInfo]:
+    """Read any supported LoRA file into a canonical, scale-correct diffusers state dict.
+
+    Keys are ``unet.<module>.lora_A.weight`` / ``.lora_B.weight`` (and ``text_encoder.``,
+    ``text_encoder_2.``); each ``lora_B`` already includes ``alpha / rank``. ``family``
+    (the pipeline's) makes a file recorded for another family an error;
+    ``unet_config`` resolves SGM and DiffSynth block numbers (default: the file's
+    record, else the standard SDXL/Kolors UNet); ``default_alpha`` is used for files
+    that record no alpha (DiffSynth-Studio); without it such files get scale 1.
+    """
+    file = Path(path)
+    tensors, file_meta = _read_tensors(file, allow_pickle)
+    recorded = file_meta.get(META_PREFIX + "family")
+    if family is not None and recorded is not None and recorded != get_family(family).name:
+        raise LoraMismatchError(
+            f"{file.name} is a {recorded} LoRA but the pipeline is {family}; load it with a {recorded} model "
+            f"or use a LoRA trained for {family}"
+        )
+    config = unet_config if unet_config is not None else default_unet_config(file_meta)
+    fmt, modules, alphas = _parse(file, tensors, file_meta, config)
+    state, ranks, used_alphas = _bake(modules, alphas, default_alpha)
+    return state, _info(file, fmt, recorded, modules, ranks, used_alphas, file_meta)
+
+
+# ------------------------------------------------------------------------ files
+
+
+def _read_tensors(file: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not file.is_file():
+        raise LoraFormatError(f"{file}: no such LoRA file")
+    suffix = file.suffix.lower()
+    if suffix == ".safetensors":
+        return _read_safetensors(file)
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise LoraFormatError(
+                f"{file.name}: pickle files ({suffix}) can run code when loaded; convert it to .safetensors "
+                "or pass allow_pickle=True (--allow-pickle) if you trust its source"
+            )
+        return _read_pickle(file), {}
+    raise LoraFormatError(f"{file.name}: expected a .safetensors LoRA (or {', '.join(PICKLE_SUFFIXES)} with allow_pickle)")
+
+
+def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            meta = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise LoraFormatError(f"{file.name}: not a readable safetensors file ({first_line(err)})") from None
+    return tensors, meta
+
+
+def _read_pickle(file: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise LoraFormatError(
+            f"{file.name}: not a plain tensor checkpoint; weights-only loading refused it ({first_line(err)})"
+        ) from None
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):  # lightning / trainer checkpoints
+        data = data["state_dict"]
+    if not isinstance(data, Mapping):
+        raise LoraFormatError(f"{file.name}: expected a dict of tensors, found {type(data).__name__}")
+    tensors = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise LoraFormatError(f"{file.name}: holds no tensors")
+    return tensors
+
+
+# ---------------------------------------------------------------------- layouts
+
+
+def _parse(
+    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any
+) -> tuple[str, Modules, dict[str, float]]:
+    """Detect the layout and return (format, {prefixed module: (A, B)}, {prefixed module: alpha})."""
+    keys = list(tensors)
+    refuse_lycoris(file, keys)
+    if is_kohya(keys):
+        return ("kohya", *from_kohya(file, tensors, config))
+    peft_wrapped = all(k.startswith("base_model.model.") for k in keys)  # PeftModel.save_pretrained
+    stripped = {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
+    if all(k.split(".", 1)[0] in COMPONENTS for k in stripped):
+        modules, alphas = from_prefixed(file, stripped, meta)
+        return "diffusers", modules, alphas
+    roots = {k.split(".", 1)[0] for k in stripped}
+    if is_diffsynth_blocks(roots):
+        return ("diffsynth-blocks", *from_diffsynth_blocks(file, stripped, config))
+    if roots <= _UNET_ROOTS:
+        modules, alphas = from_prefixed(file, {f"unet.{k}": v for k, v in stripped.items()}, {})
+        if peft_wrapped:
+            alphas = peft_adapter_config_alphas(file, modules) or alphas
+        return ("peft" if peft_wrapped else "diffsynth"), modules, alphas
+    raise LoraFormatError(
+        f"{file.name}: unrecognised LoRA layout (first key '{keys[0] if keys else '(none)'}'); expected diffusers/peft "
+        "(unet.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
+    )
+
+
+# ------------------------------------------------------------------------- bake
+
+
+def _bake(
+    modules: Modules, alphas: Mapping[str, float], default_alpha: float | None
+) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, float]]:
+    """Canonical state with ``alpha / rank`` multiplied into ``lora_B``; also the ranks and alphas used."""
+    import torch
+
+    state: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    used: dict[str, float] = {}
+    for module in sorted(modules):
+        down, up = modules[module]
+        rank = int(down.shape[0])
+        alpha = alphas.get(module, default_alpha)
+        ranks[module] = rank
+        if alpha is not None:
+            used[module] = float(alpha)
+        scale = 1.0 if alpha is None else float(alpha) / rank
+        state[f"{module}.lora_A.weight"] = down
+        state[f"{module}.lora_B.weight"] = up if scale == 1.0 else (up.to(torch.float32) * scale).to(up.dtype)
+    return state, ranks, used
+
+
+def _info(
+    file: Path, fmt: str, family: str | None, modules: Modules, ranks: Mapping[str, int],
+    alphas: Mapping[str, float], meta: Mapping[str, str],
+) -> LoraInfo:
+    if not modules:
+        raise LoraFormatError(f"{file.name}: contains no LoRA weights")
+    leaves = {_leaf(m) for m in modules}
+    return LoraInfo(
+        path=file,
+        format=fmt,
+        family=family,
+        rank=Counter(ranks.values()).most_common(1)[0][0],
+        alpha=Counter(alphas.values()).most_common(1)[0][0] if alphas else None,
+        components=tuple(c for c in COMPONENTS if any(m.startswith(c + ".") for m in modules)),
+        target_modules=tuple(sorted(leaves)),
+        num_modules=len(modules),
+        by_lorastory=META_PREFIX + "version" in meta,
+        metadata=dict(meta),
+    )
+
+
+def _leaf(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]

@@ -1,0 +1,136 @@
+"""Write a pipeline's LoRA to one ``.safetensors`` file, atomically, with lorastory's metadata.
+
+Two key layouts (``format``): ``"diffusers"`` (default; see
+:mod:`lorastory.models.lora.diffusers_format`) and ``"kohya"`` (see :mod:`lorastory.models.lora.kohya`).
+Every file records family, rank, alpha, targets and a config hash under ``lorastory.*`` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from lorastory.fileio import atomic_write_bytes
+from lorastory.models.lora.diffusers_format import adapter_metadata, to_diffusers_layout
+from lorastory.models.lora.errors import LoraError, LoraMismatchError, first_line
+from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY, META_PREFIX
+from lorastory.models.lora.kohya import kohya_metadata, to_kohya_layout
+from lorastory.models.lora.spec import LoraSpec
+from lorastory.models.registry import Family, family_of_pipeline, get_family
+
+if TYPE_CHECKING:
+    import torch
+
+LoraFormat = Literal["diffusers", "kohya"]
+KohyaUnetNames = Literal["sgm", "diffusers"]
+
+
+def save_lora(
+    pipe: Any,
+    path: str | os.PathLike[str],
+    spec: LoraSpec,
+    family: str | None = None,
+    format: LoraFormat = "diffusers",  # noqa: A002 - the user-facing name
+    extra_metadata: Mapping[str, Any] | None = None,
+    adapter_name: str = "default",
+    kohya_unet_names: KohyaUnetNames | None = None,
+) -> Path:
+    """Write the pipeline's ``adapter_name`` LoRA to ``path`` (a ``.safetensors`` file), atomically.
+
+    ``kohya_unet_names`` overrides the kohya UNet naming (default: ``"sgm"`` for sdxl,
+    ``"diffusers"`` for kolors and sd15).
+    """
+    target = Path(path)
+    if target.suffix != ".safetensors":
+        raise LoraError(f"{target}: LoRA files are written as .safetensors; name the file lora.safetensors")
+    if format not in ("diffusers", "kohya"):
+        raise LoraError(f"unknown LoRA format '{format}'; use diffusers or kohya")
+    fam = _pipeline_family(pipe, family)
+    layers = _adapter_state(pipe, fam, adapter_name)
+    _check_spec_matches(pipe, spec, adapter_name)
+    metadata = _lorastory_metadata(pipe, spec, fam, format, extra_metadata)
+    if format == "diffusers":
+        tensors = to_diffusers_layout(layers)
+        adapter_meta = adapter_metadata(pipe, layers, adapter_name)
+        metadata[DIFFUSERS_METADATA_KEY] = json.dumps(adapter_meta, indent=2, sort_keys=True)
+        metadata[META_PREFIX + "alpha_in"] = "metadata"
+    else:
+        # sd-scripts names SDXL modules the SGM way; Kolors LoRAs are read by diffusers and
+        # ComfyUI, and plain KolorsPipeline only maps diffusers names, so those stay.
+        naming = kohya_unet_names or ("sgm" if fam.name == "sdxl" else "diffusers")
+        tensors = to_kohya_layout(layers, spec.alpha, fam, pipe.unet.config, naming)
+        metadata.update(kohya_metadata(spec, naming))
+    _write_safetensors(target, tensors, metadata)
+    return target
+
+
+def _pipeline_family(pipe: Any, family: str | None) -> Family:
+    actual = family_of_pipeline(pipe)
+    if family is not None and get_family(family).name != actual.name:
+        raise LoraMismatchError(
+            f"family '{family}' was given but the pipeline is {actual.name}; drop --family or load a {family} model"
+        )
+    return actual
+
+
+def _adapter_state(pipe: Any, family: Family, adapter_name: str) -> dict[str, dict[str, torch.Tensor]]:
+    """peft state dicts (keys without the adapter name) per component holding ``adapter_name``."""
+    from peft.utils import get_peft_model_state_dict
+
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for component in ("unet", *family.text_encoders):
+        module = getattr(pipe, component, None)
+        if adapter_name in (getattr(module, "peft_config", None) or {}):
+            state = get_peft_model_state_dict(module, adapter_name=adapter_name)
+            layers[component] = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    if "unet" not in layers:
+        raise LoraError(f"the pipeline has no LoRA named '{adapter_name}' on its UNet; call inject_lora first")
+    return layers
+
+
+def _check_spec_matches(pipe: Any, spec: LoraSpec, adapter_name: str) -> None:
+    config = pipe.unet.peft_config[adapter_name]
+    if config.r != spec.rank or float(config.lora_alpha) != float(spec.alpha):
+        raise LoraError(
+            f"the pipeline's LoRA '{adapter_name}' has rank {config.r}, alpha {config.lora_alpha} but the spec says "
+            f"rank {spec.rank}, alpha {spec.alpha}; save with the spec it was injected with"
+        )
+
+
+def _lorastory_metadata(
+    pipe: Any, spec: LoraSpec, family: Family, fmt: str, extra: Mapping[str, Any] | None
+) -> dict[str, str]:
+    from lorastory import __version__
+
+    layers = pipe.unet.config.layers_per_block
+    te_targets = spec.text_encoder_targets_for(family) if spec.train_text_encoder else []
+    metadata = {
+        "format": "pt",
+        META_PREFIX + "version": str(__version__),
+        META_PREFIX + "family": family.name,
+        META_PREFIX + "format": fmt,
+        META_PREFIX + "rank": str(spec.rank),
+        META_PREFIX + "alpha": repr(float(spec.alpha)),
+        META_PREFIX + "target_modules": json.dumps(spec.target_modules),
+        META_PREFIX + "text_encoder_targets": json.dumps(te_targets),
+        META_PREFIX + "config_hash": spec.config_hash(family.name),
+        META_PREFIX + "unet_layers_per_block": json.dumps(layers if isinstance(layers, int) else list(layers)),
+    }
+    for key, value in (extra or {}).items():
+        if str(key) in metadata or str(key) in (DIFFUSERS_METADATA_KEY, META_PREFIX + "alpha_in"):
+            raise LoraError(f"extra metadata key '{key}' is written by lorastory itself; pick another name")
+        metadata[str(key)] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return metadata
+
+
+def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    from safetensors.torch import save
+
+    try:
+        data = save(dict(tensors), metadata=dict(metadata))
+    except Exception as err:  # safetensors raises plain exceptions for shared or non-contiguous tensors
+        raise LoraError(f"cannot serialise LoRA for {path}: {first_line(err)}") from None
+    atomic_write_bytes(path, data)
