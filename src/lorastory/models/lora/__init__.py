@@ -34,7 +34,7 @@ from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY as DIFFUSERS_METAD
 from lorastory.models.lora.keys import META_PREFIX as META_PREFIX
 from lorastory.models.lora.kohya import KOHYA_TE_PREFIX as KOHYA_TE_PREFIX
 from lorastory.models.lora.kohya import kohya_unet_name
-from lorastory.models.lora.read import PICKLE_SUFFIXES as PICKLE_SUFFIXES
+from lorastory.hub import PICKLE_SUFFIXES as PICKLE_SUFFIXES
 from lorastory.models.lora.read import load_lora_state
 from lorastory.models.lora.spec import CHATGLM_TE_TARGETS as CHATGLM_TE_TARGETS
 from lorastory.models.lora.spec import CLIP_TE_TARGETS as CLIP_TE_TARGETS

@@ -15,9 +15,3 @@ class LoraFormatError(LoraError):
 
 class LoraMismatchError(LoraError):
     """A LoRA does not fit the pipeline (other family, other module shapes)."""
-
-
-def first_line(err: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters, for one-line errors."""
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."

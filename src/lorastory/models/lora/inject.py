@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.lora.errors import LoraError, first_line
+from lorastory.errors import first_line
+from lorastory.models.lora.errors import LoraError
 from lorastory.models.lora.keys import COMPONENTS
 from lorastory.models.lora.spec import LoraSpec
 from lorastory.models.registry import Family, family_of_pipeline
@@ -40,7 +41,7 @@ def inject_lora(pipe: Any, spec: LoraSpec, adapter_name: str = "default") -> lis
     try:
         pipe.unet.add_adapter(_peft_config(spec.rank, spec.alpha, spec.dropout, spec.target_modules), adapter_name=adapter_name)
     except ValueError as err:
-        raise LoraError(f"cannot add LoRA to the {family.name} UNet: {first_line(err)}; check target_modules") from None
+        raise LoraError(f"cannot add LoRA to the {family.name} UNet: {first_line(err, 200)}; check target_modules") from None
     modules = [pipe.unet]
     if spec.train_text_encoder:
         config = _peft_config(spec.rank, spec.alpha, spec.dropout, spec.text_encoder_targets_for(family))
@@ -48,7 +49,7 @@ def inject_lora(pipe: Any, spec: LoraSpec, adapter_name: str = "default") -> lis
             try:
                 inject_adapter_in_model(config, encoder, adapter_name=adapter_name)
             except ValueError as err:
-                raise LoraError(f"cannot add LoRA to {name}: {first_line(err)}; check text_encoder_targets") from None
+                raise LoraError(f"cannot add LoRA to {name}: {first_line(err, 200)}; check text_encoder_targets") from None
             modules.append(encoder)
     params = [p for module in modules for n, p in module.named_parameters() if _is_lora_param(n, adapter_name)]
     for param in params:

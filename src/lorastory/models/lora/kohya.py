@@ -17,7 +17,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from lorastory.models.lora.diffusers_format import component_modules
-from lorastory.models.lora.errors import LoraError, LoraFormatError, first_line
+from lorastory.errors import first_line
+from lorastory.models.lora.errors import LoraError, LoraFormatError
 from lorastory.models.lora.keys import META_PREFIX, Modules, canonical_text_key, modules_of
 from lorastory.models.lora.spec import LoraSpec
 from lorastory.models.lora.unet_layout import UnetLayout
@@ -154,7 +155,7 @@ def from_kohya(file: Path, tensors: dict[str, torch.Tensor], config: Any) -> tup
         mapped = _maybe_map_sgm_blocks_to_diffusers(dict(rest), SimpleNamespace(layers_per_block=layers[0]))
         converted, _ = _convert_non_diffusers_lora_to_diffusers(mapped)
     except (ValueError, KeyError, IndexError) as err:
-        raise LoraFormatError(f"{file.name}: kohya keys diffusers cannot map ({first_line(err)})") from None
+        raise LoraFormatError(f"{file.name}: kohya keys diffusers cannot map ({first_line(err, 200)})") from None
     converted.update(chatglm)
     modules = component_modules(converted)
     # diffusers' converters move tensors without copying: a module's lora_A object leads back to its kohya name and alpha

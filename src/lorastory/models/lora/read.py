@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from lorastory.models.lora.diffsynth import from_diffsynth_blocks, is_diffsynth_blocks
 from lorastory.models.lora.diffusers_format import from_prefixed, peft_adapter_config_alphas
-from lorastory.models.lora.errors import LoraFormatError, LoraMismatchError, first_line
+from lorastory.errors import first_line
+from lorastory.hub import PICKLE_SUFFIXES
+from lorastory.models.lora.errors import LoraFormatError, LoraMismatchError
 from lorastory.models.lora.keys import COMPONENTS, META_PREFIX, Modules
 from lorastory.models.lora.kohya import from_kohya, is_kohya
 from lorastory.models.lora.lycoris import refuse_lycoris
@@ -29,7 +31,6 @@ from lorastory.models.registry import get_family
 if TYPE_CHECKING:
     import torch
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # First key segments of diffusers UNet modules: a file of unprefixed peft keys under these is a UNet LoRA.
 _UNET_ROOTS = {
     "down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "time_embedding", "add_embedding", "encoder_hid_proj",
@@ -95,7 +96,7 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             meta = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no items()
     except (SafetensorError, OSError, ValueError) as err:
-        raise LoraFormatError(f"{file.name}: not a readable safetensors file ({first_line(err)})") from None
+        raise LoraFormatError(f"{file.name}: not a readable safetensors file ({first_line(err, 200)})") from None
     return tensors, meta
 
 
@@ -108,7 +109,7 @@ def _read_pickle(file: Path) -> dict[str, torch.Tensor]:
         data = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise LoraFormatError(
-            f"{file.name}: not a plain tensor checkpoint; weights-only loading refused it ({first_line(err)})"
+            f"{file.name}: not a plain tensor checkpoint; weights-only loading refused it ({first_line(err, 200)})"
         ) from None
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):  # lightning / trainer checkpoints
         data = data["state_dict"]

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lorastory.fileio import atomic_write_bytes
 from lorastory.models.lora.diffusers_format import adapter_metadata, to_diffusers_layout
-from lorastory.models.lora.errors import LoraError, LoraMismatchError, first_line
+from lorastory.errors import first_line
+from lorastory.models.lora.errors import LoraError, LoraMismatchError
 from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY, META_PREFIX
 from lorastory.models.lora.kohya import kohya_metadata, to_kohya_layout
 from lorastory.models.lora.spec import LoraSpec
@@ -132,5 +133,5 @@ def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata
     try:
         data = save(dict(tensors), metadata=dict(metadata))
     except Exception as err:  # safetensors raises plain exceptions for shared or non-contiguous tensors
-        raise LoraError(f"cannot serialise LoRA for {path}: {first_line(err)}") from None
+        raise LoraError(f"cannot serialise LoRA for {path}: {first_line(err, 200)}") from None
     atomic_write_bytes(path, data)
