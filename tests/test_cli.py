@@ -72,3 +72,16 @@ def test_demo_runs_the_whole_job_end_to_end(cli, tmp_path):
     scores = json.loads((demo / "story" / "scores.json").read_text(encoding="utf-8"))
     style = scores["compare"]["summary"]["style_score_mean"]
     assert style["delta"] > 5.0, style  # the LoRA moved the pictures toward the learned style
+
+
+def test_every_training_setting_has_a_flag():
+    """The train command's flags cover TrainConfig's fields, so a new setting cannot be forgotten."""
+    from typer.main import get_command
+
+    from lorastory.cli import app
+    from lorastory.train.config import TrainConfig
+
+    renamed = {"format": "save_formats", "validation_prompt": "validation_prompts", "target_module": "target_modules"}
+    command = get_command(app).commands["train"]
+    flags = {renamed.get(name, name) for param in command.params for name in [param.name]}
+    assert set(TrainConfig.model_fields) - flags == set()

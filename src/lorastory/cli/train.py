@@ -53,6 +53,16 @@ def train_cmd(
     compile: Annotated[Optional[str], typer.Option(
         help="GPU compilation: auto (runs of 200+ steps), off, blocks, or cudagraphs (blocks replayed as CUDA graphs).")
     ] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
+    target_module: Annotated[Optional[list[str]], typer.Option(
+        help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,
+    bucket_step: Annotated[Optional[int], typer.Option(help="--buckets: side step of the buckets in pixels (default 64).")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (default 1).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.01).")] = None,
+    validation_steps: Annotated[Optional[int], typer.Option(help="Sampling steps of the validation pictures.")] = None,
+    validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
+    fast: Annotated[Optional[bool], typer.Option(
+        "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
     gpus: Annotated[
         Optional[int], typer.Option(min=1, help="Train data-parallel on N GPUs of this machine (runs accelerate launch; "
                                                 "--batch-size is per GPU).")
@@ -61,8 +71,6 @@ def train_cmd(
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
     from lorastory.config import read_yaml
     from lorastory.train.config import TrainConfig
-    from lorastory.train.launch import is_main_process, run_on_gpus
-    from lorastory.train.trainer import check_run_paths, train
 
     values = read_yaml(config_file) if config_file else {}
     if not isinstance(values, dict):
@@ -77,10 +85,16 @@ def train_cmd(
         gradient_accumulation=gradient_accumulation, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
         optimizer=optimizer, snr_gamma=snr_gamma, noise_offset=noise_offset, keep_checkpoints=keep_checkpoints,
         validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
-        cache_dir=cache_dir, compile=compile,
+        cache_dir=cache_dir, compile=compile, lora_dropout=lora_dropout, target_modules=target_module,
+        bucket_step=bucket_step, max_grad_norm=max_grad_norm, weight_decay=weight_decay,
+        validation_steps=validation_steps, validation_cfg=validation_cfg, fast=fast,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+    # Imported once the settings are valid: a bad one is reported before torch loads.
+    from lorastory.train.launch import is_main_process, run_on_gpus
+    from lorastory.train.trainer import check_run_paths, train
+
     check_run_paths(config)  # before any process starts or any model loads
     debug = isinstance(ctx.obj, Options) and ctx.obj.debug
 
