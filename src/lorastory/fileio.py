@@ -148,7 +148,8 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine (ours always does)."""
     if pid == os.getpid():
         return True
     try:
@@ -177,7 +178,7 @@ def clean_stale_temps(folder: str | os.PathLike[str], name: str | None = None) -
         match = _TEMP_NAME.match(entry.name)
         if match is None or (name is not None and match["name"] != name):
             continue
-        if _pid_alive(int(match["pid"] or match["old_pid"])):
+        if pid_alive(int(match["pid"] or match["old_pid"])):
             continue
         path = Path(entry.path)
         if match["old_pid"] and not (root / match["name"]).exists():

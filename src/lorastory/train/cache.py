@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorastory.errors import DataError
+from lorastory.fileio import pid_alive
 from lorastory.models.conditioning import encode_text
 from lorastory.models.vae import encode_latents
 from lorastory.train.data import Placement, TrainItem, load_pixels
@@ -131,24 +132,12 @@ def clean_cache_temps(cache: TensorCache) -> int:
                 match = _TEMP.match(entry.name)
                 if match is None:
                     continue
-                mine_dead = match["host"] == _HOST and not _alive(int(match["pid"]))
+                mine_dead = match["host"] == _HOST and not pid_alive(int(match["pid"]))
                 if mine_dead or time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_SECONDS:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def complete_safetensors(path: Path) -> bool:
