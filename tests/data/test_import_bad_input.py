@@ -222,20 +222,21 @@ def test_non_utf8_csv_is_one_line(cli, tmp_path):
 def test_csv_duplicate_column_is_one_line_naming_it(cli, tmp_path):
     src = _csv_source(tmp_path, "file_name,text,text\na.png,one,two\n")
     line = _one_line_error(cli("data", "import", src, "--out", tmp_path / "ds"))
-    assert "column 'text' appears twice" in line
+    assert "column 'text' appears 2 times" in line
 
 
 def test_csv_unterminated_quote_does_not_swallow_the_next_rows(cli, tmp_path):
     # Quote never closed: reaches the end of the file.
     src = _csv_source(tmp_path, 'file_name,text\na.png,"first caption\nb.png,second\nc.png,third\n')
-    line = _one_line_error(cli("data", "import", src, "--out", tmp_path / "ds"))
-    assert "metadata.csv line 2" in line and "quote" in line
+    result = cli("data", "import", src, "--out", tmp_path / "ds0")
+    assert "Traceback" not in result.err and "metadata.csv lines 2-4" in result.err
+    assert "unexpected end of data" in _reasons(_report(tmp_path / "ds0"))["metadata.csv lines 2-4"]
     # A stray quote closes much later: the swallowed rows are noticed and the row reported, the others kept.
     (src / "metadata.csv").write_text('file_name,text\na.png,"first caption\nb.png,second"\nc.png,third\n', encoding="utf-8")
     _ok(cli("data", "import", src, "--out", tmp_path / "ds"))
     assert [row["text"] for row in _rows(tmp_path / "ds")] == ["third"]
     reasons = _reasons(_report(tmp_path / "ds"))
-    assert "unterminated quote" in reasons["metadata.csv line 2-3"]
+    assert "unterminated quote" in reasons["metadata.csv lines 2-3"]
     # A legitimate multi-line caption is kept.
     (src / "metadata.csv").write_text('file_name,text\na.png,"line one\nline two"\nb.png,x\n', encoding="utf-8")
     _ok(cli("data", "import", src, "--out", tmp_path / "ds2"))

@@ -29,9 +29,9 @@ from lorastory.data.sample import resolve_path
 from lorastory.models.clip import ClipModel
 from lorastory.errors import DataError
 from lorastory.fileio import atomic_write_text, check_outputs_apart, is_valid_text
+from lorastory.tables import csv_rows
 
 REFERENCE_BATCH = 8
-MAX_CSV_FIELD = 16 << 20  # a caption of a few MB is odd but still a row, not a crash
 
 
 @dataclass(frozen=True)
@@ -103,38 +103,17 @@ def _csv_pairs(path: Path) -> tuple[list[Pair], list[dict[str, str]]]:
     pairs: list[Pair] = []
     skipped: list[dict[str, str]] = []
     base = str(path.resolve().parent)
-    csv.field_size_limit(MAX_CSV_FIELD)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, strict=True)
-            header = next(reader, None)
-            if not header or not {"file_name", "text"} <= set(header):
-                raise DataError(f"{path}: a csv needs 'file_name' and 'text' columns (as export-csv writes)")
-            for name in ("file_name", "text"):
-                if header.count(name) > 1:
-                    raise DataError(f"{path}: the column '{name}' appears {header.count(name)} times; keep one")
-            columns = {name: header.index(name) for name in ("file_name", "text")}
-            while True:
-                number = reader.line_num + 1
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as err:
-                    skipped.append({"item": f"line {number}", "reason": f"malformed csv ({err})"})
-                    continue
-                if len(values) != len(header):
-                    skipped.append({"item": f"line {number}", "reason": f"{len(values)} fields where the header has {len(header)}"})
-                    continue
-                file_name, text = values[columns["file_name"]], values[columns["text"]]
-                if not file_name.strip() or "\n" in file_name or "\0" in file_name:
-                    skipped.append({"item": f"line {number}", "reason": "empty or malformed file_name"})
-                    continue
-                pairs.append(Pair(resolve_path(file_name, base), text, f"line {number}"))
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    except csv.Error as err:
-        raise DataError(f"{path}: malformed csv ({err})") from None
+    for where, row, problem in csv_rows(text, str(path), required=("file_name", "text")):
+        if row is None:
+            skipped.append({"item": where, "reason": problem or "unreadable"})
+        elif not row["file_name"].strip() or "\n" in row["file_name"] or "\0" in row["file_name"]:
+            skipped.append({"item": where, "reason": "empty or malformed file_name"})
+        else:
+            pairs.append(Pair(resolve_path(row["file_name"], base), row["text"], where))
     return pairs, skipped
 
 

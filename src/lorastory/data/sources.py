@@ -13,20 +13,19 @@ importer (:mod:`lorastory.data.dataset`) validates and writes them. Sources:
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from lorastory.images import IMAGE_EXTENSIONS, is_image_file
-from lorastory.errors import MissingExtraError, SourceError
+from lorastory.images import is_image_file
+from lorastory.errors import DataError, MissingExtraError, SourceError
 from lorastory.hub import looks_like_hub_id
+from lorastory.tables import csv_rows
 from lorastory.fileio import display_path, display_text, is_valid_text
 
 SourceKind = Literal["auto", "folder", "hf", "modelscope"]
@@ -37,9 +36,6 @@ MAX_METADATA_BYTES = 1 << 30
 # A csv field this large is still read (a long caption); the whole file is in memory anyway.
 _CSV_FIELD_LIMIT = MAX_METADATA_BYTES
 # A line inside a quoted csv field that looks like a row of its own ("b.png,caption"): an unterminated quote?
-_ROW_LIKE = re.compile(
-    r"^[^,\"\n]+(?:" + "|".join(re.escape(e) for e in sorted(IMAGE_EXTENSIONS)) + r")\s*,", re.IGNORECASE | re.MULTILINE
-)
 
 
 @dataclass
@@ -272,37 +268,11 @@ def _read_csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any], str | None
         text = read_regular_bytes(path, MAX_METADATA_BYTES, "metadata file").decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise SourceError(f"{shown}: not UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        header = next(reader, None)
-    except csv.Error as err:
-        raise SourceError(f"{shown} line 1: {err}") from None
-    if not header or "file_name" not in header:
-        raise SourceError(f"{shown}: needs a 'file_name' column (found {', '.join(header or []) or 'none'})")
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise SourceError(f"{shown}: column '{duplicates[0]}' appears twice in the header; rename or remove one")
-    start = 2
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:  # an unterminated quote reaches the end of the file, or a stray quote
-            raise SourceError(f"{shown} line {start}: {err} (an unterminated or stray quote?); fix the quotes") from None
-        where = f"{display_text(path.name)} line {start}" + (f"-{reader.line_num}" if reader.line_num > start else "")
-        start = reader.line_num + 1
-        if not any(field.strip() for field in fields):
-            continue
-        if len(fields) != len(header):
-            yield where, {}, f"{len(fields)} fields but the header has {len(header)}"
-            continue
-        swallowed = next((f for f in fields if "\n" in f and _ROW_LIKE.search(f.split("\n", 1)[1])), None)
-        if swallowed is not None:
-            yield where, {}, "a quoted field spans lines that look like further rows: an unterminated quote?"
-            continue
-        yield where, dict(zip(header, fields)), None
+        for where, row, problem in csv_rows(text, display_text(path.name)):
+            yield where, row or {}, problem
+    except DataError as err:  # the header: which column is meant cannot be told
+        raise SourceError(str(err)) from None
 
 
 def _pick_text(row: dict[str, Any], text_column: str | None) -> tuple[str | None, str | None]:

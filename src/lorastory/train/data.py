@@ -8,8 +8,6 @@ with a warning listing them, never silently.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from lorastory.captions import clean_caption
 from lorastory.images import load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
 from lorastory.fileio import display_path, display_text, is_valid_text
+from lorastory.tables import csv_rows
 
 
 @dataclass(frozen=True)
@@ -101,44 +100,11 @@ def _row_problem(file_name: str, caption: str) -> str | None:
     return None
 
 
-# Captions far past any text encoder's length still read (they are truncated when encoded).
-_CSV_FIELD_LIMIT = 64 * 2**20
-
-
 def _csv_rows(path: Path):
     # Undecodable bytes become surrogate escapes: the rows holding them are skipped, not the file.
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
-    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    # strict: a quote left open to the end is an error for that row, not rows silently merged.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-    except csv.Error as err:
-        raise DataError(f"{path} line 1: unreadable header ({err})") from None
-    if not header or not {"file_name", "text"} <= set(header):
-        raise DataError(f"{path}: needs 'file_name' and 'text' columns")
-    for column in ("file_name", "text"):
-        if header.count(column) > 1:
-            raise DataError(f"{path} line 1: column '{column}' appears {header.count(column)} times; "
-                            "keep one (which one is meant cannot be told)")
-    name_at, text_at = header.index("file_name"), header.index("text")
-    while True:
-        first_line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            span = f"lines {first_line}-{reader.line_num}" if reader.line_num > first_line else f"line {first_line}"
-            yield f"{path.name} {span}", None, f"unreadable csv row ({err})"
-            continue
-        where = f"{path.name} line {first_line}"
-        if not row:
-            continue
-        if len(row) <= name_at:
-            yield where, None, "no file_name value"
-            continue
-        yield where, row[name_at], row[text_at] if len(row) > text_at else ""
+    for where, row, problem in csv_rows(text, path.name, required=("file_name", "text")):
+        yield (where, None, problem) if row is None else (where, row["file_name"], row["text"])
 
 
 def _jsonl_rows(path: Path):
