@@ -141,9 +141,19 @@ def compare(before: dict[bytes, Entry], after: dict[bytes, Entry], spec: Spec, c
 # --- data checks -----------------------------------------------------------------------------
 
 
+_LINE_RANGE = re.compile(r"\blines (\d+)-(\d+)\b")
+
+
 def _has_marker(texts: list[str], marker: str) -> bool:
+    """``marker`` ("line 4", a caption...) in a report entry; "lines 4-6" covers lines 4, 5 and 6."""
     pattern = re.compile(re.escape(marker) + (r"\b" if marker[-1:].isalnum() else ""))
-    return any(pattern.search(t) for t in texts)
+    line = re.fullmatch(r"line (\d+)", marker)
+    for text in texts:
+        if pattern.search(text):
+            return True
+        if line and any(int(a) <= int(line[1]) <= int(b) for a, b in _LINE_RANGE.findall(text)):
+            return True
+    return False
 
 
 def _report_texts(root: Path, spec: Spec) -> tuple[list[str], list[str]]:
