@@ -27,7 +27,9 @@ from lorastory.models.clip import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chi
 from lorastory.eval.consistency import SubjectCrop, character_consistency
 from lorastory.eval.errors import EvalError
 from lorastory.errors import DataError
-from lorastory.fileio import atomic_write_json, display_path, display_text, is_valid_text, parse_json, real_path
+from lorastory.generate.manifest import RunManifest
+from lorastory.generate.rundir import read_manifest
+from lorastory.fileio import atomic_write_json, display_path, display_text, real_path
 
 SCORES_FILE = "scores.json"
 SCORED_STORYBOARD = "storyboard_scored.png"
@@ -51,7 +53,7 @@ class Run:
 
     folder: Path
     title: str
-    manifest: dict[str, Any]
+    manifest: RunManifest | None  # None: a folder of PNG panels without one
     panels: list[RunPanel]
 
 
@@ -69,22 +71,16 @@ class Scorers:
 # --------------------------------------------------------------------------- reading a run
 
 
-def _manifest_panels(folder: Path, manifest: dict[str, Any]) -> list[RunPanel]:
-    records = manifest.get("panels")
-    if not isinstance(records, list) or not records:
-        raise EvalError(f"{folder / MANIFEST_FILE}: no panels listed; generate the story again")
+def _manifest_panels(folder: Path, manifest: RunManifest) -> list[RunPanel]:
     panels = []
-    for index, record in enumerate(records, start=1):
-        if not isinstance(record, dict) or not isinstance(record.get("file"), str) or not isinstance(record.get("prompt"), str):
-            raise EvalError(f"{folder / MANIFEST_FILE}: panel {index} needs 'file' and 'prompt'")
-        path = folder / record["file"]
-        if not is_valid_text(record["file"]) or not _is_within(real_path(path), real_path(folder)):
+    for index, record in enumerate(manifest.panels, start=1):
+        path = folder / record.file
+        if not _is_within(real_path(path), real_path(folder)):  # a plain name that is a link leading out
             raise EvalError(
-                f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record['file'])!r}, "
+                f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record.file)!r}, "
                 "which is not inside the run folder"
             )
-        caption = record.get("caption") if isinstance(record.get("caption"), str) else None
-        panels.append(RunPanel(index, record["file"], path, record["prompt"], caption))
+        panels.append(RunPanel(index, record.file, path, record.prompt, record.caption))
     return panels
 
 
@@ -110,14 +106,12 @@ def read_run(run_dir: str | Path) -> Run:
     if not folder.is_dir():
         raise EvalError(f"{folder}: no such run folder; pass the folder 'lorastory generate' wrote")
     manifest_path = folder / MANIFEST_FILE
-    manifest: dict[str, Any] = {}
+    manifest: RunManifest | None = None
     if manifest_path.is_file():
         try:
-            manifest = parse_json(manifest_path.read_bytes(), str(manifest_path))
+            manifest = read_manifest(manifest_path)
         except DataError as err:
-            raise EvalError(f"{err}; generate the story again") from None
-        if not isinstance(manifest, dict):
-            raise EvalError(f"{manifest_path}: expected a JSON object")
+            raise EvalError(str(err)) from None
         panels = _manifest_panels(folder, manifest)
     else:
         panels = _png_panels(folder)
@@ -127,7 +121,8 @@ def read_run(run_dir: str | Path) -> Run:
         if not panel.path.is_file():
             state = "is not a regular file" if os.path.lexists(panel.path) else "is missing"
             raise EvalError(f"{display_path(panel.path)}: panel listed in the manifest {state}")
-    return Run(folder, str(manifest.get("title") or ""), manifest, panels)
+    title = manifest.title if manifest is not None else None
+    return Run(folder, str(title or ""), manifest, panels)
 
 
 def load_panel_images(run: Run) -> list[Image.Image]:
@@ -311,7 +306,7 @@ def evaluate_run(
     run = read_run(run_dir)
     scorers = scorers or load_scorers(clip_model, aesthetic, aesthetic_clip, device, allow_pickle)
     images = load_panel_images(run)
-    style = run.manifest.get("style") if isinstance(run.manifest.get("style"), str) else None
+    style = run.manifest.style if run.manifest is not None and isinstance(run.manifest.style, str) else None
     scored = score_images(scorers, images, [p.prompt for p in run.panels], batch_size, subject_crop, style)
     result: dict[str, Any] = {
         "lorastory_version": __version__,
