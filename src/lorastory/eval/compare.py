@@ -21,6 +21,7 @@ from typing import Any
 from lorastory.eval.consistency import SubjectCrop
 from lorastory.eval.errors import EvalError
 from lorastory.eval.report import SCORES_FILE, Scorers, evaluate_run, read_run, score_caption
+from lorastory.eval.scores import Scores
 from lorastory.fileio import atomic_write_json, file_sha256
 from lorastory.generate.manifest import RunManifest
 
@@ -95,16 +96,16 @@ def _load_pipe(model: str, family: str | None, device: str | None) -> Any:
     return pipe
 
 
-def _two_row_image(out: Path, with_scores: dict[str, Any], without_scores: dict[str, Any], title: str) -> Path:
+def _two_row_image(out: Path, with_scores: Scores, without_scores: Scores, title: str) -> Path:
     from lorastory.generate.grid import save_storyboard
 
     with_dir, without_dir = out / WITH_DIR, out / WITHOUT_DIR
-    panels = [with_dir / p["file"] for p in with_scores["panels"]] + [without_dir / p["file"] for p in without_scores["panels"]]
-    captions = [score_caption(p, "LoRA on") for p in with_scores["panels"]] + [
-        score_caption(p, "LoRA off") for p in without_scores["panels"]
+    panels = [with_dir / p.file for p in with_scores.panels] + [without_dir / p.file for p in without_scores.panels]
+    captions = [score_caption(p, "LoRA on") for p in with_scores.panels] + [
+        score_caption(p, "LoRA off") for p in without_scores.panels
     ]
     target = out / IMAGE_FILE
-    save_storyboard(panels, target, cols=len(with_scores["panels"]), rows=2, title=title, captions=captions)
+    save_storyboard(panels, target, cols=len(with_scores.panels), rows=2, title=title, captions=captions)
     return target
 
 
@@ -156,16 +157,17 @@ def compare_lora(
     without_scores = evaluate_run(out / WITHOUT_DIR, **kwargs)
     with_scores = evaluate_run(out / WITH_DIR, **kwargs)
     panels = []
-    for on, off in zip(with_scores["panels"], without_scores["panels"]):
-        row: dict[str, Any] = {"index": on["index"], "file": on["file"]}
+    for on, off in zip(with_scores.panels, without_scores.panels):
+        row: dict[str, Any] = {"index": on.index, "file": on.file}
         for key in PANEL_KEYS:
-            row[key] = {"with_lora": on[key], "without_lora": off[key], "delta": _delta(on[key], off[key], 4)}
+            with_value, without_value = getattr(on, key), getattr(off, key)
+            row[key] = {"with_lora": with_value, "without_lora": without_value, "delta": _delta(with_value, without_value, 4)}
         panels.append(row)
     summary = {
         key: {
-            "with_lora": with_scores["summary"][key],
-            "without_lora": without_scores["summary"][key],
-            "delta": _delta(with_scores["summary"][key], without_scores["summary"][key]),
+            "with_lora": with_scores.summary[key],
+            "without_lora": without_scores.summary[key],
+            "delta": _delta(with_scores.summary[key], without_scores.summary[key]),
         }
         for key in SUMMARY_KEYS
     }

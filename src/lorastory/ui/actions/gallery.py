@@ -77,6 +77,6 @@ def eval_job(ws: Workspace, run: str, clip_model: str, compare: bool) -> Callabl
         scores = evaluate_run(folder, clip_model=clip, compare=compare, annotate=True,
                               on_step=lambda done, total: ctx.progress(done / max(total, 1), f"step {done}/{total}"))
         ctx.data["run"] = str(folder)
-        return {"summary": scores.get("summary")}
+        return {"summary": scores.summary}
 
     return run_job
