@@ -87,8 +87,8 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
 
     imported = import_dataset(ImportConfig(source=str(drawn.folder)), out / "dataset", overwrite=True)
     say(f"2. imported {imported.written} pictures, skipped {len(imported.skipped)}:")
-    for item in imported.skipped:
-        say(f"     {item['item']}: {item['reason']}", markup=False)
+    for skip in imported.skipped:
+        say(f"     {skip.item}: {skip.reason}", markup=False)
 
     recipe_path = out / "recipe.yaml"
     atomic_write_text(recipe_path, demo_recipe(out / "dataset" / "metadata.jsonl", out / "curated" / "result.jsonl", clip))
