@@ -87,8 +87,8 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
 
     imported = import_dataset(ImportConfig(source=str(drawn.folder)), out / "dataset", overwrite=True)
     say(f"2. imported {imported.written} pictures, skipped {len(imported.skipped)}:")
-    for item in imported.skipped:
-        say(f"     {item['item']}: {item['reason']}", markup=False)
+    for skip in imported.skipped:
+        say(f"     {skip.item}: {skip.reason}", markup=False)
 
     recipe_path = out / "recipe.yaml"
     atomic_write_text(recipe_path, demo_recipe(out / "dataset" / "metadata.jsonl", out / "curated" / "result.jsonl", clip))
@@ -121,18 +121,19 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     say(f"6. drew {len(rendered.panels)} panels in {rendered.seconds:.1f} s: {rendered.storyboard}", markup=False)
 
     scores = evaluate_run(rendered.out, str(clip), annotate=True, compare=True, compare_options={"render_batch_size": 8})
-    on_off = scores["compare"]["summary"]
+    compare = scores.compare or {}  # compare=True: always there
+    on_off = compare["summary"]
     style, content = on_off["style_score_mean"], on_off["clip_t_content_mean"]
     say(
         f"7. scored with the toy CLIP, LoRA on vs off: style score {_fmt(style['with_lora'])} vs {_fmt(style['without_lora'])} "
         f"({_signed(style['delta'])}); story content {_fmt(content['with_lora'])} vs {_fmt(content['without_lora'])} "
-        f"({_signed(content['delta'])}); character consistency {scores['summary']['consistency']:.3f}",
+        f"({_signed(content['delta'])}); character consistency {scores.summary['consistency']:.3f}",
         markup=False,
     )
     console.rule("done")
     say(f"storyboard:  {rendered.storyboard}", markup=False)
     say(f"scores:      {rendered.out / 'scores.json'}", markup=False)
-    say(f"LoRA on/off: {scores['compare']['image']}", markup=False)
+    say(f"LoRA on/off: {compare['image']}", markup=False)
 
 
 def _fmt(value: float | None) -> str:

@@ -62,7 +62,7 @@ def test_evaluate_run_falls_back_to_png_metadata_without_manifest(run_copy, tiny
     run = read_run(run_copy)
     assert [p.prompt for p in run.panels][0] == "二次元,紫色长发少女,在练习室唱歌,水彩"
     scores = evaluate_run(run_copy, str(tiny_clip), write=False)
-    assert len(scores["panels"]) == 3 and not (run_copy / "scores.json").exists()
+    assert len(scores.panels) == 3 and not (run_copy / "scores.json").exists()
 
 
 def _one_line_error(result, *fragments):

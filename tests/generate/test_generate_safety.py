@@ -127,7 +127,7 @@ def test_earlier_run_needs_overwrite_which_replaces_only_its_own_files(tmp_path,
     assert result.code == 0, result.err
     assert not (out / "panel-03.png").exists()  # the stale panel of the longer run is gone
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
-    assert [p["file"] for p in manifest_panels(out / "manifest.json")] == ["panel-01.png", "panel-02.png"]
+    assert [p.file for p in manifest_panels(out / "manifest.json")] == ["panel-01.png", "panel-02.png"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or journal left
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lorastory import __version__
+from lorastory.skips import Skip
 
 
 @dataclass
@@ -60,9 +61,9 @@ def count_lines(path: Path) -> int:
     return count
 
 
-def print_skips(skipped: list[dict[str, str]], limit: int = 10) -> None:
-    for item in skipped[:limit]:
-        err_console.print(f"[yellow]skipped[/] {escape(item['item'])}: {escape(item['reason'])}")
+def print_skips(skipped: list[Skip], limit: int = 10) -> None:
+    for skip in skipped[:limit]:
+        err_console.print(f"[yellow]skipped[/] {escape(skip.item)}: {escape(skip.reason)}")
     if len(skipped) > limit:
         err_console.print(f"[yellow]... and {len(skipped) - limit} more (see the report)[/]")
 

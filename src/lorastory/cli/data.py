@@ -35,7 +35,7 @@ def data_import(
     )
     result = import_dataset(config, out, overwrite=overwrite)
     print_skips(result.skipped)
-    others = sum(1 for item in result.skipped if item["reason"].startswith(("not an image type", "caption file with no image")))
+    others = sum(1 for skip in result.skipped if skip.reason.startswith(("not an image type", "caption file with no image")))
     listed = f", {others} of them files that are not images: see import_report.json" if others else ""
     console.print(f"Imported {result.written} images into {display_path(out / 'metadata.jsonl')} "
                   f"({len(result.skipped)} skipped{listed}).", markup=False)
@@ -91,7 +91,7 @@ def data_run(
     for row in [result.read, *result.ops]:
         table.add_row(escape(row.name), str(row.n_in), str(row.kept), str(row.dropped), str(row.errors), f"{row.seconds:.2f}")
     console.print(table)
-    print_skips([{"item": f"line {s.line} ({s.stage})", "reason": s.reason} for s in result.skipped])
+    print_skips(result.skipped)
     console.print(
         f"Kept {result.n_output} of {result.read.n_in} in {result.seconds:.2f} s on {result.processes} process(es).\n"
         f"  result: {display_path(result.export_path)}\n"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from lorastory.cli.common import app, clip_text, console, err_console
+
+if TYPE_CHECKING:  # eval loads PIL and the model code: only when a command runs
+    from lorastory.eval.scores import Scores
 
 
 @app.command("eval")
@@ -51,10 +54,10 @@ def eval_cmd(
         )
     _print_scores(scores)
     console.print(f"Wrote {run_dir / 'scores.json'}", markup=False)
-    if scores.get("storyboard_scored"):
-        console.print(f"  annotated storyboard: {scores['storyboard_scored']}", markup=False)
-    if scores.get("compare"):
-        console.print(f"  LoRA on/off image:    {scores['compare']['image']}", markup=False)
+    if scores.storyboard_scored:
+        console.print(f"  annotated storyboard: {scores.storyboard_scored}", markup=False)
+    if scores.compare:
+        console.print(f"  LoRA on/off image:    {scores.compare['image']}", markup=False)
 
 
 def _num(value: float | None, fmt: str, missing: str = "n/a") -> str:
@@ -65,17 +68,17 @@ def _signed(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else format(value, "+" + fmt)
 
 
-def _print_scores(scores: dict) -> None:
-    table = Table(title=escape(f"{scores['title'] or Path(scores['run']).name}: CLIP {scores['clip']['model']}"))
+def _print_scores(scores: Scores) -> None:
+    table = Table(title=escape(f"{scores.title or Path(scores.run).name}: CLIP {scores.clip.model}"))
     for column in ("#", "panel", "prompt", "CLIP-T", "aesthetic", "consistency"):
         table.add_column(column, justify="left" if column in ("panel", "prompt") else "right")
-    for panel in scores["panels"]:
-        prompt = clip_text(panel["prompt"]) + (" (truncated)" if panel["prompt_truncated"] else "")
-        table.add_row(str(panel["index"]), escape(panel["file"]), escape(prompt), _num(panel["clip_t"], ".2f"),
-                      _num(panel["aesthetic"], ".2f"), _num(panel["consistency"], ".3f"))
+    for panel in scores.panels:
+        prompt = clip_text(panel.prompt) + (" (truncated)" if panel.prompt_truncated else "")
+        table.add_row(str(panel.index), escape(panel.file), escape(prompt), _num(panel.clip_t, ".2f"),
+                      _num(panel.aesthetic, ".2f"), _num(panel.consistency, ".3f"))
     console.print(table)
-    summary = scores["summary"]
-    aesthetic = scores["aesthetic"]
+    summary = scores.summary
+    aesthetic = scores.aesthetic
     overview = Table(title="summary", show_header=False)
     overview.add_column("metric")
     overview.add_column("value", justify="right")
@@ -85,9 +88,9 @@ def _print_scores(scores: dict) -> None:
     overview.add_row("mean aesthetic (LAION, 1-10)",
                      _num(summary["aesthetic_mean"], ".2f", f"n/a ({aesthetic.get('reason', 'not available')})"))
     console.print(overview)
-    if scores.get("compare"):
-        _print_compare(scores["compare"])
-    for note in scores["notes"] + (scores.get("compare") or {}).get("notes", []):
+    if scores.compare:
+        _print_compare(scores.compare)
+    for note in scores.notes + (scores.compare or {}).get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 

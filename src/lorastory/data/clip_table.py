@@ -29,6 +29,7 @@ from lorastory.data.sample import resolve_path
 from lorastory.models.clip import ClipModel
 from lorastory.errors import DataError
 from lorastory.fileio import atomic_write_text, check_outputs_apart, is_valid_text
+from lorastory.skips import Skip
 from lorastory.tables import csv_rows
 
 REFERENCE_BATCH = 8
@@ -66,22 +67,22 @@ class DatasetScores:
 
     source: Path
     rows: list[PairScore]
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     batch_size: int = REFERENCE_BATCH
     logit_scale: float = 100.0
     csv_path: Path | None = None
 
 
-def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list[Pair], list[dict[str, str]]]:
+def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list[Pair], list[Skip]]:
     from lorastory.data.dataset import read_rows
 
     pairs: list[Pair] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[Skip] = []
     base = str(path.resolve().parent)
     for number, row, problem in read_rows(path):
         where = f"line {number}"
         if not isinstance(row, dict):
-            skipped.append({"item": where, "reason": problem or "not a JSON object"})
+            skipped.append(Skip(where, problem or "not a JSON object"))
             continue
         text = row.get(text_key)
         key = image_key or ("image" if "image" in row else "images")
@@ -90,18 +91,18 @@ def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list
         if not isinstance(text, str) or not isinstance(images, list) or not images or not all(
             isinstance(p, str) and p.strip() and "\0" not in p for p in images
         ):
-            skipped.append({"item": where, "reason": f"needs '{text_key}' text and '{key}' paths"})
+            skipped.append(Skip(where, f"needs '{text_key}' text and '{key}' paths"))
             continue
         if not is_valid_text(text):
-            skipped.append({"item": where, "reason": "caption is not valid Unicode (a lone surrogate)"})
+            skipped.append(Skip(where, "caption is not valid Unicode (a lone surrogate)"))
             continue
         pairs.extend(Pair(resolve_path(str(p), base), clean_caption(text), where) for p in images)
     return pairs, skipped
 
 
-def _csv_pairs(path: Path) -> tuple[list[Pair], list[dict[str, str]]]:
+def _csv_pairs(path: Path) -> tuple[list[Pair], list[Skip]]:
     pairs: list[Pair] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[Skip] = []
     base = str(path.resolve().parent)
     try:
         text = path.read_bytes().decode("utf-8-sig")
@@ -109,15 +110,15 @@ def _csv_pairs(path: Path) -> tuple[list[Pair], list[dict[str, str]]]:
         raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
     for where, row, problem in csv_rows(text, str(path), required=("file_name", "text")):
         if row is None:
-            skipped.append({"item": where, "reason": problem or "unreadable"})
+            skipped.append(Skip(where, problem or "unreadable"))
         elif not row["file_name"].strip() or "\n" in row["file_name"] or "\0" in row["file_name"]:
-            skipped.append({"item": where, "reason": "empty or malformed file_name"})
+            skipped.append(Skip(where, "empty or malformed file_name"))
         else:
             pairs.append(Pair(resolve_path(row["file_name"], base), row["text"], where))
     return pairs, skipped
 
 
-def read_pairs(path: str | Path, text_key: str = "text", image_key: str | None = None) -> tuple[list[Pair], list[dict[str, str]]]:
+def read_pairs(path: str | Path, text_key: str = "text", image_key: str | None = None) -> tuple[list[Pair], list[Skip]]:
     """(image, caption) pairs of a jsonl or csv dataset file, and the rows skipped."""
     source = Path(path)
     if not source.is_file():
@@ -127,7 +128,7 @@ def read_pairs(path: str | Path, text_key: str = "text", image_key: str | None =
     return _jsonl_pairs(source, text_key, image_key)
 
 
-def _loaded_batches(pairs: list[Pair], size: int, skipped: list[dict[str, str]]) -> Iterator[tuple[list[Pair], list[Any]]]:
+def _loaded_batches(pairs: list[Pair], size: int, skipped: list[Skip]) -> Iterator[tuple[list[Pair], list[Any]]]:
     """Batches of ``size`` readable pairs with their images (0: one batch of all); bad images are skipped."""
     from lorastory.images import load_rgb
     from lorastory.errors import BadImageError
@@ -138,7 +139,7 @@ def _loaded_batches(pairs: list[Pair], size: int, skipped: list[dict[str, str]])
         try:
             images.append(load_rgb(pair.image))
         except BadImageError as err:
-            skipped.append({"item": f"{pair.where}: {pair.image}", "reason": str(err)})
+            skipped.append(Skip(f"{pair.where}: {pair.image}", str(err)))
             continue
         batch.append(pair)
         if len(batch) == size:
@@ -203,7 +204,7 @@ def clip_score_dataset(
     for batch, (batch_pairs, images) in enumerate(_loaded_batches(pairs, batch_size, skipped)):
         rows.extend(_score_batch(clip, batch_pairs, images, batch))
     if not rows:
-        first = f" (first problem: {skipped[0]['item']}: {skipped[0]['reason']})" if skipped else ""
+        first = f" (first problem: {skipped[0].item}: {skipped[0].reason})" if skipped else ""
         raise DataError(f"{source}: no readable (image, caption) pairs to score{first}")
     scores = DatasetScores(source, rows, skipped, batch_size, clip.logit_scale)
     scores.csv_path = write_csv(scores, target)

@@ -33,6 +33,7 @@ from lorastory.data.sample import resolve_path
 from lorastory.data.sources import SourceKind, open_regular, open_source, source_root
 from lorastory.errors import BadImageError, DataError, OutputError, SourceError
 from lorastory.fileio import atomic_dir, atomic_write_json, check_outputs_apart, display_path, display_text, is_valid_text
+from lorastory.skips import Skip
 
 _UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
@@ -54,15 +55,15 @@ class StageResult:
 
     out_dir: Path
     written: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
 
     def skip(self, item: str, reason: str) -> None:
         """List an input left out; text that is not valid Unicode (file names) is shown escaped."""
-        self.skipped.append({"item": display_text(item), "reason": display_text(reason)})
+        self.skipped.append(Skip(display_text(item), display_text(reason)))
 
     def as_report(self, **extra: Any) -> dict[str, Any]:
         return {"out": display_path(self.out_dir), "written": self.written, "skipped": len(self.skipped),
-                "skipped_items": self.skipped, **extra}
+                "skipped_items": [s.as_item() for s in self.skipped], **extra}
 
 
 def safe_stem(hint: str, limit: int = 48) -> str:

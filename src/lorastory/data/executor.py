@@ -33,6 +33,7 @@ from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, st
 from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
 from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
 from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text
+from lorastory.skips import Skip
 
 HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash", "__dj__videohash")
 INPUT_STAGE = -1
@@ -51,15 +52,6 @@ class OpCounts:
     dropped: int = 0
     errors: int = 0
     seconds: float = 0.0
-
-
-@dataclass
-class Skip:
-    """A row left out because it could not be processed (not a filter decision)."""
-
-    line: int
-    stage: str
-    reason: str
 
 
 @dataclass
@@ -336,7 +328,7 @@ def run_recipe(
                     read.errors += 1
                     n_skipped += 1
                     if len(skipped) < max_skips_listed:
-                        skipped.append(Skip(outcome.line, "input", outcome.error or "unreadable"))
+                        skipped.append(Skip.row(outcome.line, "input", outcome.error or "unreadable"))
                     continue
                 read.kept += 1
                 kept = True
@@ -349,7 +341,7 @@ def run_recipe(
                             row.errors += 1
                             n_skipped += 1
                             if len(skipped) < max_skips_listed:
-                                skipped.append(Skip(outcome.line, op.name, outcome.error))
+                                skipped.append(Skip.row(outcome.line, op.name, outcome.error))
                         else:
                             row.dropped += 1
                             _note_example(examples, per_op_examples, outcome, index, outcome.detail or "")

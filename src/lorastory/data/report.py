@@ -37,7 +37,7 @@ def summary(result: RunResult) -> dict[str, Any]:
         "samples_out": result.n_output,
         "skipped": result.n_skipped,
         "ops": [_op_row(c) for c in [result.read, *result.ops]],
-        "skipped_rows": [{"line": s.line, "stage": s.stage, "reason": s.reason} for s in result.skipped],
+        "skipped_rows": [s.as_row() for s in result.skipped],
         "skipped_rows_truncated": result.n_skipped > len(result.skipped),
         "dropped_examples": [
             {"line": e.line, "op": result.ops[e.op_index].name, "images": e.images, "why": e.detail}

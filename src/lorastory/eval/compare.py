@@ -21,7 +21,9 @@ from typing import Any
 from lorastory.eval.consistency import SubjectCrop
 from lorastory.eval.errors import EvalError
 from lorastory.eval.report import SCORES_FILE, Scorers, evaluate_run, read_run, score_caption
+from lorastory.eval.scores import Scores
 from lorastory.fileio import atomic_write_json, file_sha256
+from lorastory.generate.manifest import RunManifest
 
 COMPARE_DIR = "compare"
 WITH_DIR = "with_lora"
@@ -49,16 +51,19 @@ def _find_lora(recorded: str, run_dir: Path) -> Path:
     raise EvalError(f"the run's LoRA {recorded} is not found; pass --lora FILE")
 
 
-def _resolve_lora(manifest: dict[str, Any], run_dir: Path, lora: str | None, lora_scale: float | None, notes: list[str]) -> tuple[Path, float]:
-    record = manifest.get("lora") if isinstance(manifest.get("lora"), dict) else None
-    if lora is None and record is None:
+def _resolve_lora(manifest: RunManifest | None, run_dir: Path, lora: str | None, lora_scale: float | None, notes: list[str]) -> tuple[Path, float]:
+    record = manifest.lora if manifest is not None else None
+    if lora is not None:
+        path = Path(lora)
+    elif record is not None:
+        path = _find_lora(record.path, run_dir)
+    else:
         raise EvalError(f"{run_dir} was generated without a LoRA, so there is nothing to compare; pass --lora FILE")
-    path = Path(lora) if lora is not None else _find_lora(str(record["path"]), run_dir)
     if not path.is_file():
         raise EvalError(f"LoRA {path}: no such file")
-    if lora is None and record.get("sha256") and file_sha256(path) != record["sha256"]:
+    if lora is None and record is not None and record.sha256 and file_sha256(path) != record.sha256:
         notes.append(f"{path} has changed since the run was generated (sha256 differs); comparing with the file as it is now")
-    recorded = (record or {}).get("scale", 1.0)
+    recorded = record.scale if record is not None else 1.0
     try:
         scale = float(lora_scale if lora_scale is not None else recorded)
     except (TypeError, ValueError):
@@ -68,11 +73,11 @@ def _resolve_lora(manifest: dict[str, Any], run_dir: Path, lora: str | None, lor
     return path, scale
 
 
-def _family_name(manifest: dict[str, Any]) -> str | None:
+def _family_name(manifest: RunManifest | None) -> str | None:
     """The family of the pipeline class the manifest records (e.g. KolorsPipeline → kolors)."""
     from lorastory.models.registry import FAMILIES
 
-    recorded = str(manifest.get("family") or "")
+    recorded = str((manifest.family if manifest is not None else None) or "")
     for name, family in FAMILIES.items():
         if recorded in (name, family.pipeline_class):
             return name
@@ -91,16 +96,16 @@ def _load_pipe(model: str, family: str | None, device: str | None) -> Any:
     return pipe
 
 
-def _two_row_image(out: Path, with_scores: dict[str, Any], without_scores: dict[str, Any], title: str) -> Path:
+def _two_row_image(out: Path, with_scores: Scores, without_scores: Scores, title: str) -> Path:
     from lorastory.generate.grid import save_storyboard
 
     with_dir, without_dir = out / WITH_DIR, out / WITHOUT_DIR
-    panels = [with_dir / p["file"] for p in with_scores["panels"]] + [without_dir / p["file"] for p in without_scores["panels"]]
-    captions = [score_caption(p, "LoRA on") for p in with_scores["panels"]] + [
-        score_caption(p, "LoRA off") for p in without_scores["panels"]
+    panels = [with_dir / p.file for p in with_scores.panels] + [without_dir / p.file for p in without_scores.panels]
+    captions = [score_caption(p, "LoRA on") for p in with_scores.panels] + [
+        score_caption(p, "LoRA off") for p in without_scores.panels
     ]
     target = out / IMAGE_FILE
-    save_storyboard(panels, target, cols=len(with_scores["panels"]), rows=2, title=title, captions=captions)
+    save_storyboard(panels, target, cols=len(with_scores.panels), rows=2, title=title, captions=captions)
     return target
 
 
@@ -133,7 +138,7 @@ def compare_lora(
         raise EvalError(f"{run.folder}: no story.yaml, so the story cannot be rendered again; generate it again")
     story = load_story(story_file)
     notes: list[str] = []
-    base = model or run.manifest.get("model")
+    base = model or (run.manifest.model if run.manifest is not None else None)
     if not base:
         raise EvalError(f"{run.folder / 'manifest.json'}: no base model recorded; pass --model")
     lora_path, scale = _resolve_lora(run.manifest, run.folder, lora, lora_scale, notes)
@@ -152,16 +157,17 @@ def compare_lora(
     without_scores = evaluate_run(out / WITHOUT_DIR, **kwargs)
     with_scores = evaluate_run(out / WITH_DIR, **kwargs)
     panels = []
-    for on, off in zip(with_scores["panels"], without_scores["panels"]):
-        row: dict[str, Any] = {"index": on["index"], "file": on["file"]}
+    for on, off in zip(with_scores.panels, without_scores.panels):
+        row: dict[str, Any] = {"index": on.index, "file": on.file}
         for key in PANEL_KEYS:
-            row[key] = {"with_lora": on[key], "without_lora": off[key], "delta": _delta(on[key], off[key], 4)}
+            with_value, without_value = getattr(on, key), getattr(off, key)
+            row[key] = {"with_lora": with_value, "without_lora": without_value, "delta": _delta(with_value, without_value, 4)}
         panels.append(row)
     summary = {
         key: {
-            "with_lora": with_scores["summary"][key],
-            "without_lora": without_scores["summary"][key],
-            "delta": _delta(with_scores["summary"][key], without_scores["summary"][key]),
+            "with_lora": with_scores.summary[key],
+            "without_lora": without_scores.summary[key],
+            "delta": _delta(with_scores.summary[key], without_scores.summary[key]),
         }
         for key in SUMMARY_KEYS
     }

@@ -26,8 +26,11 @@ from lorastory.models.aesthetic import NOT_AVAILABLE, AestheticPredictor, Vision
 from lorastory.models.clip import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chinese, load_clip
 from lorastory.eval.consistency import SubjectCrop, character_consistency
 from lorastory.eval.errors import EvalError
+from lorastory.eval.scores import ClipInfo, PanelScores, Scores
 from lorastory.errors import DataError
-from lorastory.fileio import atomic_write_json, display_path, display_text, is_valid_text, parse_json, real_path
+from lorastory.generate.manifest import RunManifest
+from lorastory.generate.rundir import read_manifest
+from lorastory.fileio import atomic_write_json, display_path, display_text, real_path
 
 SCORES_FILE = "scores.json"
 SCORED_STORYBOARD = "storyboard_scored.png"
@@ -51,7 +54,7 @@ class Run:
 
     folder: Path
     title: str
-    manifest: dict[str, Any]
+    manifest: RunManifest | None  # None: a folder of PNG panels without one
     panels: list[RunPanel]
 
 
@@ -69,22 +72,16 @@ class Scorers:
 # --------------------------------------------------------------------------- reading a run
 
 
-def _manifest_panels(folder: Path, manifest: dict[str, Any]) -> list[RunPanel]:
-    records = manifest.get("panels")
-    if not isinstance(records, list) or not records:
-        raise EvalError(f"{folder / MANIFEST_FILE}: no panels listed; generate the story again")
+def _manifest_panels(folder: Path, manifest: RunManifest) -> list[RunPanel]:
     panels = []
-    for index, record in enumerate(records, start=1):
-        if not isinstance(record, dict) or not isinstance(record.get("file"), str) or not isinstance(record.get("prompt"), str):
-            raise EvalError(f"{folder / MANIFEST_FILE}: panel {index} needs 'file' and 'prompt'")
-        path = folder / record["file"]
-        if not is_valid_text(record["file"]) or not _is_within(real_path(path), real_path(folder)):
+    for index, record in enumerate(manifest.panels, start=1):
+        path = folder / record.file
+        if not _is_within(real_path(path), real_path(folder)):  # a plain name that is a link leading out
             raise EvalError(
-                f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record['file'])!r}, "
+                f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record.file)!r}, "
                 "which is not inside the run folder"
             )
-        caption = record.get("caption") if isinstance(record.get("caption"), str) else None
-        panels.append(RunPanel(index, record["file"], path, record["prompt"], caption))
+        panels.append(RunPanel(index, record.file, path, record.prompt, record.caption))
     return panels
 
 
@@ -110,14 +107,12 @@ def read_run(run_dir: str | Path) -> Run:
     if not folder.is_dir():
         raise EvalError(f"{folder}: no such run folder; pass the folder 'lorastory generate' wrote")
     manifest_path = folder / MANIFEST_FILE
-    manifest: dict[str, Any] = {}
+    manifest: RunManifest | None = None
     if manifest_path.is_file():
         try:
-            manifest = parse_json(manifest_path.read_bytes(), str(manifest_path))
+            manifest = read_manifest(manifest_path)
         except DataError as err:
-            raise EvalError(f"{err}; generate the story again") from None
-        if not isinstance(manifest, dict):
-            raise EvalError(f"{manifest_path}: expected a JSON object")
+            raise EvalError(str(err)) from None
         panels = _manifest_panels(folder, manifest)
     else:
         panels = _png_panels(folder)
@@ -127,7 +122,8 @@ def read_run(run_dir: str | Path) -> Run:
         if not panel.path.is_file():
             state = "is not a regular file" if os.path.lexists(panel.path) else "is missing"
             raise EvalError(f"{display_path(panel.path)}: panel listed in the manifest {state}")
-    return Run(folder, str(manifest.get("title") or ""), manifest, panels)
+    title = manifest.title if manifest is not None else None
+    return Run(folder, str(title or ""), manifest, panels)
 
 
 def load_panel_images(run: Run) -> list[Image.Image]:
@@ -298,7 +294,7 @@ def evaluate_run(
     scorers: Scorers | None = None,
     write: bool = True,
     on_step: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> Scores:
     """Score a run folder; write ``scores.json`` (and ``storyboard_scored.png`` with ``annotate``).
 
     ``compare=True`` also renders the story with and without its LoRA
@@ -311,58 +307,56 @@ def evaluate_run(
     run = read_run(run_dir)
     scorers = scorers or load_scorers(clip_model, aesthetic, aesthetic_clip, device, allow_pickle)
     images = load_panel_images(run)
-    style = run.manifest.get("style") if isinstance(run.manifest.get("style"), str) else None
+    style = run.manifest.style if run.manifest is not None and isinstance(run.manifest.style, str) else None
     scored = score_images(scorers, images, [p.prompt for p in run.panels], batch_size, subject_crop, style)
-    result: dict[str, Any] = {
-        "lorastory_version": __version__,
-        "run": str(run.folder.resolve()),
-        "title": run.title,
-        "clip": {"model": scorers.clip.source, "kind": scorers.clip.kind, "device": str(scorers.clip.device),
-                 "max_text_tokens": scorers.clip.max_text_tokens},
-        "aesthetic": _aesthetic_section(scorers),
-        "panels": [
-            {"index": p.index, "file": p.file, "prompt": p.prompt, **s} for p, s in zip(run.panels, scored["panels"])
-        ],
-        "style": style,
-        "summary": scored["summary"],
-        "notes": scored["notes"],
-    }
+    scores = Scores(
+        lorastory_version=__version__,
+        run=str(run.folder.resolve()),
+        title=run.title,
+        clip=ClipInfo(model=scorers.clip.source, kind=scorers.clip.kind, device=str(scorers.clip.device),
+                      max_text_tokens=scorers.clip.max_text_tokens),
+        aesthetic=_aesthetic_section(scorers),
+        panels=[PanelScores(index=p.index, file=p.file, prompt=p.prompt, **s) for p, s in zip(run.panels, scored["panels"])],
+        style=style,
+        summary=scored["summary"],
+        notes=scored["notes"],
+    )
     if compare:
         from lorastory.eval.compare import compare_lora
 
-        result["compare"] = compare_lora(
+        scores.compare = compare_lora(
             run.folder, scorers=scorers, batch_size=batch_size, subject_crop=subject_crop, device=device,
             allow_pickle=allow_pickle, on_step=on_step, **(compare_options or {}),
         )
     if annotate:
-        result["storyboard_scored"] = str(annotate_storyboard(run, result))
-    result["seconds"] = round(time.perf_counter() - started, 3)
+        scores.storyboard_scored = str(annotate_storyboard(run, scores))
+    scores.seconds = round(time.perf_counter() - started, 3)
     if write:
-        atomic_write_json(run.folder / SCORES_FILE, result)
-    return result
+        atomic_write_json(run.folder / SCORES_FILE, scores.to_json())
+    return scores
 
 
 # --------------------------------------------------------------------------- storyboard
 
 
-def score_caption(panel: dict[str, Any], prefix: str | None = None) -> str:
+def score_caption(panel: PanelScores, prefix: str | None = None) -> str:
     """``CLIP-T 27.3 · aesthetic 5.12`` (``n/a`` without an aesthetic score)."""
-    aesthetic = panel.get("aesthetic")
-    parts = [f"CLIP-T {panel['clip_t']:.1f}", f"aesthetic {aesthetic:.2f}" if aesthetic is not None else "aesthetic n/a"]
-    if panel.get("style_score") is not None:
-        parts.insert(1, f"style {panel['style_score']:.1f}")
+    aesthetic = panel.aesthetic
+    parts = [f"CLIP-T {panel.clip_t:.1f}", f"aesthetic {aesthetic:.2f}" if aesthetic is not None else "aesthetic n/a"]
+    if panel.style_score is not None:
+        parts.insert(1, f"style {panel.style_score:.1f}")
     return " · ".join(([prefix] if prefix else []) + parts)
 
 
-def annotate_storyboard(run: Run, scores: dict[str, Any], path: str | Path | None = None) -> Path:
+def annotate_storyboard(run: Run, scores: Scores, path: str | Path | None = None) -> Path:
     """Write the storyboard with each panel's scores in its caption and the summary in the title."""
     from lorastory.generate.grid import save_storyboard
 
     target = Path(path) if path is not None else run.folder / SCORED_STORYBOARD
     captions = [
-        "\n".join(filter(None, [panel.caption, score_caption(s)])) for panel, s in zip(run.panels, scores["panels"])
+        "\n".join(filter(None, [panel.caption, score_caption(s)])) for panel, s in zip(run.panels, scores.panels)
     ]
-    summary = scores["summary"]
+    summary = scores.summary
     parts = [f"CLIP-T {summary['clip_t_mean']:.1f}"]
     if summary.get("consistency") is not None:
         parts.append(f"consistency {summary['consistency']:.3f}")

@@ -10,14 +10,13 @@ the reference consistency modes, ``reference.png``. The rules that keep a user's
 * a run is rendered into a hidden staging folder and moved in at the end: into a new folder by
   one rename, into an existing one with a journal (:func:`lorastory.fileio.atomic_files`), so a
   crash leaves the earlier run or the new one, and a kill between renames is completed next time;
-* a manifest written by someone else is checked field by field before anything is rendered.
+* a manifest written by someone else is checked field by field (:class:`RunManifest`) before anything is rendered.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -34,10 +33,10 @@ from lorastory.fileio import (
     clean_stale_temps,
     display_path,
     finish_commit,
-    is_valid_text,
     parse_json,
 )
 from lorastory.generate.consistency import REFERENCE_FILE
+from lorastory.generate.manifest import RunManifest
 
 MANIFEST_FILE = "manifest.json"
 STORY_FILE = "story.yaml"
@@ -53,74 +52,13 @@ _STAGE_PREFIX = ".lorastory-run"
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON atomically; NaN or Infinity is a bug, never written."""
+    if isinstance(obj, RunManifest):
+        obj = obj.model_dump(exclude_unset=True)
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
-def _plain_name(value: Any) -> bool:
-    """A file name inside the run folder: no folders, no ``..``, valid text."""
-    return (isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
-            and "\0" not in value and is_valid_text(value))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-_PANEL_FIELDS = {  # field -> (check, what it must be); "file" and "prompt" are required
-    "file": (_plain_name, "a file name in the run folder"),
-    "prompt": (lambda v: isinstance(v, str) and is_valid_text(v), "text"),
-    "negative": (lambda v: isinstance(v, str) and is_valid_text(v), "text"),
-    "caption": (lambda v: v is None or (isinstance(v, str) and is_valid_text(v)), "text or null"),
-    "seed": (lambda v: _is_int(v) and 0 <= v < 2**64, "a whole number from 0 to 2**64 - 1"),
-    "steps": (lambda v: _is_int(v) and v >= 1, "a whole number of 1 or more"),
-    "width": (lambda v: _is_int(v) and v >= 8, "a whole number of pixels"),
-    "height": (lambda v: _is_int(v) and v >= 8, "a whole number of pixels"),
-    "cfg": (_is_number, "a finite number"),
-    "seconds": (_is_number, "a finite number"),
-}
-
-
-def check_manifest(data: Any, source: str) -> dict[str, Any]:
-    """``data`` if it has the shape of a manifest ``generate`` writes, else a one-line :class:`DataError`."""
-    hint = "; generate the story again"
-    if not isinstance(data, dict):
-        raise DataError(f"{source}: expected a JSON object, got {type(data).__name__}{hint}")
-    panels = data.get("panels")
-    if not isinstance(panels, list) or not panels:
-        raise DataError(f"{source}: 'panels' must be a non-empty list{hint}")
-    for number, record in enumerate(panels, start=1):
-        if not isinstance(record, dict):
-            raise DataError(f"{source}: panel {number} must be an object{hint}")
-        for key in ("file", "prompt"):
-            if key not in record:
-                raise DataError(f"{source}: panel {number} has no '{key}'{hint}")
-        for key, (ok, what) in _PANEL_FIELDS.items():
-            if key in record and not ok(record[key]):
-                raise DataError(f"{source}: panel {number}: '{key}' must be {what}, got {_short(record[key])}{hint}")
-    if "model" in data and not (isinstance(data["model"], str) and is_valid_text(data["model"])):
-        raise DataError(f"{source}: 'model' must be text, got {_short(data['model'])}{hint}")
-    lora = data.get("lora")
-    if lora is not None and not (
-        isinstance(lora, dict) and isinstance(lora.get("path"), str) and is_valid_text(lora["path"])
-        and _is_number(lora.get("scale", 1.0))
-    ):
-        raise DataError(f"{source}: 'lora' must be null or an object with a 'path' and a finite 'scale'{hint}")
-    if "storyboard" in data and not _plain_name(data["storyboard"]):
-        raise DataError(f"{source}: 'storyboard' must be a file name in the run folder{hint}")
-    return data
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A run's ``manifest.json``, checked (:func:`check_manifest`); any problem is one :class:`DataError` naming it."""
+def read_manifest(path: str | os.PathLike[str]) -> RunManifest:
+    """A run's ``manifest.json``, checked (:class:`RunManifest`); any problem is one :class:`DataError` naming it."""
     file = Path(path)
     source = display_path(file)
     if not file.exists() and not file.is_symlink():
@@ -133,14 +71,14 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DataError(str(err)) from None
     except OSError as err:
         raise DataError(f"{source}: {err.strerror}") from None
-    return check_manifest(parse_json(text, source), source)
+    return RunManifest.from_data(parse_json(text, source), source)
 
 
-def manifest_files(manifest: dict[str, Any]) -> set[str]:
+def manifest_files(manifest: RunManifest) -> set[str]:
     """The names of the files the run that wrote ``manifest`` put in its folder."""
-    names = {MANIFEST_FILE, STORY_FILE, str(manifest.get("storyboard") or STORYBOARD_FILE)}
-    names.update(record["file"] for record in manifest["panels"])
-    consistency = manifest.get("consistency")
+    names = {MANIFEST_FILE, STORY_FILE, manifest.storyboard or STORYBOARD_FILE}
+    names.update(record.file for record in manifest.panels)
+    consistency = manifest.consistency
     reference = consistency.get("reference") if isinstance(consistency, dict) else None
     if isinstance(reference, dict) and reference.get("file") == REFERENCE_FILE:
         names.add(REFERENCE_FILE)

@@ -47,6 +47,7 @@ from lorastory.generate.checks import (
     check_text,
 )
 from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
+from lorastory.generate.manifest import LoraRecord, PanelRecord, RunManifest
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
     STORY_FILE,
@@ -468,25 +469,25 @@ def _render_story(
                     captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None)
     seconds = time.perf_counter() - started
     manifest = out_dir / MANIFEST_FILE
-    write_json(manifest, {
-        "lorastory_version": __version__,
-        "title": story.title,
-        "style": story.style,
-        "model": str(model),
-        "family": type(pipe).__name__,
-        "lora": {"path": str(lora_path), "sha256": file_sha256(lora_path), "scale": lora_scale} if lora_path else None,
-        "device": str(target),
-        "speed": str(speed) if speed else None,
-        "consistency": {"mode": settings.mode, **consistency_record},
-        "seconds": round(seconds, 3),
-        "panels": [
-            {"file": job.file_name, "prompt": job.prompt, "negative": job.negative, "seed": job.seed,
-             "steps": job.steps, "cfg": job.cfg, "width": job.width, "height": job.height,
-             "sampler": job.sampler, "caption": job.caption, "seconds": round(timings[job.index], 3)}
+    write_json(manifest, RunManifest(
+        lorastory_version=__version__,
+        title=story.title,
+        style=story.style,
+        model=str(model),
+        family=type(pipe).__name__,
+        lora=LoraRecord(path=str(lora_path), sha256=file_sha256(lora_path), scale=lora_scale) if lora_path else None,
+        device=str(target),
+        speed=str(speed) if speed else None,
+        consistency={"mode": settings.mode, **consistency_record},
+        seconds=round(seconds, 3),
+        panels=[
+            PanelRecord(file=job.file_name, prompt=job.prompt, negative=job.negative, seed=job.seed,
+                        steps=job.steps, cfg=job.cfg, width=job.width, height=job.height,
+                        sampler=job.sampler, caption=job.caption, seconds=round(timings[job.index], 3))
             for job in jobs
         ],
-        "storyboard": storyboard.name,
-    })
+        storyboard=storyboard.name,
+    ))
     atomic_write_text(out_dir / STORY_FILE, story.to_yaml())
     return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
 
@@ -550,12 +551,12 @@ def load_story(path: str | Path) -> Story:
     return Story.from_yaml(path)
 
 
-def manifest_panels(manifest: str | Path) -> list[dict[str, Any]]:
+def manifest_panels(manifest: str | Path) -> list[PanelRecord]:
     """The panel records of a run's ``manifest.json`` (checked: a broken manifest is one :class:`DataError`)."""
-    return read_manifest(manifest)["panels"]
+    return read_manifest(manifest).panels
 
 
-def _check_run(folder: Path, index: int) -> tuple[Story, dict[str, Any]]:
+def _check_run(folder: Path, index: int) -> tuple[Story, RunManifest]:
     """The run's story and manifest, checked to match, with panel ``index`` in range and every panel file present."""
     if not folder.is_dir():
         raise ConfigError(f"{display_path(folder)}: no such run folder; pass a folder 'lorastory generate' wrote")
@@ -565,13 +566,13 @@ def _check_run(folder: Path, index: int) -> tuple[Story, dict[str, Any]]:
     manifest = read_manifest(manifest_path)
     story = load_story(folder / STORY_FILE)
     where = display_path(manifest_path)
-    if len(manifest["panels"]) != len(story.panels):
-        raise DataError(f"{where} lists {len(manifest['panels'])} panels but {STORY_FILE} has {len(story.panels)}; "
+    if len(manifest.panels) != len(story.panels):
+        raise DataError(f"{where} lists {len(manifest.panels)} panels but {STORY_FILE} has {len(story.panels)}; "
                         "the run folder was changed by hand: generate the story again")
     if not 1 <= index <= len(story.panels):
         raise ConfigError(f"panel {index}: the story has panels 1 to {len(story.panels)}")
-    for number, record in enumerate(manifest["panels"], start=1):
-        path = folder / record["file"]
+    for number, record in enumerate(manifest.panels, start=1):
+        path = folder / record.file
         if not path.is_file():
             raise DataError(f"{display_path(path)}: panel {number} listed in {MANIFEST_FILE} is missing or not a file; "
                             "generate the story again")
@@ -605,10 +606,10 @@ def regenerate_panel(
     folder = Path(run_dir)
     seed = check_seed(seed, "--seed")
     story, manifest = _check_run(folder, index)
-    recorded_lora = manifest.get("lora") or None
-    lora = lora or (recorded_lora["path"] if recorded_lora else None)
-    scale = check_lora_scale(recorded_lora.get("scale", 1.0) if recorded_lora else 1.0, f"{MANIFEST_FILE} lora scale")
-    model = model or manifest.get("model")
+    recorded_lora = manifest.lora
+    lora = lora or (recorded_lora.path if recorded_lora else None)
+    scale = check_lora_scale(recorded_lora.scale if recorded_lora else 1.0, f"{MANIFEST_FILE} lora scale")
+    model = model or manifest.model
     if not model:
         raise DataError(f"{display_path(folder / MANIFEST_FILE)}: no model recorded; pass --model")
     panel = story.panels[index - 1].model_copy(update={"seed": seed})
@@ -616,7 +617,7 @@ def regenerate_panel(
     panels[index - 1] = panel
     updated = story.model_copy(update={"panels": panels})
     panel_name = f"panel-{index:02d}.png"
-    storyboard_name = manifest.get("storyboard") or STORYBOARD_FILE
+    storyboard_name = manifest.storyboard or STORYBOARD_FILE
     targets = [MANIFEST_FILE, panel_name, storyboard_name, STORY_FILE]
     inputs = [(label, path) for label, path in (("--lora", lora), ("--model", model)) if path and os.path.lexists(path)]
     check_outputs_apart([(name, folder / name) for name in targets], inputs)
@@ -627,14 +628,13 @@ def regenerate_panel(
     work = Path(tempfile.mkdtemp(prefix=f".lorastory-regenerate.{os.getpid()}.", suffix=".tmp", dir=folder))
     try:
         generate_story(render, model, work / "render", lora=lora, lora_scale=scale, on_step=on_step, pipe=pipe)
-        record = read_manifest(work / "render" / MANIFEST_FILE)["panels"][index - 1 if whole else 0]
-        staged_panel = work / "render" / record["file"]
-        record["file"] = panel_name
-        records = list(manifest["panels"])
-        records[index - 1] = record
-        updated_manifest = {**manifest, "panels": records}
-        captions = [p.get("caption") for p in records]
-        sources = [staged_panel if number == index else folder / p["file"] for number, p in enumerate(records, start=1)]
+        record = read_manifest(work / "render" / MANIFEST_FILE).panels[index - 1 if whole else 0]
+        staged_panel = work / "render" / record.file
+        records = list(manifest.panels)
+        records[index - 1] = record.model_copy(update={"file": panel_name})
+        updated_manifest = manifest.model_copy(update={"panels": records})
+        captions = [p.caption for p in records]
+        sources = [staged_panel if number == index else folder / p.file for number, p in enumerate(records, start=1)]
         save_storyboard(sources, work / storyboard_name, cols=2, title=updated.title or None,
                         captions=captions if any(captions) else None)
         write_json(work / MANIFEST_FILE, updated_manifest)

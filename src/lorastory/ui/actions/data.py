@@ -37,7 +37,7 @@ def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, re
                 raise PathRefused(f"{item.origin}: image {item.path} is outside the workspace")
     config = ImportConfig(source=str(source), kind="folder", caption=(caption or None))
     result = import_dataset(config, out, overwrite=replace)
-    return {"dataset": ws.rel(out), "written": result.written, "skipped": result.skipped}
+    return {"dataset": ws.rel(out), "written": result.written, "skipped": [s.as_item() for s in result.skipped]}
 
 
 def import_upload(ws: Workspace, files: list[str], upload_root: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def export_for_training(ws: Workspace, result_jsonl: str, name: str, replace: bo
             raise PathRefused(f"{ws.rel(source)}: image {image} is outside the workspace")
     out = ws.child("train", name)
     result = export_csv(source, out, overwrite=replace)
-    return {"train_folder": ws.rel(out), "written": result.written, "skipped": result.skipped}
+    return {"train_folder": ws.rel(out), "written": result.written, "skipped": [s.as_item() for s in result.skipped]}
 
 
 def _all_images(jsonl: Path, resolve_path: Callable[[str, str], str]) -> list[tuple[str, str]]:

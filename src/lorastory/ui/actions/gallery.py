@@ -28,7 +28,7 @@ def run_details(ws: Workspace, run: str) -> dict[str, Any]:
 
     folder = ws.resolve(run, must_exist=True)
     manifest_path = folder / "manifest.json"
-    manifest = _json_or_none(manifest_path, read_manifest) or {}
+    manifest = _json_or_none(manifest_path, read_manifest)
     rows, panels = [], []
     for path in sorted(folder.glob("panel-*.png")):
         if not ws.is_inside(path):
@@ -43,8 +43,10 @@ def run_details(ws: Workspace, run: str) -> dict[str, Any]:
                      params.sampler, f"{params.width}x{params.height}", lora])
     scores_path = folder / "scores.json"
     scores = _json_or_none(scores_path, lambda path: parse_json(path.read_bytes(), str(path)))
-    board = folder / manifest.get("storyboard", "storyboard.png")
-    return {"folder": folder, "manifest": manifest, "rows": rows, "panels": panels, "scores": scores,
+    board = folder / ((manifest.storyboard if manifest is not None else None) or "storyboard.png")
+    # The JSON view shows the manifest as written (keys left out stay out; unknown ones kept).
+    shown = manifest.model_dump(exclude_unset=True) if manifest is not None else {}
+    return {"folder": folder, "manifest": shown, "rows": rows, "panels": panels, "scores": scores,
             "storyboard": str(board) if board.is_file() and ws.is_inside(board) else None}
 
 
@@ -75,6 +77,6 @@ def eval_job(ws: Workspace, run: str, clip_model: str, compare: bool) -> Callabl
         scores = evaluate_run(folder, clip_model=clip, compare=compare, annotate=True,
                               on_step=lambda done, total: ctx.progress(done / max(total, 1), f"step {done}/{total}"))
         ctx.data["run"] = str(folder)
-        return {"summary": scores.get("summary")}
+        return {"summary": scores.summary}
 
     return run_job

@@ -125,11 +125,10 @@ def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[
 
     folder = ws.resolve(run, must_exist=True)
     manifest = read_manifest(folder / "manifest.json")  # a one-line error for a damaged or foreign manifest
-    if not manifest.get("model"):
+    if not manifest.model:
         raise DataError(f"{folder / 'manifest.json'}: no model recorded; render the story again")
-    model = resolve_model(ws, manifest["model"])
-    lora = manifest.get("lora") or None
-    lora_path = str(ws.resolve(lora["path"], must_exist=True)) if lora else None
+    model = resolve_model(ws, manifest.model)
+    lora_path = str(ws.resolve(manifest.lora.path, must_exist=True)) if manifest.lora else None
 
     def run_job(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.0, f"loading the model for panel {index}")
