@@ -2,6 +2,12 @@
 
 A family says which diffusers pipeline to build and what its parts are. The
 family of a folder is read from its ``model_index.json``; ``family=`` overrides.
+
+This is the one module that knows families: everything else asks a :class:`Family`
+(its denoiser attribute, how its prompts are encoded, its LoRA naming, its IP-Adapter,
+its tiny test model) and never compares family names. A new family, a DiT whose
+denoiser is a ``transformer`` included, is one :func:`register_family` call, in its own
+module if it brings functions (e.g. its ``encode_prompt``).
 Loading from a hub id works with network or a local Hugging Face cache;
 offline without a cache it fails with a message naming the id and how to
 download it.

@@ -20,12 +20,16 @@ from lorastory.models.registry import FAMILIES, get_family
 
 TINY_FAMILIES = ("kolors", "sdxl", "sd15")  # the shipped ones; tiny_families() adds registered families
 
+TEXT_HIDDEN = 32
+# Kolors' noise schedule (num_train_timesteps, beta_end); SD1.5/SDXL use _euler's defaults (1000, 0.012).
+KOLORS_SCHEDULE = (1100, 0.014)
+TIME_EMBED = 8
+
 
 def tiny_families() -> tuple[str, ...]:
     """The families a tiny model can be built for (those whose registry entry names a builder)."""
     return tuple(name for name, family in FAMILIES.items() if family.tiny_builder is not None)
-TEXT_HIDDEN = 32
-TIME_EMBED = 8
+
 
 # A small bilingual corpus so the tokenizer has real pieces for prompts in both languages.
 _WORDS_ZH = "二次元 少女 紫色 长发 短发 粉色 连衣裙 练习室 唱歌 话筒 演唱会 观众席 舞台 歌星 憧憬 神情 流星 许愿 黑色 礼服 试衣间 日系 动漫 丑陋 变形 嘈杂 模糊 低对比度 水彩 像素 漫画 圆形 方形 三角形 红色 蓝色 绿色 黄色 白天 夜晚 左边 右边 中间 大 小 天空 草地 房子 树 猫 狗".split()
@@ -139,7 +143,7 @@ def _vae(scaling_factor: float, sample_size: int, channels: tuple[int, ...] = (8
 
 
 def _euler(num_train_timesteps: int = 1000, beta_end: float = 0.012) -> Any:
-    """The family's training noise schedule (Kolors: 1100 steps to beta 0.014; SD: 1000 to 0.012)."""
+    """A family's training noise schedule as an Euler scheduler (the defaults are SD1.5's and SDXL's)."""
     from diffusers import EulerDiscreteScheduler
 
     return EulerDiscreteScheduler(
@@ -183,7 +187,7 @@ def tiny_kolors(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
     }
     pipe = KolorsPipeline(
         vae=_vae(0.13025, sample_size * 8), text_encoder=text_encoder, tokenizer=tokenizer,
-        unet=_unet(TEXT_HIDDEN, addition, sample_size), scheduler=_euler(1100, 0.014), force_zeros_for_empty_prompt=False,
+        unet=_unet(TEXT_HIDDEN, addition, sample_size), scheduler=_euler(*KOLORS_SCHEDULE), force_zeros_for_empty_prompt=False,
     )
     return pipe, sp_file
 
