@@ -103,10 +103,9 @@ def test_tiny_model_detection_loading_and_lora(fake_family: registry.Family, tmp
     _, kohya_info = load_lora_state(kohya_file)
     assert kohya_info.format == "kohya" and kohya_info.family == FAKE
 
-    fresh = load_pipeline(folder, family=FAKE)
-    for path, name in ((diffusers_file, "a"), (kohya_file, "b")):
-        applied = apply_lora(fresh, path, adapter_name=name)
-        assert applied.family == FAKE
+    for path in (diffusers_file, kohya_file):
+        applied = apply_lora(load_pipeline(folder, family=FAKE), path)
+        assert applied.family == FAKE and "text_encoder" in applied.components
 
 
 def _code_lines(path: Path) -> dict[int, str]:
