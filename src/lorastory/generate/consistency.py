@@ -61,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lorastory.errors import ConfigError
 from lorastory.generate.checks import ValidText
+from lorastory.models.registry import family_of_pipeline
 
 Mode = Literal["none", "attention", "reference", "both"]
 MODES: tuple[str, ...] = ("none", "attention", "reference", "both")
@@ -401,12 +402,15 @@ class SharedAttention:
 
     @contextlib.contextmanager
     def render(self, pipe: Any, panels: int, seed: int, more_batches: bool = False) -> Iterator[RenderStats]:
-        """Install the processors on ``pipe.unet`` for one call rendering ``panels`` panels; restore them after.
+        """Install the processors on the pipeline's UNet for one call rendering ``panels`` panels; restore them after.
 
         The first render that has ``more_batches`` after it writes the bank; renders after a
         written bank read it. A render that fails leaves no bank behind (a retry writes it again).
         """
-        unet = pipe.unet
+        family = family_of_pipeline(pipe)
+        if family.denoiser != "unet":  # the layer names and processors here are a UNet's
+            raise ConfigError(f"consistent self-attention needs a UNet; the {family.name} family has a {family.denoiser}")
+        unet = family.denoiser_of(pipe)
         _check_not_compiled(unet)
         names = select_layers(unet, self.settings.blocks)
         original = unet.attn_processors

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorastory.errors import ConfigError
+from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
     TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, sdpa_backend, to_channels_last,
 )
@@ -103,6 +105,18 @@ def fuse_qkv(model: Any) -> bool:
     return True
 
 
+def _unet(pipe: Any) -> Any:
+    """The pipeline's UNet, which these levers are for; None when its family's denoiser is not a UNet.
+
+    A pipeline of no registered family (a stand-in) is taken at its ``unet`` attribute, as before.
+    """
+    try:
+        family = family_of_pipeline(pipe)
+    except ConfigError:
+        return getattr(pipe, "unet", None)
+    return family.denoiser_of(pipe) if family.denoiser == "unet" else None
+
+
 def prepare_for_speed(
     pipe: Any,
     *,
@@ -124,7 +138,7 @@ def prepare_for_speed(
     to prefer inside :func:`speed_context`.
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
-    unet = getattr(pipe, "unet", None)
+    unet = _unet(pipe)
     vae = getattr(pipe, "vae", None)
     relayout = False  # modules or weight layouts changed under already compiled blocks: rebuild their graphs
     if fuse_lora and fuse_lora_weights(pipe):

@@ -27,15 +27,8 @@ def encode_text(
 
 
 def _encode(pipe: Any, prompts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
-    family = family_of_pipeline(pipe).name
-    if family == "sd15":
-        prompt_embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-        return {"prompt_embeds": prompt_embeds}
-    if family == "kolors":
-        prompt_embeds, _, pooled, _ = pipe.encode_prompt(prompts, device, 1, False)
-    else:
-        prompt_embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, device, 1, False)
-    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+    # How a family's encode_prompt is called and what it returns is the family's to say.
+    return family_of_pipeline(pipe).encode_prompt(pipe, prompts, device)
 
 
 def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:

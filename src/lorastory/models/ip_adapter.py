@@ -27,7 +27,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
-from lorastory.models.registry import ModelLoadError
+from lorastory.models.registry import FAMILIES, ModelLoadError, denoiser, get_family
 
 IP_ADAPTER_OPTION = "consistency.ip_adapter"
 
@@ -53,18 +53,24 @@ class IpAdapterSource:
 
 # Each family's published IP-Adapter Plus. Kolors' safetensors files are on the hub's refs/pr/4
 # (its main branch has pickles only, which are never loaded here).
+# The layouts are the families' own (Family.ip_adapter in the registry).
+def default_ip_adapter(family: str) -> IpAdapterSource:
+    """The published IP-Adapter Plus of ``family``."""
+    layout = get_family(family).ip_adapter
+    if layout is None:
+        raise ConfigError(f"no IP-Adapter is known for model family '{family}'")
+    return IpAdapterSource(layout.source, layout.weight, layout.image_encoder, revision=layout.revision)
+
+
 DEFAULT_IP_ADAPTERS: dict[str, IpAdapterSource] = {
-    "kolors": IpAdapterSource("Kwai-Kolors/Kolors-IP-Adapter-Plus", "ip_adapter_plus_general.safetensors",
-                              "image_encoder", revision="refs/pr/4"),
-    "sdxl": IpAdapterSource("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors", "models/image_encoder"),
-    "sd15": IpAdapterSource("h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors", "models/image_encoder"),
+    name: default_ip_adapter(name) for name, family in FAMILIES.items() if family.ip_adapter is not None
 }
 
 
 def resolve_ip_adapter(family: str, source: str | None = None, weight: str | None = None,
                        image_encoder: str | None = None) -> IpAdapterSource:
     """The family's default adapter with what the user set in its place (a revision only for the default id)."""
-    default = DEFAULT_IP_ADAPTERS[family]
+    default = default_ip_adapter(family)
     spec = replace(default, source=source or default.source,
                    revision=default.revision if (source or default.source) == default.source else None)
     spec = replace(spec, weight=weight or spec.weight, image_encoder=image_encoder or spec.image_encoder)
@@ -118,9 +124,9 @@ def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
     with quiet_transformers():
         encoder = CLIPVisionModelWithProjection.from_pretrained(
             spec.source, subfolder=spec.image_encoder, use_safetensors=True, local_files_only=local_only,
-            revision=spec.revision, dtype=pipe.unet.dtype,
+            revision=spec.revision, dtype=denoiser(pipe).dtype,
         )
-    pipe.register_modules(image_encoder=encoder.to(pipe.unet.device))
+    pipe.register_modules(image_encoder=encoder.to(denoiser(pipe).device))
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" on every load
     try:
@@ -160,13 +166,12 @@ def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterato
     """
     from lorastory.hub import hub_reachable
 
-    if getattr(getattr(pipe, "unet", None), "encoder_hid_proj", None) is not None and \
-            type(pipe.unet.encoder_hid_proj).__name__ == "MultiIPAdapterImageProjection":
+    if type(getattr(denoiser(pipe), "encoder_hid_proj", None)).__name__ == "MultiIPAdapterImageProjection":
         raise ConfigError("the pipeline already has an IP-Adapter loaded; unload it (pipe.unload_ip_adapter()) first")
     local = Path(spec.source).expanduser().is_dir()
     if not local:
         check_ip_adapter(spec)
-    unet = pipe.unet
+    unet = denoiser(pipe)
     saved = {"processors": unet.attn_processors, "image_encoder": getattr(pipe, "image_encoder", None),
              "feature_extractor": getattr(pipe, "feature_extractor", None)}
     pipe.register_modules(image_encoder=None)
@@ -190,7 +195,7 @@ def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterato
 
 
 def _restore(pipe: Any, saved: dict[str, Any]) -> None:
-    unet = pipe.unet
+    unet = denoiser(pipe)
     if type(getattr(unet, "encoder_hid_proj", None)).__name__ == "MultiIPAdapterImageProjection":
         pipe.unload_ip_adapter()
     elif getattr(unet, "text_encoder_hid_proj", None) is not None:  # a load that failed half way (Kolors)
@@ -307,7 +312,7 @@ def build_tiny_ip_adapter(out_dir: str | os.PathLike[str], model: str | os.PathL
     from lorastory.models.tiny_clip import quiet_transformers
 
     unet, family = _unet_of(model)
-    spec = DEFAULT_IP_ADAPTERS[family]
+    spec = default_ip_adapter(family)
     encoder = tiny_image_encoder(seed=seed)
     state = ip_adapter_state_dict(unet, encoder.config.hidden_size, seed=seed)
     out = Path(out_dir)

@@ -2,6 +2,12 @@
 
 A family says which diffusers pipeline to build and what its parts are. The
 family of a folder is read from its ``model_index.json``; ``family=`` overrides.
+
+This is the one module that knows families: everything else asks a :class:`Family`
+(its denoiser attribute, how its prompts are encoded, its LoRA naming, its IP-Adapter,
+its tiny test model) and never compares family names. A new family, a DiT whose
+denoiser is a ``transformer`` included, is one :func:`register_family` call, in its own
+module if it brings functions (e.g. its ``encode_prompt``).
 Loading from a hub id works with network or a local Hugging Face cache;
 offline without a cache it fails with a message naming the id and how to
 download it.
@@ -10,10 +16,11 @@ download it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,34 +33,128 @@ class ModelLoadError(LorastoryError):
     """A model cannot be found or loaded."""
 
 
+# Text-encoder modules a text-encoder LoRA adapts by default, per encoder architecture.
+CLIP_TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+CHATGLM_TE_TARGETS = ("query_key_value", "dense")
+
+
+def _encode_clip(pipe: Any, prompts: list[str], device: Any) -> dict[str, Any]:
+    prompt_embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+    return {"prompt_embeds": prompt_embeds}
+
+
+def _encode_chatglm_pooled(pipe: Any, prompts: list[str], device: Any) -> dict[str, Any]:
+    prompt_embeds, _, pooled, _ = pipe.encode_prompt(prompts, device, 1, False)
+    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+
+def _encode_two_clips_pooled(pipe: Any, prompts: list[str], device: Any) -> dict[str, Any]:
+    # SDXL's encode_prompt takes a second prompt (for text_encoder_2) before the device.
+    prompt_embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, device, 1, False)
+    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+
+@dataclass(frozen=True)
+class IpAdapterLayout:
+    """Where a family's published IP-Adapter Plus lives: hub id, weight file, image-encoder folder."""
+
+    source: str
+    weight: str
+    image_encoder: str
+    revision: str | None = None
+
+
 @dataclass(frozen=True)
 class Family:
-    """What distinguishes one model family in code."""
+    """What distinguishes one model family in code: the one place other modules ask.
+
+    A new family (a DiT such as Flux or SD3 included) is one more :class:`Family` passed to
+    :func:`register_family`; loading, conditioning, LoRA naming and tiny models read it from here.
+    """
 
     name: str
     pipeline_class: str
     text_encoders: tuple[str, ...]
     resolution: int
     single_file: bool
+    label: str = ""  # for messages: "SDXL"; the name when empty
+    article: str = "a"  # "a Kolors model", "an SDXL model"
+    denoiser: str = "unet"  # the pipeline attribute holding the denoiser: "unet" or "transformer"
+    # Builds the conditioning dict (``prompt_embeds`` [, ``pooled_prompt_embeds``]) with the pipeline's encode_prompt.
+    encode_prompt: Callable[[Any, list[str], Any], dict[str, Any]] = _encode_clip
+    text_encoder_targets: tuple[str, ...] = CLIP_TE_TARGETS  # default text-encoder LoRA modules
+    # The first text encoder feeds the denoiser its penultimate layer, so its last layer's LoRA gets no gradient.
+    text_encoder_last_layer_unused: bool = False
+    kohya_unet_names: str = "diffusers"  # module naming in kohya files: "diffusers" or "sgm"
+    kohya_unet_layout: str = "sdxl"  # the standard UNet layout a kohya file without config assumes: "sdxl" or "sd15"
+    pretrained_kwargs: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained arguments
+    ip_adapter: IpAdapterLayout | None = None
+    # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
+    tiny_builder: str | None = None
+    pipeline_module: str = "diffusers"  # where pipeline_class lives
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
 
     def pipeline_type(self) -> Any:
-        import diffusers
+        module = importlib.import_module(self.pipeline_module)
+        return getattr(module, self.pipeline_class)
 
-        return getattr(diffusers, self.pipeline_class)
+    def denoiser_of(self, pipe: Any) -> Any:
+        """The pipeline's denoiser (its UNet or transformer)."""
+        return getattr(pipe, self.denoiser)
+
+    def set_denoiser(self, pipe: Any, module: Any) -> None:
+        setattr(pipe, self.denoiser, module)
+
+    def tiny_pipeline(self, folder: Path, sample_size: int) -> tuple[Any, Path | None]:
+        """A tiny random pipeline of this family (for tests and the demo)."""
+        if self.tiny_builder is None:
+            raise ConfigError(f"no tiny model for family '{self.name}'")
+        module, _, function = self.tiny_builder.partition(":")
+        return getattr(importlib.import_module(module), function)(folder, sample_size)
 
 
-FAMILIES: dict[str, Family] = {
-    "kolors": Family("kolors", "KolorsPipeline", ("text_encoder",), 1024, False),
-    "sdxl": Family("sdxl", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"), 1024, True),
-    "sd15": Family("sd15", "StableDiffusionPipeline", ("text_encoder",), 512, True),
-}
-_BY_PIPELINE = {f.pipeline_class: f.name for f in FAMILIES.values()}
+FAMILIES: dict[str, Family] = {}
 # Hub ids whose family is known without fetching anything.
-KNOWN_HUB_MODELS = {
-    "Kwai-Kolors/Kolors-diffusers": "kolors",
-    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
-}
+KNOWN_HUB_MODELS: dict[str, str] = {}
+
+
+def register_family(family: Family, *hub_ids: str) -> Family:
+    """Add ``family`` (and hub ids known to be of it); every module then knows it."""
+    FAMILIES[family.name] = family
+    KNOWN_HUB_MODELS.update(dict.fromkeys(hub_ids, family.name))
+    return family
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family added by :func:`register_family` (tests)."""
+    FAMILIES.pop(name, None)
+    for hub_id in [h for h, n in KNOWN_HUB_MODELS.items() if n == name]:
+        del KNOWN_HUB_MODELS[hub_id]
+
+
+register_family(Family(
+    "kolors", "KolorsPipeline", ("text_encoder",), 1024, False, label="Kolors", article="a",
+    encode_prompt=_encode_chatglm_pooled, text_encoder_targets=CHATGLM_TE_TARGETS,
+    ip_adapter=IpAdapterLayout("Kwai-Kolors/Kolors-IP-Adapter-Plus", "ip_adapter_plus_general.safetensors",
+                               "image_encoder", revision="refs/pr/4"),
+    tiny_builder="lorastory.models.tiny:tiny_kolors",
+), "Kwai-Kolors/Kolors-diffusers")
+register_family(Family(
+    "sdxl", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"), 1024, True, label="SDXL", article="an",
+    encode_prompt=_encode_two_clips_pooled, text_encoder_last_layer_unused=True, kohya_unet_names="sgm",
+    ip_adapter=IpAdapterLayout("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+                               "models/image_encoder"),
+    tiny_builder="lorastory.models.tiny:tiny_sdxl",
+), "stabilityai/stable-diffusion-xl-base-1.0")
+register_family(Family(
+    "sd15", "StableDiffusionPipeline", ("text_encoder",), 512, True, label="SD1.5", article="an",
+    kohya_unet_layout="sd15", pretrained_kwargs=(("safety_checker", None), ("requires_safety_checker", False)),
+    ip_adapter=IpAdapterLayout("h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors", "models/image_encoder"),
+    tiny_builder="lorastory.models.tiny:tiny_sd15",
+), "stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
 def get_family(name: str) -> Family:
@@ -64,15 +165,24 @@ def get_family(name: str) -> Family:
         raise ConfigError(f"unknown model family '{name}'; choose one of {', '.join(FAMILIES)}") from None
 
 
+def _labels() -> str:
+    """"Kolors, SDXL or SD1.5": the known families for messages."""
+    labels = [f.display for f in FAMILIES.values()]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
+
+
 def family_of_pipeline(pipe: Any) -> Family:
     """The family of a loaded pipeline, from its class."""
+    by_pipeline = {f.pipeline_class: f for f in FAMILIES.values()}
     for cls in type(pipe).__mro__:
-        if cls.__name__ in _BY_PIPELINE:
-            return FAMILIES[_BY_PIPELINE[cls.__name__]]
-    raise ConfigError(f"{type(pipe).__name__} is not a Kolors, SDXL or SD1.5 pipeline")
+        if cls.__name__ in by_pipeline:
+            return by_pipeline[cls.__name__]
+    raise ConfigError(f"{type(pipe).__name__} is not a {_labels()} pipeline")
 
 
-_LABELS = {"kolors": "Kolors", "sdxl": "SDXL", "sd15": "SD1.5"}
+def denoiser(pipe: Any) -> Any:
+    """The denoiser (UNet or transformer) of a loaded pipeline of a known family."""
+    return family_of_pipeline(pipe).denoiser_of(pipe)
 
 
 def _model_index(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -128,7 +238,7 @@ def detect_family(folder: str | os.PathLike[str]) -> Family:
     if found is None:
         class_name = _model_index(folder).get("_class_name")
         shown = class_name if isinstance(class_name, str) and class_name else "(none)"
-        raise ModelLoadError(f"{folder}: pipeline {shown} is not Kolors, SDXL or SD1.5; pass --family")
+        raise ModelLoadError(f"{folder}: pipeline {shown} is not {_labels()}; pass --family")
     return found[0]
 
 
@@ -139,7 +249,7 @@ def check_family(folder: str | os.PathLike[str], family: Family) -> None:
     if found is not None and found[0].name != family.name:
         actual, evidence = found
         raise ConfigError(
-            f"{folder} is {'a' if actual.name == 'kolors' else 'an'} {_LABELS[actual.name]} model ({evidence}), "
+            f"{folder} is {actual.article} {actual.display} model ({evidence}), "
             f"not {family.name}: drop --family or pass --family {actual.name}"
         )
 
@@ -164,7 +274,8 @@ def load_pipeline(
     if looks_like_hub_id(source):
         known = KNOWN_HUB_MODELS.get(source)
         if family and known and get_family(family).name != known:
-            raise ConfigError(f"{source} is {'a' if known == 'kolors' else 'an'} {_LABELS[known]} model, not {family}: "
+            actual = get_family(known)
+            raise ConfigError(f"{source} is {actual.article} {actual.display} model, not {family}: "
                               f"drop --family or pass --family {known}")
         name = family or known or _hub_family(source)
         return _from_pretrained(get_family(name), source, dtype, local_only=False)
@@ -175,8 +286,7 @@ def _from_pretrained(family: Family, source: str, dtype: Any, local_only: bool) 
     kwargs: dict[str, Any] = {}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    if family.name == "sd15":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    kwargs.update(family.pretrained_kwargs)
     try:
         with warnings.catch_warnings(), _quiet_loading():
             # diffusers >= 0.42 renamed torch_dtype to dtype; older releases know only torch_dtype.
@@ -231,7 +341,8 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
     if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
         raise ModelLoadError(f"{path}: expected a diffusers folder or a .safetensors checkpoint")
     if not family:
-        raise ModelLoadError(f"{path}: a single-file checkpoint needs --family (sdxl or sd15)")
+        singles = " or ".join(f.name for f in FAMILIES.values() if f.single_file)
+        raise ModelLoadError(f"{path}: a single-file checkpoint needs --family ({singles})")
     fam = get_family(family)
     if not fam.single_file:
         raise ModelLoadError(f"{path}: diffusers cannot load {fam.name} from a single file; use a diffusers folder")

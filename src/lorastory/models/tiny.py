@@ -16,10 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from lorastory.fileio import atomic_dir
+from lorastory.models.registry import FAMILIES, get_family
 
-TINY_FAMILIES = ("kolors", "sdxl", "sd15")
+TINY_FAMILIES = ("kolors", "sdxl", "sd15")  # the shipped ones; tiny_families() adds registered families
+
 TEXT_HIDDEN = 32
+# Kolors' noise schedule (num_train_timesteps, beta_end); SD1.5/SDXL use _euler's defaults (1000, 0.012).
+KOLORS_SCHEDULE = (1100, 0.014)
 TIME_EMBED = 8
+
+
+def tiny_families() -> tuple[str, ...]:
+    """The families a tiny model can be built for (those whose registry entry names a builder)."""
+    return tuple(name for name, family in FAMILIES.items() if family.tiny_builder is not None)
+
 
 # A small bilingual corpus so the tokenizer has real pieces for prompts in both languages.
 _WORDS_ZH = "二次元 少女 紫色 长发 短发 粉色 连衣裙 练习室 唱歌 话筒 演唱会 观众席 舞台 歌星 憧憬 神情 流星 许愿 黑色 礼服 试衣间 日系 动漫 丑陋 变形 嘈杂 模糊 低对比度 水彩 像素 漫画 圆形 方形 三角形 红色 蓝色 绿色 黄色 白天 夜晚 左边 右边 中间 大 小 天空 草地 房子 树 猫 狗".split()
@@ -132,16 +142,12 @@ def _vae(scaling_factor: float, sample_size: int, channels: tuple[int, ...] = (8
     )
 
 
-def _euler(family: str) -> Any:
+def _euler(num_train_timesteps: int = 1000, beta_end: float = 0.012) -> Any:
+    """A family's training noise schedule as an Euler scheduler (the defaults are SD1.5's and SDXL's)."""
     from diffusers import EulerDiscreteScheduler
 
-    if family == "kolors":
-        return EulerDiscreteScheduler(
-            num_train_timesteps=1100, beta_start=0.00085, beta_end=0.014, beta_schedule="scaled_linear",
-            timestep_spacing="leading", steps_offset=1, prediction_type="epsilon",
-        )
     return EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=beta_end, beta_schedule="scaled_linear",
         timestep_spacing="leading", steps_offset=1, prediction_type="epsilon",
     )
 
@@ -157,7 +163,7 @@ def _clip_text_encoder(with_projection: bool, vocab_size: int) -> Any:
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
-def _kolors(folder: Path, sample_size: int) -> Any:
+def tiny_kolors(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
     from diffusers import KolorsPipeline
     from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
@@ -181,12 +187,12 @@ def _kolors(folder: Path, sample_size: int) -> Any:
     }
     pipe = KolorsPipeline(
         vae=_vae(0.13025, sample_size * 8), text_encoder=text_encoder, tokenizer=tokenizer,
-        unet=_unet(TEXT_HIDDEN, addition, sample_size), scheduler=_euler("kolors"), force_zeros_for_empty_prompt=False,
+        unet=_unet(TEXT_HIDDEN, addition, sample_size), scheduler=_euler(*KOLORS_SCHEDULE), force_zeros_for_empty_prompt=False,
     )
     return pipe, sp_file
 
 
-def _sdxl(sample_size: int) -> Any:
+def tiny_sdxl(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
     from diffusers import StableDiffusionXLPipeline
 
     tokenizer = _clip_tokenizer()
@@ -195,31 +201,35 @@ def _sdxl(sample_size: int) -> Any:
         "addition_time_embed_dim": TIME_EMBED,
         "projection_class_embeddings_input_dim": TEXT_HIDDEN + 6 * TIME_EMBED,
     }
-    return StableDiffusionXLPipeline(
+    return _no_scratch(StableDiffusionXLPipeline(
         vae=_vae(0.13025, sample_size * 8),
         text_encoder=_clip_text_encoder(False, len(tokenizer)),
         text_encoder_2=_clip_text_encoder(True, len(tokenizer)),
         tokenizer=tokenizer,
         tokenizer_2=_clip_tokenizer(),
         unet=_unet(2 * TEXT_HIDDEN, addition, sample_size),
-        scheduler=_euler("sdxl"),
-    )
+        scheduler=_euler(),
+    ))
 
 
-def _sd15(sample_size: int) -> Any:
+def tiny_sd15(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
     from diffusers import StableDiffusionPipeline
 
     tokenizer = _clip_tokenizer()
-    return StableDiffusionPipeline(
+    return _no_scratch(StableDiffusionPipeline(
         vae=_vae(0.18215, sample_size * 8),
         text_encoder=_clip_text_encoder(False, len(tokenizer)),
         tokenizer=tokenizer,
         unet=_unet(TEXT_HIDDEN, None, sample_size),
-        scheduler=_euler("sd15"),
+        scheduler=_euler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    )
+    ))
+
+
+def _no_scratch(pipe: Any) -> tuple[Any, Path | None]:
+    return pipe, None
 
 
 def build_tiny_model(family: str, out_dir: str | os.PathLike[str], seed: int = 0, resolution: int = 64) -> Path:
@@ -231,8 +241,9 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike[str], seed: int = 0
 
     if family in CLIP_FAMILIES:  # CLIP / Chinese CLIP for evaluation (lorastory.models.tiny_clip)
         return build_tiny_clip(out_dir, seed=seed, image_size=resolution, family=family)
-    if family not in TINY_FAMILIES:
-        raise ConfigError(f"unknown family '{family}'; choose one of {', '.join(TINY_FAMILIES + CLIP_FAMILIES)}")
+    tiny = tiny_families()
+    if family not in tiny:
+        raise ConfigError(f"unknown family '{family}'; choose one of {', '.join(tiny + CLIP_FAMILIES)}")
     if resolution % 8:
         raise ConfigError(f"resolution {resolution} is not a multiple of 8")
     out = Path(out_dir)
@@ -240,13 +251,7 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike[str], seed: int = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sample_size = resolution // 8
-            scratch = None
-            if family == "kolors":
-                pipe, scratch = _kolors(tmp, sample_size)
-            elif family == "sdxl":
-                pipe = _sdxl(sample_size)
-            else:
-                pipe = _sd15(sample_size)
+            pipe, scratch = get_family(family).tiny_pipeline(tmp, sample_size)
             pipe.save_pretrained(tmp, safe_serialization=True)
         if scratch is not None:
             scratch.unlink()

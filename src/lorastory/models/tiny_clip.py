@@ -211,14 +211,15 @@ def build_tiny_clip(
         raise ConfigError(f"unknown CLIP family '{family}'; choose one of {', '.join(CLIP_FAMILIES)}")
     if image_size < 8 or image_size % 4:
         raise ConfigError(f"CLIP image size {image_size} must be a multiple of 4, at least 8 (it is cut into 4x4 patches)")
+    kind = family  # a CLIP kind (the model families are lorastory.models.registry's)
     out = Path(out_dir)
     with quiet_transformers(), atomic_dir(out) as tmp:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, processor = (_clip if family == "clip" else _chinese_clip)(image_size)
+            model, processor = (_clip if kind == "clip" else _chinese_clip)(image_size)
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        if family == "clip":
+        if kind == "clip":
             _write_clip_vocab_files(tmp)
             _portable_processor_files(tmp, "CLIPImageProcessor", "CLIPProcessor")
         else:

@@ -102,7 +102,7 @@ def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:
     from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
 
-    from lorastory.models.tiny import _euler, _init_chatglm_
+    from lorastory.models.tiny import KOLORS_SCHEDULE, _euler, _init_chatglm_
 
     sp_file = Path(scratch) / "toy_spm.model"
     sp_file.write_bytes(_sentencepiece_model())
@@ -117,7 +117,7 @@ def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:
         text_encoder = ChatGLMModel(config, empty_init=False)
         _init_chatglm_(text_encoder)
         return KolorsPipeline(
-            vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=_unet(), scheduler=_euler("kolors"),
+            vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=_unet(), scheduler=_euler(*KOLORS_SCHEDULE),
             force_zeros_for_empty_prompt=False,
         )
 

@@ -248,7 +248,7 @@ def train(
     pipe = load_pipeline(config.model, config.family)
     family = family_of_pipeline(pipe)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
-    unused = config.train_text_encoder and family.name == "sdxl"
+    unused = config.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
     device, mixed_precision = accelerator.device, accelerator.mixed_precision
     model_dir = config.model if Path(config.model).is_dir() else None
@@ -275,7 +275,7 @@ def train(
             f"re-encoded (a killed run or a full disk leaves them), e.g. {display_path(cache.path(min(cache.damaged)))}")
 
     # 3. LoRA, optimizer, schedule
-    unet = pipe.unet
+    unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
     weight_dtype = _weight_dtype(mixed_precision)
     _move(unet, device, weight_dtype)
@@ -397,7 +397,7 @@ def train(
     _check_finite(trainable, result.steps, out)
     _check_in_sync(accelerator, trainable)
     if main:
-        pipe.unet = accelerator.unwrap_model(model).unet
+        family.set_denoiser(pipe, accelerator.unwrap_model(model).unet)
         for fmt in config.save_formats:
             name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
             save_lora(pipe, out / name, spec, family.name, format=fmt,
@@ -664,7 +664,7 @@ def _validate(
 
     was_training = unet.training
     unet.eval()
-    pipe.unet = unet
+    family_of_pipeline(pipe).set_denoiser(pipe, unet)
     pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)  # the run's own progress bar is the one to watch
 

@@ -21,7 +21,7 @@ from lorastory.models.lora.inject import check_adapter_free
 from lorastory.models.lora.keys import modules_of
 from lorastory.models.lora.read import load_lora_state
 from lorastory.models.lora.spec import LoraInfo
-from lorastory.models.registry import Family, family_of_pipeline
+from lorastory.models.registry import Family, denoiser, family_of_pipeline
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ def apply_lora(
     name = adapter_name or _adapter_name_from(Path(path))
     check_adapter_free(pipe, name)
     state, info = load_lora_state(
-        path, allow_pickle, family=family.name, unet_config=pipe.unet.config, default_alpha=default_alpha
+        path, allow_pickle, family=family.name, unet_config=family.denoiser_of(pipe).config, default_alpha=default_alpha
     )
     parts = _split_components(pipe, family, state, info)
     _check_fits(pipe, parts, info, family)
@@ -65,7 +65,7 @@ def _load_parts(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], name: str)
     unet_state = parts.get("unet")
     if unet_state:  # diffusers' own UNet loader (load_lora_weights minus the text-encoder half)
         prefixed = {f"unet.{k}": v for k, v in unet_state.items()}
-        type(pipe).load_lora_into_unet(prefixed, network_alphas=None, unet=pipe.unet, adapter_name=name, _pipeline=pipe)
+        type(pipe).load_lora_into_unet(prefixed, network_alphas=None, unet=denoiser(pipe), adapter_name=name, _pipeline=pipe)
     for component, component_state in parts.items():
         if component != "unet":
             _load_text_encoder_lora(getattr(pipe, component), component_state, name)

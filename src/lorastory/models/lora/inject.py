@@ -39,10 +39,10 @@ def inject_lora(pipe: Any, spec: LoraSpec, adapter_name: str = "default") -> lis
     family = family_of_pipeline(pipe)
     check_adapter_free(pipe, adapter_name)
     try:
-        pipe.unet.add_adapter(_peft_config(spec.rank, spec.alpha, spec.dropout, spec.target_modules), adapter_name=adapter_name)
+        family.denoiser_of(pipe).add_adapter(_peft_config(spec.rank, spec.alpha, spec.dropout, spec.target_modules), adapter_name=adapter_name)
     except ValueError as err:
         raise LoraError(f"cannot add LoRA to the {family.name} UNet: {first_line(err, 200)}; check target_modules") from None
-    modules = [pipe.unet]
+    modules = [family.denoiser_of(pipe)]
     if spec.train_text_encoder:
         config = _peft_config(spec.rank, spec.alpha, spec.dropout, spec.text_encoder_targets_for(family))
         for name, encoder in _text_encoders(pipe, family):

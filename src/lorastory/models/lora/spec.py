@@ -10,10 +10,11 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from lorastory.config import YamlModel
-from lorastory.models.registry import Family
+from lorastory.models import registry
+from lorastory.models.registry import FAMILIES, Family
 
-CLIP_TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-CHATGLM_TE_TARGETS = ["query_key_value", "dense"]
+CLIP_TE_TARGETS = list(registry.CLIP_TE_TARGETS)
+CHATGLM_TE_TARGETS = list(registry.CHATGLM_TE_TARGETS)
 
 
 class LoraSpec(YamlModel):
@@ -34,11 +35,11 @@ class LoraSpec(YamlModel):
         return value
 
     def text_encoder_targets_for(self, family: str | Family) -> list[str]:
-        """The text-encoder modules to adapt for ``family`` (ChatGLM for Kolors, CLIP otherwise)."""
+        """The text-encoder modules to adapt for ``family`` (its default; CLIP's for an unknown name)."""
         if self.text_encoder_targets is not None:
             return list(self.text_encoder_targets)
-        name = family.name if isinstance(family, Family) else family
-        return list(CHATGLM_TE_TARGETS if name == "kolors" else CLIP_TE_TARGETS)
+        known = family if isinstance(family, Family) else FAMILIES.get(family)
+        return list(known.text_encoder_targets if known is not None else CLIP_TE_TARGETS)
 
     def config_hash(self, family: str) -> str:
         """A short stable hash of this spec and the family, recorded in saved files."""

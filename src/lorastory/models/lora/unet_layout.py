@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorastory.models.lora.keys import META_PREFIX
+from lorastory.models.registry import FAMILIES
 
 # The standard UNet layouts, for reading files without a pipeline at hand.
 _SDXL_UNET = {
@@ -46,9 +47,14 @@ class UnetLayout:
         return tuple(n + 1 for n in reversed(self.down_layers))
 
 
+# The standard UNet layouts a kohya file without a recorded config is read with (Family.kohya_unet_layout).
+_STANDARD_UNETS = {"sdxl": _SDXL_UNET, "sd15": _SD15_UNET}
+
+
 def default_unet_config(file_meta: Mapping[str, str]) -> dict[str, Any]:
     """The UNet layout a file was saved for: its family's standard one, with the layers it recorded."""
-    base = dict(_SD15_UNET if file_meta.get(META_PREFIX + "family") == "sd15" else _SDXL_UNET)
+    family = FAMILIES.get(file_meta.get(META_PREFIX + "family") or "")
+    base = dict(_STANDARD_UNETS[family.kohya_unet_layout if family is not None else "sdxl"])
     recorded = file_meta.get(META_PREFIX + "unet_layers_per_block")
     if recorded:
         base["layers_per_block"] = json.loads(recorded)

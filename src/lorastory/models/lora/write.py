@@ -20,7 +20,7 @@ from lorastory.models.lora.errors import LoraError, LoraMismatchError
 from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY, META_PREFIX
 from lorastory.models.lora.kohya import kohya_metadata, to_kohya_layout
 from lorastory.models.lora.spec import LoraSpec
-from lorastory.models.registry import Family, family_of_pipeline, get_family
+from lorastory.models.registry import Family, denoiser, family_of_pipeline, get_family
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +61,8 @@ def save_lora(
     else:
         # sd-scripts names SDXL modules the SGM way; Kolors LoRAs are read by diffusers and
         # ComfyUI, and plain KolorsPipeline only maps diffusers names, so those stay.
-        naming = kohya_unet_names or ("sgm" if fam.name == "sdxl" else "diffusers")
-        tensors = to_kohya_layout(layers, spec.alpha, fam, pipe.unet.config, naming)
+        naming = kohya_unet_names or fam.kohya_unet_names
+        tensors = to_kohya_layout(layers, spec.alpha, fam, fam.denoiser_of(pipe).config, naming)
         metadata.update(kohya_metadata(spec, naming))
     _write_safetensors(target, tensors, metadata)
     return target
@@ -93,7 +93,7 @@ def _adapter_state(pipe: Any, family: Family, adapter_name: str) -> dict[str, di
 
 
 def _check_spec_matches(pipe: Any, spec: LoraSpec, adapter_name: str) -> None:
-    config = pipe.unet.peft_config[adapter_name]
+    config = denoiser(pipe).peft_config[adapter_name]
     if config.r != spec.rank or float(config.lora_alpha) != float(spec.alpha):
         raise LoraError(
             f"the pipeline's LoRA '{adapter_name}' has rank {config.r}, alpha {config.lora_alpha} but the spec says "
@@ -106,7 +106,7 @@ def _lorastory_metadata(
 ) -> dict[str, str]:
     from lorastory import __version__
 
-    layers = pipe.unet.config.layers_per_block
+    layers = family.denoiser_of(pipe).config.layers_per_block
     te_targets = spec.text_encoder_targets_for(family) if spec.train_text_encoder else []
     metadata = {
         "format": "pt",
