@@ -20,7 +20,8 @@ from lorastory.generate.consistency import (
     shared_attention,
 )
 from lorastory.generate.pngmeta import read_parameters
-from lorastory.generate.story import Story, generate_story, regenerate_panel, with_consistency
+from lorastory.generate.regenerate import regenerate_panel
+from lorastory.generate.story import Story, generate_story, with_consistency
 
 PANELS, TOKENS, DIM = 3, 12, 16
 

@@ -142,14 +142,14 @@ def test_overwrite_never_replaces_a_file_the_earlier_run_did_not_write(tmp_path,
 
 
 def test_a_failed_render_leaves_the_earlier_run_and_no_staging(run, model, kolors_pipe, monkeypatch):
-    import lorastory.generate.story as story_module
+    import lorastory.generate.render as render_module
 
     before = _snapshot(run)
 
     def boom(*args, **kwargs):
         raise RuntimeError("the GPU fell off")
 
-    monkeypatch.setattr(story_module, "_render", boom)
+    monkeypatch.setattr(render_module, "render_batch", boom)
     with pytest.raises(RuntimeError):
         generate_story(load_story(run / "story.yaml"), model, run, pipe=kolors_pipe, overwrite=True)
     assert _snapshot(run) == before
@@ -226,7 +226,7 @@ def test_regenerate_with_a_fifo_manifest_or_a_missing_folder_does_not_hang(run, 
 
 
 def test_regenerate_is_all_or_nothing(run, kolors_pipe, monkeypatch):
-    from lorastory.generate import story as story_module
+    from lorastory.generate import regenerate as regenerate_module
 
     before = _snapshot(run)
 
@@ -234,13 +234,13 @@ def test_regenerate_is_all_or_nothing(run, kolors_pipe, monkeypatch):
         raise ConfigError("cancelled")
 
     with pytest.raises(ConfigError, match="cancelled"):
-        story_module.regenerate_panel(run, 1, 99, pipe=kolors_pipe, before_swap=cancel)
+        regenerate_module.regenerate_panel(run, 1, 99, pipe=kolors_pipe, before_swap=cancel)
     assert _snapshot(run) == before
     import lorastory.generate.grid as grid_module
 
     monkeypatch.setattr(grid_module, "make_storyboard", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
     with pytest.raises(OSError):
-        story_module.regenerate_panel(run, 1, 99, pipe=kolors_pipe)
+        regenerate_module.regenerate_panel(run, 1, 99, pipe=kolors_pipe)
     assert _snapshot(run) == before
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
 

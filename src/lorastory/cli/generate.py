@@ -75,7 +75,7 @@ def regenerate_cmd(
     lora: Annotated[Optional[Path], typer.Option(help="LoRA (default: the one in manifest.json).")] = None,
 ) -> None:
     """Re-render one panel with a new seed; the other panels stay exactly as they are."""
-    from lorastory.generate.story import regenerate_panel
+    from lorastory.generate.regenerate import regenerate_panel
 
     path = regenerate_panel(run, panel, seed, model=model, lora=str(lora) if lora else None)
     console.print(f"Rewrote {display_path(path)} (seed {seed}), the manifest and the storyboard.", markup=False)

@@ -13,6 +13,7 @@ Modules: :mod:`~lorastory.generate.story` (a story file rendered into a run fold
 Heavy libraries (torch, diffusers) load only when a story renders.
 """
 
+from lorastory.generate.regenerate import regenerate_panel
 from lorastory.generate.story import Story, StoryResult, generate_story, load_story
 
-__all__ = ["Story", "StoryResult", "generate_story", "load_story"]
+__all__ = ["Story", "StoryResult", "generate_story", "load_story", "regenerate_panel"]

@@ -11,12 +11,9 @@ conditioned on one reference image through an IP-Adapter.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lorastory import __version__
 from lorastory.config import YamlModel, format_validation_error
-from lorastory.errors import ConfigError, DataError
+from lorastory.errors import ConfigError
 from lorastory.fileio import (
-    atomic_files,
     atomic_write_text,
     check_outputs_apart,
-    clean_stale_temps,
     display_path,
     file_sha256,
-    finish_commit,
 )
 from lorastory.generate.checks import (
     MAX_CFG,
@@ -43,7 +37,6 @@ from lorastory.generate.checks import (
     ValidText,
     check_lora_scale,
     check_panel_memory,
-    check_seed,
     check_text,
 )
 from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
@@ -60,7 +53,7 @@ from lorastory.generate.rundir import (
     write_json,
 )
 from lorastory.generate.samplers import check_sampler
-from lorastory.generate.speed import auto_batch_size
+from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
 
 
 class PanelDefaults(BaseModel):
@@ -142,30 +135,6 @@ class Story(YamlModel):
         return self
 
 
-@dataclass(frozen=True)
-class PanelJob:
-    """A panel with everything resolved: what the manifest records and the pipeline gets."""
-
-    index: int
-    prompt: str
-    negative: str
-    seed: int
-    steps: int
-    cfg: float
-    width: int
-    height: int
-    sampler: str
-    caption: str | None
-
-    @property
-    def file_name(self) -> str:
-        return f"panel-{self.index:02d}.png"
-
-    def group_key(self) -> tuple[Any, ...]:
-        """Panels with the same key can share a batch."""
-        return (self.steps, self.cfg, self.width, self.height, self.sampler)
-
-
 def join_prompt(*parts: str, separator: str = ",") -> str:
     """Join non-empty prompt parts (by default with the comma the reference prompts use)."""
     return separator.join(p.strip().strip(",，") for p in parts if p and p.strip())
@@ -212,7 +181,6 @@ class StoryResult:
     jobs: list[PanelJob] = field(default_factory=list)
 
 
-StepCallback = Callable[[int, int], None]
 
 
 def with_consistency(story: Story, **changes: Any) -> Story:
@@ -350,11 +318,8 @@ def _render_story(
     fast: bool | None, compile: bool | None, user_reference: Any,
 ) -> StoryResult:
     """Render the run into the (staging) folder ``out_dir``: panels, reference, storyboard, manifest, story.yaml."""
-    import torch
-
-    from lorastory.generate.consistency import SharedAttention
     from lorastory.generate.grid import save_storyboard
-    from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, save_png_with_parameters
+    from lorastory.generate.pngmeta import GenerationParams, lora_short_hash
 
     settings = story.consistency
     pipe.set_progress_bar_config(disable=True)
@@ -397,70 +362,18 @@ def _render_story(
         first = jobs[0]
         reference_job = PanelJob(0, reference_prompt(story, jobs), story.negative, story.defaults.seed, first.steps,
                                  first.cfg, first.width, first.height, first.sampler, None)
-    total_steps = sum(job.steps for job in jobs) + (reference_job.steps if reference_job else 0)
-    done_steps = 0
-    reference = reference_hash = None
+    progress = RenderProgress(on_step, sum(job.steps for job in jobs) + (reference_job.steps if reference_job else 0))
     consistency_record: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
+    reference = reference_hash = None
     if settings.uses_reference:
-        reference_file = out_dir / REFERENCE_FILE
-        if reference_job is not None:
-            [reference], seconds = _render(pipe, [reference_job], base_scheduler, target,
-                                           lambda step: on_step(step, total_steps) if on_step else None)
-            done_steps += reference_job.steps
-            save_png_with_parameters(reference, reference_file, params(reference_job, {"Consistency": "reference image"}))
-            consistency_record["reference"] = {"file": REFERENCE_FILE, "source": "generated", "prompt": reference_job.prompt,
-                                               "seed": reference_job.seed, "seconds": round(seconds, 3)}
-        else:
-            reference = user_reference
-            _save_png(reference, reference_file)
-            consistency_record["reference"] = {"file": REFERENCE_FILE, "source": str(settings.reference_image),
-                                               "sha256": file_sha256(settings.reference_image)}
-        digest = file_sha256(reference_file)
-        consistency_record["reference"]["png_sha256"] = digest
-        reference_hash = digest[:10]
+        reference, consistency_record["reference"] = render_reference_image(
+            pipe, settings, reference_job, user_reference, out_dir / REFERENCE_FILE, base_scheduler, target, params, progress)
+        reference_hash = consistency_record["reference"]["png_sha256"][:10]
     describe = {"Consistency": settings.describe(reference_hash)} if settings.mode != "none" else None
 
     # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
-    shared = SharedAttention(settings) if settings.uses_attention else None
-    groups: dict[tuple[Any, ...], list[PanelJob]] = {}
-    for job in jobs:
-        groups.setdefault(job.group_key(), []).append(job)
-    timings: dict[int, float] = {}
-    rendered = 0
-    with contextlib.ExitStack() as stack:
-        if adapter_spec is not None:
-            from lorastory.models.ip_adapter import ip_adapter_loaded
-
-            adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
-            consistency_record["ip_adapter"] = adapter.as_dict()
-        for group in groups.values():
-            # Shared attention reaches only batch-mates: a whole group is one batch unless told otherwise.
-            if batch_size or shared:
-                size = batch_size or len(group)
-            else:
-                size = auto_batch_size(target, group[0].width, group[0].height, len(group))
-            start = 0
-            while start < len(group):
-                chunk = group[start : start + size]
-                try:
-                    images, seconds = _render(pipe, chunk, base_scheduler, target,
-                                              lambda step: on_step(done_steps + step * len(chunk), total_steps) if on_step else None,
-                                              shared=shared, more_batches=rendered + len(chunk) < len(jobs), ip_image=reference)
-                except torch.cuda.OutOfMemoryError:
-                    if size == 1:
-                        raise
-                    size = max(1, size // 2)
-                    torch.cuda.empty_cache()
-                    warnings.warn(f"out of GPU memory; retrying with batch size {size}", stacklevel=2)
-                    continue
-                done_steps += chunk[0].steps * len(chunk)
-                for job, image in zip(chunk, images):
-                    save_png_with_parameters(image, out_dir / job.file_name, params(job, describe))
-                    timings[job.index] = seconds / len(chunk)
-                start += len(chunk)
-                rendered += len(chunk)
-    if shared is not None:
-        consistency_record["attention"] = shared.summary()
+    timings = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler, target,
+                             out_dir, lambda job: params(job, describe), progress, consistency_record)
 
     # 5. storyboard, manifest, resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]
@@ -492,60 +405,6 @@ def _render_story(
     return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
 
 
-def _save_png(image: Any, path: Path) -> None:
-    from lorastory.fileio import atomic_open
-
-    with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG")
-
-
-def _render(
-    pipe: Any,
-    chunk: list[PanelJob],
-    base_scheduler: Any,
-    device: Any,
-    on_step: Callable[[int], None] | None,
-    shared: Any = None,
-    more_batches: bool = False,
-    ip_image: Any = None,
-) -> tuple[list[Any], float]:
-    """One batched pipeline call: a generator per panel, so batching does not change a panel.
-
-    ``shared`` (a :class:`~lorastory.generate.consistency.SharedAttention`) ties the batch's panels
-    together for the call; ``ip_image`` is the reference image for a loaded IP-Adapter.
-    """
-    import torch
-
-    from lorastory.generate.samplers import make_scheduler
-    from lorastory.generate.speed import speed_context
-
-    first = chunk[0]
-    pipe.scheduler = make_scheduler(first.sampler, base_scheduler)
-    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in chunk]
-
-    def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
-            on_step(step + 1)
-        return kwargs
-
-    extra = {"ip_adapter_image": ip_image} if ip_image is not None else {}
-    sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()
-    started = time.perf_counter()
-    with speed_context(pipe), sharing:
-        images = pipe(
-            prompt=[job.prompt for job in chunk],
-            negative_prompt=[job.negative for job in chunk],
-            num_inference_steps=first.steps,
-            guidance_scale=first.cfg,
-            width=first.width,
-            height=first.height,
-            generator=generators,
-            callback_on_step_end=step_end,
-            **extra,
-        ).images
-    return images, time.perf_counter() - started
-
-
 def load_story(path: str | Path) -> Story:
     """Read and validate a story file; errors name the line and field."""
     return Story.from_yaml(path)
@@ -554,98 +413,3 @@ def load_story(path: str | Path) -> Story:
 def manifest_panels(manifest: str | Path) -> list[PanelRecord]:
     """The panel records of a run's ``manifest.json`` (checked: a broken manifest is one :class:`DataError`)."""
     return read_manifest(manifest).panels
-
-
-def _check_run(folder: Path, index: int) -> tuple[Story, RunManifest]:
-    """The run's story and manifest, checked to match, with panel ``index`` in range and every panel file present."""
-    if not folder.is_dir():
-        raise ConfigError(f"{display_path(folder)}: no such run folder; pass a folder 'lorastory generate' wrote")
-    finish_commit(folder / MANIFEST_FILE)  # an earlier regenerate killed while swapping its files in
-    clean_stale_temps(folder)
-    manifest_path = folder / MANIFEST_FILE
-    manifest = read_manifest(manifest_path)
-    story = load_story(folder / STORY_FILE)
-    where = display_path(manifest_path)
-    if len(manifest.panels) != len(story.panels):
-        raise DataError(f"{where} lists {len(manifest.panels)} panels but {STORY_FILE} has {len(story.panels)}; "
-                        "the run folder was changed by hand: generate the story again")
-    if not 1 <= index <= len(story.panels):
-        raise ConfigError(f"panel {index}: the story has panels 1 to {len(story.panels)}")
-    for number, record in enumerate(manifest.panels, start=1):
-        path = folder / record.file
-        if not path.is_file():
-            raise DataError(f"{display_path(path)}: panel {number} listed in {MANIFEST_FILE} is missing or not a file; "
-                            "generate the story again")
-    return story, manifest
-
-
-def regenerate_panel(
-    run_dir: str | Path,
-    index: int,
-    seed: int,
-    model: str | None = None,
-    lora: str | None = None,
-    on_step: StepCallback | None = None,
-    before_swap: Callable[[], None] | None = None,
-    pipe: Any = None,
-) -> Path:
-    """Re-render panel ``index`` (1-based) of a run with a new ``seed``; the others stay byte for byte.
-
-    The run folder is checked first (manifest, story.yaml and panel files agree). The panel is
-    rendered as a one-panel story into a staging folder with the run's model, LoRA and settings
-    (``model``/``lora`` override the manifest's paths); then the panel, storyboard, manifest and
-    story.yaml are swapped in together (:func:`lorastory.fileio.atomic_files`: all or nothing).
-    ``before_swap`` may raise to cancel with nothing changed.
-
-    With shared attention on, a panel depends on its batch-mates, so the whole story is
-    rendered again (with the new seed for this panel) and only this panel is kept. A
-    reference-conditioned run reuses its ``reference.png``.
-    """
-    from lorastory.generate.grid import save_storyboard
-
-    folder = Path(run_dir)
-    seed = check_seed(seed, "--seed")
-    story, manifest = _check_run(folder, index)
-    recorded_lora = manifest.lora
-    lora = lora or (recorded_lora.path if recorded_lora else None)
-    scale = check_lora_scale(recorded_lora.scale if recorded_lora else 1.0, f"{MANIFEST_FILE} lora scale")
-    model = model or manifest.model
-    if not model:
-        raise DataError(f"{display_path(folder / MANIFEST_FILE)}: no model recorded; pass --model")
-    panel = story.panels[index - 1].model_copy(update={"seed": seed})
-    panels = list(story.panels)
-    panels[index - 1] = panel
-    updated = story.model_copy(update={"panels": panels})
-    panel_name = f"panel-{index:02d}.png"
-    storyboard_name = manifest.storyboard or STORYBOARD_FILE
-    targets = [MANIFEST_FILE, panel_name, storyboard_name, STORY_FILE]
-    inputs = [(label, path) for label, path in (("--lora", lora), ("--model", model)) if path and os.path.lexists(path)]
-    check_outputs_apart([(name, folder / name) for name in targets], inputs)
-    whole = story.consistency.uses_attention
-    render = updated.model_copy(update={"title": ""}) if whole else story.model_copy(update={"panels": [panel], "title": ""})
-    if render.consistency.uses_reference and (folder / REFERENCE_FILE).is_file():
-        render = with_consistency(render, reference_image=str(folder / REFERENCE_FILE), reference_prompt=None)
-    work = Path(tempfile.mkdtemp(prefix=f".lorastory-regenerate.{os.getpid()}.", suffix=".tmp", dir=folder))
-    try:
-        generate_story(render, model, work / "render", lora=lora, lora_scale=scale, on_step=on_step, pipe=pipe)
-        record = read_manifest(work / "render" / MANIFEST_FILE).panels[index - 1 if whole else 0]
-        staged_panel = work / "render" / record.file
-        records = list(manifest.panels)
-        records[index - 1] = record.model_copy(update={"file": panel_name})
-        updated_manifest = manifest.model_copy(update={"panels": records})
-        captions = [p.caption for p in records]
-        sources = [staged_panel if number == index else folder / p.file for number, p in enumerate(records, start=1)]
-        save_storyboard(sources, work / storyboard_name, cols=2, title=updated.title or None,
-                        captions=captions if any(captions) else None)
-        write_json(work / MANIFEST_FILE, updated_manifest)
-        atomic_write_text(work / STORY_FILE, updated.to_yaml())
-        if before_swap is not None:
-            before_swap()
-        staged = {MANIFEST_FILE: work / MANIFEST_FILE, panel_name: staged_panel,
-                  storyboard_name: work / storyboard_name, STORY_FILE: work / STORY_FILE}
-        with atomic_files([folder / name for name in targets]) as temps:
-            for name, temp in zip(targets, temps):
-                os.replace(staged[name], temp)
-    finally:
-        remove_staging(work)
-    return folder / panel_name

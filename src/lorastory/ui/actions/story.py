@@ -121,7 +121,7 @@ def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[
     are rewritten to match.
     """
     from lorastory.generate.rundir import read_manifest
-    from lorastory.generate.story import regenerate_panel
+    from lorastory.generate.regenerate import regenerate_panel
 
     folder = ws.resolve(run, must_exist=True)
     manifest = read_manifest(folder / "manifest.json")  # a one-line error for a damaged or foreign manifest

@@ -1,0 +1,181 @@
+"""Rendering resolved panels: batched pipeline calls, the reference picture, and the panels saved with parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorastory.fileio import file_sha256
+from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
+from lorastory.generate.speed import auto_batch_size
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PanelJob:
+    """A panel with everything resolved: what the manifest records and the pipeline gets."""
+
+    index: int
+    prompt: str
+    negative: str
+    seed: int
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    sampler: str
+    caption: str | None
+
+    @property
+    def file_name(self) -> str:
+        return f"panel-{self.index:02d}.png"
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Panels with the same key can share a batch."""
+        return (self.steps, self.cfg, self.width, self.height, self.sampler)
+
+
+@dataclass
+class RenderProgress:
+    """Denoising steps done of the whole run, reported through ``on_step``."""
+
+    on_step: StepCallback | None
+    total: int
+    done: int = 0
+
+    def report(self, step: int) -> None:
+        if self.on_step is not None:
+            self.on_step(self.done + step, self.total)
+
+
+def render_reference_image(pipe: Any, settings: ConsistencySettings, job: PanelJob | None, user_reference: Any, file: Path,
+                     base_scheduler: Any, target: Any, params: Callable[..., Any],
+                     progress: RenderProgress) -> tuple[Any, dict[str, Any]]:
+    """The reference picture saved as ``file`` (rendered from ``job``, or the user's) and its manifest record."""
+    from lorastory.generate.pngmeta import save_png_with_parameters
+
+    if job is not None:
+        [reference], seconds = render_batch(pipe, [job], base_scheduler, target, progress.report)
+        progress.done += job.steps
+        save_png_with_parameters(reference, file, params(job, {"Consistency": "reference image"}))
+        record = {"file": REFERENCE_FILE, "source": "generated", "prompt": job.prompt, "seed": job.seed,
+                  "seconds": round(seconds, 3)}
+    else:
+        reference = user_reference
+        save_png(reference, file)
+        record = {"file": REFERENCE_FILE, "source": str(settings.reference_image),
+                  "sha256": file_sha256(settings.reference_image)}
+    record["png_sha256"] = file_sha256(file)
+    return reference, record
+
+
+def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings, adapter_spec: Any, reference: Any,
+                   batch_size: int | None, base_scheduler: Any, target: Any, out_dir: Path,
+                   params: Callable[[PanelJob], Any], progress: RenderProgress, record: dict[str, Any]) -> dict[int, float]:
+    """Render and save every panel, group by group in batches; returns seconds per panel index."""
+    import torch
+
+    from lorastory.generate.consistency import SharedAttention
+    from lorastory.generate.pngmeta import save_png_with_parameters
+
+    shared = SharedAttention(settings) if settings.uses_attention else None
+    groups: dict[tuple[Any, ...], list[PanelJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.group_key(), []).append(job)
+    timings: dict[int, float] = {}
+    rendered = 0
+    with contextlib.ExitStack() as stack:
+        if adapter_spec is not None:
+            from lorastory.models.ip_adapter import ip_adapter_loaded
+
+            adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
+            record["ip_adapter"] = adapter.as_dict()
+        for group in groups.values():
+            # Shared attention reaches only batch-mates: a whole group is one batch unless told otherwise.
+            if batch_size or shared:
+                size = batch_size or len(group)
+            else:
+                size = auto_batch_size(target, group[0].width, group[0].height, len(group))
+            start = 0
+            while start < len(group):
+                chunk = group[start : start + size]
+                try:
+                    images, seconds = render_batch(pipe, chunk, base_scheduler, target,
+                                              lambda step, n=len(chunk): progress.report(step * n),
+                                              shared=shared, more_batches=rendered + len(chunk) < len(jobs), ip_image=reference)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    size = max(1, size // 2)
+                    torch.cuda.empty_cache()
+                    warnings.warn(f"out of GPU memory; retrying with batch size {size}", stacklevel=2)
+                    continue
+                progress.done += chunk[0].steps * len(chunk)
+                for job, image in zip(chunk, images):
+                    save_png_with_parameters(image, out_dir / job.file_name, params(job))
+                    timings[job.index] = seconds / len(chunk)
+                start += len(chunk)
+                rendered += len(chunk)
+    if shared is not None:
+        record["attention"] = shared.summary()
+    return timings
+
+
+def save_png(image: Any, path: Path) -> None:
+    from lorastory.fileio import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")
+
+
+def render_batch(
+    pipe: Any,
+    chunk: list[PanelJob],
+    base_scheduler: Any,
+    device: Any,
+    on_step: Callable[[int], None] | None,
+    shared: Any = None,
+    more_batches: bool = False,
+    ip_image: Any = None,
+) -> tuple[list[Any], float]:
+    """One batched pipeline call: a generator per panel, so batching does not change a panel.
+
+    ``shared`` (a :class:`~lorastory.generate.consistency.SharedAttention`) ties the batch's panels
+    together for the call; ``ip_image`` is the reference image for a loaded IP-Adapter.
+    """
+    import torch
+
+    from lorastory.generate.samplers import make_scheduler
+    from lorastory.generate.speed import speed_context
+
+    first = chunk[0]
+    pipe.scheduler = make_scheduler(first.sampler, base_scheduler)
+    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in chunk]
+
+    def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(step + 1)
+        return kwargs
+
+    extra = {"ip_adapter_image": ip_image} if ip_image is not None else {}
+    sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()
+    started = time.perf_counter()
+    with speed_context(pipe), sharing:
+        images = pipe(
+            prompt=[job.prompt for job in chunk],
+            negative_prompt=[job.negative for job in chunk],
+            num_inference_steps=first.steps,
+            guidance_scale=first.cfg,
+            width=first.width,
+            height=first.height,
+            generator=generators,
+            callback_on_step_end=step_end,
+            **extra,
+        ).images
+    return images, time.perf_counter() - started
