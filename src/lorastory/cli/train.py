@@ -93,7 +93,8 @@ def train_cmd(
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
     # Imported once the settings are valid: a bad one is reported before torch loads.
     from lorastory.train.launch import is_main_process, run_on_gpus
-    from lorastory.train.trainer import check_run_paths, train
+    from lorastory.train.paths import check_run_paths
+    from lorastory.train.trainer import train
 
     check_run_paths(config)  # before any process starts or any model loads
     debug = isinstance(ctx.obj, Options) and ctx.obj.debug

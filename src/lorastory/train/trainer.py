@@ -17,23 +17,19 @@ main process prints, logs, renders samples and writes checkpoints and the LoRA.
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from lorastory.errors import LorastoryError, OutputError
-from lorastory.fileio import check_outputs_apart, display_path, real_path
-from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
-from lorastory.models.registry import check_family, family_of_pipeline, get_family, load_pipeline
+from lorastory.errors import LorastoryError
+from lorastory.fileio import display_path
+from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.cache import (
     TensorCache, clean_cache_temps, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
@@ -45,7 +41,10 @@ from lorastory.train.checkpoint import (
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
 from lorastory.train.launch import use_cpu
-from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share, sample_seed
+from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
+from lorastory.train.paths import check_run_paths
+from lorastory.train.step import Denoiser, Example, StepInputs, step_inputs, step_loss
+from lorastory.train.validation import render_validation_samples
 
 
 class TrainingError(LorastoryError):
@@ -74,34 +73,6 @@ class TrainResult:
     main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
     processes: int = 1
     cache_seconds: float = 0.0
-
-
-@dataclass
-class _Example:
-    item: TrainItem
-    placement: Placement
-    latent_key: str
-    text_key: str
-
-
-class _Denoiser(torch.nn.Module):
-    """The UNet and the text encoders being trained as one module, so DDP averages every LoRA gradient.
-
-    Text encoders being trained encode each batch's captions live (cached embeddings would be stale);
-    ``pipe`` is then the pipeline whose ``encode_prompt`` runs them.
-    """
-
-    def __init__(self, unet: Any, text_encoders: dict[str, Any], pipe: Any = None) -> None:
-        super().__init__()
-        self.unet = unet
-        self.text_encoders = torch.nn.ModuleDict(text_encoders)
-        self.pipe = pipe
-
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: dict[str, torch.Tensor] | None,
-                add_time_ids: torch.Tensor, dtype: torch.dtype, captions: list[str] | None = None) -> torch.Tensor:
-        if captions is not None:
-            text = encode_text(self.pipe, captions, noisy.device, grad=True)
-        return self.unet(noisy, timesteps, **unet_kwargs(text, add_time_ids, dtype)).sample
 
 
 def _plan(items: list[TrainItem], config: TrainConfig, say: Callable[[str], None]) -> list[tuple[TrainItem, Placement]]:
@@ -181,21 +152,6 @@ def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, say: 
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
-          config: TrainConfig, weights: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale`` × the weighted sum of per-sample losses (scale = processes / samples in the global batch)."""
-    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if config.snr_gamma is not None:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(noise_scheduler, timesteps)
-        weight = torch.clamp(snr, max=config.snr_gamma) / snr
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
-        per_sample = per_sample * weight.to(per_sample.device)
-    return (per_sample * weights).sum() * scale
-
-
 def train(
     config: TrainConfig,
     on_progress: Callable[[Progress], None] | None = None,
@@ -255,7 +211,7 @@ def train(
     vae_fp = component_fingerprint(model_dir, "vae")
     text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
     examples = [
-        _Example(item, placement, latent_key(vae_fp, item, placement), text_key(text_fp, item.caption))
+        Example(item, placement, latent_key(vae_fp, item, placement), text_key(text_fp, item.caption))
         for item, placement in planned
     ]
     cache = TensorCache(Path(config.cache_dir) if config.cache_dir else out / "cache")
@@ -308,7 +264,7 @@ def train(
         compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
         say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
-    model, optimizer = accelerator.prepare(_Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
+    model, optimizer = accelerator.prepare(Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
     for encoder in text_encoders.values():
         encoder.train()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -334,9 +290,9 @@ def train(
     model.train()
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorastory-prefetch")
 
-    def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[_StepInputs]:
+    def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[StepInputs]:
         indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
-        return prefetch.submit(_step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
+        return prefetch.submit(step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
                                cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
 
     try:
@@ -351,7 +307,7 @@ def train(
                 with accelerator.accumulate(model):
                     if compile_mode == "cudagraphs":
                         torch.compiler.cudagraph_mark_step_begin()
-                    loss = _step_loss(inputs, model, noise_scheduler, config, device, weight_dtype)
+                    loss = step_loss(inputs, model, noise_scheduler, config, device, weight_dtype)
                     accelerator.backward(loss)
                     mean_loss_tensor = accelerator.reduce(loss.detach(), reduction="mean")
                     if accelerator.sync_gradients:
@@ -385,7 +341,7 @@ def train(
                             Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
                     _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
                 if config.validation_every and result.steps % config.validation_every == 0 and main:
-                    result.samples += _validate(pipe, accelerator.unwrap_model(model).unet, cache, config, text_fp, out,
+                    result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config, text_fp, out,
                                                 result.steps, device, accelerator)
                 if result.steps >= total_steps:
                     break
@@ -409,45 +365,6 @@ def train(
     return result
 
 
-def check_run_paths(config: TrainConfig) -> None:
-    """Refuse, before anything loads, outputs that cannot be written or would land in an input,
-    and a ``family`` the model folder's configs contradict.
-
-    ``--out`` must not be, contain or lie inside the data or model folder; ``--cache-dir`` (which
-    only adds hash-named files) must not be or contain them.
-    """
-    out = Path(config.out)
-    cache = Path(config.cache_dir) if config.cache_dir else None
-    inputs = [("--data", config.data)] + ([("--model", config.model)] if Path(config.model).exists() else [])
-    check_outputs_apart([("--out", out)], inputs)
-    if cache is not None:
-        for label, given in inputs:
-            if real_path(given) == real_path(cache) or real_path(cache) in real_path(given).parents:
-                raise OutputError(f"--cache-dir {display_path(cache)} is or contains the input {label} "
-                                  f"{display_path(given)}; choose a cache folder apart from it")
-    _check_writable_folder("--out", out)
-    if cache is not None:
-        _check_writable_folder("--cache-dir", cache)
-    if config.family and Path(config.model).is_dir():
-        check_family(config.model, get_family(config.family))
-
-
-def _check_writable_folder(label: str, folder: Path) -> None:
-    """A folder that exists or can be made, and takes files; one line saying why not. Nothing is
-    left behind: the test folder is made in the nearest existing folder and removed."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{label} {display_path(folder)} is a file, not a folder: choose a folder")
-    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputError(f"{label} {display_path(folder)} cannot be written ({display_path(existing)} is a file, "
-                          "not a folder): choose another folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".lorastory-write-test.", dir=existing))
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise OutputError(f"{label} {display_path(folder)} cannot be written ({reason}): choose another folder") from None
-
-
 def _resume_from(out: Path, config: TrainConfig, state: Any, say: Callable[[str], None]) -> Checkpoint | None:
     """The newest checkpoint that loads; damaged newer ones are moved aside by the main process
     (the others look after it, so all agree). ``None`` (with a warning) when none loads."""
@@ -469,7 +386,7 @@ def _quiet(message: str) -> None:
     """``say`` for the processes other than the main one."""
 
 
-def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], examples: list[_Example],
+def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], examples: list[Example],
                  validation: list[tuple[str, str]], cache: TensorCache) -> tuple[int, int]:
     """Encode the missing latents and caption embeddings, each process its share; return the counts over all.
 
@@ -567,135 +484,7 @@ def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None
     raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{_last_good(out)}")
 
 
-def _trainable(model: _Denoiser) -> dict[str, torch.nn.Parameter]:
+def _trainable(model: Denoiser) -> dict[str, torch.nn.Parameter]:
     """The LoRA parameters being trained, named "<component>.<parameter>"."""
     modules = {"unet": model.unet, **model.text_encoders}
     return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
-
-
-def _batch_text(batch: list[_Example], cache: TensorCache) -> dict[str, torch.Tensor]:
-    """Cached caption embeddings for a batch (on the CPU)."""
-    texts = [cache.load(e.text_key) for e in batch]
-    return {name: torch.stack([t[name] for t in texts]) for name in texts[0]}
-
-
-def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,
-                num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's noise and timestep, from a generator seeded for that sample and epoch alone."""
-    noises, timesteps = [], []
-    for index in indices:
-        generator = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index))
-        noise = torch.randn(shape, generator=generator)
-        if config.noise_offset:
-            noise += config.noise_offset * torch.randn((shape[0], 1, 1), generator=generator)
-        noises.append(noise)
-        timesteps.append(torch.randint(0, num_timesteps, (), generator=generator))
-    return torch.stack(noises), torch.stack(timesteps)
-
-
-@dataclass
-class _StepInputs:
-    """One process's share of a global batch, prepared on the CPU (see :func:`_step_inputs`)."""
-
-    noisy: torch.Tensor
-    target: torch.Tensor
-    timesteps: torch.Tensor
-    add_time_ids: torch.Tensor
-    text: dict[str, torch.Tensor] | None
-    captions: list[str] | None
-    weights: torch.Tensor
-    scale: float
-
-
-def _step_inputs(
-    indices: list[int], weights: list[float], scale: float, epoch: int, examples: list[_Example],
-    cache: TensorCache, noise_scheduler: Any, config: TrainConfig, live_text: bool, pin: bool = False,
-) -> _StepInputs:
-    """Everything a step needs before the GPU: cached latents and text, per-sample noise and timesteps.
-
-    CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains;
-    ``pin`` puts them in page-locked memory, so the copy to the GPU does not stall the CPU.
-    """
-    batch = [examples[i] for i in indices]
-    latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
-    noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, noise_scheduler.config.num_train_timesteps)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    add_time_ids = torch.stack([
-        time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
-    ])
-    text = None if live_text else _batch_text(batch, cache)
-    captions = [e.item.caption for e in batch] if live_text else None
-    inputs = _StepInputs(noisy, target, timesteps, add_time_ids, text, captions, torch.tensor(weights), scale)
-    return _pinned(inputs) if pin else inputs
-
-
-def _pinned(inputs: _StepInputs) -> _StepInputs:
-    text = None if inputs.text is None else {k: v.pin_memory() for k, v in inputs.text.items()}
-    return replace(inputs, noisy=inputs.noisy.pin_memory(), target=inputs.target.pin_memory(),
-                               add_time_ids=inputs.add_time_ids.pin_memory(), text=text,
-                               weights=inputs.weights.pin_memory())
-
-
-def _step_loss(inputs: _StepInputs, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
-               weight_dtype: torch.dtype) -> torch.Tensor:
-    """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling)."""
-    def put(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # asynchronous when pinned
-        return tensor.to(device, dtype, non_blocking=tensor.is_pinned())
-
-    text = None if inputs.text is None else {k: put(v) for k, v in inputs.text.items()}
-    model_pred = model(put(inputs.noisy, weight_dtype), put(inputs.timesteps), text,
-                       put(inputs.add_time_ids), weight_dtype, captions=inputs.captions)
-    return _loss(model_pred, put(inputs.target), inputs.timesteps, noise_scheduler, config,
-                 put(inputs.weights), inputs.scale)
-
-
-@torch.no_grad()
-def _validate(
-    pipe: Any, unet: Any, cache: TensorCache, config: TrainConfig, text_fp: str, out: Path, step: int,
-    device: torch.device, accelerator: Any,
-) -> list[Path]:
-    """Render the validation prompts with the current LoRA into ``OUT/samples``."""
-    import numpy as np
-    from PIL import Image
-
-    was_training = unet.training
-    unet.eval()
-    family_of_pipeline(pipe).set_denoiser(pipe, unet)
-    pipe.vae.to(device)
-    pipe.set_progress_bar_config(disable=True)  # the run's own progress bar is the one to watch
-
-    def embed(prompt: str) -> dict[str, torch.Tensor]:
-        if pipe.text_encoder is not None:  # trained with the text encoder: its cached embeddings are stale
-            return {k: v.to(device) for k, v in encode_text(pipe, [prompt], device).items()}
-        return {k: v[None].to(device) for k, v in cache.load(text_key(text_fp, prompt)).items()}
-
-    negative = embed("")
-    paths = []
-    for index, prompt in enumerate(config.validation_prompts):
-        positive = embed(prompt)
-        kwargs = {"prompt_embeds": positive["prompt_embeds"], "negative_prompt_embeds": negative["prompt_embeds"]}
-        if "pooled_prompt_embeds" in positive:
-            kwargs["pooled_prompt_embeds"] = positive["pooled_prompt_embeds"]
-            kwargs["negative_pooled_prompt_embeds"] = negative["pooled_prompt_embeds"]
-        # Eager: a few sampling steps would not repay compiling (and recording) the blocks' inference shapes.
-        with torch.autocast(device.type, enabled=device.type == "cuda"), torch.compiler.set_stance("force_eager"):
-            image = pipe(
-                **kwargs, num_inference_steps=config.validation_steps, guidance_scale=config.validation_cfg,
-                height=config.resolution, width=config.resolution, output_type="np",
-                generator=torch.Generator().manual_seed(config.seed + index),
-            ).images[0]
-        path = out / "samples" / f"step-{step:06d}-{index:02d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype("uint8")).save(path)
-        paths.append(path)
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image(f"samples/{index}", image, step, dataformats="HWC")
-    pipe.vae.to("cpu")
-    if was_training:
-        unet.train()
-    return paths

@@ -1,0 +1,145 @@
+"""One training step's inputs and loss: cached latents and text, per-sample noise, the weighted loss.
+
+The inputs are CPU work only, so the trainer prepares the next step's on a side thread while the
+GPU trains; every sample's noise and timestep come from a generator seeded for that sample and
+epoch alone, which is what makes resume (and any number of processes) bit-exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
+from lorastory.train.cache import TensorCache
+from lorastory.train.config import TrainConfig
+from lorastory.train.data import Placement, TrainItem
+from lorastory.train.order import sample_seed
+
+
+class Denoiser(torch.nn.Module):
+    """The UNet and the text encoders being trained as one module, so DDP averages every LoRA gradient.
+
+    Text encoders being trained encode each batch's captions live (cached embeddings would be stale);
+    ``pipe`` is then the pipeline whose ``encode_prompt`` runs them.
+    """
+
+    def __init__(self, unet: Any, text_encoders: dict[str, Any], pipe: Any = None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoders = torch.nn.ModuleDict(text_encoders)
+        self.pipe = pipe
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: dict[str, torch.Tensor] | None,
+                add_time_ids: torch.Tensor, dtype: torch.dtype, captions: list[str] | None = None) -> torch.Tensor:
+        if captions is not None:
+            text = encode_text(self.pipe, captions, noisy.device, grad=True)
+        return self.unet(noisy, timesteps, **unet_kwargs(text, add_time_ids, dtype)).sample
+
+
+@dataclass
+class Example:
+    """A training sample: the picture, where it is cropped, and its cache keys."""
+
+    item: TrainItem
+    placement: Placement
+    latent_key: str
+    text_key: str
+
+
+def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
+          config: TrainConfig, weights: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale`` × the weighted sum of per-sample losses (scale = processes / samples in the global batch)."""
+    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if config.snr_gamma is not None:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(noise_scheduler, timesteps)
+        weight = torch.clamp(snr, max=config.snr_gamma) / snr
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
+        per_sample = per_sample * weight.to(per_sample.device)
+    return (per_sample * weights).sum() * scale
+
+
+def _batch_text(batch: list[Example], cache: TensorCache) -> dict[str, torch.Tensor]:
+    """Cached caption embeddings for a batch (on the CPU)."""
+    texts = [cache.load(e.text_key) for e in batch]
+    return {name: torch.stack([t[name] for t in texts]) for name in texts[0]}
+
+
+def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,
+                num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's noise and timestep, from a generator seeded for that sample and epoch alone."""
+    noises, timesteps = [], []
+    for index in indices:
+        generator = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index))
+        noise = torch.randn(shape, generator=generator)
+        if config.noise_offset:
+            noise += config.noise_offset * torch.randn((shape[0], 1, 1), generator=generator)
+        noises.append(noise)
+        timesteps.append(torch.randint(0, num_timesteps, (), generator=generator))
+    return torch.stack(noises), torch.stack(timesteps)
+
+
+@dataclass
+class StepInputs:
+    """One process's share of a global batch, prepared on the CPU (see :func:`step_inputs`)."""
+
+    noisy: torch.Tensor
+    target: torch.Tensor
+    timesteps: torch.Tensor
+    add_time_ids: torch.Tensor
+    text: dict[str, torch.Tensor] | None
+    captions: list[str] | None
+    weights: torch.Tensor
+    scale: float
+
+
+def step_inputs(
+    indices: list[int], weights: list[float], scale: float, epoch: int, examples: list[Example],
+    cache: TensorCache, noise_scheduler: Any, config: TrainConfig, live_text: bool, pin: bool = False,
+) -> StepInputs:
+    """Everything a step needs before the GPU: cached latents and text, per-sample noise and timesteps.
+
+    CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains;
+    ``pin`` puts them in page-locked memory, so the copy to the GPU does not stall the CPU.
+    """
+    batch = [examples[i] for i in indices]
+    latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
+    noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, noise_scheduler.config.num_train_timesteps)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    add_time_ids = torch.stack([
+        time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
+    ])
+    text = None if live_text else _batch_text(batch, cache)
+    captions = [e.item.caption for e in batch] if live_text else None
+    inputs = StepInputs(noisy, target, timesteps, add_time_ids, text, captions, torch.tensor(weights), scale)
+    return _pinned(inputs) if pin else inputs
+
+
+def _pinned(inputs: StepInputs) -> StepInputs:
+    text = None if inputs.text is None else {k: v.pin_memory() for k, v in inputs.text.items()}
+    return replace(inputs, noisy=inputs.noisy.pin_memory(), target=inputs.target.pin_memory(),
+                               add_time_ids=inputs.add_time_ids.pin_memory(), text=text,
+                               weights=inputs.weights.pin_memory())
+
+
+def step_loss(inputs: StepInputs, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
+               weight_dtype: torch.dtype) -> torch.Tensor:
+    """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling)."""
+    def put(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # asynchronous when pinned
+        return tensor.to(device, dtype, non_blocking=tensor.is_pinned())
+
+    text = None if inputs.text is None else {k: put(v) for k, v in inputs.text.items()}
+    model_pred = model(put(inputs.noisy, weight_dtype), put(inputs.timesteps), text,
+                       put(inputs.add_time_ids), weight_dtype, captions=inputs.captions)
+    return _loss(model_pred, put(inputs.target), inputs.timesteps, noise_scheduler, config,
+                 put(inputs.weights), inputs.scale)
