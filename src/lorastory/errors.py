@@ -42,6 +42,10 @@ class OutputError(LorastoryError):
     """An output cannot be written where asked, or would destroy one of the command's inputs."""
 
 
+class TrainingError(LorastoryError):
+    """Training cannot go on (diverged loss, unusable settings, processes that disagree)."""
+
+
 class ScorerModelError(LorastoryError):
     """A scoring model (CLIP, aesthetic predictor) cannot be found, read or used."""
 

@@ -133,8 +133,13 @@ def _pinned(inputs: StepInputs) -> StepInputs:
 
 
 def step_loss(inputs: StepInputs, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
-               weight_dtype: torch.dtype) -> torch.Tensor:
-    """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling)."""
+              weight_dtype: torch.dtype, cudagraphs: bool = False) -> torch.Tensor:
+    """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling).
+
+    ``cudagraphs``: the model's blocks replay CUDA graphs, and each step must say where it begins.
+    """
+    if cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
     def put(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # asynchronous when pinned
         return tensor.to(device, dtype, non_blocking=tensor.is_pinned())
 

@@ -27,28 +27,21 @@ from typing import Any
 
 import torch
 
-from lorastory.errors import LorastoryError
-from lorastory.fileio import display_path
+from lorastory.errors import TrainingError
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
-from lorastory.train.cache import (
-    TensorCache, clean_cache_temps, component_fingerprint, fill_latents, fill_text, latent_key, missing_share, text_key,
-)
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
     save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
+from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.launch import use_cpu
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
-from lorastory.train.step import Denoiser, Example, StepInputs, step_inputs, step_loss
+from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
-
-
-class TrainingError(LorastoryError):
-    """Training cannot go on (diverged loss, unusable settings)."""
 
 
 @dataclass
@@ -103,10 +96,6 @@ def _move(module: Any, device: torch.device, dtype: torch.dtype) -> None:
     module.to(device)
     if module.dtype != dtype:
         module.to(dtype=dtype)
-
-
-def _weight_dtype(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
 def _processes() -> Any:
@@ -166,38 +155,16 @@ def train(
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    from lorastory.models.lora import LoraSpec, inject_lora, save_lora
-
     out = Path(config.out)
     check_run_paths(config)
     state = _processes()
     main, processes, rank = state.is_main_process, state.num_processes, state.process_index
     if not main:
         say = _quiet  # every process would print the same lines
-    if main:
-        clean_checkpoint_temps(out)  # of a run killed while writing or pruning checkpoints
-    existing = list_checkpoints(out)
-    if processes > 1:
-        _same_everywhere(existing[-1][1].name if existing else None, f"newest checkpoint in {out}",
-                         "with several machines, --out must be a folder they all share")
-    if existing and not config.resume:
-        raise TrainingError(f"{out} already has checkpoints; pass --resume to continue or choose a new --out")
-    if config.resume and not existing:
-        say(f"note: no checkpoint in {out}; starting from the beginning")
-    checkpoint = _resume_from(out, config, state, say) if config.resume and existing else None
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        config.save_yaml(out / "config.yaml")
+    checkpoint = _open_run(out, config, state, say)
 
     # 1. data
-    items, problems = read_train_folder(config.data)
-    for problem in problems:
-        say(f"skipped {problem}")
-    if problems:
-        say(f"warning: skipped {len(problems)} row(s) of {config.data} (listed above); training on {len(items)} image(s)")
-    if not any(item.caption for item in items):
-        say("warning: captions all empty: the LoRA learns without text conditioning (a style for every prompt)")
-    planned = _plan(items, config, say)
+    planned = _plan(_read_data(config, say), config, say)
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
@@ -207,62 +174,19 @@ def train(
     unused = config.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
     device, mixed_precision = accelerator.device, accelerator.mixed_precision
-    model_dir = config.model if Path(config.model).is_dir() else None
-    vae_fp = component_fingerprint(model_dir, "vae")
-    text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
-    examples = [
-        Example(item, placement, latent_key(vae_fp, item, placement), text_key(text_fp, item.caption))
-        for item, placement in planned
-    ]
-    cache = TensorCache(Path(config.cache_dir) if config.cache_dir else out / "cache")
-    validation = [(text_key(text_fp, p), p) for p in [*config.validation_prompts, ""]] if config.validation_prompts else []
-    started = time.perf_counter()
-    encoded, encoded_text = _fill_caches(accelerator, pipe, family.text_encoders, examples, validation, cache)
-    cache_seconds = time.perf_counter() - started
-    if not config.train_text_encoder:
-        for name in family.text_encoders:
-            setattr(pipe, name, None)  # a 6B text encoder must not sit in memory while the UNet trains
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    by = f" by {processes} processes" if processes > 1 else ""
-    say(f"cache: {encoded} image(s) and {encoded_text} caption(s) encoded{by}, the rest reused ({cache_seconds:.1f} s)")
-    if cache.damaged:
-        say(f"note: {len(cache.damaged)} damaged cache entr{'y was' if len(cache.damaged) == 1 else 'ies were'} "
-            f"re-encoded (a killed run or a full disk leaves them), e.g. {display_path(cache.path(min(cache.damaged)))}")
+    examples, cache, text_fp, cache_seconds = build_caches(config, out, accelerator, pipe, family, planned, say)
 
     # 3. LoRA, optimizer, schedule
-    unet = family.denoiser_of(pipe)
-    unet.requires_grad_(False)
-    weight_dtype = _weight_dtype(mixed_precision)
-    _move(unet, device, weight_dtype)
-    spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
-                    target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
-    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
-    for encoder in text_encoders.values():
-        encoder.requires_grad_(False)
-        _move(encoder, device, weight_dtype)
-    params = inject_lora(pipe, spec)
-    for param in params:
-        param.data = param.data.float()
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    weight_dtype = frozen_dtype(mixed_precision)
+    unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
     optimizer = _make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
     samples = [(e.item.path, e.placement.target) for e in examples]
-    position = Position(0, 0, 0, global_batch, [], config.resume_fingerprint(), processes)
-    history: list[tuple[int, int]] = []
-    if checkpoint is not None:
-        position = checkpoint.position
-        history = continued_history(position.history, position.global_batch, position.samples_done, global_batch)
+    position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
-    compile_mode = "off"
-    if bf16_compute:
-        from lorastory.train.speed import prepare_for_training, resolve_compile
-
-        compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
-        say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
+    compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
     model, optimizer = accelerator.prepare(Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
     for encoder in text_encoders.values():
@@ -272,21 +196,13 @@ def train(
     # 4. resume
     trainable = _trainable(accelerator.unwrap_model(model))
     if checkpoint is not None:
-        saved = checkpoint.lora
-        if set(saved) != set(trainable) or any(saved[n].shape != trainable[n].shape for n in trainable):
-            raise CheckpointError(f"{checkpoint.folder} holds a different set of LoRA weights than this run trains; "
-                                  "start a new --out folder")
-        apply_checkpoint(checkpoint, optimizer, lr_scheduler, rank)
-        for name, tensor in saved.items():
-            trainable[name].data.copy_(tensor)
+        _restore(checkpoint, trainable, optimizer, lr_scheduler, rank)
         say(_resumed_note(checkpoint.folder.name, position, global_batch, processes, config.batch_size))
 
     # 5. loop
     accelerator.init_trackers("lorastory")
-    result = TrainResult(out, [], position.global_step, main_process=main, processes=processes,
-                         cache_seconds=cache_seconds)
-    epoch, done = position.epoch, position.samples_done
-    seen_images, window_start = 0, time.perf_counter()
+    result = TrainResult(out, [], position.global_step, main_process=main, processes=processes, cache_seconds=cache_seconds)
+    epoch, done, seen_images, window_start = position.epoch, position.samples_done, 0, time.perf_counter()
     model.train()
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorastory-prefetch")
 
@@ -305,24 +221,12 @@ def train(
                 # The next step's inputs load from the cache while the GPU works on this one.
                 upcoming = prepare(order, batch_index + 1, epoch) if batch_index + 1 < len(order) else None
                 with accelerator.accumulate(model):
-                    if compile_mode == "cudagraphs":
-                        torch.compiler.cudagraph_mark_step_begin()
-                    loss = step_loss(inputs, model, noise_scheduler, config, device, weight_dtype)
-                    accelerator.backward(loss)
-                    mean_loss_tensor = accelerator.reduce(loss.detach(), reduction="mean")
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    # Read once the whole step is queued, so the GPU is not left idle while the CPU queues
-                    # the clipping and the optimizer. The same value on every process. A non-finite loss
-                    # stops the run before any checkpoint or LoRA of this step is written.
-                    mean_loss = mean_loss_tensor.item()
-                    if not math.isfinite(mean_loss):
+                    loss = step_loss(inputs, model, noise_scheduler, config, device, weight_dtype,
+                                     cudagraphs=compile_mode == "cudagraphs")
+                    mean_loss = _optimize(loss, accelerator, optimizer, lr_scheduler, params, config.max_grad_norm)
+                    if not math.isfinite(mean_loss):  # before any checkpoint or LoRA of this step is written
                         raise TrainingError(f"loss became {mean_loss} at step {result.steps + 1}: lower --lr or use bf16"
                                             f"{_last_good(out)}")
-                    if accelerator.sync_gradients and not optimizer.step_was_skipped:
-                        lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
                 done += len(order[batch_index])
                 seen_images += len(order[batch_index])
                 if not accelerator.sync_gradients:
@@ -335,14 +239,13 @@ def train(
                     speed = seen_images / max(time.perf_counter() - window_start, 1e-9)
                     on_progress(Progress(result.steps, total_steps, epoch, mean_loss, lr, speed))
                 if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
-                    finished_epoch = batch_index + 1 == len(order)
                     here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
-                            if finished_epoch else
+                            if batch_index + 1 == len(order) else  # the epoch is finished
                             Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
                     _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
                 if config.validation_every and result.steps % config.validation_every == 0 and main:
-                    result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config, text_fp, out,
-                                                result.steps, device, accelerator)
+                    result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
+                                                                text_fp, out, result.steps, device, accelerator)
                 if result.steps >= total_steps:
                     break
             epoch, done, history = epoch + 1, 0, []
@@ -354,15 +257,132 @@ def train(
     _check_in_sync(accelerator, trainable)
     if main:
         family.set_denoiser(pipe, accelerator.unwrap_model(model).unet)
-        for fmt in config.save_formats:
-            name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
-            save_lora(pipe, out / name, spec, family.name, format=fmt,
-                      extra_metadata={"lorastory.train_config_hash": config.fingerprint(),
-                                      "lorastory.steps": str(result.steps)})
-            result.lora_files.append(out / name)
+        result.lora_files += _save_loras(pipe, family, spec, config, out, result.steps)
     accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
     return result
+
+
+def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler: Any, params: list[torch.nn.Parameter],
+              max_grad_norm: float) -> float:
+    """Backward, clip, step and zero the gradients; return the loss averaged over the processes.
+
+    The loss is read once the whole step is queued, so the GPU is not left idle while the CPU queues
+    the clipping and the optimizer; it is the same value on every process.
+    """
+    accelerator.backward(loss)
+    mean_loss_tensor = accelerator.reduce(loss.detach(), reduction="mean")
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    mean_loss = mean_loss_tensor.item()
+    if math.isfinite(mean_loss) and accelerator.sync_gradients and not optimizer.step_was_skipped:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return mean_loss
+
+
+def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
+               processes: int, say: Callable[[str], None]) -> str:
+    """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); return the compile mode."""
+    from lorastory.train.speed import prepare_for_training, resolve_compile
+
+    compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
+    say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
+    return compile_mode
+
+
+def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int) -> list[Path]:
+    """Write the trained LoRA in each of ``config.save_formats``; return the files."""
+    from lorastory.models.lora import save_lora
+
+    files = []
+    for fmt in config.save_formats:
+        name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
+        save_lora(pipe, out / name, spec, family.name, format=fmt,
+                  extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
+        files.append(out / name)
+    return files
+
+
+def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
+              weight_dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any], list[torch.nn.Parameter]]:
+    """Freeze the denoiser (and the text encoders that train), inject the LoRA, return its fp32 parameters.
+
+    Returns the denoiser, the LoRA spec, the text encoders being trained (by name) and the parameters.
+    """
+    from lorastory.models.lora import LoraSpec, inject_lora
+
+    unet = family.denoiser_of(pipe)
+    unet.requires_grad_(False)
+    _move(unet, device, weight_dtype)
+    spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
+                    target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
+    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
+    for encoder in text_encoders.values():
+        encoder.requires_grad_(False)
+        _move(encoder, device, weight_dtype)
+    params = inject_lora(pipe, spec)
+    for param in params:
+        param.data = param.data.float()
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet, spec, text_encoders, params
+
+
+def _start_position(config: TrainConfig, checkpoint: Checkpoint | None, global_batch: int,
+                    processes: int) -> tuple[Position, list[tuple[int, int]]]:
+    """Where the run starts (a checkpoint's position, or the beginning) and the epoch's cutting history."""
+    if checkpoint is None:
+        return Position(0, 0, 0, global_batch, [], config.resume_fingerprint(), processes), []
+    position = checkpoint.position
+    return position, continued_history(position.history, position.global_batch, position.samples_done, global_batch)
+
+
+def _restore(checkpoint: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: Any, lr_scheduler: Any,
+             rank: int) -> None:
+    """Put a checkpoint's LoRA weights, optimizer, schedule and random state back."""
+    saved = checkpoint.lora
+    if set(saved) != set(trainable) or any(saved[n].shape != trainable[n].shape for n in trainable):
+        raise CheckpointError(f"{checkpoint.folder} holds a different set of LoRA weights than this run trains; "
+                              "start a new --out folder")
+    apply_checkpoint(checkpoint, optimizer, lr_scheduler, rank)
+    for name, tensor in saved.items():
+        trainable[name].data.copy_(tensor)
+
+
+def _open_run(out: Path, config: TrainConfig, state: Any, say: Callable[[str], None]) -> Checkpoint | None:
+    """Make the run folder ready and find the checkpoint to resume from (``None``: start at the beginning).
+
+    Checkpoints already there need ``resume``; every process must see the same ones.
+    """
+    if state.is_main_process:
+        clean_checkpoint_temps(out)  # of a run killed while writing or pruning checkpoints
+    existing = list_checkpoints(out)
+    if state.num_processes > 1:
+        _same_everywhere(existing[-1][1].name if existing else None, f"newest checkpoint in {out}",
+                         "with several machines, --out must be a folder they all share")
+    if existing and not config.resume:
+        raise TrainingError(f"{out} already has checkpoints; pass --resume to continue or choose a new --out")
+    if config.resume and not existing:
+        say(f"note: no checkpoint in {out}; starting from the beginning")
+    checkpoint = _resume_from(out, config, state, say) if config.resume and existing else None
+    out.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        config.save_yaml(out / "config.yaml")
+    return checkpoint
+
+
+def _read_data(config: TrainConfig, say: Callable[[str], None]) -> list[TrainItem]:
+    """The training folder's usable pictures; skipped rows and all-empty captions are said."""
+    items, problems = read_train_folder(config.data)
+    for problem in problems:
+        say(f"skipped {problem}")
+    if problems:
+        say(f"warning: skipped {len(problems)} row(s) of {config.data} (listed above); training on {len(items)} image(s)")
+    if not any(item.caption for item in items):
+        say("warning: captions all empty: the LoRA learns without text conditioning (a style for every prompt)")
+    return items
 
 
 def _resume_from(out: Path, config: TrainConfig, state: Any, say: Callable[[str], None]) -> Checkpoint | None:
@@ -384,39 +404,6 @@ def _resume_from(out: Path, config: TrainConfig, state: Any, say: Callable[[str]
 
 def _quiet(message: str) -> None:
     """``say`` for the processes other than the main one."""
-
-
-def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], examples: list[Example],
-                 validation: list[tuple[str, str]], cache: TensorCache) -> tuple[int, int]:
-    """Encode the missing latents and caption embeddings, each process its share; return the counts over all.
-
-    Afterwards every process can read every entry; with several machines that needs a cache
-    folder they all share, which is checked.
-    """
-    device = accelerator.device
-    clean_cache_temps(cache)  # of writers that were killed
-    latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}
-    text_jobs = {**{e.text_key: e.item.caption for e in examples}, **dict(validation)}
-    mine = missing_share(cache, latent_jobs, accelerator)
-    if mine:
-        pipe.vae.to(device)
-        fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine)
-        pipe.vae.to("cpu")
-    mine_text = missing_share(cache, text_jobs, accelerator)
-    if mine_text:
-        dtype = _weight_dtype(accelerator.mixed_precision) if device.type == "cuda" else torch.float32
-        for name in text_encoders:
-            getattr(pipe, name).to(device, dtype)
-        fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text)
-    accelerator.wait_for_everyone()
-    counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
-    if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
-        absent = sum(not cache.has(key) for key in [*latent_jobs, *text_jobs])
-        absent_anywhere = int(accelerator.gather(torch.tensor([absent], device=device)).max())
-        if absent_anywhere:
-            raise TrainingError(f"{absent_anywhere} cache entries written by other processes are not in {cache.root} "
-                                "for all of them: with several machines, --cache-dir must be a folder they all share")
-    return int(counts[0]), int(counts[1])
 
 
 def _total_steps(config: TrainConfig, samples: list[tuple[str, tuple[int, int]]], global_batch: int,

@@ -1,0 +1,97 @@
+"""Filling the cache before training: latents and caption embeddings encoded once, shared by all processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastory.errors import TrainingError
+from lorastory.fileio import display_path
+from lorastory.train.cache import (
+    TensorCache,
+    clean_cache_temps,
+    component_fingerprint,
+    fill_latents,
+    fill_text,
+    latent_key,
+    missing_share,
+    text_key,
+)
+from lorastory.train.config import TrainConfig
+from lorastory.train.data import Placement, TrainItem
+from lorastory.train.step import Example
+
+
+def frozen_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype frozen weights are held in under ``mixed_precision``."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, family: Any,
+                  planned: list[tuple[TrainItem, Placement]],
+                  say: Callable[[str], None]) -> tuple[list[Example], TensorCache, str, float]:
+    """Encode what the cache lacks (latents and captions), then free the text encoders unless they train.
+
+    Returns the examples with their cache keys, the cache, the text encoders' fingerprint (for the
+    validation prompts' keys) and the seconds it took.
+    """
+    model_dir = config.model if Path(config.model).is_dir() else None
+    vae_fp = component_fingerprint(model_dir, "vae")
+    text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
+    examples = [
+        Example(item, placement, latent_key(vae_fp, item, placement), text_key(text_fp, item.caption))
+        for item, placement in planned
+    ]
+    cache = TensorCache(Path(config.cache_dir) if config.cache_dir else out / "cache")
+    validation = [(text_key(text_fp, p), p) for p in [*config.validation_prompts, ""]] if config.validation_prompts else []
+    started = time.perf_counter()
+    encoded, encoded_text = _fill_caches(accelerator, pipe, family.text_encoders, examples, validation, cache)
+    cache_seconds = time.perf_counter() - started
+    if not config.train_text_encoder:
+        for name in family.text_encoders:
+            setattr(pipe, name, None)  # a 6B text encoder must not sit in memory while the UNet trains
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
+    by = f" by {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
+    say(f"cache: {encoded} image(s) and {encoded_text} caption(s) encoded{by}, the rest reused ({cache_seconds:.1f} s)")
+    if cache.damaged:
+        say(f"note: {len(cache.damaged)} damaged cache entr{'y was' if len(cache.damaged) == 1 else 'ies were'} "
+            f"re-encoded (a killed run or a full disk leaves them), e.g. {display_path(cache.path(min(cache.damaged)))}")
+    return examples, cache, text_fp, cache_seconds
+
+
+def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], examples: list[Example],
+                 validation: list[tuple[str, str]], cache: TensorCache) -> tuple[int, int]:
+    """Encode the missing latents and caption embeddings, each process its share; return the counts over all.
+
+    Afterwards every process can read every entry; with several machines that needs a cache
+    folder they all share, which is checked.
+    """
+    device = accelerator.device
+    clean_cache_temps(cache)  # of writers that were killed
+    latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}
+    text_jobs = {**{e.text_key: e.item.caption for e in examples}, **dict(validation)}
+    mine = missing_share(cache, latent_jobs, accelerator)
+    if mine:
+        pipe.vae.to(device)
+        fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine)
+        pipe.vae.to("cpu")
+    mine_text = missing_share(cache, text_jobs, accelerator)
+    if mine_text:
+        dtype = frozen_dtype(accelerator.mixed_precision) if device.type == "cuda" else torch.float32
+        for name in text_encoders:
+            getattr(pipe, name).to(device, dtype)
+        fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text)
+    accelerator.wait_for_everyone()
+    counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
+    if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
+        absent = sum(not cache.has(key) for key in [*latent_jobs, *text_jobs])
+        absent_anywhere = int(accelerator.gather(torch.tensor([absent], device=device)).max())
+        if absent_anywhere:
+            raise TrainingError(f"{absent_anywhere} cache entries written by other processes are not in {cache.root} "
+                                "for all of them: with several machines, --cache-dir must be a folder they all share")
+    return int(counts[0]), int(counts[1])
