@@ -22,33 +22,14 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
-from lorastory.models.registry import FAMILIES, ModelLoadError, denoiser, get_family
+from lorastory.models.registry import FAMILIES, IpAdapterSource, ModelLoadError, denoiser, get_family
 
 IP_ADAPTER_OPTION = "consistency.ip_adapter"
-
-
-@dataclass(frozen=True)
-class IpAdapterSource:
-    """Where an IP-Adapter's files are: a folder or hub id, the weights file and the image encoder folder in it."""
-
-    source: str
-    weight: str
-    image_encoder: str
-    revision: str | None = None
-
-    @property
-    def subfolder(self) -> str:
-        parent = PurePosixPath(self.weight).parent.as_posix()
-        return "" if parent == "." else parent
-
-    @property
-    def weight_name(self) -> str:
-        return PurePosixPath(self.weight).name
 
 
 # Each family's published IP-Adapter Plus. Kolors' safetensors files are on the hub's refs/pr/4
@@ -56,10 +37,10 @@ class IpAdapterSource:
 # The layouts are the families' own (Family.ip_adapter in the registry).
 def default_ip_adapter(family: str) -> IpAdapterSource:
     """The published IP-Adapter Plus of ``family``."""
-    layout = get_family(family).ip_adapter
-    if layout is None:
+    published = get_family(family).ip_adapter
+    if published is None:
         raise ConfigError(f"no IP-Adapter is known for model family '{family}'")
-    return IpAdapterSource(layout.source, layout.weight, layout.image_encoder, revision=layout.revision)
+    return published
 
 
 DEFAULT_IP_ADAPTERS: dict[str, IpAdapterSource] = {

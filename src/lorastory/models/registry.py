@@ -22,7 +22,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lorastory.errors import ConfigError, LorastoryError, first_line
@@ -55,13 +55,23 @@ def _encode_two_clips_pooled(pipe: Any, prompts: list[str], device: Any) -> dict
 
 
 @dataclass(frozen=True)
-class IpAdapterLayout:
-    """Where a family's published IP-Adapter Plus lives: hub id, weight file, image-encoder folder."""
+class IpAdapterSource:
+    """Where an IP-Adapter's files are: a folder or hub id, the weights file and the image encoder folder in it
+    (a family's published IP-Adapter Plus, or the user's in its place)."""
 
     source: str
     weight: str
     image_encoder: str
     revision: str | None = None
+
+    @property
+    def subfolder(self) -> str:
+        parent = PurePosixPath(self.weight).parent.as_posix()
+        return "" if parent == "." else parent
+
+    @property
+    def weight_name(self) -> str:
+        return PurePosixPath(self.weight).name
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,7 @@ class Family:
     kohya_unet_names: str = "diffusers"  # module naming in kohya files: "diffusers" or "sgm"
     kohya_unet_layout: str = "sdxl"  # the standard UNet layout a kohya file without config assumes: "sdxl" or "sd15"
     pretrained_kwargs: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained arguments
-    ip_adapter: IpAdapterLayout | None = None
+    ip_adapter: IpAdapterSource | None = None
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives
@@ -138,21 +148,21 @@ def unregister_family(name: str) -> None:
 register_family(Family(
     "kolors", "KolorsPipeline", ("text_encoder",), 1024, False, label="Kolors", article="a",
     encode_prompt=_encode_chatglm_pooled, text_encoder_targets=CHATGLM_TE_TARGETS,
-    ip_adapter=IpAdapterLayout("Kwai-Kolors/Kolors-IP-Adapter-Plus", "ip_adapter_plus_general.safetensors",
+    ip_adapter=IpAdapterSource("Kwai-Kolors/Kolors-IP-Adapter-Plus", "ip_adapter_plus_general.safetensors",
                                "image_encoder", revision="refs/pr/4"),
     tiny_builder="lorastory.models.tiny:tiny_kolors",
 ), "Kwai-Kolors/Kolors-diffusers")
 register_family(Family(
     "sdxl", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"), 1024, True, label="SDXL", article="an",
     encode_prompt=_encode_two_clips_pooled, text_encoder_last_layer_unused=True, kohya_unet_names="sgm",
-    ip_adapter=IpAdapterLayout("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+    ip_adapter=IpAdapterSource("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
                                "models/image_encoder"),
     tiny_builder="lorastory.models.tiny:tiny_sdxl",
 ), "stabilityai/stable-diffusion-xl-base-1.0")
 register_family(Family(
     "sd15", "StableDiffusionPipeline", ("text_encoder",), 512, True, label="SD1.5", article="an",
     kohya_unet_layout="sd15", pretrained_kwargs=(("safety_checker", None), ("requires_safety_checker", False)),
-    ip_adapter=IpAdapterLayout("h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors", "models/image_encoder"),
+    ip_adapter=IpAdapterSource("h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors", "models/image_encoder"),
     tiny_builder="lorastory.models.tiny:tiny_sd15",
 ), "stable-diffusion-v1-5/stable-diffusion-v1-5")
 
