@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -344,3 +345,33 @@ def check_output_folder(out: str | os.PathLike[str], overwrite: bool, option: st
         raise OutputError(
             f"{option} {display_path(folder)} is not empty; choose a new {option} folder or pass --overwrite to replace it"
         )
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> tuple[IO[bytes], int]:
+    """Open a regular file for reading and return it with its size, never blocking.
+
+    FIFOs, devices and folders are refused before they are opened, and the open is
+    non-blocking should the path be swapped for a FIFO in between. Problems are a
+    :class:`DataError` whose message is the reason alone (callers say which file).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError("file not found") from None
+    except ValueError:  # an embedded NUL byte
+        raise DataError("the path contains a NUL byte") from None
+    except OSError as err:
+        raise DataError(f"cannot read file ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe, device or socket"
+        raise DataError(f"not a regular file ({kind})")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise DataError(f"cannot read file ({err.strerror})") from None
+    handle = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        handle.close()
+        raise DataError("not a regular file")
+    return handle, info.st_size

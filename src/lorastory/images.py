@@ -15,12 +15,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lorastory.errors import BadImageError
+from lorastory.errors import BadImageError, DataError
+from lorastory.fileio import open_regular_file
 
 # EXIF orientations 5-8 rotate by 90 degrees: the displayed width is the stored height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -98,29 +98,10 @@ MAX_FILE_BYTES = 1 << 30
 
 
 def _open_local(file: str) -> tuple[BinaryIO, int]:
-    """Open a regular file for reading; FIFOs, devices and folders are refused without blocking."""
     try:
-        stat = os.stat(file)
-    except FileNotFoundError:
-        raise BadImageError("file not found") from None
-    except ValueError:  # an embedded NUL byte
-        raise BadImageError("the path contains a NUL byte") from None
-    except OSError as err:
-        raise BadImageError(f"cannot read file ({err.strerror})") from None
-    if not S_ISREG(stat.st_mode):
-        kind = "a directory" if S_ISDIR(stat.st_mode) else "a pipe, device or socket"
-        raise BadImageError(f"not a regular file ({kind})")
-    try:
-        # O_NONBLOCK: should the path be swapped for a FIFO after the check, open() still returns.
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as err:
-        raise BadImageError(f"cannot read file ({err.strerror})") from None
-    handle = os.fdopen(fd, "rb")
-    stat = os.fstat(fd)
-    if not S_ISREG(stat.st_mode):
-        handle.close()
-        raise BadImageError("not a regular file")
-    return handle, stat.st_size
+        return open_regular_file(file)
+    except DataError as err:
+        raise BadImageError(str(err)) from None
 
 
 @contextlib.contextmanager
@@ -263,24 +244,33 @@ def _lab_to_rgb(image: Image.Image) -> Image.Image:
     return ImageCms.applyTransform(image, transform)
 
 
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """The image at ``path`` opened lazily (header read) after every check :func:`probe_image` makes;
+    the caller decodes what it needs inside the block."""
+    with _open_checked(path, max_pixels) as (image, file_size, handle):
+        _check_complete(handle, image.format or "UNKNOWN", file_size)
+        yield image
+
+
 def load_rgb(
     path: str | os.PathLike[str],
     max_pixels: int | None = None,
     draft_size: tuple[int, int] | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
 ) -> Image.Image:
-    """Decode an image fully (EXIF orientation applied) as 8-bit RGB.
+    """Decode an image fully (EXIF orientation applied) as 8-bit RGB; transparency over ``background``.
 
     ``draft_size`` lets JPEG decode at a reduced scale when only a small
     version is needed (thumbnails, perceptual hashes), which is many times faster.
     """
-    with _open_checked(path, max_pixels) as (image, file_size, handle):
-        _check_complete(handle, image.format or "UNKNOWN", file_size)
+    with open_image(path, max_pixels) as image:
         if draft_size is not None:
             image.draft("RGB", draft_size)
         try:
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return to_rgb(upright if upright is not None else image)
+            return to_rgb(upright if upright is not None else image, background)
         except MemoryError:
             raise BadImageError("not enough memory to decode this image") from None
         except Exception as err:  # noqa: BLE001  any decoder failure is this image's problem, not the run's

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from lorastory.images import is_image_file
 from lorastory.errors import DataError, MissingExtraError, SourceError
 from lorastory.hub import looks_like_hub_id
 from lorastory.tables import csv_rows
-from lorastory.fileio import display_path, display_text, is_valid_text
+from lorastory.fileio import display_path, display_text, is_valid_text, open_regular_file
 
 SourceKind = Literal["auto", "folder", "hf", "modelscope"]
 TEXT_COLUMNS = ("text", "caption", "prompt", "captions", "sentence")
@@ -95,22 +94,16 @@ def source_root(src: str, kind: SourceKind = "auto") -> Path | None:
 
 
 def open_regular(path: str | os.PathLike[str], what: str, limit: int = MAX_METADATA_BYTES) -> BinaryIO:
-    """Open a regular file of at most ``limit`` bytes for reading; FIFOs, devices and folders are refused without blocking."""
+    """Open a regular file of at most ``limit`` bytes for reading (:func:`lorastory.fileio.open_regular_file`:
+    FIFOs, devices and folders refused without blocking); problems name ``what`` and the file."""
     shown = display_path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except ValueError:
-        raise SourceError(f"{what} {shown}: the path contains a NUL byte") from None
-    except OSError as err:
-        raise SourceError(f"{what} {shown}: cannot read ({err.strerror})") from None
-    handle = os.fdopen(fd, "rb")
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
+        handle, size = open_regular_file(path)
+    except DataError as err:
+        raise SourceError(f"{what} {shown}: {err}") from None
+    if size > limit:
         handle.close()
-        raise SourceError(f"{what} {shown} is not a regular file (a pipe, device or folder)")
-    if info.st_size > limit:
-        handle.close()
-        raise SourceError(f"{what} {shown} is {info.st_size:,} bytes, over the {limit:,}-byte limit")
+        raise SourceError(f"{what} {shown} is {size:,} bytes, over the {limit:,}-byte limit")
     return handle
 
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from lorastory.images import ImageInfo, probe_image, to_rgb
+from lorastory.images import ImageInfo, load_rgb, probe_image, to_rgb
 from lorastory.errors import BadImageError, ConfigError, OutputError
 from lorastory.fileio import atomic_open, check_outputs_apart, display_path, is_valid_text
 from lorastory.generate import fonts
@@ -85,35 +85,15 @@ def fit_into(image: Image.Image, size: tuple[int, int], background: Color = (255
 def _load(source: ImageSource, background: Color) -> Image.Image:
     """A panel as RGB, transparency composited on ``background``, EXIF orientation applied.
 
-    A path is checked by :func:`~lorastory.images.probe_image` first (a regular file, not a
-    FIFO or folder; a known, complete image within the pixel limit) and opened without blocking;
-    any decoder failure is a :class:`BadImageError` naming the file.
+    A path goes through :func:`~lorastory.images.load_rgb` (a regular file opened without blocking;
+    a known, complete image within the pixel limit); any problem is a :class:`BadImageError` naming the file.
     """
     if isinstance(source, Image.Image):
         return to_rgb(source, background)
-    name = display_path(source)
     try:
-        probe_image(source)
-        with _open_regular(source) as handle, Image.open(handle) as image:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            return to_rgb(upright if upright is not None else image, background)
+        return load_rgb(source, background=background)
     except BadImageError as err:
-        raise BadImageError(f"{name}: {err}") from None
-    except MemoryError:
-        raise BadImageError(f"{name}: not enough memory to decode this image") from None
-    except Exception as err:  # noqa: BLE001  any decoder failure is this image's problem
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise BadImageError(f"{name}: cannot decode image ({reason})") from None
-
-
-def _open_regular(path: str | os.PathLike[str]) -> Any:
-    """Open a file for reading without blocking on a FIFO swapped in after the probe; refuse anything irregular."""
-    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadImageError("not a regular file")
-    return os.fdopen(fd, "rb")
+        raise BadImageError(f"{display_path(source)}: {err}") from None
 
 
 def _probe(source: ImageSource) -> tuple[int, int]:

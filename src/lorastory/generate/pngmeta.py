@@ -360,15 +360,13 @@ def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
     file, not a FIFO or folder, a complete image within the pixel limit); a file that cannot be
     read, or whose text chunks cannot be decoded (a text-chunk bomb), is one :class:`DataError` naming it.
     """
-    from lorastory.images import probe_image
     from lorastory.errors import BadImageError
     from lorastory.fileio import display_path
+    from lorastory.images import open_image
 
     name = display_path(path)
     try:
-        probe_image(path)
-        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as handle, Image.open(handle) as image:
+        with open_image(path) as image:
             chunks = dict(getattr(image, "text", None) or {})
     except BadImageError as err:
         if "not found" in str(err):
