@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lorastory.errors import BadImageError, DataError
+from lorastory.errors import BadImageError, DataError, first_line
 from lorastory.fileio import open_regular_file
 
 # EXIF orientations 5-8 rotate by 90 degrees: the displayed width is the stored height.
@@ -124,18 +124,13 @@ def _open_checked(path: str | os.PathLike[str], max_pixels: int | None) -> Itera
         except UnidentifiedImageError:
             raise BadImageError("not a recognised image format") from None
         except Exception as err:  # noqa: BLE001  any decoder failure (text-chunk bomb, AVIF/HEIF...) is a bad image
-            raise BadImageError(f"unreadable image ({_reason(err)})") from None
+            raise BadImageError(f"unreadable image ({first_line(err, 200)})") from None
         with image:
             if limit and image.width * image.height > limit:
                 raise BadImageError(
                     f"decompression bomb: {image.width}x{image.height} is over the {limit:,}-pixel safety limit"
                 )
             yield image, size, handle
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:200]
 
 
 def _open_uri(uri: str) -> tuple[BinaryIO, int]:
@@ -178,7 +173,7 @@ def probe_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> 
         try:
             width, height = _displayed_size(image, orientation)
         except Exception as err:  # noqa: BLE001  a malformed TIFF tag table
-            raise BadImageError(f"unreadable image header ({_reason(err)})") from None
+            raise BadImageError(f"unreadable image header ({first_line(err, 200)})") from None
         mode = image.mode
         _check_complete(handle, fmt, file_size)
     return ImageInfo(width, height, file_size, fmt, mode, orientation)
@@ -274,7 +269,7 @@ def load_rgb(
         except MemoryError:
             raise BadImageError("not enough memory to decode this image") from None
         except Exception as err:  # noqa: BLE001  any decoder failure is this image's problem, not the run's
-            raise BadImageError(f"cannot decode image ({_reason(err)})") from None
+            raise BadImageError(f"cannot decode image ({first_line(err, 200)})") from None
 
 
 def is_image_file(path: Path) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from lorastory.images import is_image_file
-from lorastory.errors import DataError, MissingExtraError, SourceError
+from lorastory.errors import DataError, MissingExtraError, SourceError, first_line
 from lorastory.hub import looks_like_hub_id
 from lorastory.tables import csv_rows
 from lorastory.fileio import display_path, display_text, is_valid_text, open_regular_file
@@ -314,9 +314,8 @@ def _load_hub_dataset(name: str, split: str, subset: str | None) -> Any:
     try:
         return datasets.load_dataset(name, subset, split=split)
     except Exception as err:  # hub, network and format errors all end the import the same way
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SourceError(
-            f"cannot load Hugging Face dataset '{name}' ({first}). Offline? Download it where you have "
+            f"cannot load Hugging Face dataset '{name}' ({first_line(err, 300)}). Offline? Download it where you have "
             f"network (huggingface-cli download --repo-type dataset {name}) or save it with "
             f"Dataset.save_to_disk and import that folder; for ModelScope use 'modelscope:{name}'"
         ) from None
@@ -374,8 +373,7 @@ def _modelscope_items(name: str, split: str, subset: str | None, text_column: st
     try:
         dataset = MsDataset.load(name, subset_name=subset or "default", split=split)
     except Exception as err:  # network, auth and format errors all end the import the same way
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SourceError(f"cannot load ModelScope dataset '{name}' ({first})") from None
+        raise SourceError(f"cannot load ModelScope dataset '{name}' ({first_line(err, 300)})") from None
     for index, row in enumerate(dataset):
         text, problem = _pick_text(row, text_column)
         value = row.get("image", row.get("images"))

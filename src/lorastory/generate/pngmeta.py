@@ -360,7 +360,7 @@ def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
     file, not a FIFO or folder, a complete image within the pixel limit); a file that cannot be
     read, or whose text chunks cannot be decoded (a text-chunk bomb), is one :class:`DataError` naming it.
     """
-    from lorastory.errors import BadImageError
+    from lorastory.errors import BadImageError, first_line
     from lorastory.fileio import display_path
     from lorastory.images import open_image
 
@@ -375,8 +375,7 @@ def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
     except MemoryError:
         raise DataError(f"{name}: not enough memory to read its text chunks") from None
     except Exception as err:  # noqa: BLE001  any decoder failure (text-chunk bomb, AVIF...) names the file
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DataError(f"{name}: cannot read it as an image ({reason})") from None
+        raise DataError(f"{name}: cannot read it as an image ({first_line(err, 200)})") from None
     exact = chunks.get(JSON_KEY)
     if isinstance(exact, str):
         params = _from_json(exact)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorastory.config import format_validation_error
 from lorastory.data.sample import Sample
-from lorastory.errors import LorastoryError, RecipeError
+from lorastory.errors import LorastoryError, RecipeError, first_line
 
 _REGISTRY: dict[str, type[Op]] = {}
 
@@ -112,8 +112,7 @@ def load_once(op: Op, attribute: str, load: Any) -> Any:
     try:
         value = load()
     except Exception as err:  # noqa: BLE001  any loading failure (files, device, memory) stops the run in one line
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        failure = OpSetupError(f"{op.name}: {text}")
+        failure = OpSetupError(f"{op.name}: {first_line(err, 300)}")
         setattr(op, attribute, failure)
         raise failure from None
     setattr(op, attribute, value)
