@@ -257,6 +257,11 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def lies_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True if ``path``, with symlinks resolved, is ``root`` or lies under it."""
+    return _is_within(real_path(path), real_path(root))
+
+
 def check_outputs_apart(
     outputs: Iterable[tuple[str, str | os.PathLike[str]]],
     inputs: Iterable[tuple[str, str | os.PathLike[str]]],

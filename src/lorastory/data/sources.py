@@ -25,7 +25,7 @@ from lorastory.images import is_image_file
 from lorastory.errors import DataError, MissingExtraError, SourceError, first_line
 from lorastory.hub import looks_like_hub_id
 from lorastory.tables import csv_rows
-from lorastory.fileio import display_path, display_text, is_valid_text, open_regular_file
+from lorastory.fileio import display_path, display_text, is_valid_text, lies_within, open_regular_file
 
 SourceKind = Literal["auto", "folder", "hf", "modelscope"]
 TEXT_COLUMNS = ("text", "caption", "prompt", "captions", "sentence")
@@ -178,7 +178,7 @@ def _read_caption(path: Path, root: Path) -> tuple[str | None, str | None]:
     if not os.path.lexists(path):
         return None, None
     name = display_text(path.name)
-    if not _is_within(Path(os.path.realpath(path)), Path(os.path.realpath(root))):
+    if not lies_within(path, root):
         return None, f"caption {name} is a link to a file outside the source folder; it is not read"
     try:
         raw = read_regular_bytes(path, MAX_CAPTION_BYTES, "caption")
@@ -188,10 +188,6 @@ def _read_caption(path: Path, root: Path) -> tuple[str | None, str | None]:
         return raw.decode("utf-8-sig").strip(), None
     except UnicodeDecodeError as err:
         return None, f"caption {name} is not UTF-8 ({err.reason} at byte {err.start})"
-
-
-def _is_within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
 
 
 def _metadata_items(meta: Path, text_column: str | None) -> Iterator[SourceItem]:

@@ -30,7 +30,7 @@ from lorastory.eval.scores import ClipInfo, PanelScores, Scores
 from lorastory.errors import DataError
 from lorastory.generate.manifest import RunManifest
 from lorastory.generate.rundir import read_manifest
-from lorastory.fileio import atomic_write_json, display_path, display_text, real_path
+from lorastory.fileio import atomic_write_json, display_path, display_text, lies_within
 
 SCORES_FILE = "scores.json"
 SCORED_STORYBOARD = "storyboard_scored.png"
@@ -76,17 +76,13 @@ def _manifest_panels(folder: Path, manifest: RunManifest) -> list[RunPanel]:
     panels = []
     for index, record in enumerate(manifest.panels, start=1):
         path = folder / record.file
-        if not _is_within(real_path(path), real_path(folder)):  # a plain name that is a link leading out
+        if not lies_within(path, folder):  # a plain name that is a link leading out
             raise EvalError(
                 f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record.file)!r}, "
                 "which is not inside the run folder"
             )
         panels.append(RunPanel(index, record.file, path, record.prompt, record.caption))
     return panels
-
-
-def _is_within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
 
 
 def _png_panels(folder: Path) -> list[RunPanel]:

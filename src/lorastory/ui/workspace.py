@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorastory.errors import BadImageError, LorastoryError
+from lorastory.fileio import lies_within
 
 FOLDERS = ("models", "uploads", "datasets", "recipes", "curated", "train", "runs", "stories", "downloads")
 _NAME = re.compile(r"^[\w][\w.\-]{0,63}$", re.UNICODE)
@@ -58,9 +59,7 @@ class UploadResult:
 
 def is_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
     """True if ``path``, with symlinks resolved, is ``root`` or lies under it."""
-    real = os.path.realpath(path)
-    base = os.path.realpath(root)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+    return lies_within(path, root)
 
 
 class Workspace:
