@@ -7,11 +7,24 @@ from dataclasses import dataclass
 import pytest
 
 
+BUG_LINE = "This is a bug in lorastory"
+
+
 @dataclass
 class CliResult:
     code: int
     out: str
     err: str
+
+    def error_line(self, *needles: str) -> str:
+        """The one error line of a refused call: exit 1, no traceback, no bug report, every needle in it."""
+        assert self.code == 1, (self.out, self.err)
+        assert "Traceback" not in self.err and BUG_LINE not in self.err, self.err
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), self.err
+        for needle in needles:
+            assert needle in self.err, (needle, self.err)
+        return lines[0]
 
 
 @pytest.fixture

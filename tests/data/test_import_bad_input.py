@@ -55,14 +55,6 @@ def _ok(result) -> None:
     assert BUG_LINE not in result.err and "Traceback" not in result.err
 
 
-def _one_line_error(result) -> str:
-    assert result.code == 1, (result.out, result.err)
-    assert BUG_LINE not in result.err and "Traceback" not in result.err
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    return lines[0]
-
-
 # --- image folders ---------------------------------------------------------------------------
 
 
@@ -105,7 +97,7 @@ def test_fifos_in_an_image_folder_are_skipped_without_hanging(cli, tmp_path):
 def test_a_fifo_metadata_file_is_an_error_not_a_hang(cli, tmp_path):
     (tmp_path / "src").mkdir()
     os.mkfifo(tmp_path / "src" / "metadata.csv")
-    line = _one_line_error(cli("data", "import", tmp_path / "src" / "metadata.csv", "--out", tmp_path / "ds"))
+    line = cli("data", "import", tmp_path / "src" / "metadata.csv", "--out", tmp_path / "ds").error_line()
     assert "not a regular file" in line
 
 
@@ -215,13 +207,13 @@ def test_csv_with_a_huge_caption_and_bad_rows(cli, tmp_path):
 
 def test_non_utf8_csv_is_one_line(cli, tmp_path):
     src = _csv_source(tmp_path, "file_name,text\na.png,caf\xe9\n".encode("latin-1"))
-    line = _one_line_error(cli("data", "import", src, "--out", tmp_path / "ds"))
+    line = cli("data", "import", src, "--out", tmp_path / "ds").error_line()
     assert "metadata.csv" in line and "not UTF-8" in line
 
 
 def test_csv_duplicate_column_is_one_line_naming_it(cli, tmp_path):
     src = _csv_source(tmp_path, "file_name,text,text\na.png,one,two\n")
-    line = _one_line_error(cli("data", "import", src, "--out", tmp_path / "ds"))
+    line = cli("data", "import", src, "--out", tmp_path / "ds").error_line()
     assert "column 'text' appears 2 times" in line
 
 

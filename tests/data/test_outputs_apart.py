@@ -43,14 +43,6 @@ def _recipe(folder: Path, dataset: Path | str, export: Path | str) -> Path:
     return recipe
 
 
-def _one_line_error(result) -> str:
-    assert result.code == 1, (result.out, result.err)
-    assert BUG_LINE not in result.err and "Traceback" not in result.err
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    return lines[0]
-
-
 def _dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
@@ -75,7 +67,7 @@ def test_data_run_refuses_an_export_that_reaches_the_input(cli, tmp_path, how):
         os.link(dataset, export)
     recipe = _recipe(tmp_path, dataset, export)
     before = _snapshot(tmp_path)
-    line = _one_line_error(cli("data", "run", recipe))
+    line = cli("data", "run", recipe).error_line()
     assert "export_path" in line and "is the input dataset_path" in line
     assert _snapshot(tmp_path) == before
 
@@ -90,7 +82,7 @@ def test_data_run_refuses_when_a_side_file_is_the_input(cli, tmp_path, input_nam
     before = _snapshot(data)
     # The input reached through a symlinked folder, to be sure the side files are resolved too.
     (tmp_path / "alias").symlink_to(data)
-    line = _one_line_error(cli("data", "run", _recipe(tmp_path, dataset, tmp_path / "alias" / "result.jsonl")))
+    line = cli("data", "run", _recipe(tmp_path, dataset, tmp_path / "alias" / "result.jsonl")).error_line()
     assert side in line and "is the input" in line
     assert _snapshot(data) == before  # input byte-identical, nothing written beside it
 
@@ -98,7 +90,7 @@ def test_data_run_refuses_when_a_side_file_is_the_input(cli, tmp_path, input_nam
 def test_data_run_export_path_that_is_a_folder_is_a_clear_error(cli, tmp_path):
     dataset = _dataset(tmp_path / "data")
     (tmp_path / "out.jsonl").mkdir()
-    line = _one_line_error(cli("data", "run", _recipe(tmp_path, dataset, tmp_path / "out.jsonl")))
+    line = cli("data", "run", _recipe(tmp_path, dataset, tmp_path / "out.jsonl")).error_line()
     assert "out.jsonl is a folder" in line
     assert list((tmp_path / "out.jsonl").iterdir()) == []
 
@@ -107,7 +99,7 @@ def test_data_run_export_where_nothing_can_be_written_is_one_line(cli, tmp_path)
     dataset = _dataset(tmp_path / "data")
     recipe = _recipe(tmp_path, dataset, "/proc/lorastory-test/result.jsonl")
     before = _snapshot(tmp_path)
-    line = _one_line_error(cli("data", "run", recipe))
+    line = cli("data", "run", recipe).error_line()
     assert "/proc/lorastory-test" in line
     assert _snapshot(tmp_path) == before
 
@@ -193,7 +185,7 @@ def test_import_refuses_an_out_that_is_contains_or_lies_inside_the_source(cli, t
     if where == "symlink to the source":
         out.symlink_to(source)
     before = _snapshot(tmp_path / "photos")
-    line = _one_line_error(cli("data", "import", source, "--out", out, "--overwrite"))
+    line = cli("data", "import", source, "--out", out, "--overwrite").error_line()
     assert "--out" in line and "source" in line
     assert _snapshot(tmp_path / "photos") == before
 
@@ -205,16 +197,16 @@ def test_import_of_a_metadata_file_refuses_its_folder_as_out(cli, tmp_path, sour
     else:
         (source / meta).write_text("file_name,text\np0.png,x\n", encoding="utf-8")
     before = _snapshot(source)
-    _one_line_error(cli("data", "import", source / meta, "--out", f"{source}/../src", "--overwrite"))
+    cli("data", "import", source / meta, "--out", f"{source}/../src", "--overwrite").error_line()
     assert _snapshot(source) == before
 
 
 def test_import_out_that_is_a_file_or_unwritable_is_one_line(cli, tmp_path, source):
     existing = tmp_path / "file.txt"
     existing.write_text("mine", encoding="utf-8")
-    assert "is not a folder" in _one_line_error(cli("data", "import", source, "--out", existing, "--overwrite"))
+    assert "is not a folder" in cli("data", "import", source, "--out", existing, "--overwrite").error_line()
     assert existing.read_text(encoding="utf-8") == "mine"
-    assert "/proc/lorastory-test" in _one_line_error(cli("data", "import", source, "--out", "/proc/lorastory-test"))
+    assert "/proc/lorastory-test" in cli("data", "import", source, "--out", "/proc/lorastory-test").error_line()
 
 
 def test_import_cleans_the_temp_folder_of_a_killed_import(cli, tmp_path, source):
@@ -234,7 +226,7 @@ def test_import_cleans_the_temp_folder_of_a_killed_import(cli, tmp_path, source)
 def test_export_refuses_an_out_that_holds_the_jsonl(cli, tmp_path):
     dataset = _dataset(tmp_path / "cur", "result.jsonl")
     before = _snapshot(tmp_path)
-    line = _one_line_error(cli("data", "export-csv", dataset, "--out", tmp_path / "cur", "--overwrite"))
+    line = cli("data", "export-csv", dataset, "--out", tmp_path / "cur", "--overwrite").error_line()
     assert "contains the input" in line
     assert _snapshot(tmp_path) == before
 
@@ -249,7 +241,7 @@ def test_export_refuses_an_out_that_holds_its_images(cli, tmp_path):
     jsonl = tmp_path / "result.jsonl"
     jsonl.write_text("\n".join(rows) + "\n", encoding="utf-8")
     before = _snapshot(tmp_path)
-    line = _one_line_error(cli("data", "export-csv", jsonl, "--out", images, "--overwrite"))
+    line = cli("data", "export-csv", jsonl, "--out", images, "--overwrite").error_line()
     assert "contains the input image of line 1" in line
     assert _snapshot(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures", "result.jsonl"]
@@ -266,5 +258,5 @@ def test_export_to_a_read_only_file_system_is_one_line_naming_out(cli, tmp_path,
         raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, ".train.tmp"))
 
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
-    line = _one_line_error(cli("data", "export-csv", dataset, "--out", out))
+    line = cli("data", "export-csv", dataset, "--out", out).error_line()
     assert f"cannot write --out {out}: Read-only file system" in line

@@ -64,14 +64,6 @@ def _recipe(tmp_path: Path, dataset: Path, process: list, np: int = 1) -> Path:
     return path
 
 
-def _one_line_error(result) -> str:
-    assert result.code == 1, (result.out, result.err)
-    assert BUG_LINE not in result.err and "Traceback" not in result.err
-    lines = [line for line in result.err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    return lines[0]
-
-
 def _evil_model(folder: Path, marker: Path) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
@@ -105,12 +97,12 @@ def test_trust_remote_code_from_a_recipe_is_refused_and_no_code_runs(cli, tmp_pa
     evil = _evil_model(tmp_path / "evil", marker)
     key = "hf_clip" if op == "image_text_similarity_filter" else "hf_scorer_model"
     recipe = _recipe(tmp_path, dataset, [{op: {key: str(evil), "trust_remote_code": True}}])
-    line = _one_line_error(cli("data", "run", recipe))
+    line = cli("data", "run", recipe).error_line()
     assert "trust_remote_code is never allowed from a recipe" in line and "process[1]" in line
     assert not marker.exists() and not (tmp_path / "out").exists()
     # Without the flag the folder is not CLIP: the run stops in one line, still without running its code.
     recipe = _recipe(tmp_path, dataset, [{"image_text_similarity_filter": {"hf_clip": str(evil)}}])
-    _one_line_error(cli("data", "run", recipe))
+    cli("data", "run", recipe).error_line()
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
@@ -156,7 +148,7 @@ def test_pickle_only_clip_in_a_recipe_stops_the_run_and_keeps_the_previous_resul
     torch.save(CLIPModel.from_pretrained(clip_dir).state_dict(), folder / "pytorch_model.bin")
     previous = _previous_result(tmp_path)
     recipe = _recipe(tmp_path, dataset, [{"image_text_similarity_filter": {"hf_clip": str(folder), "min_score": -1.0}}])
-    line = _one_line_error(cli("data", "run", recipe))
+    line = cli("data", "run", recipe).error_line()
     assert "pickle" in line
     assert _files(tmp_path / "out") == previous
 
@@ -169,7 +161,7 @@ def test_a_clip_that_fails_to_load_stops_the_run_once_and_keeps_the_previous_res
     weights.write_bytes(weights.read_bytes()[:100])  # truncated: config.json is there, the weights are not usable
     previous = _previous_result(tmp_path)
     recipe = _recipe(tmp_path, dataset, [{"image_text_similarity_filter": {"hf_clip": str(broken), "min_score": -1.0}}], np=np)
-    line = _one_line_error(cli("data", "run", recipe))
+    line = cli("data", "run", recipe).error_line()
     assert "image_text_similarity_filter" in line and "broken-clip" in line
     assert _files(tmp_path / "out") == previous
 
@@ -212,7 +204,7 @@ def test_min_above_max_is_a_config_error_before_any_work(cli, tmp_path, dataset)
         ("image_shape_filter", {"min_width": 300, "max_width": 200}, "min_width 300 is greater than max_width 200"),
         ("image_size_filter", {"min_size": "2MB", "max_size": "1MB"}, "min_size"),
     ]:
-        line = _one_line_error(cli("data", "run", _recipe(tmp_path, dataset, [{op: params}])))
+        line = cli("data", "run", _recipe(tmp_path, dataset, [{op: params}])).error_line()
         assert field in line and "process[1]" in line
         assert not (tmp_path / "out").exists()
 
@@ -308,7 +300,7 @@ def test_every_bad_row_is_skipped_with_its_line_and_every_good_row_kept(cli, tmp
 
 def test_a_fifo_as_dataset_path_is_one_line_not_a_hang(cli, tmp_path):
     os.mkfifo(tmp_path / "data.jsonl")
-    line = _one_line_error(cli("data", "run", _recipe(tmp_path, tmp_path / "data.jsonl", [{"text_length_filter": {}}])))
+    line = cli("data", "run", _recipe(tmp_path, tmp_path / "data.jsonl", [{"text_length_filter": {}}])).error_line()
     assert "not a regular file" in line
 
 

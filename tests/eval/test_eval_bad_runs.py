@@ -16,21 +16,12 @@ def _write_manifest(run, data) -> None:
     (run / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
 
 
-def _assert_one_line(result, *needles: str) -> None:
-    assert result.code == 1, result.err
-    assert "Traceback" not in result.err and "This is a bug" not in result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.err
-    for needle in needles:
-        assert needle in result.err
-
-
 @pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/hostname"])
 def test_a_panel_outside_the_run_folder_is_refused(cli, run_copy, tiny_clip, name):
     manifest = _manifest(run_copy)
     manifest["panels"][0]["file"] = name
     _write_manifest(run_copy, manifest)
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "not inside the run folder")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("not inside the run folder")
     assert not (run_copy / "scores.json").exists()
 
 
@@ -38,12 +29,12 @@ def test_a_symlinked_panel_leading_out_is_refused(cli, run_copy, tiny_clip, tmp_
     outside = tmp_path / "elsewhere.png"
     os.replace(run_copy / "panel-01.png", outside)
     (run_copy / "panel-01.png").symlink_to(outside)
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "not inside the run folder")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("not inside the run folder")
 
 
 def test_a_deeply_nested_manifest_is_one_line(cli, run_copy, tiny_clip):
     (run_copy / "manifest.json").write_text("[" * 200_000, encoding="utf-8")
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "manifest.json")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("manifest.json")
 
 
 @pytest.mark.parametrize("panels", [[], [1, 2], [{"file": 3, "prompt": "x"}], "panel-01.png"])
@@ -51,29 +42,29 @@ def test_manifest_panels_of_the_wrong_shape_are_one_line(cli, run_copy, tiny_cli
     manifest = _manifest(run_copy)
     manifest["panels"] = panels
     _write_manifest(run_copy, manifest)
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "manifest.json")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("manifest.json")
 
 
 def test_a_fifo_panel_does_not_hang(cli, run_copy, tiny_clip):
     (run_copy / "panel-02.png").unlink()
     os.mkfifo(run_copy / "panel-02.png")
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "panel-02.png", "not a regular file")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("panel-02.png", "not a regular file")
 
 
 def test_an_undecodable_panel_names_the_file(cli, run_copy, tiny_clip):
     (run_copy / "panel-02.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip), "panel-02.png")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("panel-02.png")
 
 
 def test_a_non_finite_lora_scale_is_refused_before_rendering(cli, run_copy, tiny_clip):
     result = cli("eval", run_copy, "--clip", tiny_clip, "--compare", "--lora-scale", "nan")
-    _assert_one_line(result, "finite")
+    result.error_line("finite")
     assert not (run_copy / "compare").exists()
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_a_batch_below_one_is_one_line(cli, run_copy, tiny_clip, size):
-    _assert_one_line(cli("eval", run_copy, "--clip", tiny_clip, "--batch-size", size), "batch size must be 1 or more")
+    cli("eval", run_copy, "--clip", tiny_clip, "--batch-size", size).error_line("batch size must be 1 or more")
 
 
 def test_clip_score_reports_malformed_csv_rows(cli, run_copy, tiny_clip):
@@ -88,7 +79,7 @@ def test_clip_score_reports_malformed_csv_rows(cli, run_copy, tiny_clip):
 
 def test_clip_score_refuses_a_duplicate_column(cli, run_copy, tiny_clip):
     (run_copy / "m.csv").write_text("file_name,text,text\npanel-01.png,a,b\n", encoding="utf-8")
-    _assert_one_line(cli("data", "clip-score", run_copy / "m.csv", "--clip", tiny_clip), "'text' appears 2 times")
+    cli("data", "clip-score", run_copy / "m.csv", "--clip", tiny_clip).error_line("'text' appears 2 times")
 
 
 def test_clip_score_skips_rows_of_the_wrong_shape(cli, run_copy, tiny_clip):
@@ -109,7 +100,7 @@ def test_clip_score_never_writes_over_its_input(cli, run_copy, tiny_clip):
     before = (run_copy / "m.csv").read_bytes()
     for target in ("m.csv", "panel-01.png"):
         result = cli("data", "clip-score", run_copy / "m.csv", "--clip", tiny_clip, "--out", run_copy / target)
-        _assert_one_line(result, "choose another output")
+        result.error_line("choose another output")
     assert (run_copy / "m.csv").read_bytes() == before
 
 

@@ -65,34 +65,26 @@ def test_evaluate_run_falls_back_to_png_metadata_without_manifest(run_copy, tiny
     assert len(scores.panels) == 3 and not (run_copy / "scores.json").exists()
 
 
-def _one_line_error(result, *fragments):
-    assert result.code == 1, result.out + result.err
-    assert result.err.startswith("error:") and "Traceback" not in result.err
-    assert len(result.err.strip().splitlines()) == 1, result.err
-    for fragment in fragments:
-        assert fragment in result.err, result.err
-
-
 def test_missing_clip_model_is_one_line(cli, run_copy):
-    _one_line_error(cli("eval", run_copy), "openai/clip-vit-base-patch32", "hf download")
+    cli("eval", run_copy).error_line("openai/clip-vit-base-patch32", "hf download")
     assert not (run_copy / "scores.json").exists()
 
 
 def test_bad_inputs_are_one_line_errors(cli, run_copy, tiny_clip, tmp_path):
-    _one_line_error(cli("eval", tmp_path / "nowhere", "--clip", tiny_clip), "no such run folder")
-    _one_line_error(cli("eval", run_copy, "--clip", tiny_clip, "--aesthetic", tmp_path / "none.safetensors"), "no such file")
+    cli("eval", tmp_path / "nowhere", "--clip", tiny_clip).error_line("no such run folder")
+    cli("eval", run_copy, "--clip", tiny_clip, "--aesthetic", tmp_path / "none.safetensors").error_line("no such file")
     (tmp_path / "head.pth").write_bytes(b"not really")
-    _one_line_error(cli("eval", run_copy, "--clip", tiny_clip, "--aesthetic", tmp_path / "head.pth"), "pickle", "--allow-pickle")
+    cli("eval", run_copy, "--clip", tiny_clip, "--aesthetic", tmp_path / "head.pth").error_line("pickle", "--allow-pickle")
     (run_copy / "panel-02.png").write_bytes(b"")
-    _one_line_error(cli("eval", run_copy, "--clip", tiny_clip), "panel-02.png")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("panel-02.png")
     (run_copy / "panel-02.png").unlink()
-    _one_line_error(cli("eval", run_copy, "--clip", tiny_clip), "panel-02.png", "missing")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("panel-02.png", "missing")
     (run_copy / "manifest.json").write_text("{broken", encoding="utf-8")
-    _one_line_error(cli("eval", run_copy, "--clip", tiny_clip), "manifest.json")
+    cli("eval", run_copy, "--clip", tiny_clip).error_line("manifest.json")
 
 
 def test_compare_without_lora_in_the_run_says_so(cli, run_copy, tiny_clip):
     manifest = json.loads((run_copy / "manifest.json").read_text(encoding="utf-8"))
     manifest["lora"] = None
     (run_copy / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    _one_line_error(cli("eval", run_copy, "--clip", tiny_clip, "--compare"), "without a LoRA", "--lora")
+    cli("eval", run_copy, "--clip", tiny_clip, "--compare").error_line("without a LoRA", "--lora")

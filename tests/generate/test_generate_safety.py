@@ -40,15 +40,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _one_line_error(result, *needles: str) -> None:
-    assert result.code == 1, (result.out, result.err)
-    assert "Traceback" not in result.err and "This is a bug" not in result.err, result.err
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.err
-    for needle in needles:
-        assert needle in result.err, (needle, result.err)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_model_path) -> str:
     return str(tiny_model_path("kolors"))
@@ -79,18 +70,18 @@ def test_out_holding_the_story_file_is_refused_and_nothing_changes(tmp_path, cli
     before = _snapshot(tmp_path / "mine")
     for extra in ([], ["--overwrite"]):
         result = cli("generate", story, "--model", model, "--out", tmp_path / "mine", *extra)
-        _one_line_error(result, "contains the input story file")
+        result.error_line("contains the input story file")
     assert _snapshot(tmp_path / "mine") == before  # comments and all
 
 
 def test_out_reaching_an_input_by_a_link_or_inside_the_model_is_refused(tmp_path, cli, model):
     story = _write(tmp_path / "s")
     os.symlink(tmp_path / "s", tmp_path / "link")
-    _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "link"), "story file")
-    _one_line_error(cli("generate", story, "--model", model, "--out", Path(model) / "run"), "lies inside the input --model")
+    cli("generate", story, "--model", model, "--out", tmp_path / "link").error_line("story file")
+    cli("generate", story, "--model", model, "--out", Path(model) / "run").error_line("lies inside the input --model")
     lora = tmp_path / "style.safetensors"
     lora.write_bytes(b"not really a lora")
-    _one_line_error(cli("generate", story, "--model", model, "--lora", lora, "--out", lora), "--lora")
+    cli("generate", story, "--model", model, "--lora", lora, "--out", lora).error_line("--lora")
     assert lora.read_bytes() == b"not really a lora"
     assert story.read_text(encoding="utf-8") == STORY
 
@@ -99,19 +90,18 @@ def test_non_empty_out_that_is_not_a_run_is_refused_even_with_overwrite(tmp_path
     story = _write(tmp_path / "s")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "panel-01.png").write_bytes(b"holiday photo")
-    _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "out"),
-                    "not empty", "choose a new --out")
-    _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "out", "--overwrite"), "no manifest.json")
+    cli("generate", story, "--model", model, "--out", tmp_path / "out").error_line("not empty", "choose a new --out")
+    cli("generate", story, "--model", model, "--out", tmp_path / "out", "--overwrite").error_line("no manifest.json")
     assert _snapshot(tmp_path / "out") == {"panel-01.png": b"holiday photo"}
 
 
 def test_existing_file_or_unwritable_place_as_out_is_one_line(tmp_path, cli, model):
     story = _write(tmp_path / "s")
     (tmp_path / "file").write_bytes(b"x")
-    _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "file"), "is not a folder")
+    cli("generate", story, "--model", model, "--out", tmp_path / "file").error_line("is not a folder")
     assert (tmp_path / "file").read_bytes() == b"x"
     result = cli("generate", story, "--model", model, "--out", "/proc/self/lorastory-run")
-    _one_line_error(result, "/proc/self")
+    result.error_line("/proc/self")
 
 
 def test_earlier_run_needs_overwrite_which_replaces_only_its_own_files(tmp_path, cli, model):
@@ -120,7 +110,7 @@ def test_earlier_run_needs_overwrite_which_replaces_only_its_own_files(tmp_path,
     assert cli("generate", story, "--model", model, "--out", out).code == 0
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     before = _snapshot(out)
-    _one_line_error(cli("generate", story, "--model", model, "--out", out), "not empty", "--overwrite")
+    cli("generate", story, "--model", model, "--out", out).error_line("not empty", "--overwrite")
     assert _snapshot(out) == before
     shorter = _write(tmp_path / "s", STORY, "short.yaml")
     result = cli("generate", shorter, "--model", model, "--out", out, "--overwrite")
@@ -136,8 +126,7 @@ def test_overwrite_never_replaces_a_file_the_earlier_run_did_not_write(tmp_path,
     assert cli("generate", _write(tmp_path / "s"), "--model", model, "--out", out).code == 0
     (out / "panel-03.png").write_bytes(b"my drawing")
     longer = _write(tmp_path / "s", THREE, "long.yaml")
-    _one_line_error(cli("generate", longer, "--model", model, "--out", out, "--overwrite"),
-                    "panel-03.png is not a file of the earlier run")
+    cli("generate", longer, "--model", model, "--out", out, "--overwrite").error_line("panel-03.png is not a file of the earlier run")
     assert (out / "panel-03.png").read_bytes() == b"my drawing"
 
 
@@ -175,7 +164,7 @@ def test_a_journal_left_by_a_kill_is_completed_by_the_next_run(run, model, kolor
 @pytest.mark.parametrize("seed", ["-5", str(2**64), "99999999999999999999999999"])
 def test_regenerate_refuses_seeds_out_of_range_and_changes_nothing(run, cli, seed):
     before = _snapshot(run)
-    _one_line_error(cli("regenerate", run, "--panel", "1", "--seed", seed), "out of range", str(2**64 - 1))
+    cli("regenerate", run, "--panel", "1", "--seed", seed).error_line("out of range", str(2**64 - 1))
     assert _snapshot(run) == before
 
 
@@ -214,15 +203,15 @@ def _edit_manifest(run: Path, change) -> None:
 def test_regenerate_checks_the_run_folder_before_rendering(run, cli, damage, needle):
     damage(run)
     before = _snapshot(run)
-    _one_line_error(cli("regenerate", run, "--panel", "1", "--seed", "5"), needle)
+    cli("regenerate", run, "--panel", "1", "--seed", "5").error_line(needle)
     assert _snapshot(run) == before
 
 
 def test_regenerate_with_a_fifo_manifest_or_a_missing_folder_does_not_hang(run, cli, tmp_path):
     (run / "manifest.json").unlink()
     os.mkfifo(run / "manifest.json")
-    _one_line_error(cli("regenerate", run, "--panel", "1", "--seed", "5"), "not a regular file")
-    _one_line_error(cli("regenerate", tmp_path / "nowhere", "--panel", "1", "--seed", "5"), "no such run folder")
+    cli("regenerate", run, "--panel", "1", "--seed", "5").error_line("not a regular file")
+    cli("regenerate", tmp_path / "nowhere", "--panel", "1", "--seed", "5").error_line("no such run folder")
 
 
 def test_regenerate_is_all_or_nothing(run, kolors_pipe, monkeypatch):
@@ -294,7 +283,7 @@ def test_manifest_never_holds_nan(tmp_path):
 def test_bad_numbers_and_text_in_a_story_stop_before_the_model_loads(tmp_path, cli, edit, needle):
     story = _write(tmp_path, STORY.replace(*edit))
     result = cli("generate", story, "--model", tmp_path / "no-model-here", "--out", tmp_path / "out")
-    _one_line_error(result, str(story), needle)
+    result.error_line(str(story), needle)
     assert not (tmp_path / "out").exists()
 
 
@@ -306,9 +295,9 @@ def test_billion_laughs_and_non_utf8_stories_are_one_line(tmp_path, cli):
                                ("latin1.yaml", "title: caf\xe9\npanels:\n  - prompt: a\n".encode("latin-1"), "not UTF-8"),
                                ("list.yaml", b"- a\n- b\n", "expected a mapping")]:
         (tmp_path / name).write_bytes(data)
-        _one_line_error(cli("generate", tmp_path / name, "--model", "x", "--out", tmp_path / "out"), name, needle)
+        cli("generate", tmp_path / name, "--model", "x", "--out", tmp_path / "out").error_line(name, needle)
     os.mkfifo(tmp_path / "fifo.yaml")
-    _one_line_error(cli("generate", tmp_path / "fifo.yaml", "--model", "x", "--out", tmp_path / "out"), "not a regular file")
+    cli("generate", tmp_path / "fifo.yaml", "--model", "x", "--out", tmp_path / "out").error_line("not a regular file")
 
 
 @pytest.mark.parametrize("scale", ["nan", "inf", "-inf", "1e30", "-101"])
@@ -317,13 +306,12 @@ def test_lora_scale_must_be_finite_and_sane(tmp_path, cli, model, scale):
     lora.write_bytes(b"12345678")
     result = cli("generate", _write(tmp_path), "--model", model, "--lora", lora, "--lora-scale", scale,
                  "--out", tmp_path / "out")
-    _one_line_error(result, "--lora-scale", "out of range", "100")
+    result.error_line("--lora-scale", "out of range", "100")
     assert not (tmp_path / "out").exists()
 
 
 def test_batch_size_below_one_is_refused(tmp_path, cli, model):
-    _one_line_error(cli("generate", _write(tmp_path), "--model", model, "--batch-size", "-1", "--out", tmp_path / "o"),
-                    "--batch-size")
+    cli("generate", _write(tmp_path), "--model", model, "--batch-size", "-1", "--out", tmp_path / "o").error_line("--batch-size")
 
 
 def test_a_panel_larger_than_free_memory_is_refused_naming_the_limit(tmp_path, model, kolors_pipe, monkeypatch):
@@ -344,8 +332,7 @@ def test_a_reference_image_that_is_not_a_picture_is_one_line(tmp_path, cli, mode
                          ("cut.png", "cut.png"), ("missing.png", "no such file")]:
         text = STORY.replace("panels:", f"consistency:\n  mode: reference\n  reference_image: {tmp_path / name}\npanels:")
         story = _write(tmp_path / "s", text)
-        _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "out"),
-                        "consistency.reference_image", needle)
+        cli("generate", story, "--model", model, "--out", tmp_path / "out").error_line("consistency.reference_image", needle)
     assert not (tmp_path / "out").exists()
 
 
@@ -355,7 +342,7 @@ def test_out_inside_the_reference_image_folder_is_fine_but_the_image_itself_is_n
     Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "ref.png")
     text = STORY.replace("panels:", f"consistency:\n  mode: reference\n  reference_image: {tmp_path / 'ref.png'}\npanels:")
     story = _write(tmp_path / "s", text)
-    _one_line_error(cli("generate", story, "--model", model, "--out", tmp_path / "ref.png"), "reference_image")
+    cli("generate", story, "--model", model, "--out", tmp_path / "ref.png").error_line("reference_image")
     shutil.copy(tmp_path / "ref.png", tmp_path / "copy.png")
     assert (tmp_path / "ref.png").read_bytes() == (tmp_path / "copy.png").read_bytes()
 

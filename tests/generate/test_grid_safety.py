@@ -31,15 +31,6 @@ def no_hang():
     signal.signal(signal.SIGALRM, previous)
 
 
-def _one_line_error(result, *needles: str) -> None:
-    assert result.code == 1, (result.out, result.err)
-    assert "Traceback" not in result.err and "This is a bug" not in result.err, result.err
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.err
-    for needle in needles:
-        assert needle in result.err, (needle, result.err)
-
-
 def _png(path: Path, color=(200, 30, 30), size=(32, 32)) -> Path:
     Image.new("RGB", size, color).save(path)
     return path
@@ -90,10 +81,10 @@ def test_grid_names_an_unreadable_input_in_one_line(tmp_path, cli, kind):
     path, needle = _bad_inputs(tmp_path)[kind]
     good = _png(tmp_path / "ok.png")
     result = cli("grid", good, path, "--out", tmp_path / "board.png")
-    _one_line_error(result, path.name, needle)
+    result.error_line(path.name, needle)
     assert not (tmp_path / "board.png").exists()
     result = cli("grid", good, path, "--captions", "--out", tmp_path / "board.png")
-    _one_line_error(result, path.name)
+    result.error_line(path.name)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dir", "avif", "bomb", "cut", "empty"])
@@ -120,25 +111,25 @@ def test_grid_out_may_not_be_an_input_by_any_name(tmp_path, cli):
     os.link(a, tmp_path / "hard.png")
     for out in (a, tmp_path / "link.png", tmp_path / "hard.png", tmp_path / "." / "a.png"):
         for extra in ([], ["--overwrite"]):
-            _one_line_error(cli("grid", a, b, "--out", out, *extra), "is the input image 1")
+            cli("grid", a, b, "--out", out, *extra).error_line("is the input image 1")
     assert a.read_bytes() == before
 
 
 def test_grid_replaces_an_existing_out_only_with_overwrite(tmp_path, cli):
     a = _png(tmp_path / "a.png")
     (tmp_path / "board.png").write_bytes(b"my old board")
-    _one_line_error(cli("grid", a, "--out", tmp_path / "board.png"), "already exists", "--overwrite")
+    cli("grid", a, "--out", tmp_path / "board.png").error_line("already exists", "--overwrite")
     assert (tmp_path / "board.png").read_bytes() == b"my old board"
     assert cli("grid", a, "--out", tmp_path / "board.png", "--overwrite").code == 0
     assert Image.open(tmp_path / "board.png").size == (32, 32)
     (tmp_path / "folder.png").mkdir()
-    _one_line_error(cli("grid", a, "--out", tmp_path / "folder.png", "--overwrite"), "not a regular file")
+    cli("grid", a, "--out", tmp_path / "folder.png", "--overwrite").error_line("not a regular file")
 
 
 def test_grid_out_that_cannot_be_written_is_one_line(tmp_path, cli):
     a = _png(tmp_path / "a.png")
-    _one_line_error(cli("grid", a, "--out", "/proc/self/board.png"), "/proc/self/board.png")
-    _one_line_error(cli("grid", a, "--out", tmp_path / "board.txt"), "unknown image extension")
+    cli("grid", a, "--out", "/proc/self/board.png").error_line("/proc/self/board.png")
+    cli("grid", a, "--out", tmp_path / "board.txt").error_line("unknown image extension")
 
 
 @pytest.mark.parametrize(
@@ -162,7 +153,7 @@ def test_grid_out_that_cannot_be_written_is_one_line(tmp_path, cli):
 )
 def test_grid_sizes_are_checked_before_allocating(tmp_path, cli, args, needle):
     a = _png(tmp_path / "a.png")
-    _one_line_error(cli("grid", a, a, *args, "--out", tmp_path / "board.png"), needle)
+    cli("grid", a, a, *args, "--out", tmp_path / "board.png").error_line(needle)
     assert not (tmp_path / "board.png").exists()
 
 
