@@ -339,14 +339,19 @@ def parse_json(raw: str | bytes, source: str) -> Any:
         raise DataError(f"{source}: invalid JSON ({err})") from None
 
 
-def check_output_folder(out: str | os.PathLike[str], overwrite: bool, option: str = "--out") -> None:
-    """Refuse a folder output that is a file, or a non-empty folder unless ``overwrite`` is given."""
+def check_output_folder(out: str | os.PathLike[str], overwrite: bool, option: str = "--out",
+                        marker: str | None = None) -> None:
+    """Refuse a folder output that is a file or a broken link, or a non-empty folder unless ``overwrite``
+    is given or it holds ``marker`` (a file only our own earlier output of this kind has)."""
     folder = Path(out)
-    if not (folder.exists() or folder.is_symlink()):
+    if not folder.exists():
+        if folder.is_symlink():
+            raise OutputError(f"{option} {display_path(folder)} is a broken link; remove it or choose another folder")
         return
     if not folder.is_dir():
         raise OutputError(f"{option} {display_path(folder)} exists and is not a folder; choose a new {option}")
-    if any(folder.iterdir()) and not overwrite:
+    ours = marker is not None and (folder / marker).is_file()
+    if any(folder.iterdir()) and not overwrite and not ours:
         raise OutputError(
             f"{option} {display_path(folder)} is not empty; choose a new {option} folder or pass --overwrite to replace it"
         )

@@ -32,7 +32,15 @@ from lorastory.images import load_rgb, probe_image
 from lorastory.data.sample import resolve_path
 from lorastory.data.sources import SourceKind, open_regular, open_source, source_root
 from lorastory.errors import BadImageError, DataError, OutputError, SourceError
-from lorastory.fileio import atomic_dir, atomic_write_json, check_outputs_apart, display_path, display_text, is_valid_text
+from lorastory.fileio import (
+    atomic_dir,
+    atomic_write_json,
+    check_output_folder,
+    check_outputs_apart,
+    display_path,
+    display_text,
+    is_valid_text,
+)
 from lorastory.skips import Skip
 
 _UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
@@ -72,17 +80,6 @@ def safe_stem(hint: str, limit: int = 48) -> str:
     return stem[:limit] or "image"
 
 
-def _check_out_dir(out: Path, marker: str, overwrite: bool) -> None:
-    if not out.exists():
-        if out.is_symlink():
-            raise OutputError(f"--out {display_path(out)} is a broken link; remove it or choose another folder")
-        return
-    if not out.is_dir():
-        raise OutputError(f"--out {display_path(out)} exists and is not a folder; choose a folder")
-    if any(out.iterdir()) and not overwrite and not (out / marker).is_file():
-        raise OutputError(f"{display_path(out)} is not empty; choose a new --out folder or pass --overwrite")
-
-
 @contextlib.contextmanager
 def _output_folder(out: Path) -> Iterator[Path]:
     """:func:`atomic_dir` for ``--out``; a file-system error while writing there names ``--out``, in one line."""
@@ -107,7 +104,7 @@ def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwr
     root = source_root(config.source, config.kind)
     if root is not None:
         check_outputs_apart([("--out", out)], [("source", root)])
-    _check_out_dir(out, "import_report.json", overwrite)
+    check_output_folder(out, overwrite, marker="import_report.json")
     items = open_source(config.source, config.kind, config.split, config.subset, config.text_column)
     result = StageResult(out)
     with _output_folder(out) as tmp:
@@ -205,7 +202,7 @@ def export_csv(
         raise DataError(f"{display_path(source)}: no such file")
     out = Path(out_dir)
     check_outputs_apart([("--out", out)], [("input", source)])
-    _check_out_dir(out, "export_report.json", overwrite)
+    check_output_folder(out, overwrite, marker="export_report.json")
     result = StageResult(out)
     base = str(source.resolve().parent)
     with _output_folder(out) as tmp:
