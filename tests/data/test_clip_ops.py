@@ -17,16 +17,6 @@ from lorastory.errors import RecipeError
 TEXTS = ["二次元 少女", "a red circle", "a blue square", "a girl singing", "a cat"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tiny_model_path) -> Path:
-    return Path(tiny_model_path("clip"))
-
-
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     import numpy as np

@@ -34,16 +34,6 @@ class EvilModel(PreTrainedModel):
 """
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tiny_model_path) -> Path:
-    return Path(tiny_model_path("clip"))
-
-
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     folder = tmp_path / "data"
