@@ -1,0 +1,66 @@
+"""Run a training script unchanged and record when each optimizer step finishes, and the peak GPU memory.
+
+    python bench/_step_timer.py OUT.json [--memory-gb N] -- SCRIPT.py ARGS...
+    python bench/_step_timer.py OUT.json -- -m MODULE ARGS...
+
+The same clock is put on every tool the peer benchmarks compare (``bench/peer_kohya.py``): a global
+optimizer step post-hook (``torch.optim.optimizer.register_optimizer_step_post_hook``) synchronises
+CUDA and notes the time, whichever trainer calls ``step``. Steady-state images per second come from
+the later steps, so model loading, caching and compilation are left out for every tool alike.
+``--memory-gb`` caps this process's GPU memory (``torch.cuda.set_per_process_memory_fraction``), so a
+configuration "under 24 GB" either fits or fails with an out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import runpy
+import sys
+import time
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if "--" not in argv or not argv:
+        raise SystemExit(__doc__)
+    split = argv.index("--")
+    out, options, target = argv[0], argv[1:split], argv[split + 1:]
+    memory_gb = float(options[options.index("--memory-gb") + 1]) if "--memory-gb" in options else None
+
+    import torch
+
+    times: list[float] = []
+    started = time.perf_counter()
+
+    def on_step(optimizer: object, args: object, kwargs: object) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(on_step)
+    if memory_gb is not None and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 1024**3 / total))
+
+    def write() -> None:
+        peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0
+        reserved = torch.cuda.max_memory_reserved() / 1024**3 if torch.cuda.is_available() else 0.0
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump({"step_times": times, "peak_allocated_gb": peak, "peak_reserved_gb": reserved,
+                       "wall_s": time.perf_counter() - started, "memory_cap_gb": memory_gb}, handle)
+
+    atexit.register(write)
+    if target[0] == "-m":
+        sys.argv = [target[1], *target[2:]]
+        runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = target
+        sys.path.insert(0, str(__import__("pathlib").Path(target[0]).resolve().parent))
+        runpy.run_path(target[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
