@@ -138,7 +138,7 @@ class TrainConfig(YamlModel):
         return value
 
     @model_validator(mode="after")
-    def _resolution_multiple_of_bucket_step(self) -> TrainConfig:
+    def _settings_combine(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
