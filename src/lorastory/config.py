@@ -111,17 +111,29 @@ def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def format_validation_error(err: ValidationError, source: str, text: str | None = None) -> str:
-    """One line naming each bad field (dotted path, and its YAML line when known) and what was wrong."""
+def format_validation_error(err: ValidationError, source: str, text: str | None = None,
+                            aliases: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> str:
+    """One line naming each bad field (dotted path, and its YAML line when known) and what was wrong.
+
+    ``aliases`` maps a field's path to the key the input gave it under (see :meth:`YamlModel.input_aliases`).
+    """
     parts = []
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        path = _aliased(tuple(item["loc"]), aliases or {})
+        loc = ".".join(str(p) for p in path) or "(top level)"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        line = yaml_line(text, item["loc"]) if text is not None else None
+        line = yaml_line(text, path) if text is not None else None
         parts.append(f"line {line}: {loc}: {msg}" if line else f"{loc}: {msg}")
     return f"{source}: " + "; ".join(parts)
+
+
+def _aliased(loc: tuple[Any, ...], aliases: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Any, ...]:
+    for path, key in aliases.items():
+        if loc[: len(path)] == path:
+            return key + loc[len(path):]
+    return loc
 
 
 class YamlModel(BaseModel):
@@ -140,7 +152,12 @@ class YamlModel(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, source, text)) from None
+            raise ConfigError(format_validation_error(err, source, text, cls.input_aliases(data))) from None
+
+    @classmethod
+    def input_aliases(cls, data: Any) -> dict[tuple[str, ...], tuple[str, ...]]:
+        """Fields ``data`` gives under another key (path -> key), so errors name what the user wrote; none here."""
+        return {}
 
     @classmethod
     def from_yaml(cls: type[ModelT], path: str | os.PathLike[str]) -> ModelT:

@@ -3,7 +3,8 @@
 Each seed kills one run while it fills the latent/text cache and then twice more while it writes a
 checkpoint (the temp folder is watched for and the kill comes a random moment after it appears),
 resuming with ``--resume`` each time; the final LoRA must equal an uninterrupted run's, tensor for
-tensor, and no temp file of the killed writers may be left.
+tensor, and no temp file of the killed writers may be left. With Prodigy and the moving average of
+the weights on, their state resumes as exactly (``lora_ema.safetensors`` too).
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ import torch
 from safetensors.torch import load_file
 
 STEPS = 8
+# The training options of each case: the reference workflow's AdamW, and Prodigy with EMA.
+OPTIONS = {"adamw": ["--lr", "1e-3"],
+           "prodigy-ema": ["--optimizer", "prodigy", "--lr", "1", "--ema", "--ema-decay", "0.9", "--ema-start-step", "2"]}
 
 
-def _command(model: Path, data: Path, out: Path) -> list[str]:
+def _command(model: Path, data: Path, out: Path, options: str = "adamw") -> list[str]:
     return [sys.executable, "-m", "lorastory", "train", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--resolution", "64", "--rank", "2", "--alpha", "2", "--lr", "1e-3", "--batch-size", "2",
+            "--resolution", "64", "--rank", "2", "--alpha", "2", "--batch-size", "2", *OPTIONS[options],
             "--max-steps", str(STEPS), "--checkpoint-every", "1", "--keep-checkpoints", "2", "--seed", "11",
             "--no-gradient-checkpointing", "--resume"]
+
+
+def _loras(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {p.name: load_file(str(p)) for p in sorted(out.glob("lora*.safetensors"))}
 
 
 def _env() -> dict[str, str]:
@@ -83,20 +91,28 @@ def _checkpoint_write(out: Path, count: int):
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_path, style_train_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight") / "run"
-    done = subprocess.run(_command(tiny_model_path("sd15"), style_train_folder, out), env=_env(),
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return load_file(str(out / "lora.safetensors"))
+    """Each option set's LoRA files from an uninterrupted run (made on first use)."""
+    runs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+
+    def get(options: str) -> dict[str, dict[str, torch.Tensor]]:
+        if options not in runs:
+            out = tmp_path_factory.mktemp("straight") / "run"
+            done = subprocess.run(_command(tiny_model_path("sd15"), style_train_folder, out, options), env=_env(),
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            runs[options] = _loras(out)
+        return runs[options]
+
+    return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("seed", "options"), [(1, "adamw"), (2, "prodigy-ema")])
 def test_killed_during_cache_and_checkpoint_writes_resumes_bit_identical(
-        tiny_model_path, style_train_folder, tmp_path, reference, seed):
+        tiny_model_path, style_train_folder, tmp_path, reference, seed, options):
     rng = random.Random(seed)
     out = tmp_path / "run"
-    command = _command(tiny_model_path("sd15"), style_train_folder, out)
+    command = _command(tiny_model_path("sd15"), style_train_folder, out, options)
 
     assert _kill_when(command, lambda: _cache_writing(out), rng.uniform(0, 0.05)), "the run ended before the kill"
     assert not (out / "lora.safetensors").exists()
@@ -107,8 +123,11 @@ def test_killed_during_cache_and_checkpoint_writes_resumes_bit_identical(
     final = subprocess.run(command, env=_env(), capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     assert "Traceback" not in final.stderr
-    resumed = load_file(str(out / "lora.safetensors"))
-    assert resumed.keys() == reference.keys()
-    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    resumed, straight = _loras(out), reference(options)
+    expected = ["lora.safetensors", "lora_ema.safetensors"] if "--ema" in OPTIONS[options] else ["lora.safetensors"]
+    assert sorted(resumed) == sorted(straight) == expected
+    for name, tensors in straight.items():
+        assert resumed[name].keys() == tensors.keys()
+        assert all(torch.equal(resumed[name][k], tensors[k]) for k in tensors), name
     assert not _temps(out / "checkpoints")
     assert not [p for sub in (out / "cache").iterdir() if sub.is_dir() for p in _temps(sub)]

@@ -45,6 +45,9 @@ def _one_error_line(err: str) -> str:
     (["--batch-size", "0"], "batch_size"), (["--gradient-accumulation", "0"], "gradient_accumulation"),
     (["--snr-gamma", "nan"], "snr_gamma"), (["--noise-offset", "inf"], "noise_offset"),
     (["--family", "sd3"], "family"), (["--max-steps", "0"], "max_steps"),
+    (["--lora-dropout", "1"], "lora_dropout"), (["--optimizer", "prodigy", "--prodigy-d-coef", "nan"], "prodigy_d_coef"),
+    (["--adafactor-warmup-init"], "adafactor.warmup_init is set but the optimizer is adamw"),
+    (["--ema-decay", "0.9"], "ema_decay is set but ema is off"), (["--ema", "--ema-every", "0"], "ema_every"),
 ])
 def test_bad_settings_are_refused_before_the_model_loads(cli, tmp_path, style_train_folder, flags, field):
     """A missing model would fail to load: the setting's error must come first, and fast."""
@@ -63,6 +66,14 @@ def test_bad_settings_are_refused_before_the_model_loads(cli, tmp_path, style_tr
     ("max_grad_norm: .nan\n", "max_grad_norm"), ("weight_decay: -1\n", "weight_decay"),
     ("validation_cfg: .inf\n", "validation_cfg"), ("lora_dropout: 1.0\n", "lora_dropout"),
     ("cache_dir: ''\n", "cache_dir"),
+    ("lora:\n  rank: 2048\n", "lora.rank"), ("lora:\n  dropout: 1.0\n", "lora.dropout"), ("lora: {rnak: 8}\n", "lora.rnak"),
+    ("rank: 8\nlora: {rank: 4}\n", "rank and lora.rank are both given"),
+    ("prodigy: {d_coef: 2}\n", "prodigy.d_coef is set but the optimizer is adamw"),
+    ("optimizer: prodigy\nprodigy: {d_coef: 0}\n", "prodigy.d_coef"),
+    ("optimizer: adafactor\nadafactor: {warmup_init: true}\n", "adafactor.warmup_init needs adafactor.relative_step"),
+    ("optimizer: adafactor\nadafactor: {relative_step: true}\nlr_scheduler: cosine\n", "use lr_scheduler: constant"),
+    ("optimizer: lion\n", "optimizer"), ("ema_decay: 0.99\n", "ema_decay is set but ema is off"),
+    ("ema: true\nema_decay: 1.0\n", "ema_decay"), ("ema: true\nema_every: 0\n", "ema_every"),
 ])
 def test_bad_settings_in_a_config_file_name_the_field(cli, tmp_path, style_train_folder, yaml_text, field):
     config = tmp_path / "train.yaml"
@@ -74,19 +85,20 @@ def test_bad_settings_in_a_config_file_name_the_field(cli, tmp_path, style_train
     assert field in line and "no-such-model" not in line
 
 
-def test_lora_limits_agree_with_the_lora_spec():
-    """What the config accepts, the LoRA injection accepts, and the reverse at the edges."""
+def test_the_lora_shape_is_the_lora_spec_given_flat_or_nested():
+    """One definition (LoraSpec, nested as ``lora``); the flat keys of older files mean the same, edges included."""
     base = dict(model="m", data="d", out="o")
     for rank in (1, MAX_RANK):
-        config = TrainConfig(**base, rank=rank)
-        LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout, target_modules=config.target_modules)
+        flat = TrainConfig.from_dict({**base, "rank": rank, "lora_dropout": 0.5})
+        nested = TrainConfig.from_dict({**base, "lora": {"rank": rank, "dropout": 0.5}})
+        assert flat == nested and isinstance(flat.lora, LoraSpec) and flat.lora.rank == rank
     for bad in (dict(rank=MAX_RANK + 1), dict(rank=0), dict(target_modules=[]), dict(target_modules=[" "]),
-                dict(alpha=0.0), dict(lora_dropout=1.0)):
-        with pytest.raises(ConfigError):
+                dict(alpha=0.0), dict(alpha=float("nan")), dict(lora_dropout=1.0)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
             TrainConfig.from_dict({**base, **bad})
         spec_values = {{"lora_dropout": "dropout"}.get(k, k): v for k, v in bad.items()}
         with pytest.raises(ConfigError):
-            LoraSpec.from_dict(spec_values)
+            TrainConfig.from_dict({**base, "lora": spec_values})
 
 
 def test_seed_edges_are_accepted():

@@ -172,7 +172,7 @@ def test_shipped_training_presets_load(name):
 
     path = resources.files("lorastory") / "examples" / name
     config = TrainConfig.from_dict(read_yaml(path), source=name)
-    assert config.rank == 16 and config.resolution == 1024
+    assert config.lora.rank == 16 and config.resolution == 1024
     if name != "train_kolors_style.yaml":
         assert resolve_compile(config.compile, torch.device("cuda"), 1000, 1, config.gradient_checkpointing) == (
             "blocks" if config.gradient_checkpointing else "cudagraphs")

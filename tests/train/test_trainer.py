@@ -100,7 +100,7 @@ def test_cli_flags_override_the_config_file(tiny_model_path, style_train_folder,
                  "--no-gradient-checkpointing")
     assert result.code == 0, result.err
     written = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
-    assert (written.rank, written.alpha, written.max_steps, written.gradient_checkpointing) == (2, 2.0, 2, False)
+    assert (written.lora.rank, written.lora.alpha, written.max_steps, written.gradient_checkpointing) == (2, 2.0, 2, False)
     assert (tmp_path / "run" / "lora.safetensors").is_file() and (tmp_path / "run" / "lora_kohya.safetensors").is_file()
     assert "Trained 2 steps" in result.out
 

@@ -149,11 +149,18 @@ def test_presets_are_the_shipped_training_examples(preset, example):
     from lorastory.config import read_yaml
     from lorastory.train.config import TrainConfig
 
+    from lorastory.train.config import FLAT_KEYS
+
     shipped = read_yaml(resources.files("lorastory") / "examples" / example)
     form = presets.load_presets()[preset]
     assert set(form) == set(presets.TRAIN_FIELDS)
     for key in presets.TRAIN_FIELDS:
-        expected = shipped.get(key, TrainConfig.model_fields[key].default)
+        if key in FLAT_KEYS:  # a LoRA setting, nested in the file (lora: {rank: 16})
+            group, name = FLAT_KEYS[key]
+            model = TrainConfig.model_fields[group].annotation
+            expected = shipped.get(group, {}).get(name, model.model_fields[name].default)
+        else:
+            expected = shipped.get(key, TrainConfig.model_fields[key].default)
         if key == "max_steps":
             expected = expected or 0  # the form shows 0 where the epochs decide
         assert form[key] == expected, key

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from lorastory.cli.common import Options, app, console, err_console
 from lorastory.fileio import display_text
+
+# Flags named otherwise than their TrainConfig key (the repeatable ones in the singular).
+_RENAMED = {"format": "save_formats", "validation_prompt": "validation_prompts", "target_module": "target_modules",
+            "text_encoder_target": "text_encoder_targets"}
+# Parameters of the command that are not training settings.
+_NOT_SETTINGS = {"ctx", "config_file", "gpus"}
 
 
 @app.command("train")
@@ -42,7 +48,8 @@ def train_cmd(
     gradient_accumulation: Annotated[Optional[int], typer.Option(help="Batches per optimizer step.")] = None,
     lr_scheduler: Annotated[Optional[str], typer.Option(help="constant, constant_with_warmup, linear, cosine...")] = None,
     lr_warmup_steps: Annotated[Optional[int], typer.Option(help="Warm-up steps of the lr schedule.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="adamw or adamw8bit (bitsandbytes + CUDA).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="adamw, adamw8bit (bitsandbytes + CUDA), prodigy (with --lr 1) or adafactor.")] = None,
     snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR-gamma loss weighting (e.g. 5).")] = None,
     noise_offset: Annotated[Optional[float], typer.Option(help="Noise offset (e.g. 0.05) for darker/brighter images.")] = None,
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="Checkpoints to keep (newest).")] = None,
@@ -56,9 +63,34 @@ def train_cmd(
     lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
     target_module: Annotated[Optional[list[str]], typer.Option(
         help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,
+    text_encoder_target: Annotated[Optional[list[str]], typer.Option(
+        help="--train-text-encoder: text-encoder module the LoRA adapts (repeatable; default: the family's).")] = None,
     bucket_step: Annotated[Optional[int], typer.Option(help="--buckets: side step of the buckets in pixels (default 64).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (default 1).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.01).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay of every optimizer (default 0.01).")] = None,
+    prodigy_d_coef: Annotated[Optional[float], typer.Option(help="Prodigy: scale of its estimated step (default 1).")] = None,
+    prodigy_use_bias_correction: Annotated[Optional[bool], typer.Option(
+        "--prodigy-use-bias-correction/--no-prodigy-use-bias-correction", help="Prodigy: Adam's bias correction (default on).")
+    ] = None,
+    prodigy_safeguard_warmup: Annotated[Optional[bool], typer.Option(
+        "--prodigy-safeguard-warmup/--no-prodigy-safeguard-warmup", help="Prodigy: steady estimate in warm-up (default on).")
+    ] = None,
+    prodigy_growth_rate: Annotated[Optional[float], typer.Option(
+        help="Prodigy: cap on its estimate's growth per step, e.g. 1.02 (default none).")] = None,
+    adafactor_relative_step: Annotated[Optional[bool], typer.Option(
+        "--adafactor-relative-step/--no-adafactor-relative-step", help="Adafactor: its own step size, lr unused (default off).")
+    ] = None,
+    adafactor_scale_parameter: Annotated[Optional[bool], typer.Option(
+        "--adafactor-scale-parameter/--no-adafactor-scale-parameter", help="Adafactor: scale steps by weight RMS (default off).")
+    ] = None,
+    adafactor_warmup_init: Annotated[Optional[bool], typer.Option(
+        "--adafactor-warmup-init/--no-adafactor-warmup-init", help="Adafactor: relative-step warm-up (default off).")
+    ] = None,
+    ema: Annotated[Optional[bool], typer.Option(
+        "--ema/--no-ema", help="Keep an fp32 moving average of the LoRA; also writes lora_ema.safetensors.")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="--ema: decay per update (default 0.999).")] = None,
+    ema_start_step: Annotated[Optional[int], typer.Option(help="--ema: average from this step on (default 0).")] = None,
+    ema_every: Annotated[Optional[int], typer.Option(help="--ema: update every N optimizer steps (default 1).")] = None,
     validation_steps: Annotated[Optional[int], typer.Option(help="Sampling steps of the validation pictures.")] = None,
     validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
     fast: Annotated[Optional[bool], typer.Option(
@@ -69,35 +101,20 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
-    from lorastory.config import read_yaml
-    from lorastory.train.config import TrainConfig
+    # Every other parameter is a setting, named as TrainConfig's flat keys (tests/test_cli.py checks it).
+    flags = {_RENAMED.get(k, k): v for k, v in locals().items() if k not in _NOT_SETTINGS and v is not None}
+    config = _config(config_file, flags)
+    _run(config, gpus, debug=isinstance(ctx.obj, Options) and ctx.obj.debug)
 
-    values = read_yaml(config_file) if config_file else {}
-    if not isinstance(values, dict):
-        from lorastory.errors import ConfigError
 
-        raise ConfigError(f"{config_file}: expected a mapping of settings")
-    flags = dict(
-        model=model, data=data, out=out, family=family, rank=rank, alpha=alpha, resolution=resolution,
-        batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps, seed=seed,
-        checkpoint_every=checkpoint_every, resume=resume, center_crop=center_crop, random_flip=random_flip,
-        buckets=buckets, train_text_encoder=train_text_encoder, gradient_checkpointing=gradient_checkpointing, precision=precision,
-        gradient_accumulation=gradient_accumulation, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
-        optimizer=optimizer, snr_gamma=snr_gamma, noise_offset=noise_offset, keep_checkpoints=keep_checkpoints,
-        validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
-        cache_dir=cache_dir, compile=compile, lora_dropout=lora_dropout, target_modules=target_module,
-        bucket_step=bucket_step, max_grad_norm=max_grad_norm, weight_decay=weight_decay,
-        validation_steps=validation_steps, validation_cfg=validation_cfg, fast=fast,
-    )
-    values.update({k: v for k, v in flags.items() if v is not None})
-    config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+def _run(config: Any, gpus: int | None, debug: bool) -> None:
+    """Train (here, or on ``gpus`` GPUs through accelerate launch) with a progress bar; print the files."""
     # Imported once the settings are valid: a bad one is reported before torch loads.
     from lorastory.train.launch import is_main_process, run_on_gpus
     from lorastory.train.paths import check_run_paths
     from lorastory.train.trainer import train
 
     check_run_paths(config)  # before any process starts or any model loads
-    debug = isinstance(ctx.obj, Options) and ctx.obj.debug
 
     def say(message: str) -> None:  # plain text (file names may hold [brackets]), one line per message
         err_console.print(display_text(message), highlight=False, markup=False, soft_wrap=True)
@@ -125,3 +142,16 @@ def train_cmd(
     for file in result.lora_files:
         console.print(f"  LoRA: {file}")
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
+
+
+def _config(config_file: Path | None, flags: dict[str, Any]) -> Any:
+    """The validated TrainConfig: the YAML file's settings with the flags on top."""
+    from lorastory.config import read_yaml
+    from lorastory.errors import ConfigError
+    from lorastory.train.config import TrainConfig, with_overrides
+
+    source = str(config_file or "options")
+    values = read_yaml(config_file) if config_file else {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_file}: expected a mapping of settings")
+    return TrainConfig.from_dict(with_overrides(values, flags), source=source)

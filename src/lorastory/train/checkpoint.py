@@ -3,7 +3,8 @@
 A checkpoint is a folder ``checkpoints/step-000123/`` written atomically, once,
 by the main process: the LoRA parameters (safetensors; identical on every
 process under DDP), optimizer and lr-scheduler state (our own files, read back
-with ``weights_only=True``), each process's global random generators, and the
+with ``weights_only=True``), the LoRA's moving average when the run keeps one
+(``ema_params.safetensors``, fp32), each process's global random generators, and the
 data position in samples (see :mod:`lorastory.train.order`), so a run can go on
 with another number of processes.
 
@@ -34,6 +35,7 @@ from lorastory.errors import LorastoryError, first_line
 from lorastory.fileio import atomic_dir, clean_stale_temps
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+EMA_FILE = "ema_params.safetensors"
 
 
 class CheckpointError(LorastoryError):
@@ -49,6 +51,7 @@ class Checkpoint:
     lora: dict[str, torch.Tensor]
     states: dict[str, Any]  # optimizer and scheduler state dicts
     rng: list[dict[str, Any]]  # each writing process's generators
+    ema: dict[str, torch.Tensor] | None = None  # the moving average of the LoRA weights, when the run keeps one
 
 
 @dataclass
@@ -111,18 +114,24 @@ def save_checkpoint(
     scheduler: Any,
     rng_states: list[dict[str, Any]],
     keep: int,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint for ``position`` and drop all but the newest ``keep``.
 
-    ``rng_states`` holds every process's :func:`rng_state`, in process order.
+    ``rng_states`` holds every process's :func:`rng_state`, in process order; ``ema`` the
+    moving average of the LoRA weights, when the run keeps one.
     """
     target = checkpoint_dir(out, position.global_step)
     with atomic_dir(target) as tmp:
+        names = ["lora_params.safetensors", "optimizer.pt", "rng.pt", "state.json"]
         save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, str(tmp / "lora_params.safetensors"))
+        if ema is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
+            names.append(EMA_FILE)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save({"processes": rng_states}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(position), indent=2) + "\n", encoding="utf-8")
-        for name in ("lora_params.safetensors", "optimizer.pt", "rng.pt", "state.json"):
+        for name in names:
             _fsync(tmp / name)
         _fsync(tmp)
     _fsync(target.parent)  # the rename itself
@@ -170,7 +179,8 @@ def read_checkpoint(folder: Path, fingerprint: str) -> Checkpoint:
         raise DamagedCheckpoint(folder / "rng.pt", "no random generator states")
     if not isinstance(lora, dict) or not lora:
         raise DamagedCheckpoint(folder / "lora_params.safetensors", "no LoRA weights")
-    return Checkpoint(folder, position, lora, states, saved)
+    ema = _load_part(folder / EMA_FILE, lambda p: load_file(str(p))) if (folder / EMA_FILE).exists() else None
+    return Checkpoint(folder, position, lora, states, saved, ema)
 
 
 def _torch_load(path: Path) -> Any:

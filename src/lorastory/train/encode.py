@@ -51,7 +51,7 @@ def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, fa
     started = time.perf_counter()
     encoded, encoded_text = _fill_caches(accelerator, pipe, family.text_encoders, examples, validation, cache)
     cache_seconds = time.perf_counter() - started
-    if not config.train_text_encoder:
+    if not config.lora.train_text_encoder:
         for name in family.text_encoders:
             setattr(pipe, name, None)  # a 6B text encoder must not sit in memory while the UNet trains
     if accelerator.device.type == "cuda":

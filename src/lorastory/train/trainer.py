@@ -6,7 +6,8 @@
 4. resume from the newest checkpoint when asked;
 5. loop: cached batch → noise → UNet → loss → step, with checkpoints,
    validation samples and TensorBoard logs;
-6. save ``lora.safetensors`` (and kohya format when asked).
+6. save ``lora.safetensors`` (and kohya format when asked), and ``lora_ema.safetensors``
+   when the run keeps a moving average of the weights (:mod:`lorastory.train.ema`).
 
 The same code runs in one process or in several under ``accelerate launch`` / ``torchrun``
 (data parallel, DDP through ``accelerator.prepare``): each process encodes its share of the
@@ -36,8 +37,10 @@ from lorastory.train.checkpoint import (
 )
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
+from lorastory.train.ema import LoraEma, swapped_in
 from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.launch import use_cpu
+from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
 from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
@@ -128,19 +131,6 @@ def _accelerator(config: TrainConfig, out: Path, device: torch.device, unused_pa
     return accelerator, bf16_compute
 
 
-def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, say: Callable[[str], None]) -> Any:
-    if config.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-
-            if torch.cuda.is_available():
-                return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
-        except ImportError:
-            pass
-        say("warning: 8-bit AdamW needs bitsandbytes and CUDA; using AdamW")
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
 def train(
     config: TrainConfig,
     on_progress: Callable[[Progress], None] | None = None,
@@ -153,7 +143,6 @@ def train(
     """
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
 
     out = Path(config.out)
     check_run_paths(config)
@@ -171,7 +160,7 @@ def train(
     pipe = load_pipeline(config.model, config.family)
     family = family_of_pipeline(pipe)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
-    unused = config.train_text_encoder and family.text_encoder_last_layer_unused
+    unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
     device, mixed_precision = accelerator.device, accelerator.mixed_precision
     examples, cache, text_fp, cache_seconds = build_caches(config, out, accelerator, pipe, family, planned, say)
@@ -179,24 +168,22 @@ def train(
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
     unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
-    optimizer = _make_optimizer(params, config, say)
+    optimizer = make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
     samples = [(e.item.path, e.placement.target) for e in examples]
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                 num_training_steps=total_steps)
+    lr_scheduler = make_scheduler(optimizer, config, total_steps)
     compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
     model, optimizer = accelerator.prepare(Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
-    for encoder in text_encoders.values():
-        encoder.train()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # 4. resume
     trainable = _trainable(accelerator.unwrap_model(model))
+    ema = LoraEma(trainable, config.ema_decay, config.ema_start_step, config.ema_every) if config.ema else None
     if checkpoint is not None:
-        _restore(checkpoint, trainable, optimizer, lr_scheduler, rank)
+        _restore(checkpoint, trainable, optimizer, lr_scheduler, rank, ema)
         say(_resumed_note(checkpoint.folder.name, position, global_batch, processes, config.batch_size))
 
     # 5. loop
@@ -233,6 +220,8 @@ def train(
                     continue
                 result.steps += 1
                 result.losses.append(mean_loss)
+                if ema is not None:
+                    ema.update(trainable, result.steps)
                 lr = lr_scheduler.get_last_lr()[0]
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=result.steps)
                 if on_progress is not None and main:
@@ -242,7 +231,7 @@ def train(
                     here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
                             if batch_index + 1 == len(order) else  # the epoch is finished
                             Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
-                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
+                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints, ema)
                 if config.validation_every and result.steps % config.validation_every == 0 and main:
                     result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
                                                                 text_fp, out, result.steps, device, accelerator)
@@ -257,7 +246,7 @@ def train(
     _check_in_sync(accelerator, trainable)
     if main:
         family.set_denoiser(pipe, accelerator.unwrap_model(model).unet)
-        result.lora_files += _save_loras(pipe, family, spec, config, out, result.steps)
+        result.lora_files += _save_loras(pipe, family, spec, config, out, result.steps, trainable, ema)
     accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
     return result
@@ -292,16 +281,24 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
     return compile_mode
 
 
-def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int) -> list[Path]:
-    """Write the trained LoRA in each of ``config.save_formats``; return the files."""
+def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int,
+                trainable: dict[str, torch.nn.Parameter], ema: LoraEma | None) -> list[Path]:
+    """Write the trained LoRA in each of ``config.save_formats``, and its moving average as ``lora_ema.safetensors``
+    (``lora_ema_kohya.safetensors``): same writer and layout, the average swapped into the weights. Return the files."""
     from lorastory.models.lora import save_lora
 
-    files = []
-    for fmt in config.save_formats:
-        name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
-        save_lora(pipe, out / name, spec, family.name, format=fmt,
-                  extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
-        files.append(out / name)
+    metadata = {"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)}
+
+    def write(stem: str, extra: dict[str, str]) -> list[Path]:
+        names = [f"{stem}.safetensors" if fmt == "diffusers" else f"{stem}_{fmt}.safetensors" for fmt in config.save_formats]
+        for fmt, name in zip(config.save_formats, names):
+            save_lora(pipe, out / name, spec, family.name, format=fmt, extra_metadata={**metadata, **extra})
+        return [out / name for name in names]
+
+    files = write("lora", {})
+    if ema is not None:
+        with swapped_in(trainable, ema.shadow):
+            files += write("lora_ema", {"lorastory.ema_decay": str(config.ema_decay)})
     return files
 
 
@@ -311,17 +308,17 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
 
     Returns the denoiser, the LoRA spec, the text encoders being trained (by name) and the parameters.
     """
-    from lorastory.models.lora import LoraSpec, inject_lora
+    from lorastory.models.lora import inject_lora
 
     unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
     _move(unet, device, weight_dtype)
-    spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
-                    target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
-    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
+    spec = config.lora
+    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if spec.train_text_encoder else {}
     for encoder in text_encoders.values():
         encoder.requires_grad_(False)
         _move(encoder, device, weight_dtype)
+        encoder.train()
     params = inject_lora(pipe, spec)
     for param in params:
         param.data = param.data.float()
@@ -340,12 +337,17 @@ def _start_position(config: TrainConfig, checkpoint: Checkpoint | None, global_b
 
 
 def _restore(checkpoint: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: Any, lr_scheduler: Any,
-             rank: int) -> None:
-    """Put a checkpoint's LoRA weights, optimizer, schedule and random state back."""
+             rank: int, ema: LoraEma | None) -> None:
+    """Put a checkpoint's LoRA weights, optimizer, schedule, random state and moving average back."""
     saved = checkpoint.lora
     if set(saved) != set(trainable) or any(saved[n].shape != trainable[n].shape for n in trainable):
         raise CheckpointError(f"{checkpoint.folder} holds a different set of LoRA weights than this run trains; "
                               "start a new --out folder")
+    if ema is not None:
+        try:
+            ema.load(checkpoint.ema if checkpoint.ema is not None else {})
+        except ValueError as err:
+            raise CheckpointError(f"{checkpoint.folder}: {err}; start a new --out folder") from None
     apply_checkpoint(checkpoint, optimizer, lr_scheduler, rank)
     for name, tensor in saved.items():
         trainable[name].data.copy_(tensor)
@@ -429,7 +431,7 @@ def _resumed_note(name: str, position: Position, global_batch: int, processes: i
 
 
 def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable: dict[str, torch.nn.Parameter],
-                     optimizer: Any, lr_scheduler: Any, keep: int) -> None:
+                     optimizer: Any, lr_scheduler: Any, keep: int, ema: LoraEma | None) -> None:
     """Write a checkpoint from the main process, with every process's generators."""
     from accelerate.utils import gather_object
 
@@ -437,7 +439,7 @@ def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable:
     states = gather_object([rng_state()])
     if accelerator.is_main_process:
         save_checkpoint(out, position, {n: p.detach() for n, p in trainable.items()}, optimizer, lr_scheduler,
-                        states, keep)
+                        states, keep, ema=ema.shadow if ema is not None else None)
 
 
 def _same_everywhere(value: Any, what: str, advice: str) -> None:

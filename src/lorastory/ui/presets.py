@@ -12,12 +12,13 @@ from functools import cache
 from typing import Any
 
 from lorastory.demo import EXAMPLES
-from lorastory.train.config import TrainConfig
+from lorastory.train.config import FLAT_KEYS, TrainConfig, with_overrides
 
-# The form fields a preset sets, in the order of the Train tab's inputs.
+# The form fields a preset sets, in the order of the Train tab's inputs: TrainConfig's keys, the
+# LoRA's by their flat names (``rank`` is ``lora.rank``; see ``FLAT_KEYS``).
 TRAIN_FIELDS = ("rank", "alpha", "resolution", "epochs", "max_steps", "batch_size", "gradient_accumulation", "lr",
                 "center_crop", "random_flip", "buckets", "gradient_checkpointing", "precision", "optimizer",
-                "train_text_encoder")
+                "train_text_encoder", "ema", "ema_decay")
 
 # name -> (example file, what the preset changes on top of it), first is the form's default.
 PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -37,9 +38,17 @@ PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def setting(config: TrainConfig, key: str) -> Any:
+    """``config``'s value of ``key``, a field or a flat key of a nested setting (``rank``: ``config.lora.rank``)."""
+    if key in FLAT_KEYS:
+        group, name = FLAT_KEYS[key]
+        return getattr(getattr(config, group), name)
+    return getattr(config, key)
+
+
 def form_values(config: TrainConfig) -> dict[str, Any]:
     """The Train tab's preset fields of ``config`` (``max_steps`` 0 where the epochs decide)."""
-    values = {key: getattr(config, key) for key in TRAIN_FIELDS}
+    values = {key: setting(config, key) for key in TRAIN_FIELDS}
     values["max_steps"] = values["max_steps"] or 0
     return values
 
@@ -47,7 +56,7 @@ def form_values(config: TrainConfig) -> dict[str, Any]:
 def example_config(name: str, changes: dict[str, Any] | None = None) -> TrainConfig:
     """A shipped training example as a validated :class:`TrainConfig`, with ``changes`` applied."""
     data = TrainConfig.from_yaml(EXAMPLES / name).model_dump()
-    return TrainConfig.from_dict({**data, **(changes or {})}, source=f"{name} preset")
+    return TrainConfig.from_dict(with_overrides(data, changes or {}), source=f"{name} preset")
 
 
 @cache

@@ -7,20 +7,24 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from lorastory.config import YamlModel
 from lorastory.models import registry
 from lorastory.models.registry import FAMILIES, Family
 
 CLIP_TE_TARGETS = list(registry.CLIP_TE_TARGETS)
+# The largest rank accepted (peft takes more, but past this a LoRA is a full fine-tune in disguise).
+MAX_RANK = 1024
 CHATGLM_TE_TARGETS = list(registry.CHATGLM_TE_TARGETS)
 
 
 class LoraSpec(YamlModel):
     """The shape of a LoRA: rank, alpha, where it goes. Defaults match the reference Kolors recipe."""
 
-    rank: int = Field(16, ge=1, le=1024)
+    model_config = ConfigDict(**YamlModel.model_config, allow_inf_nan=False)  # alpha nan or inf: refused
+
+    rank: int = Field(16, ge=1, le=MAX_RANK)
     alpha: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)

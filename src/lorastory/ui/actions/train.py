@@ -18,6 +18,8 @@ def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str
     values = dict(form)
     prompts = [p.strip() for p in str(values.pop("validation_prompts", "") or "").splitlines() if p.strip()]
     values["max_steps"] = int(values.get("max_steps") or 0) or None
+    if not values.get("ema"):
+        values.pop("ema_decay", None)  # the form keeps a decay while EMA is off; the config refuses one
     for key in ("rank", "resolution", "epochs", "batch_size", "gradient_accumulation", "checkpoint_every",
                 "validation_every", "seed"):
         if values.get(key) is not None:

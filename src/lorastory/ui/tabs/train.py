@@ -3,11 +3,12 @@ job, its loss plot, samples and log, and the queue of every running job."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import gradio as gr
 import pandas as pd
 
+from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
 from lorastory.ui.presets import TRAIN_FIELDS, load_presets
 from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, stop_latest
@@ -52,10 +53,16 @@ class TrainTab:
             grad_ckpt = gr.Checkbox(label="gradient checkpointing", value=first["gradient_checkpointing"])
             train_te = gr.Checkbox(label="train text encoder", value=first["train_text_encoder"])
             precision = gr.Dropdown(label="precision", choices=["auto", "no", "fp16", "bf16"], value=first["precision"])
-            optimizer = gr.Dropdown(label="optimizer", choices=["adamw", "adamw8bit"], value=first["optimizer"])
+        with gr.Row():
+            # Prodigy and Adafactor keep their own settings' defaults here; the YAML and the CLI set them.
+            optimizer = gr.Dropdown(label="optimizer", choices=list(get_args(OptimizerName)), value=first["optimizer"],
+                                    info="prodigy sets its own step size: use learning rate 1")
+            ema = gr.Checkbox(label="EMA of the weights (also saves lora_ema.safetensors)", value=first["ema"])
+            ema_decay = gr.Number(label="EMA decay", value=first["ema_decay"])
+        self._lr, self._optimizer = lr, optimizer
         # In the order of TRAIN_FIELDS: what a preset sets.
         self.preset_inputs = [rank, alpha, resolution, epochs, max_steps, batch_size, grad_acc, lr, center_crop,
-                              random_flip, buckets, grad_ckpt, precision, optimizer, train_te]
+                              random_flip, buckets, grad_ckpt, precision, optimizer, train_te, ema, ema_decay]
         with gr.Row():
             self.ckpt_every = gr.Number(label="checkpoint every (steps, 0: off)", value=0, precision=0)
             self.val_every = gr.Number(label="samples every (steps, 0: off)", value=0, precision=0)
@@ -78,6 +85,7 @@ class TrainTab:
 
     def wire(self, clock: Clock) -> None:
         self.preset.change(self.on_preset, self.preset, self.preset_inputs)
+        self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts], self.status)
         self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status)
@@ -87,6 +95,12 @@ class TrainTab:
     def on_preset(self, name):
         values = load_presets()[name]
         return [values[k] for k in TRAIN_FIELDS]
+
+    def on_optimizer(self, optimizer, lr):
+        """Prodigy's lr multiplies its own estimate (1.0); the others take a step size (the reference 1e-4)."""
+        if optimizer == "prodigy":
+            return 1.0
+        return 1e-4 if lr is not None and lr >= PRODIGY_LOW_LR else lr
 
     def on_train(self, model, data, name, *values):
         *form_values, ckpt, val_ev, seed_value, resume_value, prompts = values
