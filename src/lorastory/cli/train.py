@@ -9,6 +9,7 @@ import typer
 
 from lorastory.cli.common import Options, app, console, err_console
 from lorastory.fileio import display_text
+from lorastory.train.datasets import parse_dataset_options
 
 
 @app.command("train")
@@ -63,6 +64,20 @@ def train_cmd(
     validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
+    trigger_word: Annotated[Optional[str], typer.Option(help="Word put first in every caption (not of regularization data).")] = None,
+    caption_dropout: Annotated[Optional[float], typer.Option(
+        help="Share of draws trained on the empty caption (0 to 1; e.g. 0.05).")] = None,
+    shuffle_tags: Annotated[Optional[bool], typer.Option(
+        "--shuffle-tags/--no-shuffle-tags", help="Shuffle each caption's comma-separated tags.")] = None,
+    keep_tags: Annotated[Optional[int], typer.Option(help="--shuffle-tags: leading tags kept in place.")] = None,
+    caption_variants: Annotated[Optional[int], typer.Option(
+        help="--shuffle-tags: shuffled versions cached per caption (default 4).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Times each picture is drawn per epoch (default 1).")] = None,
+    datasets: Annotated[Optional[list[str]], typer.Option("--dataset", help=(
+        "Training folder FOLDER[:REPEATS] (repeatable, instead of --data), or a YAML/JSON file listing datasets "
+        "with all their settings."))] = None,
+    prior_loss_weight: Annotated[Optional[float], typer.Option(
+        help="Loss weight of regularization datasets (default 1).")] = None,
     gpus: Annotated[
         Optional[int], typer.Option(min=1, help="Train data-parallel on N GPUs of this machine (runs accelerate launch; "
                                                 "--batch-size is per GPU).")
@@ -88,7 +103,14 @@ def train_cmd(
         cache_dir=cache_dir, compile=compile, lora_dropout=lora_dropout, target_modules=target_module,
         bucket_step=bucket_step, max_grad_norm=max_grad_norm, weight_decay=weight_decay,
         validation_steps=validation_steps, validation_cfg=validation_cfg, fast=fast,
+        trigger_word=trigger_word, caption_dropout=caption_dropout, shuffle_tags=shuffle_tags, keep_tags=keep_tags,
+        caption_variants=caption_variants, repeats=repeats, prior_loss_weight=prior_loss_weight,
+        datasets=parse_dataset_options(datasets) if datasets else None,
     )
+    if datasets and data is None:
+        values.pop("data", None)  # --dataset replaces the config file's data
+    if data is not None and not datasets:
+        values.pop("datasets", None)  # and --data its datasets
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
     # Imported once the settings are valid: a bad one is reported before torch loads.

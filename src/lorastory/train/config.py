@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
 from lorastory.models.registry import FAMILIES
+from lorastory.train.datasets import MAX_REPEATS, DatasetConfig
 
 # Limits shared with ``lorastory.models.lora.LoraSpec`` (tests check they agree), so a bad rank
 # or target list is refused here, before any model loads.
@@ -42,7 +43,7 @@ class TrainConfig(YamlModel):
     model_config = ConfigDict(**YamlModel.model_config, allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    data: str = Field(min_length=1)
+    data: str | None = Field(None, min_length=1)  # one training folder, or ``datasets`` (several)
     out: str = Field(min_length=1)
     family: str | None = None
 
@@ -91,6 +92,17 @@ class TrainConfig(YamlModel):
     cache_dir: str | None = None
     save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
 
+    # Captions at training time (train/captions.py) and several datasets (train/datasets.py). The caption
+    # settings are each dataset's default; a ``datasets:`` entry may set its own.
+    trigger_word: str | None = None
+    caption_dropout: float = Field(0.0, ge=0, le=1)
+    shuffle_tags: bool = False
+    keep_tags: int = Field(0, ge=0)
+    caption_variants: int = Field(4, ge=1, le=64)  # shuffled versions of each caption cached (shuffle_tags)
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    prior_loss_weight: float = Field(1.0, ge=0)
+
     @field_validator("model", "data", "out", "cache_dir")
     @classmethod
     def _usable_path(cls, value: str | None) -> str | None:
@@ -124,6 +136,10 @@ class TrainConfig(YamlModel):
     def _resolution_multiple_of_bucket_step(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+        if self.data is None and not self.datasets:
+            raise ValueError("needs data (a training folder) or datasets (several)")
+        if self.data is not None and self.datasets:
+            raise ValueError("give data (one training folder) or datasets (several), not both")
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
             raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
                              "would be recorded twice); use compile: blocks or gradient_checkpointing: false")
@@ -141,9 +157,17 @@ class TrainConfig(YamlModel):
 
     def _hash(self, ignored: set[str]) -> str:
         data = self.model_dump(mode="json", exclude=ignored)
+        # Settings added after checkpoints were written: left out at their default, so those resume.
+        data = {k: v for k, v in data.items() if k not in _ADDED_LATER or v != _ADDED_LATER[k]}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Settings that do not change the trained weights.
 _NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
                 "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile"}
+
+# Fields added later, with their defaults (in the JSON form of model_dump).
+_ADDED_LATER: dict[str, object] = {
+    "data": None, "trigger_word": None, "caption_dropout": 0.0, "shuffle_tags": False, "keep_tags": 0,
+    "caption_variants": 4, "repeats": 1, "datasets": [], "prior_loss_weight": 1.0,
+}
