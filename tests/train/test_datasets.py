@@ -70,7 +70,7 @@ def test_caption_dropout_trigger_and_shuffle_change_what_is_encoded(tiny_model_p
     data = _folder(tmp_path, "a", 4, 200, "striped, red, cat, garden")
     spy = Spy(monkeypatch)
     messages: list[str] = []
-    config = TrainConfig(**_base(tiny_model_path("sd15"), tmp_path / "run", data=str(data), max_steps=10,
+    config = TrainConfig(**_base(tiny_model_path("sd15"), tmp_path / "run", data=str(data), max_steps=6,
                                  batch_size=4, trigger_word="sks", caption_dropout=0.5, shuffle_tags=True,
                                  keep_tags=1, caption_variants=3))
     train(config, say=messages.append)
@@ -79,8 +79,8 @@ def test_caption_dropout_trigger_and_shuffle_change_what_is_encoded(tiny_model_p
     assert 4 < variants <= 12  # up to 3 shuffles of each of the 4 captions
     assert any(f"{variants + 1} caption(s) encoded" in m for m in messages)  # + the empty prompt, once
     empty = spy.examples[0].empty_key
-    assert len(spy.keys) == 40
-    assert 0.3 <= spy.keys.count(empty) / len(spy.keys) <= 0.7  # about the dropout rate (a seeded run)
+    assert len(spy.keys) == 24
+    assert 0.25 <= spy.keys.count(empty) / len(spy.keys) <= 0.75  # about the dropout rate (a seeded run)
     trained = [texts[key] for key in spy.keys if key != empty]
     assert all(split_tags(t)[:2] == ["sks", "striped"] for t in trained)  # trigger first, then the kept tag
     assert len(set(trained)) > 4  # shuffled versions were used
@@ -165,7 +165,7 @@ def test_resume_is_bit_identical_with_every_dataset_and_caption_option(tiny_mode
         encoding="utf-8")
     run = tmp_path / "run"
     args = ["--model", tiny_model_path("sd15"), "--dataset", listed, "--out", run, "--resolution", "64",
-            "--rank", "2", "--alpha", "2", "--batch-size", "2", "--max-steps", "6", "--checkpoint-every", "2",
+            "--rank", "2", "--alpha", "2", "--batch-size", "2", "--max-steps", "4", "--checkpoint-every", "2",
             "--seed", "9", "--no-gradient-checkpointing", "--random-flip", "--random-crop", "--trigger-word", "sks",
             "--caption-dropout", "0.3", "--shuffle-tags", "--keep-tags", "1", "--caption-variants", "3",
             "--prior-loss-weight", "0.5"]
@@ -177,9 +177,27 @@ def test_resume_is_bit_identical_with_every_dataset_and_caption_option(tiny_mode
     resumed = tmp_path / "resumed"
     shutil.copytree(run, resumed)
     (resumed / "lora.safetensors").unlink()
-    for step in ("step-000004", "step-000006"):
-        shutil.rmtree(resumed / "checkpoints" / step)
+    shutil.rmtree(resumed / "checkpoints" / "step-000004")
     again = cli("train", resumed / "config.yaml", "--out", resumed, "--resume")
     assert again.code == 0, again.err
     assert "resumed from step-000002" in again.err
     assert _same_lora(resumed / "lora.safetensors", run / "lora.safetensors")
+
+
+def test_dataset_options_and_their_errors(tmp_path, cli):
+    a, b = _folder(tmp_path, "a", 1, 10, "x"), _folder(tmp_path, "b", 1, 20, "y")
+    listed = tmp_path / "more.json"
+    listed.write_text(f'[{{"folder": "{b}", "is_regularization": true, "weight": 2}}]', encoding="utf-8")
+    from lorastory.train.datasets import parse_dataset_options
+
+    assert parse_dataset_options([f"{a}:3", str(listed), str(b)]) == [
+        {"folder": str(a), "repeats": 3}, {"folder": str(b), "is_regularization": True, "weight": 2}, {"folder": str(b)}]
+    base = ["train", "--model", "m", "--out", tmp_path / "o"]
+    cli(*base, "--data", a, "--dataset", b).error_line("give data (one training folder) or datasets (several), not both")
+    cli(*base).error_line("needs data (a training folder) or datasets (several)")
+    cli(*base, "--dataset", tmp_path / "none.yaml").error_line("none.yaml: no such file")
+    (tmp_path / "bad.yaml").write_text("folder: a\n", encoding="utf-8")
+    cli(*base, "--dataset", tmp_path / "bad.yaml").error_line("expected a list of datasets")
+    cli(*base, "--dataset", f"{a}:0").error_line("repeats")
+    cli(*base, "--dataset", tmp_path / "nothing").error_line("no metadata.csv")
+    cli(*base, "--data", a, "--caption-dropout", "1.5").error_line("caption_dropout")
