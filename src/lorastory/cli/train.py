@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from lorastory.cli.common import Options, app, console, err_console
+from lorastory.errors import ConfigError
 from lorastory.fileio import display_text
 from lorastory.train.datasets import parse_dataset_options
 
@@ -65,33 +66,22 @@ def train_cmd(
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
     trigger_word: Annotated[Optional[str], typer.Option(help="Word put first in every caption (not of regularization data).")] = None,
-    caption_dropout: Annotated[Optional[float], typer.Option(
-        help="Share of draws trained on the empty caption (0 to 1; e.g. 0.05).")] = None,
+    caption_dropout: Annotated[Optional[float], typer.Option(help="Share of draws trained on the empty caption (e.g. 0.05).")] = None,
     shuffle_tags: Annotated[Optional[bool], typer.Option(
         "--shuffle-tags/--no-shuffle-tags", help="Shuffle each caption's comma-separated tags.")] = None,
     keep_tags: Annotated[Optional[int], typer.Option(help="--shuffle-tags: leading tags kept in place.")] = None,
-    caption_variants: Annotated[Optional[int], typer.Option(
-        help="--shuffle-tags: shuffled versions cached per caption (default 4).")] = None,
+    caption_variants: Annotated[Optional[int], typer.Option(help="--shuffle-tags: shuffles cached per caption (default 4).")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Times each picture is drawn per epoch (default 1).")] = None,
     datasets: Annotated[Optional[list[str]], typer.Option("--dataset", help=(
         "Training folder FOLDER[:REPEATS] (repeatable, instead of --data), or a YAML/JSON file listing datasets "
         "with all their settings."))] = None,
-    prior_loss_weight: Annotated[Optional[float], typer.Option(
-        help="Loss weight of regularization datasets (default 1).")] = None,
+    prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularization datasets (default 1).")] = None,
     gpus: Annotated[
         Optional[int], typer.Option(min=1, help="Train data-parallel on N GPUs of this machine (runs accelerate launch; "
                                                 "--batch-size is per GPU).")
     ] = None,
 ) -> None:
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
-    from lorastory.config import read_yaml
-    from lorastory.train.config import TrainConfig
-
-    values = read_yaml(config_file) if config_file else {}
-    if not isinstance(values, dict):
-        from lorastory.errors import ConfigError
-
-        raise ConfigError(f"{config_file}: expected a mapping of settings")
     flags = dict(
         model=model, data=data, out=out, family=family, rank=rank, alpha=alpha, resolution=resolution,
         batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps, seed=seed,
@@ -107,12 +97,7 @@ def train_cmd(
         caption_variants=caption_variants, repeats=repeats, prior_loss_weight=prior_loss_weight,
         datasets=parse_dataset_options(datasets) if datasets else None,
     )
-    if datasets and data is None:
-        values.pop("data", None)  # --dataset replaces the config file's data
-    if data is not None and not datasets:
-        values.pop("datasets", None)  # and --data its datasets
-    values.update({k: v for k, v in flags.items() if v is not None})
-    config = TrainConfig.from_dict(values, source=str(config_file or "options"))
+    config = _train_config(config_file, flags)
     # Imported once the settings are valid: a bad one is reported before torch loads.
     from lorastory.train.launch import is_main_process, run_on_gpus
     from lorastory.train.paths import check_run_paths
@@ -147,3 +132,19 @@ def train_cmd(
     for file in result.lora_files:
         console.print(f"  LoRA: {file}")
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
+
+
+def _train_config(config_file: Path | None, flags: dict[str, Any]) -> Any:
+    """The config file's settings with the given flags on top, checked (a ``TrainConfig``)."""
+    from lorastory.config import read_yaml
+    from lorastory.train.config import TrainConfig
+
+    values = read_yaml(config_file) if config_file else {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_file}: expected a mapping of settings")
+    if flags.get("datasets") is not None and flags.get("data") is None:
+        values.pop("data", None)  # --dataset replaces the config file's data
+    if flags.get("data") is not None and flags.get("datasets") is None:
+        values.pop("datasets", None)  # and --data its datasets
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return TrainConfig.from_dict(values, source=str(config_file or "options"))

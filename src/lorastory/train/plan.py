@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
-from lorastory.train.datasets import Dataset
+from lorastory.train.datasets import Dataset, resolve_datasets
+from lorastory.train.order import Bucket
+from lorastory.train.step import Example
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,9 @@ def read_dataset(dataset: Dataset, say: Callable[[str], None]) -> list[TrainItem
     return items
 
 
-def plan_training(config: TrainConfig, datasets: list[Dataset], say: Callable[[str], None]) -> list[Planned]:
-    """Every dataset's samples, once per flip variant; deterministic for the seed."""
+def plan_training(config: TrainConfig, say: Callable[[str], None]) -> tuple[list[Dataset], list[Planned]]:
+    """The run's datasets and their samples, once per flip variant; deterministic for the seed."""
+    datasets = resolve_datasets(config)
     rng = random.Random(config.seed)  # one generator through all datasets: random crops
     planned = []
     for index, dataset in enumerate(datasets):
@@ -50,7 +53,14 @@ def plan_training(config: TrainConfig, datasets: list[Dataset], say: Callable[[s
             say(f"warning: bucket {bucket[0]}x{bucket[1]} has {count} image(s), fewer than the batch size {config.batch_size}")
     if len(datasets) > 1:
         say("datasets: " + "; ".join(_summary(d, planned, i) for i, d in enumerate(datasets)))
-    return planned
+    return datasets, planned
+
+
+def order_samples(examples: Sequence[Example], datasets: list[Dataset]) -> tuple[list[tuple[str, Bucket]], list[int]]:
+    """What :func:`lorastory.train.order.epoch_batches` orders: each example's image key and bucket, and its
+    repeats. An image's flip variants share its key (its dataset and file)."""
+    samples = [(f"{e.dataset}:{e.item.path}", e.placement.target) for e in examples]
+    return samples, [datasets[e.dataset].repeats for e in examples]
 
 
 def _summary(dataset: Dataset, planned: list[Planned], index: int) -> str:

@@ -33,12 +33,11 @@ from lorastory.train.checkpoint import (
     save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
-from lorastory.train.datasets import resolve_datasets
 from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.launch import use_cpu
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
-from lorastory.train.plan import plan_training
+from lorastory.train.plan import order_samples, plan_training
 from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
 
@@ -148,8 +147,7 @@ def train(
     checkpoint = _open_run(out, config, state, say)
 
     # 1. data
-    datasets = resolve_datasets(config)
-    planned = plan_training(config, datasets, say)
+    datasets, planned = plan_training(config, say)
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
@@ -166,9 +164,7 @@ def train(
     unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
     optimizer = _make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
-    # An image's flip variants share its key; each draws ``repeats`` times per epoch (order.py).
-    samples = [(f"{e.dataset}:{e.item.path}", e.placement.target) for e in examples]
-    repeats = [datasets[e.dataset].repeats for e in examples]
+    samples, repeats = order_samples(examples, datasets)
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
