@@ -113,29 +113,37 @@ def test_repeats_datasets_and_regularization_images(tiny_model_path, tmp_path, m
         assert all(t.startswith("sks, ") != (Path(example.item.path).parent.name == "reg") for t in example.texts)
 
 
-def test_regularization_loss_weight_in_the_loss(tmp_path):
-    """A batch of a normal and a regularization picture: loss = mean(1·mse_a + weight·prior·mse_reg)."""
-    from diffusers import DDPMScheduler
-
+def _two_examples(tmp_path: Path, config: TrainConfig) -> tuple[list, object]:
+    """An example of each of the config's two datasets (one picture, cached latents and captions)."""
     from lorastory.train.cache import TensorCache
     from lorastory.train.data import TrainItem, place
     from lorastory.train.encode import make_example
     from lorastory.train.plan import Planned
-    from lorastory.train.step import step_inputs, step_loss
 
     image = tmp_path / "x.png"
     Image.new("RGB", (64, 64)).save(image)
-    config = TrainConfig(model="m", out=str(tmp_path / "o"), seed=2, prior_loss_weight=0.5,
-                         datasets=[{"folder": "a"}, {"folder": "r", "is_regularization": True, "weight": 0.5}])
     datasets = resolve_datasets(config)
-    assert [d.loss_weight for d in datasets] == [1.0, 0.25]
-    item = TrainItem(str(image), "a cat", (64, 64))
+    item = TrainItem(str(image), "a cat, on a mat, in the sun", (64, 64))
     planned = [Planned(item, place(item, (64, 64), True, False, None), index) for index in (0, 1)]
     examples = [make_example(p, datasets[p.dataset], "vae", "text", config.seed) for p in planned]
     cache = TensorCache(tmp_path / "cache")
     for example in examples:
         cache.save(example.latent_key, {"latents": torch.randn(4, 8, 8)})
-        cache.save(example.text_key, {"prompt_embeds": torch.randn(7, 16)})
+        for key in (*example.text_keys, example.empty_key):
+            cache.save(key, {"prompt_embeds": torch.randn(7, 16)})
+    return examples, cache
+
+
+def test_regularization_loss_weight_in_the_loss(tmp_path):
+    """A batch of a normal and a regularization picture: loss = mean(1·mse_a + weight·prior·mse_reg)."""
+    from diffusers import DDPMScheduler
+
+    from lorastory.train.step import step_inputs, step_loss
+
+    config = TrainConfig(model="m", out=str(tmp_path / "o"), seed=2, prior_loss_weight=0.5,
+                         datasets=[{"folder": "a"}, {"folder": "r", "is_regularization": True, "weight": 0.5}])
+    assert [d.loss_weight for d in resolve_datasets(config)] == [1.0, 0.25]
+    examples, cache = _two_examples(tmp_path, config)
 
     class Zero(torch.nn.Module):
         def forward(self, noisy, timesteps, text, add_time_ids, dtype, captions=None):
@@ -147,6 +155,26 @@ def test_regularization_loss_weight_in_the_loss(tmp_path):
     mse = inputs.target.pow(2).mean(dim=(1, 2, 3))
     assert torch.allclose(loss, 0.5 * (mse[0] + 0.25 * mse[1]))
     assert not torch.allclose(loss, mse.mean())
+
+
+def test_live_captions_when_the_text_encoder_trains(tmp_path):
+    """With --train-text-encoder the step gets caption texts: dropped ones empty, the others shuffled fresh."""
+    from diffusers import DDPMScheduler
+
+    from lorastory.train.step import step_inputs
+
+    config = TrainConfig(model="m", out=str(tmp_path / "o"), seed=2, trigger_word="sks", caption_dropout=0.5,
+                         shuffle_tags=True, keep_tags=1, train_text_encoder=True,
+                         datasets=[{"folder": "a"}, {"folder": "r", "is_regularization": True}])
+    examples, cache = _two_examples(tmp_path, config)
+    draws = list(range(60))
+    inputs = step_inputs(draws, [1.0] * 60, 1 / 60, 0, examples, cache, DDPMScheduler(), config, live_text=True)
+    assert inputs.text is None and len(inputs.captions) == 60
+    assert 0.3 < inputs.captions.count("") / 60 < 0.7
+    ours = [c for d, c in zip(draws, inputs.captions) if c and d % 2 == 0]
+    reg = [c for d, c in zip(draws, inputs.captions) if c and d % 2 == 1]
+    assert all(split_tags(c)[:2] == ["sks", "a cat"] for c in ours) and len(set(ours)) > 1
+    assert all(split_tags(c)[0] == "a cat" for c in reg)  # no trigger word on regularization pictures
 
 
 def _same_lora(a: Path, b: Path) -> bool:
