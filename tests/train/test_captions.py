@@ -11,6 +11,12 @@ def test_trigger_word_comes_first_once_with_prefix_and_suffix():
     settings = CaptionSettings(trigger_word="sks style", prefix="anime", suffix="best quality")
     assert caption_texts("a cat, sks style, on a mat", settings, seed=0) == ["sks style, anime, a cat, on a mat, best quality"]
     assert caption_texts("", CaptionSettings(trigger_word="sks"), seed=0) == ["sks"]
+    # Chinese captions' full-width commas separate tags too, and join them again.
+    chinese = caption_texts("二次元，一个女孩，在花园里", CaptionSettings(trigger_word="sks", shuffle=True, keep_tags=1,
+                                                                  variants=4), seed=0)
+    assert {t.split("，")[0] for t in chinese} == {"sks"} and {t.split("，")[1] for t in chinese} == {"二次元"}
+    assert {frozenset(t.split("，")) for t in chinese} == {frozenset(["sks", "二次元", "一个女孩", "在花园里"])}
+    assert len(chinese) == 2
     # Nothing to change: the caption is used as it is (and keeps its old cache entry).
     assert caption_texts("a cat,on a mat", CaptionSettings(), seed=0) == ["a cat,on a mat"]
 

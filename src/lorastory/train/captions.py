@@ -4,9 +4,10 @@ A training caption is built from the folder's caption in a fixed order::
 
     trigger word, prefix, first ``keep_tags`` tags, the other tags (shuffled), suffix
 
-joined with ", " (empty parts left out). Tags are the caption's comma-separated pieces (ASCII
-``,`` only; a caption without commas is one tag). The trigger word is always first: a caption
-that already holds it as a tag has it moved to the front, not repeated.
+joined with ", " (empty parts left out). Tags are the caption's comma-separated pieces (``,`` or the
+full-width ``，`` of Chinese captions, which are then joined with ``，``); a caption without commas is
+one tag. The trigger word is always first: a caption that already holds it as a tag has it moved to
+the front, not repeated.
 
 Every random choice is seeded by the run seed and the sample's draw in its epoch
 (:func:`caption_rng`), never by a shared generator, so a run is reproducible and a resumed
@@ -22,6 +23,7 @@ each draw gets a fresh permutation (:func:`fresh_caption`).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 
@@ -38,18 +40,27 @@ class CaptionSettings:
     variants: int = 1  # shuffled versions cached per caption
 
 
+_COMMAS = re.compile(r"[,，]")
+
+
 def split_tags(caption: str) -> list[str]:
-    """The comma-separated tags of a caption, stripped, empty ones left out."""
-    return [tag.strip() for tag in caption.split(",") if tag.strip()]
+    """The comma-separated tags of a caption (``,`` or ``，``), stripped, empty ones left out."""
+    return [tag.strip() for tag in _COMMAS.split(caption) if tag.strip()]
 
 
-def _assemble(tags: list[str], settings: CaptionSettings, rng: random.Random | None) -> str:
-    """The training caption of ``tags`` (already without the trigger word); ``rng`` shuffles the unkept tags."""
+def _joiner(caption: str) -> str:
+    """How a caption's tags are joined again: as its own commas where they are all full-width."""
+    return "，" if "，" in caption and "," not in caption else ", "
+
+
+def _assemble(caption: str, settings: CaptionSettings, rng: random.Random | None) -> str:
+    """The training caption (see the module's docstring); ``rng`` shuffles the tags after the kept ones."""
+    tags = _own_tags(caption, settings)
     kept, rest = tags[: settings.keep_tags], tags[settings.keep_tags :]
     if rng is not None:
         rng.shuffle(rest)
     parts = [settings.trigger_word.strip(), settings.prefix.strip(), *kept, *rest, settings.suffix.strip()]
-    return ", ".join(part for part in parts if part)
+    return _joiner(caption).join(part for part in parts if part)
 
 
 def _own_tags(caption: str, settings: CaptionSettings) -> list[str]:
@@ -65,10 +76,9 @@ def caption_texts(caption: str, settings: CaptionSettings, seed: int) -> list[st
     """
     if not (settings.trigger_word.strip() or settings.prefix.strip() or settings.suffix.strip() or settings.shuffle):
         return [caption]
-    tags = _own_tags(caption, settings)
     if not settings.shuffle:
-        return [_assemble(tags, settings, None)]
-    texts = [_assemble(tags, settings, random.Random(f"shuffle/{seed}/{k}/{caption}")) for k in range(settings.variants)]
+        return [_assemble(caption, settings, None)]
+    texts = [_assemble(caption, settings, random.Random(f"shuffle/{seed}/{k}/{caption}")) for k in range(settings.variants)]
     return list(dict.fromkeys(texts))
 
 
@@ -94,4 +104,4 @@ def fresh_caption(caption: str, settings: CaptionSettings, seed: int, epoch: int
     rng = caption_rng(seed, epoch, draw)
     if settings.dropout and rng.random() < settings.dropout:
         return ""
-    return _assemble(_own_tags(caption, settings), settings, rng if settings.shuffle else None)
+    return _assemble(caption, settings, rng if settings.shuffle else None)
