@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share, sample_seed
+from lorastory.train.order import (
+    batches_before, continued_history, draw_sample, epoch_batches, process_share, sample_seed,
+)
 
 # 23 images in two buckets, the first five also with a flipped variant (an epoch uses one of the two).
 SAMPLES = [(f"img{i}", (64, 64) if i % 3 else (96, 48)) for i in range(23)] + [(f"img{i}", (64, 64)) for i in range(1, 6) if i % 3]
@@ -78,3 +80,20 @@ def test_sample_seeds_differ_per_sample_and_epoch():
     seeds = {sample_seed(0, epoch, index) for epoch in range(3) for index in range(50)}
     assert len(seeds) == 150
     assert sample_seed(0, 1, 2) == sample_seed(0, 1, 2) != sample_seed(1, 1, 2)
+
+
+def test_repeats_draw_each_image_that_many_times_per_epoch_and_resume_exactly():
+    repeats = [3 if SAMPLES[i][0] in ("img1", "img2") else 1 for i in range(len(SAMPLES))]
+    order = epoch_batches(SAMPLES, 4, 1, 4, repeats=repeats)
+    draws = _flat(order)
+    assert len(draws) == len(set(draws)) == IMAGES + 4  # distinct draws (distinct noise seeds)
+    seen = [SAMPLES[draw_sample(d, len(SAMPLES))][0] for d in draws]
+    assert seen.count("img1") == seen.count("img2") == 3 and seen.count("img3") == 1
+    assert all(len({SAMPLES[draw_sample(d, len(SAMPLES))][1] for d in batch}) == 1 for batch in order)
+    # No repeats: the draws are the sample indices, as before repeats existed.
+    assert epoch_batches(SAMPLES, 4, 1, 4, repeats=[1] * len(SAMPLES)) == epoch_batches(SAMPLES, 4, 1, 4)
+    # Resumed with another global batch: the rest of the epoch, nothing skipped or repeated.
+    done = sum(len(batch) for batch in order[:3])
+    history = continued_history([], 4, done, 2)
+    resumed = epoch_batches(SAMPLES, 4, 1, 2, history, repeats)
+    assert resumed[:3] == order[:3] and sorted(_flat(resumed)) == sorted(draws)

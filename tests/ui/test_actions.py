@@ -175,3 +175,20 @@ def test_derived_presets_change_only_what_they_say():
     assert changed["quick check (64², 4 steps)"] == {"rank": 4, "resolution": 64, "max_steps": 4,
                                                      "gradient_checkpointing": False}
     assert list(table)[0].startswith("reference")
+
+
+def test_train_form_caption_fields_reach_the_config(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    folder = ws.root / "train" / "style"
+    folder.mkdir(parents=True)
+    (folder / "metadata.csv").write_text("file_name,text\n", encoding="utf-8")
+    form = dict(presets.load_presets()["quick check (64², 4 steps)"], trigger_word=" sks ", caption_dropout=0.1,
+                shuffle_tags=True, keep_tags=2.0, repeats=3.0)
+    assert set(presets.CAPTION_FIELDS) <= set(form)
+    config = actions.train_config(ws, "Kwai-Kolors/Kolors-diffusers", "train/style", "run", form)
+    assert (config.trigger_word, config.caption_dropout, config.shuffle_tags, config.keep_tags, config.repeats) == (
+        "sks", 0.1, True, 2, 3)
+    cleared = actions.train_config(ws, "Kwai-Kolors/Kolors-diffusers", "train/style", "run", dict(form, trigger_word="", caption_dropout=None))
+    assert (cleared.trigger_word, cleared.caption_dropout) == (None, 0.0)
+    with pytest.raises(Exception, match="caption_dropout"):
+        actions.train_config(ws, "Kwai-Kolors/Kolors-diffusers", "train/style", "run", dict(form, caption_dropout=2))

@@ -48,6 +48,14 @@ def test_train_form_shows_the_first_preset(app_config):
         assert component(app_config, label)["value"] == first[key], key
 
 
+def test_train_form_has_the_caption_fields(app_config):
+    assert component(app_config, "trigger word (put first in every caption)")["value"] == ""
+    assert component(app_config, "caption dropout (0-1)")["value"] == 0
+    assert component(app_config, "shuffle tags")["value"] is False
+    assert component(app_config, "keep first N tags")["value"] == 0
+    assert component(app_config, "repeats")["value"] == 1
+
+
 def test_each_tab_polls_on_the_timer_and_on_load(app_config):
     polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
     triggers = sorted(t[1] for d in polls for t in d["targets"])

@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lorastory.cli.common import Options, app, console, err_console
+from lorastory.errors import ConfigError
 from lorastory.fileio import display_text
+from lorastory.train.datasets import parse_dataset_options
 
 # Flags named otherwise than their TrainConfig key (the repeatable ones in the singular).
 _RENAMED = {"format": "save_formats", "validation_prompt": "validation_prompts", "target_module": "target_modules",
@@ -95,6 +97,17 @@ def train_cmd(
     validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
+    trigger_word: Annotated[Optional[str], typer.Option(help="Word put first in every caption (not of regularization data).")] = None,
+    caption_dropout: Annotated[Optional[float], typer.Option(help="Share of draws trained on the empty caption (e.g. 0.05).")] = None,
+    shuffle_tags: Annotated[Optional[bool], typer.Option(
+        "--shuffle-tags/--no-shuffle-tags", help="Shuffle each caption's comma-separated tags.")] = None,
+    keep_tags: Annotated[Optional[int], typer.Option(help="--shuffle-tags: leading tags kept in place.")] = None,
+    caption_variants: Annotated[Optional[int], typer.Option(help="--shuffle-tags: shuffles cached per caption (default 4).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Times each picture is drawn per epoch (default 1).")] = None,
+    datasets: Annotated[Optional[list[str]], typer.Option("--dataset", help=(
+        "Training folder FOLDER[:REPEATS] (repeatable, instead of --data), or a YAML/JSON file listing datasets "
+        "with all their settings."))] = None,
+    prior_loss_weight: Annotated[Optional[float], typer.Option(help="Loss weight of regularization datasets (default 1).")] = None,
     gpus: Annotated[
         Optional[int], typer.Option(min=1, help="Train data-parallel on N GPUs of this machine (runs accelerate launch; "
                                                 "--batch-size is per GPU).")
@@ -103,6 +116,8 @@ def train_cmd(
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
     # Every other parameter is a setting, named as TrainConfig's flat keys (tests/test_cli.py checks it).
     flags = {_RENAMED.get(k, k): v for k, v in locals().items() if k not in _NOT_SETTINGS and v is not None}
+    if "datasets" in flags:
+        flags["datasets"] = parse_dataset_options(flags["datasets"])
     config = _config(config_file, flags)
     _run(config, gpus, debug=isinstance(ctx.obj, Options) and ctx.obj.debug)
 
@@ -147,11 +162,14 @@ def _run(config: Any, gpus: int | None, debug: bool) -> None:
 def _config(config_file: Path | None, flags: dict[str, Any]) -> Any:
     """The validated TrainConfig: the YAML file's settings with the flags on top."""
     from lorastory.config import read_yaml
-    from lorastory.errors import ConfigError
     from lorastory.train.config import TrainConfig, with_overrides
 
     source = str(config_file or "options")
     values = read_yaml(config_file) if config_file else {}
     if not isinstance(values, dict):
         raise ConfigError(f"{config_file}: expected a mapping of settings")
+    if "datasets" in flags and "data" not in flags:
+        values.pop("data", None)  # --dataset replaces the config file's data
+    if "data" in flags and "datasets" not in flags:
+        values.pop("datasets", None)  # and --data its datasets
     return TrainConfig.from_dict(with_overrides(values, flags), source=source)

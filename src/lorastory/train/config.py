@@ -19,12 +19,12 @@ import hashlib
 import json
 from typing import Any, Literal
 
-
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
 from lorastory.models.lora.spec import MAX_RANK, LoraSpec
 from lorastory.models.registry import FAMILIES
+from lorastory.train.datasets import MAX_REPEATS, DatasetConfig
 from lorastory.train.optimizers import AdafactorSettings, OptimizerName, ProdigySettings, optimizer_problem
 
 __all__ = ["FLAT_KEYS", "MAX_RANK", "MAX_SEED", "TrainConfig", "nest_flat_keys", "with_overrides"]
@@ -50,7 +50,7 @@ class TrainConfig(YamlModel):
     model_config = ConfigDict(**YamlModel.model_config, allow_inf_nan=False)
 
     model: str = Field(min_length=1)
-    data: str = Field(min_length=1)
+    data: str | None = Field(None, min_length=1)  # one training folder, or ``datasets`` (several)
     out: str = Field(min_length=1)
     family: str | None = None
 
@@ -103,6 +103,17 @@ class TrainConfig(YamlModel):
     cache_dir: str | None = None
     save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
 
+    # Captions at training time (train/captions.py) and several datasets (train/datasets.py). The caption
+    # settings are each dataset's default; a ``datasets:`` entry may set its own.
+    trigger_word: str | None = None
+    caption_dropout: float = Field(0.0, ge=0, le=1)
+    shuffle_tags: bool = False
+    keep_tags: int = Field(0, ge=0)
+    caption_variants: int = Field(4, ge=1, le=64)  # shuffled versions of each caption cached (shuffle_tags)
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    prior_loss_weight: float = Field(1.0, ge=0)
+
     @field_validator("model", "data", "out", "cache_dir")
     @classmethod
     def _usable_path(cls, value: str | None) -> str | None:
@@ -141,6 +152,10 @@ class TrainConfig(YamlModel):
     def _settings_combine(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+        if self.data is None and not self.datasets:
+            raise ValueError("needs data (a training folder) or datasets (several)")
+        if self.data is not None and self.datasets:
+            raise ValueError("give data (one training folder) or datasets (several), not both")
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
             raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
                              "would be recorded twice); use compile: blocks or gradient_checkpointing: false")

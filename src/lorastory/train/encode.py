@@ -22,7 +22,9 @@ from lorastory.train.cache import (
     text_key,
 )
 from lorastory.train.config import TrainConfig
-from lorastory.train.data import Placement, TrainItem
+from lorastory.train.captions import caption_texts
+from lorastory.train.datasets import Dataset
+from lorastory.train.plan import Planned
 from lorastory.train.step import Example
 
 
@@ -31,9 +33,17 @@ def frozen_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
+def make_example(planned: Planned, dataset: Dataset, vae_fp: str, text_fp: str, seed: int) -> Example:
+    """A sample with its cache keys: one per training text of its caption (see :mod:`lorastory.train.captions`)."""
+    texts = tuple(caption_texts(planned.item.caption, dataset.captions, seed))
+    keys = tuple(text_key(text_fp, text) for text in texts)
+    return Example(planned.item, planned.placement, latent_key(vae_fp, planned.item, planned.placement), keys[0],
+                   texts, keys, text_key(text_fp, ""), dataset.captions, dataset.loss_weight, planned.dataset)
+
+
 def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, family: Any,
-                  planned: list[tuple[TrainItem, Placement]],
-                  say: Callable[[str], None]) -> tuple[list[Example], TensorCache, str, float]:
+                 planned: list[Planned], datasets: list[Dataset],
+                 say: Callable[[str], None]) -> tuple[list[Example], TensorCache, str, float]:
     """Encode what the cache lacks (latents and captions), then free the text encoders unless they train.
 
     Returns the examples with their cache keys, the cache, the text encoders' fingerprint (for the
@@ -42,10 +52,7 @@ def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, fa
     model_dir = config.model if Path(config.model).is_dir() else None
     vae_fp = component_fingerprint(model_dir, "vae")
     text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
-    examples = [
-        Example(item, placement, latent_key(vae_fp, item, placement), text_key(text_fp, item.caption))
-        for item, placement in planned
-    ]
+    examples = [make_example(p, datasets[p.dataset], vae_fp, text_fp, config.seed) for p in planned]
     cache = TensorCache(Path(config.cache_dir) if config.cache_dir else out / "cache")
     validation = [(text_key(text_fp, p), p) for p in [*config.validation_prompts, ""]] if config.validation_prompts else []
     started = time.perf_counter()
@@ -74,7 +81,9 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
     device = accelerator.device
     clean_cache_temps(cache)  # of writers that were killed
     latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}
-    text_jobs = {**{e.text_key: e.item.caption for e in examples}, **dict(validation)}
+    text_jobs = {key: text for e in examples for key, text in zip(e.text_keys, e.texts)}
+    text_jobs.update({e.empty_key: "" for e in examples if e.captions.dropout})  # caption dropout's empty prompt
+    text_jobs.update(validation)
     mine = missing_share(cache, latent_jobs, accelerator)
     if mine:
         pipe.vae.to(device)

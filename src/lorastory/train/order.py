@@ -29,21 +29,28 @@ def epoch_batches(
     epoch: int,
     global_batch: int,
     history: Sequence[tuple[int, int]] = (),
+    repeats: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Global batches of sample indices for ``epoch``, in training order.
+    """Global batches of *draws* for ``epoch``, in training order.
 
     ``samples`` gives each sample's image and bucket; the flip variants of one image share the
-    image, and an epoch uses one of them, chosen by the epoch's generator. ``history`` lists the
-    parts of the epoch already trained with other global batch sizes; their batches come first.
+    image, and each draw of it uses one of them, chosen by the epoch's generator. ``repeats``
+    (per sample, the same for an image's variants; default 1) is how many times an image is drawn
+    per epoch. Draw ``r·len(samples) + i`` is repeat ``r`` of sample ``i`` (:func:`draw_sample`),
+    so with no repeats draws are sample indices, and every draw of an epoch is a distinct number
+    (its noise seed). ``history`` lists the parts of the epoch already trained with other global
+    batch sizes; their batches come first.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     variants: dict[str, list[int]] = {}
     for index, (image, _) in enumerate(samples):
         variants.setdefault(image, []).append(index)
     by_bucket: dict[Bucket, list[int]] = {}
+    count = len(samples)
     for group in variants.values():
-        chosen = rng.choice(group)
-        by_bucket.setdefault(samples[chosen][1], []).append(chosen)
+        for repeat in range(repeats[group[0]] if repeats is not None else 1):
+            chosen = rng.choice(group)
+            by_bucket.setdefault(samples[chosen][1], []).append(chosen + repeat * count)
     for bucket in sorted(by_bucket):
         rng.shuffle(by_bucket[bucket])
 
@@ -70,6 +77,11 @@ def _cut(by_bucket: dict[Bucket, list[int]], size: int, used: set[int], seed: in
         batches += [left[start : start + size] for start in range(0, len(left), size)]
     random.Random(f"{seed}/{epoch}/{len(used)}").shuffle(batches)
     return batches
+
+
+def draw_sample(draw: int, samples: int) -> int:
+    """The sample index of a draw of :func:`epoch_batches` over ``samples`` samples."""
+    return draw % samples
 
 
 def batches_before(order: Sequence[Sequence[int]], samples_done: int) -> int:
@@ -110,6 +122,6 @@ def process_share(batch: Sequence[int], rank: int, processes: int, per_process: 
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of sample ``index``'s noise and timestep in ``epoch``."""
+    """The seed of draw ``index``'s noise and timestep in ``epoch``."""
     digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")

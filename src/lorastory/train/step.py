@@ -7,7 +7,7 @@ epoch alone, which is what makes resume (and any number of processes) bit-exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
 from lorastory.train.cache import TensorCache
+from lorastory.train.captions import CaptionSettings, choose_text, fresh_caption
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem
-from lorastory.train.order import sample_seed
+from lorastory.train.order import draw_sample, sample_seed
 
 
 class Denoiser(torch.nn.Module):
@@ -42,12 +43,37 @@ class Denoiser(torch.nn.Module):
 
 @dataclass
 class Example:
-    """A training sample: the picture, where it is cropped, and its cache keys."""
+    """A training sample: the picture, where it is cropped, and its cache keys.
+
+    ``texts``/``text_keys`` are the caption's training texts and their cache keys (one, or the
+    shuffled versions; empty: the item's caption and ``text_key``); ``empty_key`` is the empty
+    prompt's (caption dropout). ``loss_weight`` multiplies the sample's loss (its dataset's).
+    """
 
     item: TrainItem
     placement: Placement
     latent_key: str
     text_key: str
+    texts: tuple[str, ...] = ()
+    text_keys: tuple[str, ...] = ()
+    empty_key: str = ""
+    captions: CaptionSettings = field(default_factory=CaptionSettings)
+    loss_weight: float = 1.0
+    dataset: int = 0
+
+
+def draw_caption(example: Example, seed: int, epoch: int, draw: int, live: bool) -> tuple[str, str]:
+    """The caption text and its cache key that draw ``draw`` of ``epoch`` trains with (seeded by them alone).
+
+    ``live`` (text encoders being trained, nothing cached): the text is built fresh for the draw.
+    """
+    if live:
+        return fresh_caption(example.item.caption, example.captions, seed, epoch, draw), ""
+    keys = example.text_keys or (example.text_key,)
+    pick = choose_text(len(keys), example.captions.dropout, seed, epoch, draw)
+    if pick is None:
+        return "", example.empty_key
+    return (example.texts or (example.item.caption,))[pick], keys[pick]
 
 
 def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
@@ -65,9 +91,9 @@ def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tenso
     return (per_sample * weights).sum() * scale
 
 
-def _batch_text(batch: list[Example], cache: TensorCache) -> dict[str, torch.Tensor]:
+def _batch_text(keys: list[str], cache: TensorCache) -> dict[str, torch.Tensor]:
     """Cached caption embeddings for a batch (on the CPU)."""
-    texts = [cache.load(e.text_key) for e in batch]
+    texts = [cache.load(key) for key in keys]
     return {name: torch.stack([t[name] for t in texts]) for name in texts[0]}
 
 
@@ -108,7 +134,9 @@ def step_inputs(
     CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains;
     ``pin`` puts them in page-locked memory, so the copy to the GPU does not stall the CPU.
     """
-    batch = [examples[i] for i in indices]
+    batch = [examples[draw_sample(i, len(examples))] for i in indices]  # indices are draws (order.py)
+    chosen = [draw_caption(e, config.seed, epoch, i, live_text) for e, i in zip(batch, indices)]
+    weights = [w * e.loss_weight for w, e in zip(weights, batch)]
     latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
     noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, noise_scheduler.config.num_train_timesteps)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -119,8 +147,8 @@ def step_inputs(
     add_time_ids = torch.stack([
         time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
     ])
-    text = None if live_text else _batch_text(batch, cache)
-    captions = [e.item.caption for e in batch] if live_text else None
+    text = None if live_text else _batch_text([key for _, key in chosen], cache)
+    captions = [caption for caption, _ in chosen] if live_text else None
     inputs = StepInputs(noisy, target, timesteps, add_time_ids, text, captions, torch.tensor(weights), scale)
     return _pinned(inputs) if pin else inputs
 

@@ -1,6 +1,6 @@
 """The LoRA training loop, in small steps that read top to bottom.
 
-1. read the training folder and plan every image's placement (crop or bucket);
+1. read the training folders (datasets) and plan every image's placement (crop or bucket);
 2. load the model, fill the latent/text caches, free the VAE and text encoder;
 3. inject LoRA into the UNet, build optimizer and lr schedule under accelerate;
 4. resume from the newest checkpoint when asked;
@@ -18,7 +18,6 @@ main process prints, logs, renders samples and writes checkpoints and the LoRA.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,19 +29,18 @@ import torch
 
 from lorastory.errors import TrainingError
 from lorastory.models.registry import family_of_pipeline, load_pipeline
-from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
     save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
-from lorastory.train.data import Placement, TrainItem, place, read_train_folder
 from lorastory.train.ema import LoraEma, swapped_in
 from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.launch import use_cpu
 from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
+from lorastory.train.plan import order_samples, plan_training
 from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
 
@@ -69,21 +67,6 @@ class TrainResult:
     main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
     processes: int = 1
     cache_seconds: float = 0.0
-
-
-def _plan(items: list[TrainItem], config: TrainConfig, say: Callable[[str], None]) -> list[tuple[TrainItem, Placement]]:
-    """Each item's placement, once per flip variant; deterministic for the seed."""
-    rng = random.Random(config.seed)
-    buckets = bucket_sizes(config.resolution, config.bucket_step) if config.buckets else None
-    planned = []
-    for item in items:
-        target = assign_bucket(item.size, buckets) if buckets else (config.resolution, config.resolution)
-        for flip in (False, True) if config.random_flip else (False,):
-            planned.append((item, place(item, target, config.center_crop or bool(buckets), flip, rng)))
-    if buckets:
-        for bucket, count in small_buckets([p.target for _, p in planned if not p.flip], config.batch_size).items():
-            say(f"warning: bucket {bucket[0]}x{bucket[1]} has {count} image(s), fewer than the batch size {config.batch_size}")
-    return planned
 
 
 def _precision(config: TrainConfig, device: torch.device) -> str:
@@ -153,7 +136,7 @@ def train(
     checkpoint = _open_run(out, config, state, say)
 
     # 1. data
-    planned = _plan(_read_data(config, say), config, say)
+    datasets, planned = plan_training(config, say)
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
@@ -163,16 +146,16 @@ def train(
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
     device, mixed_precision = accelerator.device, accelerator.mixed_precision
-    examples, cache, text_fp, cache_seconds = build_caches(config, out, accelerator, pipe, family, planned, say)
+    examples, cache, text_fp, cache_seconds = build_caches(config, out, accelerator, pipe, family, planned, datasets, say)
 
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
     unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
     optimizer = make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
-    samples = [(e.item.path, e.placement.target) for e in examples]
+    samples, repeats = order_samples(examples, datasets)
     position, history = _start_position(config, checkpoint, global_batch, processes)
-    total_steps = _total_steps(config, samples, global_batch, position, history)
+    total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
     lr_scheduler = make_scheduler(optimizer, config, total_steps)
     compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
@@ -200,7 +183,7 @@ def train(
 
     try:
         while result.steps < total_steps:
-            order = epoch_batches(samples, config.seed, epoch, global_batch, history)
+            order = epoch_batches(samples, config.seed, epoch, global_batch, history, repeats)
             first = batches_before(order, done)
             upcoming = prepare(order, first, epoch) if first < len(order) else None
             for batch_index in range(first, len(order)):
@@ -375,18 +358,6 @@ def _open_run(out: Path, config: TrainConfig, state: Any, say: Callable[[str], N
     return checkpoint
 
 
-def _read_data(config: TrainConfig, say: Callable[[str], None]) -> list[TrainItem]:
-    """The training folder's usable pictures; skipped rows and all-empty captions are said."""
-    items, problems = read_train_folder(config.data)
-    for problem in problems:
-        say(f"skipped {problem}")
-    if problems:
-        say(f"warning: skipped {len(problems)} row(s) of {config.data} (listed above); training on {len(items)} image(s)")
-    if not any(item.caption for item in items):
-        say("warning: captions all empty: the LoRA learns without text conditioning (a style for every prompt)")
-    return items
-
-
 def _resume_from(out: Path, config: TrainConfig, state: Any, say: Callable[[str], None]) -> Checkpoint | None:
     """The newest checkpoint that loads; damaged newer ones are moved aside by the main process
     (the others look after it, so all agree). ``None`` (with a warning) when none loads."""
@@ -409,14 +380,14 @@ def _quiet(message: str) -> None:
 
 
 def _total_steps(config: TrainConfig, samples: list[tuple[str, tuple[int, int]]], global_batch: int,
-                 position: Position, history: list[tuple[int, int]]) -> int:
+                 position: Position, history: list[tuple[int, int]], repeats: list[int]) -> int:
     """Optimizer steps of the whole run. A resume with another global batch re-counts the steps left."""
     if config.max_steps:
         return config.max_steps
-    per_epoch = len(epoch_batches(samples, config.seed, 0, global_batch))
+    per_epoch = len(epoch_batches(samples, config.seed, 0, global_batch, repeats=repeats))
     if position.global_batch == global_batch:
         return math.ceil(per_epoch / config.gradient_accumulation) * config.epochs
-    order = epoch_batches(samples, config.seed, position.epoch, global_batch, history)
+    order = epoch_batches(samples, config.seed, position.epoch, global_batch, history, repeats)
     left = len(order) - batches_before(order, position.samples_done) + per_epoch * (config.epochs - position.epoch - 1)
     return position.global_step + math.ceil(left / config.gradient_accumulation)
 

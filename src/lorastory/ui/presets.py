@@ -19,6 +19,8 @@ from lorastory.train.config import FLAT_KEYS, TrainConfig, with_overrides
 TRAIN_FIELDS = ("rank", "alpha", "resolution", "epochs", "max_steps", "batch_size", "gradient_accumulation", "lr",
                 "center_crop", "random_flip", "buckets", "gradient_checkpointing", "precision", "optimizer",
                 "train_text_encoder", "ema", "ema_decay")
+# The caption and repeat fields of the form (not set by presets), in the order of its inputs.
+CAPTION_FIELDS = ("trigger_word", "caption_dropout", "shuffle_tags", "keep_tags", "repeats")
 
 # name -> (example file, what the preset changes on top of it), first is the form's default.
 PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {

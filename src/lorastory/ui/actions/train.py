@@ -20,8 +20,12 @@ def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str
     values["max_steps"] = int(values.get("max_steps") or 0) or None
     if not values.get("ema"):
         values.pop("ema_decay", None)  # the form keeps a decay while EMA is off; the config refuses one
+    values["trigger_word"] = str(values.get("trigger_word") or "").strip() or None
+    for key in ("caption_dropout", "shuffle_tags", "keep_tags", "repeats"):  # a cleared field: the default
+        if values.get(key) is None:
+            values.pop(key, None)
     for key in ("rank", "resolution", "epochs", "batch_size", "gradient_accumulation", "checkpoint_every",
-                "validation_every", "seed"):
+                "validation_every", "seed", "keep_tags", "repeats"):
         if values.get(key) is not None:
             values[key] = int(values[key])
     data_dir = ws.resolve(data, must_exist=True)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
-from lorastory.ui.presets import TRAIN_FIELDS, load_presets
+from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS, load_presets
 from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, stop_latest
 
 
@@ -69,6 +69,14 @@ class TrainTab:
             self.seed = gr.Number(label="seed", value=0, precision=0)
             self.resume = gr.Checkbox(label="resume from the newest checkpoint", value=False)
         self.val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2, value="二次元，一个女孩")
+        with gr.Row():  # captions at training time and repeats (docs/training.md), in the order of CAPTION_FIELDS
+            self.caption_inputs = [
+                gr.Textbox(label="trigger word (put first in every caption)", value=""),
+                gr.Number(label="caption dropout (0-1)", value=0.0, minimum=0, maximum=1),
+                gr.Checkbox(label="shuffle tags", value=False),
+                gr.Number(label="keep first N tags", value=0, precision=0, minimum=0),
+                gr.Number(label="repeats", value=1, precision=0, minimum=1),
+            ]
 
     def _build_progress(self) -> None:
         with gr.Row():
@@ -87,7 +95,8 @@ class TrainTab:
         self.preset.change(self.on_preset, self.preset, self.preset_inputs)
         self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
-                                             self.val_every, self.seed, self.resume, self.val_prompts], self.status)
+                                             self.val_every, self.seed, self.resume, self.val_prompts,
+                                             *self.caption_inputs], self.status)
         self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status)
         seen = gr.State({})
         clock.poll(self.poll, seen, [seen, self.status, self.loss_plot, self.samples, self.log, self.queue_md])
@@ -103,8 +112,10 @@ class TrainTab:
         return 1e-4 if lr is not None and lr >= PRODIGY_LOW_LR else lr
 
     def on_train(self, model, data, name, *values):
-        *form_values, ckpt, val_ev, seed_value, resume_value, prompts = values
+        caption_values = values[-len(CAPTION_FIELDS):]
+        *form_values, ckpt, val_ev, seed_value, resume_value, prompts = values[: -len(CAPTION_FIELDS)]
         form = dict(zip(TRAIN_FIELDS, form_values))
+        form.update(zip(CAPTION_FIELDS, caption_values))
         form.update(checkpoint_every=ckpt or 0, validation_every=val_ev or 0, seed=seed_value or 0,
                     resume=bool(resume_value), validation_prompts=prompts)
         try:
