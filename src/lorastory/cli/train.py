@@ -8,7 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from lorastory.cli.common import Options, app, console, err_console
+from lorastory.config import read_yaml
+from lorastory.errors import ConfigError
 from lorastory.fileio import display_text
+from lorastory.train.config import TrainConfig
+from lorastory.train.launch import is_main_process, run_on_gpus
+from lorastory.train.paths import check_run_paths
+from lorastory.train.trainer import train
 
 
 @app.command("train")
@@ -69,13 +75,8 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train a LoRA: OUT/lora.safetensors, checkpoints, samples, TensorBoard logs."""
-    from lorastory.config import read_yaml
-    from lorastory.train.config import TrainConfig
-
     values = read_yaml(config_file) if config_file else {}
     if not isinstance(values, dict):
-        from lorastory.errors import ConfigError
-
         raise ConfigError(f"{config_file}: expected a mapping of settings")
     flags = dict(
         model=model, data=data, out=out, family=family, rank=rank, alpha=alpha, resolution=resolution,
@@ -92,9 +93,6 @@ def train_cmd(
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
     # Imported once the settings are valid: a bad one is reported before torch loads.
-    from lorastory.train.launch import is_main_process, run_on_gpus
-    from lorastory.train.paths import check_run_paths
-    from lorastory.train.trainer import train
 
     check_run_paths(config)  # before any process starts or any model loads
     debug = isinstance(ctx.obj, Options) and ctx.obj.debug

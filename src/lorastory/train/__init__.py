@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lorastory.train import trainer
 from lorastory.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -28,7 +29,5 @@ _FROM_TRAINER = ("TrainResult", "train")
 def __getattr__(name: str) -> Any:
     # Only the torch-importing names are lazy; anything else is a normal AttributeError.
     if name in _FROM_TRAINER:
-        from lorastory.train import trainer
-
         return getattr(trainer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

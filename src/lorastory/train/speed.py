@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_regions, to_channels_last
+from lorastory.train.lora_qkv import fuse_lora_qkv
 
 # Below this many optimizer steps a compile's warm-up (20-60 s) costs more than it saves.
 COMPILE_MIN_STEPS = 200
@@ -97,8 +98,6 @@ def prepare_for_training(
     """
     done = [f"bf16 compute with fp32 LoRA weights ({lora_compute_in_input_dtype(unet, *text_encoders)} layers)"]
     if fuse_qkv:
-        from lorastory.train.lora_qkv import fuse_lora_qkv
-
         done.append(f"fused LoRA q/k/v in {fuse_lora_qkv(unet)} self-attention layers")
     if channels_last:
         to_channels_last(unet)

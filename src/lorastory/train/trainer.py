@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lorastory.errors import TrainingError
+from lorastory.models.lora import LoraSpec, inject_lora, save_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.checkpoint import (
@@ -40,6 +41,7 @@ from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.launch import use_cpu
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
+from lorastory.train.speed import prepare_for_training, resolve_compile
 from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
 
@@ -285,8 +287,6 @@ def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler
 def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
                processes: int, say: Callable[[str], None]) -> str:
     """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); return the compile mode."""
-    from lorastory.train.speed import prepare_for_training, resolve_compile
-
     compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
     say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
     return compile_mode
@@ -294,8 +294,6 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int) -> list[Path]:
     """Write the trained LoRA in each of ``config.save_formats``; return the files."""
-    from lorastory.models.lora import save_lora
-
     files = []
     for fmt in config.save_formats:
         name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
@@ -311,8 +309,6 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
 
     Returns the denoiser, the LoRA spec, the text encoders being trained (by name) and the parameters.
     """
-    from lorastory.models.lora import LoraSpec, inject_lora
-
     unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
     _move(unet, device, weight_dtype)
