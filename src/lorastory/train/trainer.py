@@ -23,9 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
 from lorastory.models.lora import LoraSpec, inject_lora, save_lora
@@ -42,8 +40,11 @@ from lorastory.train.launch import use_cpu
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
 from lorastory.train.speed import prepare_for_training, resolve_compile
-from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
+from lorastory.train.step import StepInputs, denoiser_class, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -86,6 +87,8 @@ def _plan(items: list[TrainItem], config: TrainConfig, say: Callable[[str], None
 
 
 def _precision(config: TrainConfig, device: torch.device) -> str:
+    import torch
+
     if config.precision != "auto":
         return config.precision
     if device.type != "cuda":
@@ -102,6 +105,7 @@ def _move(module: Any, device: torch.device, dtype: torch.dtype) -> None:
 
 def _processes() -> Any:
     """accelerate's view of the processes; under a launcher this joins the process group and picks this process's GPU."""
+    import torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available() or use_cpu())
@@ -131,6 +135,8 @@ def _accelerator(config: TrainConfig, out: Path, device: torch.device, unused_pa
 
 
 def _make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, say: Callable[[str], None]) -> Any:
+    import torch
+
     if config.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -190,7 +196,7 @@ def train(
                                  num_training_steps=total_steps)
     compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
-    model, optimizer = accelerator.prepare(Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
+    model, optimizer = accelerator.prepare(denoiser_class()(unet, text_encoders, pipe if text_encoders else None), optimizer)
     for encoder in text_encoders.values():
         encoder.train()
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -447,6 +453,8 @@ def _same_everywhere(value: Any, what: str, advice: str) -> None:
 
 def _check_in_sync(accelerator: Any, trainable: dict[str, torch.nn.Parameter]) -> None:
     """Every process must end with the same LoRA weights (DDP's promise); compare checksums."""
+    import torch
+
     if accelerator.num_processes == 1:
         return
     checksum = torch.stack([p.detach().double().sum() for p in trainable.values()]).sum()
@@ -462,12 +470,14 @@ def _last_good(out: Path) -> str:
 
 def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None:
     """Never write a checkpoint or LoRA holding inf/NaN weights."""
+    import torch
+
     if all(torch.isfinite(p).all() for p in params.values()):
         return
     raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{_last_good(out)}")
 
 
-def _trainable(model: Denoiser) -> dict[str, torch.nn.Parameter]:
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The LoRA parameters being trained, named "<component>.<parameter>"."""
     modules = {"unet": model.unet, **model.text_encoders}
     return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}

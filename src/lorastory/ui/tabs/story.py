@@ -6,8 +6,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import gradio as gr
-
 from lorastory.demo import EXAMPLES
 from lorastory.generate.samplers import SAMPLERS
 from lorastory.generate.story import load_story
@@ -27,6 +25,8 @@ class StoryTab:
     """The Story tab's components (built in the order they appear) and its handlers."""
 
     def __init__(self, ctx: AppContext) -> None:
+        import gradio as gr
+
         self.ctx = ctx
         self.ws = ctx.ws
         with gr.Tab("Story", id="story"):
@@ -37,6 +37,8 @@ class StoryTab:
     # ------------------------------------------------------------------ layout
 
     def _build_story(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.example = gr.Dropdown(label="Start from an example", choices=example_stories(), value=None)
             self.load_example_btn = gr.Button("Load example")
@@ -70,6 +72,8 @@ class StoryTab:
                              mode, strength, reference, self.ip_adapter]
 
     def _build_panels(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.add_panel_btn = gr.Button("Add panel")
             self.remove_panel_btn = gr.Button("Remove last panel")
@@ -85,6 +89,8 @@ class StoryTab:
             self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")
 
     def _build_run(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.gen_btn = gr.Button("Generate story", variant="primary", elem_id="generate-btn")
             self.stop_btn = gr.Button("Stop", variant="stop")
@@ -105,6 +111,8 @@ class StoryTab:
     # ------------------------------------------------------------------ events
 
     def wire(self, clock: Clock) -> None:
+        import gradio as gr
+
         self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
                            [self.status, self.story_yaml])
         self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
@@ -124,6 +132,8 @@ class StoryTab:
         return actions.story_from_form(title, character, style, negative, rows(table), defaults, consistency)
 
     def on_generate(self, *values):
+        import gradio as gr
+
         *story_values, model, lora, scale, name = values
         try:
             story = self.form_story(*story_values)
@@ -134,6 +144,8 @@ class StoryTab:
         return f"**Queued:** {job.summary()}", story.to_yaml()
 
     def on_load_example(self, name):
+        import gradio as gr
+
         if not name:
             return [gr.skip()] * len(self.story_inputs)
         story = load_story(EXAMPLES / name)
@@ -157,6 +169,8 @@ class StoryTab:
         return f"**Queued:** {job.summary()} (seed {new_seed})"
 
     def on_zip(self, run):
+        import gradio as gr
+
         if not run:
             return "**Error:** generate a story first", gr.skip()
         try:
@@ -167,6 +181,8 @@ class StoryTab:
 
     def poll(self, state: dict[str, Any]) -> list[Any]:
         """The newest story job: status, and once done its storyboard, panels and run folder."""
+        import gradio as gr
+
         state = dict(state or {})
         job = self.ctx.jobs.latest("story")
         if job is None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import gradio as gr
-import pandas as pd
-
 from lorastory.ui import actions
 from lorastory.ui.presets import TRAIN_FIELDS, load_presets
 from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, stop_latest
@@ -17,6 +14,8 @@ class TrainTab:
     """The Train tab's components (built in the order they appear) and its handlers."""
 
     def __init__(self, ctx: AppContext) -> None:
+        import gradio as gr
+
         self.ctx = ctx
         self.ws = ctx.ws
         with gr.Tab("Train", id="train"):
@@ -26,6 +25,8 @@ class TrainTab:
     # ------------------------------------------------------------------ layout
 
     def _build_form(self) -> None:
+        import gradio as gr
+
         presets = load_presets()
         names = list(presets)
         first = presets[names[0]]
@@ -64,6 +65,8 @@ class TrainTab:
         self.val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2, value="二次元，一个女孩")
 
     def _build_progress(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.train_btn = gr.Button("Start training", variant="primary", elem_id="train-btn")
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-train-btn")
@@ -77,6 +80,8 @@ class TrainTab:
     # ------------------------------------------------------------------ events
 
     def wire(self, clock: Clock) -> None:
+        import gradio as gr
+
         self.preset.change(self.on_preset, self.preset, self.preset_inputs)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts], self.status)
@@ -106,6 +111,9 @@ class TrainTab:
         return [state, *self._poll_train(state), self._poll_queue(state)]
 
     def _poll_train(self, state: dict[str, Any]) -> list[Any]:
+        import gradio as gr
+        import pandas as pd
+
         job = self.ctx.jobs.latest("train")
         if job is None:
             return [gr.skip()] * 4
@@ -121,6 +129,8 @@ class TrainTab:
         return [status, frame, actions.run_samples(self.ws, job.data.get("out")), "\n".join(job.log[-200:])]
 
     def _poll_queue(self, state: dict[str, Any]) -> Any:
+        import gradio as gr
+
         active = [j for j in self.ctx.jobs.jobs() if j.active]
         queue_key = tuple((j.id, j.status) for j in active)
         if state.get("queue") == queue_key:
