@@ -9,25 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 from lorastory.data.ops import registered_ops
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import AppContext, Clock, err, md_list, ok, yaml_text
+from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, yaml_text
 
 if TYPE_CHECKING:
     import gradio as gr
 
 
-class DataTab:
+class DataTab(Tab):
     """The Data tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        import gradio as gr
+    label, tab_id = "Data", "data"
 
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Data", id="data"):
-            self._build_import()
-            self._build_recipe()
-            self._build_results()
-            self._build_export()
+    def build(self) -> None:
+        self._build_import()
+        self._build_recipe()
+        self._build_results()
+        self._build_export()
 
     # ------------------------------------------------------------------ layout
 

@@ -7,21 +7,18 @@ import json
 from typing import Any
 
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import AppContext, Clock, err, progress_md
+from lorastory.ui.tabs.common import Clock, Tab, err, progress_md
 
 
-class GalleryTab:
+class GalleryTab(Tab):
     """The Gallery / Eval tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        import gradio as gr
+    label, tab_id = "Gallery / Eval", "gallery"
 
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Gallery / Eval", id="gallery"):
-            self._build_runs()
-            self._build_eval()
-            self._build_train_runs()
+    def build(self) -> None:
+        self._build_runs()
+        self._build_eval()
+        self._build_train_runs()
 
     # ------------------------------------------------------------------ layout
 

@@ -10,7 +10,7 @@ from lorastory.demo import EXAMPLES
 from lorastory.generate.samplers import SAMPLERS
 from lorastory.generate.story import load_story
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, rows, stop_latest
+from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, rows, stop_latest
 
 CONSISTENCY_MODES = [("none: panels independent", "none"), ("attention: panels share self-attention", "attention"),
                      ("reference: one reference image (IP-Adapter)", "reference"), ("both", "both")]
@@ -21,18 +21,15 @@ def example_stories() -> list[str]:
     return sorted(p.name for p in EXAMPLES.glob("story_*.yaml"))
 
 
-class StoryTab:
+class StoryTab(Tab):
     """The Story tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        import gradio as gr
+    label, tab_id = "Story", "story"
 
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Story", id="story"):
-            self._build_story()
-            self._build_panels()
-            self._build_run()
+    def build(self) -> None:
+        self._build_story()
+        self._build_panels()
+        self._build_run()
 
     # ------------------------------------------------------------------ layout
 

@@ -7,20 +7,17 @@ from typing import Any
 
 from lorastory.ui import actions
 from lorastory.ui.presets import TRAIN_FIELDS, load_presets
-from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, stop_latest
+from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
 
 
-class TrainTab:
+class TrainTab(Tab):
     """The Train tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        import gradio as gr
+    label, tab_id = "Train", "train"
 
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Train", id="train"):
-            self._build_form()
-            self._build_progress()
+    def build(self) -> None:
+        self._build_form()
+        self._build_progress()
 
     # ------------------------------------------------------------------ layout
 
