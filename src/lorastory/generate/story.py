@@ -335,7 +335,6 @@ def _render_story(
 
     adapter_spec = None
     if settings.uses_reference:  # before any rendering: a missing adapter fails now, not after the reference
-
         adapter_spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
                                           settings.image_encoder)
         check_ip_adapter(adapter_spec)

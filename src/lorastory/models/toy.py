@@ -22,7 +22,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
-from lorastory.models.tiny import KOLORS_SCHEDULE, _corpus, _euler, _init_chatglm_, _vae as vae
+from lorastory.models.tiny import KOLORS_SCHEDULE, _corpus, _euler, _init_chatglm_, _vae as tiny_vae
 from lorastory.models.tiny_clip import CLIP_MEAN, CLIP_STD, LOGIT_SCALE, _PUNCT, _ZH_TEXT
 from lorastory.toyworld import STYLES, caption, sample_scene
 
@@ -89,7 +89,7 @@ def _unet() -> Any:
 
 def _vae() -> Any:
     # scaling_factor is set from the latents' spread once the VAE is trained
-    return vae(1.0, TOY_RESOLUTION, channels=(32, 64, 128, 128), groups=32, force_upcast=False)
+    return tiny_vae(1.0, TOY_RESOLUTION, channels=(32, 64, 128, 128), groups=32, force_upcast=False)
 
 
 def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:

@@ -201,7 +201,6 @@ class JobQueue:
             except Cancelled:
                 self._finish(job, CANCELLED, message="cancelled; nothing half-written was left")
             except Exception as err:  # a job's failure is shown on the page, never kills the worker
-
                 message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
                 if not isinstance(err, LorastoryError):
                     job.log.append(traceback.format_exc())
