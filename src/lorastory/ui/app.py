@@ -62,7 +62,7 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
     # Uploads and Gradio's file cache live inside the workspace, like everything else the app touches.
     os.environ["GRADIO_TEMP_DIR"] = str(ws.root / ".gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    # Gradio (and so every tab module) is imported only now: it reads GRADIO_TEMP_DIR once, at import.
+    # Gradio is imported only now (the tabs import it as they build): it reads GRADIO_TEMP_DIR once, at import.
     import gradio as gr
 
     if build_default_model:

@@ -104,6 +104,8 @@ class DataTab(Tab):
 
     def wire(self, clock: Clock, train_folder: Any) -> None:
         """Wire the tab's events; ``train_folder`` is the Train tab's dropdown an export selects."""
+        import gradio as gr
+
         self.train_folder = train_folder
         data_lists = [self.ds_pick, self.export_src, train_folder]
         import_inputs = [self.ds_name, self.ds_caption, self.ds_replace]
@@ -113,6 +115,7 @@ class DataTab(Tab):
         self.op_pick.change(self.on_op, self.op_pick, [self.op_table, self.op_params])
         self.add_op_btn.click(self.on_add_op, [self.recipe_text, self.op_pick, self.op_params],
                               [self.recipe_text, self.recipe_status])
+
         def run_recipe(text, name, procs, progress=gr.Progress()):  # gradio fills a parameter whose default is a Progress
             return self.on_run_recipe(text, name, procs, progress)
 
