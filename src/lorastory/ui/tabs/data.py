@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lorastory.data.ops import registered_ops
 from lorastory.ui import actions
 from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, yaml_text
-
-if TYPE_CHECKING:
-    import gradio as gr
 
 
 class DataTab(Tab):
