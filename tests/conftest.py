@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,28 @@ def toy_model_path(tmp_path_factory):
         return written[component]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_model_path) -> Path:
+    """A tiny random CLIP folder (real CLIP tokenizer), built once per session."""
+    return Path(tiny_model_path("clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chinese_clip(tiny_model_path) -> Path:
+    return Path(tiny_model_path("chinese-clip"))
+
+
+@pytest.fixture
+def no_hang():
+    """A test that blocks (a FIFO opened for reading) fails after 60 s instead of hanging the suite."""
+
+    def stop(signum, frame):
+        raise TimeoutError("blocked: a FIFO was opened for reading?")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

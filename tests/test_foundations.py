@@ -177,12 +177,12 @@ def test_an_unwritable_output_is_one_line(cli, tmp_path):
 
 
 def test_an_unexpected_error_asks_for_a_report_and_debug_shows_it(cli, monkeypatch):
-    import lorastory.models.tiny as tiny
+    import lorastory.cli.models as models_cli
 
     def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(tiny, "build_tiny_model", broken)
+    monkeypatch.setattr(models_cli, "build_tiny_model", broken)
     result = cli("model", "tiny", "--family", "sd15", "--out", "x")
     assert result.code == 1 and "Traceback" not in result.err
     assert "unexpected KeyError" in result.err and "please report it" in result.err

@@ -12,6 +12,6 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tiny_model_path) -> Path:
-    return Path(tiny_model_path("clip"))
+@pytest.fixture
+def clip_dir(tiny_clip) -> Path:
+    return tiny_clip

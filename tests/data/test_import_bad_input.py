@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,7 @@ from PIL import Image
 BUG_LINE = "This is a bug"
 
 
-@pytest.fixture(autouse=True)
-def _no_hang():
-    """A FIFO read by mistake blocks forever: fail the test instead."""
-    def timeout(*_):
-        raise TimeoutError("hung: a FIFO was opened for reading?")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("no_hang")  # a FIFO read by mistake fails the test instead of hanging it
 
 
 def _png(path: Path, color=(200, 30, 30), size=(40, 32)) -> Path:

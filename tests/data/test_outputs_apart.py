@@ -132,12 +132,12 @@ def test_data_run_writes_result_stats_and_reports_together(cli, tmp_path, monkey
     assert "Data report" in (out / "result_report.html").read_text(encoding="utf-8")
     before = _snapshot(out)
     # A failure while the report is being written (the last file) keeps all four previous files.
-    import lorastory.data.report as report_module
+    import lorastory.data.executor as executor_module
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device", str(out / "result_report.html"))
 
-    monkeypatch.setattr(report_module, "render_html", broken)
+    monkeypatch.setattr(executor_module, "render_html", broken)
     (tmp_path / "data" / "metadata.jsonl").write_text(
         json.dumps({"text": "just one row now", "image": ["images/0.png"]}) + "\n", encoding="utf-8"
     )

@@ -34,17 +34,6 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tiny_clip(tiny_model_path) -> Path:
-    """A tiny random CLIP folder (real CLIP tokenizer), built once per session."""
-    return Path(tiny_model_path("clip"))
-
-
-@pytest.fixture(scope="session")
-def tiny_chinese_clip(tiny_model_path) -> Path:
-    return Path(tiny_model_path("chinese-clip"))
-
-
-@pytest.fixture(scope="session")
 def lora_file(tiny_model_path, tmp_path_factory) -> Path:
     """A Kolors LoRA with random lora_B (so it visibly changes the output), saved as a file."""
     import torch

@@ -4,7 +4,6 @@ cannot hold before allocating them, and turns every unreadable picture into one 
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import zlib
 from pathlib import Path
@@ -17,18 +16,7 @@ from lorastory.generate.grid import MAX_BOARD_PIXELS, make_storyboard, parse_siz
 from lorastory.generate.pngmeta import read_parameters
 
 
-@pytest.fixture(autouse=True)
-def no_hang():
-    """A test that blocks (a FIFO opened for reading) fails after 20 s instead of hanging the suite."""
-
-    def stop(signum, frame):
-        raise TimeoutError("blocked: a FIFO was opened")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("no_hang")  # a FIFO read by mistake fails the test instead of hanging it
 
 
 def _png(path: Path, color=(200, 30, 30), size=(32, 32)) -> Path:

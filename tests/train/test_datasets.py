@@ -17,7 +17,6 @@ import lorastory.train.step as step_module
 import lorastory.train.trainer as trainer_module
 from lorastory.train.captions import split_tags
 from lorastory.train.config import TrainConfig
-from lorastory.train.datasets import resolve_datasets
 from lorastory.train.order import draw_sample
 from lorastory.train.trainer import train
 
@@ -122,7 +121,7 @@ def _two_examples(tmp_path: Path, config: TrainConfig) -> tuple[list, object]:
 
     image = tmp_path / "x.png"
     Image.new("RGB", (64, 64)).save(image)
-    datasets = resolve_datasets(config)
+    datasets = config.resolved_datasets()
     item = TrainItem(str(image), "a cat, on a mat, in the sun", (64, 64))
     planned = [Planned(item, place(item, (64, 64), True, False, None), index) for index in (0, 1)]
     examples = [make_example(p, datasets[p.dataset], "vae", "text", config.seed) for p in planned]
@@ -142,7 +141,7 @@ def test_regularization_loss_weight_in_the_loss(tmp_path):
 
     config = TrainConfig(model="m", out=str(tmp_path / "o"), seed=2, prior_loss_weight=0.5,
                          datasets=[{"folder": "a"}, {"folder": "r", "is_regularization": True, "weight": 0.5}])
-    assert [d.loss_weight for d in resolve_datasets(config)] == [1.0, 0.25]
+    assert [d.loss_weight for d in config.resolved_datasets()] == [1.0, 0.25]
     examples, cache = _two_examples(tmp_path, config)
 
     class Zero(torch.nn.Module):

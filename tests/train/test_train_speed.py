@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorastory.train.speed import CastLinear, lora_compute_in_input_dtype, prepare_for_training, resolve_compile
+from lorastory.train.speed import cast_linear, lora_compute_in_input_dtype, prepare_for_training, resolve_compile
 
 
 def _unet_with_lora(tiny_model_path):
@@ -45,7 +45,7 @@ def test_lora_computes_in_bf16_with_fp32_weights_and_gradients(tiny_model_path):
     assert lora_compute_in_input_dtype(unet) > 0
     assert list(unet.state_dict()) == names
     assert all(p.dtype == torch.float32 and p.requires_grad for p in params)
-    assert any(type(m) is CastLinear for m in unet.modules())
+    assert any(type(m) is cast_linear() for m in unet.modules())
     out = _forward(unet)
     assert out.dtype == torch.bfloat16
     error = (out.float() - reference).norm() / reference.norm()

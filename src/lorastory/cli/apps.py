@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from lorastory.cli.common import app, console
+from lorastory.demo import DemoSize, run_demo
+from lorastory.ui.app import check_bind, launch
 
 
 @app.command("demo")
@@ -18,8 +20,6 @@ def demo(
     story_steps: Annotated[int, typer.Option(min=1, help="Sampling steps per panel.")] = 30,
 ) -> None:
     """Run the whole job offline on the embedded toy model: data → curation → style LoRA → story → scores."""
-    from lorastory.demo import DemoSize, run_demo
-
     run_demo(out, console, DemoSize(pictures=pictures, train_steps=train_steps, story_steps=story_steps))
 
 
@@ -34,12 +34,9 @@ def ui_cmd(
     auth: Annotated[Optional[str], typer.Option(help="USER:PASSWORD login (or set LORASTORY_UI_AUTH).", show_default=False)] = None,
 ) -> None:
     """The web app: data, training, stories and the gallery in a browser."""
-    from lorastory.ui.app import check_bind
-
     check_bind(host, auth)  # refuse an open bind before anything is built
     console.print(f"workspace: {workspace.resolve()}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]serving on {host}:{port} to other machines; login required[/]")
-    from lorastory.ui.app import launch
 
     launch(workspace, host=host, port=port, auth=auth)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from lorastory.cli.common import clip_text, console, count_lines, data_app, err_console, print_skips
+from lorastory.data.clip_table import clip_score_dataset
+from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
+from lorastory.data.executor import run_recipe
+from lorastory.data.executor_ray import run_recipe_ray
+from lorastory.data.ops import OpParams, registered_ops
+from lorastory.data.recipe import load_recipe, resolve_dataset_file
+from lorastory.errors import ConfigError
 from lorastory.fileio import display_path
+from lorastory.models.clip import load_clip
+from lorastory.toyworld.dataset import write_toy_dataset
 
 
 @data_app.command("import")
@@ -26,8 +36,6 @@ def data_import(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Import images and captions into a Data-Juicer-format dataset (metadata.jsonl + images/)."""
-    from lorastory.data.dataset import ImportConfig, import_dataset
-
     config = ImportConfig.from_dict(
         dict(source=src, kind=source, caption=caption, text_column=text_column, split=split, subset=subset,
              allow_empty_caption=allow_empty_caption),
@@ -54,19 +62,11 @@ def data_run(
     ] = None,
 ) -> None:
     """Run a Data-Juicer recipe unchanged: export jsonl, stats, and a report."""
-    from lorastory.data.executor import run_recipe
-    from lorastory.data.recipe import load_recipe, resolve_dataset_file
-
     if executor not in ("local", "ray"):
         raise typer.BadParameter(f"'{executor}': choose local or ray", param_hint="--executor")
     if address is not None and executor != "ray":
         raise typer.BadParameter("--address needs --executor ray", param_hint="--address")
-    if executor == "ray":
-        from functools import partial
-
-        from lorastory.data.executor_ray import run_recipe_ray
-
-        run_recipe = partial(run_recipe_ray, address=address)  # noqa: F811  (same signature otherwise)
+    run = partial(run_recipe_ray, address=address) if executor == "ray" else run_recipe  # the same signature otherwise
     loaded = load_recipe(recipe)
     for key in loaded.unknown_keys():
         err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: unknown key '{escape(key)}' ignored (a typo?)")
@@ -77,14 +77,14 @@ def data_run(
     for warning in loaded.range_warnings():
         err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: {escape(warning)}")
     if quiet or not console.is_terminal:
-        result = run_recipe(loaded, processes=np)
+        result = run(loaded, processes=np)
     else:
         from rich.progress import Progress
 
         total = count_lines(resolve_dataset_file(loaded))
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("curating", total=total)
-            result = run_recipe(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
+            result = run(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
     table = Table(title=escape(f"{result.input_path.name} → {result.export_path.name}"))
     for column in ("op", "in", "kept", "dropped", "errors", "seconds"):
         table.add_column(column, justify="left" if column == "op" else "right")
@@ -110,8 +110,6 @@ def data_export_csv(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Write metadata.csv (file_name,text) and RGB images: what the trainer reads."""
-    from lorastory.data.dataset import export_csv
-
     result = export_csv(result_jsonl, out, text_key=text_key, image_key=image_key, overwrite=overwrite)
     print_skips(result.skipped)
     console.print(f"Exported {result.written} images to {display_path(out / 'metadata.csv')} ({len(result.skipped)} skipped).", markup=False)
@@ -128,9 +126,6 @@ def data_toyworld(
     bad_samples: Annotated[bool, typer.Option(help="Add too-small, wrong-aspect, duplicate, mis-captioned and truncated samples.")] = True,
 ) -> None:
     """Draw a captioned toy-world image folder in a render style (what the demo curates and trains on)."""
-    from lorastory.errors import ConfigError
-    from lorastory.toyworld.dataset import write_toy_dataset
-
     try:
         written = write_toy_dataset(out, count=count, style=style, lang=lang, seed=seed, size=size, bad_samples=bad_samples)
     except ValueError as err:
@@ -142,8 +137,6 @@ def data_toyworld(
 @data_app.command("ops")
 def data_ops() -> None:
     """List the Data-Juicer operators this executor runs, with their parameters."""
-    from lorastory.data.ops import OpParams, registered_ops
-
     common = set(OpParams.model_fields)
     table = Table()
     table.add_column("op")
@@ -168,9 +161,6 @@ def data_clip_score(
     show: Annotated[int, typer.Option(help="Rows to print (all rows go to the CSV).")] = 50,
 ) -> None:
     """The reference workflow's CLIP table: softmax of image-text logits per batch, plus cosine and CLIP-T."""
-    from lorastory.models.clip import load_clip
-    from lorastory.data.clip_table import clip_score_dataset
-
     scores = clip_score_dataset(dataset, load_clip(clip, device), batch_size=batch_size, text_key=text_key,
                                 image_key=image_key, out_csv=out)
     table = Table(title=escape(f"{dataset.name}: CLIP {clip}, softmax over the texts of each batch"))

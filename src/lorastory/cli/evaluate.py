@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lorastory.cli.common import app, clip_text, console, err_console
+from lorastory.eval.report import evaluate_run
 
 if TYPE_CHECKING:  # eval loads PIL and the model code: only when a command runs
     from lorastory.eval.scores import Scores
@@ -32,8 +33,6 @@ def eval_cmd(
 ) -> None:
     """Score a run: CLIP-T per panel, character consistency, aesthetics; write scores.json."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from lorastory.eval.report import evaluate_run
 
     columns = (TextColumn("rendering LoRA on/off"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TimeRemainingColumn())

@@ -8,14 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from lorastory.cli.common import app, console, err_console
+from lorastory.errors import ConfigError
 from lorastory.fileio import display_path
+from lorastory.generate.grid import check_grid_output, check_grid_text, parse_size, save_storyboard
+from lorastory.generate.pngmeta import read_parameters
+from lorastory.generate.regenerate import regenerate_panel
+from lorastory.generate.story import generate_story, load_story, with_consistency
 
 
 def _on_off_auto(value: str, flag: str) -> bool | None:
     choices = {"auto": None, "on": True, "off": False}
     if value not in choices:
-        from lorastory.errors import ConfigError
-
         raise ConfigError(f"{flag} must be auto, on or off, not '{value}'")
     return choices[value]
 
@@ -43,8 +46,6 @@ def generate_cmd(
 ) -> None:
     """Render a story's panels, manifest and storyboard."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from lorastory.generate.story import generate_story, load_story, with_consistency
 
     story = load_story(story_file)
     changes = {k: v for k, v in (("mode", consistency), ("ip_adapter", ip_adapter)) if v is not None}
@@ -75,8 +76,6 @@ def regenerate_cmd(
     lora: Annotated[Optional[Path], typer.Option(help="LoRA (default: the one in manifest.json).")] = None,
 ) -> None:
     """Re-render one panel with a new seed; the other panels stay exactly as they are."""
-    from lorastory.generate.regenerate import regenerate_panel
-
     path = regenerate_panel(run, panel, seed, model=model, lora=str(lora) if lora else None)
     console.print(f"Rewrote {display_path(path)} (seed {seed}), the manifest and the storyboard.", markup=False)
 
@@ -97,9 +96,6 @@ def grid_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Tile images into a storyboard (2 columns by default, CJK captions)."""
-    from lorastory.generate.grid import check_grid_output, check_grid_text, parse_size, save_storyboard
-    from lorastory.generate.pngmeta import read_parameters
-
     size = parse_size(resize, "--resize") if resize else None
     check_grid_text(title, caption)
     check_grid_output(out, images, overwrite)

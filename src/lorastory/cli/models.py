@@ -8,6 +8,10 @@ from typing import Annotated
 import typer
 
 from lorastory.cli.common import console, model_app
+from lorastory.fileio import check_output_folder, check_outputs_apart
+from lorastory.models.ip_adapter import build_tiny_ip_adapter
+from lorastory.models.tiny import build_tiny_model
+from lorastory.models.toy import write_toy_model
 
 
 @model_app.command("tiny")
@@ -19,9 +23,6 @@ def model_tiny(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Build a tiny random model of a family as a diffusers (or transformers CLIP) folder, offline and deterministic."""
-    from lorastory.fileio import check_output_folder
-    from lorastory.models.tiny import build_tiny_model
-
     check_output_folder(out, overwrite)
 
     build_tiny_model(family, out, seed=seed, resolution=resolution)
@@ -35,9 +36,6 @@ def model_toy(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Write the embedded toy model (trained by lorastory on its toy world) as a normal model folder."""
-    from lorastory.fileio import check_output_folder
-    from lorastory.models.toy import write_toy_model
-
     check_output_folder(out, overwrite)
 
     write_toy_model(out, component)
@@ -52,9 +50,6 @@ def model_tiny_ip_adapter(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Build a tiny random IP-Adapter-Plus for a model, in the family's published layout (for tests and demos)."""
-    from lorastory.fileio import check_output_folder, check_outputs_apart
-    from lorastory.models.ip_adapter import build_tiny_ip_adapter
-
     check_outputs_apart([("--out", out)], [("--model", model)])
     check_output_folder(out, overwrite)
 

@@ -8,9 +8,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lorastory.cli.common import Options, app, console, err_console
+from lorastory.config import read_yaml
 from lorastory.errors import ConfigError
 from lorastory.fileio import display_text
+from lorastory.train.config import TrainConfig, with_overrides
 from lorastory.train.datasets import parse_dataset_options
+from lorastory.train.launch import is_main_process, run_on_gpus
+from lorastory.train.paths import check_run_paths
+from lorastory.train.trainer import train
 
 # Flags named otherwise than their TrainConfig key (the repeatable ones in the singular).
 _RENAMED = {"format": "save_formats", "validation_prompt": "validation_prompts", "target_module": "target_modules",
@@ -124,11 +129,6 @@ def train_cmd(
 
 def _run(config: Any, gpus: int | None, debug: bool) -> None:
     """Train (here, or on ``gpus`` GPUs through accelerate launch) with a progress bar; print the files."""
-    # Imported once the settings are valid: a bad one is reported before torch loads.
-    from lorastory.train.launch import is_main_process, run_on_gpus
-    from lorastory.train.paths import check_run_paths
-    from lorastory.train.trainer import train
-
     check_run_paths(config)  # before any process starts or any model loads
 
     def say(message: str) -> None:  # plain text (file names may hold [brackets]), one line per message
@@ -161,8 +161,6 @@ def _run(config: Any, gpus: int | None, debug: bool) -> None:
 
 def _config(config_file: Path | None, flags: dict[str, Any]) -> Any:
     """The validated TrainConfig: the YAML file's settings with the flags on top."""
-    from lorastory.config import read_yaml
-    from lorastory.train.config import TrainConfig, with_overrides
 
     source = str(config_file or "options")
     values = read_yaml(config_file) if config_file else {}

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from lorastory.captions import clean_caption
+from lorastory.data.dataset import read_rows
 from lorastory.data.sample import resolve_path
+from lorastory.images import load_rgb
 from lorastory.models.clip import ClipModel
-from lorastory.errors import DataError
+from lorastory.errors import BadImageError, DataError
 from lorastory.fileio import atomic_write_text, check_outputs_apart, is_valid_text
 from lorastory.skips import Skip
 from lorastory.tables import csv_rows
@@ -74,8 +76,6 @@ class DatasetScores:
 
 
 def _jsonl_pairs(path: Path, text_key: str, image_key: str | None) -> tuple[list[Pair], list[Skip]]:
-    from lorastory.data.dataset import read_rows
-
     pairs: list[Pair] = []
     skipped: list[Skip] = []
     base = str(path.resolve().parent)
@@ -130,9 +130,6 @@ def read_pairs(path: str | Path, text_key: str = "text", image_key: str | None =
 
 def _loaded_batches(pairs: list[Pair], size: int, skipped: list[Skip]) -> Iterator[tuple[list[Pair], list[Any]]]:
     """Batches of ``size`` readable pairs with their images (0: one batch of all); bad images are skipped."""
-    from lorastory.images import load_rgb
-    from lorastory.errors import BadImageError
-
     batch: list[Pair] = []
     images: list[Any] = []
     for pair in pairs:

@@ -24,12 +24,14 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from lorastory.data.ops import Deduplicator, Filter, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
+from lorastory.data.report import render_html, summary
+from lorastory.data.result import DroppedExample, OpCounts, RunResult
 from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
 from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
 from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text
@@ -39,51 +41,6 @@ HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash"
 INPUT_STAGE = -1
 _CHUNK_LINES = 256
 _EXAMPLES_PER_OP = 12
-
-
-@dataclass
-class OpCounts:
-    """One row of the per-op table."""
-
-    name: str
-    description: str
-    n_in: int = 0
-    kept: int = 0
-    dropped: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class DroppedExample:
-    """A sample a filter or deduplicator dropped, for the report's thumbnails."""
-
-    line: int
-    op_index: int
-    images: list[str]
-    detail: str
-
-
-@dataclass
-class RunResult:
-    """Everything a run produced and measured."""
-
-    input_path: Path
-    export_path: Path
-    stats_path: Path | None
-    read: OpCounts
-    ops: list[OpCounts]
-    skipped: list[Skip]
-    n_skipped: int
-    histograms: dict[str, array]
-    dropped_examples: list[DroppedExample]
-    processes: int
-    seconds: float
-    n_output: int = 0
-    unknown_keys: list[str] = field(default_factory=list)
-    ignored_keys: list[str] = field(default_factory=list)
-    report_json: Path | None = None
-    report_html: Path | None = None
 
 
 class _Outcome(NamedTuple):
@@ -403,8 +360,6 @@ def _output_targets(
 
 
 def _write_reports(result: RunResult, json_temp: Path, html_temp: Path) -> None:
-    from lorastory.data.report import render_html, summary
-
     data = summary(result)
     json_temp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     html_temp.write_text(render_html(result, data), encoding="utf-8")

@@ -16,10 +16,11 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from lorastory.data.executor import RunResult
 from lorastory.data.recipe import report_paths
+from lorastory.data.result import RunResult
 from lorastory.errors import BadImageError
 from lorastory.fileio import atomic_files
+from lorastory.images import load_rgb
 
 _THUMB = (160, 160)
 _BINS = 30
@@ -107,8 +108,6 @@ def _fmt(value: float) -> str:
 
 
 def _thumbnail(path: str) -> str | None:
-    from lorastory.images import load_rgb
-
     try:
         image = load_rgb(path, draft_size=_THUMB)
     except BadImageError:

@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorastory.eval.consistency import SubjectCrop
 from lorastory.eval.errors import EvalError
-from lorastory.eval.report import SCORES_FILE, Scorers, evaluate_run, read_run, score_caption
-from lorastory.eval.scores import Scores
+from lorastory.eval.run import read_run
+from lorastory.eval.scores import SCORES_FILE, Scores, score_caption
 from lorastory.fileio import atomic_write_json, file_sha256
+from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import RunManifest
+from lorastory.generate.story import generate_story, load_story
+from lorastory.models.registry import FAMILIES, load_pipeline
 
 COMPARE_DIR = "compare"
 WITH_DIR = "with_lora"
@@ -75,8 +77,6 @@ def _resolve_lora(manifest: RunManifest | None, run_dir: Path, lora: str | None,
 
 def _family_name(manifest: RunManifest | None) -> str | None:
     """The family of the pipeline class the manifest records (e.g. KolorsPipeline → kolors)."""
-    from lorastory.models.registry import FAMILIES
-
     recorded = str((manifest.family if manifest is not None else None) or "")
     for name, family in FAMILIES.items():
         if recorded in (name, family.pipeline_class):
@@ -87,8 +87,6 @@ def _family_name(manifest: RunManifest | None) -> str | None:
 def _load_pipe(model: str, family: str | None, device: str | None) -> Any:
     import torch
 
-    from lorastory.models.registry import load_pipeline
-
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     pipe = load_pipeline(model, family, dtype=dtype)
@@ -97,8 +95,6 @@ def _load_pipe(model: str, family: str | None, device: str | None) -> Any:
 
 
 def _two_row_image(out: Path, with_scores: Scores, without_scores: Scores, title: str) -> Path:
-    from lorastory.generate.grid import save_storyboard
-
     with_dir, without_dir = out / WITH_DIR, out / WITHOUT_DIR
     panels = [with_dir / p.file for p in with_scores.panels] + [without_dir / p.file for p in without_scores.panels]
     captions = [score_caption(p, "LoRA on") for p in with_scores.panels] + [
@@ -112,14 +108,12 @@ def _two_row_image(out: Path, with_scores: Scores, without_scores: Scores, title
 def compare_lora(
     run_dir: str | Path,
     *,
-    scorers: Scorers,
+    score: Callable[[Path], Scores],
     model: str | None = None,
     lora: str | None = None,
     lora_scale: float | None = None,
     device: str | None = None,
-    batch_size: int = 16,
     render_batch_size: int | None = None,
-    subject_crop: SubjectCrop = "center",
     allow_pickle: bool = False,
     pipe: Any = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -127,10 +121,9 @@ def compare_lora(
     """Render the run's story with and without its LoRA into ``RUN/compare`` and score both.
 
     ``model``/``lora``/``lora_scale`` override what the manifest recorded. A
-    ``pipe`` passed in is used for both renders and gets the LoRA applied.
+    ``pipe`` passed in is used for both renders and gets the LoRA applied. ``score`` scores a
+    rendered folder (:func:`lorastory.eval.report.evaluate_run` with the run's models).
     """
-    from lorastory.generate.story import generate_story, load_story
-
     # 1. what the run was made from
     run = read_run(run_dir)
     story_file = run.folder / "story.yaml"
@@ -153,9 +146,8 @@ def compare_lora(
     generate_story(story, str(base), out / WITH_DIR, lora=str(lora_path), lora_scale=scale, allow_pickle=allow_pickle, **common)
 
     # 3. score both with the same models, and compare
-    kwargs = dict(scorers=scorers, batch_size=batch_size, subject_crop=subject_crop)
-    without_scores = evaluate_run(out / WITHOUT_DIR, **kwargs)
-    with_scores = evaluate_run(out / WITH_DIR, **kwargs)
+    without_scores = score(out / WITHOUT_DIR)
+    with_scores = score(out / WITH_DIR)
     panels = []
     for on, off in zip(with_scores.panels, without_scores.panels):
         row: dict[str, Any] = {"index": on.index, "file": on.file}

@@ -12,50 +12,28 @@ prompts read by an English CLIP, prompts cut at CLIP's 77-token window.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from lorastory import __version__
+from lorastory.eval.compare import compare_lora
+from lorastory.generate.grid import save_storyboard
 from lorastory.models.aesthetic import NOT_AVAILABLE, AestheticPredictor, VisionEmbedder, default_clip_for, load_aesthetic
 from lorastory.models.clip import CHINESE_CLIP, DEFAULT_CLIP, ClipModel, has_chinese, load_clip
 from lorastory.eval.consistency import SubjectCrop, character_consistency
 from lorastory.eval.errors import EvalError
-from lorastory.eval.scores import ClipInfo, PanelScores, Scores
-from lorastory.errors import DataError
-from lorastory.generate.manifest import RunManifest
-from lorastory.generate.rundir import read_manifest
-from lorastory.fileio import atomic_write_json, display_path, display_text, lies_within
+from lorastory.eval.run import Run, load_panel_images, read_run
+from lorastory.eval.scores import SCORES_FILE, ClipInfo, PanelScores, Scores, score_caption
+from lorastory.errors import AestheticModelError
+from lorastory.fileio import atomic_write_json
 
-SCORES_FILE = "scores.json"
 SCORED_STORYBOARD = "storyboard_scored.png"
-MANIFEST_FILE = "manifest.json"
-
-
-@dataclass(frozen=True)
-class RunPanel:
-    """One panel of a run: its file and the prompt it was rendered from."""
-
-    index: int
-    file: str
-    path: Path
-    prompt: str
-    caption: str | None = None
-
-
-@dataclass
-class Run:
-    """A run folder as evaluation sees it."""
-
-    folder: Path
-    title: str
-    manifest: RunManifest | None  # None: a folder of PNG panels without one
-    panels: list[RunPanel]
 
 
 @dataclass
@@ -67,73 +45,6 @@ class Scorers:
     aesthetic_embedder: ClipModel | VisionEmbedder | None = None
     aesthetic_reason: str = "no weights given; pass --aesthetic PATH"
     notes: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- reading a run
-
-
-def _manifest_panels(folder: Path, manifest: RunManifest) -> list[RunPanel]:
-    panels = []
-    for index, record in enumerate(manifest.panels, start=1):
-        path = folder / record.file
-        if not lies_within(path, folder):  # a plain name that is a link leading out
-            raise EvalError(
-                f"{display_path(folder / MANIFEST_FILE)}: panel {index} names {display_text(record.file)!r}, "
-                "which is not inside the run folder"
-            )
-        panels.append(RunPanel(index, record.file, path, record.prompt, record.caption))
-    return panels
-
-
-def _png_panels(folder: Path) -> list[RunPanel]:
-    from lorastory.generate.pngmeta import read_parameters
-
-    panels = []
-    for index, path in enumerate(sorted(folder.glob("panel-*.png")), start=1):
-        params = read_parameters(path)
-        if params is None or not params.prompt:
-            raise EvalError(f"{path}: no manifest.json in {folder} and this panel has no stored prompt")
-        panels.append(RunPanel(index, path.name, path, params.prompt))
-    return panels
-
-
-def read_run(run_dir: str | Path) -> Run:
-    """The panels and prompts of a run folder (``manifest.json``, else the panels' PNG metadata)."""
-    folder = Path(run_dir)
-    if not folder.is_dir():
-        raise EvalError(f"{folder}: no such run folder; pass the folder 'lorastory generate' wrote")
-    manifest_path = folder / MANIFEST_FILE
-    manifest: RunManifest | None = None
-    if manifest_path.is_file():
-        try:
-            manifest = read_manifest(manifest_path)
-        except DataError as err:
-            raise EvalError(str(err)) from None
-        panels = _manifest_panels(folder, manifest)
-    else:
-        panels = _png_panels(folder)
-        if not panels:
-            raise EvalError(f"{folder}: no manifest.json and no panel-*.png; pass the folder 'lorastory generate' wrote")
-    for panel in panels:
-        if not panel.path.is_file():
-            state = "is not a regular file" if os.path.lexists(panel.path) else "is missing"
-            raise EvalError(f"{display_path(panel.path)}: panel listed in the manifest {state}")
-    title = manifest.title if manifest is not None else None
-    return Run(folder, str(title or ""), manifest, panels)
-
-
-def load_panel_images(run: Run) -> list[Image.Image]:
-    """The panels as RGB images; a broken file is an error naming it."""
-    from lorastory.images import load_rgb
-    from lorastory.errors import BadImageError
-
-    images = []
-    for panel in run.panels:
-        try:
-            images.append(load_rgb(panel.path))
-        except BadImageError as err:
-            raise EvalError(f"{panel.path}: {err}") from None
-    return images
 
 
 # --------------------------------------------------------------------------- models
@@ -161,8 +72,6 @@ def load_scorers(
         scorers.notes.append(note)
     embedder = clip if source == clip.source else load_clip(source, device)
     if embedder.embed_dim != predictor.input_dim:
-        from lorastory.errors import AestheticModelError
-
         raise AestheticModelError(
             f"aesthetic head {predictor.path} reads {predictor.input_dim}-d embeddings but {source} gives "
             f"{embedder.embed_dim}-d; pass the CLIP it was trained on with --aesthetic-clip"
@@ -318,11 +227,9 @@ def evaluate_run(
         notes=scored["notes"],
     )
     if compare:
-        from lorastory.eval.compare import compare_lora
-
+        score = partial(evaluate_run, scorers=scorers, batch_size=batch_size, subject_crop=subject_crop)
         scores.compare = compare_lora(
-            run.folder, scorers=scorers, batch_size=batch_size, subject_crop=subject_crop, device=device,
-            allow_pickle=allow_pickle, on_step=on_step, **(compare_options or {}),
+            run.folder, score=score, device=device, allow_pickle=allow_pickle, on_step=on_step, **(compare_options or {}),
         )
     if annotate:
         scores.storyboard_scored = str(annotate_storyboard(run, scores))
@@ -335,19 +242,8 @@ def evaluate_run(
 # --------------------------------------------------------------------------- storyboard
 
 
-def score_caption(panel: PanelScores, prefix: str | None = None) -> str:
-    """``CLIP-T 27.3 · aesthetic 5.12`` (``n/a`` without an aesthetic score)."""
-    aesthetic = panel.aesthetic
-    parts = [f"CLIP-T {panel.clip_t:.1f}", f"aesthetic {aesthetic:.2f}" if aesthetic is not None else "aesthetic n/a"]
-    if panel.style_score is not None:
-        parts.insert(1, f"style {panel.style_score:.1f}")
-    return " · ".join(([prefix] if prefix else []) + parts)
-
-
 def annotate_storyboard(run: Run, scores: Scores, path: str | Path | None = None) -> Path:
     """Write the storyboard with each panel's scores in its caption and the summary in the title."""
-    from lorastory.generate.grid import save_storyboard
-
     target = Path(path) if path is not None else run.folder / SCORED_STORYBOARD
     captions = [
         "\n".join(filter(None, [panel.caption, score_caption(s)])) for panel, s in zip(run.panels, scores.panels)

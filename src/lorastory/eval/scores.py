@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 Number = int | float
 
+SCORES_FILE = "scores.json"
+
 
 class _Result(BaseModel):
     # Scores are made by our own code; unknown keys (a newer scorer's) are kept rather than refused.
@@ -63,3 +65,12 @@ class Scores(_Result):
     compare: dict[str, Any] | None = None
     storyboard_scored: str | None = None
     seconds: Number | None = None
+
+
+def score_caption(panel: PanelScores, prefix: str | None = None) -> str:
+    """``CLIP-T 27.3 · aesthetic 5.12`` (``n/a`` without an aesthetic score)."""
+    aesthetic = panel.aesthetic
+    parts = [f"CLIP-T {panel.clip_t:.1f}", f"aesthetic {aesthetic:.2f}" if aesthetic is not None else "aesthetic n/a"]
+    if panel.style_score is not None:
+        parts.insert(1, f"style {panel.style_score:.1f}")
+    return " · ".join(([prefix] if prefix else []) + parts)

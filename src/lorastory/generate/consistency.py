@@ -59,8 +59,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lorastory.errors import ConfigError
+from lorastory.errors import BadImageError, ConfigError
+from lorastory.fileio import display_path
 from lorastory.generate.checks import ValidText
+from lorastory.images import load_rgb
 from lorastory.models.registry import family_of_pipeline
 
 Mode = Literal["none", "attention", "reference", "both"]
@@ -460,10 +462,6 @@ def load_reference_image(path: str) -> Any:
     """The user's reference image as RGB; a missing, unreadable or non-image file (a FIFO, a folder, a
     truncated or undecodable picture) is one :class:`ConfigError` naming it, without blocking."""
     from pathlib import Path
-
-    from lorastory.images import load_rgb
-    from lorastory.errors import BadImageError
-    from lorastory.fileio import display_path
 
     file = Path(path).expanduser()
     if not file.exists() and not file.is_symlink():

@@ -32,8 +32,9 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from lorastory.errors import DataError
-from lorastory.fileio import atomic_open
+from lorastory.errors import BadImageError, DataError, first_line
+from lorastory.fileio import atomic_open, display_path
+from lorastory.images import open_image
 
 PARAMETERS_KEY = "parameters"
 JSON_KEY = "lorastory"
@@ -360,10 +361,6 @@ def read_parameters(path: str | os.PathLike[str]) -> GenerationParams | None:
     file, not a FIFO or folder, a complete image within the pixel limit); a file that cannot be
     read, or whose text chunks cannot be decoded (a text-chunk bomb), is one :class:`DataError` naming it.
     """
-    from lorastory.errors import BadImageError, first_line
-    from lorastory.fileio import display_path
-    from lorastory.images import open_image
-
     name = display_path(path)
     try:
         with open_image(path) as image:

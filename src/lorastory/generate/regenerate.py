@@ -19,6 +19,7 @@ from lorastory.fileio import (
 )
 from lorastory.generate.checks import check_lora_scale, check_seed
 from lorastory.generate.consistency import REFERENCE_FILE
+from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import RunManifest
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
@@ -76,8 +77,6 @@ def regenerate_panel(
     rendered again (with the new seed for this panel) and only this panel is kept. A
     reference-conditioned run reuses its ``reference.png``.
     """
-    from lorastory.generate.grid import save_storyboard
-
     folder = Path(run_dir)
     seed = check_seed(seed, "--seed")
     story, manifest = _check_run(folder, index)

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorastory.fileio import file_sha256
-from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
-from lorastory.generate.speed import auto_batch_size
+from lorastory.fileio import atomic_open, file_sha256
+from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, SharedAttention
+from lorastory.generate.pngmeta import save_png_with_parameters
+from lorastory.generate.samplers import make_scheduler
+from lorastory.generate.speed import auto_batch_size, speed_context
+from lorastory.models.ip_adapter import ip_adapter_loaded
 
 StepCallback = Callable[[int, int], None]
 
@@ -58,8 +61,6 @@ def render_reference_image(pipe: Any, settings: ConsistencySettings, job: PanelJ
                      base_scheduler: Any, target: Any, params: Callable[..., Any],
                      progress: RenderProgress) -> tuple[Any, dict[str, Any]]:
     """The reference picture saved as ``file`` (rendered from ``job``, or the user's) and its manifest record."""
-    from lorastory.generate.pngmeta import save_png_with_parameters
-
     if job is not None:
         [reference], seconds = render_batch(pipe, [job], base_scheduler, target, progress.report)
         progress.done += job.steps
@@ -81,9 +82,6 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
     """Render and save every panel, group by group in batches; returns seconds per panel index."""
     import torch
 
-    from lorastory.generate.consistency import SharedAttention
-    from lorastory.generate.pngmeta import save_png_with_parameters
-
     shared = SharedAttention(settings) if settings.uses_attention else None
     groups: dict[tuple[Any, ...], list[PanelJob]] = {}
     for job in jobs:
@@ -92,8 +90,6 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
     rendered = 0
     with contextlib.ExitStack() as stack:
         if adapter_spec is not None:
-            from lorastory.models.ip_adapter import ip_adapter_loaded
-
             adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
             record["ip_adapter"] = adapter.as_dict()
         for group in groups.values():
@@ -128,8 +124,6 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
 
 
 def save_png(image: Any, path: Path) -> None:
-    from lorastory.fileio import atomic_open
-
     with atomic_open(path, "wb") as handle:
         image.save(handle, format="PNG")
 
@@ -150,9 +144,6 @@ def render_batch(
     together for the call; ``ip_image`` is the reference image for a loaded IP-Adapter.
     """
     import torch
-
-    from lorastory.generate.samplers import make_scheduler
-    from lorastory.generate.speed import speed_context
 
     first = chunk[0]
     pipe.scheduler = make_scheduler(first.sampler, base_scheduler)

@@ -39,8 +39,10 @@ from lorastory.generate.checks import (
     check_panel_memory,
     check_text,
 )
-from lorastory.generate.consistency import REFERENCE_FILE, ConsistencySettings
+from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, load_reference_image
+from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import LoraRecord, PanelRecord, RunManifest
+from lorastory.generate.pngmeta import GenerationParams, lora_short_hash
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
     STORY_FILE,
@@ -54,6 +56,10 @@ from lorastory.generate.rundir import (
 )
 from lorastory.generate.samplers import check_sampler
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
+from lorastory.generate.speed import auto_compile, prepare_for_speed
+from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
+from lorastory.models.lora import apply_lora
+from lorastory.models.registry import family_of_pipeline, load_pipeline
 
 
 class PanelDefaults(BaseModel):
@@ -277,8 +283,6 @@ def generate_story(
     """
     import torch
 
-    from lorastory.models.registry import load_pipeline
-
     # 1. check inputs and the output folder, resolve the panels
     jobs = resolve_panels(story)
     settings = story.consistency
@@ -289,8 +293,6 @@ def generate_story(
                           "leave compile off")
     user_reference = None
     if settings.uses_reference and settings.reference_image:
-        from lorastory.generate.consistency import load_reference_image
-
         user_reference = load_reference_image(settings.reference_image)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_panel_memory(story.defaults.width, story.defaults.height, target)
@@ -318,21 +320,14 @@ def _render_story(
     fast: bool | None, compile: bool | None, user_reference: Any,
 ) -> StoryResult:
     """Render the run into the (staging) folder ``out_dir``: panels, reference, storyboard, manifest, story.yaml."""
-    from lorastory.generate.grid import save_storyboard
-    from lorastory.generate.pngmeta import GenerationParams, lora_short_hash
-
     settings = story.consistency
     pipe.set_progress_bar_config(disable=True)
     if lora_path is not None:
-        from lorastory.models.lora import apply_lora
-
         apply_lora(pipe, lora_path, scale=lora_scale, allow_pickle=allow_pickle)
     lora_name = lora_path.stem if lora_path else None
     lora_hash = lora_short_hash(lora_path) if lora_path else None
     speed = None
     if fast if fast is not None else target.type == "cuda":
-        from lorastory.generate.speed import auto_compile, prepare_for_speed
-
         image_steps = sum(job.steps for job in jobs)
         if compile is None:
             compile = auto_compile(target, image_steps) and settings.mode == "none"
@@ -340,9 +335,6 @@ def _render_story(
 
     adapter_spec = None
     if settings.uses_reference:  # before any rendering: a missing adapter fails now, not after the reference
-        from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
-        from lorastory.models.registry import family_of_pipeline
-
         adapter_spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
                                           settings.image_encoder)
         check_ip_adapter(adapter_spec)

@@ -36,6 +36,8 @@ from lorastory.errors import first_line
 from lorastory.hub import PICKLE_SUFFIXES, hub_reachable, looks_like_hub_id, offline_by_env
 from lorastory.errors import DataError
 from lorastory.fileio import parse_json
+from lorastory.models.clip import resolve_device
+from lorastory.models.tiny_clip import quiet_transformers
 
 AESTHETIC_OPTION = "--aesthetic"
 # Sequential indices of the Linear layers in LAION's two MLP heads.
@@ -276,8 +278,6 @@ def _folder_weights(folder: Path) -> Path:
 def _load_vision_tower(folder: Path, device: Any, allow_pickle: bool) -> VisionEmbedder:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from lorastory.models.tiny_clip import quiet_transformers
-
     try:
         with quiet_transformers():
             # Safetensors only, unless the user allowed pickle files for this predictor.
@@ -322,8 +322,6 @@ def _load_folder(folder: Path, allow_pickle: bool, device: Any) -> AestheticPred
 
 def load_aesthetic(path: str | Path, allow_pickle: bool = False, device: str | None = None) -> AestheticPredictor:
     """Load aesthetic-predictor weights: a head file, a predictor folder, or a hub id of one."""
-    from lorastory.models.clip import resolve_device
-
     source = str(path)
     target = resolve_device(device)
     file = Path(source).expanduser()

@@ -29,6 +29,7 @@ from PIL import Image
 from lorastory.errors import ClipModelError
 from lorastory.errors import first_line
 from lorastory.hub import from_pretrained, resolve_source
+from lorastory.models.tiny_clip import quiet_transformers
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 CHINESE_CLIP = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -135,8 +136,6 @@ class ClipModel:
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text with the special tokens, before truncation."""
-        from lorastory.models.tiny_clip import quiet_transformers
-
         with quiet_transformers():  # no "sequence longer than the maximum" warning: counting is the point
             ids = self.processor.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
         return [len(row) for row in ids]
@@ -211,8 +210,6 @@ def check_clip_folder(source: str, allow_pickle: bool = False) -> None:
 @functools.lru_cache(maxsize=4)
 def _load_cached(source: str, device: str, trust_remote_code: bool, allow_pickle: bool) -> ClipModel:
     from transformers import AutoConfig
-
-    from lorastory.models.tiny_clip import quiet_transformers
 
     path, local = resolve_source(source, "CLIP model", CLIP_OPTION, ClipModelError)
     with quiet_transformers():

@@ -8,11 +8,12 @@ UNet's arguments, adding SDXL/Kolors micro-conditioning (size and crop ids).
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorastory.models.registry import family_of_pipeline
+
+if TYPE_CHECKING:
+    import torch
 
 
 def encode_text(
@@ -22,6 +23,8 @@ def encode_text(
 
     ``grad=True`` keeps the graph, for training a LoRA on the text encoder.
     """
+    import torch
+
     with torch.set_grad_enabled(grad):
         return _encode(pipe, prompts, device)
 
@@ -33,6 +36,8 @@ def _encode(pipe: Any, prompts: list[str], device: torch.device | str) -> dict[s
 
 def time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:
     """SDXL micro-conditioning: (orig h, orig w, crop top, crop left, target h, target w)."""
+    import torch
+
     return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
 
 

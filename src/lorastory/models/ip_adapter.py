@@ -25,9 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lorastory.errors import ConfigError
+from lorastory.errors import ConfigError, first_line
 from lorastory.fileio import atomic_dir
-from lorastory.models.registry import FAMILIES, IpAdapterSource, ModelLoadError, denoiser, get_family
+from lorastory.hub import hub_reachable, looks_like_hub_id, offline_by_env
+from lorastory.models.registry import FAMILIES, IpAdapterSource, ModelLoadError, denoiser, detect_family, get_family
+from lorastory.models.tiny_clip import quiet_transformers
 
 IP_ADAPTER_OPTION = "consistency.ip_adapter"
 
@@ -77,8 +79,6 @@ class IpAdapterInfo:
 
 
 def _load_error(spec: IpAdapterSource, err: BaseException, local: bool) -> ModelLoadError:
-    from lorastory.errors import first_line
-
     if local:
         return ModelLoadError(f"cannot load the IP-Adapter in {spec.source} ({spec.weight}, {spec.image_encoder}/): "
                               f"{first_line(err)}")
@@ -86,8 +86,6 @@ def _load_error(spec: IpAdapterSource, err: BaseException, local: bool) -> Model
 
 
 def _offline_error(spec: IpAdapterSource) -> ModelLoadError:
-    from lorastory.hub import offline_by_env
-
     reason = "HF_HUB_OFFLINE is set" if offline_by_env() else "the hub cannot be reached"
     revision = f" --revision {spec.revision}" if spec.revision else ""
     return ModelLoadError(
@@ -99,8 +97,6 @@ def _offline_error(spec: IpAdapterSource) -> ModelLoadError:
 def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPVisionModelWithProjection
-
-    from lorastory.models.tiny_clip import quiet_transformers
 
     with quiet_transformers():
         encoder = CLIPVisionModelWithProjection.from_pretrained(
@@ -119,8 +115,6 @@ def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
 
 def check_ip_adapter(spec: IpAdapterSource) -> None:
     """Fail early, before any work, when ``spec`` cannot be loaded from here (missing files, offline hub id)."""
-    from lorastory.hub import hub_reachable, looks_like_hub_id
-
     path = Path(spec.source).expanduser()
     if path.is_dir():
         missing = [name for name in (spec.weight, f"{spec.image_encoder}/config.json") if not (path / name).is_file()]
@@ -145,8 +139,6 @@ def ip_adapter_loaded(pipe: Any, spec: IpAdapterSource, scale: float) -> Iterato
     Restored: the UNet's attention processors (the very objects, so fused-QKV processors stay
     fused), its text projection (Kolors), and the pipeline's image encoder and feature extractor.
     """
-    from lorastory.hub import hub_reachable
-
     if type(getattr(denoiser(pipe), "encoder_hid_proj", None)).__name__ == "MultiIPAdapterImageProjection":
         raise ConfigError("the pipeline already has an IP-Adapter loaded; unload it (pipe.unload_ip_adapter()) first")
     local = Path(spec.source).expanduser().is_dir()
@@ -271,8 +263,6 @@ def _unet_of(model: str | os.PathLike[str]) -> tuple[Any, str]:
     """The UNet of a diffusers model folder (built from its config, random weights) and the folder's family."""
     from diffusers import UNet2DConditionModel
 
-    from lorastory.models.registry import detect_family
-
     folder = Path(model)
     family = detect_family(folder).name
     config_file = folder / "unet" / "config.json"
@@ -289,8 +279,6 @@ def build_tiny_ip_adapter(out_dir: str | os.PathLike[str], model: str | os.PathL
     with the default ``weight`` and ``image_encoder`` names. The same seed gives the same bytes.
     """
     from safetensors.torch import save_file
-
-    from lorastory.models.tiny_clip import quiet_transformers
 
     unet, family = _unet_of(model)
     spec = default_ip_adapter(family)

@@ -15,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
 from lorastory.models.registry import FAMILIES, get_family
+from lorastory.models.tiny_clip import CLIP_FAMILIES, build_tiny_clip, bytes_to_unicode
 
 TINY_FAMILIES = ("kolors", "sdxl", "sd15")  # the shipped ones; tiny_families() adds registered families
 
@@ -49,8 +51,6 @@ def _corpus() -> list[str]:
 def _clip_tokenizer(max_length: int = 77) -> Any:
     """A byte-level CLIP BPE with a handful of merges: every string tokenizes, offline."""
     from transformers import CLIPTokenizer
-
-    from lorastory.models.tiny_clip import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("e", "r"), ("o", "n")]
@@ -235,9 +235,6 @@ def _no_scratch(pipe: Any) -> tuple[Any, Path | None]:
 def build_tiny_model(family: str, out_dir: str | os.PathLike[str], seed: int = 0, resolution: int = 64) -> Path:
     """Write a tiny random ``family`` model as a diffusers folder at ``out_dir``."""
     import torch
-
-    from lorastory.errors import ConfigError
-    from lorastory.models.tiny_clip import CLIP_FAMILIES, build_tiny_clip
 
     if family in CLIP_FAMILIES:  # CLIP / Chinese CLIP for evaluation (lorastory.models.tiny_clip)
         return build_tiny_clip(out_dir, seed=seed, image_size=resolution, family=family)

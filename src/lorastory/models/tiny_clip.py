@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
 
 CLIP_FAMILIES = ("clip", "chinese-clip")
@@ -204,8 +205,6 @@ def build_tiny_clip(
 ) -> Path:
     """Write a tiny random CLIP (``family="clip"``) or Chinese CLIP model + processor folder to ``out_dir``."""
     import torch
-
-    from lorastory.errors import ConfigError
 
     if family not in CLIP_FAMILIES:
         raise ConfigError(f"unknown CLIP family '{family}'; choose one of {', '.join(CLIP_FAMILIES)}")

@@ -22,6 +22,9 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
+from lorastory.models.tiny import KOLORS_SCHEDULE, _corpus, _euler, _init_chatglm_, _vae as tiny_vae
+from lorastory.models.tiny_clip import CLIP_MEAN, CLIP_STD, LOGIT_SCALE, _PUNCT, _ZH_TEXT
+from lorastory.toyworld import STYLES, caption, sample_scene
 
 TOY_RESOLUTION = 128
 TOY_COMPONENTS = ("kolors", "clip")
@@ -32,8 +35,6 @@ CLIP_MAX_TOKENS = 64
 
 def toy_captions(count: int = 6000, seed: int = 0) -> list[str]:
     """Captions of random scenes in both languages and all styles (the tokenizers' corpus)."""
-    from lorastory.toyworld import STYLES, caption, sample_scene
-
     rng = random.Random(seed)
     styles = [None, *STYLES]
     lines = []
@@ -51,8 +52,6 @@ _BETWEEN_CJK = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef])(?=[\u3000-\u9fff\u
 
 def _sentencepiece_model(vocab_size: int = 1000) -> bytes:
     import sentencepiece as spm
-
-    from lorastory.models.tiny import _corpus
 
     lines = [_BETWEEN_CJK.sub("\t", line) for line in toy_captions() + _corpus()]
     model = io.BytesIO()
@@ -89,10 +88,8 @@ def _unet() -> Any:
 
 
 def _vae() -> Any:
-    from lorastory.models.tiny import _vae as vae
-
     # scaling_factor is set from the latents' spread once the VAE is trained
-    return vae(1.0, TOY_RESOLUTION, channels=(32, 64, 128, 128), groups=32, force_upcast=False)
+    return tiny_vae(1.0, TOY_RESOLUTION, channels=(32, 64, 128, 128), groups=32, force_upcast=False)
 
 
 def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:
@@ -101,8 +98,6 @@ def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:
     from diffusers import KolorsPipeline
     from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
     from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
-
-    from lorastory.models.tiny import KOLORS_SCHEDULE, _euler, _init_chatglm_
 
     sp_file = Path(scratch) / "toy_spm.model"
     sp_file.write_bytes(_sentencepiece_model())
@@ -123,8 +118,6 @@ def build_toy_kolors(scratch: Path, seed: int = 0) -> Any:
 
 
 def _clip_vocab() -> list[str]:
-    from lorastory.models.tiny_clip import _PUNCT, _ZH_TEXT
-
     words, chars = set(), set(_ZH_TEXT)
     for line in toy_captions(2000):
         for piece in line.replace(",", " ").replace("，", " ").split():
@@ -142,8 +135,6 @@ def build_toy_clip(seed: int = 0) -> tuple[Any, Any]:
     """An untrained toy ChineseCLIP model and its processor (both languages, 128 px)."""
     import torch
     from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel, ChineseCLIPProcessor
-
-    from lorastory.models.tiny_clip import CLIP_MEAN, CLIP_STD, LOGIT_SCALE
 
     tokens = _clip_vocab()
     tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=CLIP_MAX_TOKENS)

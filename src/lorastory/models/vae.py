@@ -8,9 +8,12 @@ redo the work in fp32 with a warning when it is not finite.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from lorastory.models.grad import no_grad
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _scale_shift(vae: Any) -> tuple[float, float]:
@@ -18,9 +21,11 @@ def _scale_shift(vae: Any) -> tuple[float, float]:
     return float(config.scaling_factor), float(getattr(config, "shift_factor", None) or 0.0)
 
 
-@torch.no_grad()
+@no_grad
 def encode_latents(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """Scaled latents (the distribution's mode) of pixels in [-1, 1], shape (B, 3, H, W)."""
+    import torch
+
     scale, shift = _scale_shift(vae)
     dtype = next(vae.parameters()).dtype
     latents = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode()
@@ -31,9 +36,11 @@ def encode_latents(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     return ((latents.float() - shift) * scale).contiguous()
 
 
-@torch.no_grad()
+@no_grad
 def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1], shape (B, 3, H, W), float32 on the CPU."""
+    import torch
+
     scale, shift = _scale_shift(vae)
     dtype = next(vae.parameters()).dtype
     scaled = latents / scale + shift
@@ -53,6 +60,8 @@ class _fp32:
         self.dtype = next(module.parameters()).dtype
 
     def __enter__(self) -> None:
+        import torch
+
         self.module.to(torch.float32)
 
     def __exit__(self, *exc: object) -> None:

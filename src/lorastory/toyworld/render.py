@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from lorastory.toyworld.scene import Character, Scene, Shape
@@ -138,6 +137,8 @@ def _draw(scene: Scene, side: int, outline: bool) -> Image.Image:
 
 def _watercolour(image: Image.Image, seed: int) -> Image.Image:
     """Washed-out colours that bleed at the edges, on grainy paper."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     side = image.width
     soft = np.asarray(image.filter(ImageFilter.GaussianBlur(side / 90)), dtype=np.float32)

@@ -30,16 +30,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import DataError
 from lorastory.fileio import pid_alive
 from lorastory.models.conditioning import encode_text
 from lorastory.models.vae import encode_latents
 from lorastory.train.data import Placement, TrainItem, load_pixels
+
+if TYPE_CHECKING:
+    import torch
 
 
 def component_fingerprint(model_dir: str | None, component: str) -> str:
@@ -91,6 +91,8 @@ class TensorCache:
         return False
 
     def load(self, key: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
         path = self.path(key)
         try:
             return load_file(str(path))
@@ -99,6 +101,8 @@ class TensorCache:
                             "to re-encode it") from None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Unique across processes and machines sharing the folder (pids alone are not).
@@ -199,6 +203,8 @@ def fill_latents(
     whole. Pictures are decoded and resized on ``workers`` threads (default: up to 8), one batch
     ahead of the VAE, so the GPU does not wait on PNG decoding.
     """
+    import torch
+
     wanted = set(only) if only is not None else {job[0] for job in jobs if not cache.has(job[0])}
     by_size: dict[tuple[int, int], list[tuple[str, TrainItem, Placement]]] = {}
     for job in dict((job[0], job) for job in jobs).values():

@@ -25,14 +25,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import LorastoryError, first_line
 from lorastory.fileio import atomic_dir, clean_stale_temps
+
+if TYPE_CHECKING:
+    import torch
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 EMA_FILE = "ema_params.safetensors"
@@ -86,6 +85,9 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
 
 def rng_state() -> dict[str, Any]:
     """This process's global generators (torch, CUDA of its own device, Python, NumPy)."""
+    import numpy as np
+    import torch
+
     numpy_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -98,6 +100,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def _restore_rng(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
@@ -121,6 +126,9 @@ def save_checkpoint(
     ``rng_states`` holds every process's :func:`rng_state`, in process order; ``ema`` the
     moving average of the LoRA weights, when the run keeps one.
     """
+    import torch
+    from safetensors.torch import save_file
+
     target = checkpoint_dir(out, position.global_step)
     with atomic_dir(target) as tmp:
         names = ["lora_params.safetensors", "optimizer.pt", "rng.pt", "state.json"]
@@ -168,6 +176,8 @@ def _fsync(path: Path) -> None:
 def read_checkpoint(folder: Path, fingerprint: str) -> Checkpoint:
     """Read every file of a checkpoint; :class:`DamagedCheckpoint` names the file that does not load,
     :class:`CheckpointError` refuses one written with other training settings."""
+    from safetensors.torch import load_file
+
     position = read_position(folder, fingerprint)
     lora = _load_part(folder / "lora_params.safetensors", lambda p: load_file(str(p)))
     states = _load_part(folder / "optimizer.pt", _torch_load)
@@ -184,6 +194,8 @@ def read_checkpoint(folder: Path, fingerprint: str) -> Checkpoint:
 
 
 def _torch_load(path: Path) -> Any:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -24,7 +24,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from lorastory.config import YamlModel
 from lorastory.models.lora.spec import MAX_RANK, LoraSpec
 from lorastory.models.registry import FAMILIES
-from lorastory.train.datasets import MAX_REPEATS, DatasetConfig
+from lorastory.train.captions import CaptionSettings
+from lorastory.train.datasets import MAX_REPEATS, Dataset, DatasetConfig
 from lorastory.train.optimizers import AdafactorSettings, OptimizerName, ProdigySettings, optimizer_problem
 
 __all__ = ["FLAT_KEYS", "MAX_RANK", "MAX_SEED", "TrainConfig", "nest_flat_keys", "with_overrides"]
@@ -167,6 +168,24 @@ class TrainConfig(YamlModel):
             raise ValueError(f"{changed_ema[0]} is set but ema is off; set ema: true (--ema) or remove it")
         return self
 
+    def resolved_datasets(self) -> list[Dataset]:
+        """The run's datasets, each with every setting decided (``data:`` is a one-entry list)."""
+        entries = self.datasets or [DatasetConfig(folder=self.data or "")]
+        resolved = []
+        for entry in entries:
+            trigger = _pick(entry.trigger_word, "" if entry.is_regularization else self.trigger_word or "")
+            shuffle = _pick(entry.shuffle_tags, self.shuffle_tags)
+            captions = CaptionSettings(
+                trigger_word=trigger, prefix=entry.caption_prefix, suffix=entry.caption_suffix,
+                dropout=_pick(entry.caption_dropout, self.caption_dropout), shuffle=shuffle,
+                keep_tags=_pick(entry.keep_tags, self.keep_tags), variants=self.caption_variants if shuffle else 1,
+            )
+            weight = entry.weight * (self.prior_loss_weight if entry.is_regularization else 1.0)
+            resolved.append(Dataset(entry.folder, _pick(entry.repeats, self.repeats), weight, entry.is_regularization,
+                                    _pick(entry.resolution, self.resolution), _pick(entry.buckets, self.buckets),
+                                    captions))
+        return resolved
+
     def fingerprint(self) -> str:
         """A short hash of everything that changes the trained weights (not paths or logging)."""
         return self._hash(_NOT_WEIGHTS)
@@ -271,3 +290,8 @@ def with_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 FLAT_KEYS: dict[str, tuple[str, str]] = _flat_keys()
 _NESTED = {group for group, _ in FLAT_KEYS.values()}
+
+
+def _pick(value: Any, default: Any) -> Any:
+    """A dataset's own setting, or the run's where the dataset leaves it unset."""
+    return default if value is None else value

@@ -8,13 +8,12 @@ with a warning listing them, never silently.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
 from lorastory.captions import clean_caption
@@ -22,6 +21,9 @@ from lorastory.images import load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
 from lorastory.fileio import display_path, display_text, is_valid_text
 from lorastory.tables import csv_rows
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ def place(item: TrainItem, target: tuple[int, int], center_crop: bool, flip: boo
 
 def load_pixels(item: TrainItem, placement: Placement) -> torch.Tensor:
     """The placed image as a (3, H, W) float tensor in [-1, 1]."""
+    import numpy as np
+    import torch
+
     image = load_rgb(item.path)
     image = image.resize(placement.resized, Image.BICUBIC, reducing_gap=3.0)
     top, left = placement.crop_top_left

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,8 +30,6 @@ from lorastory.config import read_text, yaml_from_text
 from lorastory.errors import ConfigError
 from lorastory.train.captions import CaptionSettings
 
-if TYPE_CHECKING:
-    from lorastory.train.config import TrainConfig
 
 MAX_REPEATS = 10_000
 
@@ -80,29 +78,6 @@ class Dataset:
     resolution: int
     buckets: bool
     captions: CaptionSettings
-
-
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def resolve_datasets(config: TrainConfig) -> list[Dataset]:
-    """The run's datasets, each with every setting decided (``data:`` is a one-entry list)."""
-    entries = config.datasets or [DatasetConfig(folder=config.data or "")]
-    resolved = []
-    for entry in entries:
-        trigger = _pick(entry.trigger_word, "" if entry.is_regularization else config.trigger_word or "")
-        shuffle = _pick(entry.shuffle_tags, config.shuffle_tags)
-        captions = CaptionSettings(
-            trigger_word=trigger, prefix=entry.caption_prefix, suffix=entry.caption_suffix,
-            dropout=_pick(entry.caption_dropout, config.caption_dropout), shuffle=shuffle,
-            keep_tags=_pick(entry.keep_tags, config.keep_tags), variants=config.caption_variants if shuffle else 1,
-        )
-        weight = entry.weight * (config.prior_loss_weight if entry.is_regularization else 1.0)
-        resolved.append(Dataset(entry.folder, _pick(entry.repeats, config.repeats), weight, entry.is_regularization,
-                                _pick(entry.resolution, config.resolution), _pick(entry.buckets, config.buckets),
-                                captions))
-    return resolved
 
 
 def parse_dataset_options(values: list[str]) -> list[dict[str, Any]]:

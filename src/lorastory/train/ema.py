@@ -18,14 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+from lorastory.models.grad import no_grad
+
+if TYPE_CHECKING:
+    import torch
 
 
 class LoraEma:
     """The fp32 average of named parameters (see the module docstring for the update)."""
 
     def __init__(self, params: dict[str, torch.Tensor], decay: float, start_step: int = 0, every: int = 1) -> None:
+        import torch
+
         self.decay, self.start_step, self.every = decay, start_step, every
         self.shadow = {name: p.detach().to(torch.float32, copy=True) for name, p in params.items()}
 
@@ -39,7 +45,7 @@ class LoraEma:
         updates = since // self.every
         return min(self.decay, (1 + updates) / (10 + updates))
 
-    @torch.no_grad()
+    @no_grad
     def update(self, params: dict[str, torch.Tensor], step: int) -> None:
         """Move the average toward ``params`` after optimizer step ``step``."""
         decay = self.decay_at(step)
@@ -63,6 +69,8 @@ class LoraEma:
 @contextmanager
 def swapped_in(params: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> Iterator[None]:
     """``params`` hold ``weights`` inside the block (e.g. to save the EMA through the LoRA writer), then their own again."""
+    import torch
+
     own = {name: p.detach().clone() for name, p in params.items()}
     try:
         with torch.no_grad():

@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
 from lorastory.fileio import display_path
@@ -27,9 +25,14 @@ from lorastory.train.datasets import Dataset
 from lorastory.train.plan import Planned
 from lorastory.train.step import Example
 
+if TYPE_CHECKING:
+    import torch
+
 
 def frozen_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype frozen weights are held in under ``mixed_precision``."""
+    import torch
+
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
@@ -49,6 +52,8 @@ def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, fa
     Returns the examples with their cache keys, the cache, the text encoders' fingerprint (for the
     validation prompts' keys) and the seconds it took.
     """
+    import torch
+
     model_dir = config.model if Path(config.model).is_dir() else None
     vae_fp = component_fingerprint(model_dir, "vae")
     text_fp = component_fingerprint(model_dir, "text_encoder") + component_fingerprint(model_dir, "text_encoder_2")
@@ -78,6 +83,8 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
     Afterwards every process can read every entry; with several machines that needs a cache
     folder they all share, which is checked.
     """
+    import torch
+
     device = accelerator.device
     clean_cache_temps(cache)  # of writers that were killed
     latent_jobs = {e.latent_key: (e.item, e.placement) for e in examples}

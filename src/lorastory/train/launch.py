@@ -23,7 +23,6 @@ from pathlib import Path
 from lorastory.errors import LorastoryError
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import metadata_file
-from lorastory.train.datasets import resolve_datasets
 
 
 class LaunchError(LorastoryError):
@@ -105,7 +104,7 @@ def run_on_gpus(config: TrainConfig, gpus: int, debug: bool = False, say: Callab
 def launch_training(config: TrainConfig, processes: int, debug: bool = False,
                     say: Callable[[str], None] = print) -> None:
     """Run ``lorastory train`` with ``config`` in ``processes`` processes; raise if one fails."""
-    for dataset in resolve_datasets(config):
+    for dataset in config.resolved_datasets():
         metadata_file(dataset.folder)  # a wrong --data fails here, once, not in every process
     say(f"Starting {processes} training processes (accelerate launch)...")
     fd, path = tempfile.mkstemp(prefix="lorastory-train-", suffix=".yaml")

@@ -14,16 +14,18 @@ the LoRA is disabled, merged, has dropout, or the call is not plain self-attenti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 _FUSED_WEIGHT = "lorastory_qkv_weight"
 
 
 def _single_adapter(layer: Any) -> str | None:
     """The one active LoRA adapter of a peft layer that this fusion can compute, else None."""
+    import torch
+
     names = list(getattr(layer, "active_adapters", []))
     if len(names) != 1 or getattr(layer, "merged_adapters", []) or getattr(layer, "use_dora", {}).get(names[0]):
         return None
@@ -71,6 +73,9 @@ class LoraQKVAttnProcessor:
                 and list(layer.active_adapters) == [self.adapter])
 
     def qkv(self, attn: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         layers = (attn.to_q, attn.to_k, attn.to_v)
         dtype = hidden_states.dtype
         lora_a = torch.cat([layer.lora_A[self.adapter].weight for layer in layers]).to(dtype)
@@ -80,6 +85,8 @@ class LoraQKVAttnProcessor:
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Any = None,
                  attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        import torch.nn.functional as F
+
         if args or kwargs or not self._plain(attn, encoder_hidden_states, attention_mask, hidden_states):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         batch, _, _ = hidden_states.shape
@@ -100,6 +107,7 @@ def fuse_lora_qkv(model: Any) -> int:
     The frozen q/k/v weights become views into one stacked matrix (no extra memory). Call after the
     LoRA is injected and the model sits on its device in its dtype.
     """
+    import torch
     from diffusers.models.attention_processor import Attention
 
     count = 0

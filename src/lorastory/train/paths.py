@@ -11,7 +11,6 @@ from lorastory.errors import OutputError
 from lorastory.fileio import check_outputs_apart, display_path, real_path
 from lorastory.models.registry import check_family, get_family
 from lorastory.train.config import TrainConfig
-from lorastory.train.datasets import resolve_datasets
 
 
 def check_run_paths(config: TrainConfig) -> None:
@@ -23,7 +22,7 @@ def check_run_paths(config: TrainConfig) -> None:
     """
     out = Path(config.out)
     cache = Path(config.cache_dir) if config.cache_dir else None
-    inputs = [("--data", d.folder) for d in resolve_datasets(config)] + ([("--model", config.model)] if Path(config.model).exists() else [])
+    inputs = [("--data", d.folder) for d in config.resolved_datasets()] + ([("--model", config.model)] if Path(config.model).exists() else [])
     check_outputs_apart([("--out", out)], inputs)
     if cache is not None:
         for label, given in inputs:

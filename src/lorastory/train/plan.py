@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
-from lorastory.train.datasets import Dataset, resolve_datasets
+from lorastory.train.datasets import Dataset
 from lorastory.train.order import Bucket
 from lorastory.train.step import Example
 
@@ -38,7 +38,7 @@ def read_dataset(dataset: Dataset, say: Callable[[str], None]) -> list[TrainItem
 
 def plan_training(config: TrainConfig, say: Callable[[str], None]) -> tuple[list[Dataset], list[Planned]]:
     """The run's datasets and their samples, once per flip variant; deterministic for the seed."""
-    datasets = resolve_datasets(config)
+    datasets = config.resolved_datasets()
     rng = random.Random(config.seed)  # one generator through all datasets: random crops
     planned = []
     for index, dataset in enumerate(datasets):

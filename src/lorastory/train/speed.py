@@ -17,23 +17,33 @@ channels_last was slower and compiling the ResNet blocks too gained nothing, so 
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+import functools
+from typing import TYPE_CHECKING, Any
 
 from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_regions, to_channels_last
+from lorastory.train.lora_qkv import fuse_lora_qkv
+
+if TYPE_CHECKING:
+    import torch
 
 # Below this many optimizer steps a compile's warm-up (20-60 s) costs more than it saves.
 COMPILE_MIN_STEPS = 200
 
 
-class CastLinear(torch.nn.Linear):
-    """An ``nn.Linear`` that computes in its input's dtype: fp32 master weight, bf16 matmul."""
+@functools.cache
+def cast_linear() -> type:
+    """The ``CastLinear`` class, made on first use so that importing this module does not import torch."""
+    import torch
+    import torch.nn.functional as F
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(input.dtype)
-        return F.linear(input, self.weight.to(input.dtype), bias)
+    class CastLinear(torch.nn.Linear):
+        """An ``nn.Linear`` that computes in its input's dtype: fp32 master weight, bf16 matmul."""
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            bias = None if self.bias is None else self.bias.to(input.dtype)
+            return F.linear(input, self.weight.to(input.dtype), bias)
+
+    return CastLinear
 
 
 def _peft_layers(model: Any) -> list[Any]:
@@ -47,8 +57,10 @@ def lora_compute_in_input_dtype(*models: Any) -> int:
 
     peft would otherwise cast the (bf16) input up to the (fp32) LoRA weight's dtype. Parameter
     names, dtypes and the state dict are unchanged: only the ``lora_A``/``lora_B`` linears' class
-    changes to :class:`CastLinear`.
+    changes to ``CastLinear`` (:func:`cast_linear`).
     """
+    import torch
+
     count = 0
     for model in models:
         if model is None:
@@ -58,7 +70,7 @@ def lora_compute_in_input_dtype(*models: Any) -> int:
             for name in ("lora_A", "lora_B"):
                 for linear in getattr(layer, name, {}).values():
                     if type(linear) is torch.nn.Linear:
-                        linear.__class__ = CastLinear
+                        linear.__class__ = cast_linear()
             count += 1
     return count
 
@@ -97,8 +109,6 @@ def prepare_for_training(
     """
     done = [f"bf16 compute with fp32 LoRA weights ({lora_compute_in_input_dtype(unet, *text_encoders)} layers)"]
     if fuse_qkv:
-        from lorastory.train.lora_qkv import fuse_lora_qkv
-
         done.append(f"fused LoRA q/k/v in {fuse_lora_qkv(unet)} self-attention layers")
     if channels_last:
         to_channels_last(unet)

@@ -7,11 +7,9 @@ epoch alone, which is what makes resume (and any number of processes) bit-exact.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
 from lorastory.train.cache import TensorCache
@@ -20,25 +18,35 @@ from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem
 from lorastory.train.order import draw_sample, sample_seed
 
+if TYPE_CHECKING:
+    import torch
 
-class Denoiser(torch.nn.Module):
-    """The UNet and the text encoders being trained as one module, so DDP averages every LoRA gradient.
 
-    Text encoders being trained encode each batch's captions live (cached embeddings would be stale);
-    ``pipe`` is then the pipeline whose ``encode_prompt`` runs them.
-    """
+@functools.cache
+def denoiser_class() -> type:
+    """The ``Denoiser`` class, made on first use so that importing this module does not import torch."""
+    import torch
 
-    def __init__(self, unet: Any, text_encoders: dict[str, Any], pipe: Any = None) -> None:
-        super().__init__()
-        self.unet = unet
-        self.text_encoders = torch.nn.ModuleDict(text_encoders)
-        self.pipe = pipe
+    class Denoiser(torch.nn.Module):
+        """The UNet and the text encoders being trained as one module, so DDP averages every LoRA gradient.
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: dict[str, torch.Tensor] | None,
-                add_time_ids: torch.Tensor, dtype: torch.dtype, captions: list[str] | None = None) -> torch.Tensor:
-        if captions is not None:
-            text = encode_text(self.pipe, captions, noisy.device, grad=True)
-        return self.unet(noisy, timesteps, **unet_kwargs(text, add_time_ids, dtype)).sample
+        Text encoders being trained encode each batch's captions live (cached embeddings would be stale);
+        ``pipe`` is then the pipeline whose ``encode_prompt`` runs them.
+        """
+
+        def __init__(self, unet: Any, text_encoders: dict[str, Any], pipe: Any = None) -> None:
+            super().__init__()
+            self.unet = unet
+            self.text_encoders = torch.nn.ModuleDict(text_encoders)
+            self.pipe = pipe
+
+        def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: dict[str, torch.Tensor] | None,
+                    add_time_ids: torch.Tensor, dtype: torch.dtype, captions: list[str] | None = None) -> torch.Tensor:
+            if captions is not None:
+                text = encode_text(self.pipe, captions, noisy.device, grad=True)
+            return self.unet(noisy, timesteps, **unet_kwargs(text, add_time_ids, dtype)).sample
+
+    return Denoiser
 
 
 @dataclass
@@ -79,6 +87,9 @@ def draw_caption(example: Example, seed: int, epoch: int, draw: int, live: bool)
 def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
           config: TrainConfig, weights: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale`` × the weighted sum of per-sample losses (scale = processes / samples in the global batch)."""
+    import torch
+    import torch.nn.functional as F
+
     per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.snr_gamma is not None:
         from diffusers.training_utils import compute_snr
@@ -93,6 +104,8 @@ def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tenso
 
 def _batch_text(keys: list[str], cache: TensorCache) -> dict[str, torch.Tensor]:
     """Cached caption embeddings for a batch (on the CPU)."""
+    import torch
+
     texts = [cache.load(key) for key in keys]
     return {name: torch.stack([t[name] for t in texts]) for name in texts[0]}
 
@@ -100,6 +113,8 @@ def _batch_text(keys: list[str], cache: TensorCache) -> dict[str, torch.Tensor]:
 def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,
                 num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sample's noise and timestep, from a generator seeded for that sample and epoch alone."""
+    import torch
+
     noises, timesteps = [], []
     for index in indices:
         generator = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index))
@@ -134,6 +149,8 @@ def step_inputs(
     CPU work only, so the next step's inputs are prepared on a side thread while the GPU trains;
     ``pin`` puts them in page-locked memory, so the copy to the GPU does not stall the CPU.
     """
+    import torch
+
     batch = [examples[draw_sample(i, len(examples))] for i in indices]  # indices are draws (order.py)
     chosen = [draw_caption(e, config.seed, epoch, i, live_text) for e, i in zip(batch, indices)]
     weights = [w * e.loss_weight for w, e in zip(weights, batch)]
@@ -166,6 +183,8 @@ def step_loss(inputs: StepInputs, model: Any, noise_scheduler: Any, config: Trai
 
     ``cudagraphs``: the model's blocks replay CUDA graphs, and each step must say where it begins.
     """
+    import torch
+
     if cudagraphs:
         torch.compiler.cudagraph_mark_step_begin()
     def put(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:  # asynchronous when pinned

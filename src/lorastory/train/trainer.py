@@ -23,11 +23,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
+from lorastory.models.lora import inject_lora, save_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
@@ -41,8 +40,12 @@ from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
 from lorastory.train.plan import order_samples, plan_training
-from lorastory.train.step import Denoiser, StepInputs, step_inputs, step_loss
+from lorastory.train.speed import prepare_for_training, resolve_compile
+from lorastory.train.step import StepInputs, denoiser_class, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -70,6 +73,8 @@ class TrainResult:
 
 
 def _precision(config: TrainConfig, device: torch.device) -> str:
+    import torch
+
     if config.precision != "auto":
         return config.precision
     if device.type != "cuda":
@@ -86,6 +91,7 @@ def _move(module: Any, device: torch.device, dtype: torch.dtype) -> None:
 
 def _processes() -> Any:
     """accelerate's view of the processes; under a launcher this joins the process group and picks this process's GPU."""
+    import torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available() or use_cpu())
@@ -159,7 +165,7 @@ def train(
     lr_scheduler = make_scheduler(optimizer, config, total_steps)
     compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
-    model, optimizer = accelerator.prepare(Denoiser(unet, text_encoders, pipe if text_encoders else None), optimizer)
+    model, optimizer = accelerator.prepare(denoiser_class()(unet, text_encoders, pipe if text_encoders else None), optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # 4. resume
@@ -257,8 +263,6 @@ def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler
 def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
                processes: int, say: Callable[[str], None]) -> str:
     """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); return the compile mode."""
-    from lorastory.train.speed import prepare_for_training, resolve_compile
-
     compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
     say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
     return compile_mode
@@ -268,8 +272,6 @@ def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Pat
                 trainable: dict[str, torch.nn.Parameter], ema: LoraEma | None) -> list[Path]:
     """Write the trained LoRA in each of ``config.save_formats``, and its moving average as ``lora_ema.safetensors``
     (``lora_ema_kohya.safetensors``): same writer and layout, the average swapped into the weights. Return the files."""
-    from lorastory.models.lora import save_lora
-
     metadata = {"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)}
 
     def write(stem: str, extra: dict[str, str]) -> list[Path]:
@@ -291,8 +293,6 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
 
     Returns the denoiser, the LoRA spec, the text encoders being trained (by name) and the parameters.
     """
-    from lorastory.models.lora import inject_lora
-
     unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
     _move(unet, device, weight_dtype)
@@ -424,6 +424,8 @@ def _same_everywhere(value: Any, what: str, advice: str) -> None:
 
 def _check_in_sync(accelerator: Any, trainable: dict[str, torch.nn.Parameter]) -> None:
     """Every process must end with the same LoRA weights (DDP's promise); compare checksums."""
+    import torch
+
     if accelerator.num_processes == 1:
         return
     checksum = torch.stack([p.detach().double().sum() for p in trainable.values()]).sum()
@@ -439,12 +441,14 @@ def _last_good(out: Path) -> str:
 
 def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None:
     """Never write a checkpoint or LoRA holding inf/NaN weights."""
+    import torch
+
     if all(torch.isfinite(p).all() for p in params.values()):
         return
     raise TrainingError(f"LoRA weights became inf/NaN at step {step}: lower --lr or use bf16{_last_good(out)}")
 
 
-def _trainable(model: Denoiser) -> dict[str, torch.nn.Parameter]:
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The LoRA parameters being trained, named "<component>.<parameter>"."""
     modules = {"unet": model.unet, **model.text_encoders}
     return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorastory.models.conditioning import encode_text
+from lorastory.models.grad import no_grad
 from lorastory.models.registry import family_of_pipeline
 from lorastory.train.cache import TensorCache, text_key
 from lorastory.train.config import TrainConfig
 
+if TYPE_CHECKING:
+    import torch
 
-@torch.no_grad()
+
+@no_grad
 def render_validation_samples(
     pipe: Any, unet: Any, cache: TensorCache, config: TrainConfig, text_fp: str, out: Path, step: int,
     device: torch.device, accelerator: Any,
 ) -> list[Path]:
     """Render the validation prompts with the current LoRA into ``OUT/samples``."""
     import numpy as np
+    import torch
     from PIL import Image
 
     was_training = unet.training

@@ -19,7 +19,11 @@ from typing import Any
 from lorastory.errors import LorastoryError
 from lorastory.ui import actions
 from lorastory.ui.jobs import JobQueue
-from lorastory.ui.tabs.common import AppContext
+from lorastory.ui.tabs.common import AppContext, Clock
+from lorastory.ui.tabs.data import DataTab
+from lorastory.ui.tabs.gallery import GalleryTab
+from lorastory.ui.tabs.story import StoryTab
+from lorastory.ui.tabs.train import TrainTab
 from lorastory.ui.workspace import Workspace
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -58,14 +62,8 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
     # Uploads and Gradio's file cache live inside the workspace, like everything else the app touches.
     os.environ["GRADIO_TEMP_DIR"] = str(ws.root / ".gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    # Gradio (and so every tab module) is imported only now: it reads GRADIO_TEMP_DIR once, at import.
+    # Gradio is imported only now (the tabs import it as they build): it reads GRADIO_TEMP_DIR once, at import.
     import gradio as gr
-
-    from lorastory.ui.tabs.common import Clock
-    from lorastory.ui.tabs.data import DataTab
-    from lorastory.ui.tabs.gallery import GalleryTab
-    from lorastory.ui.tabs.story import StoryTab
-    from lorastory.ui.tabs.train import TrainTab
 
     if build_default_model:
         actions.ensure_default_model(ws)

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorastory.errors import LorastoryError
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 
@@ -199,8 +201,6 @@ class JobQueue:
             except Cancelled:
                 self._finish(job, CANCELLED, message="cancelled; nothing half-written was left")
             except Exception as err:  # a job's failure is shown on the page, never kills the worker
-                from lorastory.errors import LorastoryError
-
                 message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
                 if not isinstance(err, LorastoryError):
                     job.log.append(traceback.format_exc())

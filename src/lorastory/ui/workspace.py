@@ -29,8 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorastory.data.dataset import safe_stem
 from lorastory.errors import BadImageError, LorastoryError
 from lorastory.fileio import lies_within
+from lorastory.images import IMAGE_EXTENSIONS, probe_image
 
 FOLDERS = ("models", "uploads", "datasets", "recipes", "curated", "train", "runs", "stories", "downloads")
 _NAME = re.compile(r"^[\w][\w.\-]{0,63}$", re.UNICODE)
@@ -147,8 +149,6 @@ class Workspace:
         """Copy uploaded images (and same-name ``.txt`` captions, and the images and captions
         inside ``.zip`` files) into ``dest``, checking each image like the data stage does:
         type, size, truncation and decompression bombs. Anything else is refused with its reason."""
-        from lorastory.images import IMAGE_EXTENSIONS, probe_image
-
         dest = self.check(dest)
         dest.mkdir(parents=True, exist_ok=True)
         result = UploadResult(dest)
@@ -200,8 +200,6 @@ class Workspace:
         result.captions += 1
 
     def _extract_zip(self, archive: Path, dest: Path, result: UploadResult) -> None:
-        from lorastory.images import IMAGE_EXTENSIONS, probe_image
-
         try:
             handle = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError) as err:
@@ -259,8 +257,6 @@ def _read_capped(handle: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> 
 
 
 def _safe_file_name(name: str) -> str:
-    from lorastory.data.dataset import safe_stem
-
     path = Path(name)
     return safe_stem(path.stem, limit=80) + path.suffix.lower()
 

@@ -21,7 +21,10 @@ from typing import Any
 
 from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
 from lorastory.data.sample import Sample
-from lorastory.errors import LorastoryError, RecipeError
+from lorastory.errors import AestheticModelError, ClipModelError, LorastoryError, RecipeError
+from lorastory.hub import PICKLE_SUFFIXES, check_source
+from lorastory.models.aesthetic import default_clip_for, load_aesthetic
+from lorastory.models.clip import check_clip_folder, load_clip, one_thread_in_workers, op_device
 
 STATS_KEY = "image_aesthetics_scores"
 DATA_JUICER_DEFAULT = "shunk031/aesthetics-predictor-v2-sac-logos-ava1-l14-linearMSE"
@@ -60,12 +63,6 @@ class ImageAestheticsFilter(Filter):
         """Fail before any work when the weights (or the CLIP a head file needs) cannot be had."""
         from pathlib import Path
 
-        from lorastory.hub import PICKLE_SUFFIXES
-        from lorastory.models.aesthetic import default_clip_for, load_aesthetic
-        from lorastory.models.clip import check_clip_folder
-        from lorastory.errors import AestheticModelError, ClipModelError
-        from lorastory.hub import check_source
-
         path = Path(self._source).expanduser()
         if not path.exists() and path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
             raise AestheticModelError(f"hf_scorer_model {self._source}: no such file")
@@ -86,9 +83,6 @@ class ImageAestheticsFilter(Filter):
         """(predictor, image embedder), loaded on first use in each process."""
 
         def load() -> tuple[Any, Any]:
-            from lorastory.models.aesthetic import default_clip_for, load_aesthetic
-            from lorastory.models.clip import load_clip, one_thread_in_workers, op_device
-
             one_thread_in_workers()
             device = op_device(self.params.accelerator)
             predictor = load_aesthetic(self._source, allow_pickle=self.params.allow_pickle, device=device)

@@ -30,7 +30,9 @@ from PIL import Image, ImageOps
 from lorastory.captions import DJ_SPECIAL_TOKENS
 from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
 from lorastory.data.sample import Sample
-from lorastory.errors import RecipeError
+from lorastory.errors import ClipModelError, RecipeError
+from lorastory.hub import check_source
+from lorastory.models.clip import check_clip_folder, load_clip, one_thread_in_workers, op_device
 
 EOC_TOKEN = "<|__dj__eoc|>"
 STATS_KEY = "image_text_similarity"
@@ -84,9 +86,6 @@ class ImageTextSimilarityFilter(Filter):
 
     def __init__(self, params: ImageTextSimilarityParams) -> None:
         super().__init__(params)
-        from lorastory.models.clip import check_clip_folder
-        from lorastory.errors import ClipModelError
-        from lorastory.hub import check_source
 
         try:
             check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
@@ -99,8 +98,6 @@ class ImageTextSimilarityFilter(Filter):
         """The CLIP model, loaded once per process; recipes never enable trust_remote_code (refused in build_op)."""
 
         def load() -> Any:
-            from lorastory.models.clip import load_clip, one_thread_in_workers, op_device
-
             one_thread_in_workers()
             return load_clip(self.params.hf_clip, op_device(self.params.accelerator))
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from lorastory import __version__
 from lorastory.fileio import atomic_write_bytes
 from lorastory.models.lora.diffusers_format import adapter_metadata, to_diffusers_layout
 from lorastory.errors import first_line
@@ -104,8 +105,6 @@ def _check_spec_matches(pipe: Any, spec: LoraSpec, adapter_name: str) -> None:
 def _lorastory_metadata(
     pipe: Any, spec: LoraSpec, family: Family, fmt: str, extra: Mapping[str, Any] | None
 ) -> dict[str, str]:
-    from lorastory import __version__
-
     layers = family.denoiser_of(pipe).config.layers_per_block
     te_targets = spec.text_encoder_targets_for(family) if spec.train_text_encoder else []
     metadata = {

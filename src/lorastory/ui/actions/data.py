@@ -14,6 +14,15 @@ from typing import Any
 
 import yaml
 
+from lorastory.config import yaml_from_text
+from lorastory.data.dataset import ImportConfig, export_csv, import_dataset, read_rows
+from lorastory.data.executor import run_recipe
+from lorastory.data.ops import OpParams, build_op, registered_ops
+from lorastory.data.recipe import load_recipe, resolve_dataset_file
+from lorastory.data.report import summary
+from lorastory.data.sample import resolve_path
+from lorastory.data.sources import open_source
+from lorastory.demo import EXAMPLES
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_write_text
 from lorastory.ui.workspace import PathRefused, Workspace
@@ -21,9 +30,6 @@ from lorastory.ui.workspace import PathRefused, Workspace
 
 def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
     """Import a folder inside the workspace into ``datasets/NAME`` (Data-Juicer format)."""
-    from lorastory.data.dataset import ImportConfig, import_dataset
-    from lorastory.data.sources import open_source
-
     source = ws.resolve(folder, must_exist=True)
     out = ws.child("datasets", name)
     links = ws.escaping_links(source) if source.is_dir() else []
@@ -71,8 +77,6 @@ def train_folder_choices(ws: Workspace) -> list[str]:
 
 def default_recipe(dataset: str | None, name: str = "curated") -> str:
     """The reference recipe (shipped example) pointed at a workspace dataset."""
-    from lorastory.demo import EXAMPLES
-
     text = (EXAMPLES / "recipe_reference.yaml").read_text(encoding="utf-8")
     return point_recipe(text, dataset or "datasets/NAME/metadata.jsonl", f"curated/{name}/result.jsonl")
 
@@ -89,8 +93,6 @@ def point_recipe(text: str, dataset: str, export: str) -> str:
 
 def op_defaults(name: str) -> dict[str, Any]:
     """An op's own parameters with their defaults (what Data-Juicer names them)."""
-    from lorastory.data.ops import OpParams, registered_ops
-
     params = registered_ops()[name].Params
     base = set(OpParams.model_fields)
     return {k: f.default for k, f in params.model_fields.items() if k not in base}
@@ -98,8 +100,6 @@ def op_defaults(name: str) -> dict[str, Any]:
 
 def op_rows(name: str) -> list[list[str]]:
     """Parameter name, type and default of an op, for the reference table."""
-    from lorastory.data.ops import OpParams, registered_ops
-
     params = registered_ops()[name].Params
     rows = []
     for key, spec in params.model_fields.items():
@@ -112,9 +112,6 @@ def op_rows(name: str) -> list[list[str]]:
 
 def add_op(text: str, name: str, params_yaml: str) -> str:
     """Append ``- name: params`` to the recipe's ``process`` list (validated first)."""
-    from lorastory.config import yaml_from_text
-    from lorastory.data.ops import build_op
-
     params = yaml_from_text(params_yaml or "{}", f"{name} parameters") or {}
     build_op(name, params, where=f"new {name}")  # a bad field is refused here, naming it
     data = yaml_from_text(text or "{}", "recipe") or {}
@@ -129,12 +126,6 @@ def run_recipe_text(
     ws: Workspace, text: str, name: str, processes: int = 1, on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Save the editor's recipe as ``recipes/NAME.yaml`` and run it; paths in it are workspace paths."""
-    from lorastory.data.dataset import read_rows
-    from lorastory.data.executor import run_recipe
-    from lorastory.data.recipe import load_recipe, resolve_dataset_file
-    from lorastory.data.report import summary
-    from lorastory.data.sample import resolve_path
-
     path = ws.child("recipes", f"{name}.yaml")
     atomic_write_text(path, text)
     recipe = load_recipe(path)
@@ -161,8 +152,6 @@ def run_recipe_text(
 
 def kept_samples(ws: Workspace, export: str, limit: int = 48) -> list[tuple[str, str]]:
     """(image, caption) of the first kept rows of a recipe result, images inside the workspace only."""
-    from lorastory.data.dataset import read_rows
-
     found = []
     for _number, row, _problem in read_rows(ws.check(export)):
         if row is None:
@@ -188,9 +177,6 @@ def dropped_samples(ws: Workspace, report: dict[str, Any]) -> list[tuple[str, st
 
 def export_for_training(ws: Workspace, result_jsonl: str, name: str, replace: bool) -> dict[str, Any]:
     """``export-csv``: a curated result → ``train/NAME`` (metadata.csv + images)."""
-    from lorastory.data.dataset import export_csv
-    from lorastory.data.sample import resolve_path
-
     source = ws.resolve(result_jsonl, must_exist=True)
     for image, _caption in _all_images(source, resolve_path):
         if not ws.is_inside(image):
@@ -201,8 +187,6 @@ def export_for_training(ws: Workspace, result_jsonl: str, name: str, replace: bo
 
 
 def _all_images(jsonl: Path, resolve_path: Callable[[str, str], str]) -> list[tuple[str, str]]:
-    from lorastory.data.dataset import read_rows
-
     found = []
     for _number, row, _problem in read_rows(jsonl):
         images = (row or {}).get("image") or (row or {}).get("images") or []

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from lorastory.errors import ConfigError, LorastoryError
+from lorastory.eval.report import evaluate_run
 from lorastory.fileio import parse_json
+from lorastory.generate.pngmeta import read_parameters
+from lorastory.generate.rundir import read_manifest
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
 
@@ -23,9 +26,6 @@ def train_runs(ws: Workspace) -> list[str]:
 
 def run_details(ws: Workspace, run: str) -> dict[str, Any]:
     """A story run as the gallery shows it: panels with the parameters read back from each PNG."""
-    from lorastory.generate.pngmeta import read_parameters
-    from lorastory.generate.rundir import read_manifest
-
     folder = ws.resolve(run, must_exist=True)
     manifest_path = folder / "manifest.json"
     manifest = _json_or_none(manifest_path, read_manifest)
@@ -65,8 +65,6 @@ PARAM_COLUMNS = ["file", "prompt", "negative", "seed", "steps", "cfg", "sampler"
 
 def eval_job(ws: Workspace, run: str, clip_model: str, compare: bool) -> Callable[[JobContext], Any]:
     """Score a story run (``scores.json``) with a CLIP model from the workspace; optionally LoRA on/off."""
-    from lorastory.eval.report import evaluate_run
-
     folder = ws.resolve(run, must_exist=True)
     clip = str(ws.resolve(clip_model, must_exist=True)) if clip_model else ""
     if not clip:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lorastory.hub import looks_like_hub_id
+from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
+from lorastory.models.toy import write_toy_model
 from lorastory.ui.workspace import PathRefused, Workspace
 
 DEFAULT_MODEL = "models/toy-kolors"
@@ -18,8 +20,6 @@ DEFAULT_CLIP = "models/toy-clip"
 def ensure_default_model(ws: Workspace, say: Callable[[str], None] = print) -> Path:
     """The workspace's default model: the embedded toy Kolors (and toy CLIP for scoring), written
     there when missing."""
-    from lorastory.models.toy import write_toy_model
-
     target = ws.resolve(DEFAULT_MODEL)
     for folder, component in ((target, "kolors"), (ws.resolve(DEFAULT_CLIP), "clip")):
         if not any(folder.glob("*.json")):
@@ -67,7 +67,5 @@ def lora_choices(ws: Workspace) -> list[str]:
 
 def ip_adapter_choices(ws: Workspace) -> list[str]:
     """IP-Adapter folders in ``models/``: those with a CLIP image encoder where the published layouts keep it."""
-    from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
-
     encoders = sorted({spec.image_encoder for spec in DEFAULT_IP_ADAPTERS.values()})
     return [p for p in ws.list("models", "*", dirs=True) if any((ws.root / p / e).is_dir() for e in encoders)]

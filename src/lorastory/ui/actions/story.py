@@ -11,6 +11,9 @@ from typing import Any
 
 from lorastory.errors import ConfigError, DataError
 from lorastory.fileio import atomic_open, replace_dir
+from lorastory.generate.regenerate import regenerate_panel
+from lorastory.generate.rundir import read_manifest
+from lorastory.generate.story import Story, generate_story
 from lorastory.ui.actions.models import resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
@@ -42,8 +45,6 @@ def story_from_form(title: str, character: str, style: str, negative: str, rows:
 
     ``consistency`` is what :func:`consistency_from_form` returns (default: none).
     """
-    from lorastory.generate.story import Story
-
     panels = []
     for row in rows:
         cells = (list(row) + [None] * 4)[:4]
@@ -84,8 +85,6 @@ def story_rows(story: Any) -> list[list[Any]]:
 
 def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: float, name: str) -> Callable[[JobContext], Any]:
     """Render a story into ``stories/NAME``; the folder appears only when every file is written."""
-    from lorastory.generate.story import generate_story
-
     final = ws.child("stories", name)
     model_path = resolve_model(ws, model)
     lora_path = str(ws.resolve(lora, must_exist=True)) if lora else None
@@ -120,9 +119,6 @@ def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[
     model, LoRA and settings, then swapped in; the storyboard, manifest and story.yaml
     are rewritten to match.
     """
-    from lorastory.generate.rundir import read_manifest
-    from lorastory.generate.regenerate import regenerate_panel
-
     folder = ws.resolve(run, must_exist=True)
     manifest = read_manifest(folder / "manifest.json")  # a one-line error for a damaged or foreign manifest
     if not manifest.model:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lorastory.errors import ConfigError
+from lorastory.train.config import TrainConfig
+from lorastory.train.trainer import train
 from lorastory.ui.actions.models import resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
@@ -13,8 +15,6 @@ from lorastory.ui.workspace import Workspace
 
 def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str, Any]) -> Any:
     """A validated :class:`TrainConfig` from the form; ``model``/``data`` are workspace paths."""
-    from lorastory.train.config import TrainConfig
-
     values = dict(form)
     prompts = [p.strip() for p in str(values.pop("validation_prompts", "") or "").splitlines() if p.strip()]
     values["max_steps"] = int(values.get("max_steps") or 0) or None
@@ -40,8 +40,6 @@ def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str
 
 def train_job(ws: Workspace, config: Any) -> Callable[[JobContext], Any]:
     """The background job for one training run; progress, losses and log lines go to the job."""
-    from lorastory.train.trainer import train
-
     def run(ctx: JobContext) -> dict[str, Any]:
         ctx.data.update(out=config.out, steps=[], losses=[])
 

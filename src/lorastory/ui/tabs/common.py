@@ -37,6 +37,24 @@ class Clock:
         self.demo.load(fn, inputs, outputs, show_progress="hidden")
 
 
+class Tab:
+    """One tab of the app: its components, built in the order they appear (:meth:`build`), and its handlers."""
+
+    label = ""
+    tab_id = ""
+
+    def __init__(self, ctx: AppContext) -> None:
+        import gradio as gr
+
+        self.ctx = ctx
+        self.ws = ctx.ws
+        with gr.Tab(self.label, id=self.tab_id):
+            self.build()
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+
 def ok(text: str) -> str:
     return f"**Done:** {text}"
 

@@ -7,28 +7,27 @@ import html
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
-
 from lorastory.data.ops import registered_ops
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import AppContext, Clock, err, md_list, ok, yaml_text
+from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, yaml_text
 
 
-class DataTab:
+class DataTab(Tab):
     """The Data tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Data", id="data"):
-            self._build_import()
-            self._build_recipe()
-            self._build_results()
-            self._build_export()
+    label, tab_id = "Data", "data"
+
+    def build(self) -> None:
+        self._build_import()
+        self._build_recipe()
+        self._build_results()
+        self._build_export()
 
     # ------------------------------------------------------------------ layout
 
     def _build_import(self) -> None:
+        import gradio as gr
+
         gr.Markdown("### 1. Import images\nFrom a folder inside the workspace (same-name `.txt` captions, "
                     "or `metadata.jsonl`/`.csv`), or upload images / a `.zip`.")
         with gr.Row():
@@ -47,6 +46,8 @@ class DataTab:
         self.import_status = gr.Markdown(elem_id="import-status", elem_classes="status")
 
     def _build_recipe(self) -> None:
+        import gradio as gr
+
         gr.Markdown("### 2. Curate with a Data-Juicer recipe")
         with gr.Row():
             self.ds_pick = gr.Dropdown(label="Dataset", choices=actions.dataset_choices(self.ws), allow_custom_value=True,
@@ -73,6 +74,8 @@ class DataTab:
         self.recipe_status = gr.Markdown(elem_id="recipe-status", elem_classes="status")
 
     def _build_results(self) -> None:
+        import gradio as gr
+
         self.op_counts = gr.Dataframe(headers=["op", "in", "kept", "dropped", "errors", "seconds"], interactive=False,
                                       label="Per-op table", elem_id="op-table")
         with gr.Row():
@@ -84,6 +87,8 @@ class DataTab:
             self.report_html = gr.HTML()
 
     def _build_export(self) -> None:
+        import gradio as gr
+
         gr.Markdown("### 3. Export for training (`metadata.csv` + images)")
         with gr.Row():
             self.export_src = gr.Dropdown(label="Recipe result", choices=actions.curated_choices(self.ws),
@@ -96,6 +101,8 @@ class DataTab:
 
     def wire(self, clock: Clock, train_folder: Any) -> None:
         """Wire the tab's events; ``train_folder`` is the Train tab's dropdown an export selects."""
+        import gradio as gr
+
         self.train_folder = train_folder
         data_lists = [self.ds_pick, self.export_src, train_folder]
         import_inputs = [self.ds_name, self.ds_caption, self.ds_replace]
@@ -105,18 +112,26 @@ class DataTab:
         self.op_pick.change(self.on_op, self.op_pick, [self.op_table, self.op_params])
         self.add_op_btn.click(self.on_add_op, [self.recipe_text, self.op_pick, self.op_params],
                               [self.recipe_text, self.recipe_status])
-        self.run_recipe_btn.click(self.on_run_recipe, [self.recipe_text, self.recipe_name, self.processes],
+
+        def run_recipe(text, name, procs, progress=gr.Progress()):  # gradio fills a parameter whose default is a Progress
+            return self.on_run_recipe(text, name, procs, progress)
+
+        self.run_recipe_btn.click(run_recipe, [self.recipe_text, self.recipe_name, self.processes],
                                   [self.recipe_status, self.op_counts, self.kept_gallery, self.dropped_gallery,
                                    self.skipped_md, self.report_html, self.export_src])
         self.export_btn.click(self.on_export, [self.export_src, self.export_name], [self.export_status, train_folder])
         clock.demo.load(self.refresh_data_lists, None, data_lists)
 
     def refresh_data_lists(self) -> tuple[Any, Any, Any]:
+        import gradio as gr
+
         ws = self.ws
         return (gr.update(choices=actions.dataset_choices(ws)), gr.update(choices=actions.curated_choices(ws)),
                 gr.update(choices=actions.train_folder_choices(ws)))
 
     def on_import_folder(self, path, name, caption, replace):
+        import gradio as gr
+
         try:
             result = actions.import_folder(self.ws, path, name, caption, replace)
         except Exception as error:
@@ -124,6 +139,8 @@ class DataTab:
         return self._imported(result)
 
     def on_import_upload(self, files, name, caption, replace):
+        import gradio as gr
+
         try:
             paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
             result = actions.import_upload(self.ws, paths, self.ctx.upload_root, name, caption, replace)
@@ -132,11 +149,15 @@ class DataTab:
         return self._imported(result)
 
     def _imported(self, result: dict[str, Any]) -> tuple[Any, ...]:
+        import gradio as gr
+
         dataset = f"{result['dataset']}/metadata.jsonl"
         return (import_message(result), gr.update(choices=actions.dataset_choices(self.ws), value=dataset),
                 *self.refresh_data_lists()[1:])
 
     def on_use_dataset(self, text, dataset, name):
+        import gradio as gr
+
         if not dataset:
             return gr.skip()
         return actions.point_recipe(text, dataset, f"curated/{name or 'curated'}/result.jsonl")
@@ -145,12 +166,16 @@ class DataTab:
         return actions.op_rows(name), yaml_text(actions.op_defaults(name))
 
     def on_add_op(self, text, name, params):
+        import gradio as gr
+
         try:
             return actions.add_op(text, name, params), ""
         except Exception as error:
             return gr.skip(), err(error)
 
-    def on_run_recipe(self, text, name, procs, progress=gr.Progress()):
+    def on_run_recipe(self, text, name, procs, progress):
+        import gradio as gr
+
         ws = self.ws
         try:
             progress(0, desc="reading the dataset")
@@ -167,6 +192,8 @@ class DataTab:
                 gr.update(choices=actions.curated_choices(ws), value=ws.rel(report["export"])))
 
     def on_export(self, src, name):
+        import gradio as gr
+
         try:
             result = actions.export_for_training(self.ws, src, name, replace=True)
         except Exception as error:

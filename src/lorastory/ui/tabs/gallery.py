@@ -6,26 +6,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import gradio as gr
-
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import AppContext, Clock, err, progress_md
+from lorastory.ui.tabs.common import Clock, Tab, err, progress_md
 
 
-class GalleryTab:
+class GalleryTab(Tab):
     """The Gallery / Eval tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Gallery / Eval", id="gallery"):
-            self._build_runs()
-            self._build_eval()
-            self._build_train_runs()
+    label, tab_id = "Gallery / Eval", "gallery"
+
+    def build(self) -> None:
+        self._build_runs()
+        self._build_eval()
+        self._build_train_runs()
 
     # ------------------------------------------------------------------ layout
 
     def _build_runs(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.run = gr.Dropdown(label="Story run", choices=actions.story_runs(self.ws), allow_custom_value=True,
                                    elem_id="gallery-run")
@@ -39,6 +38,8 @@ class GalleryTab:
             self.scores = gr.JSON(label="scores.json")
 
     def _build_eval(self) -> None:
+        import gradio as gr
+
         gr.Markdown("### Score a run")
         with gr.Row():
             clips = actions.clip_choices(self.ws)
@@ -49,6 +50,8 @@ class GalleryTab:
         self.eval_status = gr.Markdown(elem_id="eval-status")
 
     def _build_train_runs(self) -> None:
+        import gradio as gr
+
         gr.Markdown("### Training runs")
         with gr.Row():
             self.train_run = gr.Dropdown(label="Training run", choices=actions.train_runs(self.ws), allow_custom_value=True)
@@ -59,6 +62,8 @@ class GalleryTab:
 
     def wire(self, clock: Clock, train_model: Any, story_model: Any, story_lora: Any, story_ip_adapter: Any) -> None:
         """Wire the tab's events; "Refresh lists" also refreshes the other tabs' model, LoRA and IP-Adapter lists."""
+        import gradio as gr
+
         self.run.change(self.on_gallery_run, self.run, [self.board, self.panels, self.params, self.manifest, self.scores])
         self.refresh_btn.click(self.on_refresh, None, [self.run, self.train_run, self.clip, train_model, story_model,
                                                        story_lora, story_ip_adapter])
@@ -68,6 +73,8 @@ class GalleryTab:
         clock.poll(self.poll, seen, [seen, self.eval_status])
 
     def on_gallery_run(self, run):
+        import gradio as gr
+
         if not run:
             return [gr.skip()] * 5
         try:
@@ -78,6 +85,8 @@ class GalleryTab:
         return (details["storyboard"], details["panels"], details["rows"], details["manifest"], details["scores"])
 
     def on_refresh(self):
+        import gradio as gr
+
         ws = self.ws
         return (gr.update(choices=actions.story_runs(ws)), gr.update(choices=actions.train_runs(ws)),
                 gr.update(choices=actions.clip_choices(ws)), gr.update(choices=actions.model_choices(ws)),
@@ -85,6 +94,8 @@ class GalleryTab:
                 gr.update(choices=[""] + actions.ip_adapter_choices(ws)))
 
     def on_train_run(self, run):
+        import gradio as gr
+
         if not run:
             return gr.skip(), gr.skip()
         try:
@@ -103,6 +114,8 @@ class GalleryTab:
 
     def poll(self, state: dict[str, Any]) -> list[Any]:
         """The newest scoring job's status, and its summary once done."""
+        import gradio as gr
+
         state = dict(state or {})
         job = self.ctx.jobs.latest("eval")
         if job is None or state.get("eval") == (job.id, job.status, job.message):

@@ -6,13 +6,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import gradio as gr
-
 from lorastory.demo import EXAMPLES
 from lorastory.generate.samplers import SAMPLERS
 from lorastory.generate.story import load_story
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, rows, stop_latest
+from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, rows, stop_latest
 
 CONSISTENCY_MODES = [("none: panels independent", "none"), ("attention: panels share self-attention", "attention"),
                      ("reference: one reference image (IP-Adapter)", "reference"), ("both", "both")]
@@ -23,20 +21,21 @@ def example_stories() -> list[str]:
     return sorted(p.name for p in EXAMPLES.glob("story_*.yaml"))
 
 
-class StoryTab:
+class StoryTab(Tab):
     """The Story tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Story", id="story"):
-            self._build_story()
-            self._build_panels()
-            self._build_run()
+    label, tab_id = "Story", "story"
+
+    def build(self) -> None:
+        self._build_story()
+        self._build_panels()
+        self._build_run()
 
     # ------------------------------------------------------------------ layout
 
     def _build_story(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.example = gr.Dropdown(label="Start from an example", choices=example_stories(), value=None)
             self.load_example_btn = gr.Button("Load example")
@@ -70,6 +69,8 @@ class StoryTab:
                              mode, strength, reference, self.ip_adapter]
 
     def _build_panels(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.add_panel_btn = gr.Button("Add panel")
             self.remove_panel_btn = gr.Button("Remove last panel")
@@ -85,6 +86,8 @@ class StoryTab:
             self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")
 
     def _build_run(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.gen_btn = gr.Button("Generate story", variant="primary", elem_id="generate-btn")
             self.stop_btn = gr.Button("Stop", variant="stop")
@@ -105,6 +108,8 @@ class StoryTab:
     # ------------------------------------------------------------------ events
 
     def wire(self, clock: Clock) -> None:
+        import gradio as gr
+
         self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
                            [self.status, self.story_yaml])
         self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
@@ -124,6 +129,8 @@ class StoryTab:
         return actions.story_from_form(title, character, style, negative, rows(table), defaults, consistency)
 
     def on_generate(self, *values):
+        import gradio as gr
+
         *story_values, model, lora, scale, name = values
         try:
             story = self.form_story(*story_values)
@@ -134,6 +141,8 @@ class StoryTab:
         return f"**Queued:** {job.summary()}", story.to_yaml()
 
     def on_load_example(self, name):
+        import gradio as gr
+
         if not name:
             return [gr.skip()] * len(self.story_inputs)
         story = load_story(EXAMPLES / name)
@@ -157,6 +166,8 @@ class StoryTab:
         return f"**Queued:** {job.summary()} (seed {new_seed})"
 
     def on_zip(self, run):
+        import gradio as gr
+
         if not run:
             return "**Error:** generate a story first", gr.skip()
         try:
@@ -167,6 +178,8 @@ class StoryTab:
 
     def poll(self, state: dict[str, Any]) -> list[Any]:
         """The newest story job: status, and once done its storyboard, panels and run folder."""
+        import gradio as gr
+
         state = dict(state or {})
         job = self.ctx.jobs.latest("story")
         if job is None:

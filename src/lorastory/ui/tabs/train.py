@@ -5,28 +5,26 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-import gradio as gr
-import pandas as pd
-
 from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
 from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS, load_presets
-from lorastory.ui.tabs.common import AppContext, Clock, err, ok, progress_md, stop_latest
+from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
 
 
-class TrainTab:
+class TrainTab(Tab):
     """The Train tab's components (built in the order they appear) and its handlers."""
 
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
-        self.ws = ctx.ws
-        with gr.Tab("Train", id="train"):
-            self._build_form()
-            self._build_progress()
+    label, tab_id = "Train", "train"
+
+    def build(self) -> None:
+        self._build_form()
+        self._build_progress()
 
     # ------------------------------------------------------------------ layout
 
     def _build_form(self) -> None:
+        import gradio as gr
+
         presets = load_presets()
         names = list(presets)
         first = presets[names[0]]
@@ -79,6 +77,8 @@ class TrainTab:
             ]
 
     def _build_progress(self) -> None:
+        import gradio as gr
+
         with gr.Row():
             self.train_btn = gr.Button("Start training", variant="primary", elem_id="train-btn")
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-train-btn")
@@ -92,6 +92,8 @@ class TrainTab:
     # ------------------------------------------------------------------ events
 
     def wire(self, clock: Clock) -> None:
+        import gradio as gr
+
         self.preset.change(self.on_preset, self.preset, self.preset_inputs)
         self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
@@ -131,6 +133,9 @@ class TrainTab:
         return [state, *self._poll_train(state), self._poll_queue(state)]
 
     def _poll_train(self, state: dict[str, Any]) -> list[Any]:
+        import gradio as gr
+        import pandas as pd
+
         job = self.ctx.jobs.latest("train")
         if job is None:
             return [gr.skip()] * 4
@@ -146,6 +151,8 @@ class TrainTab:
         return [status, frame, actions.run_samples(self.ws, job.data.get("out")), "\n".join(job.log[-200:])]
 
     def _poll_queue(self, state: dict[str, Any]) -> Any:
+        import gradio as gr
+
         active = [j for j in self.ctx.jobs.jobs() if j.active]
         queue_key = tuple((j.id, j.status) for j in active)
         if state.get("queue") == queue_key:
