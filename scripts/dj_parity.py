@@ -65,10 +65,17 @@ CASES = PARITY / "cases"
 EXPECTED = PARITY / "expected"
 DJ_FIELD_PREFIX = "__dj__"
 
-# Runs inside the Data-Juicer virtual environment: argv[1] is a JSON list of jobs.
+# Runs inside the Data-Juicer virtual environment: argv[1] is a JSON list of jobs, argv[2] the file
+# its results go to (Data-Juicer redirects stdout into its logger).
 _DRIVER = r"""
 import json, sys, traceback
 jobs = json.loads(open(sys.argv[1]).read())
+results = open(sys.argv[2], "a", encoding="utf-8")
+
+def report(message):
+    results.write(json.dumps(message) + "\n")
+    results.flush()
+
 from loguru import logger
 logger.remove()
 logger.add(sys.stderr, level="ERROR")
@@ -83,17 +90,17 @@ def shim_punkt_untrained():
 from data_juicer.config import init_configs
 from data_juicer.core import DefaultExecutor
 import data_juicer
-print(json.dumps({"version": data_juicer.__version__}), flush=True)
+report({"version": data_juicer.__version__})
 for job in jobs:
     for shim in job["shims"]:
         globals()["shim_" + shim]()
     try:
         cfg = init_configs(args=["--config", job["recipe"]])
         DefaultExecutor(cfg).run()
-        print(json.dumps({"case": job["case"], "error": None}), flush=True)
+        report({"case": job["case"], "error": None})
     except BaseException as err:  # a failing case is recorded, the others still run
         last = (traceback.format_exception_only(type(err), err)[-1]).strip()
-        print(json.dumps({"case": job["case"], "error": last[:500]}), flush=True)
+        report({"case": job["case"], "error": last[:500]})
 """
 
 
@@ -178,9 +185,10 @@ def run_data_juicer(cases: list[dict], dj_python: str, work: Path) -> tuple[str,
     jobs_path.write_text(json.dumps(jobs), encoding="utf-8")
     driver = work / "driver.py"
     driver.write_text(_DRIVER, encoding="utf-8")
-    done = subprocess.run([dj_python, str(driver), str(jobs_path)], cwd=work, capture_output=True, text=True)
+    results = work / "results.jsonl"
+    done = subprocess.run([dj_python, str(driver), str(jobs_path), str(results)], cwd=work, capture_output=True, text=True)
     version, errors = "?", {}
-    for line in done.stdout.splitlines():
+    for line in results.read_text(encoding="utf-8").splitlines() if results.exists() else []:
         if line.startswith("{"):
             message = json.loads(line)
             if "version" in message:
