@@ -36,7 +36,8 @@ Input rows are Data-Juicer rows: ``text`` plus, for image ops, ``images``
      "rows": [kept rows in order, __dj__* fields removed, image paths relative to cases/],
      "stats": [the __dj__stats__ of each kept row], "error": null}
 
-``source_sha256`` hashes the case file and its input, so the test tells a
+``source_sha256`` hashes the case file, its input and the files or folders under
+cases/ that it names with ``{cases}/NAME``, so the test tells a
 stale expectation from a real difference. When Data-Juicer itself fails on
 a case, ``error`` holds its last line and the test expects lorastory to
 refuse it too (before writing anything or with every row skipped).
@@ -52,6 +53,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,6 +127,11 @@ def load_case(path: Path) -> dict:
     case["input_path"] = path.parent / case.get("input", f"{path.stem}.jsonl")
     digest = hashlib.sha256(text.encode("utf-8"))
     digest.update(case["input_path"].read_bytes())
+    for used in sorted(set(re.findall(r"\{cases\}/([^/'\"\s]+)", text))):  # word lists, tokenizer folders...
+        target = path.parent / used
+        for part in sorted(target.rglob("*")) if target.is_dir() else [target]:
+            if part.is_file():
+                digest.update(part.relative_to(path.parent).as_posix().encode() + part.read_bytes())
     case["source_sha256"] = digest.hexdigest()
     return case
 
