@@ -154,9 +154,26 @@ def time_command(command: list[str], cwd: Path, log: Path, env: dict[str, str] |
     return seconds, cpu
 
 
-def kept_texts(export: Path) -> list[str]:
+def kept_texts(export: Path) -> dict[str, str]:
+    """Kept rows' text by their (unique) image path."""
     with open(export, encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle if line.strip()]
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return {row["image"][0]: row["text"] for row in rows}
+
+
+def compare(ours: dict[str, str], theirs: dict[str, str], stats_path: Path) -> dict[str, Any]:
+    """Rows kept by one side only, and rows both kept whose text differs (first 5 of each listed)."""
+    with open(stats_path, encoding="utf-8") as handle:
+        stats = [json.loads(line)["__dj__stats__"] for line in handle]
+    ours_stats = dict(zip(ours, stats))
+    only_ours = [key for key in ours if key not in theirs]
+    return {
+        "same_kept_text": ours == theirs,
+        "n_only_ours": len(only_ours),
+        "n_only_dj": sum(1 for key in theirs if key not in ours),
+        "n_text_differ": sum(1 for key in ours if key in theirs and ours[key] != theirs[key]),
+        "only_ours": [{"text": ours[key], "stats": ours_stats[key]} for key in only_ours[:5]],
+    }
 
 
 def has_minhash() -> bool:
@@ -198,13 +215,11 @@ def main() -> None:
         command = [str(args.dj_python.with_name("dj-process")), "--config", str(recipes["dj"])]
         dj_wall, dj_cpu = time_command(command, work, work / "dj.log", env)
         theirs = kept_texts(work / "dj" / "result.jsonl")
-        differ = [(a, b) for a, b in zip(ours, theirs) if a != b]
         results["dj"] = {"wall_s": dj_wall, "cpu_s": dj_cpu, "rows_per_s": args.n / dj_wall, "kept": len(theirs)}
-        results["same_kept_text"] = ours == theirs
-        results["first_differences"] = differ[:5]
-        results["ratio_wall"] = dj_wall / wall
-        print(f"data-juicer: {dj_wall:.2f} s wall, {dj_cpu:.2f} s CPU, {len(theirs)} kept; "
-              f"ratio {dj_wall / wall:.1f}x; same kept rows and text: {ours == theirs}")
+        results["compare"] = compare(ours, theirs, work / "ours" / "result_stats.jsonl")
+        results["ratio_wall"], results["ratio_cpu"] = dj_wall / wall, dj_cpu / cpu
+        print(f"data-juicer: {dj_wall:.2f} s wall, {dj_cpu:.2f} s CPU, {len(theirs)} kept; ratio {dj_wall / wall:.1f}x "
+              f"wall, {dj_cpu / cpu:.1f}x CPU; {json.dumps({k: v for k, v in results['compare'].items() if k != 'only_ours'})}")
     results["machine"]["load_after"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
