@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lorastory.data.ops import Deduplicator, Filter, Op, OpSetupError
+from lorastory.data.ops import Deduplicator, Filter, Mapper, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
 from lorastory.data.report import render_html, summary
 from lorastory.data.result import DroppedExample, OpCounts, RunResult
@@ -102,6 +102,9 @@ class _Chain:
                     _add_histogram(totals.histograms, op, index, sample.stats)
                     if not passed:
                         detail = _describe_drop(op, sample.stats)
+                elif isinstance(op, Mapper):
+                    op.process(sample)
+                    passed = True
                 else:
                     hashes = hashes or {}
                     hashes[index] = op.compute_hash(sample)

@@ -1,7 +1,7 @@
 """Data-Juicer-compatible operators, one per file, registered by name on import.
 
-A new operator is one new module here that subclasses :class:`Filter` or
-:class:`Deduplicator`, decorates itself with :func:`register_op`, and is
+A new operator is one new module here that subclasses :class:`Filter`,
+:class:`Mapper` or :class:`Deduplicator`, decorates itself with :func:`register_op`, and is
 imported below.
 """
 
@@ -15,15 +15,55 @@ from lorastory.data.ops import (  # noqa: F401  (imported to register)
     text_length_filter,
     words_num_filter,
 )
+
+# text mappers and filters (issue 19)
+from lorastory.data.ops import (  # noqa: F401  (imported to register)
+    alphanumeric_filter,
+    average_line_length_filter,
+    character_repetition_filter,
+    chinese_convert_mapper,
+    clean_copyright_mapper,
+    clean_email_mapper,
+    clean_html_mapper,
+    clean_ip_mapper,
+    clean_links_mapper,
+    fix_unicode_mapper,
+    flagged_words_filter,
+    general_field_filter,
+    maximum_line_length_filter,
+    punctuation_normalization_mapper,
+    remove_bibliography_mapper,
+    remove_comments_mapper,
+    remove_header_mapper,
+    remove_long_words_mapper,
+    remove_non_chinese_character_mapper,
+    remove_repeat_sentences_mapper,
+    remove_specific_chars_mapper,
+    remove_table_text_mapper,
+    remove_words_with_incorrect_substrings_mapper,
+    replace_content_mapper,
+    sentence_split_mapper,
+    special_characters_filter,
+    specified_field_filter,
+    specified_numeric_field_filter,
+    stopwords_filter,
+    suffix_filter,
+    token_num_filter,
+    whitespace_normalization_mapper,
+    word_repetition_filter,
+)
 from lorastory.data.ops.base import (
     Deduplicator,
     Filter,
+    Mapper,
     Op,
     OpParams,
     OpSetupError,
     build_op,
     register_op,
     registered_ops,
+    RangeParams,
+    TextMapper,
 )
 
-__all__ = ["Deduplicator", "Filter", "Op", "OpParams", "OpSetupError", "build_op", "register_op", "registered_ops"]
+__all__ = ["Deduplicator", "Filter", "Mapper", "Op", "OpParams", "OpSetupError", "RangeParams", "TextMapper", "build_op", "register_op", "registered_ops"]

@@ -3,7 +3,8 @@
 As in Data-Juicer, a filter computes its stats (:meth:`Filter.compute_stats`)
 separately from its keep decision (:meth:`Filter.keep`): the stats are what
 the per-op report and ``*_stats.jsonl`` are made of. A deduplicator computes a
-hash per sample; the executor keeps the first sample of each hash.
+hash per sample; the executor keeps the first sample of each hash. A mapper
+rewrites the sample (its text) for the ops after it and for the export.
 """
 
 from __future__ import annotations
@@ -164,6 +165,56 @@ class Filter(Op):
     def keep(self, stats: dict[str, Any]) -> bool:
         """Decide from the stats alone whether the sample stays."""
         raise NotImplementedError
+
+
+class Mapper(Op):
+    """Rewrites a sample in place (its text, as Data-Juicer's text mappers do); never drops it."""
+
+    def process(self, sample: Sample) -> None:
+        """Rewrite ``sample.row``."""
+        raise NotImplementedError
+
+
+class TextMapper(Mapper):
+    """A mapper that rewrites the text under the op's text key, one string to another."""
+
+    def process(self, sample: Sample) -> None:
+        key = self.params.text_key or sample.keys.text_key
+        sample.row[key] = self.process_text(sample.text(key))
+
+    def process_text(self, text: str) -> str:
+        """The rewritten text."""
+        raise NotImplementedError
+
+
+class RangeParams(OpParams):
+    """Data-Juicer's interval options of a range filter (``Filter.get_keep_boolean``)."""
+
+    min_closed_interval: bool = True
+    max_closed_interval: bool = True
+    reversed_range: bool = False
+
+    def in_range(self, value: float, low: float | None, high: float | None) -> bool:
+        """Whether ``value`` passes, as Data-Juicer decides: bounds closed unless said, then maybe reversed.
+
+        ``reversed_range`` keeps what lies outside, so it also flips which bounds are closed.
+        """
+        low_closed, high_closed = self.min_closed_interval, self.max_closed_interval
+        if self.reversed_range:
+            low_closed, high_closed = not low_closed, not high_closed
+        keep = True
+        if low is not None:
+            keep = value >= low if low_closed else value > low
+        if high is not None:
+            keep = keep and (value <= high if high_closed else value < high)
+        return not keep if self.reversed_range else keep
+
+    def range_errors(self) -> list[str]:
+        # Reversed, min above max keeps every row: legal, as in Data-Juicer.
+        return [] if self.reversed_range else super().range_errors()
+
+    def warnings(self) -> list[str]:
+        return [] if self.reversed_range else super().warnings()
 
 
 class Deduplicator(Op):
