@@ -141,18 +141,23 @@ def data_toyworld(
 
 @data_app.command("ops")
 def data_ops() -> None:
-    """List the Data-Juicer operators this executor runs, with their parameters."""
-    from lorastory.data.ops import OpParams, registered_ops
+    """List the Data-Juicer operators this executor runs: what each does and its parameters."""
+    from rich.markup import escape
+
+    from lorastory.data.ops import OpParams, op_summary, registered_ops
 
     common = set(OpParams.model_fields)
     table = Table()
     table.add_column("op")
+    table.add_column("what it does")
     table.add_column("parameters (defaults)")
     for name, cls in sorted(registered_ops().items()):
         params = ", ".join(
-            f"{field}={info.default!r}" for field, info in cls.Params.model_fields.items() if field not in common
+            f"{field}={info.default!r}" if not info.is_required() else f"{field} (required)"
+            for field, info in cls.Params.model_fields.items()
+            if field not in common
         )
-        table.add_row(name, params)
+        table.add_row(name, escape(op_summary(cls)), escape(params))
     console.print(table)
 
 

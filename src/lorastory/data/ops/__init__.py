@@ -15,6 +15,23 @@ from lorastory.data.ops import (  # noqa: F401  (imported to register)
     text_length_filter,
     words_num_filter,
 )
+
+# dedup, image ops, selectors (issue 19)
+from lorastory.data.ops import (  # noqa: F401  (imported to register)
+    document_deduplicator,
+    document_line_deduplicator,
+    document_minhash_deduplicator,
+    document_simhash_deduplicator,
+    frequency_specified_field_selector,
+    random_selector,
+    range_specified_field_selector,
+    ray_bts_minhash_deduplicator,
+    ray_document_deduplicator,
+    ray_image_deduplicator,
+    tags_specified_field_selector,
+    topk_specified_field_selector,
+)
+from lorastory.data.ops.dataset_op import DatasetOp
 from lorastory.data.ops.base import (
     Deduplicator,
     Filter,
@@ -22,8 +39,9 @@ from lorastory.data.ops.base import (
     OpParams,
     OpSetupError,
     build_op,
+    op_summary,
     register_op,
     registered_ops,
 )
 
-__all__ = ["Deduplicator", "Filter", "Op", "OpParams", "OpSetupError", "build_op", "register_op", "registered_ops"]
+__all__ = ["DatasetOp", "Deduplicator", "Filter", "Op", "OpParams", "OpSetupError", "build_op", "op_summary", "register_op", "registered_ops"]
