@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lorastory.data.executor_stages import run_stages
-from lorastory.data.ops import DatasetOp, Deduplicator, Filter, Op, OpSetupError
+from lorastory.data.ops import DatasetOp, Deduplicator, Filter, Mapper, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
-from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
+from lorastory.data.sample import PRODUCED_DIR_NAME, STATS_FIELD, DatasetKeys, Sample
 from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
 from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text
 from lorastory.skips import Skip
@@ -146,6 +146,9 @@ class _Chain:
                     _add_histogram(totals.histograms, op, index, sample.stats)
                     if not passed:
                         detail = _describe_drop(op, sample.stats)
+                elif isinstance(op, Mapper):
+                    op.process(sample)
+                    passed = True
                 else:
                     hashes = hashes or {}
                     hashes[index] = op.compute_hash(sample)
@@ -372,7 +375,10 @@ def run_recipe(
     export_path = Path(os.path.abspath(os.path.expanduser(recipe.export_path)))
     if export_path.suffix.lower() != ".jsonl":
         raise ConfigError(f"export_path {display_path(export_path)}: only .jsonl export is supported")
-    keys = DatasetKeys(recipe.text_key, recipe.image_key, recipe.image_special_token, str(input_path.parent))
+    keys = DatasetKeys(
+        recipe.text_key, recipe.image_key, recipe.image_special_token, str(input_path.parent),
+        produced_dir=str(export_path.parent / PRODUCED_DIR_NAME),
+    )
     chain = _Chain(ops, keys)
     # Data-Juicer also clips np to the CPU count: more processes than cores only add overhead.
     workers = max(1, min(processes or recipe.np, os.cpu_count() or 1))

@@ -23,6 +23,12 @@ from lorastory.data.ops import (  # noqa: F401  (imported to register)
     document_minhash_deduplicator,
     document_simhash_deduplicator,
     frequency_specified_field_selector,
+    image_blur_mapper,
+    image_face_blur_mapper,
+    image_face_count_filter,
+    image_face_ratio_filter,
+    image_pair_similarity_filter,
+    image_subplot_filter,
     random_selector,
     range_specified_field_selector,
     ray_bts_minhash_deduplicator,
@@ -35,6 +41,7 @@ from lorastory.data.ops.dataset_op import DatasetOp
 from lorastory.data.ops.base import (
     Deduplicator,
     Filter,
+    Mapper,
     Op,
     OpParams,
     OpSetupError,
@@ -44,4 +51,4 @@ from lorastory.data.ops.base import (
     registered_ops,
 )
 
-__all__ = ["DatasetOp", "Deduplicator", "Filter", "Op", "OpParams", "OpSetupError", "build_op", "op_summary", "register_op", "registered_ops"]
+__all__ = ["DatasetOp", "Deduplicator", "Filter", "Mapper", "Op", "OpParams", "OpSetupError", "build_op", "op_summary", "register_op", "registered_ops"]

@@ -169,6 +169,14 @@ class Filter(Op):
         raise NotImplementedError
 
 
+class Mapper(Op):
+    """Rewrites a sample in place (its text, as Data-Juicer's text mappers do); never drops it."""
+
+    def process(self, sample: Sample) -> None:
+        """Rewrite ``sample.row``."""
+        raise NotImplementedError
+
+
 class Deduplicator(Op):
     """Drops every sample whose hash was already seen, keeping the first."""
 
