@@ -219,7 +219,7 @@ def unknown_op_message(name: str, where: str) -> str:
             f"{where}: '{name}' is a Data-Juicer operator lorastory does not support yet; remove it from the "
             "recipe ('lorastory data ops' lists the supported ones)"
         )
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.8)
     hint = f"; did you mean '{close[0]}'?" if close else "; 'lorastory data ops' lists the supported ones"
     return f"{where}: unknown op '{name}' (not a Data-Juicer {DJ_VERSION} operator){hint}"
 

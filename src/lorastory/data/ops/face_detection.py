@@ -2,8 +2,8 @@
 
 Data-Juicer loads ``cv2.CascadeClassifier`` from ``cv_classifier`` (default:
 OpenCV's bundled ``haarcascade_frontalface_alt.xml``) and calls
-``detectMultiScale`` on the greyscale image with ``scaleFactor``,
-``minNeighbors``, ``minSize`` and ``maxSize``; boxes are clipped to the image.
+``detectMultiScale`` on the greyscale image (scale factor 1.1, 3 neighbours);
+boxes are clipped to the image.
 OpenCV comes from ``pip install 'lorastory[faces]'`` (opencv-python-headless),
 which ships the cascades.
 """
@@ -14,32 +14,24 @@ import os
 from typing import Any
 
 from PIL import Image
-from pydantic import model_validator
-
 from lorastory.data.ops.base import OpParams
 from lorastory.errors import RecipeError
 
 DEFAULT_CASCADE = "haarcascade_frontalface_alt.xml"
 
 
+#: Data-Juicer's ``_default_kwargs`` of ``detectMultiScale``. Its ops read overrides from ``**kwargs``,
+#: but its recipe check refuses them as unknown parameters, so a recipe can never change them; nor can ours.
+DETECT_KWARGS: dict[str, Any] = {"scaleFactor": 1.1, "minNeighbors": 3, "minSize": None, "maxSize": None}
+
+
 class FaceDetectionParams(OpParams):
-    """Data-Juicer's face-detector settings (its ``_default_kwargs`` plus the cascade path)."""
+    """The face operators' shared parameter: the cascade file (empty: OpenCV's frontal-face cascade)."""
 
     cv_classifier: str = ""
-    scaleFactor: float = 1.1  # noqa: N815  Data-Juicer's (OpenCV's) spelling
-    minNeighbors: int = 3  # noqa: N815
-    minSize: tuple[int, int] | None = None  # noqa: N815
-    maxSize: tuple[int, int] | None = None  # noqa: N815
-
-    @model_validator(mode="after")
-    def _scale_above_one(self) -> FaceDetectionParams:
-        if self.scaleFactor <= 1:
-            raise ValueError(f"scaleFactor must be greater than 1, got {self.scaleFactor}")
-        return self
 
     def detect_kwargs(self) -> dict[str, Any]:
-        return {"scaleFactor": self.scaleFactor, "minNeighbors": self.minNeighbors,
-                "minSize": self.minSize, "maxSize": self.maxSize}
+        return dict(DETECT_KWARGS)
 
 
 def import_cv2(op_name: str) -> Any:

@@ -3,7 +3,7 @@
 Data-Juicer 1.6.1's operator and parameters: ``blur_type`` mean (PIL's
 ``BLUR``), box (``BoxBlur(radius)``) or gaussian (``GaussianBlur(radius)``);
 the row's image paths point at the new files, and ``__dj__source_file__``
-keeps the original paths, as in Data-Juicer. New files go into the run's output
+names the images they were made from, as in Data-Juicer. New files go into the run's output
 folder, never the input's (see :mod:`lorastory.data.ops.produced_images`).
 
 One difference: Data-Juicer draws ``numpy.random.rand()`` per image from an
@@ -44,10 +44,18 @@ def blur_filter(blur_type: str, radius: float) -> ImageFilter.Filter:
     return ImageFilter.GaussianBlur(radius)
 
 
-def note_sources(sample: Sample, original: list[str], key: str) -> None:
-    """Record the original image paths under ``__dj__source_file__`` (first producer wins, as Data-Juicer)."""
-    if not sample.row.get(SOURCE_FILE_FIELD):
-        sample.row[SOURCE_FILE_FIELD] = list(original)
+def update_sources(sample: Sample, before: list[str], after: list[str]) -> None:
+    """Data-Juicer's ``__dj__source_file__`` bookkeeping after a mapper turned ``before`` paths into ``after``.
+
+    The field starts as the row's image paths; an entry that differs from the image a mapper just
+    replaced is set to that image (so after two mappers it names the first one's output, as in Data-Juicer).
+    """
+    sources = sample.row.get(SOURCE_FILE_FIELD)
+    if not isinstance(sources, list) or len(sources) != len(before):
+        sources = sample.row[SOURCE_FILE_FIELD] = list(before)
+    for index, (old, new) in enumerate(zip(before, after)):
+        if sources[index] != old and new != old:
+            sources[index] = old
 
 
 def _draw(path: str) -> float:
@@ -67,8 +75,6 @@ class ImageBlurMapper(Mapper):
         paths = sample.image_paths(key)
         if not paths:
             return
-        original = list(sample.row[key]) if isinstance(sample.row[key], list) else [sample.row[key]]
-        note_sources(sample, original, key)
         blur = blur_filter(p.blur_type, p.radius)
         new: dict[str, str] = {}
         for path in paths:
@@ -80,4 +86,6 @@ class ImageBlurMapper(Mapper):
             target = produced_path(self, sample, path, p.save_dir)
             save_image(sample.image_rgb(path).filter(blur), target)
             new[path] = target
-        sample.set_image_paths([new[path] or raw for path, raw in zip(paths, original)], key)
+        after = [new[path] or path for path in paths]
+        update_sources(sample, paths, after)
+        sample.set_image_paths(after, key)

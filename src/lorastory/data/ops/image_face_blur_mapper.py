@@ -4,7 +4,7 @@ Data-Juicer 1.6.1's operator and parameters: faces are found with the Haar
 cascade of :mod:`lorastory.data.ops.face_detection`; each face box is cropped,
 blurred (``blur_type`` mean / box / gaussian with ``radius``, PIL's filters)
 and pasted back on a copy. Images with a face are written as new files and the
-row points at them (``__dj__source_file__`` keeps the originals); images
+row points at them (``__dj__source_file__`` names the images they were made from); images
 without one are left as they are. New files go into the run's output folder,
 never the input's (see :mod:`lorastory.data.ops.produced_images`).
 """
@@ -17,7 +17,7 @@ from pydantic import Field
 
 from lorastory.data.ops.base import Mapper, load_once, register_op
 from lorastory.data.ops.face_detection import FaceDetectionParams, cascade_path, detect_faces, load_cascade
-from lorastory.data.ops.image_blur_mapper import blur_filter, note_sources
+from lorastory.data.ops.image_blur_mapper import blur_filter, update_sources
 from lorastory.data.ops.produced_images import produced_path, save_image
 from lorastory.data.sample import Sample
 
@@ -45,8 +45,6 @@ class ImageFaceBlurMapper(Mapper):
         paths = sample.image_paths(key)
         if not paths:
             return
-        original = list(sample.row[key]) if isinstance(sample.row[key], list) else [sample.row[key]]
-        note_sources(sample, original, key)
         classifier = load_once(self, "_classifier", lambda: load_cascade(self.cascade))
         blur = blur_filter(p.blur_type, p.radius)
         new: dict[str, str] = {}
@@ -65,4 +63,6 @@ class ImageFaceBlurMapper(Mapper):
             target = produced_path(self, sample, path, p.save_dir)
             save_image(blurred, target)
             new[path] = target
-        sample.set_image_paths([new[path] or raw for path, raw in zip(paths, original)], key)
+        after = [new[path] or path for path in paths]
+        update_sources(sample, paths, after)
+        sample.set_image_paths(after, key)
