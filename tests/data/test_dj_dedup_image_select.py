@@ -330,3 +330,42 @@ def test_a_pickle_only_classifier_is_refused_before_any_work(cli, tmp_path, tiny
                               [{"text": "a", "images": ["noise.png"]}])
     cli("data", "run", recipe).error_line("image_nsfw_filter", "no safetensors weights", "never loads")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory) -> Path:
+    """A random BLIP image-text retrieval model with a 40-token vocabulary, saved with its processor."""
+    import torch
+    from transformers import BertTokenizerFast, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor, BlipProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-blip") / "model"
+    folder.mkdir()
+    torch.manual_seed(0)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "face", "noise", "photo"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(folder)
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37}
+    config = BlipConfig(
+        text_config={**small, "vocab_size": len(words), "max_position_embeddings": 64, "encoder_hidden_size": 32,
+                     "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=16, image_text_hidden_size=16)
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    return folder
+
+
+def test_text_matching_keeps_rows_by_blip_match_probability(tmp_path, tiny_blip):
+    rows = [{"text": "a face", "images": ["face_one.png"]},
+            {"text": "<__dj__image> noise <|__dj__eoc|> <__dj__image> photo", "images": ["noise.png", "face_one.png"]}]
+    recipe, _ = _image_recipe(tmp_path, [{"image_text_matching_filter": {"hf_blip": str(tiny_blip), "min_score": 0}}], rows)
+    run_recipe(load_recipe(recipe), processes=1)
+    stats = [json.loads(line)["__dj__stats__"]["image_text_matching_score"]
+             for line in (tmp_path / "out" / "result_stats.jsonl").read_text().splitlines()]
+    assert [len(s) for s in stats] == [1, 2] and all(0 < v < 1 for s in stats for v in s)
+    data = yaml.safe_load(recipe.read_text())
+    middle = (stats[0][0] + max(stats[1])) / 2  # between row 1's score and row 2's best chunk
+    data["process"][0]["image_text_matching_filter"].update(min_score=middle, any_or_all="any")
+    recipe.write_text(yaml.safe_dump(data))
+    run_recipe(load_recipe(recipe), processes=1)
+    kept = [json.loads(line)["text"] for line in (tmp_path / "out" / "result.jsonl").read_text().splitlines()]
+    assert stats[0][0] != max(stats[1]) and kept == [rows[0 if stats[0][0] > middle else 1]["text"]]

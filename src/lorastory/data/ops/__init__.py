@@ -30,6 +30,7 @@ from lorastory.data.ops import (  # noqa: F401  (imported to register)
     image_nsfw_filter,
     image_pair_similarity_filter,
     image_subplot_filter,
+    image_text_matching_filter,
     image_watermark_filter,
     random_selector,
     range_specified_field_selector,
