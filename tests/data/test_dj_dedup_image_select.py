@@ -36,9 +36,7 @@ CASE_PATHS = sorted(
     path for path in CASES.glob("*.yaml")
     if any(name in OPS for entry in (yaml.safe_load(path.read_text()) or {}).get("process") or [] for name in entry)
 )
-RAY_CASES = ("document_minhash_deduplicator_character", "document_simhash_deduplicator",
-             "document_line_deduplicator_opts", "topk_specified_field_selector_stats", "random_selector_ratio",
-             "image_face_count_filter")
+RAY_CASES = ("document_minhash_deduplicator_character", "document_line_deduplicator_opts", "random_selector_ratio")
 
 
 def _case(name_or_path: str | Path) -> dict[str, Any]:

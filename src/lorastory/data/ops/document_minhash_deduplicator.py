@@ -162,9 +162,10 @@ class DocumentMinhashDeduplicator(DatasetOp):
             text = text.lower()
         if self.ignore is not None:
             text = self.ignore.sub("", text)
-        values = minhash(shingles(text, p.tokenization, p.window_size), p.num_permutations)
+        raw = minhash(shingles(text, p.tokenization, p.window_size), p.num_permutations).tobytes()
+        # Equal band values <=> equal band bytes: the key is a 64-bit digest of each band's bytes.
         return tuple(
-            int.from_bytes(hashlib.blake2b(values[a:b].byteswap().tobytes(), digest_size=8).digest(), "little")
+            int.from_bytes(hashlib.blake2b(raw[a * 8 : b * 8], digest_size=8).digest(), "little")
             for a, b in self.ranges
         )
 

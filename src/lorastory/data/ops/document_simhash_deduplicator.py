@@ -22,6 +22,7 @@ import itertools
 from collections import defaultdict
 from typing import Any, Literal
 
+import numpy as np
 import regex
 from pydantic import Field, model_validator
 
@@ -59,13 +60,13 @@ def shingles(text: str, tokenization: str, window: int) -> list[bytes]:
 
 
 def simhash(tokens: list[bytes]) -> int:
-    """simhash-pybind's ``compute(map(unsigned_hash, tokens))``."""
-    counts = [0] * _BITS
-    for token in tokens:
-        value = int.from_bytes(hashlib.md5(token).digest()[:8], "big")
-        for bit in range(_BITS):
-            counts[bit] += 1 if (value >> bit) & 1 else -1
-    return sum(1 << bit for bit in range(_BITS) if counts[bit] > 0)
+    """simhash-pybind's ``compute(map(unsigned_hash, tokens))``: bit i set where most token hashes set it."""
+    if not tokens:
+        return 0
+    values = np.fromiter((int.from_bytes(hashlib.md5(t).digest()[:8], "big") for t in tokens),
+                         dtype=np.uint64, count=len(tokens))
+    ones = ((values[:, None] >> np.arange(_BITS, dtype=np.uint64)) & np.uint64(1)).sum(axis=0)
+    return sum(1 << int(bit) for bit in np.nonzero(2 * ones.astype(np.int64) > len(tokens))[0])
 
 
 def _blocks(num_blocks: int) -> list[int]:
