@@ -1,8 +1,9 @@
 """Data-Juicer-compatible operators, one per file, registered by name on import.
 
-A new operator is one new module here that subclasses :class:`Filter` or
-:class:`Deduplicator`, decorates itself with :func:`register_op`, and is
-imported below.
+A new operator is one new module here that subclasses :class:`Filter`,
+:class:`Mapper`, :class:`Deduplicator` (exact hash, first copy stays) or
+:class:`DatasetOp` (decided over all rows: near-dedup, selectors), decorates
+itself with :func:`register_op`, and is imported below.
 """
 
 from lorastory.data.ops import (  # noqa: F401  (imported to register)
@@ -34,6 +35,7 @@ from lorastory.data.ops import (  # noqa: F401  (imported to register)
     image_watermark_filter,
     random_selector,
     range_specified_field_selector,
+    ray_bts_minhash_cpp_deduplicator,
     ray_bts_minhash_deduplicator,
     ray_document_deduplicator,
     ray_image_deduplicator,

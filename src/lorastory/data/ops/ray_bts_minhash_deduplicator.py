@@ -1,4 +1,4 @@
-"""``ray_bts_minhash_deduplicator`` (and its ``_cpp`` twin): Data-Juicer's Ray MinHash, same keep rule.
+"""``ray_bts_minhash_deduplicator``: Data-Juicer's Ray MinHash, same keep rule.
 
 Data-Juicer's Ray variants compute the same MinHash bands and join rows by a
 distributed union-find (balanced tree search); the tuning parameters of that
@@ -31,12 +31,5 @@ class RayMinhashParams(MinhashParams):
 @register_op("ray_bts_minhash_deduplicator")
 class RayBtsMinhashDeduplicator(DocumentMinhashDeduplicator):
     """``document_minhash_deduplicator`` under its Ray name (distributed-tuning parameters accepted, not used)."""
-
-    Params = RayMinhashParams
-
-
-@register_op("ray_bts_minhash_cpp_deduplicator")
-class RayBtsMinhashCppDeduplicator(DocumentMinhashDeduplicator):
-    """``document_minhash_deduplicator`` under the name of Data-Juicer's C++ Ray variant."""
 
     Params = RayMinhashParams
