@@ -101,6 +101,9 @@ def _differences(case: dict, expected: dict, got: tuple[list[dict], list[dict]] 
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal, floats within rounding (Data-Juicer stores float stats at about 10 digits), lists element-wise."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     return a == b

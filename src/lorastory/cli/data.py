@@ -15,7 +15,7 @@ from lorastory.data.clip_table import clip_score_dataset
 from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.data.executor import run_recipe
 from lorastory.data.executor_ray import run_recipe_ray
-from lorastory.data.ops import OpParams, registered_ops
+from lorastory.data.ops import OpParams, op_summary, registered_ops
 from lorastory.data.recipe import load_recipe, resolve_dataset_file
 from lorastory.errors import ConfigError
 from lorastory.fileio import display_path
@@ -136,16 +136,19 @@ def data_toyworld(
 
 @data_app.command("ops")
 def data_ops() -> None:
-    """List the Data-Juicer operators this executor runs, with their parameters."""
+    """List the Data-Juicer operators this executor runs: what each does and its parameters."""
     common = set(OpParams.model_fields)
     table = Table()
     table.add_column("op")
+    table.add_column("what it does")
     table.add_column("parameters (defaults)")
     for name, cls in sorted(registered_ops().items()):
         params = ", ".join(
-            f"{field}={info.default!r}" for field, info in cls.Params.model_fields.items() if field not in common
+            f"{field}={info.default!r}" if not info.is_required() else f"{field} (required)"
+            for field, info in cls.Params.model_fields.items()
+            if field not in common
         )
-        table.add_row(name, params)
+        table.add_row(name, escape(op_summary(cls)), escape(params))
     console.print(table)
 
 

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lorastory.data.ops import Deduplicator, Filter, Mapper, Op, OpSetupError
+from lorastory.data.executor_stages import run_stages
+from lorastory.data.ops import DatasetOp, Deduplicator, Filter, Mapper, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
 from lorastory.data.report import render_html, summary
 from lorastory.data.result import DroppedExample, OpCounts, RunResult
-from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
+from lorastory.data.sample import PRODUCED_DIR_NAME, STATS_FIELD, DatasetKeys, Sample
 from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
 from lorastory.fileio import atomic_files, check_outputs_apart, clean_stale_temps, display_path, is_valid_text
 from lorastory.skips import Skip
@@ -233,6 +234,83 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+class _Tally:
+    """Per-op counts, skips, histograms and the exact-hash dedup of a run, fed chunk by chunk in input order."""
+
+    def __init__(self, ops: list[Op], max_skips_listed: int, read: OpCounts) -> None:
+        self.ops = ops
+        self.max_skips_listed = max_skips_listed
+        self.read = read
+        self.counts = [OpCounts(op.name, op.describe()) for op in ops]
+        self.seen_hashes: dict[int, set[str]] = {i: set() for i, op in enumerate(ops) if isinstance(op, Deduplicator)}
+        self.histograms: dict[str, array] = {}
+        self.examples: list[DroppedExample] = []
+        self.per_op_examples = [0] * len(ops)
+        self.skipped: list[Skip] = []
+        self.n_skipped = 0
+        self.n_output = 0
+
+    def skip(self, line: int, where: str, error: str) -> None:
+        self.n_skipped += 1
+        if len(self.skipped) < self.max_skips_listed:
+            self.skipped.append(Skip.row(line, where, error))
+
+    def note_example(self, outcome: _Outcome, index: int, detail: str) -> None:
+        _note_example(self.examples, self.per_op_examples, outcome, index, detail)
+
+    def consume(
+        self, chunk: _ChunkResult, first: int, lines: list[int] | None, keep: Callable[[_Outcome, int], None]
+    ) -> None:
+        """Count a chunk computed by the ops ``first, first + 1, ...``; ``keep`` each row that passed them.
+
+        ``lines`` maps the chunk's line numbers (1-based) to the input file's (a later pass reads a spool).
+        """
+        for index, seconds in enumerate(chunk.seconds):
+            self.counts[first + index].seconds += seconds
+        for key, values in chunk.histograms.items():
+            position, rest = key.split(":", 1)
+            self.histograms.setdefault(f"{int(position) + first}:{rest}", array("d")).extend(values)
+        n_ops = len(chunk.seconds)
+        for outcome in chunk.outcomes:
+            if lines is not None:
+                outcome = outcome._replace(line=lines[outcome.line - 1])
+            if outcome.stop == INPUT_STAGE:
+                self.read.n_in += 1
+                self.read.errors += 1
+                self.skip(outcome.line, "input", outcome.error or "unreadable")
+                continue
+            if first == 0:
+                self.read.n_in += 1
+                self.read.kept += 1
+            if self._passes(outcome, first, n_ops):
+                self.n_output += 1
+                keep(outcome, outcome.line)
+
+    def _passes(self, outcome: _Outcome, first: int, n_ops: int) -> bool:
+        for local in range(n_ops):
+            index = first + local
+            row = self.counts[index]
+            row.n_in += 1
+            if local == outcome.stop:
+                if outcome.error is not None:
+                    row.errors += 1
+                    self.skip(outcome.line, self.ops[index].name, outcome.error)
+                else:
+                    row.dropped += 1
+                    self.note_example(outcome, index, outcome.detail or "")
+                return False
+            if index in self.seen_hashes:
+                digest = outcome.hashes[local]
+                if digest and digest in self.seen_hashes[index]:
+                    row.dropped += 1
+                    self.note_example(outcome, index, "duplicate")
+                    return False
+                if digest:
+                    self.seen_hashes[index].add(digest)
+            row.kept += 1
+        return True
+
+
 ChunkSource = Callable[[Recipe, _Chain, Path, int], Iterator[_ChunkResult]]
 """Computes the chunk results of a run, in input order: ``(recipe, chain, input_path, workers)``."""
 
@@ -254,7 +332,10 @@ def run_recipe(
     export_path = Path(os.path.abspath(os.path.expanduser(recipe.export_path)))
     if export_path.suffix.lower() != ".jsonl":
         raise ConfigError(f"export_path {display_path(export_path)}: only .jsonl export is supported")
-    keys = DatasetKeys(recipe.text_key, recipe.image_key, recipe.image_special_token, str(input_path.parent))
+    keys = DatasetKeys(
+        recipe.text_key, recipe.image_key, recipe.image_special_token, str(input_path.parent),
+        produced_dir=str(export_path.parent / PRODUCED_DIR_NAME),
+    )
     chain = _Chain(ops, keys)
     # Data-Juicer also clips np to the CPU count: more processes than cores only add overhead.
     workers = max(1, min(processes or recipe.np, os.cpu_count() or 1))
@@ -263,76 +344,41 @@ def run_recipe(
     json_report, html_report = report_paths(export_path)
     targets = _output_targets(input_path, export_path, stats_path, json_report, html_report)
 
-    read = OpCounts("(read)", f"{input_path.name}")
-    counts = [OpCounts(op.name, op.describe()) for op in ops]
-    seen_hashes: dict[int, set[str]] = {i: set() for i, op in enumerate(ops) if isinstance(op, Deduplicator)}
-    histograms: dict[str, array] = {}
-    examples: list[DroppedExample] = []
-    per_op_examples = [0] * len(ops)
-    skipped: list[Skip] = []
-    n_skipped = 0
-    n_output = 0
+    tally = _Tally(ops, max_skips_listed, OpCounts("(read)", f"{input_path.name}"))
     started = time.perf_counter()
+    source = chunk_source or _chunk_results
 
     with atomic_files(targets) as temps, open(temps[0], "w", encoding="utf-8") as out, \
             open(temps[1] if stats_path is not None else os.devnull, "w", encoding="utf-8") as stats_out:
-        done = 0
-        for chunk in (chunk_source or _chunk_results)(recipe, chain, input_path, workers):
-            for index, seconds in enumerate(chunk.seconds):
-                counts[index].seconds += seconds
-            for key, values in chunk.histograms.items():
-                histograms.setdefault(key, array("d")).extend(values)
-            for outcome in chunk.outcomes:
-                read.n_in += 1
-                if outcome.stop == INPUT_STAGE:
-                    read.errors += 1
-                    n_skipped += 1
-                    if len(skipped) < max_skips_listed:
-                        skipped.append(Skip.row(outcome.line, "input", outcome.error or "unreadable"))
-                    continue
-                read.kept += 1
-                kept = True
-                for index, op in enumerate(ops):
-                    row = counts[index]
-                    row.n_in += 1
-                    if index == outcome.stop:
-                        kept = False
-                        if outcome.error is not None:
-                            row.errors += 1
-                            n_skipped += 1
-                            if len(skipped) < max_skips_listed:
-                                skipped.append(Skip.row(outcome.line, op.name, outcome.error))
-                        else:
-                            row.dropped += 1
-                            _note_example(examples, per_op_examples, outcome, index, outcome.detail or "")
-                        break
-                    if index in seen_hashes:
-                        digest = outcome.hashes[index]
-                        if digest and digest in seen_hashes[index]:
-                            row.dropped += 1
-                            kept = False
-                            _note_example(examples, per_op_examples, outcome, index, "duplicate")
-                            break
-                        if digest:
-                            seen_hashes[index].add(digest)
-                    row.kept += 1
-                if kept:
-                    n_output += 1
-                    out.write(outcome.output + "\n")
-                    stats_out.write(outcome.stats_line + "\n")
-            done += len(chunk.outcomes)
-            if on_progress is not None:
-                on_progress(done)
+
+        def write(outcome: _Outcome, _line: int) -> None:
+            out.write(outcome.output + "\n")
+            stats_out.write(outcome.stats_line + "\n")
+
+        if any(isinstance(op, DatasetOp) for op in ops):
+            n_output = run_stages(
+                recipe, ops, input_path,
+                lambda sub, first, path: source(sub, _Chain(ops[first:first + len(sub.process)], keys), path, workers),
+                tally, (out, stats_out), on_progress,
+            )
+        else:
+            done = 0
+            for chunk in source(recipe, chain, input_path, workers):
+                tally.consume(chunk, 0, None, write)
+                done += len(chunk.outcomes)
+                if on_progress is not None:
+                    on_progress(done)
+            n_output = tally.n_output
         result = RunResult(
             input_path=input_path,
             export_path=export_path,
             stats_path=stats_path,
-            read=read,
-            ops=counts,
-            skipped=skipped,
-            n_skipped=n_skipped,
-            histograms=histograms,
-            dropped_examples=examples,
+            read=tally.read,
+            ops=tally.counts,
+            skipped=tally.skipped,
+            n_skipped=tally.n_skipped,
+            histograms=tally.histograms,
+            dropped_examples=tally.examples,
             processes=workers,
             seconds=time.perf_counter() - started,
             n_output=n_output,

@@ -17,6 +17,8 @@ from lorastory.images import ImageInfo, load_rgb, probe_image
 from lorastory.errors import BadImageError, DataError
 
 STATS_FIELD = "__dj__stats__"
+#: Folder beside the export where mappers write the images they make (Data-Juicer's name for it).
+PRODUCED_DIR_NAME = "__dj__produced_data__"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class DatasetKeys:
     image_special_token: str = "<__dj__image>"
     base_dir: str = "."
     max_pixels: int | None = None
+    #: Where mappers write new images: ``<export folder>/__dj__produced_data__`` (None: no mapper may write).
+    produced_dir: str | None = None
 
 
 @dataclass
@@ -63,6 +67,12 @@ class Sample:
                 raise DataError(f"'{name}' must be a list of paths")
             paths = self._paths[name] = [resolve_path(p, self.keys.base_dir) for p in value]
         return paths
+
+    def set_image_paths(self, paths: list[str], key: str | None = None) -> None:
+        """Replace the row's image paths (a mapper wrote new images); later ops read the new ones."""
+        name = key or self.keys.image_key
+        self.row[name] = list(paths)
+        self._paths.pop(name, None)
 
     def image_info(self, path: str) -> ImageInfo:
         """Header facts of one image (cached); raises :class:`BadImageError` naming the file."""

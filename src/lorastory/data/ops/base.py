@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import sys
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lorastory.config import format_validation_error
+from lorastory.data.ops.dj_names import DJ_OP_NAMES, DJ_VERSION
 from lorastory.data.sample import Sample
 from lorastory.errors import LorastoryError, RecipeError, first_line
 
@@ -238,18 +241,37 @@ def register_op(name: str):
     return decorate
 
 
+def op_summary(cls: type[Op]) -> str:
+    """One line on what an op does: its module docstring's first line without the leading op name."""
+    module = sys.modules.get(cls.__module__)
+    doc = (module.__doc__ if module is not None else None) or cls.__doc__ or ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    line = re.sub(r"^``[a-z0-9_]+``( \([^)]*\))?: ", "", line)
+    return line[:1].upper() + line[1:]
+
+
 def registered_ops() -> dict[str, type[Op]]:
     """All operator classes by name (a copy)."""
     return dict(_REGISTRY)
+
+
+def unknown_op_message(name: str, where: str) -> str:
+    """One line for an op name we cannot run: a Data-Juicer op not supported yet, or no Data-Juicer op at all."""
+    if name in DJ_OP_NAMES:
+        return (
+            f"{where}: '{name}' is a Data-Juicer operator lorastory does not support yet; remove it from the "
+            "recipe ('lorastory data ops' lists the supported ones)"
+        )
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.8)
+    hint = f"; did you mean '{close[0]}'?" if close else "; 'lorastory data ops' lists the supported ones"
+    return f"{where}: unknown op '{name}' (not a Data-Juicer {DJ_VERSION} operator){hint}"
 
 
 def build_op(name: str, params: dict[str, Any] | None, where: str = "process") -> Op:
     """Instantiate op ``name``; unknown names and bad parameters are :class:`RecipeError`."""
     cls = _REGISTRY.get(name)
     if cls is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known ops: {', '.join(sorted(_REGISTRY))}"
-        raise RecipeError(f"{where}: unknown op '{name}'{hint}")
+        raise RecipeError(unknown_op_message(name, where))
     if params is None:
         params = {}
     if not isinstance(params, dict):

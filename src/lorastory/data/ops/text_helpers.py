@@ -13,6 +13,8 @@ import string
 
 import regex
 
+from lorastory.errors import ConfigError
+
 OTHER_SPECIAL_CHARACTERS = (
     "\x92\u2009\x93\x97\u200a\x9d\x99\u202f\x96\u2005\x95\x91\x9c\u3000\u2002 \u2008\x98\x81\u2003\x82￼\x83\x84"
     "’“”–ー一▬…✦�\xad£\u200b•€«»°·═×士＾˘⇓↓↑←→（）§″′´¿−±∈\ufeff¢ø‚„½¼¾¹²³―⁃，ˌ¸‹›ʺˈʻ¦‐⠀‰\x85\x85‑≤≥‖"
@@ -133,7 +135,6 @@ def load_sentencepiece(path: str | None, op_name: str) -> object:
     Data-Juicer downloads ``<lang>.sp.model`` at run time; lorastory never downloads, so the
     recipe names the file (``sp_model_path``). Refused in one line when it is missing.
     """
-    from lorastory.errors import ConfigError
 
     if not path:
         raise ConfigError(
