@@ -89,7 +89,9 @@ class TrainConfig(YamlModel):
     validation_cfg: float = Field(4.0, ge=0)
 
     cache_dir: str | None = None
-    save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
+    # None: the default (kohya; plus diffusers for a text-encoder LoRA on a non-CLIP encoder such as Kolors' ChatGLM,
+    # which diffusers' kohya reader cannot map). The first format is written as lora.safetensors.
+    save_formats: list[Literal["diffusers", "kohya"]] | None = None
 
     @field_validator("model", "data", "out", "cache_dir")
     @classmethod

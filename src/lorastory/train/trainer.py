@@ -293,12 +293,13 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
 
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int) -> list[Path]:
-    """Write the trained LoRA in each of ``config.save_formats``; return the files."""
-    from lorastory.models.lora import save_lora
+    """Write the trained LoRA in each of ``config.save_formats`` (the first as lora.safetensors); return the files."""
+    from lorastory.models.lora import default_save_formats, save_lora
 
     files = []
-    for fmt in config.save_formats:
-        name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
+    formats = config.save_formats or default_save_formats(family.name, spec)
+    for fmt in formats:
+        name = "lora.safetensors" if fmt == formats[0] else f"lora_{fmt}.safetensors"
         save_lora(pipe, out / name, spec, family.name, format=fmt,
                   extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
         files.append(out / name)

@@ -23,7 +23,7 @@ from lorastory.models.lora.errors import LoraError, LoraMismatchError
 from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY, META_PREFIX
 from lorastory.models.lora.kohya import kohya_metadata, to_kohya_layout
 from lorastory.models.lora.lycoris import network_of_config, peft_parts, to_lycoris_layout
-from lorastory.models.lora.spec import LoraSpec
+from lorastory.models.lora.spec import CLIP_TE_TARGETS, LoraSpec
 from lorastory.models.registry import Family, denoiser, family_of_pipeline, get_family
 
 if TYPE_CHECKING:
@@ -77,6 +77,17 @@ def save_lora(
         metadata.update(kohya_metadata(spec, naming))
     _write_safetensors(target, tensors, metadata)
     return target
+
+
+def default_save_formats(family: str, spec: LoraSpec) -> list[LoraFormat]:
+    """What a training run writes by default: the kohya layout, which ComfyUI, A1111/Forge, sd-scripts
+    and diffusers read; plus the diffusers layout when a text-encoder LoRA is on an encoder diffusers'
+    kohya reader cannot map (Kolors' ChatGLM), so plain diffusers loads that part too."""
+    fam = get_family(family)
+    clip = list(fam.text_encoder_targets) == list(CLIP_TE_TARGETS)
+    if spec.train_text_encoder and not clip and spec.network in ("lora", "locon"):
+        return ["kohya", "diffusers"]
+    return ["kohya"]
 
 
 def _pipeline_family(pipe: Any, family: str | None) -> Family:
