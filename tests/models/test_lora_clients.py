@@ -1,7 +1,7 @@
 """The default LoRA file loads in the clients people use, with alpha honoured and the same fused weights.
 
 Clients: ComfyUI's LoRA loader and kohya sd-scripts' ``create_network_from_weights`` + ``merge_to``
-(exact ports with their source commits, tests/models/clients/), and plain diffusers
+(exact ports with their source commits, tests/clients/), and plain diffusers
 ``load_lora_weights`` + ``fuse_lora``. Tiny models of each family, UNet and text encoders, rank 4 /
 alpha 2 (alpha != rank: a loader that ignores alpha gives other weights); and a narrow UNet with
 the real SDXL block layout (3 blocks, 2 layers, 0/2/10 transformer blocks), so SGM block numbers

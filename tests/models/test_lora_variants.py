@@ -1,7 +1,7 @@
 """LoRA variants (LoCon, LoHa, LoKr, DoRA): saved in the LyCORIS layout and loaded back with the same weights.
 
 Per variant, on a tiny model (UNet and text encoders, adapters randomised so every parameter
-matters): lorastory's own ``apply_lora`` + fuse, ComfyUI's loader (port in tests/models/clients/)
+matters): lorastory's own ``apply_lora`` + fuse, ComfyUI's loader (port in tests/clients/)
 and, where diffusers reads the variant from a kohya/LyCORIS file (LoCon, DoRA), plain diffusers
 ``load_lora_weights`` + ``fuse_lora`` must all give the weights the trained adapter merges to.
 """

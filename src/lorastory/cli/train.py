@@ -48,7 +48,7 @@ def train_cmd(
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="Checkpoints to keep (newest).")] = None,
     validation_prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt to sample during training (repeatable).")] = None,
     validation_every: Annotated[Optional[int], typer.Option(help="Sample every N steps.")] = None,
-    format: Annotated[Optional[list[str]], typer.Option("--format", help="diffusers and/or kohya (repeatable).")] = None,
+    format: Annotated[Optional[list[str]], typer.Option("--format", help="kohya and/or diffusers (repeatable; the first is lora.safetensors; default kohya).")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Latent/text cache folder (default OUT/cache).")] = None,
     compile: Annotated[Optional[str], typer.Option(
         help="GPU compilation: auto (runs of 200+ steps), off, blocks, or cudagraphs (blocks replayed as CUDA graphs).")
@@ -56,6 +56,13 @@ def train_cmd(
     lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
     target_module: Annotated[Optional[list[str]], typer.Option(
         help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,
+    network: Annotated[Optional[str], typer.Option(
+        help="lora, locon (LoRA on the ResNet convolutions too), loha, lokr or dora (default lora).")] = None,
+    conv_rank: Annotated[Optional[int], typer.Option(help="locon/loha/lokr: rank on the convolutions (default: --rank).")] = None,
+    conv_alpha: Annotated[Optional[float], typer.Option(help="locon/loha/lokr: alpha on the convolutions (default: --alpha).")] = None,
+    lokr_factor: Annotated[Optional[int], typer.Option(help="lokr: Kronecker factor (-1: as square as possible).")] = None,
+    lokr_decompose_both: Annotated[Optional[bool], typer.Option(
+        "--lokr-decompose-both", help="lokr: make both Kronecker factors low-rank.")] = None,
     bucket_step: Annotated[Optional[int], typer.Option(help="--buckets: side step of the buckets in pixels (default 64).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (default 1).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.01).")] = None,
@@ -86,7 +93,8 @@ def train_cmd(
         optimizer=optimizer, snr_gamma=snr_gamma, noise_offset=noise_offset, keep_checkpoints=keep_checkpoints,
         validation_prompts=validation_prompt, validation_every=validation_every, save_formats=format,
         cache_dir=cache_dir, compile=compile, lora_dropout=lora_dropout, target_modules=target_module,
-        bucket_step=bucket_step, max_grad_norm=max_grad_norm, weight_decay=weight_decay,
+        network=network, conv_rank=conv_rank, conv_alpha=conv_alpha, lokr_factor=lokr_factor,
+        lokr_decompose_both=lokr_decompose_both, bucket_step=bucket_step, max_grad_norm=max_grad_norm, weight_decay=weight_decay,
         validation_steps=validation_steps, validation_cfg=validation_cfg, fast=fast,
     )
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
+from lorastory.models.lora.spec import variant_settings_problem
 from lorastory.models.registry import FAMILIES
 
 # Limits shared with ``lorastory.models.lora.LoraSpec`` (tests check they agree), so a bad rank
@@ -51,6 +52,12 @@ class TrainConfig(YamlModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
     train_text_encoder: bool = False
+    # LoRA variants (see lorastory.models.lora.LoraSpec): lora | locon | loha | lokr | dora
+    network: Literal["lora", "locon", "loha", "lokr", "dora"] = "lora"
+    conv_rank: int | None = Field(None, ge=1, le=MAX_RANK)
+    conv_alpha: float | None = Field(None, gt=0)
+    lokr_factor: int = Field(-1, ge=-1)
+    lokr_decompose_both: bool = False
 
     resolution: int = Field(1024, ge=64, le=MAX_RESOLUTION)
     center_crop: bool = True
@@ -123,6 +130,16 @@ class TrainConfig(YamlModel):
         return value
 
     @model_validator(mode="after")
+    def _variant_settings_fit(self) -> TrainConfig:
+        problem = variant_settings_problem(self.network, self.conv_rank, self.conv_alpha, self.lokr_factor,
+                                           self.lokr_decompose_both)
+        if problem:
+            raise ValueError(problem)
+        if self.network not in ("lora", "locon") and "diffusers" in (self.save_formats or []):
+            raise ValueError(f"a {self.network} is saved in the kohya/LyCORIS layout only; drop --format diffusers")
+        return self
+
+    @model_validator(mode="after")
     def _resolution_multiple_of_bucket_step(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
@@ -142,9 +159,14 @@ class TrainConfig(YamlModel):
         return self._hash(_NOT_WEIGHTS | {"batch_size"})
 
     def _hash(self, ignored: set[str]) -> str:
-        data = self.model_dump(mode="json", exclude=ignored)
+        # settings added later join the hash only when set, so earlier runs keep their fingerprint (and resume)
+        unset = {k for k, default in _ADDED_DEFAULTS.items() if getattr(self, k) == default}
+        data = self.model_dump(mode="json", exclude=ignored | unset)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+
+# Settings added after runs were made, at their defaults.
+_ADDED_DEFAULTS = {"network": "lora", "conv_rank": None, "conv_alpha": None, "lokr_factor": -1, "lokr_decompose_both": False}
 
 # Settings that do not change the trained weights.
 _NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",

@@ -318,7 +318,9 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
     unet.requires_grad_(False)
     _move(unet, device, weight_dtype)
     spec = LoraSpec(rank=config.rank, alpha=config.alpha, dropout=config.lora_dropout,
-                    target_modules=config.target_modules, train_text_encoder=config.train_text_encoder)
+                    target_modules=config.target_modules, train_text_encoder=config.train_text_encoder,
+                    network=config.network, conv_rank=config.conv_rank, conv_alpha=config.conv_alpha,
+                    lokr_factor=config.lokr_factor, lokr_decompose_both=config.lokr_decompose_both)
     text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if config.train_text_encoder else {}
     for encoder in text_encoders.values():
         encoder.requires_grad_(False)

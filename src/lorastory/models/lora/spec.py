@@ -56,12 +56,10 @@ class LoraSpec(YamlModel):
 
     @model_validator(mode="after")
     def _variant_settings_fit(self) -> LoraSpec:
-        if self.lokr_factor == 0 or self.lokr_factor == 1:
-            raise ValueError("lokr_factor must be -1 (automatic) or 2 or more")
-        if self.network != "lokr" and (self.lokr_factor != -1 or self.lokr_decompose_both):
-            raise ValueError(f"lokr_factor and lokr_decompose_both apply to network lokr, not {self.network}")
-        if self.network in ("lora", "dora") and (self.conv_rank is not None or self.conv_alpha is not None):
-            raise ValueError(f"conv_rank/conv_alpha adapt convolutions: use network locon, loha or lokr, not {self.network}")
+        problem = variant_settings_problem(self.network, self.conv_rank, self.conv_alpha, self.lokr_factor,
+                                           self.lokr_decompose_both)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -87,6 +85,19 @@ class LoraSpec(YamlModel):
         fields = self.model_dump(mode="json", exclude={k for k in _VARIANT_DEFAULTS if getattr(self, k) == _VARIANT_DEFAULTS[k]})
         payload = json.dumps({"family": family, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def variant_settings_problem(
+    network: str, conv_rank: int | None, conv_alpha: float | None, lokr_factor: int, lokr_decompose_both: bool
+) -> str | None:
+    """Why these variant settings do not go together (None: they do); shared with the training config."""
+    if lokr_factor in (0, 1):
+        return "lokr_factor must be -1 (automatic) or 2 or more"
+    if network != "lokr" and (lokr_factor != -1 or lokr_decompose_both):
+        return f"lokr_factor and lokr_decompose_both apply to network lokr, not {network}"
+    if network in ("lora", "dora") and (conv_rank is not None or conv_alpha is not None):
+        return f"conv_rank/conv_alpha adapt convolutions: use network locon, loha or lokr, not {network}"
+    return None
 
 
 _VARIANT_DEFAULTS = {"network": "lora", "conv_rank": None, "conv_alpha": None, "lokr_factor": -1, "lokr_decompose_both": False}
