@@ -56,13 +56,11 @@ def train_cmd(
     lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
     target_module: Annotated[Optional[list[str]], typer.Option(
         help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,
-    network: Annotated[Optional[str], typer.Option(
-        help="lora, locon (LoRA on the ResNet convolutions too), loha, lokr or dora (default lora).")] = None,
+    network: Annotated[Optional[str], typer.Option(help="lora, locon (+ResNet convolutions), loha, lokr or dora.")] = None,
     conv_rank: Annotated[Optional[int], typer.Option(help="locon/loha/lokr: rank on the convolutions (default: --rank).")] = None,
     conv_alpha: Annotated[Optional[float], typer.Option(help="locon/loha/lokr: alpha on the convolutions (default: --alpha).")] = None,
     lokr_factor: Annotated[Optional[int], typer.Option(help="lokr: Kronecker factor (-1: as square as possible).")] = None,
-    lokr_decompose_both: Annotated[Optional[bool], typer.Option(
-        "--lokr-decompose-both", help="lokr: make both Kronecker factors low-rank.")] = None,
+    lokr_decompose_both: Annotated[Optional[bool], typer.Option("--lokr-decompose-both", help="lokr: both factors low-rank.")] = None,
     bucket_step: Annotated[Optional[int], typer.Option(help="--buckets: side step of the buckets in pixels (default 64).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (default 1).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.01).")] = None,

@@ -116,7 +116,6 @@ def read_lycoris(
 ) -> tuple[str, dict[str, torch.Tensor], dict[str, int], dict[str, float], dict[str, Any]]:
     """A LoHa / LoKr / DoRA file → (network, peft state with component prefixes, rank and alpha per
     ``component.module``, peft settings such as LoKr's factor)."""
-    import torch
 
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -125,6 +124,8 @@ def read_lycoris(
             raise LoraFormatError(f"{file.name}: unexpected key '{key}' in a LyCORIS/DoRA file (LoHa, LoKr, DoRA are read)")
         grouped.setdefault(match["name"], {})[match["part"]] = value
     network = _network_of_parts(file, {p for parts in grouped.values() for p in parts})
+    for name, parts in grouped.items():
+        _check_complete(file, network, name, parts)
     modules = _module_names(file, list(grouped), config)
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
@@ -142,6 +143,24 @@ def read_lycoris(
                 part, value = _dora_to_peft(part, value, parts)
             state[f"{module}.{part}"] = value
     return network, state, ranks, alphas, _settings(network, grouped, meta)
+
+
+# The tensors each module of a variant needs (LoKr: either factor full or as a low-rank pair).
+_REQUIRED = {
+    "loha": [("hada_w1_a",), ("hada_w1_b",), ("hada_w2_a",), ("hada_w2_b",)],
+    "lokr": [("lokr_w1", "lokr_w1_a"), ("lokr_w2", "lokr_w2_a")],
+    "dora": [("lora_down.weight",), ("lora_up.weight",), ("dora_scale",)],
+}
+
+
+def _check_complete(file: Path, network: str, name: str, parts: Mapping[str, torch.Tensor]) -> None:
+    for options in _REQUIRED[network]:
+        if not any(option in parts for option in options):
+            raise LoraFormatError(f"{file.name}: LyCORIS {network} module '{name}' has no {' or '.join(options)}; "
+                                  "the file is incomplete")
+    for low_rank in ("lokr_w1_a", "lokr_w2_a"):
+        if low_rank in parts and low_rank[:-1] + "b" not in parts:
+            raise LoraFormatError(f"{file.name}: LyCORIS lokr module '{name}' has {low_rank} without its _b; the file is incomplete")
 
 
 def _dora_to_peft(part: str, value: torch.Tensor, parts: Mapping[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
