@@ -215,8 +215,9 @@ def test_png_is_readable_by_plain_pillow(tmp_path):
 def test_exact_params_survive_what_the_infotext_cannot_hold(tmp_path):
     params = GenerationParams(prompt="  leading and trailing spaces  \nNegative prompt: looks like a negative")
     path = tmp_path / "odd.png"
-    save_png_with_parameters(_panel(), path, params)
-    assert parse_parameters(format_parameters(params)) != params  # the infotext alone loses it...
+    with pytest.warns(UserWarning, match="Negative prompt:"):
+        save_png_with_parameters(_panel(), path, params)
+        assert parse_parameters(format_parameters(params)) != params  # the infotext alone loses it...
     assert read_parameters(path) == params  # ...the lorastory chunk keeps it
 
 
@@ -268,3 +269,45 @@ def test_lora_short_hash_matches_a1111(tmp_path):
     assert lora_short_hash(path) == hashlib.sha256(data[8 + header :]).hexdigest()[:12]
     with pytest.raises(DataError, match="not found"):
         lora_short_hash(tmp_path / "none.safetensors")
+
+
+# --------------------------------------------------------------- model name, hash, mis-read warnings
+
+
+def test_model_is_named_not_located(tmp_path):
+    from lorastory.generate.pngmeta import model_name
+
+    folder = tmp_path / "my-kolors"
+    folder.mkdir()
+    single = tmp_path / "dreamshaper_8.safetensors"
+    single.write_bytes(b"x")
+    assert model_name(str(folder)) == "my-kolors" and model_name(str(folder) + "/") == "my-kolors"
+    assert model_name(str(single)) == "dreamshaper_8"
+    assert model_name("Kwai-Kolors/Kolors-diffusers") == "Kwai-Kolors/Kolors-diffusers"  # a hub id names itself
+    assert str(tmp_path) not in model_name(str(tmp_path / "gone" / "model"))
+
+
+def test_model_hash_is_a1111_short_hash_of_a_single_file(tmp_path):
+    from lorastory.generate.pngmeta import model_short_hash
+
+    single = tmp_path / "model.safetensors"
+    single.write_bytes(b"weights" * 1000)
+    # A1111: shorthash = sha256 of the whole checkpoint file, first 10 hex digits
+    assert model_short_hash(single) == hashlib.sha256(single.read_bytes()).hexdigest()[:10]
+    assert model_short_hash(tmp_path) is None and model_short_hash("org/hub-model") is None
+
+
+def test_a1111_reads_model_name_and_hash(tmp_path):
+    params = GenerationParams(prompt="a cat", steps=20, seed=3, width=64, height=64, model="dreamshaper_8",
+                              model_hash="0123456789")
+    parsed = _a1111_parse(format_parameters(params))
+    assert (parsed["Model"], parsed["Model hash"], parsed["Prompt"]) == ("dreamshaper_8", "0123456789", "a cat")
+
+
+def test_prompt_line_that_parsers_misread_warns_and_json_keeps_it(tmp_path):
+    params = GenerationParams(prompt="a cat\nNegative prompt: part of the prompt", negative_prompt="blur", steps=5,
+                              seed=1, width=64, height=64)
+    with pytest.warns(UserWarning, match="starts with 'Negative prompt:'"):
+        save_png_with_parameters(Image.new("RGB", (8, 8)), tmp_path / "p.png", params)
+    assert _a1111_parse(Image.open(tmp_path / "p.png").text["parameters"])["Prompt"] == "a cat"  # what A1111 sees
+    assert read_parameters(tmp_path / "p.png") == params  # the exact values, from the JSON chunk

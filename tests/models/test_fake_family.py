@@ -95,7 +95,7 @@ def test_tiny_model_detection_loading_and_lora(fake_family: registry.Family, tmp
     with torch.no_grad():
         for p in params:
             p.add_(0.01)  # lora_B starts at zero; make the saved weights mean something
-    diffusers_file = save_lora(pipe, tmp_path / "lora.safetensors", spec, FAKE)
+    diffusers_file = save_lora(pipe, tmp_path / "lora.safetensors", spec, FAKE, format="diffusers")
     kohya_file = save_lora(pipe, tmp_path / "lora_kohya.safetensors", spec, FAKE, format="kohya")
 
     state, info = load_lora_state(diffusers_file)

@@ -99,7 +99,7 @@ def trained(tiny_model_dir, tmp_path_factory) -> Callable[..., Trained]:
             assert params and all(p.requires_grad for p in params)
             randomise_lora_b(pipe)
             lora = generate(pipe)
-            save_lora(pipe, out / "lora.safetensors", spec, family)
+            save_lora(pipe, out / "lora.safetensors", spec, family, format="diffusers")
             save_lora(pipe, out / "kohya.safetensors", spec, family, format="kohya")
             save_lora(pipe, out / "kohya_dnames.safetensors", spec, family, format="kohya", kohya_unet_names="diffusers")
             cache[family, text_encoder] = Trained(family, model, out, spec, base, lora)

@@ -62,7 +62,7 @@ def train_cmd(
     keep_checkpoints: Annotated[Optional[int], typer.Option(help="Checkpoints to keep (newest).")] = None,
     validation_prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt to sample during training (repeatable).")] = None,
     validation_every: Annotated[Optional[int], typer.Option(help="Sample every N steps.")] = None,
-    format: Annotated[Optional[list[str]], typer.Option("--format", help="diffusers and/or kohya (repeatable).")] = None,
+    format: Annotated[Optional[list[str]], typer.Option("--format", help="kohya and/or diffusers (repeatable; the first is lora.safetensors; default kohya).")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Latent/text cache folder (default OUT/cache).")] = None,
     compile: Annotated[Optional[str], typer.Option(
         help="GPU compilation: auto (runs of 200+ steps), off, blocks, or cudagraphs (blocks replayed as CUDA graphs).")
@@ -72,6 +72,11 @@ def train_cmd(
         help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,
     text_encoder_target: Annotated[Optional[list[str]], typer.Option(
         help="--train-text-encoder: text-encoder module the LoRA adapts (repeatable; default: the family's).")] = None,
+    network: Annotated[Optional[str], typer.Option(help="lora, locon (+ResNet convolutions), loha, lokr or dora.")] = None,
+    conv_rank: Annotated[Optional[int], typer.Option(help="locon/loha/lokr: rank on the convolutions (default: --rank).")] = None,
+    conv_alpha: Annotated[Optional[float], typer.Option(help="locon/loha/lokr: alpha on the convolutions (default: --alpha).")] = None,
+    lokr_factor: Annotated[Optional[int], typer.Option(help="lokr: Kronecker factor (-1: as square as possible).")] = None,
+    lokr_decompose_both: Annotated[Optional[bool], typer.Option("--lokr-decompose-both", help="lokr: both factors low-rank.")] = None,
     bucket_step: Annotated[Optional[int], typer.Option(help="--buckets: side step of the buckets in pixels (default 64).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm (default 1).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay of every optimizer (default 0.01).")] = None,
@@ -161,7 +166,6 @@ def _run(config: Any, gpus: int | None, debug: bool) -> None:
 
 def _config(config_file: Path | None, flags: dict[str, Any]) -> Any:
     """The validated TrainConfig: the YAML file's settings with the flags on top."""
-
     source = str(config_file or "options")
     values = read_yaml(config_file) if config_file else {}
     if not isinstance(values, dict):

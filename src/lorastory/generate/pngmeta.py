@@ -7,7 +7,7 @@ Each panel carries two text chunks:
 
       二次元，紫色长发的少女 <lora:my_style:0.8>
       Negative prompt: 丑陋、变形
-      Steps: 50, Sampler: Euler, CFG scale: 4, Seed: 1, Size: 1024x1024, Model: Kwai-Kolors/Kolors-diffusers, Lora hashes: "my_style: 1a2b3c4d5e6f"
+      Steps: 50, Sampler: Euler, CFG scale: 4, Seed: 1, Size: 1024x1024, Model: Kolors-diffusers, Lora hashes: "my_style: 1a2b3c4d5e6f"
 
   The LoRA is written the way A1111 does: a ``<lora:name:scale>`` tag at the
   end of the prompt (what A1111 and ComfyUI re-apply) and ``Lora hashes``
@@ -27,13 +27,15 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
 from lorastory.errors import BadImageError, DataError, first_line
-from lorastory.fileio import atomic_open, display_path
+from lorastory.fileio import atomic_open, display_path, file_sha256
 from lorastory.images import open_image
 
 PARAMETERS_KEY = "parameters"
@@ -185,9 +187,27 @@ def _param_pairs(params: GenerationParams) -> list[tuple[str, str]]:
     return pairs
 
 
+def misread_warnings(params: GenerationParams) -> list[str]:
+    """Why A1111-style parsers would read ``params``' infotext differently from what it holds (empty: they won't)."""
+    found = []
+    if any(line.strip().startswith(_NEGATIVE_PREFIX) for line in params.prompt.split("\n")):
+        found.append(f"a prompt line starts with '{_NEGATIVE_PREFIX}'; A1111-style readers of the PNG will take the "
+                     "rest as the negative prompt (the exact prompt is in the lorastory JSON chunk)")
+    if any(line.strip().startswith(_NEGATIVE_PREFIX) for line in params.negative_prompt.split("\n")[1:]):
+        found.append(f"a negative-prompt line starts with '{_NEGATIVE_PREFIX}'; A1111-style readers drop that word "
+                     "(the exact negative prompt is in the lorastory JSON chunk)")
+    return found
+
+
 def format_parameters(params: GenerationParams) -> str:
-    """The A1111 infotext for ``params``: prompt, ``Negative prompt:`` line, ``Key: value`` line."""
+    """The A1111 infotext for ``params``: prompt, ``Negative prompt:`` line, ``Key: value`` line.
+
+    Text that parsers would mis-read is kept as it is and warned about (once per kind; see
+    :func:`misread_warnings`): the exact values stay in the JSON chunk.
+    """
     _check_types(params)
+    for message in misread_warnings(params):
+        warnings.warn(message, UserWarning, stacklevel=2)
     prompt = params.prompt
     if params.lora_name is not None:
         _check_lora_name(params.lora_name)
@@ -317,6 +337,21 @@ def lora_short_hash(path: str | os.PathLike[str]) -> str:
     except FileNotFoundError:
         raise DataError(f"{path}: LoRA file not found; pass the path of a .safetensors file") from None
     return digest.hexdigest()[:12]
+
+
+def model_name(model: str) -> str:
+    """The ``Model:`` value: a local folder's name or file's stem, never its path; a hub id as given."""
+    text = str(model).rstrip("/\\")
+    local = Path(os.path.expanduser(text))
+    if local.is_absolute() or local.exists() or text.startswith((".", "~")) or "\\" in text or text.count("/") != 1:
+        return local.stem if local.suffix.lower() in (".safetensors", ".ckpt") else local.name or text
+    return text  # "org/name" that is not a local path: a hub id, which names the model
+
+
+def model_short_hash(model: str | os.PathLike[str]) -> str | None:
+    """A1111's ``Model hash``: the first 10 hex digits of the SHA-256 of a single-file model; None for a folder or hub id."""
+    path = Path(os.path.expanduser(str(model)))
+    return file_sha256(path)[:10] if path.is_file() else None
 
 
 def png_info(params: GenerationParams) -> PngImagePlugin.PngInfo:

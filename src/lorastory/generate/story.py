@@ -42,7 +42,7 @@ from lorastory.generate.checks import (
 from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, load_reference_image
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import LoraRecord, PanelRecord, RunManifest
-from lorastory.generate.pngmeta import GenerationParams, lora_short_hash
+from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, model_name, model_short_hash
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
     STORY_FILE,
@@ -326,6 +326,7 @@ def _render_story(
         apply_lora(pipe, lora_path, scale=lora_scale, allow_pickle=allow_pickle)
     lora_name = lora_path.stem if lora_path else None
     lora_hash = lora_short_hash(lora_path) if lora_path else None
+    shown_model, model_hash = model_name(str(model)), model_short_hash(model)
     speed = None
     if fast if fast is not None else target.type == "cuda":
         image_steps = sum(job.steps for job in jobs)
@@ -342,8 +343,8 @@ def _render_story(
     def params(job: PanelJob, extra: dict[str, str] | None = None) -> GenerationParams:
         return GenerationParams(
             prompt=job.prompt, negative_prompt=job.negative, steps=job.steps, sampler=job.sampler,
-            cfg_scale=job.cfg, seed=job.seed, width=job.width, height=job.height, model=str(model),
-            lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash, extra=extra or {},
+            cfg_scale=job.cfg, seed=job.seed, width=job.width, height=job.height, model=shown_model,
+            model_hash=model_hash, lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash, extra=extra or {},
         )
 
     # 3. the reference image, if the story uses one: the user's, or rendered now with the plain pipeline

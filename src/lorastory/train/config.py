@@ -102,7 +102,9 @@ class TrainConfig(YamlModel):
     validation_cfg: float = Field(4.0, ge=0)
 
     cache_dir: str | None = None
-    save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
+    # None: the default (kohya; plus diffusers for a text-encoder LoRA on a non-CLIP encoder such as Kolors' ChatGLM,
+    # which diffusers' kohya reader cannot map). The first format is written as lora.safetensors.
+    save_formats: list[Literal["diffusers", "kohya"]] | None = None
 
     # Captions at training time (train/captions.py) and several datasets (train/datasets.py). The caption
     # settings are each dataset's default; a ``datasets:`` entry may set its own.
@@ -153,6 +155,8 @@ class TrainConfig(YamlModel):
     def _settings_combine(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+        if self.lora.network not in ("lora", "locon") and "diffusers" in (self.save_formats or []):
+            raise ValueError(f"a {self.lora.network} is saved in the kohya/LyCORIS layout only; drop --format diffusers")
         if self.data is None and not self.datasets:
             raise ValueError("needs data (a training folder) or datasets (several)")
         if self.data is not None and self.datasets:
@@ -214,6 +218,7 @@ class TrainConfig(YamlModel):
             if name in type(self).model_fields and data[name] == _default_json(name):
                 del data[name]
         return data
+
 
 
 # Settings that do not change the trained weights.

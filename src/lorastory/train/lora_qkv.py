@@ -30,7 +30,7 @@ def _single_adapter(layer: Any) -> str | None:
     if len(names) != 1 or getattr(layer, "merged_adapters", []) or getattr(layer, "use_dora", {}).get(names[0]):
         return None
     name = names[0]
-    if name not in layer.lora_A or not isinstance(layer.lora_dropout[name], torch.nn.Identity):
+    if name not in getattr(layer, "lora_A", {}) or not isinstance(layer.lora_dropout[name], torch.nn.Identity):  # LoHa/LoKr: no fusion
         return None
     if layer.get_base_layer().bias is not None:
         return None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
-from lorastory.models.lora import inject_lora, save_lora
+from lorastory.models.lora import default_save_formats, inject_lora, save_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
@@ -270,13 +270,15 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int,
                 trainable: dict[str, torch.nn.Parameter], ema: LoraEma | None) -> list[Path]:
-    """Write the trained LoRA in each of ``config.save_formats``, and its moving average as ``lora_ema.safetensors``
-    (``lora_ema_kohya.safetensors``): same writer and layout, the average swapped into the weights. Return the files."""
+    """Write the trained LoRA in each of ``config.save_formats`` (default: :func:`default_save_formats`), the first
+    as ``lora.safetensors``, the others as ``lora_<format>.safetensors``; and its moving average as
+    ``lora_ema*.safetensors``: same writer and layouts, the average swapped into the weights. Return the files."""
     metadata = {"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)}
+    formats = config.save_formats or default_save_formats(family.name, spec)
 
     def write(stem: str, extra: dict[str, str]) -> list[Path]:
-        names = [f"{stem}.safetensors" if fmt == "diffusers" else f"{stem}_{fmt}.safetensors" for fmt in config.save_formats]
-        for fmt, name in zip(config.save_formats, names):
+        names = [f"{stem}.safetensors" if i == 0 else f"{stem}_{fmt}.safetensors" for i, fmt in enumerate(formats)]
+        for fmt, name in zip(formats, names):
             save_lora(pipe, out / name, spec, family.name, format=fmt, extra_metadata={**metadata, **extra})
         return [out / name for name in names]
 

@@ -4,16 +4,18 @@ Everything here is a thin layer over peft and diffusers, one module per concern:
 
 * :mod:`.spec` — :class:`LoraSpec` (rank, alpha, targets) and :class:`LoraInfo` (what a file holds);
   :mod:`.errors` — the :class:`LoraError` tree.
-* :mod:`.inject` — :func:`inject_lora` adds peft LoRA layers (``init_lora_weights="gaussian"``) to
-  the UNet and, when asked, to the text encoder(s).
+* :mod:`.inject` — :func:`inject_lora` adds peft adapters (``LoraSpec.network``: LoRA, LoCon, LoHa,
+  LoKr, DoRA) to the UNet and, when asked, to the text encoder(s).
 * :mod:`.write` — :func:`save_lora` writes one ``.safetensors`` file atomically, with metadata
-  (family, rank, alpha, targets, config hash), in the ``"diffusers"`` (default) or ``"kohya"`` layout.
+  (family, network, rank, alpha, targets, config hash), in the ``"kohya"`` (default: it loads in
+  ComfyUI, A1111/Forge, sd-scripts and diffusers) or ``"diffusers"`` layout;
+  :func:`default_save_formats` is what a training run writes.
 * :mod:`.read` — :func:`load_lora_state` detects the layout of ours, diffusers/peft, kohya and
   DiffSynth-Studio files and reads them into one canonical state dict with each module's
   ``alpha / rank`` baked into ``lora_B``.
 * One module per layout: :mod:`.diffusers_format` (diffusers/peft keys), :mod:`.kohya` (sd-scripts
   names, SGM naming tables, :func:`kohya_unet_name`), :mod:`.diffsynth` (DiffSynth-Studio,
-  :func:`diffsynth_block_map`), :mod:`.lycoris` (recognised and refused); :mod:`.keys` holds the
+  :func:`diffsynth_block_map`), :mod:`.lycoris` (LoHa, LoKr, DoRA in the LyCORIS layout, both ways); :mod:`.keys` holds the
   canonical key grammar they share and :mod:`.unet_layout` the UNet block layout they count over.
 * :mod:`.apply` — :func:`apply_lora`, :func:`set_lora_scale`, :func:`fuse`, :func:`unfuse` wrap
   diffusers' adapter API.
@@ -41,7 +43,7 @@ from lorastory.models.lora.spec import CLIP_TE_TARGETS as CLIP_TE_TARGETS
 from lorastory.models.lora.spec import LoraInfo, LoraSpec
 from lorastory.models.lora.write import KohyaUnetNames as KohyaUnetNames
 from lorastory.models.lora.write import LoraFormat as LoraFormat
-from lorastory.models.lora.write import save_lora
+from lorastory.models.lora.write import default_save_formats, save_lora
 
 __all__ = [
     "LoraError",
@@ -51,6 +53,7 @@ __all__ = [
     "LoraSpec",
     "inject_lora",
     "save_lora",
+    "default_save_formats",
     "load_lora_state",
     "apply_lora",
     "set_lora_scale",

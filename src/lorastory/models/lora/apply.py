@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.models.lora.errors import LoraError, LoraMismatchError
-from lorastory.models.lora.inject import check_adapter_free
+from lorastory.errors import first_line
+from lorastory.models.lora.inject import check_adapter_free, file_peft_config
 from lorastory.models.lora.keys import modules_of
 from lorastory.models.lora.read import load_lora_state
 from lorastory.models.lora.spec import LoraInfo
@@ -48,9 +49,13 @@ def apply_lora(
         path, allow_pickle, family=family.name, unet_config=family.denoiser_of(pipe).config, default_alpha=default_alpha
     )
     parts = _split_components(pipe, family, state, info)
-    _check_fits(pipe, parts, info, family)
+    if info.network == "lora":
+        _check_fits(pipe, parts, info, family)
     try:
-        _load_parts(pipe, parts, name)
+        if info.network == "lora":
+            _load_parts(pipe, parts, name)
+        else:
+            _load_variant(pipe, parts, info, name)
     except Exception:
         if name in {a for adapters in pipe.get_list_adapters().values() for a in adapters}:
             pipe.delete_adapters(name)  # leave no half-loaded adapter behind
@@ -69,6 +74,37 @@ def _load_parts(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], name: str)
     for component, component_state in parts.items():
         if component != "unet":
             _load_text_encoder_lora(getattr(pipe, component), component_state, name)
+
+
+def _load_variant(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], info: LoraInfo, name: str) -> None:
+    """Inject the peft adapter a LoHa / LoKr / DoRA file was trained as, and load its weights into it."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    for component, state in parts.items():
+        module = getattr(pipe, component)
+        ranks, alphas = ({_module_path(pipe, component, m): v for m, v in info.adapter[key].items()
+                          if m.startswith(component + ".")} for key in ("ranks", "alphas"))
+        config = file_peft_config(info.network, ranks, alphas, info.adapter)
+        try:
+            if component == "unet":
+                denoiser(pipe).add_adapter(config, adapter_name=name)
+            else:
+                inject_adapter_in_model(config, module, adapter_name=name)
+            result = set_peft_model_state_dict(module, dict(state), adapter_name=name)
+        except (ValueError, RuntimeError) as err:
+            raise LoraMismatchError(f"{info.path.name}: its {info.network} weights do not fit this {component} "
+                                    f"({first_line(err, 200)}); the LoRA is for another model") from None
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if name in k or "lora" in k or "hada" in k]
+        if unexpected:
+            raise LoraMismatchError(f"{info.path.name}: {component} weight '{unexpected[0]}' was not loaded")
+
+
+def _module_path(pipe: Any, component: str, module: str) -> str:
+    """``component.module`` → the module's path inside that component (CLIP without ``text_model.`` on transformers 5)."""
+    rest = module.split(".", 1)[1]
+    if component != "unet" and not hasattr(getattr(pipe, component), "text_model"):
+        rest = rest.removeprefix("text_model.")
+    return rest
 
 
 def _adapter_name_from(path: Path) -> str:

@@ -10,6 +10,7 @@ diffusers' own converters, plus Kolors' ChatGLM text-encoder names, which they d
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,33 +101,46 @@ def _sgm_inner(kind: str, rest: list[str]) -> list[str]:
 
 def kohya_metadata(spec: LoraSpec, naming: str) -> dict[str, str]:
     """sd-scripts' own ``ss_*`` header fields, and how we named the UNet modules."""
-    return {
-        "ss_network_module": "networks.lora",
+    meta = {
+        "ss_network_module": "networks.lora" if spec.network in ("lora", "locon") else "lycoris.kohya",
         "ss_network_dim": str(spec.rank),
         "ss_network_alpha": repr(float(spec.alpha)),
         META_PREFIX + "alpha_in": "alpha_keys",
         META_PREFIX + "kohya_unet_names": naming,
     }
+    if spec.network != "lora":  # LyCORIS' own header: which algorithm, and the conv settings
+        algo = {"locon": "locon", "loha": "loha", "lokr": "lokr", "dora": "lora"}[spec.network]
+        args = {"algo": algo, "dora_wd": spec.network == "dora"}
+        if spec.adapts_convolutions:
+            args.update(conv_dim=spec.conv_rank or spec.rank, conv_alpha=spec.conv_alpha or spec.alpha)
+        if spec.network == "lokr":
+            args.update(factor=spec.lokr_factor, decompose_both=spec.lokr_decompose_both)
+        meta["ss_network_args"] = json.dumps(args, sort_keys=True)
+    return meta
+
+
+def kohya_module_name(component: str, module: str, family: Family, unet_config: Any, naming: str) -> str:
+    """The kohya name of a peft module path: ``lora_unet_…`` (SGM or diffusers naming) or ``lora_te[12]_…``."""
+    if component == "unet":
+        return "lora_unet_" + (kohya_unet_name(module, unet_config) if naming == "sgm" else module).replace(".", "_")
+    prefix = "lora_te_" if len(family.text_encoders) == 1 else KOHYA_TE_PREFIX[component]
+    return prefix + canonical_text_key(module).replace(".", "_")
 
 
 def to_kohya_layout(
-    layers: dict[str, dict[str, torch.Tensor]], alpha: float, family: Family, unet_config: Any, naming: str
+    layers: dict[str, dict[str, torch.Tensor]], alphas: Mapping[str, float], family: Family, unet_config: Any, naming: str
 ) -> dict[str, torch.Tensor]:
-    """kohya keys for peft state dicts per component; ``naming`` is ``"sgm"`` or ``"diffusers"`` for the UNet."""
+    """kohya keys for peft state dicts per component; ``alphas``: ``"<component>.<module>"`` → alpha;
+    ``naming`` is ``"sgm"`` or ``"diffusers"`` for the UNet."""
     import torch
 
     tensors: dict[str, torch.Tensor] = {}
-    single_encoder = len(family.text_encoders) == 1
     for component, state in layers.items():
         for module, (down, up) in modules_of(state).items():
-            if component == "unet":
-                name = "lora_unet_" + (kohya_unet_name(module, unet_config) if naming == "sgm" else module).replace(".", "_")
-            else:
-                prefix = "lora_te_" if single_encoder else KOHYA_TE_PREFIX[component]
-                name = prefix + canonical_text_key(module).replace(".", "_")
+            name = kohya_module_name(component, module, family, unet_config, naming)
             tensors[f"{name}.lora_down.weight"] = down
             tensors[f"{name}.lora_up.weight"] = up
-            tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+            tensors[f"{name}.alpha"] = torch.tensor(float(alphas[f"{component}.{module}"]), dtype=torch.float32)
     return tensors
 
 

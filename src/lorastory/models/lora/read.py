@@ -23,7 +23,7 @@ from lorastory.hub import PICKLE_SUFFIXES
 from lorastory.models.lora.errors import LoraFormatError, LoraMismatchError
 from lorastory.models.lora.keys import COMPONENTS, META_PREFIX, Modules
 from lorastory.models.lora.kohya import from_kohya, is_kohya
-from lorastory.models.lora.lycoris import refuse_lycoris
+from lorastory.models.lora.lycoris import is_lycoris, most_common, read_lycoris
 from lorastory.models.lora.spec import LoraInfo
 from lorastory.models.lora.unet_layout import default_unet_config
 from lorastory.models.registry import get_family
@@ -63,6 +63,8 @@ def load_lora_state(
             f"or use a LoRA trained for {family}"
         )
     config = unet_config if unet_config is not None else default_unet_config(file_meta)
+    if is_lycoris(tensors):  # LoHa, LoKr, DoRA: peft's own parameters, loaded into the same peft adapter
+        return _variant_state(file, tensors, file_meta, config, recorded)
     fmt, modules, alphas = _parse(file, tensors, file_meta, config)
     state, ranks, used_alphas = _bake(modules, alphas, default_alpha)
     return state, _info(file, fmt, recorded, modules, ranks, used_alphas, file_meta)
@@ -129,7 +131,6 @@ def _parse(
 ) -> tuple[str, Modules, dict[str, float]]:
     """Detect the layout and return (format, {prefixed module: (A, B)}, {prefixed module: alpha})."""
     keys = list(tensors)
-    refuse_lycoris(file, keys)
     if is_kohya(keys):
         return ("kohya", *from_kohya(file, tensors, config))
     peft_wrapped = all(k.startswith("base_model.model.") for k in keys)  # PeftModel.save_pretrained
@@ -149,6 +150,21 @@ def _parse(
         f"{file.name}: unrecognised LoRA layout (first key '{keys[0] if keys else '(none)'}'); expected diffusers/peft "
         "(unet.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
     )
+
+
+def _variant_state(
+    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any, family: str | None
+) -> tuple[dict[str, torch.Tensor], LoraInfo]:
+    """A LoHa / LoKr / DoRA file: peft-named state (scales not baked: they live in the adapter's config)."""
+    network, state, ranks, alphas, settings = read_lycoris(file, tensors, meta, config)
+    info = LoraInfo(
+        path=file, format="lycoris", family=family, rank=most_common(ranks.values()), alpha=most_common(alphas.values()),
+        components=tuple(c for c in COMPONENTS if any(m.startswith(c + ".") for m in ranks)),
+        target_modules=tuple(sorted({_leaf(m) for m in ranks})), num_modules=len(ranks),
+        by_lorastory=META_PREFIX + "version" in meta, metadata=dict(meta),
+        network=network, adapter={"ranks": ranks, "alphas": alphas, **settings},
+    )
+    return state, info
 
 
 # ------------------------------------------------------------------------- bake

@@ -6,8 +6,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
 from lorastory.models import registry
@@ -19,8 +20,22 @@ MAX_RANK = 1024
 CHATGLM_TE_TARGETS = list(registry.CHATGLM_TE_TARGETS)
 
 
+# The adapter kinds: LoRA; LoCon (LoRA on the ResNet convolutions too); LyCORIS LoHa and LoKr; DoRA.
+Network = Literal["lora", "locon", "loha", "lokr", "dora"]
+NETWORKS: tuple[str, ...] = ("lora", "locon", "loha", "lokr", "dora")
+# The ResNet convolutions a LoCon (and a LoHa/LoKr with conv_rank) adapts besides the attention layers.
+CONV_TARGETS = ("conv1", "conv2", "conv_shortcut")
+
+
 class LoraSpec(YamlModel):
-    """The shape of a LoRA: rank, alpha, where it goes. Defaults match the reference Kolors recipe."""
+    """The shape of a LoRA: rank, alpha, where it goes. Defaults match the reference Kolors recipe.
+
+    ``network`` picks the adapter: ``lora``; ``locon`` (LoRA on the ResNet convolutions too, at
+    ``conv_rank``/``conv_alpha``); ``loha`` and ``lokr`` (LyCORIS' Hadamard and Kronecker products;
+    convolutions too when ``conv_rank`` is set); ``dora`` (weight-decomposed LoRA). ``lokr_factor``
+    splits each dimension for LoKr (-1: as square as possible) and ``lokr_decompose_both`` makes
+    both Kronecker factors low-rank.
+    """
 
     model_config = ConfigDict(**YamlModel.model_config, allow_inf_nan=False)  # alpha nan or inf: refused
 
@@ -30,6 +45,11 @@ class LoraSpec(YamlModel):
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
     train_text_encoder: bool = False
     text_encoder_targets: list[str] | None = None  # None: the family's default (CLIP or ChatGLM projections)
+    network: Network = "lora"
+    conv_rank: int | None = Field(None, ge=1, le=1024)  # None: rank (locon); no convolutions (loha, lokr)
+    conv_alpha: float | None = Field(None, gt=0)  # None: alpha
+    lokr_factor: int = Field(-1, ge=-1)
+    lokr_decompose_both: bool = False
 
     @field_validator("target_modules", "text_encoder_targets")
     @classmethod
@@ -37,6 +57,24 @@ class LoraSpec(YamlModel):
         if value is not None and any(not t.strip() for t in value):
             raise ValueError("module names must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _variant_settings_fit(self) -> LoraSpec:
+        problem = variant_settings_problem(self.network, self.conv_rank, self.conv_alpha, self.lokr_factor,
+                                           self.lokr_decompose_both)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def adapts_convolutions(self) -> bool:
+        """Whether the ResNet convolutions get an adapter too (LoCon always; LoHa/LoKr with ``conv_rank``)."""
+        return self.network == "locon" or (self.network in ("loha", "lokr") and self.conv_rank is not None)
+
+    def unet_targets(self) -> list[str]:
+        """The UNet module names to adapt: ``target_modules``, plus the ResNet convolutions for a LoCon."""
+        extra = [t for t in CONV_TARGETS if t not in self.target_modules] if self.adapts_convolutions else []
+        return [*self.target_modules, *extra]
 
     def text_encoder_targets_for(self, family: str | Family) -> list[str]:
         """The text-encoder modules to adapt for ``family`` (its default; CLIP's for an unknown name)."""
@@ -47,8 +85,26 @@ class LoraSpec(YamlModel):
 
     def config_hash(self, family: str) -> str:
         """A short stable hash of this spec and the family, recorded in saved files."""
-        payload = json.dumps({"family": family, **self.model_dump(mode="json")}, sort_keys=True)
+        # The variant settings join the hash only when set, so plain LoRAs keep the hash they always had.
+        fields = self.model_dump(mode="json", exclude={k for k in _VARIANT_DEFAULTS if getattr(self, k) == _VARIANT_DEFAULTS[k]})
+        payload = json.dumps({"family": family, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def variant_settings_problem(
+    network: str, conv_rank: int | None, conv_alpha: float | None, lokr_factor: int, lokr_decompose_both: bool
+) -> str | None:
+    """Why these variant settings do not go together (None: they do); shared with the training config."""
+    if lokr_factor in (0, 1):
+        return "lokr_factor must be -1 (automatic) or 2 or more"
+    if network != "lokr" and (lokr_factor != -1 or lokr_decompose_both):
+        return f"lokr_factor and lokr_decompose_both apply to network lokr, not {network}"
+    if network in ("lora", "dora") and (conv_rank is not None or conv_alpha is not None):
+        return f"conv_rank/conv_alpha adapt convolutions: use network locon, loha or lokr, not {network}"
+    return None
+
+
+_VARIANT_DEFAULTS = {"network": "lora", "conv_rank": None, "conv_alpha": None, "lokr_factor": -1, "lokr_decompose_both": False}
 
 
 @dataclass(frozen=True)
@@ -56,7 +112,7 @@ class LoraInfo:
     """What :func:`~lorastory.models.lora.load_lora_state` found in a file."""
 
     path: Path
-    format: str  # diffusers | kohya | peft | diffsynth | diffsynth-blocks
+    format: str  # diffusers | kohya | peft | diffsynth | diffsynth-blocks | lycoris
     family: str | None  # from our metadata; None when the file does not say
     rank: int  # the most common rank
     alpha: float | None  # the most common alpha; None when the file records none
@@ -65,3 +121,6 @@ class LoraInfo:
     num_modules: int
     by_lorastory: bool
     metadata: dict[str, str] = field(default_factory=dict)
+    network: str = "lora"  # lora (locon files are lora with convolutions) | loha | lokr | dora
+    # LoHa/LoKr/DoRA files: rank and alpha per "component.module" and peft settings (LoKr's factor)
+    adapter: dict[str, Any] = field(default_factory=dict)

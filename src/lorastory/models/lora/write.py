@@ -1,8 +1,11 @@
 """Write a pipeline's LoRA to one ``.safetensors`` file, atomically, with lorastory's metadata.
 
-Two key layouts (``format``): ``"diffusers"`` (default; see
-:mod:`lorastory.models.lora.diffusers_format`) and ``"kohya"`` (see :mod:`lorastory.models.lora.kohya`).
-Every file records family, rank, alpha, targets and a config hash under ``lorastory.*`` keys.
+Two key layouts (``format``): ``"kohya"`` (default: sd-scripts names with an ``alpha`` tensor per
+module, which ComfyUI, A1111/Forge, sd-scripts and diffusers' ``load_lora_weights`` all read; see
+:mod:`lorastory.models.lora.kohya`) and ``"diffusers"`` (peft keys, alpha in the header; see
+:mod:`lorastory.models.lora.diffusers_format`). The adapter kind is read from the pipeline's peft
+config: LoHa, LoKr and DoRA are written in the LyCORIS layout (:mod:`lorastory.models.lora.lycoris`).
+Every file records family, network, rank, alpha, targets and a config hash under ``lorastory.*`` keys.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from lorastory.errors import first_line
 from lorastory.models.lora.errors import LoraError, LoraMismatchError
 from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY, META_PREFIX
 from lorastory.models.lora.kohya import kohya_metadata, to_kohya_layout
-from lorastory.models.lora.spec import LoraSpec
+from lorastory.models.lora.lycoris import network_of_config, peft_parts, to_lycoris_layout
+from lorastory.models.lora.spec import CLIP_TE_TARGETS, LoraSpec
 from lorastory.models.registry import Family, denoiser, family_of_pipeline, get_family
 
 if TYPE_CHECKING:
@@ -35,7 +39,7 @@ def save_lora(
     path: str | os.PathLike[str],
     spec: LoraSpec,
     family: str | None = None,
-    format: LoraFormat = "diffusers",  # noqa: A002 - the user-facing name
+    format: LoraFormat = "kohya",  # noqa: A002 - the user-facing name
     extra_metadata: Mapping[str, Any] | None = None,
     adapter_name: str = "default",
     kohya_unet_names: KohyaUnetNames | None = None,
@@ -52,7 +56,9 @@ def save_lora(
         raise LoraError(f"unknown LoRA format '{format}'; use diffusers or kohya")
     fam = _pipeline_family(pipe, family)
     layers = _adapter_state(pipe, fam, adapter_name)
-    _check_spec_matches(pipe, spec, adapter_name)
+    network = _check_spec_matches(pipe, spec, adapter_name)
+    if network != "lora" and format != "kohya":
+        raise LoraError(f"a {network} adapter is written in the kohya/LyCORIS layout only; save it with format kohya")
     metadata = _lorastory_metadata(pipe, spec, fam, format, extra_metadata)
     if format == "diffusers":
         tensors = to_diffusers_layout(layers)
@@ -63,10 +69,26 @@ def save_lora(
         # sd-scripts names SDXL modules the SGM way; Kolors LoRAs are read by diffusers and
         # ComfyUI, and plain KolorsPipeline only maps diffusers names, so those stay.
         naming = kohya_unet_names or fam.kohya_unet_names
-        tensors = to_kohya_layout(layers, spec.alpha, fam, fam.denoiser_of(pipe).config, naming)
+        config = fam.denoiser_of(pipe).config
+        alphas, ranks = _module_shapes(pipe, layers, adapter_name)
+        if network == "lora":
+            tensors = to_kohya_layout(layers, alphas, fam, config, naming)
+        else:
+            tensors = to_lycoris_layout(layers, alphas, ranks, network, fam, config, naming)
         metadata.update(kohya_metadata(spec, naming))
     _write_safetensors(target, tensors, metadata)
     return target
+
+
+def default_save_formats(family: str, spec: LoraSpec) -> list[LoraFormat]:
+    """What a training run writes by default: the kohya layout, which ComfyUI, A1111/Forge, sd-scripts
+    and diffusers read; plus the diffusers layout when a text-encoder LoRA is on an encoder diffusers'
+    kohya reader cannot map (Kolors' ChatGLM), so plain diffusers loads that part too."""
+    fam = get_family(family)
+    clip = list(fam.text_encoder_targets) == list(CLIP_TE_TARGETS)
+    if spec.train_text_encoder and not clip and spec.network in ("lora", "locon"):
+        return ["kohya", "diffusers"]
+    return ["kohya"]
 
 
 def _pipeline_family(pipe: Any, family: str | None) -> Family:
@@ -93,13 +115,40 @@ def _adapter_state(pipe: Any, family: Family, adapter_name: str) -> dict[str, di
     return layers
 
 
-def _check_spec_matches(pipe: Any, spec: LoraSpec, adapter_name: str) -> None:
+def _config_alpha(config: Any) -> float:
+    return float(config.lora_alpha if hasattr(config, "lora_alpha") else config.alpha)
+
+
+def _check_spec_matches(pipe: Any, spec: LoraSpec, adapter_name: str) -> str:
+    """The adapter kind the pipeline holds (from its peft config); refuse a spec that describes another adapter."""
     config = denoiser(pipe).peft_config[adapter_name]
-    if config.r != spec.rank or float(config.lora_alpha) != float(spec.alpha):
+    alpha = _config_alpha(config)
+    if config.r != spec.rank or alpha != float(spec.alpha):
         raise LoraError(
-            f"the pipeline's LoRA '{adapter_name}' has rank {config.r}, alpha {config.lora_alpha} but the spec says "
+            f"the pipeline's LoRA '{adapter_name}' has rank {config.r}, alpha {alpha} but the spec says "
             f"rank {spec.rank}, alpha {spec.alpha}; save with the spec it was injected with"
         )
+    network = network_of_config(config)
+    if network != {"locon": "lora"}.get(spec.network, spec.network):
+        raise LoraError(f"the pipeline's adapter '{adapter_name}' is a {network} but the spec says {spec.network}; "
+                        "save with the spec it was injected with")
+    return network
+
+
+def _module_shapes(pipe: Any, layers: Mapping[str, Any], adapter_name: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Alpha and rank per ``component.module``, from each component's peft config (with its patterns)."""
+    from peft.utils.other import get_pattern_key
+
+    alphas: dict[str, float] = {}
+    ranks: dict[str, int] = {}
+    for component, state in layers.items():
+        config = getattr(pipe, component).peft_config[adapter_name]
+        for module in peft_parts(state):
+            alpha_key = get_pattern_key(list(config.alpha_pattern or {}), module)
+            rank_key = get_pattern_key(list(config.rank_pattern or {}), module)
+            alphas[f"{component}.{module}"] = float((config.alpha_pattern or {}).get(alpha_key, _config_alpha(config)))
+            ranks[f"{component}.{module}"] = int((config.rank_pattern or {}).get(rank_key, config.r))
+    return alphas, ranks
 
 
 def _lorastory_metadata(
@@ -112,6 +161,7 @@ def _lorastory_metadata(
         META_PREFIX + "version": str(__version__),
         META_PREFIX + "family": family.name,
         META_PREFIX + "format": fmt,
+        META_PREFIX + "network": spec.network,
         META_PREFIX + "rank": str(spec.rank),
         META_PREFIX + "alpha": repr(float(spec.alpha)),
         META_PREFIX + "target_modules": json.dumps(spec.target_modules),
@@ -119,6 +169,8 @@ def _lorastory_metadata(
         META_PREFIX + "config_hash": spec.config_hash(family.name),
         META_PREFIX + "unet_layers_per_block": json.dumps(layers if isinstance(layers, int) else list(layers)),
     }
+    if spec.network == "lokr":
+        metadata[META_PREFIX + "lokr_factor"] = str(spec.lokr_factor)
     for key, value in (extra or {}).items():
         if str(key) in metadata or str(key) in (DIFFUSERS_METADATA_KEY, META_PREFIX + "alpha_in"):
             raise LoraError(f"extra metadata key '{key}' is written by lorastory itself; pick another name")
