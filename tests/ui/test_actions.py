@@ -192,3 +192,17 @@ def test_train_form_caption_fields_reach_the_config(tmp_path):
     assert (cleared.trigger_word, cleared.caption_dropout) == (None, 0.0)
     with pytest.raises(Exception, match="caption_dropout"):
         actions.train_config(ws, "Kwai-Kolors/Kolors-diffusers", "train/style", "run", dict(form, caption_dropout=2))
+
+
+def test_train_form_network_and_targets_reach_the_lora_spec(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    folder = ws.root / "train" / "style"
+    folder.mkdir(parents=True)
+    (folder / "metadata.csv").write_text("file_name,text\n", encoding="utf-8")
+    form = presets.load_presets()["quick check (64², 4 steps)"]
+    assert (form["network"], form["target_modules"]) == ("lora", ["to_q", "to_k", "to_v", "to_out.0"])
+    config = actions.train_config(ws, "Kwai-Kolors/Kolors-diffusers", "train/style", "run",
+                                  dict(form, network="loha", target_modules=["to_q", "to_v", "ff.net.2"]))
+    assert (config.lora.network, config.lora.target_modules) == ("loha", ["to_q", "to_v", "ff.net.2"])
+    with pytest.raises(Exception, match="target_modules"):
+        actions.train_config(ws, "Kwai-Kolors/Kolors-diffusers", "train/style", "run", dict(form, target_modules=[]))

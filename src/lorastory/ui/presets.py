@@ -18,7 +18,7 @@ from lorastory.train.config import FLAT_KEYS, TrainConfig, with_overrides
 # LoRA's by their flat names (``rank`` is ``lora.rank``; see ``FLAT_KEYS``).
 TRAIN_FIELDS = ("rank", "alpha", "resolution", "epochs", "max_steps", "batch_size", "gradient_accumulation", "lr",
                 "center_crop", "random_flip", "buckets", "gradient_checkpointing", "precision", "optimizer",
-                "train_text_encoder", "ema", "ema_decay")
+                "train_text_encoder", "ema", "ema_decay", "network", "target_modules")
 # The caption and repeat fields of the form (not set by presets), in the order of its inputs.
 CAPTION_FIELDS = ("trigger_word", "caption_dropout", "shuffle_tags", "keep_tags", "repeats")
 

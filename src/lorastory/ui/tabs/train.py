@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
+from lorastory.models.lora.spec import NETWORKS
 from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
 from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS, load_presets
 from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
+
+
+# Attention projections (the default), the feed-forward layers and the transformer blocks' in/out projections.
+TARGET_CHOICES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
 
 
 class TrainTab(Tab):
@@ -57,10 +62,16 @@ class TrainTab(Tab):
                                     info="prodigy sets its own step size: use learning rate 1")
             ema = gr.Checkbox(label="EMA of the weights (also saves lora_ema.safetensors)", value=first["ema"])
             ema_decay = gr.Number(label="EMA decay", value=first["ema_decay"])
+        with gr.Row():  # the adapter (docs/training.md#lora-variants)
+            network = gr.Dropdown(label="network", choices=list(NETWORKS), value=first["network"],
+                                  info="locon adds the ResNet convolutions; loha, lokr, dora: LyCORIS/DoRA variants")
+            targets = gr.Dropdown(label="target modules", choices=TARGET_CHOICES, value=first["target_modules"],
+                                  multiselect=True, allow_custom_value=True, elem_id="target-modules")
         self._lr, self._optimizer = lr, optimizer
         # In the order of TRAIN_FIELDS: what a preset sets.
         self.preset_inputs = [rank, alpha, resolution, epochs, max_steps, batch_size, grad_acc, lr, center_crop,
-                              random_flip, buckets, grad_ckpt, precision, optimizer, train_te, ema, ema_decay]
+                              random_flip, buckets, grad_ckpt, precision, optimizer, train_te, ema, ema_decay, network,
+                              targets]
         with gr.Row():
             self.ckpt_every = gr.Number(label="checkpoint every (steps, 0: off)", value=0, precision=0)
             self.val_every = gr.Number(label="samples every (steps, 0: off)", value=0, precision=0)
