@@ -182,7 +182,8 @@ def _same_lora(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical_with_every_dataset_and_caption_option(tiny_model_path, tmp_path, cli):
+def test_resume_is_bit_identical_with_every_new_option(tiny_model_path, tmp_path, cli):
+    """Datasets, captions, a LoRA variant, EMA and Prodigy all at once (issue 17): a resume ends bit-identical."""
     a = _folder(tmp_path, "a", 3, 200, "striped, red, cat, garden")
     reg = _folder(tmp_path, "reg", 2, 120, "a picture, of a cat")
     listed = tmp_path / "datasets.yaml"
@@ -195,7 +196,8 @@ def test_resume_is_bit_identical_with_every_dataset_and_caption_option(tiny_mode
             "--rank", "2", "--alpha", "2", "--batch-size", "2", "--max-steps", "4", "--checkpoint-every", "2",
             "--seed", "9", "--no-gradient-checkpointing", "--random-flip", "--random-crop", "--trigger-word", "sks",
             "--caption-dropout", "0.3", "--shuffle-tags", "--keep-tags", "1", "--caption-variants", "3",
-            "--prior-loss-weight", "0.5"]
+            "--prior-loss-weight", "0.5", "--network", "loha", "--ema", "--ema-decay", "0.9", "--optimizer", "prodigy",
+            "--lr", "1"]
     result = cli("train", *args)
     assert result.code == 0, result.err
     written = TrainConfig.from_yaml(run / "config.yaml")
@@ -203,12 +205,16 @@ def test_resume_is_bit_identical_with_every_dataset_and_caption_option(tiny_mode
                                                                                            (None, True, 96)]
     resumed = tmp_path / "resumed"
     shutil.copytree(run, resumed)
-    (resumed / "lora.safetensors").unlink()
+    for name in ("lora.safetensors", "lora_ema.safetensors"):
+        (resumed / name).unlink()
     shutil.rmtree(resumed / "checkpoints" / "step-000004")
     again = cli("train", resumed / "config.yaml", "--out", resumed, "--resume")
     assert again.code == 0, again.err
     assert "resumed from step-000002" in again.err
+    assert any("hada_w1_a" in key for key in load_file(str(run / "lora.safetensors")))
     assert _same_lora(resumed / "lora.safetensors", run / "lora.safetensors")
+    assert _same_lora(resumed / "lora_ema.safetensors", run / "lora_ema.safetensors")
+    assert not _same_lora(run / "lora_ema.safetensors", run / "lora.safetensors")
 
 
 def test_dataset_options_and_their_errors(tmp_path, cli):
