@@ -11,6 +11,9 @@ from lorastory.data.caption import PARTIAL_SUFFIX, CaptionConfig, caption_datase
 from lorastory.models.captioners.loader import load_captioner
 
 
+FAST = ("--max-new-tokens", "6")  # random tiny models never stop on their own
+
+
 def rows(dataset: Path) -> list[dict]:
     return [json.loads(line) for line in (dataset / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
 
@@ -19,7 +22,7 @@ def rows(dataset: Path) -> list[dict]:
 def test_every_backend_captions_every_row(cli, uncaptioned, tiny_captioner, kind):
     style = ["--style", "tags"] if kind == "wd14" else []
     result = cli("data", "caption", str(uncaptioned), "--model", str(tiny_captioner(kind)), "--batch-size", "4",
-                 "--trigger", "zzstyle", *style)
+                 "--trigger", "zzstyle", *style, *FAST)
     assert result.code == 0, result.err
     assert "Captioned 6 pictures" in result.out
     for row in rows(uncaptioned):
@@ -48,7 +51,7 @@ def test_bad_picture_and_unreadable_line_are_reported_and_kept(cli, uncaptioned,
     with open(uncaptioned / "metadata.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"broken\n{"text": "", "image": []}\n')
     before = (uncaptioned / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
-    result = cli("data", "caption", str(uncaptioned), "--model", str(tiny_captioner("blip")))
+    result = cli("data", "caption", str(uncaptioned), "--model", str(tiny_captioner("blip")), *FAST)
     assert result.code == 0, result.err
     assert "Captioned 5 pictures" in result.out and "failed 3" in result.out
     after = (uncaptioned / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
@@ -64,12 +67,12 @@ def test_modes_fill_append_replace(cli, uncaptioned, tiny_captioner):
     lines[0]["text"] = "a hand-written caption"
     (uncaptioned / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
 
-    assert cli("data", "caption", str(uncaptioned), "--model", model).code == 0
+    assert cli("data", "caption", str(uncaptioned), "--model", model, *FAST).code == 0
     filled = rows(uncaptioned)
     assert filled[0]["text"] == "a hand-written caption" and "caption_model" not in filled[0]
     assert all(r["caption_model"] == model for r in filled[1:])
 
-    again = cli("data", "caption", str(uncaptioned), "--model", model)
+    again = cli("data", "caption", str(uncaptioned), "--model", model, *FAST)
     assert "Captioned 0 pictures" in again.out and "kept 6" in again.out and rows(uncaptioned) == filled
 
     assert cli("data", "caption", str(uncaptioned), "--model", str(tiny_captioner("wd14")), "--style", "tags",
@@ -78,7 +81,7 @@ def test_modes_fill_append_replace(cli, uncaptioned, tiny_captioner):
     assert all(a["text"].startswith(f["text"] + ", ") for a, f in zip(appended, filled))
     assert appended[0]["text_before_caption"] == "a hand-written caption"
 
-    assert cli("data", "caption", str(uncaptioned), "--model", model, "--mode", "replace").code == 0
+    assert cli("data", "caption", str(uncaptioned), "--model", model, "--mode", "replace", *FAST).code == 0
     replaced = rows(uncaptioned)
     assert not replaced[0]["text"].startswith("a hand-written")
     assert replaced[0]["text_before_caption"] == "a hand-written caption"  # the original, not the last caption
@@ -99,7 +102,7 @@ class _Counting:
 
 
 def test_resume_after_a_kill_captions_only_the_rest(uncaptioned, tiny_captioner):
-    config = CaptionConfig(model=str(tiny_captioner("blip")), batch_size=2)
+    config = CaptionConfig(model=str(tiny_captioner("blip")), batch_size=2, max_new_tokens=6)
     original = (uncaptioned / "metadata.jsonl").read_bytes()
     first = _Counting(load_captioner(config.model, "cpu"))
 
@@ -128,8 +131,8 @@ def test_changed_settings_start_over(uncaptioned, tiny_captioner):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        caption_dataset(uncaptioned, CaptionConfig(model=model, batch_size=3), on_progress=stop)
-    result = caption_dataset(uncaptioned, CaptionConfig(model=model, batch_size=3, trigger="other"))
+        caption_dataset(uncaptioned, CaptionConfig(model=model, batch_size=3, max_new_tokens=6), on_progress=stop)
+    result = caption_dataset(uncaptioned, CaptionConfig(model=model, batch_size=3, trigger="other", max_new_tokens=6))
     assert (result.resumed, result.captioned) == (0, 6)
     assert all(r["text"].startswith("other, ") for r in rows(uncaptioned))
 

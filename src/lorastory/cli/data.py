@@ -51,6 +51,7 @@ def data_caption(
     trigger: Annotated[Optional[str], typer.Option(help="Word put before every new caption (the LoRA's trigger).")] = None,
     mode: Annotated[str, typer.Option(help="fill (rows with no text), append (to the text), replace (every row).")] = "fill",
     batch_size: Annotated[int, typer.Option(help="Pictures per model call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens.")] = 77,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when available).")] = None,
     threshold: Annotated[float, typer.Option(help="Tagger: probability a general tag needs.")] = 0.35,
     character_threshold: Annotated[float, typer.Option(help="Tagger: probability a character tag needs.")] = 0.85,
@@ -61,7 +62,7 @@ def data_caption(
 
     config = CaptionConfig.from_dict(
         dict(model=model, style=style, language=language, prompt=prompt, trigger=trigger, mode=mode, batch_size=batch_size,
-             device=device, general_threshold=threshold, character_threshold=character_threshold),
+             max_new_tokens=max_new_tokens, device=device, general_threshold=threshold, character_threshold=character_threshold),
         source="options",
     )
     if quiet or not console.is_terminal:
