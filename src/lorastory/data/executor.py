@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lorastory.data.ops import Deduplicator, Filter, Op, OpSetupError
+from lorastory.data.ops import Deduplicator, Filter, Mapper, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
 from lorastory.data.sample import STATS_FIELD, DatasetKeys, Sample
 from lorastory.errors import ConfigError, DataError, LorastoryError, OutputError
@@ -136,18 +136,28 @@ class _Chain:
             return _Outcome(line_no, INPUT_STAGE, str(err), None, None, None, None, None)
         hashes: dict[int, str] | None = None
         stop, error, detail = len(self.ops), None, None
+        samples = [sample]  # a mapper may turn the row into several (Data-Juicer's keep_original_sample)
         for index, op in enumerate(self.ops):
             start = time.perf_counter()
             try:
-                if isinstance(op, Filter):
-                    op.compute_stats(sample)
-                    passed = op.keep(sample.stats)
-                    _add_histogram(totals.histograms, op, index, sample.stats)
-                    if not passed:
-                        detail = _describe_drop(op, sample.stats)
+                if isinstance(op, Mapper):
+                    samples = [out for one in samples for out in _mapped(op, one)]
+                    passed = bool(samples)
+                    detail = None if passed else "the mapper produced no rows"
+                elif isinstance(op, Filter):
+                    kept = []
+                    for one in samples:
+                        op.compute_stats(one)
+                        _add_histogram(totals.histograms, op, index, one.stats)
+                        if op.keep(one.stats):
+                            kept.append(one)
+                        elif detail is None:
+                            detail = _describe_drop(op, one.stats)
+                    passed, samples = bool(kept), kept
+                    detail = None if passed else detail
                 else:
                     hashes = hashes or {}
-                    hashes[index] = op.compute_hash(sample)
+                    hashes[index] = op.compute_hash(samples[0])
                     passed = True
             except OpSetupError:
                 raise  # the op cannot run at all: the run stops, the previous result stays
@@ -159,10 +169,17 @@ class _Chain:
                 break
         output = stats_line = None
         if stop == len(self.ops):
-            _absolutise_images(row, self.keys)
-            output = json.dumps(row, ensure_ascii=False)
-            stats_line = json.dumps({STATS_FIELD: sample.stats}, ensure_ascii=False)
+            for one in samples:
+                _absolutise_images(one.row, self.keys)
+            output = "\n".join(json.dumps(one.row, ensure_ascii=False) for one in samples)
+            stats_line = "\n".join(json.dumps({STATS_FIELD: one.stats}, ensure_ascii=False) for one in samples)
         return _Outcome(line_no, stop, error, output, stats_line, hashes, images[0] if images else None, detail)
+
+
+def _mapped(op: Mapper, sample: Sample) -> list[Sample]:
+    """The samples ``op`` turns ``sample`` into; a new row starts with a copy of the sample's stats."""
+    rows = op.process(sample)
+    return [sample if row is sample.row else Sample(row, sample.keys, dict(sample.stats)) for row in rows]
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -357,7 +374,7 @@ def run_recipe(
                             seen_hashes[index].add(digest)
                     row.kept += 1
                 if kept:
-                    n_output += 1
+                    n_output += outcome.output.count("\n") + 1  # a mapper's several rows, one per line
                     out.write(outcome.output + "\n")
                     stats_out.write(outcome.stats_line + "\n")
             done += len(chunk.outcomes)

@@ -3,7 +3,8 @@
 As in Data-Juicer, a filter computes its stats (:meth:`Filter.compute_stats`)
 separately from its keep decision (:meth:`Filter.keep`): the stats are what
 the per-op report and ``*_stats.jsonl`` are made of. A deduplicator computes a
-hash per sample; the executor keeps the first sample of each hash.
+hash per sample; the executor keeps the first sample of each hash. A mapper
+edits a row or turns it into several (:meth:`Mapper.process`).
 """
 
 from __future__ import annotations
@@ -163,6 +164,14 @@ class Filter(Op):
 
     def keep(self, stats: dict[str, Any]) -> bool:
         """Decide from the stats alone whether the sample stays."""
+        raise NotImplementedError
+
+
+class Mapper(Op):
+    """Edits a sample's row, or turns it into several rows (a generator such as a captioner)."""
+
+    def process(self, sample: Sample) -> list[dict[str, Any]]:
+        """The rows ``sample`` becomes, in order; ``sample.row`` itself when edited in place."""
         raise NotImplementedError
 
 

@@ -139,3 +139,33 @@ def load_captioner(source: str, device: str | None = None, thresholds: TagThresh
     thresholds = thresholds or TagThresholds()
     return _load_cached(str(source), device or "auto", thresholds.general, thresholds.character)
 
+
+
+def check_captioner(source: str) -> None:
+    """Fail early (when a recipe loads, before any row) when ``source`` cannot be a captioner here.
+
+    A folder needs ``config.json`` of a known model type or the two tagger files; a hub id must be
+    cached or the hub reachable. The weights are read when the model loads, once per process.
+    """
+    from lorastory.hub import check_source
+
+    if source == TOY:
+        return
+    path, local = resolve_source(source, "captioner", OPTION, CaptionerError)
+    if not local:
+        if not isinstance(_cached_file(path, TAGS_FILE), str):
+            check_source(path, "captioner", OPTION, CaptionerError)
+        return
+    folder = Path(path)
+    if is_tagger_folder(folder):
+        return
+    model_type = read_model_type(folder)
+    if model_type not in MODEL_TYPES:
+        raise CaptionerError(f"{source} is a '{model_type or 'unknown'}' model; the captioners lorastory runs "
+                             f"(without remote code) are {KNOWN}")
+
+
+def _cached_file(repo: str, name: str) -> Any:
+    from huggingface_hub import try_to_load_from_cache
+
+    return try_to_load_from_cache(repo, name)
