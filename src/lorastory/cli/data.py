@@ -49,6 +49,7 @@ def data_caption(
     language: Annotated[str, typer.Option(help="Caption language of a vision-language model or the toy captioner: zh or en.")] = "en",
     prompt: Annotated[Optional[str], typer.Option(help="Instruction for a vision-language model (BLIP: a caption prefix; Florence-2: a task token).")] = None,
     trigger: Annotated[Optional[str], typer.Option(help="Word put before every new caption (the LoRA's trigger).")] = None,
+    trigger_at: Annotated[str, typer.Option(help="Where the trigger goes: start or end of the caption.")] = "start",
     mode: Annotated[str, typer.Option(help="fill (rows with no text), append (to the text), replace (every row).")] = "fill",
     batch_size: Annotated[int, typer.Option(help="Pictures per model call.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens.")] = 77,
@@ -61,7 +62,7 @@ def data_caption(
     from lorastory.data.caption import CaptionConfig, caption_dataset
 
     config = CaptionConfig.from_dict(
-        dict(model=model, style=style, language=language, prompt=prompt, trigger=trigger, mode=mode, batch_size=batch_size,
+        dict(model=model, style=style, language=language, prompt=prompt, trigger=trigger, trigger_at=trigger_at, mode=mode, batch_size=batch_size,
              max_new_tokens=max_new_tokens, device=device, general_threshold=threshold, character_threshold=character_threshold),
         source="options",
     )

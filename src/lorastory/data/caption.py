@@ -54,6 +54,7 @@ class CaptionConfig(YamlModel):
     language: Literal["zh", "en"] = "en"
     prompt: str | None = None
     trigger: str | None = None
+    trigger_at: Literal["start", "end"] = "start"
     mode: Literal["fill", "replace", "append"] = "fill"
     batch_size: int = Field(default=8, ge=1)
     text_key: str = "text"
@@ -133,10 +134,10 @@ def _image_of(row: dict[str, Any], key: str | None, base: str) -> str:
 
 
 def new_text(old: Any, caption: str, config: CaptionConfig) -> str:
-    """The row's text after captioning: trigger word first, appended after the old text in ``append`` mode."""
+    """The row's text after captioning: the trigger word first (or last), after the old text in ``append`` mode."""
     comma = "，" if config.language == "zh" else ", "
     if config.trigger:
-        caption = f"{config.trigger}{comma}{caption}"
+        caption = f"{config.trigger}{comma}{caption}" if config.trigger_at == "start" else f"{caption}{comma}{config.trigger}"
     if config.mode == "append" and isinstance(old, str) and old.strip():
         return f"{old.strip()}{comma}{caption}"
     return caption
@@ -208,7 +209,7 @@ def _captions(captioner: Captioner, images: list[Any], config: CaptionConfig) ->
     if config.style == "tags" and captioner.kind == "wd14":
         return [tags_text(tags.names(), "en") for tags in captioner.tag(images)]
     prompt = config.prompt if config.prompt is not None else captioner.default_prompt(config.style, config.language)
-    options = GenerationOptions(num=1, max_new_tokens=config.max_new_tokens)
+    options = GenerationOptions(num=1, max_new_tokens=config.max_new_tokens, language=config.language, style=config.style)
     return [candidates[0] for candidates in captioner.generate(images, [prompt] * len(images), options)]
 
 

@@ -36,6 +36,9 @@ class GenerationOptions:
     max_new_tokens: int = 77
     # Random tiny models often stop at once; a real captioner never wants an empty caption either.
     min_new_tokens: int = 2
+    # For captioners that write in a language or style without an instruction (the toy captioner).
+    language: str = "en"
+    style: str = "sentence"
 
 
 @dataclass
