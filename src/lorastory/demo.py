@@ -90,7 +90,8 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     drawn = write_toy_dataset(out / "raw", count=size.pictures, style=DEMO_STYLE, seed=0)
     for text in drawn.folder.glob("*.txt"):  # the demo starts from pictures without captions
         text.unlink()
-    bad = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in drawn.bad.items())
+    # Without captions the mis-captioned samples are ordinary pictures: the captioner describes them as they are.
+    bad = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in drawn.bad.items() if k != "wrong_caption")
     say(f"1. drew {len(drawn.good)} uncaptioned toy-world pictures in the comic-outline style, plus bad samples: {bad}",
         markup=False)
 
