@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev,hf]'
+	$(PIP_INSTALL) -e '.[dev,hf,tagger]'
 	touch $(STAMP)
 
 demo: $(STAMP)

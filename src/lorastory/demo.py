@@ -1,7 +1,8 @@
 """``lorastory demo``: the whole job, offline, on the embedded toy model.
 
 A toy-world picture set in a style the toy base model never saw (comic
-outlines), with deliberately bad samples, is imported, curated with a
+outlines), with deliberately bad samples and no captions, is imported,
+captioned by the toy captioner (its accuracy on held-out pictures printed), curated with a
 Data-Juicer-format recipe (shape, aspect ratio, duplicates, toy-CLIP
 image-text similarity) and exported; a LoRA learns the style on the CPU; an
 8-panel story with one character is drawn with it into a captioned
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from lorastory.data.caption import CaptionConfig, caption_dataset
 from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.data.executor import run_recipe
 from lorastory.data.recipe import load_recipe
@@ -24,8 +27,11 @@ from lorastory.eval.report import evaluate_run
 from lorastory.errors import OutputError
 from lorastory.fileio import atomic_write_text, display_path
 from lorastory.generate.story import generate_story, load_story
+from lorastory.models.captioners.loader import load_captioner
+from lorastory.models.captioners.toy import held_out_accuracy
 from lorastory.models.toy import TOY_RESOLUTION, write_toy_model
 from lorastory.toyworld.dataset import write_toy_dataset
+from lorastory.toyworld.vocab import STYLES
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import train
 
@@ -82,25 +88,32 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     console.rule("lorastory demo: toy data → curated set → style LoRA → story → scores, offline")
     model, clip = _toy_models(out)
     drawn = write_toy_dataset(out / "raw", count=size.pictures, style=DEMO_STYLE, seed=0)
-    bad = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in drawn.bad.items())
-    say(f"1. drew {len(drawn.good)} toy-world pictures in the comic-outline style, plus bad samples: {bad}", markup=False)
+    for text in drawn.folder.glob("*.txt"):  # the demo starts from pictures without captions
+        text.unlink()
+    # Without captions the mis-captioned samples are ordinary pictures: the captioner describes them as they are.
+    bad = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in drawn.bad.items() if k != "wrong_caption")
+    say(f"1. drew {len(drawn.good)} uncaptioned toy-world pictures in the comic-outline style, plus bad samples: {bad}",
+        markup=False)
 
-    imported = import_dataset(ImportConfig(source=str(drawn.folder)), out / "dataset", overwrite=True)
+    imported = import_dataset(ImportConfig(source=str(drawn.folder), allow_empty_caption=True), out / "dataset",
+                              overwrite=True)
     say(f"2. imported {imported.written} pictures, skipped {len(imported.skipped)}:")
     for skip in imported.skipped:
         say(f"     {skip.item}: {skip.reason}", markup=False)
+
+    _caption(out / "dataset", say)
 
     recipe_path = out / "recipe.yaml"
     atomic_write_text(recipe_path, demo_recipe(out / "dataset" / "metadata.jsonl", out / "curated" / "result.jsonl", clip))
     result = run_recipe(load_recipe(recipe_path))
     _, html_report = write_reports(result)
-    say(f"3. curated with {recipe_path.name}: kept {result.n_output} of {result.read.n_in}")
+    say(f"4. curated with {recipe_path.name}: kept {result.n_output} of {result.read.n_in}")
     for row in result.ops:
         say(f"     {row.name:<30} in {row.n_in:>4}  kept {row.kept:>4}  dropped {row.dropped:>3}  errors {row.errors}")
     say(f"     report: {html_report}", markup=False)
 
     exported = export_csv(result.export_path, out / "train", overwrite=True)
-    say(f"4. exported {exported.written} training pictures to {out / 'train' / 'metadata.csv'}", markup=False)
+    say(f"5. exported {exported.written} training pictures to {out / 'train' / 'metadata.csv'}", markup=False)
 
     run = out / "lora"
     # Outlines are a local, convolutional trait: the LoRA also adapts the ResNet convolutions.
@@ -112,20 +125,20 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     trained = train(config, say=lambda message: console.print(f"     {message}", markup=False))
     first, last = trained.losses[:20], trained.losses[-20:]
     loss_note = f"loss {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}" if first else "already trained"
-    say(f"5. trained a style LoRA ({trained.steps} steps, {loss_note}): {run / 'lora.safetensors'}", markup=False)
+    say(f"6. trained a style LoRA ({trained.steps} steps, {loss_note}): {run / 'lora.safetensors'}", markup=False)
 
     story = load_story(EXAMPLES / "story_toy.yaml")
     story.defaults = story.defaults.model_copy(update={"steps": size.story_steps})
     rendered = generate_story(story, str(model), out / "story", lora=str(run / "lora.safetensors"), batch_size=8,
                               overwrite=True)
-    say(f"6. drew {len(rendered.panels)} panels in {rendered.seconds:.1f} s: {rendered.storyboard}", markup=False)
+    say(f"7. drew {len(rendered.panels)} panels in {rendered.seconds:.1f} s: {rendered.storyboard}", markup=False)
 
     scores = evaluate_run(rendered.out, str(clip), annotate=True, compare=True, compare_options={"render_batch_size": 8})
     compare = scores.compare or {}  # compare=True: always there
     on_off = compare["summary"]
     style, content = on_off["style_score_mean"], on_off["clip_t_content_mean"]
     say(
-        f"7. scored with the toy CLIP, LoRA on vs off: style score {_fmt(style['with_lora'])} vs {_fmt(style['without_lora'])} "
+        f"8. scored with the toy CLIP, LoRA on vs off: style score {_fmt(style['with_lora'])} vs {_fmt(style['without_lora'])} "
         f"({_signed(style['delta'])}); story content {_fmt(content['with_lora'])} vs {_fmt(content['without_lora'])} "
         f"({_signed(content['delta'])}); character consistency {scores.summary['consistency']:.3f}",
         markup=False,
@@ -134,6 +147,19 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     say(f"storyboard:  {rendered.storyboard}", markup=False)
     say(f"scores:      {rendered.out / 'scores.json'}", markup=False)
     say(f"LoRA on/off: {compare['image']}", markup=False)
+
+
+def _caption(dataset: Path, say: Any) -> None:
+    """Caption the imported pictures with the toy captioner in Chinese, the style phrase last (as the story says it)."""
+    captioner = load_captioner("toy")
+    accuracy = held_out_accuracy(captioner, DEMO_STYLE, count=100)
+    config = CaptionConfig(model="toy", language="zh", trigger=STYLES[DEMO_STYLE].zh, trigger_at="end", batch_size=32)
+    result = caption_dataset(dataset, config, captioner)
+    per_attribute = ", ".join(f"{name} {share:.0%}" for name, share in accuracy.items() if name != "all")
+    say(f"3. captioned {result.captioned} pictures with the toy captioner ({result.pictures_per_second:.0f} pictures/s); "
+        f"on 100 held-out pictures every attribute right: {accuracy['all']:.0%} ({per_attribute})", markup=False)
+    if result.examples:
+        say(f"     e.g. {result.examples[0][1]}", markup=False)
 
 
 def _fmt(value: float | None) -> str:

@@ -65,3 +65,7 @@ class MissingExtraError(LorastoryError):
         super().__init__(
             f"{purpose} needs the '{package}' package: pip install 'lorastory[{extra}]'"
         )
+
+
+class CaptionerError(LorastoryError):
+    """A captioning or tagging model cannot be found, loaded or used."""

@@ -203,3 +203,32 @@ def test_cli_rejects_address_without_ray(tmp_path, cli):
     recipe = _recipe(tmp_path, tmp_path / "none.jsonl")
     assert cli("data", "run", recipe, "--address", "auto").code == 2
     assert cli("data", "run", recipe, "--executor", "spark").code == 2
+
+
+@pytest.mark.slow
+def test_ray_runs_the_captioning_and_tagging_mappers_as_local(tmp_path, ray_local, tiny_captioner):
+    from lorastory.data.executor_ray import run_recipe_ray
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = []
+    for index in range(6):
+        _image(images / f"{index}.jpg", (48, 40), index)
+        lines.append(json.dumps({"text": f"picture {index}", "image": [f"images/{index}.jpg"]}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(
+        f"dataset_path: '{tmp_path / 'data.jsonl'}'\nnp: 2\nimage_key: image\nexport_path: '{tmp_path / 'out' / 'result.jsonl'}'\n"
+        f"process:\n  - image_captioning_mapper:\n      hf_img2seq: '{tiny_captioner('blip')}'\n      caption_num: 2\n"
+        "      keep_candidate_mode: all\n      max_new_tokens: 5\n"
+        f"  - image_tagging_mapper:\n      hf_tagger: '{tiny_captioner('wd14')}'\n"
+    )
+    recipe = load_recipe(recipe_path)
+    result = tmp_path / "out" / "result.jsonl"  # mappers only: no stats file
+    local = run_recipe(recipe, processes=2)
+    local_bytes = result.read_bytes()
+    ray_result = run_recipe_ray(recipe, block_bytes=200)
+    assert result.read_bytes() == local_bytes
+    assert local.n_output == ray_result.n_output == 18  # each row, then its two captioned copies
+    rows = [json.loads(line) for line in local_bytes.splitlines()]
+    assert all(isinstance(row["__dj__meta__"]["image_tags"][0], list) for row in rows)

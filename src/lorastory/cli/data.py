@@ -21,6 +21,7 @@ from lorastory.errors import ConfigError
 from lorastory.fileio import display_path
 from lorastory.models.clip import load_clip
 from lorastory.toyworld.dataset import write_toy_dataset
+from lorastory.data.caption import CaptionConfig, caption_dataset
 
 
 @data_app.command("import")
@@ -47,6 +48,56 @@ def data_import(
     listed = f", {others} of them files that are not images: see import_report.json" if others else ""
     console.print(f"Imported {result.written} images into {display_path(out / 'metadata.jsonl')} "
                   f"({len(result.skipped)} skipped{listed}).", markup=False)
+
+
+@data_app.command("caption")
+def data_caption(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder (data import --out) or its metadata.jsonl.")],
+    model: Annotated[str, typer.Option(help="Captioner folder or hub id: BLIP, BLIP-2, Florence-2, Qwen2.5-VL, a WD14 tagger, or toy.")] = "Salesforce/blip2-opt-2.7b",
+    style: Annotated[str, typer.Option(help="sentence or tags.")] = "sentence",
+    language: Annotated[str, typer.Option(help="Caption language of a vision-language model or the toy captioner: zh or en.")] = "en",
+    prompt: Annotated[Optional[str], typer.Option(help="Instruction for a vision-language model (BLIP: a caption prefix; Florence-2: a task token).")] = None,
+    trigger: Annotated[Optional[str], typer.Option(help="Word put before every new caption (the LoRA's trigger).")] = None,
+    trigger_at: Annotated[str, typer.Option(help="Where the trigger goes: start or end of the caption.")] = "start",
+    mode: Annotated[str, typer.Option(help="fill (rows with no text), append (to the text), replace (every row).")] = "fill",
+    batch_size: Annotated[int, typer.Option(help="Pictures per model call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens.")] = 77,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when available).")] = None,
+    threshold: Annotated[float, typer.Option(help="Tagger: probability a general tag needs.")] = 0.35,
+    character_threshold: Annotated[float, typer.Option(help="Tagger: probability a character tag needs.")] = 0.85,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Caption (or tag) the pictures of a dataset in place; the old text is kept in text_before_caption."""
+
+    config = CaptionConfig.from_dict(
+        dict(model=model, style=style, language=language, prompt=prompt, trigger=trigger, trigger_at=trigger_at, mode=mode, batch_size=batch_size,
+             max_new_tokens=max_new_tokens, device=device, general_threshold=threshold, character_threshold=character_threshold),
+        source="options",
+    )
+    if quiet or not console.is_terminal:
+        result = caption_dataset(dataset, config)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        speed = TextColumn("{task.fields[rate]}")
+        with Progress(TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), speed, TimeRemainingColumn(),
+                      console=err_console, transient=True) as progress:
+            task = progress.add_task("captioning", total=None, rate="")
+
+            def show(done: int, total: int) -> None:
+                rate = progress.tasks[0].speed
+                progress.update(task, completed=done, total=total, rate=f"{rate:.1f} pictures/s" if rate else "")
+
+            result = caption_dataset(dataset, config, on_progress=show)
+    for name, text in result.examples[:3]:
+        console.print(f"  {escape(name)}: {escape(clip_text(text, 100))}")
+    print_skips(result.failed)
+    resumed = f", {result.resumed} from an interrupted run" if result.resumed else ""
+    console.print(
+        f"Captioned {result.captioned} pictures{resumed} ({result.pictures_per_second:.1f} pictures/s), kept {result.kept}, "
+        f"failed {len(result.failed)}.\n  dataset: {display_path(result.metadata)}\n  report:  {display_path(result.report_path)}",
+        markup=False,
+    )
 
 
 @data_app.command("run")

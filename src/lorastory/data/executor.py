@@ -94,21 +94,28 @@ class _Chain:
             return _Outcome(line_no, INPUT_STAGE, str(err), None, None, None, None, None)
         hashes: dict[int, str] | None = None
         stop, error, detail = len(self.ops), None, None
+        samples = [sample]  # a mapper may turn the row into several (Data-Juicer's keep_original_sample)
         for index, op in enumerate(self.ops):
             start = time.perf_counter()
             try:
-                if isinstance(op, Filter):
-                    op.compute_stats(sample)
-                    passed = op.keep(sample.stats)
-                    _add_histogram(totals.histograms, op, index, sample.stats)
-                    if not passed:
-                        detail = _describe_drop(op, sample.stats)
-                elif isinstance(op, Mapper):
-                    op.process(sample)
-                    passed = True
+                if isinstance(op, Mapper):
+                    samples = [out for one in samples for out in _mapped(op, one)]
+                    passed = bool(samples)
+                    detail = None if passed else "the mapper produced no rows"
+                elif isinstance(op, Filter):
+                    kept = []
+                    for one in samples:
+                        op.compute_stats(one)
+                        _add_histogram(totals.histograms, op, index, one.stats)
+                        if op.keep(one.stats):
+                            kept.append(one)
+                        elif detail is None:
+                            detail = _describe_drop(op, one.stats)
+                    passed, samples = bool(kept), kept
+                    detail = None if passed else detail
                 else:
                     hashes = hashes or {}
-                    hashes[index] = op.compute_hash(sample)
+                    hashes[index] = op.compute_hash(samples[0])
                     passed = True
             except OpSetupError:
                 raise  # the op cannot run at all: the run stops, the previous result stays
@@ -120,10 +127,20 @@ class _Chain:
                 break
         output = stats_line = None
         if stop == len(self.ops):
-            _absolutise_images(row, self.keys)
-            output = json.dumps(row, ensure_ascii=False)
-            stats_line = json.dumps({STATS_FIELD: sample.stats}, ensure_ascii=False)
+            for one in samples:
+                _absolutise_images(one.row, self.keys)
+            output = "\n".join(json.dumps(one.row, ensure_ascii=False) for one in samples)
+            stats_line = "\n".join(json.dumps({STATS_FIELD: one.stats}, ensure_ascii=False) for one in samples)
         return _Outcome(line_no, stop, error, output, stats_line, hashes, images[0] if images else None, detail)
+
+
+def _mapped(op: Mapper, sample: Sample) -> list[Sample]:
+    """The samples ``op`` turns ``sample`` into (itself when edited in place); a new row starts with a copy of
+    the sample's stats."""
+    rows = op.process(sample)
+    if rows is None:
+        return [sample]
+    return [sample if row is sample.row else Sample(row, sample.keys, dict(sample.stats)) for row in rows]
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -283,7 +300,7 @@ class _Tally:
                 self.read.n_in += 1
                 self.read.kept += 1
             if self._passes(outcome, first, n_ops):
-                self.n_output += 1
+                self.n_output += outcome.output.count("\n") + 1  # a mapper's several rows, one per line
                 keep(outcome, outcome.line)
 
     def _passes(self, outcome: _Outcome, first: int, n_ops: int) -> bool:

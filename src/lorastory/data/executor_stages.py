@@ -55,14 +55,16 @@ class _Spool:
         self.position = 0
 
     def add(self, outcome: Any, line: int) -> None:
-        row = json.loads(outcome.output)
-        row[STATS_FIELD] = json.loads(outcome.stats_line)[STATS_FIELD]
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        self.handle.write(data)
-        self.offsets.append(self.position)
-        self.position += len(data)
-        self.keys.append(outcome.hashes[self.key_index])
-        self.lines.append(line)
+        # A mapper may have turned the input row into several: one output line (and stats line) each.
+        for output, stats_line in zip(outcome.output.split("\n"), outcome.stats_line.split("\n")):
+            row = json.loads(output)
+            row[STATS_FIELD] = json.loads(stats_line)[STATS_FIELD]
+            data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+            self.handle.write(data)
+            self.offsets.append(self.position)
+            self.position += len(data)
+            self.keys.append(outcome.hashes[self.key_index])
+            self.lines.append(line)
 
     def finish(self) -> None:
         self.handle.close()

@@ -4,7 +4,8 @@ As in Data-Juicer, a filter computes its stats (:meth:`Filter.compute_stats`)
 separately from its keep decision (:meth:`Filter.keep`): the stats are what
 the per-op report and ``*_stats.jsonl`` are made of. A deduplicator computes a
 hash per sample; the executor keeps the first sample of each hash. A mapper
-rewrites the sample (its text) for the ops after it and for the export.
+rewrites the sample (its text) for the ops after it and for the export, or turns it into several rows
+(:meth:`Mapper.process`).
 """
 
 from __future__ import annotations
@@ -171,10 +172,12 @@ class Filter(Op):
 
 
 class Mapper(Op):
-    """Rewrites a sample in place (its text, as Data-Juicer's text mappers do); never drops it."""
+    """Rewrites a sample in place (its text, as Data-Juicer's text mappers do), or turns it into several rows
+    (a generator such as a captioner with ``keep_original_sample``)."""
 
-    def process(self, sample: Sample) -> None:
-        """Rewrite ``sample.row``."""
+    def process(self, sample: Sample) -> list[dict[str, Any]] | None:
+        """Edit ``sample.row`` in place and return None, or return the rows ``sample`` becomes, in order
+        (``sample.row`` itself among them when it is kept)."""
         raise NotImplementedError
 
 
