@@ -24,6 +24,8 @@ Case format: drop files into tests/data/dj_parity/cases/ and run the script.
       - words_num_filter: {min_num: 3}
     dj_shims: [punkt_untrained]    # optional: offline stand-ins for what Data-Juicer would download
     ignore_stats: [num_words]      # optional: stats keys not compared (a documented difference)
+    stats_rel_tol: 1.0e-6          # optional: relative tolerance for float stats (default 1e-9), e.g.
+                                   # a float32 cosine computed in another order
 
 Every string in ``recipe`` and ``process`` may contain ``{cases}``: the
 absolute path of cases/ (for word-list folders, tokenizer folders, images).
@@ -45,6 +47,12 @@ refuse it too (before writing anything or with every row skipped).
 Shims (applied inside the Data-Juicer process only):
   ``punkt_untrained``: NLTK's Punkt with no trained parameters instead of the
   ``punkt`` pickle Data-Juicer downloads (what lorastory uses without punkt_tab data).
+  ``clip_features_tensor``: CLIP's ``get_image_features``/``get_text_features`` return
+  the projected tensor, as in transformers 4, which Data-Juicer 1.6.1 was written for
+  (transformers 5 returns an output object, and Data-Juicer's cosine then fails on every row).
+  ``pair_similarity_list``: ``image_pair_similarity`` stored as a list of floats;
+  Data-Juicer 1.6.1 stores a torch tensor, which its stats export cannot encode
+  ("Maximum recursion level reached"), so the op fails on any data there.
 """
 
 from __future__ import annotations
@@ -88,6 +96,30 @@ def shim_punkt_untrained():
     from data_juicer.utils import model_utils
     model_utils.ensure_nltk_resource = lambda *a, **k: True
     nltk.data.load = lambda *a, **k: PunktSentenceTokenizer()
+
+def shim_clip_features_tensor():
+    import functools
+    import transformers
+    for cls in (transformers.CLIPModel, transformers.ChineseCLIPModel):
+        for name in ("get_image_features", "get_text_features"):
+            def wrap(original):
+                @functools.wraps(original)
+                def features(self, *args, **kwargs):
+                    out = original(self, *args, **kwargs)
+                    return getattr(out, "pooler_output", out)
+                return features
+            setattr(cls, name, wrap(getattr(cls, name)))
+
+def shim_pair_similarity_list():
+    from data_juicer.ops.filter.image_pair_similarity_filter import ImagePairSimilarityFilter
+    original = ImagePairSimilarityFilter.compute_stats_single
+    def compute_stats_single(self, sample, *args, **kwargs):
+        sample = original(self, sample, *args, **kwargs)
+        stats = sample["__dj__stats__"]
+        if hasattr(stats.get("image_pair_similarity"), "tolist"):
+            stats["image_pair_similarity"] = [float(v) for v in stats["image_pair_similarity"].detach().tolist()]
+        return sample
+    ImagePairSimilarityFilter.compute_stats_single = compute_stats_single
 
 from data_juicer.config import init_configs
 from data_juicer.core import DefaultExecutor

@@ -41,6 +41,10 @@ TEXT_OPS = (
     "general_field_filter", "token_num_filter", "stopwords_filter", "flagged_words_filter",
 )
 
+# Issue 19's model-backed image ops: their cases run tiny random models committed under
+# cases/models/ (built by scripts/dj_parity_models.py), which Data-Juicer loads from the folder too.
+MODEL_OPS = ("image_nsfw_filter", "image_watermark_filter", "image_text_matching_filter", "image_pair_similarity_filter")
+
 # Ray runs the very same op chain as the local executor (executor_ray hands each actor a
 # _Chain), so what the Ray run adds is building the ops inside actors: one case per kind of op
 # (mappers, stats filters, field filters, ops that load a tokenizer, word lists or converters)
@@ -48,6 +52,7 @@ TEXT_OPS = (
 RAY_CASES = (
     "text_recipe", "chinese_convert_mapper_t2s", "sentence_split_mapper", "general_field_filter",
     "specified_numeric_field_filter", "token_num_filter", "stopwords_filter", "suffix_filter_other",
+    "image_nsfw_filter_range",
 )
 
 
@@ -91,21 +96,23 @@ def _differences(case: dict, expected: dict, got: tuple[list[dict], list[dict]] 
                 break
         return problems
     ignored = set(case.get("ignore_stats") or [])
+    rel_tol = float(case.get("stats_rel_tol", 1e-9))
     for index, (want, have) in enumerate(zip(expected["stats"], stats)):
         for key in set(want) | set(have):
             if key in ignored:
                 continue
-            if not _same(want.get(key), have.get(key)):
+            if not _same(want.get(key), have.get(key), rel_tol):
                 problems.append(f"row {index} ({rows[index].get('text')!r}): {key} {want.get(key)!r} != {have.get(key)!r}")
     return problems
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal, floats within rounding (Data-Juicer stores float stats at about 10 digits), lists element-wise."""
+def _same(a: Any, b: Any, rel_tol: float = 1e-9) -> bool:
+    """Equal, floats within rounding (Data-Juicer stores float stats at about 10 digits; a case may allow
+    more with ``stats_rel_tol``, e.g. float32 model outputs), lists element-wise."""
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y, rel_tol) for x, y in zip(a, b))
     if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
     return a == b
 
 
@@ -113,6 +120,16 @@ def test_every_text_op_has_a_parity_case():
     assert set(RAY_CASES) <= {path.stem for path in CASE_PATHS}
     used = {name for path in CASE_PATHS for entry in (parity.load_case(path).get("process") or []) for name in entry}
     assert sorted(set(TEXT_OPS) - used) == []
+
+
+def test_every_model_backed_image_op_has_a_parity_case_with_a_local_model():
+    cases = [parity.load_case(path) for path in CASE_PATHS]
+    for op in MODEL_OPS:
+        params = [entry[op] for case in cases for entry in (case.get("process") or []) if op in entry]
+        assert params, f"no parity case runs {op}"
+        folders = [value for p in params for key, value in p.items() if key.startswith("hf_")]
+        assert folders and all(value.startswith("{cases}/models/") for value in folders), (op, folders)
+        assert all((parity.CASES / value.removeprefix("{cases}/")).is_dir() for value in folders), (op, folders)
 
 
 @pytest.mark.parametrize("case_path", CASE_PATHS, ids=[p.stem for p in CASE_PATHS])

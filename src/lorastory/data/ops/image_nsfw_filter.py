@@ -5,7 +5,8 @@ per image, the softmax probability of label 1 of ``hf_nsfw_model``, an image
 classifier such as Falconsai/nsfw_image_detection, whose label 1 is "nsfw").
 Models load through :mod:`lorastory.models.image_classifier`: a folder or hub
 id with safetensors weights, once per worker; remote code is never run. A row
-without images stays. Scores per distinct path, as Data-Juicer.
+without images stays. One score per distinct path (a path repeated in the row
+counts once), as Data-Juicer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class NsfwParams(OpParams):
 
 
 def label_one_scores(op: Filter, sample: Sample, source: str, option: str) -> list[float]:
-    """Label-1 probability per image of the row (each distinct path scored once), in the row's order."""
+    """Label-1 probability per distinct image path of the row, in first-seen order (as Data-Juicer)."""
     paths = sample.image_paths(op.params.image_key)
     if not paths:
         return []
@@ -40,10 +41,9 @@ def label_one_scores(op: Filter, sample: Sample, source: str, option: str) -> li
         return load_image_classifier(source, f"{op.name} model", option, op_device(op.params.accelerator))
 
     classifier = load_once(op, "_classifier", load)
+    # Data-Juicer scores the dict of loaded images, keyed by path: a repeated path counts once.
     distinct = list(dict.fromkeys(paths))
-    probabilities = classifier.probabilities([sample.image_rgb(p) for p in distinct])
-    score = {path: float(row[1]) for path, row in zip(distinct, probabilities)}
-    return [score[p] for p in paths]
+    return [float(row[1]) for row in classifier.probabilities([sample.image_rgb(p) for p in distinct])]
 
 
 @register_op("image_nsfw_filter")
