@@ -27,7 +27,7 @@ def train_cmd(
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data (default 1).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for order, noise and crops.")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a checkpoint every N steps.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a checkpoint (and its LoRA in OUT/loras/) every N steps.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = None,
     center_crop: Annotated[Optional[bool], typer.Option("--center-crop/--random-crop", help="Crop placement.")] = None,
     random_flip: Annotated[Optional[bool], typer.Option("--random-flip", help="Flip images horizontally at random.")] = None,
@@ -61,6 +61,12 @@ def train_cmd(
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.01).")] = None,
     validation_steps: Annotated[Optional[int], typer.Option(help="Sampling steps of the validation pictures.")] = None,
     validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
+    validation_style: Annotated[Optional[str], typer.Option(
+        help="Style phrase (or trigger word) of the captions: checkpoint selection scores content without it.")] = None,
+    select_best: Annotated[Optional[bool], typer.Option(
+        "--select-best", help="At the end, score every checkpoint on the validation prompts; write OUT/best.safetensors.")
+    ] = None,
+    eval_clip: Annotated[Optional[str], typer.Option(help="--select-best: the CLIP that scores (folder or hub id).")] = None,
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
     gpus: Annotated[
@@ -88,6 +94,7 @@ def train_cmd(
         cache_dir=cache_dir, compile=compile, lora_dropout=lora_dropout, target_modules=target_module,
         bucket_step=bucket_step, max_grad_norm=max_grad_norm, weight_decay=weight_decay,
         validation_steps=validation_steps, validation_cfg=validation_cfg, fast=fast,
+        validation_style=validation_style, select_best=select_best, eval_clip=eval_clip,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     config = TrainConfig.from_dict(values, source=str(config_file or "options"))
@@ -125,3 +132,9 @@ def train_cmd(
     for file in result.lora_files:
         console.print(f"  LoRA: {file}")
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
+    if config.select_best:
+        from lorastory.eval.checkpoints import evaluate_checkpoints
+
+        report = evaluate_checkpoints(result.out)
+        console.print(f"  best checkpoint: {report.choice.reason}", markup=False)
+        console.print(f"  best LoRA: {report.best} (scores and plot in {Path(report.plot).parent})", markup=False)

@@ -87,6 +87,13 @@ class TrainConfig(YamlModel):
     validation_every: int = Field(0, ge=0)
     validation_steps: int = Field(20, ge=1)
     validation_cfg: float = Field(4.0, ge=0)
+    # The style phrase (or trigger word) the captions carry: checkpoint selection scores the validation
+    # pictures' content with the prompts without it, and their style with it (lorastory.eval.checkpoints).
+    validation_style: str | None = None
+    # At the end of training, score every checkpoint's LoRA on the validation prompts and write
+    # OUT/best.safetensors (run by `lorastory train` and the web app; needs validation_prompts).
+    select_best: bool = False
+    eval_clip: str | None = None  # the CLIP that scores them (default: openai/clip-vit-base-patch32)
 
     cache_dir: str | None = None
     save_formats: list[Literal["diffusers", "kohya"]] = Field(default_factory=lambda: ["diffusers"])
@@ -124,6 +131,8 @@ class TrainConfig(YamlModel):
     def _resolution_multiple_of_bucket_step(self) -> TrainConfig:
         if self.resolution % 8:
             raise ValueError(f"resolution {self.resolution} must be a multiple of 8")
+        if self.select_best and not self.validation_prompts:
+            raise ValueError("select_best needs validation_prompts: the checkpoints are scored on them")
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
             raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
                              "would be recorded twice); use compile: blocks or gradient_checkpointing: false")
@@ -146,4 +155,5 @@ class TrainConfig(YamlModel):
 
 # Settings that do not change the trained weights.
 _NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
-                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile"}
+                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile", "validation_style",
+               "select_best", "eval_clip"}

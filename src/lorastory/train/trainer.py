@@ -31,8 +31,8 @@ from lorastory.errors import TrainingError
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.buckets import assign_bucket, bucket_sizes, small_buckets
 from lorastory.train.checkpoint import (
-    Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
-    save_checkpoint,
+    Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
+    newest_good_checkpoint, rng_state, save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
 from lorastory.train.data import Placement, TrainItem, place, read_train_folder
@@ -243,6 +243,10 @@ def train(
                             if batch_index + 1 == len(order) else  # the epoch is finished
                             Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
                     _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
+                    if main:  # the checkpoint's LoRA, kept for selection after pruning (checkpoint.LORAS_DIR)
+                        family.set_denoiser(pipe, accelerator.unwrap_model(model).unet)
+                        _save_lora_file(pipe, family, spec, config, checkpoint_lora_path(out, result.steps), "diffusers",
+                                        result.steps)
                 if config.validation_every and result.steps % config.validation_every == 0 and main:
                     result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
                                                                 text_fp, out, result.steps, device, accelerator)
@@ -294,15 +298,18 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int) -> list[Path]:
     """Write the trained LoRA in each of ``config.save_formats``; return the files."""
-    from lorastory.models.lora import save_lora
-
     files = []
     for fmt in config.save_formats:
         name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
-        save_lora(pipe, out / name, spec, family.name, format=fmt,
-                  extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
-        files.append(out / name)
+        files.append(_save_lora_file(pipe, family, spec, config, out / name, fmt, steps))
     return files
+
+
+def _save_lora_file(pipe: Any, family: Any, spec: Any, config: TrainConfig, path: Path, fmt: str, steps: int) -> Path:
+    from lorastory.models.lora import save_lora
+
+    return save_lora(pipe, path, spec, family.name, format=fmt,  # type: ignore[arg-type]
+                     extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
 
 
 def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
