@@ -67,7 +67,7 @@ def run_one(root: Path, name: str, pictures: int, steps: int, every: int, lr: fl
     cpu0 = time.process_time()
     report = evaluate_checkpoints(config.out, seeds=args.seeds, batch_size=4)
     cpu_per_checkpoint = (time.process_time() - cpu0) / len(report.candidates)
-    sweep = sweep_scales(config.out, seeds=args.seeds, batch_size=4)
+    sweep = sweep_scales(config.out, [float(s) for s in args.scales.split(",")], seeds=args.seeds, batch_size=4)
     last = report.candidates[-1]
     at_recommended = next(c for c in sweep.candidates if c.scale == sweep.recommended_scale)
     result = {
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--over-lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--select-steps", type=int, default=10)
+    parser.add_argument("--scales", default="0,0.25,0.5,0.75,1,1.25")
     parser.add_argument("--only", choices=["demo", "over"], default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

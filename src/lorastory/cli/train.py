@@ -61,11 +61,8 @@ def train_cmd(
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.01).")] = None,
     validation_steps: Annotated[Optional[int], typer.Option(help="Sampling steps of the validation pictures.")] = None,
     validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
-    validation_style: Annotated[Optional[str], typer.Option(
-        help="Style phrase (or trigger word) of the captions: checkpoint selection scores content without it.")] = None,
-    select_best: Annotated[Optional[bool], typer.Option(
-        "--select-best", help="At the end, score every checkpoint on the validation prompts; write OUT/best.safetensors.")
-    ] = None,
+    validation_style: Annotated[Optional[str], typer.Option(help="Style phrase of the captions (checkpoint selection).")] = None,
+    select_best: Annotated[Optional[bool], typer.Option("--select-best", help="Then score every checkpoint: OUT/best.safetensors.")] = None,
     eval_clip: Annotated[Optional[str], typer.Option(help="--select-best: the CLIP that scores (folder or hub id).")] = None,
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
@@ -132,9 +129,13 @@ def train_cmd(
     for file in result.lora_files:
         console.print(f"  LoRA: {file}")
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
-    if config.select_best:
-        from lorastory.eval.checkpoints import evaluate_checkpoints
+    _select_best(result.out) if config.select_best else None
 
-        report = evaluate_checkpoints(result.out)
-        console.print(f"  best checkpoint: {report.choice.reason}", markup=False)
-        console.print(f"  best LoRA: {report.best} (scores and plot in {Path(report.plot).parent})", markup=False)
+
+def _select_best(out: Path) -> None:
+    """``--select-best``: the end-of-training checkpoint selection (``lorastory eval checkpoints``)."""
+    from lorastory.eval.checkpoints import evaluate_checkpoints
+
+    report = evaluate_checkpoints(out)
+    console.print(f"  best checkpoint: {report.choice.reason}", markup=False)
+    console.print(f"  best LoRA: {report.best} (scores and plot in {Path(report.plot).parent})", markup=False)

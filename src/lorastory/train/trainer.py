@@ -146,11 +146,9 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a LoRA as ``config`` says; return where the files went.
-
-    Under ``accelerate launch`` or ``torchrun`` every process calls this; ``config.batch_size``
-    is per process, ``say`` and ``on_progress`` are called on the main process only.
-    """
+    """Train a LoRA as ``config`` says; return where the files went. Under ``accelerate launch`` or
+    ``torchrun`` every process calls this; ``config.batch_size`` is per process, ``say`` and
+    ``on_progress`` are called on the main process only."""
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -242,11 +240,8 @@ def train(
                     here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
                             if batch_index + 1 == len(order) else  # the epoch is finished
                             Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
-                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints)
-                    if main:  # the checkpoint's LoRA, kept for selection after pruning (checkpoint.LORAS_DIR)
-                        family.set_denoiser(pipe, accelerator.unwrap_model(model).unet)
-                        _save_lora_file(pipe, family, spec, config, checkpoint_lora_path(out, result.steps), "diffusers",
-                                        result.steps)
+                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints,
+                                     lambda path: _keep_lora(pipe, family, accelerator.unwrap_model(model), spec, config, path))
                 if config.validation_every and result.steps % config.validation_every == 0 and main:
                     result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
                                                                 text_fp, out, result.steps, device, accelerator)
@@ -303,6 +298,12 @@ def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Pat
         name = "lora.safetensors" if fmt == "diffusers" else f"lora_{fmt}.safetensors"
         files.append(_save_lora_file(pipe, family, spec, config, out / name, fmt, steps))
     return files
+
+
+def _keep_lora(pipe: Any, family: Any, model: Denoiser, spec: Any, config: TrainConfig, path: Path) -> Path:
+    """A checkpoint's LoRA in the default layout (the pipeline is given the trained denoiser first)."""
+    family.set_denoiser(pipe, model.unet)
+    return _save_lora_file(pipe, family, spec, config, path, "diffusers", int(path.stem.split("-")[-1]))
 
 
 def _save_lora_file(pipe: Any, family: Any, spec: Any, config: TrainConfig, path: Path, fmt: str, steps: int) -> Path:
@@ -436,8 +437,9 @@ def _resumed_note(name: str, position: Position, global_batch: int, processes: i
 
 
 def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable: dict[str, torch.nn.Parameter],
-                     optimizer: Any, lr_scheduler: Any, keep: int) -> None:
-    """Write a checkpoint from the main process, with every process's generators."""
+                     optimizer: Any, lr_scheduler: Any, keep: int, keep_lora: Callable[[Path], Any]) -> None:
+    """Write a checkpoint from the main process, with every process's generators, and ``keep_lora`` its LoRA
+    file (``checkpoint.checkpoint_lora_path``: kept for selection after the checkpoint is pruned)."""
     from accelerate.utils import gather_object
 
     _check_finite(trainable, position.global_step, out)  # on every process: they hold the same weights
@@ -445,6 +447,7 @@ def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable:
     if accelerator.is_main_process:
         save_checkpoint(out, position, {n: p.detach() for n, p in trainable.items()}, optimizer, lr_scheduler,
                         states, keep)
+        keep_lora(checkpoint_lora_path(out, position.global_step))
 
 
 def _same_everywhere(value: Any, what: str, advice: str) -> None:
