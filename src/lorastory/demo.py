@@ -34,6 +34,7 @@ from lorastory.train.trainer import train
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # shipped as package data
 DEMO_STYLE = "outlined"
 DEMO_MARKER = "lorastory-demo.txt"
+DEMO_SCALES = (0.5, 0.75, 1.0, 1.25)  # and 0, always scored
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class DemoSize:
     train_steps: int = 300
     story_steps: int = 30
     checkpoint_every: int = 50  # each checkpoint's LoRA is scored after training (6 of them)
-    select_steps: int = 10  # sampling steps of the checkpoint and scale validation pictures
+    select_steps: int = 8  # sampling steps of the checkpoint and scale validation pictures (2 a candidate)
 
 
 def demo_recipe(dataset: Path, export: Path, clip: Path) -> str:
@@ -121,7 +122,7 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     loss_note = f"loss {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}" if first else "already trained"
     say(f"5. trained a style LoRA ({trained.steps} steps, {loss_note}): {run / 'lora.safetensors'}", markup=False)
     best = evaluate_checkpoints(run, seeds=1, batch_size=4)
-    sweep = sweep_scales(run, seeds=1, batch_size=4)
+    sweep = sweep_scales(run, DEMO_SCALES, seeds=1, batch_size=4)
     say(f"   best checkpoint {best.choice.reason}: {best.best}", markup=False)
     say(f"   recommended LoRA scale {sweep.recommended_scale:g} ({sweep.choice.reason})", markup=False)
     say(f"   plots: {best.plot}, {sweep.plot}", markup=False)
