@@ -72,7 +72,7 @@ def curves_png(path: str | Path, xs: Sequence[float], series: dict[str, Sequence
     image = Image.new("RGB", size, WHITE)
     draw = ImageDraw.Draw(image)
     small, big = _font(12), _font(16)
-    draw.text((width // 2, 8), title, fill=INK, font=big, anchor="mt")
+    draw.text((width // 2, 8), title.replace("\u2212", "-"), fill=INK, font=big, anchor="mt")  # Pillow's font has no U+2212
     top, bottom = 36, height - 40
     slot = (bottom - top) / max(len(shown), 1)
     xr = _range(list(xs)) if xs else (0.0, 1.0)
@@ -107,7 +107,7 @@ def tradeoff_png(path: str | Path, points: Sequence[tuple[float, float, str]], x
     image = Image.new("RGB", size, WHITE)
     draw = ImageDraw.Draw(image)
     small, big = _font(12), _font(16)
-    draw.text((width // 2, 8), title, fill=INK, font=big, anchor="mt")
+    draw.text((width // 2, 8), title.replace("\u2212", "-"), fill=INK, font=big, anchor="mt")  # Pillow's font has no U+2212
     finite = [(x, y, label) for x, y, label in points if math.isfinite(x) and math.isfinite(y)]
     box = _Box(_MARGIN_LEFT, 40, width - _MARGIN_RIGHT, height - 50,
                _range([p[0] for p in finite] or [0.0]), _range([p[1] for p in finite] or [0.0]))

@@ -3,7 +3,7 @@
 Every candidate gets a **combined score** in CLIP-T points (cosine × 100)::
 
     combined = style_weight × 100 × style            (similarity to the training pictures)
-             + style_phrase_weight × style_phrase    (CLIP-T against the style phrase; 0 by default)
+             + style_phrase_weight × style_phrase    (CLIP-T against the style phrase, when there is one)
              + content_weight × content              (CLIP-T of the prompts without style/trigger)
              − near_copy_penalty × 100 × near-copies / images
 
@@ -32,7 +32,7 @@ class SelectionSettings(YamlModel):
     """The weights and limits of the selection rule (module docstring)."""
 
     style_weight: float = Field(1.0, ge=0)
-    style_phrase_weight: float = Field(0.0, ge=0)
+    style_phrase_weight: float = Field(1.0, ge=0)
     content_weight: float = Field(1.0, ge=0)
     near_copy_penalty: float = Field(1.0, ge=0)
     near_copy: float = Field(NEAR_COPY, gt=0, le=1)  # an output's max cosine to one training picture at or above: a copy
