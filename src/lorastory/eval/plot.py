@@ -57,6 +57,21 @@ class _Box:
         draw.rectangle([self.left, self.top, self.right, self.bottom], outline=INK)
 
 
+def _title(draw: ImageDraw.ImageDraw, width: int, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    """Draw ``text`` centred at the top, wrapped at spaces to fit; return the y below it."""
+    lines: list[str] = []
+    for word in text.replace("\u2212", "-").split(" "):  # Pillow's default font has no U+2212
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width - 20:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    y = 8
+    for line in lines[:3]:
+        draw.text((width // 2, y), line, fill=INK, font=font, anchor="mt")
+        y += 20
+    return y
+
+
 def _save(image: Image.Image, path: Path) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -72,8 +87,7 @@ def curves_png(path: str | Path, xs: Sequence[float], series: dict[str, Sequence
     image = Image.new("RGB", size, WHITE)
     draw = ImageDraw.Draw(image)
     small, big = _font(12), _font(16)
-    draw.text((width // 2, 8), title.replace("\u2212", "-"), fill=INK, font=big, anchor="mt")  # Pillow's font has no U+2212
-    top, bottom = 36, height - 40
+    top, bottom = _title(draw, width, title, big) + 8, height - 40
     slot = (bottom - top) / max(len(shown), 1)
     xr = _range(list(xs)) if xs else (0.0, 1.0)
     for row, (name, values) in enumerate(shown.items()):
@@ -107,9 +121,9 @@ def tradeoff_png(path: str | Path, points: Sequence[tuple[float, float, str]], x
     image = Image.new("RGB", size, WHITE)
     draw = ImageDraw.Draw(image)
     small, big = _font(12), _font(16)
-    draw.text((width // 2, 8), title.replace("\u2212", "-"), fill=INK, font=big, anchor="mt")  # Pillow's font has no U+2212
+    top = _title(draw, width, title, big) + 24
     finite = [(x, y, label) for x, y, label in points if math.isfinite(x) and math.isfinite(y)]
-    box = _Box(_MARGIN_LEFT, 40, width - _MARGIN_RIGHT, height - 50,
+    box = _Box(_MARGIN_LEFT, top, width - _MARGIN_RIGHT, height - 50,
                _range([p[0] for p in finite] or [0.0]), _range([p[1] for p in finite] or [0.0]))
     box.frame(draw, small)
     for frac in (0.0, 0.5, 1.0):
@@ -125,5 +139,5 @@ def tradeoff_png(path: str | Path, points: Sequence[tuple[float, float, str]], x
         if index == chosen:
             draw.ellipse([px - 10, py - 10, px + 10, py + 10], outline=MARK, width=3)
     draw.text((width // 2, height - 6), x_label, fill=INK, font=small, anchor="mb")
-    draw.text((6, 24), y_label, fill=INK, font=small, anchor="lm")
+    draw.text((6, top - 12), y_label, fill=INK, font=small, anchor="lm")
     return _save(image, Path(path))

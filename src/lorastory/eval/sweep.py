@@ -129,7 +129,7 @@ def sweep_scales(
     choice = choose(candidates, settings)
     points = [(100 * (c.scores.style or 0.0) if training is not None else (c.scores.style_phrase or 0.0),
                c.scores.content, f"{c.scale:g}") for c in candidates]
-    x_label = "style: cosine to the training pictures × 100" if training is not None else "style phrase (CLIP-T)"
+    x_label = "style: cosine to the training pictures x 100" if training is not None else "style phrase (CLIP-T)"
     plot = tradeoff_png(out / PLOT_FILE, points, x_label, "content (CLIP-T without style)",
                         f"{lora.name} at each scale: {choice.reason}", chosen=choice.index)
     report = SweepReport(
