@@ -70,7 +70,14 @@ def test_demo_runs_the_whole_job_end_to_end(cli, tmp_path):
     assert all(row["text"].endswith("，黑色描边的漫画风格") for row in rows)  # toy captions, the style phrase last
     assert (demo / "lora" / "lora.safetensors").is_file()
     manifest = json.loads((demo / "story" / "manifest.json").read_text(encoding="utf-8"))
-    assert len(manifest["panels"]) == 8 and manifest["lora"]["path"].endswith("lora.safetensors")
+    assert len(manifest["panels"]) == 8 and manifest["lora"]["path"].endswith("best.safetensors")
+    # The checkpoints (every 50 steps) were scored and one chosen; its scale swept and one recommended.
+    checkpoints = json.loads((demo / "lora" / "eval" / "checkpoints.json").read_text(encoding="utf-8"))
+    sweep = json.loads((demo / "lora" / "eval" / "sweep.json").read_text(encoding="utf-8"))
+    assert [c["step"] for c in checkpoints["candidates"]] == [0, 50, 100, 150, 200]
+    assert manifest["lora"]["scale"] == sweep["recommended_scale"]
+    assert (demo / "lora" / "eval" / "checkpoints.png").is_file() and (demo / "lora" / "eval" / "sweep.png").is_file()
+    assert f"recommended LoRA scale {sweep['recommended_scale']:g}" in result.out
     assert all(p["prompt"].startswith("一个红色长发、穿蓝色衣服的女孩在") for p in manifest["panels"])
     assert "storyboard: " in result.out and (demo / "story" / "storyboard.png").is_file()
     scores = json.loads((demo / "story" / "scores.json").read_text(encoding="utf-8"))

@@ -125,6 +125,8 @@ def _click_command(args: list[str]) -> tuple[Any, list[str], set[str]]:
             return command, rest, allowed
         while rest and rest[0].startswith("-"):  # group options such as --debug
             rest.pop(0)
+        if rest and rest[0] not in command.commands and getattr(command, "default_command", None):
+            rest.insert(0, command.default_command)  # `lorastory eval RUN` is `lorastory eval run RUN`
         if not rest or rest[0] not in command.commands:
             return command, rest, allowed
         command = command.commands[rest.pop(0)]

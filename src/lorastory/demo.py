@@ -23,10 +23,12 @@ from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.data.executor import run_recipe
 from lorastory.data.recipe import load_recipe
 from lorastory.data.report import write_reports
+from lorastory.eval.checkpoints import evaluate_checkpoints
 from lorastory.eval.report import evaluate_run
+from lorastory.eval.sweep import sweep_scales
 from lorastory.errors import OutputError
 from lorastory.fileio import atomic_write_text, display_path
-from lorastory.generate.story import generate_story, load_story
+from lorastory.generate.story import Story, generate_story, load_story, panel_prompt
 from lorastory.models.captioners.loader import load_captioner
 from lorastory.models.captioners.toy import held_out_accuracy
 from lorastory.models.toy import TOY_RESOLUTION, write_toy_model
@@ -38,6 +40,7 @@ from lorastory.train.trainer import train
 EXAMPLES = Path(__file__).resolve().parent / "examples"  # shipped as package data
 DEMO_STYLE = "outlined"
 DEMO_MARKER = "lorastory-demo.txt"
+DEMO_SCALES = (0.5, 0.75, 1.0, 1.25)  # and 0, always scored
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class DemoSize:
     pictures: int = 120
     train_steps: int = 300
     story_steps: int = 30
+    checkpoint_every: int = 50  # each checkpoint's LoRA is scored after training (6 of them)
+    select_steps: int = 8  # sampling steps of the checkpoint and scale validation pictures (2 a candidate)
 
 
 def demo_recipe(dataset: Path, export: Path, clip: Path) -> str:
@@ -116,21 +121,28 @@ def run_demo(out: Path, console: Console, size: DemoSize | None = None) -> None:
     say(f"5. exported {exported.written} training pictures to {out / 'train' / 'metadata.csv'}", markup=False)
 
     run = out / "lora"
+    story = load_story(EXAMPLES / "story_toy.yaml")
     # Outlines are a local, convolutional trait: the LoRA also adapts the ResNet convolutions.
     config = TrainConfig(
         model=str(model), data=str(out / "train"), out=str(run), resolution=TOY_RESOLUTION, rank=16, alpha=16,
-        lr=1e-4, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=100,
+        lr=1e-4, max_steps=size.train_steps, batch_size=4, resume=True, checkpoint_every=size.checkpoint_every,
         gradient_checkpointing=False, seed=0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+        validation_prompts=_validation_prompts(story), validation_style=story.style, validation_steps=size.select_steps,
+        validation_cfg=story.defaults.cfg, eval_clip=str(clip), select_best=True,
     )
     trained = train(config, say=lambda message: console.print(f"     {message}", markup=False))
     first, last = trained.losses[:20], trained.losses[-20:]
     loss_note = f"loss {sum(first) / len(first):.3f} -> {sum(last) / len(last):.3f}" if first else "already trained"
     say(f"6. trained a style LoRA ({trained.steps} steps, {loss_note}): {run / 'lora.safetensors'}", markup=False)
+    best = evaluate_checkpoints(run, seeds=1, batch_size=4)
+    sweep = sweep_scales(run, DEMO_SCALES, seeds=1, batch_size=4)
+    say(f"   best checkpoint {best.choice.reason}: {best.best}", markup=False)
+    say(f"   recommended LoRA scale {sweep.recommended_scale:g} ({sweep.choice.reason})", markup=False)
+    say(f"   plots: {best.plot}, {sweep.plot}", markup=False)
 
-    story = load_story(EXAMPLES / "story_toy.yaml")
     story.defaults = story.defaults.model_copy(update={"steps": size.story_steps})
-    rendered = generate_story(story, str(model), out / "story", lora=str(run / "lora.safetensors"), batch_size=8,
-                              overwrite=True)
+    rendered = generate_story(story, str(model), out / "story", lora=str(best.best), lora_scale=sweep.recommended_scale,
+                              batch_size=8, overwrite=True)
     say(f"7. drew {len(rendered.panels)} panels in {rendered.seconds:.1f} s: {rendered.storyboard}", markup=False)
 
     scores = evaluate_run(rendered.out, str(clip), annotate=True, compare=True, compare_options={"render_batch_size": 8})
@@ -160,6 +172,11 @@ def _caption(dataset: Path, say: Any) -> None:
         f"on 100 held-out pictures every attribute right: {accuracy['all']:.0%} ({per_attribute})", markup=False)
     if result.examples:
         say(f"     e.g. {result.examples[0][1]}", markup=False)
+
+
+def _validation_prompts(story: Story) -> list[str]:
+    """Two of the story's prompts (character and style phrase in them), the checkpoints' validation set."""
+    return [panel_prompt(story, panel) for panel in story.panels[:2]]
 
 
 def _fmt(value: float | None) -> str:

@@ -1,22 +1,46 @@
-"""``lorastory eval``: score a story run (and LoRA on/off)."""
+"""``lorastory eval``: score a story run (and LoRA on/off); ``eval checkpoints``: pick a training run's checkpoint;
+``eval sweep``: pick a LoRA's scale."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from lorastory.cli.common import app, clip_text, console, err_console
 from lorastory.eval.report import evaluate_run
+from lorastory.eval.checkpoints import evaluate_checkpoints
+from lorastory.eval.selection import SelectionSettings
+from lorastory.eval.sweep import parse_scales, sweep_scales
 
 if TYPE_CHECKING:  # eval loads PIL and the model code: only when a command runs
     from lorastory.eval.scores import Scores
 
 
-@app.command("eval")
+class DefaultToRun(TyperGroup):
+    """``lorastory eval RUN`` keeps working: a first argument that is not a subcommand goes to ``eval run``."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(
+    cls=DefaultToRun, no_args_is_help=True,
+    help="Score a story run ('lorastory eval RUN', the same as 'eval run RUN'), pick a training run's checkpoint "
+         "('eval checkpoints RUN') or a LoRA's scale ('eval sweep RUN|LORA').",
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("run")
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'lorastory generate'.")],
     clip: Annotated[str, typer.Option(help="CLIP folder or hub id; for Chinese prompts a Chinese CLIP (OFA-Sys/chinese-clip-vit-base-patch16).")] = "openai/clip-vit-base-patch32",
@@ -107,3 +131,84 @@ def _print_compare(compare: dict) -> None:
         table.add_row(f"CLIP-T {panel['file']}", _num(row["with_lora"], ".2f"), _num(row["without_lora"], ".2f"),
                       _signed(row["delta"], ".2f"))
     console.print(table)
+
+
+# --------------------------------------------------------------------------- checkpoints and scales
+
+ClipOpt = Annotated[Optional[str], typer.Option(
+    "--clip", help="CLIP folder or hub id that scores (default: the run's eval_clip, else openai/clip-vit-base-patch32).")]
+PromptsOpt = Annotated[Optional[Path], typer.Option(
+    "--prompts", help="Validation prompts: a text file (one a line) or YAML (prompts, seeds, style, trigger, character...).")]
+SeedsOpt = Annotated[int, typer.Option("--seeds", min=1, help="Seeds per prompt (from the run's seed).")]
+StyleWeightOpt = Annotated[float, typer.Option("--style-weight", min=0, help="Weight of the style score.")]
+ContentWeightOpt = Annotated[float, typer.Option("--content-weight", min=0, help="Weight of the content score.")]
+MaxDropOpt = Annotated[Optional[float], typer.Option(
+    "--max-content-drop", min=0, help="Refuse candidates whose content CLIP-T is more than this below the base's (default 2).")]
+MinContentOpt = Annotated[Optional[float], typer.Option("--min-content", help="Refuse candidates below this content CLIP-T.")]
+NearCopyOpt = Annotated[float, typer.Option(
+    "--near-copy", min=0.01, max=1.0, help="An output this similar (CLIP cosine) to one training picture is a near-copy.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when available).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Pictures per pipeline call.")]
+
+
+def _selection(style_weight: float, content_weight: float, max_content_drop: float | None, min_content: float | None,
+               near_copy: float) -> Any:
+
+    drop = {} if max_content_drop is None else {"max_content_drop": max_content_drop}
+    return SelectionSettings(style_weight=style_weight, content_weight=content_weight, min_content=min_content,
+                             near_copy=near_copy, **drop)
+
+
+def _print_candidates(candidates: list, column: str, chosen: int) -> None:
+    table = Table()
+    for name in (column, "style", "style phrase", "content", "memorisation", "near-copies", "combined", "rule"):
+        table.add_column(name, justify="left" if name in (column, "rule") else "right")
+    for index, c in enumerate(candidates):
+        s = c.scores
+        rule = "chosen" if index == chosen else ("reference" if index == 0 else (c.why_not or "ok"))
+        table.add_row(escape(c.label), _num(s.style, ".3f"), _num(s.style_phrase, ".1f"), _num(s.content, ".2f"),
+                      _num(s.memorisation, ".3f"), str(len(s.near_copies)), _num(c.combined, ".1f"), escape(rule))
+    console.print(table)
+
+
+@eval_app.command("checkpoints")
+def checkpoints_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by 'lorastory train' (with --checkpoint-every).")],
+    clip: ClipOpt = None, prompts: PromptsOpt = None, seeds: SeedsOpt = 2, style_weight: StyleWeightOpt = 1.0,
+    content_weight: ContentWeightOpt = 1.0, max_content_drop: MaxDropOpt = None, min_content: MinContentOpt = None,
+    near_copy: NearCopyOpt = 0.95, device: DeviceOpt = None, batch_size: BatchOpt = 8,
+) -> None:
+    """Render the validation prompts with every checkpoint, score them, copy the best to RUN/best.safetensors."""
+
+    settings = _selection(style_weight, content_weight, max_content_drop, min_content, near_copy)
+    report = evaluate_checkpoints(run_dir, clip_model=clip, prompts=prompts, seeds=seeds, settings=settings,
+                                  device=device, batch_size=batch_size)
+    _print_candidates(report.candidates, "checkpoint", report.choice.index)
+    console.print(f"Best: {report.choice.reason}", markup=False)
+    console.print(f"  LoRA: {report.best}\n  plot: {report.plot}\n  scores: {Path(report.plot).with_suffix('.json')}",
+                  markup=False)
+    console.print(f"  {report.seconds_per_checkpoint['total']:.1f} s per checkpoint", markup=False)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+@eval_app.command("sweep")
+def sweep_cmd(
+    target: Annotated[Path, typer.Argument(help="Training run folder (its best.safetensors, else lora.safetensors) or a LoRA file.")],
+    scales: Annotated[str, typer.Option("--scales", help="LoRA scales, comma-separated (0 is always scored).")] = "0,0.25,0.5,0.75,1,1.25",
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model (default: the run's).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Training folder for style and memorisation (default: the run's).")] = None,
+    clip: ClipOpt = None, prompts: PromptsOpt = None, seeds: SeedsOpt = 2, style_weight: StyleWeightOpt = 1.0,
+    content_weight: ContentWeightOpt = 1.0, max_content_drop: MaxDropOpt = None, min_content: MinContentOpt = None,
+    near_copy: NearCopyOpt = 0.95, device: DeviceOpt = None, batch_size: BatchOpt = 8,
+) -> None:
+    """Score one LoRA at several scales on the same seeds; recommend a scale (sweep.json, sweep.png)."""
+
+    settings = _selection(style_weight, content_weight, max_content_drop, min_content, near_copy)
+    report = sweep_scales(target, parse_scales(scales), model=model, data=data, prompts=prompts, clip_model=clip,
+                          seeds=seeds, settings=settings, device=device, batch_size=batch_size)
+    _print_candidates(report.candidates, "scale", report.choice.index)
+    console.print(f"Recommended scale {report.recommended_scale:g}: {report.choice.reason}", markup=False)
+    console.print(f"  plot: {report.plot}\n  scores: {Path(report.plot).with_suffix('.json')}", markup=False)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

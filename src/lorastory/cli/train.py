@@ -9,6 +9,7 @@ import typer
 
 from lorastory.cli.common import Options, app, console, err_console
 from lorastory.config import read_yaml
+from lorastory.eval.checkpoints import evaluate_checkpoints
 from lorastory.errors import ConfigError
 from lorastory.fileio import display_text
 from lorastory.train.config import TrainConfig, with_overrides
@@ -40,7 +41,7 @@ def train_cmd(
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the data (default 1).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for order, noise and crops.")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a checkpoint every N steps.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save a checkpoint (and its LoRA in OUT/loras/) every N steps.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = None,
     center_crop: Annotated[Optional[bool], typer.Option("--center-crop/--random-crop", help="Crop placement.")] = None,
     random_flip: Annotated[Optional[bool], typer.Option("--random-flip", help="Flip images horizontally at random.")] = None,
@@ -105,6 +106,9 @@ def train_cmd(
     ema_every: Annotated[Optional[int], typer.Option(help="--ema: update every N optimizer steps (default 1).")] = None,
     validation_steps: Annotated[Optional[int], typer.Option(help="Sampling steps of the validation pictures.")] = None,
     validation_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of the validation pictures.")] = None,
+    validation_style: Annotated[Optional[str], typer.Option(help="Style phrase of the captions (checkpoint selection).")] = None,
+    select_best: Annotated[Optional[bool], typer.Option("--select-best", help="Then score every checkpoint: OUT/best.safetensors.")] = None,
+    eval_clip: Annotated[Optional[str], typer.Option(help="--select-best: the CLIP that scores (folder or hub id).")] = None,
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="GPU fast path: fused LoRA q/k/v and prefetched inputs (default on).")] = None,
     trigger_word: Annotated[Optional[str], typer.Option(help="Word put first in every caption (not of regularization data).")] = None,
@@ -162,6 +166,15 @@ def _run(config: Any, gpus: int | None, debug: bool) -> None:
     for file in result.lora_files:
         console.print(f"  LoRA: {file}")
     console.print(f"  run folder: {result.out} (config.yaml, checkpoints/, samples/, logs/)")
+    if config.select_best:  # on several GPUs, the main process of the launched run gets here
+        _select_best(result.out)
+
+
+def _select_best(out: Path) -> None:
+    """``--select-best``: the end-of-training checkpoint selection (``lorastory eval checkpoints``)."""
+    report = evaluate_checkpoints(out)
+    console.print(f"  best checkpoint: {report.choice.reason}", markup=False)
+    console.print(f"  best LoRA: {report.best} (scores and plot in {Path(report.plot).parent})", markup=False)
 
 
 def _config(config_file: Path | None, flags: dict[str, Any]) -> Any:

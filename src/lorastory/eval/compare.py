@@ -75,7 +75,7 @@ def _resolve_lora(manifest: RunManifest | None, run_dir: Path, lora: str | None,
     return path, scale
 
 
-def _family_name(manifest: RunManifest | None) -> str | None:
+def family_name(manifest: RunManifest | None) -> str | None:
     """The family of the pipeline class the manifest records (e.g. KolorsPipeline → kolors)."""
     recorded = str((manifest.family if manifest is not None else None) or "")
     for name, family in FAMILIES.items():
@@ -84,7 +84,8 @@ def _family_name(manifest: RunManifest | None) -> str | None:
     return None
 
 
-def _load_pipe(model: str, family: str | None, device: str | None) -> Any:
+def load_pipe(model: str, family: str | None, device: str | None) -> Any:
+    """The base pipeline on ``device`` (default: CUDA when available), bf16 on a GPU, fp32 on the CPU."""
     import torch
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -139,7 +140,7 @@ def compare_lora(
     # 2. render without the LoRA (clean pipeline), then with it
     out = run.folder / COMPARE_DIR
     if pipe is None:
-        pipe = _load_pipe(str(base), _family_name(run.manifest), device)
+        pipe = load_pipe(str(base), family_name(run.manifest), device)
     # Both renders replace the previous comparison of this run (our own folders).
     common = dict(pipe=pipe, batch_size=render_batch_size, on_step=on_step, device=str(pipe.device), overwrite=True)
     generate_story(story, str(base), out / WITHOUT_DIR, **common)

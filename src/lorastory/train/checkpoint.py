@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 EMA_FILE = "ema_params.safetensors"
+_STEP_LORA = re.compile(r"^step-(\d+)\.safetensors$")
+# Each checkpoint also leaves its LoRA (the default layout) in OUT/loras/step-NNNNNN.safetensors: small next to
+# the optimizer state, and never pruned by ``keep_checkpoints``, so every checkpoint can be scored and chosen
+# afterwards (``lorastory eval checkpoints``).
+LORAS_DIR = "loras"
 
 
 class CheckpointError(LorastoryError):
@@ -68,6 +73,20 @@ class Position:
 
 def checkpoint_dir(out: Path, step: int) -> Path:
     return out / "checkpoints" / f"step-{step:06d}"
+
+
+def checkpoint_lora_path(out: Path, step: int) -> Path:
+    """Where the LoRA of the checkpoint at ``step`` is kept (never pruned)."""
+    return out / LORAS_DIR / f"step-{step:06d}.safetensors"
+
+
+def list_checkpoint_loras(out: Path) -> list[tuple[int, Path]]:
+    """The kept checkpoint LoRAs under ``out`` as (step, file), oldest first."""
+    root = out / LORAS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), f) for f in root.iterdir() if (m := _STEP_LORA.match(f.name)) and f.is_file()]
+    return sorted(found)
 
 
 def list_checkpoints(out: Path) -> list[tuple[int, Path]]:

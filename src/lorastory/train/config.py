@@ -100,6 +100,13 @@ class TrainConfig(YamlModel):
     validation_every: int = Field(0, ge=0)
     validation_steps: int = Field(20, ge=1)
     validation_cfg: float = Field(4.0, ge=0)
+    # The style phrase (or trigger word) the captions carry: checkpoint selection scores the validation
+    # pictures' content with the prompts without it, and their style with it (lorastory.eval.checkpoints).
+    validation_style: str | None = None
+    # At the end of training, score every checkpoint's LoRA on the validation prompts and write
+    # OUT/best.safetensors (run by `lorastory train` and the web app; needs validation_prompts).
+    select_best: bool = False
+    eval_clip: str | None = None  # the CLIP that scores them (default: openai/clip-vit-base-patch32)
 
     cache_dir: str | None = None
     # None: the default (kohya; plus diffusers for a text-encoder LoRA on a non-CLIP encoder such as Kolors' ChatGLM,
@@ -161,6 +168,8 @@ class TrainConfig(YamlModel):
             raise ValueError("needs data (a training folder) or datasets (several)")
         if self.data is not None and self.datasets:
             raise ValueError("give data (one training folder) or datasets (several), not both")
+        if self.select_best and not self.validation_prompts:
+            raise ValueError("select_best needs validation_prompts: the checkpoints are scored on them")
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
             raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
                              "would be recorded twice); use compile: blocks or gradient_checkpointing: false")
@@ -223,7 +232,8 @@ class TrainConfig(YamlModel):
 
 # Settings that do not change the trained weights.
 _NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
-                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile"}
+                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile", "validation_style",
+                "select_best", "eval_clip"}
 # The hashed settings of the first config files, always hashed (the LoRA's under these flat names).
 _FIRST_LORA_KEYS = {"rank": "rank", "alpha": "alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
                     "train_text_encoder": "train_text_encoder"}

@@ -29,8 +29,8 @@ from lorastory.errors import TrainingError
 from lorastory.models.lora import default_save_formats, inject_lora, save_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.checkpoint import (
-    Checkpoint, CheckpointError, Position, apply_checkpoint, clean_checkpoint_temps, list_checkpoints, newest_good_checkpoint, rng_state,
-    save_checkpoint,
+    Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
+    newest_good_checkpoint, rng_state, save_checkpoint,
 )
 from lorastory.train.config import TrainConfig
 from lorastory.train.ema import LoraEma, swapped_in
@@ -125,11 +125,9 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a LoRA as ``config`` says; return where the files went.
-
-    Under ``accelerate launch`` or ``torchrun`` every process calls this; ``config.batch_size``
-    is per process, ``say`` and ``on_progress`` are called on the main process only.
-    """
+    """Train a LoRA as ``config`` says; return where the files went. Under ``accelerate launch`` or
+    ``torchrun`` every process calls this; ``config.batch_size`` is per process, ``say`` and
+    ``on_progress`` are called on the main process only."""
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
 
@@ -220,7 +218,8 @@ def train(
                     here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
                             if batch_index + 1 == len(order) else  # the epoch is finished
                             Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
-                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints, ema)
+                    _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints, ema,
+                                     lambda path: _keep_lora(pipe, family, accelerator.unwrap_model(model), spec, config, path))
                 if config.validation_every and result.steps % config.validation_every == 0 and main:
                     result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
                                                                 text_fp, out, result.steps, device, accelerator)
@@ -287,6 +286,15 @@ def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Pat
         with swapped_in(trainable, ema.shadow):
             files += write("lora_ema", {"lorastory.ema_decay": str(config.ema_decay)})
     return files
+
+
+def _keep_lora(pipe: Any, family: Any, model: Any, spec: Any, config: TrainConfig, path: Path) -> Path:
+    """A checkpoint's LoRA in the run's first layout (the pipeline is given the trained denoiser first)."""
+    family.set_denoiser(pipe, model.unet)
+    fmt = (config.save_formats or default_save_formats(family.name, spec))[0]
+    steps = int(path.stem.split("-")[-1])
+    return save_lora(pipe, path, spec, family.name, format=fmt,
+                     extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
 
 
 def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
@@ -404,8 +412,10 @@ def _resumed_note(name: str, position: Position, global_batch: int, processes: i
 
 
 def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable: dict[str, torch.nn.Parameter],
-                     optimizer: Any, lr_scheduler: Any, keep: int, ema: LoraEma | None) -> None:
-    """Write a checkpoint from the main process, with every process's generators."""
+                     optimizer: Any, lr_scheduler: Any, keep: int, ema: LoraEma | None,
+                     keep_lora: Callable[[Path], Any]) -> None:
+    """Write a checkpoint from the main process, with every process's generators, and ``keep_lora`` its LoRA
+    file (``checkpoint.checkpoint_lora_path``: kept for selection after the checkpoint is pruned)."""
     from accelerate.utils import gather_object
 
     _check_finite(trainable, position.global_step, out)  # on every process: they hold the same weights
@@ -413,6 +423,7 @@ def _save_checkpoint(accelerator: Any, out: Path, position: Position, trainable:
     if accelerator.is_main_process:
         save_checkpoint(out, position, {n: p.detach() for n, p in trainable.items()}, optimizer, lr_scheduler,
                         states, keep, ema=ema.shadow if ema is not None else None)
+        keep_lora(checkpoint_lora_path(out, position.global_step))
 
 
 def _same_everywhere(value: Any, what: str, advice: str) -> None:

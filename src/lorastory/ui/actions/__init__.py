@@ -42,13 +42,14 @@ from lorastory.ui.actions.models import (
 from lorastory.ui.actions.story import (
     STORY_COLUMNS,
     consistency_from_form,
+    recommended_scale,
     regenerate_job,
     story_from_form,
     story_job,
     story_rows,
     story_zip,
 )
-from lorastory.ui.actions.train import run_samples, train_config, train_job
+from lorastory.ui.actions.train import checkpoint_choice, checkpoints_job, run_samples, train_config, train_job
 
 __all__ = [
     "DEFAULT_CLIP", "DEFAULT_MODEL", "PARAM_COLUMNS", "STORY_COLUMNS", "add_op", "clip_choices", "consistency_from_form",
@@ -57,4 +58,5 @@ __all__ = [
     "model_choices", "op_defaults", "op_rows", "point_recipe", "regenerate_job", "resolve_model", "run_details",
     "run_recipe_text", "run_samples", "story_from_form", "story_job", "story_rows", "story_runs", "story_zip",
     "train_config", "train_folder_choices", "train_job", "train_runs",
+    "checkpoint_choice", "checkpoints_job", "recommended_scale",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorastory.errors import ConfigError, DataError
+from lorastory.errors import ConfigError, DataError, LorastoryError
 from lorastory.fileio import atomic_open, replace_dir
 from lorastory.generate.regenerate import regenerate_panel
 from lorastory.generate.rundir import read_manifest
@@ -17,6 +17,7 @@ from lorastory.generate.story import Story, generate_story
 from lorastory.ui.actions.models import resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
+from lorastory.eval.sweep import recommended_scale as swept
 
 STORY_COLUMNS = ["prompt", "caption", "seed", "negative"]
 
@@ -147,3 +148,15 @@ def story_zip(ws: Workspace, run: str) -> Path:
             if path.is_file() and not path.name.startswith(".") and ws.is_inside(path):
                 archive.write(path, f"{folder.name}/{path.name}")
     return target
+
+
+def recommended_scale(ws: Workspace, lora: str | None) -> float | None:
+    """The scale ``lorastory eval sweep`` recommended for this LoRA file (its sweep.json), else ``None``."""
+
+    if not lora or not str(lora).strip():
+        return None
+    try:
+        path = ws.resolve(str(lora).strip(), must_exist=True)
+    except LorastoryError:
+        return None
+    return swept(path) if path.is_file() else None

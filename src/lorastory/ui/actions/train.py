@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import train
-from lorastory.ui.actions.models import resolve_model
+from lorastory.ui.actions.models import DEFAULT_CLIP, resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
+from lorastory.eval.checkpoints import evaluate_checkpoints
+from lorastory.eval.checkpoints import read_checkpoints_report
+from lorastory.eval.sweep import read_sweep_report
+from lorastory.eval.sweep import sweep_scales
 
 
 def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str, Any]) -> Any:
@@ -51,6 +56,8 @@ def train_job(ws: Workspace, config: Any) -> Callable[[JobContext], Any]:
 
         ctx.progress(0.0, "loading the model and filling the caches")
         result = train(config, on_progress=on_progress, say=ctx.log)
+        if config.select_best:  # the same selection as `lorastory train --select-best`
+            checkpoints_job(ws, str(result.out))(ctx)
         return {"lora": [ws.rel(p) for p in result.lora_files], "steps": result.steps}
 
     return run
@@ -62,3 +69,47 @@ def run_samples(ws: Workspace, out: str | None) -> list[str]:
         return []
     folder = ws.check(out) / "samples"
     return [str(p) for p in sorted(folder.glob("*.png")) if ws.is_inside(p)] if folder.is_dir() else []
+
+
+def checkpoint_choice(ws: Workspace, out: str | None) -> tuple[str | None, str]:
+    """A training run's checkpoint scores as the Train tab shows them: the plot and the recommendation
+    (from ``RUN/eval/checkpoints.json``; the sweep's recommended scale when there is one)."""
+
+    if not out:
+        return None, ""
+    folder = ws.check(out)
+    report = read_checkpoints_report(folder)
+    if report is None:
+        return None, ""
+    plot = Path(report.plot)
+    text = f"**Recommended checkpoint:** {report.choice.reason} → `{ws.rel(report.best)}`"
+    sweep = read_sweep_report(report.best)
+    if sweep is not None:
+        text += f"\n\n**Recommended LoRA scale:** {sweep.recommended_scale:g} ({sweep.choice.reason})"
+    return (str(plot) if plot.is_file() and ws.is_inside(plot) else None), text
+
+
+def checkpoints_job(ws: Workspace, out: str, clip_model: str | None = None) -> Callable[[JobContext], Any]:
+    """Score every checkpoint of a training run, then sweep the chosen LoRA's scales.
+
+    The CLIP is the run's ``eval_clip``, else ``clip_model`` (a workspace folder; default: the toy CLIP,
+    since no hub is reachable from the app).
+    """
+
+    folder = ws.resolve(out, must_exist=True)
+    config = TrainConfig.from_yaml(folder / "config.yaml")
+    clip = config.eval_clip or str(ws.resolve(clip_model or DEFAULT_CLIP, must_exist=True))
+
+    def run(ctx: JobContext) -> dict[str, Any]:
+        ctx.data["out"] = str(folder)
+
+        def step(label: str, done: int, total: int) -> None:
+            ctx.progress(done / max(total, 1), f"{label}: step {done}/{total}")
+
+        ctx.progress(0.0, "scoring the checkpoints")
+        report = evaluate_checkpoints(folder, clip_model=clip, on_step=step)
+        ctx.progress(0.0, "scoring LoRA scales")
+        sweep = sweep_scales(folder, clip_model=clip, on_step=step)
+        return {"best": ws.rel(report.best), "reason": report.choice.reason, "scale": sweep.recommended_scale}
+
+    return run

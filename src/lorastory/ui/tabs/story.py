@@ -82,7 +82,8 @@ class StoryTab(Tab):
                                      allow_custom_value=True)
             self.lora = gr.Dropdown(label="LoRA (optional)", choices=[""] + actions.lora_choices(self.ws), value="",
                                     allow_custom_value=True)
-            self.scale = gr.Slider(label="LoRA scale", minimum=0, maximum=2, step=0.05, value=0.8)
+            self.scale = gr.Slider(label="LoRA scale (a swept LoRA's recommended one)", minimum=0, maximum=2, step=0.05,
+                                   value=0.8, elem_id="story-lora-scale")
             self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")
 
     def _build_run(self) -> None:
@@ -110,6 +111,7 @@ class StoryTab(Tab):
     def wire(self, clock: Clock) -> None:
         import gradio as gr
 
+        self.lora.change(self.on_lora, self.lora, self.scale)
         self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
                            [self.status, self.story_yaml])
         self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
@@ -139,6 +141,13 @@ class StoryTab(Tab):
         except Exception as error:
             return err(error), gr.skip()
         return f"**Queued:** {job.summary()}", story.to_yaml()
+
+    def on_lora(self, lora):
+        """The LoRA scale defaults to the one ``lorastory eval sweep`` recommended for the chosen LoRA."""
+        import gradio as gr
+
+        scale = actions.recommended_scale(self.ws, lora)
+        return gr.skip() if scale is None else scale
 
     def on_load_example(self, name):
         import gradio as gr

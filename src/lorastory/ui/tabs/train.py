@@ -97,6 +97,12 @@ class TrainTab(Tab):
         with gr.Row():
             self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-plot")
             self.samples = gr.Gallery(label="Validation samples", columns=4, height=260)
+        with gr.Row():
+            self.ckpt_plot = gr.Image(label="Checkpoint scores (the chosen step dashed)", type="filepath",
+                                      interactive=False, height=320, elem_id="checkpoint-plot")
+            with gr.Column():
+                self.ckpt_md = gr.Markdown(elem_id="checkpoint-choice")
+                self.ckpt_btn = gr.Button("Score checkpoints and LoRA scales", elem_id="score-checkpoints-btn")
         self.log = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False, elem_classes="mono")
         self.queue_md = gr.Markdown(elem_id="queue")
 
@@ -111,8 +117,10 @@ class TrainTab(Tab):
                                              self.val_every, self.seed, self.resume, self.val_prompts,
                                              *self.caption_inputs], self.status)
         self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status)
+        self.ckpt_btn.click(self.on_score_checkpoints, self.name, self.status)
         seen = gr.State({})
-        clock.poll(self.poll, seen, [seen, self.status, self.loss_plot, self.samples, self.log, self.queue_md])
+        clock.poll(self.poll, seen, [seen, self.status, self.loss_plot, self.samples, self.log, self.queue_md,
+                                     self.ckpt_plot, self.ckpt_md])
 
     def on_preset(self, name):
         values = load_presets()[name]
@@ -138,10 +146,31 @@ class TrainTab(Tab):
             return err(error)
         return f"**Queued:** {job.summary()}"
 
+    def on_score_checkpoints(self, name):
+        try:
+            job = self.ctx.jobs.submit("train", f"checkpoints of {name}",
+                                       actions.checkpoints_job(self.ws, f"runs/{name}"))
+        except Exception as error:
+            return err(error)
+        return f"**Queued:** {job.summary()}"
+
     def poll(self, state: dict[str, Any]) -> list[Any]:
-        """The newest training job (status, loss plot, samples, log) and the queue, where changed."""
+        """The newest training job (status, loss plot, samples, log), the queue, and the run's checkpoint
+        scores when it has them, where changed."""
         state = dict(state or {})
-        return [state, *self._poll_train(state), self._poll_queue(state)]
+        return [state, *self._poll_train(state), self._poll_queue(state), *self._poll_checkpoints(state)]
+
+    def _poll_checkpoints(self, state: dict[str, Any]) -> list[Any]:
+        import gradio as gr
+
+        job = self.ctx.jobs.latest("train")
+        out = job.data.get("out") if job is not None else None
+        key = (out, job.status if job is not None else None)
+        if state.get("checkpoints") == key:
+            return [gr.skip()] * 2
+        state["checkpoints"] = key
+        plot, text = actions.checkpoint_choice(self.ws, out)
+        return [plot, text]
 
     def _poll_train(self, state: dict[str, Any]) -> list[Any]:
         import gradio as gr
