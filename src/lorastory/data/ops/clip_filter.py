@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorastory.data.ops.base import Filter, OpParams, load_once
-from lorastory.errors import ClipModelError, RecipeError
+from lorastory.data.ops.base import Filter, OpParams, load_once, recipe_check
+from lorastory.errors import ClipModelError
 from lorastory.hub import check_source
 from lorastory.models.clip import check_clip_folder, load_clip, one_thread_in_workers, op_device
 
@@ -25,11 +25,9 @@ class ClipFilter(Filter):
 
     def __init__(self, params: ClipParams) -> None:
         super().__init__(params)
-        try:
+        with recipe_check(self, ClipModelError):
             check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
             check_clip_folder(params.hf_clip)
-        except ClipModelError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
         self._clip: Any = None
 
     def _model(self) -> Any:

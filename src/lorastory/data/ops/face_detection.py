@@ -83,11 +83,10 @@ def detect_faces(image: Image.Image, classifier: Any, kwargs: dict[str, Any]) ->
 class FaceStatFilter(Filter):
     """A filter with one number per distinct image, made from its face boxes, kept in ``[min_X, max_X]``.
 
-    Subclasses name the stat (``stat_key``), the range's parameters (``range_fields``) and
+    Subclasses name the stat (``stats_keys``), the range's parameters (``range_fields``) and
     :meth:`face_stat`; the cascade is checked when the recipe loads and loaded once per process.
     """
 
-    stat_key: ClassVar[str]
     range_fields: ClassVar[tuple[str, str]]
 
     def __init__(self, params: FaceDetectionParams) -> None:
@@ -99,7 +98,7 @@ class FaceStatFilter(Filter):
         raise NotImplementedError
 
     def compute_stats(self, sample: Sample) -> None:
-        if self.stat_key in sample.stats:
+        if self.stats_keys[0] in sample.stats:
             return
         classifier = load_once(self, "_classifier", lambda: load_cascade(self.cascade))
         values: dict[str, float] = {}
@@ -108,8 +107,8 @@ class FaceStatFilter(Filter):
             if path not in values:
                 image = sample.image_rgb(path)
                 values[path] = self.face_stat(image, detect_faces(image, classifier, self.params.detect_kwargs()))
-        sample.stats[self.stat_key] = [values[p] for p in paths]
+        sample.stats[self.stats_keys[0]] = [values[p] for p in paths]
 
     def keep(self, stats: dict[str, Any]) -> bool:
         low, high = (getattr(self.params, name) for name in self.range_fields)
-        return combine([low <= value <= high for value in stats[self.stat_key]], self.params.any_or_all)
+        return combine([low <= value <= high for value in stats[self.stats_keys[0]]], self.params.any_or_all)

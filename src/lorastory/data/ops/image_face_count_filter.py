@@ -28,7 +28,6 @@ class ImageFaceCountFilter(FaceStatFilter):
 
     Params = FaceCountParams
     stats_keys = (STATS_KEY,)
-    stat_key = STATS_KEY
     range_fields = ("min_face_count", "max_face_count")
 
     def face_stat(self, image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> int:

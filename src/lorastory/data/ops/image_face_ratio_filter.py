@@ -29,7 +29,6 @@ class ImageFaceRatioFilter(FaceStatFilter):
 
     Params = FaceRatioParams
     stats_keys = (STATS_KEY,)
-    stat_key = STATS_KEY
     range_fields = ("min_ratio", "max_ratio")
 
     def face_stat(self, image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> float:

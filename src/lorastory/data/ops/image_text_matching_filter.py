@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorastory.data.ops.base import Filter, combine, load_once, register_op
+from lorastory.data.ops.base import Filter, combine, load_once, recipe_check, register_op
 from lorastory.data.ops.image_text_chunks import ChunkScoreParams, flip, reduce, split_chunks
 from lorastory.data.sample import Sample
-from lorastory.errors import RecipeError
 from lorastory.models.blip_itm import load_blip_itm
 from lorastory.models.clip import one_thread_in_workers, op_device
 from lorastory.models.image_classifier import ImageClassifierError, check_classifier
@@ -42,10 +41,8 @@ class ImageTextMatchingFilter(Filter):
 
     def __init__(self, params: TextMatchingParams) -> None:
         super().__init__(params)
-        try:
+        with recipe_check(self, ImageClassifierError):
             check_classifier(params.hf_blip, f"{self.name} model", "hf_blip")
-        except ImageClassifierError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
         self._blip: Any = None
 
     def _model(self) -> Any:
