@@ -31,7 +31,6 @@ import math
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from _timing import time_command
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = [(512, 512), (768, 1024), (1024, 1024), (1024, 1536), (2048, 1024), (1280, 720), (3000, 1000), (900, 2000)]
@@ -164,23 +165,6 @@ def ours_command(recipe: Path) -> list[str]:
     if probe is not None and probe.returncode == 0:
         return [str(cli), "data", "run", str(recipe)]
     return [sys.executable, "-c", RUN_RECIPE_CODE, str(recipe)]
-
-
-def children_cpu() -> float:
-    """CPU seconds (user + system) used so far by waited-for child processes."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def time_command(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall and CPU seconds of a subprocess; its output goes to ``log``; a failure stops the benchmark."""
-    with open(log, "w", encoding="utf-8") as out:
-        cpu, started = children_cpu(), time.perf_counter()
-        code = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        seconds, cpu = time.perf_counter() - started, children_cpu() - cpu
-    if code != 0:
-        sys.exit(f"{command[0]} failed (exit {code}); see {log}")
-    return seconds, cpu
 
 
 def header_loop(paths: list[str]) -> tuple[float, float, list[tuple[int, int]]]:

@@ -25,13 +25,14 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _timing import time_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,22 +137,6 @@ def write_dataset(path: Path, n: int, seed: int) -> None:
         for index in range(n):
             row = {"text": caption(rng), "image": [f"images/{index:06d}.jpg"]}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def time_command(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall and CPU seconds of a subprocess; a failure stops the benchmark."""
-    with open(log, "w", encoding="utf-8") as out:
-        cpu, started = children_cpu(), time.perf_counter()
-        code = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-        seconds, cpu = time.perf_counter() - started, children_cpu() - cpu
-    if code != 0:
-        sys.exit(f"{command[0]} failed (exit {code}); see {log}")
-    return seconds, cpu
 
 
 def kept_texts(export: Path) -> dict[str, str]:

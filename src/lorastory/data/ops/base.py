@@ -14,6 +14,8 @@ import difflib
 import math
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -124,6 +126,15 @@ def load_once(op: Op, attribute: str, load: Any) -> Any:
     return value
 
 
+
+@contextmanager
+def recipe_check(op: Op, *errors: type[Exception]) -> Iterator[None]:
+    """A check run when the recipe loads (a model that is not there...): its ``errors`` become one-line
+    :class:`RecipeError` naming the op, so the recipe is refused before any work."""
+    try:
+        yield
+    except errors as err:
+        raise RecipeError(f"{op.name}: {err}") from None
 class Op:
     """A named operator built from validated parameters."""
 

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from lorastory.data.ops.base import OpParams, register_op
 from lorastory.data.ops.dataset_op import DatasetOp
+from lorastory.data.ops.text_helpers import hash_text
 from lorastory.data.sample import Sample
 
 if TYPE_CHECKING:
@@ -165,11 +166,7 @@ class DocumentMinhashDeduplicator(DatasetOp):
 
     def compute_hash(self, sample: Sample) -> tuple[int, ...]:
         p = self.params
-        text = sample.text(p.text_key)
-        if p.lowercase:
-            text = text.lower()
-        if self.ignore is not None:
-            text = self.ignore.sub("", text)
+        text = hash_text(sample.text(p.text_key), p.lowercase, self.ignore)
         raw = minhash(shingles(text, p.tokenization, p.window_size), p.num_permutations).tobytes()
         # Equal band values <=> equal band bytes: the key is a 64-bit digest of each band's bytes.
         return tuple(

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from lorastory.data.ops.base import OpParams, register_op
 from lorastory.data.ops.dataset_op import DatasetOp
+from lorastory.data.ops.text_helpers import hash_text
 from lorastory.data.sample import Sample
 
 _PUNCTUATION = regex.compile(r"\p{P}")
@@ -103,11 +104,7 @@ class DocumentSimhashDeduplicator(DatasetOp):
 
     def compute_hash(self, sample: Sample) -> int:
         p = self.params
-        text = sample.text(p.text_key)
-        if p.lowercase:
-            text = text.lower()
-        if self.ignore is not None:
-            text = self.ignore.sub("", text)
+        text = hash_text(sample.text(p.text_key), p.lowercase, self.ignore)
         return simhash(shingles(text, p.tokenization, p.window_size))
 
     def select(self, keys: list[Any]) -> list[int]:

@@ -11,10 +11,11 @@ which ships the cascades.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
-from lorastory.data.ops.base import OpParams
+from lorastory.data.ops.base import Filter, OpParams, combine, load_once
+from lorastory.data.sample import Sample
 from lorastory.errors import RecipeError
 
 DEFAULT_CASCADE = "haarcascade_frontalface_alt.xml"
@@ -77,3 +78,37 @@ def detect_faces(image: Image.Image, classifier: Any, kwargs: dict[str, Any]) ->
         x, y = max(int(x), 0), max(int(y), 0)
         boxes.append((x, y, min(int(w), image.width - x), min(int(h), image.height - y)))
     return boxes
+
+
+class FaceStatFilter(Filter):
+    """A filter with one number per distinct image, made from its face boxes, kept in ``[min_X, max_X]``.
+
+    Subclasses name the stat (``stats_keys``), the range's parameters (``range_fields``) and
+    :meth:`face_stat`; the cascade is checked when the recipe loads and loaded once per process.
+    """
+
+    range_fields: ClassVar[tuple[str, str]]
+
+    def __init__(self, params: FaceDetectionParams) -> None:
+        super().__init__(params)
+        self.cascade = cascade_path(self.name, params.cv_classifier)
+        self._classifier: Any = None
+
+    def face_stat(self, image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> float:
+        raise NotImplementedError
+
+    def compute_stats(self, sample: Sample) -> None:
+        if self.stats_keys[0] in sample.stats:
+            return
+        classifier = load_once(self, "_classifier", lambda: load_cascade(self.cascade))
+        values: dict[str, float] = {}
+        paths = sample.image_paths(self.params.image_key)
+        for path in paths:
+            if path not in values:
+                image = sample.image_rgb(path)
+                values[path] = self.face_stat(image, detect_faces(image, classifier, self.params.detect_kwargs()))
+        sample.stats[self.stats_keys[0]] = [values[p] for p in paths]
+
+    def keep(self, stats: dict[str, Any]) -> bool:
+        low, high = (getattr(self.params, name) for name in self.range_fields)
+        return combine([low <= value <= high for value in stats[self.stats_keys[0]]], self.params.any_or_all)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
+from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, recipe_check, register_op
 from lorastory.data.sample import Sample
-from lorastory.errors import AestheticModelError, ClipModelError, LorastoryError, RecipeError
+from lorastory.errors import AestheticModelError, ClipModelError, LorastoryError
 from lorastory.hub import PICKLE_SUFFIXES, check_source
 from lorastory.models.aesthetic import default_clip_for, load_aesthetic
 from lorastory.models.clip import check_clip_folder, load_clip, one_thread_in_workers, op_device
@@ -54,10 +54,8 @@ class ImageAestheticsFilter(Filter):
         super().__init__(params)
         self._scorer: tuple[Any, Any] | None = None
         self._source = params.hf_scorer_model or DATA_JUICER_DEFAULT
-        try:
+        with recipe_check(self, LorastoryError):
             self._check()
-        except LorastoryError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
 
     def _check(self) -> None:
         """Fail before any work when the weights (or the CLIP a head file needs) cannot be had."""

@@ -18,15 +18,12 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from PIL import ImageFilter
+from PIL import Image, ImageFilter
 from pydantic import Field
 
 from lorastory.data.ops.base import Mapper, OpParams, register_op
-from lorastory.data.ops.produced_images import produced_path, save_image
+from lorastory.data.ops.produced_images import replace_images
 from lorastory.data.sample import Sample
-
-SOURCE_FILE_FIELD = "__dj__source_file__"
-
 
 class BlurParams(OpParams):
     p: float = Field(default=0.2, ge=0, le=1)
@@ -44,20 +41,6 @@ def blur_filter(blur_type: str, radius: float) -> ImageFilter.Filter:
     return ImageFilter.GaussianBlur(radius)
 
 
-def update_sources(sample: Sample, before: list[str], after: list[str]) -> None:
-    """Data-Juicer's ``__dj__source_file__`` bookkeeping after a mapper turned ``before`` paths into ``after``.
-
-    The field starts as the row's image paths; an entry that differs from the image a mapper just
-    replaced is set to that image (so after two mappers it names the first one's output, as in Data-Juicer).
-    """
-    sources = sample.row.get(SOURCE_FILE_FIELD)
-    if not isinstance(sources, list) or len(sources) != len(before):
-        sources = sample.row[SOURCE_FILE_FIELD] = list(before)
-    for index, (old, new) in enumerate(zip(before, after)):
-        if sources[index] != old and new != old:
-            sources[index] = old
-
-
 def _draw(path: str) -> float:
     """A uniform number in [0, 1) fixed by the image path."""
     return int(hashlib.md5(path.encode("utf-8")).hexdigest()[:8], 16) / 2**32
@@ -72,20 +55,9 @@ class ImageBlurMapper(Mapper):
     def process(self, sample: Sample) -> None:
         p = self.params
         key = p.image_key or sample.keys.image_key
-        paths = sample.image_paths(key)
-        if not paths:
-            return
         blur = blur_filter(p.blur_type, p.radius)
-        new: dict[str, str] = {}
-        for path in paths:
-            if path in new:
-                continue
-            if p.p < _draw(path):
-                new[path] = ""
-                continue
-            target = produced_path(self, sample, path, p.save_dir)
-            save_image(sample.image_rgb(path).filter(blur), target)
-            new[path] = target
-        after = [new[path] or path for path in paths]
-        update_sources(sample, paths, after)
-        sample.set_image_paths(after, key)
+
+        def blurred(path: str) -> Image.Image | None:
+            return None if p.p < _draw(path) else sample.image_rgb(path).filter(blur)
+
+        replace_images(self, sample, key, p.save_dir, blurred)

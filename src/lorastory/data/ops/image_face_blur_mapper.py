@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import Field
 
 from lorastory.data.ops.base import Mapper, load_once, register_op
 from lorastory.data.ops.face_detection import FaceDetectionParams, cascade_path, detect_faces, load_cascade
-from lorastory.data.ops.image_blur_mapper import blur_filter, update_sources
-from lorastory.data.ops.produced_images import produced_path, save_image
+from lorastory.data.ops.image_blur_mapper import blur_filter
+from lorastory.data.ops.produced_images import replace_images
 from lorastory.data.sample import Sample
 
 
@@ -41,28 +42,18 @@ class ImageFaceBlurMapper(Mapper):
 
     def process(self, sample: Sample) -> None:
         p = self.params
-        key = p.image_key or sample.keys.image_key
-        paths = sample.image_paths(key)
-        if not paths:
-            return
-        classifier = load_once(self, "_classifier", lambda: load_cascade(self.cascade))
         blur = blur_filter(p.blur_type, p.radius)
-        new: dict[str, str] = {}
-        for path in paths:
-            if path in new:
-                continue
+
+        def blurred(path: str) -> Image.Image | None:
+            classifier = load_once(self, "_classifier", lambda: load_cascade(self.cascade))
             image = sample.image_rgb(path)
             boxes = detect_faces(image, classifier, p.detect_kwargs())
             if not boxes:
-                new[path] = ""
-                continue
-            blurred = image.copy()
+                return None
+            result = image.copy()
             for x, y, w, h in boxes:
                 box = (x, y, x + w, y + h)
-                blurred.paste(image.crop(box).filter(blur), box)
-            target = produced_path(self, sample, path, p.save_dir)
-            save_image(blurred, target)
-            new[path] = target
-        after = [new[path] or path for path in paths]
-        update_sources(sample, paths, after)
-        sample.set_image_paths(after, key)
+                result.paste(image.crop(box).filter(blur), box)
+            return result
+
+        replace_images(self, sample, p.image_key or sample.keys.image_key, p.save_dir, blurred)

@@ -8,11 +8,10 @@ stays); ``any_or_all`` over the images. Counts per distinct path, as Data-Juicer
 
 from __future__ import annotations
 
-from typing import Any
+from PIL import Image
 
-from lorastory.data.ops.base import AnyOrAll, Filter, combine, load_once, register_op
-from lorastory.data.ops.face_detection import FaceDetectionParams, cascade_path, detect_faces, load_cascade
-from lorastory.data.sample import Sample
+from lorastory.data.ops.base import AnyOrAll, register_op
+from lorastory.data.ops.face_detection import FaceDetectionParams, FaceStatFilter
 
 STATS_KEY = "face_counts"
 
@@ -24,28 +23,12 @@ class FaceCountParams(FaceDetectionParams):
 
 
 @register_op("image_face_count_filter")
-class ImageFaceCountFilter(Filter):
+class ImageFaceCountFilter(FaceStatFilter):
     """Counts faces per image with OpenCV's Haar cascade; keeps rows whose counts lie in range."""
 
     Params = FaceCountParams
     stats_keys = (STATS_KEY,)
+    range_fields = ("min_face_count", "max_face_count")
 
-    def __init__(self, params: FaceCountParams) -> None:
-        super().__init__(params)
-        self.cascade = cascade_path(self.name, params.cv_classifier)
-        self._classifier: Any = None
-
-    def compute_stats(self, sample: Sample) -> None:
-        if STATS_KEY in sample.stats:
-            return
-        classifier = load_once(self, "_classifier", lambda: load_cascade(self.cascade))
-        counts: dict[str, int] = {}
-        paths = sample.image_paths(self.params.image_key)
-        for path in paths:
-            if path not in counts:
-                counts[path] = len(detect_faces(sample.image_rgb(path), classifier, self.params.detect_kwargs()))
-        sample.stats[STATS_KEY] = [counts[p] for p in paths]
-
-    def keep(self, stats: dict[str, Any]) -> bool:
-        p = self.params
-        return combine([p.min_face_count <= n <= p.max_face_count for n in stats[STATS_KEY]], p.any_or_all)
+    def face_stat(self, image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> int:
+        return len(boxes)

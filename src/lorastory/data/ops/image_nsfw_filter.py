@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
-from lorastory.data.sample import Sample
-from lorastory.errors import RecipeError
-from lorastory.models.clip import one_thread_in_workers, op_device
-from lorastory.models.image_classifier import ImageClassifierError, check_classifier, load_image_classifier
+from lorastory.data.ops.base import AnyOrAll, OpParams, combine, register_op
+from lorastory.data.ops.image_classifier_filter import LabelOneFilter
 
 STATS_KEY = "image_nsfw_score"
 
@@ -30,40 +27,13 @@ class NsfwParams(OpParams):
     any_or_all: AnyOrAll = "any"
 
 
-def label_one_scores(op: Filter, sample: Sample, source: str, option: str) -> list[float]:
-    """Label-1 probability per distinct image path of the row, in first-seen order (as Data-Juicer)."""
-    paths = sample.image_paths(op.params.image_key)
-    if not paths:
-        return []
-
-    def load() -> Any:
-        one_thread_in_workers()
-        return load_image_classifier(source, f"{op.name} model", option, op_device(op.params.accelerator))
-
-    classifier = load_once(op, "_classifier", load)
-    # Data-Juicer scores the dict of loaded images, keyed by path: a repeated path counts once.
-    distinct = list(dict.fromkeys(paths))
-    return [float(row[1]) for row in classifier.probabilities([sample.image_rgb(p) for p in distinct])]
-
-
 @register_op("image_nsfw_filter")
-class ImageNsfwFilter(Filter):
+class ImageNsfwFilter(LabelOneFilter):
     """NSFW probability per image (an image classifier's label 1); keeps rows whose scores lie in range."""
 
     Params = NsfwParams
     stats_keys = (STATS_KEY,)
-
-    def __init__(self, params: NsfwParams) -> None:
-        super().__init__(params)
-        try:
-            check_classifier(params.hf_nsfw_model, f"{self.name} model", "hf_nsfw_model")
-        except ImageClassifierError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
-        self._classifier: Any = None
-
-    def compute_stats(self, sample: Sample) -> None:
-        if STATS_KEY not in sample.stats:
-            sample.stats[STATS_KEY] = label_one_scores(self, sample, self.params.hf_nsfw_model, "hf_nsfw_model")
+    model_option = "hf_nsfw_model"
 
     def keep(self, stats: dict[str, Any]) -> bool:
         p = self.params

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
+from lorastory.data.ops.base import AnyOrAll, combine, register_op
+from lorastory.data.ops.clip_filter import ClipFilter, ClipParams
 from lorastory.data.sample import Sample
-from lorastory.errors import ClipModelError, DataError, RecipeError
-from lorastory.hub import check_source
-from lorastory.models.clip import check_clip_folder, load_clip, one_thread_in_workers, op_device
+from lorastory.errors import DataError
 
 STATS_KEY = "image_pair_similarity"
 
 
-class PairSimilarityParams(OpParams):
-    hf_clip: str = "openai/clip-vit-base-patch32"
-    trust_remote_code: bool = False
+class PairSimilarityParams(ClipParams):
     min_score: float = 0.1
     max_score: float = 1.0
     any_or_all: AnyOrAll = "any"
@@ -32,27 +29,11 @@ class PairSimilarityParams(OpParams):
 
 
 @register_op("image_pair_similarity_filter")
-class ImagePairSimilarityFilter(Filter):
+class ImagePairSimilarityFilter(ClipFilter):
     """CLIP cosine between a row's two images; keeps rows whose similarity lies in [min_score, max_score]."""
 
     Params = PairSimilarityParams
     stats_keys = (STATS_KEY,)
-
-    def __init__(self, params: PairSimilarityParams) -> None:
-        super().__init__(params)
-        try:
-            check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
-            check_clip_folder(params.hf_clip)
-        except ClipModelError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
-        self._clip: Any = None
-
-    def _model(self) -> Any:
-        def load() -> Any:
-            one_thread_in_workers()
-            return load_clip(self.params.hf_clip, op_device(self.params.accelerator))
-
-        return load_once(self, "_clip", load)
 
     def compute_stats(self, sample: Sample) -> None:
         if STATS_KEY in sample.stats:

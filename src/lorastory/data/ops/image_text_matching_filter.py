@@ -13,14 +13,11 @@ scores nothing and keeps such rows). The model loads through
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from PIL import ImageOps
-
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
-from lorastory.data.ops.image_text_similarity_filter import reduce, split_chunks
+from lorastory.data.ops.base import Filter, combine, load_once, recipe_check, register_op
+from lorastory.data.ops.image_text_chunks import ChunkScoreParams, flip, reduce, split_chunks
 from lorastory.data.sample import Sample
-from lorastory.errors import RecipeError
 from lorastory.models.blip_itm import load_blip_itm
 from lorastory.models.clip import one_thread_in_workers, op_device
 from lorastory.models.image_classifier import ImageClassifierError, check_classifier
@@ -28,16 +25,11 @@ from lorastory.models.image_classifier import ImageClassifierError, check_classi
 STATS_KEY = "image_text_matching_score"
 
 
-class TextMatchingParams(OpParams):
+class TextMatchingParams(ChunkScoreParams):
     hf_blip: str = "Salesforce/blip-itm-base-coco"
     trust_remote_code: bool = False
     min_score: float = 0.003
     max_score: float = 1.0
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    any_or_all: AnyOrAll = "any"
-    reduce_mode: Literal["avg", "max", "min"] = "avg"
-
 
 
 @register_op("image_text_matching_filter")
@@ -49,10 +41,8 @@ class ImageTextMatchingFilter(Filter):
 
     def __init__(self, params: TextMatchingParams) -> None:
         super().__init__(params)
-        try:
+        with recipe_check(self, ImageClassifierError):
             check_classifier(params.hf_blip, f"{self.name} model", "hf_blip")
-        except ImageClassifierError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
         self._blip: Any = None
 
     def _model(self) -> Any:
@@ -72,10 +62,7 @@ class ImageTextMatchingFilter(Filter):
         for text, indices in chunks:
             scores = []
             for index in indices:
-                image = sample.image_rgb(paths[index])
-                image = ImageOps.mirror(image) if p.horizontal_flip else image
-                image = ImageOps.flip(image) if p.vertical_flip else image
-                scores.append(self._model().match(image, text))
+                scores.append(self._model().match(flip(sample.image_rgb(paths[index]), p), text))
             values.append(reduce(scores, p.reduce_mode))
         sample.stats[STATS_KEY] = values
 

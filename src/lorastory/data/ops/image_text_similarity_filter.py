@@ -23,92 +23,29 @@ first use; a sample's images and chunk texts go through it as one batch.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from PIL import Image, ImageOps
-
-from lorastory.captions import DJ_SPECIAL_TOKENS
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, load_once, register_op
+from lorastory.data.ops.base import combine, register_op
+from lorastory.data.ops.clip_filter import ClipFilter, ClipParams
+from lorastory.data.ops.image_text_chunks import ChunkScoreParams, flip, reduce, split_chunks
 from lorastory.data.sample import Sample
-from lorastory.errors import ClipModelError, RecipeError
-from lorastory.hub import check_source
-from lorastory.models.clip import check_clip_folder, load_clip, one_thread_in_workers, op_device
 
-EOC_TOKEN = "<|__dj__eoc|>"
 STATS_KEY = "image_text_similarity"
 
 
-class ImageTextSimilarityParams(OpParams):
-    hf_clip: str = "openai/clip-vit-base-patch32"
-    trust_remote_code: bool = False
+class ImageTextSimilarityParams(ClipParams, ChunkScoreParams):
     min_score: float = 0.1
     max_score: float = 1.0
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    any_or_all: AnyOrAll = "any"
-    reduce_mode: Literal["avg", "max", "min"] = "avg"
 
     signed_ranges: ClassVar[frozenset[str]] = frozenset({"score"})  # a cosine can be negative
 
 
-def split_chunks(text: str, n_images: int, image_token: str) -> list[tuple[str, list[int]]]:
-    """(chunk text without special tokens, indices of its images) as Data-Juicer pairs them."""
-    if image_token not in text:
-        return [(DJ_SPECIAL_TOKENS.sub("", text).strip(), list(range(n_images)))] if n_images else []
-    chunks = []
-    offset = 0
-    for chunk in text.split(EOC_TOKEN):
-        count = chunk.count(image_token)
-        if count == 0 or not chunk:
-            continue
-        indices = list(range(offset, min(offset + count, n_images)))
-        if indices:
-            chunks.append((DJ_SPECIAL_TOKENS.sub("", chunk.replace(image_token, "")).strip(), indices))
-        offset += count
-    return chunks
-
-
-def reduce(values: list[float], mode: str) -> float:
-    """avg, max or min of a chunk's image scores."""
-    if mode == "max":
-        return max(values)
-    if mode == "min":
-        return min(values)
-    return sum(values) / len(values)
-
-
 @register_op("image_text_similarity_filter")
-class ImageTextSimilarityFilter(Filter):
+class ImageTextSimilarityFilter(ClipFilter):
     """CLIP image-text cosine per chunk of text; keeps rows whose values lie in [min_score, max_score]."""
 
     Params = ImageTextSimilarityParams
     stats_keys = (STATS_KEY,)
-
-    def __init__(self, params: ImageTextSimilarityParams) -> None:
-        super().__init__(params)
-
-        try:
-            check_source(params.hf_clip, "CLIP model", "hf_clip", ClipModelError)
-            check_clip_folder(params.hf_clip)
-        except ClipModelError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
-        self._clip: Any = None
-
-    def _model(self) -> Any:
-        """The CLIP model, loaded once per process; recipes never enable trust_remote_code (refused in build_op)."""
-
-        def load() -> Any:
-            one_thread_in_workers()
-            return load_clip(self.params.hf_clip, op_device(self.params.accelerator))
-
-        return load_once(self, "_clip", load)
-
-    def _prepare(self, image: Image.Image) -> Image.Image:
-        if self.params.horizontal_flip:
-            image = ImageOps.mirror(image)
-        if self.params.vertical_flip:
-            image = ImageOps.flip(image)
-        return image
 
     def compute_stats(self, sample: Sample) -> None:
         if STATS_KEY in sample.stats:
@@ -119,7 +56,7 @@ class ImageTextSimilarityFilter(Filter):
             sample.stats[STATS_KEY] = []
             return
         used = sorted({i for _, indices in chunks for i in indices})
-        images = [self._prepare(sample.image_rgb(paths[i])) for i in used]
+        images = [flip(sample.image_rgb(paths[i]), self.params) for i in used]
         clip = self._model()
         image_emb = clip.image_embeddings(images, self.params.batch_size or 32)
         text_emb = clip.text_embeddings([text for text, _ in chunks])

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorastory.data.ops.base import AnyOrAll, Filter, OpParams, combine, register_op
-from lorastory.data.ops.image_nsfw_filter import label_one_scores
-from lorastory.data.sample import Sample
-from lorastory.errors import RecipeError
-from lorastory.models.image_classifier import ImageClassifierError, check_classifier
+from lorastory.data.ops.base import AnyOrAll, OpParams, combine, register_op
+from lorastory.data.ops.image_classifier_filter import LabelOneFilter
 
 STATS_KEY = "image_watermark_prob"
 
@@ -29,24 +26,12 @@ class WatermarkParams(OpParams):
 
 
 @register_op("image_watermark_filter")
-class ImageWatermarkFilter(Filter):
+class ImageWatermarkFilter(LabelOneFilter):
     """Watermark probability per image (a classifier's label 1); keeps rows at or below prob_threshold."""
 
     Params = WatermarkParams
     stats_keys = (STATS_KEY,)
-
-    def __init__(self, params: WatermarkParams) -> None:
-        super().__init__(params)
-        try:
-            check_classifier(params.hf_watermark_model, f"{self.name} model", "hf_watermark_model")
-        except ImageClassifierError as err:
-            raise RecipeError(f"{self.name}: {err}") from None
-        self._classifier: Any = None
-
-    def compute_stats(self, sample: Sample) -> None:
-        if STATS_KEY not in sample.stats:
-            sample.stats[STATS_KEY] = label_one_scores(
-                self, sample, self.params.hf_watermark_model, "hf_watermark_model")
+    model_option = "hf_watermark_model"
 
     def keep(self, stats: dict[str, Any]) -> bool:
         return combine([s <= self.params.prob_threshold for s in stats[STATS_KEY]], self.params.any_or_all)

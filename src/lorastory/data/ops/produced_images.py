@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -25,6 +26,7 @@ from lorastory.errors import DataError, OutputError
 from lorastory.fileio import atomic_write_bytes, display_path
 
 _DJ_HASH = re.compile(r"__dj_hash_#(.*?)#")
+SOURCE_FILE_FIELD = "__dj__source_file__"
 
 
 def produced_path(op: Op, sample: Sample, source: str, save_dir: str | None) -> str:
@@ -66,3 +68,43 @@ def save_image(image: Image.Image, path: str) -> None:
         raise DataError(f"cannot encode {os.path.basename(path)} as {image_format}: {err}") from None
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def update_sources(sample: Sample, before: list[str], after: list[str]) -> None:
+    """Data-Juicer's ``__dj__source_file__`` bookkeeping after a mapper turned ``before`` paths into ``after``.
+
+    The field starts as the row's image paths; an entry that differs from the image a mapper just
+    replaced is set to that image (so after two mappers it names the first one's output, as in Data-Juicer).
+    """
+    sources = sample.row.get(SOURCE_FILE_FIELD)
+    if not isinstance(sources, list) or len(sources) != len(before):
+        sources = sample.row[SOURCE_FILE_FIELD] = list(before)
+    for index, (old, new) in enumerate(zip(before, after)):
+        if sources[index] != old and new != old:
+            sources[index] = old
+
+
+def replace_images(
+    op: Op, sample: Sample, key: str, save_dir: str | None, make: Callable[[str], Image.Image | None]
+) -> None:
+    """Write ``make(path)`` for each distinct image of the row as a new file and point the row at it.
+
+    ``make`` returning ``None`` leaves that image as it is; ``__dj__source_file__`` follows (:func:`update_sources`).
+    """
+    paths = sample.image_paths(key)
+    if not paths:
+        return
+    new: dict[str, str] = {}
+    for path in paths:
+        if path in new:
+            continue
+        image = make(path)
+        if image is None:
+            new[path] = ""
+            continue
+        target = produced_path(op, sample, path, save_dir)
+        save_image(image, target)
+        new[path] = target
+    after = [new[path] or path for path in paths]
+    update_sources(sample, paths, after)
+    sample.set_image_paths(after, key)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from lorastory.data.ops.base import register_op
 from lorastory.data.ops.document_deduplicator import DocumentDedupParams, DocumentDeduplicator
+from lorastory.data.ops.ray_backend import RayBackendParams
 
 
-class RayDocumentDedupParams(DocumentDedupParams):
-    backend: str = "ray_actor"
-    redis_address: str = "redis://localhost:6379"
-    dedup_set_num: int | str = "auto"
+class RayDocumentDedupParams(DocumentDedupParams, RayBackendParams):
+    """``document_deduplicator``'s parameters and the Ray backend's (accepted, not used)."""
 
 
 @register_op("ray_document_deduplicator")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from lorastory.data.ops.base import register_op
 from lorastory.data.ops.image_deduplicator import ImageDedupParams, ImageDeduplicator
+from lorastory.data.ops.ray_backend import RayBackendParams
 
 
-class RayImageDedupParams(ImageDedupParams):
-    backend: str = "ray_actor"
-    redis_address: str = "redis://localhost:6379"
-    dedup_set_num: int | str = "auto"
+class RayImageDedupParams(ImageDedupParams, RayBackendParams):
+    """``image_deduplicator``'s parameters and the Ray backend's (accepted, not used)."""
 
 
 @register_op("ray_image_deduplicator")

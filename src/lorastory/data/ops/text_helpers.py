@@ -129,6 +129,13 @@ def compile_pattern(pattern: str, flags: int = regex.DOTALL) -> regex.Pattern:
         raise ValueError(f"not a valid regular expression ({err})") from None
 
 
+def hash_text(text: str, lowercase: bool, ignore: regex.Pattern | None) -> str:
+    """The text a near-duplicate op hashes: lower-cased when asked, ``ignore_pattern``'s matches removed."""
+    if lowercase:
+        text = text.lower()
+    return ignore.sub("", text) if ignore is not None else text
+
+
 def load_sentencepiece(path: str | None, op_name: str) -> object:
     """A sentencepiece model from a local ``.model`` file, for ``tokenization: true``.
 
