@@ -79,6 +79,8 @@ def test_import_and_recipe(page, ui_workspace, shots):
     fill(page, "dataset-name", "my-data")
     page.click("#import-folder-btn")
     page.locator("#import-status").get_by_text("imported 6 image(s)").wait_for()
+    # The .txt captions are kept: the (empty) caption field is only a fallback (issue 22, defect 1).
+    assert "captions: 6 from files, 0 from the fallback caption" in page.locator("#import-status").inner_text()
 
     fill(page, "recipe-yaml", RECIPE)
     page.click("#run-recipe-btn")

@@ -15,6 +15,7 @@ from lorastory.data.clip_table import clip_score_dataset
 from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.data.executor import run_recipe
 from lorastory.data.executor_ray import run_recipe_ray
+from lorastory.data.image_keys import image_key_warnings
 from lorastory.data.ops import OpParams, op_summary, registered_ops
 from lorastory.data.recipe import load_recipe, resolve_dataset_file
 from lorastory.errors import ConfigError
@@ -126,6 +127,8 @@ def data_run(
             f"[dim]note: Data-Juicer engine keys with no effect here: {', '.join(loaded.ignored_keys())}[/]"
         )
     for warning in loaded.range_warnings():
+        err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: {escape(warning)}")
+    for warning in image_key_warnings(loaded, resolve_dataset_file(loaded)):
         err_console.print(f"[yellow]warning:[/] {escape(str(recipe))}: {escape(warning)}")
     if quiet or not console.is_terminal:
         result = run(loaded, processes=np)

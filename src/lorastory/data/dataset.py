@@ -51,6 +51,8 @@ class ImportConfig(YamlModel):
     source: str
     kind: SourceKind = "auto"
     caption: str | None = None
+    #: ``caption`` only for items without a usable caption of their own (the web app's field), not for all.
+    caption_is_fallback: bool = False
     text_column: str | None = None
     split: str = "train"
     subset: str | None = None
@@ -64,6 +66,8 @@ class StageResult:
     out_dir: Path
     written: int = 0
     skipped: list[Skip] = field(default_factory=list)
+    captions_from_source: int = 0  # written items whose caption came from the source (.txt, metadata)
+    captions_from_fallback: int = 0  # written items that took ``caption_is_fallback``'s caption
 
     def skip(self, item: str, reason: str) -> None:
         """List an input left out; text that is not valid Unicode (file names) is shown escaped."""
@@ -111,7 +115,7 @@ def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwr
         (tmp / "images").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for index, item in enumerate(items):
-                text = config.caption if config.caption is not None else item.text
+                text, fallback = _item_caption(config, item)
                 problem = item.problem or (item.caption_problem if config.caption is None else None)
                 if problem is None and not (text or "").strip() and not config.allow_empty_caption:
                     problem = "empty or missing caption (pass --caption TEXT, add a .txt file, or --allow-empty-caption)"
@@ -125,10 +129,25 @@ def import_dataset(config: ImportConfig, out_dir: str | os.PathLike[str], overwr
                     continue
                 meta.write(json.dumps({"text": text or "", "image": [rel]}, ensure_ascii=False) + "\n")
                 result.written += 1
+                if fallback:
+                    result.captions_from_fallback += 1
+                elif config.caption is None or config.caption_is_fallback:
+                    result.captions_from_source += 1
         # A source path that is not valid Unicode is saved escaped (YAML and JSON files are UTF-8).
         config.model_copy(update={"source": display_text(config.source)}).save_yaml(tmp / "config.yaml")
         atomic_write_json(tmp / "import_report.json", result.as_report(source=display_text(config.source)))
     return result
+
+
+def _item_caption(config: ImportConfig, item: Any) -> tuple[str | None, bool]:
+    """(caption, whether it is the fallback): ``--caption`` for all, or only where the item has none usable."""
+    if config.caption is None:
+        return item.text, False
+    if not config.caption_is_fallback:
+        return config.caption, False
+    if item.caption_problem is None and (item.text or "").strip():
+        return item.text, False
+    return config.caption, True
 
 
 def _copy_regular(src: str, dst: Path) -> None:

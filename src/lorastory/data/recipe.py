@@ -107,14 +107,23 @@ class Recipe(YamlModel):
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and validate a recipe file; relative paths are taken from the current folder."""
-    data = read_yaml(path)
+    return recipe_from_data(read_yaml(path), str(path))
+
+
+def recipe_from_data(data: Any, source: str) -> Recipe:
+    """Validate parsed recipe YAML (``source`` names it in errors) and build its ops."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of global keys and 'process'")
+        raise ConfigError(f"{source}: a recipe is a mapping of global keys and 'process'")
     if "dataset_path" not in data or not data.get("dataset_path"):
-        raise ConfigError(f"{path}: 'dataset_path' is required (the input jsonl)")
-    recipe = Recipe.from_dict(data, source=str(path))
+        raise ConfigError(f"{source}: 'dataset_path' is required (the input jsonl)")
+    recipe = Recipe.from_dict(data, source=source)
     recipe.build_ops()
     return recipe
+
+
+def image_ops(recipe: Recipe) -> list[Op]:
+    """The recipe's ops that read the rows' images (Data-Juicer's ``image_*`` ops)."""
+    return [op for op in recipe.build_ops() if op.name.startswith(("image_", "ray_image_"))]
 
 
 def resolve_dataset_file(recipe: Recipe) -> Path:

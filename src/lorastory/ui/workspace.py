@@ -21,6 +21,7 @@ Layout (created on first use)::
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -178,16 +179,18 @@ class Workspace:
                 result.refused.append({"file": name, "reason": f"not an image, .txt caption or .zip ({suffix or 'no extension'})"})
         return result
 
-    def _keep_if_image(self, target: Path, shown: str, result: UploadResult, probe) -> None:
+    def _keep_if_image(self, target: Path, shown: str, result: UploadResult, probe) -> bool:
         try:
             probe(target)
         except BadImageError as err:
             target.unlink()
             result.refused.append({"file": shown, "reason": str(err)})
-            return
+            return False
         result.images += 1
+        return True
 
-    def _store_caption(self, data: bytes | None, shown: str, dest: Path, result: UploadResult) -> None:
+    def _store_caption(self, data: bytes | None, shown: str, dest: Path, result: UploadResult,
+                       target: str | None = None) -> None:
         if data is None:
             result.refused.append({"file": shown, "reason": f"caption over {MAX_TEXT_BYTES >> 10} KiB"})
             return
@@ -196,10 +199,12 @@ class Workspace:
         except UnicodeDecodeError:
             result.refused.append({"file": shown, "reason": "caption is not UTF-8 text"})
             return
-        (dest / _safe_file_name(Path(shown).name)).write_bytes(data)
+        (dest / (target or _safe_file_name(Path(shown).name))).write_bytes(data)
         result.captions += 1
 
     def _extract_zip(self, archive: Path, dest: Path, result: UploadResult) -> None:
+        """Images and ``.txt`` captions of a zip, flat in ``dest``; a picture keeps the caption of its
+        own folder (``a/x.png`` + ``a/x.txt``), the pair renamed together when a name is taken."""
         try:
             handle = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError) as err:
@@ -210,35 +215,50 @@ class Workspace:
             if len(members) > MAX_ZIP_MEMBERS:
                 result.refused.append({"file": archive.name, "reason": f"more than {MAX_ZIP_MEMBERS} entries"})
                 return
-            for info in members:
-                shown = f"{archive.name}:{info.filename}"
-                if info.is_dir():
+            entries = [e for e in (_zip_entry(info, archive.name, result) for info in members) if e is not None]
+            captions: dict[tuple[str, str], tuple[str, bytes | None]] = {}
+            for info, folder, base, shown in entries:
+                if Path(base).suffix.lower() == ".txt":
+                    captions[(folder, Path(base).stem)] = (shown, _read_capped(handle, info, MAX_TEXT_BYTES))
+            for info, folder, base, shown in entries:
+                if Path(base).suffix.lower() == ".txt":
                     continue
-                # Only the base name is used: '../', absolute names and nested folders cannot place a file.
-                base = Path(info.filename.replace("\\", "/")).name
-                suffix = Path(base).suffix.lower()
-                if base.startswith(".") or base.startswith("__MACOSX"):
-                    continue
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    result.refused.append({"file": shown, "reason": "symbolic link inside the zip"})
-                    continue
-                if suffix not in IMAGE_EXTENSIONS and suffix != ".txt":
-                    result.refused.append({"file": shown, "reason": "not an image or .txt caption"})
-                    continue
-                limit = MAX_TEXT_BYTES if suffix == ".txt" else MAX_IMAGE_BYTES
-                if info.file_size > limit or info.file_size > max(info.compress_size, 1) * MAX_ZIP_RATIO + 65536:
-                    result.refused.append({"file": shown, "reason": "too large once unpacked (zip bomb?)"})
-                    continue
-                data = _read_capped(handle, info, limit)
+                data = _read_capped(handle, info, MAX_IMAGE_BYTES)
                 if data is None:
                     result.refused.append({"file": shown, "reason": "too large once unpacked (zip bomb?)"})
                     continue
-                if suffix == ".txt":
-                    self._store_caption(data, base, dest, result)
-                    continue
-                target = dest / _unique_name(dest, _safe_file_name(base))
+                caption = captions.pop((folder, Path(base).stem), None)
+                # Never next to a caption already there: that one belongs to another picture.
+                target = dest / _unique_name(dest, _safe_file_name(base), paired=True)
                 target.write_bytes(data)
-                self._keep_if_image(target, shown, result, probe_image)
+                if self._keep_if_image(target, shown, result, probe_image) and caption is not None:
+                    self._store_caption(caption[1], caption[0], dest, result, target.with_suffix(".txt").name)
+            for (_folder, stem), (shown, data) in captions.items():  # captions with no picture of their own
+                # Named apart from every picture, so that it cannot pair with a picture of another folder.
+                self._store_caption(data, shown, dest, result, _unique_name(dest, _safe_file_name(stem + ".txt"), stem_free=True))
+
+
+def _zip_entry(info: zipfile.ZipInfo, archive: str, result: UploadResult) -> tuple[zipfile.ZipInfo, str, str, str] | None:
+    """(member, its folder, its base name, how it is shown) of a zip member worth reading, or None (refusals noted)."""
+    shown = f"{archive}:{info.filename}"
+    if info.is_dir():
+        return None
+    # Only the base name places a file: '../', absolute names and nested folders cannot; the folder only pairs captions.
+    folder, _, base = info.filename.replace("\\", "/").rpartition("/")
+    suffix = Path(base).suffix.lower()
+    if not base or base.startswith(".") or base.startswith("__MACOSX") or folder.startswith("__MACOSX"):
+        return None
+    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+        result.refused.append({"file": shown, "reason": "symbolic link inside the zip"})
+        return None
+    if suffix not in IMAGE_EXTENSIONS and suffix != ".txt":
+        result.refused.append({"file": shown, "reason": "not an image or .txt caption"})
+        return None
+    limit = MAX_TEXT_BYTES if suffix == ".txt" else MAX_IMAGE_BYTES
+    if info.file_size > limit or info.file_size > max(info.compress_size, 1) * MAX_ZIP_RATIO + 65536:
+        result.refused.append({"file": shown, "reason": "too large once unpacked (zip bomb?)"})
+        return None
+    return info, folder, base, shown
 
 
 def _read_capped(handle: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes | None:
@@ -261,10 +281,19 @@ def _safe_file_name(name: str) -> str:
     return safe_stem(path.stem, limit=80) + path.suffix.lower()
 
 
-def _unique_name(folder: Path, name: str) -> str:
+def _unique_name(folder: Path, name: str, paired: bool = False, stem_free: bool = False) -> str:
+    """``name``, or ``stem-N.suffix``, not yet in ``folder``; ``paired``: its ``.txt`` caption name is free too;
+    ``stem_free``: no file of that stem (a picture) is there either."""
     stem, suffix = Path(name).stem, Path(name).suffix
+
+    def taken(candidate: str) -> bool:
+        path = folder / candidate
+        if stem_free:
+            return any(folder.glob(glob.escape(path.stem) + ".*"))
+        return path.exists() or (paired and path.with_suffix(".txt").exists())
+
     candidate, number = name, 1
-    while (folder / candidate).exists():
+    while taken(candidate):
         number += 1
         candidate = f"{stem}-{number}{suffix}"
     return candidate

@@ -17,21 +17,30 @@ import yaml
 from lorastory.config import yaml_from_text
 from lorastory.data.dataset import ImportConfig, export_csv, import_dataset, read_rows
 from lorastory.data.executor import run_recipe
+from lorastory.data.image_keys import image_key_warnings
 from lorastory.data.ops import OpParams, build_op, registered_ops
-from lorastory.data.recipe import load_recipe, resolve_dataset_file
+from lorastory.data.recipe import recipe_from_data, resolve_dataset_file
 from lorastory.data.report import summary
 from lorastory.data.sample import resolve_path
 from lorastory.data.sources import open_source
 from lorastory.demo import EXAMPLES
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_write_text
+from lorastory.hub import looks_like_hub_id
 from lorastory.ui.workspace import PathRefused, Workspace
+
+# Op parameters that name a model folder or file (Data-Juicer's ``hf_*`` keys and a few others).
+MODEL_PATH_KEYS = frozenset({"sp_model_path", "tokenizer_model", "cv_classifier"})
 
 
 def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
-    """Import a folder inside the workspace into ``datasets/NAME`` (Data-Juicer format)."""
+    """Import a folder inside the workspace into ``datasets/NAME`` (Data-Juicer format).
+
+    Captions from the folder (``.txt``, metadata) always win; ``caption`` is the fallback for
+    pictures without one. An existing dataset is replaced only when ``replace`` is set.
+    """
     source = ws.resolve(folder, must_exist=True)
-    out = ws.child("datasets", name)
+    out = _new_dataset(ws, name, replace)
     links = ws.escaping_links(source) if source.is_dir() else []
     if links:
         raise PathRefused(f"{ws.rel(source)} has links that leave the workspace: {', '.join(links[:5])}")
@@ -41,16 +50,26 @@ def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, re
             resolved = item.path if os.path.isabs(item.path) else os.path.join(source, item.path)
             if not ws.is_inside(resolved):
                 raise PathRefused(f"{item.origin}: image {item.path} is outside the workspace")
-    config = ImportConfig(source=str(source), kind="folder", caption=(caption or None))
+    config = ImportConfig(source=str(source), kind="folder", caption=(caption or "").strip() or None, caption_is_fallback=True)
     result = import_dataset(config, out, overwrite=replace)
-    return {"dataset": ws.rel(out), "written": result.written, "skipped": [s.as_item() for s in result.skipped]}
+    return {"dataset": ws.rel(out), "written": result.written, "skipped": [s.as_item() for s in result.skipped],
+            "captions_from_files": result.captions_from_source, "captions_from_fallback": result.captions_from_fallback}
+
+
+def _new_dataset(ws: Workspace, name: str, replace: bool) -> Path:
+    """``datasets/NAME``; an existing one is refused unless ``replace`` (its own marker file does not count)."""
+    out = ws.child("datasets", name)
+    if not replace and (out.exists() or out.is_symlink()):
+        raise ConfigError(f"dataset '{name}' already exists ({ws.rel(out)}); tick 'Replace an existing dataset' "
+                          f"or pick another name")
+    return out
 
 
 def import_upload(ws: Workspace, files: list[str], upload_root: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
     """Check uploaded images/zips into ``uploads/NAME-TIME``, then import that folder."""
     if not files:
         raise ConfigError("no files uploaded; add images, .txt captions or a .zip")
-    ws.child("datasets", name)  # check the name before storing anything
+    _new_dataset(ws, name, replace)  # check the name before storing anything
     folder = ws.child("uploads", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     stored = ws.store_upload(files, upload_root, folder)
     if not stored.images:
@@ -128,7 +147,10 @@ def run_recipe_text(
     """Save the editor's recipe as ``recipes/NAME.yaml`` and run it; paths in it are workspace paths."""
     path = ws.child("recipes", f"{name}.yaml")
     atomic_write_text(path, text)
-    recipe = load_recipe(path)
+    data = yaml_from_text(text, str(path))
+    if isinstance(data, dict):
+        data["process"] = workspace_model_paths(ws, data.get("process"))  # before any op opens a model
+    recipe = recipe_from_data(data, str(path))
     recipe.dataset_path = str(ws.resolve(recipe.dataset_path, must_exist=True))
     recipe.export_path = str(ws.resolve(recipe.export_path))
     input_file = ws.check(resolve_dataset_file(recipe))
@@ -142,12 +164,47 @@ def run_recipe_text(
             for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
                 if isinstance(image, str) and not ws.is_inside(resolve_path(image, str(input_file.parent))):
                     raise PathRefused(f"{ws.rel(input_file)} line {number}: image {image} is outside the workspace")
+    warnings = image_key_warnings(recipe, input_file)
     result = run_recipe(recipe, processes=max(1, int(processes or 1)),
                         on_progress=(lambda done: on_progress(done, total)) if on_progress else None)
-    data = summary(result)  # the reports were written with the result (trust_remote_code was refused by load_recipe)
+    data = summary(result)
+    data["warnings"] = warnings  # the reports were written with the result (trust_remote_code was refused by load_recipe)
     data["report_html"] = str(result.report_html)
     data["report_json"] = str(result.report_json)
     return data
+
+
+def workspace_model_paths(ws: Workspace, process: Any) -> Any:
+    """The ``process`` list with its model paths resolved inside the workspace; hub ids stay hub ids.
+
+    A path relative to the workspace (``models/toy-clip``, what the Gallery tab offers) becomes
+    absolute; an absolute path or ``..`` leaving the workspace is refused before anything is opened.
+    """
+    if not isinstance(process, list):
+        return process
+    resolved = []
+    for entry in process:
+        if isinstance(entry, dict) and len(entry) == 1:
+            (name, params), = entry.items()
+            if isinstance(params, dict):
+                entry = {name: {key: _model_path(ws, name, key, value) for key, value in params.items()}}
+        resolved.append(entry)
+    return resolved
+
+
+def _model_path(ws: Workspace, op: str, key: str, value: Any) -> Any:
+    if not (key.startswith("hf_") or key in MODEL_PATH_KEYS) or not isinstance(value, str) or not value.strip():
+        return value
+    text = value.strip()
+    try:
+        return str(ws.resolve(text, must_exist=True))
+    except PathRefused as err:
+        # A hub id (owner/name) that is neither a workspace path nor a folder where the server runs.
+        if (looks_like_hub_id(text) and not os.path.lexists(text)
+                and not os.path.lexists(ws.root / text.split("/", 1)[0])):
+            return value
+        where = "does not exist in the workspace" if "does not exist" in str(err) else "is outside the workspace"
+        raise PathRefused(f"{op}: {key} '{text}' {where}; give a folder inside it (e.g. models/NAME) or a hub id") from None
 
 
 def kept_samples(ws: Workspace, export: str, limit: int = 48) -> list[tuple[str, str]]:

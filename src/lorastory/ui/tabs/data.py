@@ -41,7 +41,9 @@ class DataTab(Tab):
                 self.import_upload_btn = gr.Button("Import upload", elem_id="import-upload-btn")
         with gr.Row():
             self.ds_name = gr.Textbox(label="Dataset name", value="my-data", elem_id="dataset-name")
-            self.ds_caption = gr.Textbox(label="Caption for every image (empty: use .txt captions)", value="二次元")
+            self.ds_caption = gr.Textbox(label="Fallback caption (only for pictures without a .txt caption)", value="",
+                                         info="Captions from files always win; this fills in the pictures that have none.",
+                                         elem_id="dataset-caption")
             self.ds_replace = gr.Checkbox(label="Replace an existing dataset of that name", value=True)
         self.import_status = gr.Markdown(elem_id="import-status", elem_classes="status")
 
@@ -208,6 +210,9 @@ def import_message(result: dict[str, Any]) -> str:
     text = ok(f"imported {result['written']} image(s) into `{result['dataset']}`")
     if result.get("upload"):
         text += f" (upload stored in `{result['upload']}`)"
+    if "captions_from_files" in result:
+        text += (f"; captions: {result['captions_from_files']} from files, "
+                 f"{result['captions_from_fallback']} from the fallback caption")
     problems = result.get("refused", []) + result["skipped"]
     if problems:
         text += f"\n\n{len(problems)} left out:\n" + md_list(problems)
@@ -218,7 +223,7 @@ def recipe_message(ws: Any, report: dict[str, Any]) -> str:
     """The status line of a recipe run, with notes on recipe keys that had no effect."""
     status = ok(f"{report['samples_in']} in → {report['samples_out']} kept, {report['skipped']} skipped "
                 f"(`{ws.rel(report['export'])}`, {report['seconds']:.2f} s)")
-    notes = []
+    notes = [f"warning: {w}" for w in report.get("warnings", [])]
     if report["unknown_recipe_keys"]:
         notes.append(f"unknown recipe keys (typos?): {', '.join(report['unknown_recipe_keys'])}")
     if report["ignored_recipe_keys"]:
