@@ -42,7 +42,8 @@ def test_train_form_shows_the_first_preset(app_config):
               "gradient_accumulation": "gradient accumulation", "lr": "learning rate", "center_crop": "center crop",
               "random_flip": "random flip", "buckets": "aspect buckets", "gradient_checkpointing": "gradient checkpointing",
               "precision": "precision", "optimizer": "optimizer", "train_text_encoder": "train text encoder",
-              "ema": "EMA of the weights (also saves lora_ema.safetensors)", "ema_decay": "EMA decay"}
+              "ema": "EMA of the weights (also saves lora_ema.safetensors)", "ema_decay": "EMA decay",
+              "network": "network", "target_modules": "target modules"}
     assert set(labels) == set(TRAIN_FIELDS)
     for key, label in labels.items():
         assert component(app_config, label)["value"] == first[key], key
