@@ -20,14 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 
 from lorastory import __version__
 from lorastory.eval.candidates import EVAL_DIR, CandidateScorer, lora_steps, read_trained_run
 from lorastory.eval.compare import load_pipe
 from lorastory.eval.errors import EvalError
 from lorastory.eval.plot import curves_png
-from lorastory.eval.selection import Candidate, Choice, SelectionSettings, choose
+from lorastory.eval.selection import Candidate, SelectionReport, SelectionSettings, choose
 from lorastory.eval.set_scores import TrainingPictures
 from lorastory.eval.validation_set import ValidationSet, from_train_config, read_prompts_file
 from lorastory.fileio import atomic_copy, atomic_write_json, display_path
@@ -41,21 +40,12 @@ RENDERS_DIR = "renders"
 TENSORBOARD_DIR = "checkpoint_eval"
 
 
-class CheckpointsReport(BaseModel):
+class CheckpointsReport(SelectionReport):
     """What ``checkpoints.json`` holds."""
 
-    lorastory_version: str
     run: str
-    model: str
-    clip: str
-    validation: ValidationSet
-    settings: SelectionSettings
-    candidates: list[Candidate]
-    choice: Choice
     best: str
-    plot: str
     seconds_per_checkpoint: dict[str, float]
-    notes: list[str] = []
 
 
 def checkpoint_candidates(run: Path) -> list[tuple[int, Path]]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from lorastory.config import YamlModel
 from lorastory.eval.errors import EvalError
 from lorastory.eval.set_scores import SetScores
+from lorastory.eval.validation_set import ValidationSet
 
 NEAR_COPY = 0.95
 
@@ -123,3 +124,17 @@ def choose(candidates: Sequence[Candidate], settings: SelectionSettings) -> Choi
     if not eligible:
         reason += f" (no candidate met the rule: {best.why_not}; chose the highest combined score)"
     return Choice(index=index, label=best.label, step=best.step, scale=best.scale, reason=reason)
+
+
+class SelectionReport(BaseModel):
+    """What a selection over candidates (checkpoints or LoRA scales) writes, besides its own fields."""
+
+    lorastory_version: str
+    model: str
+    clip: str
+    validation: ValidationSet
+    settings: SelectionSettings
+    candidates: list[Candidate]
+    choice: Choice
+    plot: str
+    notes: list[str] = []

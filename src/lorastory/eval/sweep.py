@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 
 from lorastory import __version__
 from lorastory.eval.candidates import CONFIG_FILE, EVAL_DIR, CandidateScorer, read_trained_run
@@ -24,7 +23,7 @@ from lorastory.eval.checkpoints import BEST_FILE, RENDERS_DIR, load_training_pic
 from lorastory.eval.compare import load_pipe
 from lorastory.eval.errors import EvalError
 from lorastory.eval.plot import tradeoff_png
-from lorastory.eval.selection import Candidate, Choice, SelectionSettings, choose
+from lorastory.eval.selection import SelectionReport, SelectionSettings, choose
 from lorastory.eval.validation_set import ValidationSet, read_prompts_file
 from lorastory.fileio import atomic_write_json, display_path, file_sha256
 from lorastory.models.clip import DEFAULT_CLIP, load_clip
@@ -34,22 +33,13 @@ PLOT_FILE = "sweep.png"
 DEFAULT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 
 
-class SweepReport(BaseModel):
+class SweepReport(SelectionReport):
     """What ``sweep.json`` holds."""
 
-    lorastory_version: str
     lora: str
     lora_sha256: str
-    model: str
-    clip: str
-    validation: ValidationSet
-    settings: SelectionSettings
-    candidates: list[Candidate]
-    choice: Choice
     recommended_scale: float
-    plot: str
     seconds_per_scale: dict[str, float]
-    notes: list[str] = []
 
 
 def parse_scales(text: str) -> list[float]:
