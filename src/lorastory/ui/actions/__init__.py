@@ -12,6 +12,7 @@ Gradio is not imported here, so all of it is testable without a browser.
 
 from __future__ import annotations
 
+from lorastory.ui.actions.caption import CAPTION_COLUMNS, caption_job, caption_rows, captioner_choices, save_captions
 from lorastory.ui.actions.data import (
     add_op,
     curated_choices,
@@ -59,4 +60,5 @@ __all__ = [
     "run_recipe_text", "run_samples", "story_from_form", "story_job", "story_rows", "story_runs", "story_zip",
     "train_config", "train_folder_choices", "train_job", "train_runs",
     "checkpoint_choice", "checkpoints_job", "recommended_scale",
+    "CAPTION_COLUMNS", "caption_job", "caption_rows", "captioner_choices", "save_captions",
 ]

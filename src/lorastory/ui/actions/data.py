@@ -33,11 +33,13 @@ from lorastory.ui.workspace import PathRefused, Workspace
 MODEL_PATH_KEYS = frozenset({"sp_model_path", "tokenizer_model", "cv_classifier"})
 
 
-def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
+def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, replace: bool,
+                  allow_empty_caption: bool = False) -> dict[str, Any]:
     """Import a folder inside the workspace into ``datasets/NAME`` (Data-Juicer format).
 
     Captions from the folder (``.txt``, metadata) always win; ``caption`` is the fallback for
-    pictures without one. An existing dataset is replaced only when ``replace`` is set.
+    pictures without one; ``allow_empty_caption`` keeps the rest with an empty text (for the
+    Caption step). An existing dataset is replaced only when ``replace`` is set.
     """
     source = ws.resolve(folder, must_exist=True)
     out = _new_dataset(ws, name, replace)
@@ -50,7 +52,8 @@ def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, re
             resolved = item.path if os.path.isabs(item.path) else os.path.join(source, item.path)
             if not ws.is_inside(resolved):
                 raise PathRefused(f"{item.origin}: image {item.path} is outside the workspace")
-    config = ImportConfig(source=str(source), kind="folder", caption=(caption or "").strip() or None, caption_is_fallback=True)
+    config = ImportConfig(source=str(source), kind="folder", caption=(caption or "").strip() or None, caption_is_fallback=True,
+                          allow_empty_caption=allow_empty_caption)
     result = import_dataset(config, out, overwrite=replace)
     return {"dataset": ws.rel(out), "written": result.written, "skipped": [s.as_item() for s in result.skipped],
             "captions_from_files": result.captions_from_source, "captions_from_fallback": result.captions_from_fallback}
@@ -65,7 +68,8 @@ def _new_dataset(ws: Workspace, name: str, replace: bool) -> Path:
     return out
 
 
-def import_upload(ws: Workspace, files: list[str], upload_root: str, name: str, caption: str | None, replace: bool) -> dict[str, Any]:
+def import_upload(ws: Workspace, files: list[str], upload_root: str, name: str, caption: str | None, replace: bool,
+                  allow_empty_caption: bool = False) -> dict[str, Any]:
     """Check uploaded images/zips into ``uploads/NAME-TIME``, then import that folder."""
     if not files:
         raise ConfigError("no files uploaded; add images, .txt captions or a .zip")
@@ -76,7 +80,7 @@ def import_upload(ws: Workspace, files: list[str], upload_root: str, name: str, 
         shutil.rmtree(folder, ignore_errors=True)
         reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in stored.refused[:5])
         raise ConfigError(f"no usable image in the upload ({reasons or 'nothing uploaded'})")
-    result = import_folder(ws, ws.rel(folder), name, caption, replace)
+    result = import_folder(ws, ws.rel(folder), name, caption, replace, allow_empty_caption)
     result["upload"] = ws.rel(folder)
     result["refused"] = stored.refused
     return result
