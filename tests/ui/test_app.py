@@ -60,4 +60,11 @@ def test_train_form_has_the_caption_fields(app_config):
 def test_each_tab_polls_on_the_timer_and_on_load(app_config):
     polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
     triggers = sorted(t[1] for d in polls for t in d["targets"])
-    assert triggers == ["load"] * 3 + ["tick"] * 3  # train (with the queue), story, eval
+    assert triggers == ["load"] * 4 + ["tick"] * 4  # train (with the queue), story, eval, caption
+
+
+def test_data_tab_has_the_caption_step(app_config):
+    assert component(app_config, "Captioner")["value"] == "toy"
+    assert component(app_config, "Caption style")["value"] == "sentence"
+    assert [value for _shown, value in component(app_config, "Caption mode")["choices"]] == ["fill", "replace", "append"]
+    assert component(app_config, "Captions (editable)")["interactive"] is True

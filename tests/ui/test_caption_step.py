@@ -64,4 +64,7 @@ def test_caption_refuses_paths_outside_the_workspace(ws, tmp_path):
         actions.caption_job(ws, str(tmp_path / "elsewhere"), "toy", "sentence", "en", "", "fill")
     with pytest.raises(PathRefused, match="not a folder inside the workspace"):
         actions.caption_job(ws, "datasets/raw", "../models/x", "sentence", "en", "", "fill")
-    assert actions.captioner_choices(ws)[0] == "toy"
+    for name, model_type in (("blip-here", "blip"), ("a-clip", "clip")):
+        (ws.root / "models" / name).mkdir(parents=True)
+        (ws.root / "models" / name / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert actions.captioner_choices(ws) == ["toy", "models/blip-here"]  # a CLIP folder is no captioner

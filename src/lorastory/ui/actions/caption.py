@@ -13,6 +13,8 @@ from lorastory.data.dataset import read_rows
 from lorastory.errors import DataError
 from lorastory.fileio import atomic_write_bytes
 from lorastory.hub import looks_like_hub_id
+from lorastory.models.captioners.loader import MODEL_TYPES
+from lorastory.models.captioners.wd14 import is_tagger_folder
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import PathRefused, Workspace
 
@@ -20,9 +22,18 @@ CAPTION_COLUMNS = ["file", "caption"]
 
 
 def captioner_choices(ws: Workspace) -> list[str]:
-    """``toy`` and the captioner folders under the workspace's models/ (a ``config.json`` or an ``.onnx`` tagger)."""
-    found = {str(Path(p).parent.as_posix()) for p in ws.list("models", "*/config.json") + ws.list("models", "*/*.onnx")}
+    """``toy`` and the captioner folders under the workspace's models/ (a known model_type or a WD14 tagger)."""
+    found = [folder for folder in ws.list("models", "*", dirs=True) if _is_captioner(ws.root / folder)]
     return ["toy", *sorted(found)]
+
+
+def _is_captioner(folder: Path) -> bool:
+    if is_tagger_folder(folder):
+        return True
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") in MODEL_TYPES
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _model(ws: Workspace, model: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from lorastory.data.ops import registered_ops
 from lorastory.ui import actions
+from lorastory.ui.tabs.caption import CaptionStep
 from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, yaml_text
 
 
@@ -19,6 +20,7 @@ class DataTab(Tab):
 
     def build(self) -> None:
         self._build_import()
+        self.caption = CaptionStep(self.ctx)
         self._build_recipe()
         self._build_results()
         self._build_export()
@@ -45,6 +47,8 @@ class DataTab(Tab):
                                          info="Captions from files always win; this fills in the pictures that have none.",
                                          elem_id="dataset-caption")
             self.ds_replace = gr.Checkbox(label="Replace an existing dataset of that name", value=True)
+            self.ds_uncaptioned = gr.Checkbox(label="Keep pictures without a caption (for the Caption step)", value=False,
+                                              elem_id="dataset-uncaptioned")
         self.import_status = gr.Markdown(elem_id="import-status", elem_classes="status")
 
     def _build_recipe(self) -> None:
@@ -107,9 +111,13 @@ class DataTab(Tab):
 
         self.train_folder = train_folder
         data_lists = [self.ds_pick, self.export_src, train_folder]
-        import_inputs = [self.ds_name, self.ds_caption, self.ds_replace]
-        self.import_folder_btn.click(self.on_import_folder, [self.folder, *import_inputs], [self.import_status, *data_lists])
-        self.import_upload_btn.click(self.on_import_upload, [self.upload, *import_inputs], [self.import_status, *data_lists])
+        import_inputs = [self.ds_name, self.ds_caption, self.ds_replace, self.ds_uncaptioned]
+        caption_lists = [self.caption.dataset, self.caption.model]
+        self.import_folder_btn.click(self.on_import_folder, [self.folder, *import_inputs], [self.import_status, *data_lists]
+                                     ).then(self.caption.refresh, None, caption_lists)
+        self.import_upload_btn.click(self.on_import_upload, [self.upload, *import_inputs], [self.import_status, *data_lists]
+                                     ).then(self.caption.refresh, None, caption_lists)
+        self.caption.wire(clock)
         self.use_ds_btn.click(self.on_use_dataset, [self.recipe_text, self.ds_pick, self.recipe_name], self.recipe_text)
         self.op_pick.change(self.on_op, self.op_pick, [self.op_table, self.op_params])
         self.add_op_btn.click(self.on_add_op, [self.recipe_text, self.op_pick, self.op_params],
@@ -123,6 +131,7 @@ class DataTab(Tab):
                                    self.skipped_md, self.report_html, self.export_src])
         self.export_btn.click(self.on_export, [self.export_src, self.export_name], [self.export_status, train_folder])
         clock.demo.load(self.refresh_data_lists, None, data_lists)
+        clock.demo.load(self.caption.refresh, None, caption_lists)
 
     def refresh_data_lists(self) -> tuple[Any, Any, Any]:
         import gradio as gr
@@ -131,21 +140,21 @@ class DataTab(Tab):
         return (gr.update(choices=actions.dataset_choices(ws)), gr.update(choices=actions.curated_choices(ws)),
                 gr.update(choices=actions.train_folder_choices(ws)))
 
-    def on_import_folder(self, path, name, caption, replace):
+    def on_import_folder(self, path, name, caption, replace, uncaptioned):
         import gradio as gr
 
         try:
-            result = actions.import_folder(self.ws, path, name, caption, replace)
+            result = actions.import_folder(self.ws, path, name, caption, replace, bool(uncaptioned))
         except Exception as error:
             return (err(error), gr.skip(), gr.skip(), gr.skip())
         return self._imported(result)
 
-    def on_import_upload(self, files, name, caption, replace):
+    def on_import_upload(self, files, name, caption, replace, uncaptioned):
         import gradio as gr
 
         try:
             paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
-            result = actions.import_upload(self.ws, paths, self.ctx.upload_root, name, caption, replace)
+            result = actions.import_upload(self.ws, paths, self.ctx.upload_root, name, caption, replace, bool(uncaptioned))
         except Exception as error:
             return (err(error), gr.skip(), gr.skip(), gr.skip())
         return self._imported(result)
