@@ -96,6 +96,14 @@ def test_import_and_recipe(page, ui_workspace, shots):
     assert (ui_workspace / "train" / "my-style" / "metadata.csv").is_file()
 
 
+def test_caption_step_shows_the_captions(page):
+    fill(page, "caption-dataset", "datasets/my-data/metadata.jsonl")
+    page.keyboard.press("Enter")
+    page.click("#caption-btn")  # mode fill: every row has a caption, so all are kept
+    page.locator("#caption-status").get_by_text("0 captioned, 6 kept").wait_for()
+    page.wait_for_function("() => document.querySelector('#caption-table').innerText.includes('二次元 城市')")
+
+
 def test_train_a_few_steps(page, ui_workspace, shots):
     tab(page, "Train")
     page.locator("#preset input").first.click()
