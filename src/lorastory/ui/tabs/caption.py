@@ -46,7 +46,7 @@ class CaptionStep:
         self.load_btn.click(self.on_load, self.dataset, [self.table, self.save_status])
         self.save_btn.click(self.on_save, [self.dataset, self.table], self.save_status)
         seen = gr.State({})
-        clock.poll(self.poll, seen, [seen, self.status, self.table])
+        clock.poll(self.poll, seen, [seen, self.status, self.table, self.dataset])
 
     def refresh(self) -> tuple[Any, Any]:
         import gradio as gr
@@ -81,9 +81,9 @@ class CaptionStep:
         state = dict(state or {})
         job = self.ctx.jobs.latest("caption")
         if job is None or state.get("caption") == (job.id, job.status, job.message):
-            return [state, gr.skip(), gr.skip()]
+            return [state, gr.skip(), gr.skip(), gr.skip()]
         state["caption"] = (job.id, job.status, job.message)
-        text, table = progress_md(job), gr.skip()
+        text, table, dataset = progress_md(job), gr.skip(), gr.skip()
         if job.status == DONE and job.result:
             result = job.result
             text += f"\n\n{result['captioned']} captioned, {result['kept']} kept"
@@ -91,6 +91,7 @@ class CaptionStep:
                 text += f", {len(result['failed'])} failed:\n\n" + md_list(result["failed"])
             try:
                 table = actions.caption_rows(self.ws, result["dataset"])
+                dataset = gr.update(value=result["dataset"])  # Save writes to the dataset the table shows
             except Exception as error:
                 text += f"\n\n{err(error)}"
-        return [state, text, table]
+        return [state, text, table, dataset]
