@@ -18,6 +18,7 @@ import json
 import runpy
 import sys
 import time
+from pathlib import Path
 
 
 def main() -> None:
@@ -58,7 +59,7 @@ def main() -> None:
         runpy.run_module(target[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = target
-        sys.path.insert(0, str(__import__("pathlib").Path(target[0]).resolve().parent))
+        sys.path.insert(0, str(Path(target[0]).resolve().parent))
         runpy.run_path(target[0], run_name="__main__")
 
 
