@@ -138,3 +138,22 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) for every Ray test of the session.
+
+    Started once: a Ray re-initialised in the same process after ``ray.shutdown()`` can
+    lose its raylet on a slow machine, and Ray then ends the driver (pytest) with exit 1.
+    ``address="local"`` never joins a cluster another process started on this machine.
+    """
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'lorastory[ray]' to run these")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

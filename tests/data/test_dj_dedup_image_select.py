@@ -248,36 +248,27 @@ def test_pair_similarity_with_a_tiny_clip(tmp_path, clip_dir):
 
 
 @pytest.mark.slow
-def test_ray_executor_writes_what_the_local_one_writes(tmp_path):
+def test_ray_executor_writes_what_the_local_one_writes(tmp_path, ray_local):
     """One local Ray (2 CPUs) for every Ray check of this part."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'lorastory[ray]' to run this")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
     from lorastory.data.executor_ray import run_recipe_ray
 
     blur = [{"image_face_blur_mapper": {}}, {"ray_image_deduplicator": {}}, {"ray_document_deduplicator": {}},
             {"ray_bts_minhash_deduplicator": {"union_find_parallel_num": 2}}]
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        for name in (*RAY_CASES, "image_face_ratio_filter"):
-            case = _case(name)
-            extra = blur if name == "image_face_ratio_filter" else None
-            local, remote = tmp_path / f"{name}-local", tmp_path / f"{name}-ray"
-            local.mkdir(), remote.mkdir()
-            assert _run_case(case, local, lambda recipe: run_recipe(recipe, processes=2), extra) is None
-            refused = _run_case(case, remote, lambda r: run_recipe_ray(r, processes=2, block_bytes=200), extra)
-            assert refused is None, refused
-            for output in ("result.jsonl", "result_stats.jsonl"):
-                a, b = local / "out" / output, remote / "out" / output
-                assert a.exists() == b.exists(), (name, output)
-                if a.exists():  # produced images sit beside each run's export
-                    assert a.read_text().replace(str(local), "X") == b.read_text().replace(str(remote), "X"), name
-            if extra is None:
-                _check_against_data_juicer(case, remote, None)
-    finally:
-        if started:
-            ray.shutdown()
+    for name in (*RAY_CASES, "image_face_ratio_filter"):
+        case = _case(name)
+        extra = blur if name == "image_face_ratio_filter" else None
+        local, remote = tmp_path / f"{name}-local", tmp_path / f"{name}-ray"
+        local.mkdir(), remote.mkdir()
+        assert _run_case(case, local, lambda recipe: run_recipe(recipe, processes=2), extra) is None
+        refused = _run_case(case, remote, lambda r: run_recipe_ray(r, processes=2, block_bytes=200), extra)
+        assert refused is None, refused
+        for output in ("result.jsonl", "result_stats.jsonl"):
+            a, b = local / "out" / output, remote / "out" / output
+            assert a.exists() == b.exists(), (name, output)
+            if a.exists():  # produced images sit beside each run's export
+                assert a.read_text().replace(str(local), "X") == b.read_text().replace(str(remote), "X"), name
+        if extra is None:
+            _check_against_data_juicer(case, remote, None)
 
 
 @pytest.fixture(scope="module")

@@ -142,27 +142,18 @@ def test_local_executor_matches_data_juicer(case_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_executor_matches_data_juicer(tmp_path):
+def test_ray_executor_matches_data_juicer(tmp_path, ray_local):
     """The RAY_CASES (every case with LORASTORY_RAY_PARITY=all) on one local Ray, 2 actors."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'lorastory[ray]' to run this")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
     from lorastory.data.executor_ray import run_recipe_ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     problems = []
-    try:
-        every = os.environ.get("LORASTORY_RAY_PARITY") == "all"
-        for case_path in CASE_PATHS:
-            if not every and case_path.stem not in RAY_CASES:
-                continue
-            case = parity.load_case(case_path)
-            folder = tmp_path / case["name"]
-            folder.mkdir()
-            got = _run(case, folder, lambda recipe: run_recipe_ray(recipe, processes=2))
-            problems += [f"{case['name']}: {p}" for p in _differences(case, _expected(case), got)]
-    finally:
-        if started:
-            ray.shutdown()
+    every = os.environ.get("LORASTORY_RAY_PARITY") == "all"
+    for case_path in CASE_PATHS:
+        if not every and case_path.stem not in RAY_CASES:
+            continue
+        case = parity.load_case(case_path)
+        folder = tmp_path / case["name"]
+        folder.mkdir()
+        got = _run(case, folder, lambda recipe: run_recipe_ray(recipe, processes=2))
+        problems += [f"{case['name']}: {p}" for p in _differences(case, _expected(case), got)]
     assert not problems, "\n".join(problems)

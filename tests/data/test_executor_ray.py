@@ -1,6 +1,6 @@
 """The Ray executor writes exactly what the local one writes; images are read where they live.
 
-One local Ray (2 CPUs) is started for the whole module; the Ray tests skip, saying
+One local Ray (2 CPUs) serves the whole session (the ``ray_local`` fixture in tests/conftest.py); the Ray tests skip, saying
 why, only when Ray Data is not installed (``pip install 'lorastory[ray]'``).
 """
 
@@ -37,19 +37,6 @@ process:
 """
 
 OUTPUTS = ("result.jsonl", "result_stats.jsonl")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray shared by the module's Ray tests (start-up is most of their time)."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'lorastory[ray]' to run these")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'ray[data]'")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _image(path: Path, size: tuple[int, int], seed: int) -> None:

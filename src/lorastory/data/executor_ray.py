@@ -198,7 +198,8 @@ def run_recipe_ray(
             ray.init(address=address, **options)
         else:
             local = max(1, min(processes or recipe.np, os.cpu_count() or 1))
-            ray.init(num_cpus=local, include_dashboard=False, **options)
+            # "local": never join a cluster some other process started on this machine.
+            ray.init(address="local", num_cpus=local, include_dashboard=False, **options)
             workers = local
         started_here = True
     if workers is None:  # a cluster (or a Ray started by the caller): one actor per CPU
