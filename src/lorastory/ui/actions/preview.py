@@ -117,7 +117,7 @@ def grid_job(ws: Workspace, story: Any, index: int, model: str, lora: str | None
             pictures.append(result.panels[0])
             captions.append(f"scale {scale:g}, " + (f"seed {seed}" if seed is not None else label))
         target = out / "grid.png"
-        save_storyboard(pictures, target, cols=columns, rows=len(scales), captions=captions,
+        save_storyboard(pictures, target, cols=columns, rows=len(scales), captions=captions, spacing=4,
                         title=f"panel {index}: LoRA scale (rows) × {axis} (columns)")
         ctx.data["grid"] = str(target)
         return {"grid": ws.rel(target), "cells": len(cells)}
