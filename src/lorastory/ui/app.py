@@ -33,7 +33,8 @@ CSS = """
 .mono textarea { font-family: ui-monospace, 'Noto Sans Mono CJK SC', monospace !important; font-size: 13px !important; }
 .status { min-height: 1.5em; }
 #dropped-gallery .caption-label, #xy-grid .caption-label, #train-samples .caption-label {
-  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; max-width: 100% !important; }
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; max-width: 100% !important;
+  overflow-wrap: anywhere !important; }
 """
 _CJK_FONTS = "'Noto Sans CJK SC', 'Noto Sans SC', 'WenQuanYi Micro Hei', 'Microsoft YaHei', 'PingFang SC', sans-serif"
 
