@@ -130,7 +130,7 @@ def test_whole_job_on_the_toy_model(page, job_workspace, shots):
     assert (ws / "runs" / "toy-style" / "lora.safetensors").is_file()
     page.locator("#train-samples img").first.wait_for()
     wait_text(page, "train-samples", "step 6: 一个红色长发")
-    wait_text(page, "loss-plot", "smoothed")
+    wait_text(page, "loss-plot", "smoothed (0.9)")  # the legend: the raw loss and its moving average
     shot(page, shots, "ui-train.png")
 
     # 4. the toy story is the default; two panels, fewer steps, with the LoRA

@@ -102,8 +102,10 @@ def loss_frame(steps: list[int], losses: list[float], weight: float = 0.9) -> An
     for number, loss in enumerate(losses, start=1):
         average = weight * average + (1 - weight) * loss
         smoothed.append(average / (1 - weight**number))
-    return pd.DataFrame({"step": list(steps) * 2, "loss": list(losses) + smoothed,
-                         "series": ["raw"] * len(losses) + [f"smoothed ({weight:g})"] * len(smoothed)})
+    series = pd.Series(["raw"] * len(losses) + [f"smoothed ({weight:g})"] * len(smoothed), dtype="str")
+    # A typed frame even when empty (before the first step): the plot takes "series" as a category from the start.
+    return pd.DataFrame({"step": pd.Series(list(steps) * 2, dtype="int64"),
+                         "loss": pd.Series(list(losses) + smoothed, dtype="float64"), "series": series})
 
 
 def checkpoint_choice(ws: Workspace, out: str | None) -> tuple[str | None, str]:

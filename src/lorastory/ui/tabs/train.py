@@ -194,7 +194,8 @@ class TrainTab(Tab):
             return [gr.skip()] * 4
         state["train"] = key
         steps, losses = job.data.get("steps", []), job.data.get("losses", [])
-        frame = actions.loss_frame(list(steps), list(losses))
+        # No points yet: an empty plot (an empty frame would fix the series colours before any series exists).
+        frame = actions.loss_frame(list(steps), list(losses)) if losses else None
         status = progress_md(job)
         if job.status == "done" and job.result:
             status += "\n\n" + ok("LoRA: " + ", ".join(f"`{p}`" for p in job.result["lora"]))
