@@ -202,3 +202,20 @@ def test_panel_preview_and_scale_grid(grid_ws):
                      "1,2,3,4,5,6", "s")
     finally:
         queue.shutdown()
+
+
+def test_caption_table_bulk_edits(tmp_path):
+    """The tag editor edits the table; Save writes it to the dataset's metadata.jsonl."""
+    from lorastory.ui.actions.caption_edit import edit_captions
+
+    ws = Workspace(tmp_path / "ws")
+    write_toy_dataset(ws.root / "incoming", count=2, seed=0, bad_samples=False, lang="en")
+    actions.import_folder(ws, "incoming", "toy", None, True)
+    table = actions.caption_rows(ws, "datasets/toy/metadata.jsonl")
+    edited, changed = edit_captions(table, find="outlines", replace="lines", add="sks", at="start")
+    assert changed == 2 and all(caption.startswith("sks, ") and "outlines" not in caption for _f, caption in edited)
+    assert edit_captions(edited, add="sks")[1] == 0  # a tag already there is not added twice
+    assert actions.save_captions(ws, "datasets/toy/metadata.jsonl", edited) == 2
+    assert actions.caption_rows(ws, "datasets/toy/metadata.jsonl") == edited
+    removed, _ = edit_captions([["a.png", "1girl，红发，sks"]], remove="sks")
+    assert removed == [["a.png", "1girl，红发"]]

@@ -43,6 +43,13 @@ def page(browser, job_workspace, serve):
         context.close()
 
 
+CELLS = "#panels [data-testid^=cell-]"  # the panels table's cells, 4 a row
+
+
+def panel_count(page) -> int:
+    return page.locator(CELLS).count() // 4
+
+
 def fill(page, elem_id: str, text: str) -> None:
     page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
 
@@ -136,10 +143,10 @@ def test_whole_job_on_the_toy_model(page, job_workspace, shots):
     # 4. the toy story is the default; two panels, fewer steps, with the LoRA
     page.get_by_role("tab", name="Story").click()
     assert value_of(page, "story-title") == "红发女孩的一天"
-    for _ in range(6):
-        rows = page.locator("#panels tbody tr").count()
+    assert panel_count(page) == 8
+    for left in range(7, 1, -1):
         page.get_by_role("button", name="Remove last panel").click()
-        page.wait_for_function("n => document.querySelectorAll('#panels tbody tr').length < n", arg=rows)
+        page.wait_for_function(f"() => document.querySelectorAll('{CELLS}').length === {left * 4}")
     fill(page, "story-steps", "8")
     choose(page, "story-lora", "runs/toy-style/lora.safetensors")
     page.click("#preview-btn")
@@ -160,8 +167,9 @@ def test_whole_job_on_the_toy_model(page, job_workspace, shots):
     # 5. score with the LoRA on and off: both rows and the deltas are shown
     page.get_by_role("tab", name="Gallery / Eval").click()
     page.get_by_role("button", name="Refresh lists").click()
-    choose(page, "gallery-run", "stories/my-story")
-    wait_text(page, "gallery-params", "红发")
+    page.locator("#gallery-run input").first.click()
+    page.get_by_role("option", name="stories/my-story").click()
+    wait_text(page, "gallery-params", "红色长发")  # the panels' prompts, read back from the PNGs
     page.locator("#eval-compare input").check()
     page.click("#eval-btn")
     wait_text(page, "eval-status", "done", LONG)
@@ -183,4 +191,4 @@ def test_whole_job_on_the_toy_model(page, job_workspace, shots):
     wait_text(page, "pnginfo-status", "sent to the Story tab")
     page.get_by_role("tab", name="Story").click()
     wait_text(page, "panels", manifest["panels"][1]["prompt"][:12])
-    assert page.locator("#panels tbody tr").count() == 1
+    assert panel_count(page) == 1
