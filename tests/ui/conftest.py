@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -80,14 +81,15 @@ def ui_workspace(tmp_path_factory, toy_model_path):
     return ws
 
 
-@pytest.fixture(scope="module")
-def ui_server(ui_workspace):
-    """``lorastory ui`` in a subprocess on a free port; yields its base URL."""
+@contextlib.contextmanager
+def serve_app(workspace: Path):
+    """``lorastory ui`` over ``workspace`` in a subprocess on a free port; yields its base URL."""
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", LORASTORY_UI_AUTH="")
-    log = open(ui_workspace.parent / "server.log", "w", encoding="utf-8")
+    log_path = workspace.parent / f"server-{workspace.name}.log"
+    log = open(log_path, "w", encoding="utf-8")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lorastory", "ui", "--workspace", str(ui_workspace), "--port", str(port)],
+        [sys.executable, "-m", "lorastory", "ui", "--workspace", str(workspace), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -100,15 +102,30 @@ def ui_server(ui_workspace):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 log.close()
-                pytest.fail("the app did not start:\n" + (ui_workspace.parent / "server.log").read_text()[-3000:])
+                pytest.fail("the app did not start:\n" + log_path.read_text()[-3000:])
             time.sleep(0.5)
-    yield url
-    process.terminate()
     try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def serve():
+    """:func:`serve_app`, for a module that serves its own workspace."""
+    return serve_app
+
+
+@pytest.fixture(scope="module")
+def ui_server(ui_workspace):
+    """``lorastory ui`` in a subprocess on a free port; yields its base URL."""
+    with serve_app(ui_workspace) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lorastory.generate.samplers import SAMPLERS
-from lorastory.ui.presets import TRAIN_FIELDS, load_presets
+from lorastory.ui.presets import TOY_PRESET, TRAIN_FIELDS, load_presets
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +31,13 @@ def test_sampler_choices_are_the_generators(app_config):
     assert props["value"] == "Euler"
 
 
-def test_train_form_shows_the_first_preset(app_config):
+def test_train_form_shows_the_toy_preset_without_a_real_model(app_config):
     table = load_presets()
     props = component(app_config, "Preset")
     assert [value for _shown, value in props["choices"]] == list(table)
     first = table[props["value"]]
-    assert props["value"] == next(iter(table))
+    assert props["value"] == TOY_PRESET  # only the toy model (and no GPU): the CPU preset (issue 22, defect 9)
+    assert first["resolution"] == 128
     labels = {"rank": "rank", "alpha": "alpha", "resolution": "resolution", "epochs": "epochs",
               "max_steps": "max steps (0: epochs decide)", "batch_size": "batch size",
               "gradient_accumulation": "gradient accumulation", "lr": "learning rate", "center_crop": "center crop",
@@ -60,7 +61,8 @@ def test_train_form_has_the_caption_fields(app_config):
 def test_each_tab_polls_on_the_timer_and_on_load(app_config):
     polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
     triggers = sorted(t[1] for d in polls for t in d["targets"])
-    assert triggers == ["load"] * 4 + ["tick"] * 4  # train (with the queue), story, eval, caption
+    # train (with the queue), story, eval, caption, panel preview, LoRA on/off view
+    assert triggers == ["load"] * 6 + ["tick"] * 6
 
 
 def test_data_tab_has_the_caption_step(app_config):
@@ -68,3 +70,14 @@ def test_data_tab_has_the_caption_step(app_config):
     assert component(app_config, "Caption style")["value"] == "sentence"
     assert [value for _shown, value in component(app_config, "Caption mode")["choices"]] == ["fill", "replace", "append"]
     assert component(app_config, "Captions (editable)")["interactive"] is True
+
+
+def test_defaults_fit_the_toy_model(app_config):
+    """On the toy model the forms start with the toy workflow (issue 22, defect 9)."""
+    assert "image_text_similarity_filter" in component(app_config, "Recipe (Data-Juicer YAML; paths are workspace paths)")["value"]
+    assert "min_width: 96" in component(app_config, "Recipe (Data-Juicer YAML; paths are workspace paths)")["value"]
+    assert component(app_config, "Start from a recipe (examples, then yours)")["value"] == "recipe_toy.yaml"
+    assert component(app_config, "Start from an example")["value"] == "story_toy.yaml"
+    assert component(app_config, "Title")["value"] == "红发女孩的一天"
+    assert component(app_config, "width")["value"] == 128
+    assert "黑色描边" in component(app_config, "Validation prompts (one per line)")["value"]

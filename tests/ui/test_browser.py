@@ -89,7 +89,7 @@ def test_import_and_recipe(page, ui_workspace, shots):
     assert (ui_workspace / "curated" / "curated" / "result.jsonl").is_file()
     page.locator("#dropped-gallery img").first.wait_for()
     assert page.locator("#kept-gallery img").count() == 4
-    page.screenshot(path=str(shots / "ui-data.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser-data.png"), full_page=True)
 
     page.click("#export-btn")
     page.locator("#export-status").get_by_text("4 image(s) in").wait_for()
@@ -112,7 +112,7 @@ def test_train_a_few_steps(page, ui_workspace, shots):
     page.locator("#train-status").get_by_text("train style-lora: done").wait_for(timeout=120_000)
     assert (ui_workspace / "runs" / "style-lora" / "lora.safetensors").is_file()
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for()
-    page.screenshot(path=str(shots / "ui-train.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser-train.png"), full_page=True)
 
 
 def test_story_with_chinese_text(page, ui_workspace, shots):
@@ -123,10 +123,15 @@ def test_story_with_chinese_text(page, ui_workspace, shots):
     fill(page, "story-steps", "2")
     fill(page, "story-width", "64")
     fill(page, "story-height", "64")
+    cells = "#panels [data-testid^=cell-]"  # the toy story is the default (8 panels): keep two, then replace them
+    for left in range(page.locator(cells).count() // 4 - 1, 1, -1):
+        page.get_by_role("button", name="Remove last panel").click()
+        page.wait_for_function(f"() => document.querySelectorAll('{cells}').length === {left * 4}")
     for row, text in ((0, "在花园里玩耍"), (1, "在窗边睡觉")):
         cell = page.locator(f'#panels [data-testid="cell-{row}-0"]')
         for _attempt in range(3):  # under load the first double-click can land before the table is editable
             cell.dblclick()
+            page.keyboard.press("Control+A")
             page.keyboard.insert_text(text)
             page.keyboard.press("Enter")
             try:
@@ -145,7 +150,7 @@ def test_story_with_chinese_text(page, ui_workspace, shots):
     assert manifest["title"] == "小猫的冒险"
     assert [p["prompt"] for p in manifest["panels"]] == ["一只橘色的小猫,在花园里玩耍,水彩风格", "一只橘色的小猫,在窗边睡觉,水彩风格"]
     assert manifest["consistency"]["mode"] == "attention" and manifest["consistency"]["attention"]["renders"]
-    page.screenshot(path=str(shots / "ui-story.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser-story.png"), full_page=True)
 
     with page.expect_download() as download_info:
         page.click("#zip-btn")
@@ -162,4 +167,4 @@ def test_gallery_reads_png_parameters(page, shots):
     page.locator("#gallery-run input").first.click()
     page.get_by_role("option", name="stories/my-story").click()
     page.locator("#gallery-params").get_by_text("在窗边睡觉", exact=False).first.wait_for()
-    page.screenshot(path=str(shots / "ui-gallery.png"), full_page=True)
+    page.screenshot(path=str(shots / "browser-gallery.png"), full_page=True)

@@ -22,6 +22,7 @@ from lorastory.ui.jobs import JobQueue
 from lorastory.ui.tabs.common import AppContext, Clock
 from lorastory.ui.tabs.data import DataTab
 from lorastory.ui.tabs.gallery import GalleryTab
+from lorastory.ui.tabs.pnginfo import PngInfoTab
 from lorastory.ui.tabs.story import StoryTab
 from lorastory.ui.tabs.train import TrainTab
 from lorastory.ui.workspace import Workspace
@@ -31,6 +32,9 @@ AUTH_ENV = "LORASTORY_UI_AUTH"
 CSS = """
 .mono textarea { font-family: ui-monospace, 'Noto Sans Mono CJK SC', monospace !important; font-size: 13px !important; }
 .status { min-height: 1.5em; }
+#dropped-gallery .caption-label, #xy-grid .caption-label, #train-samples .caption-label {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; max-width: 100% !important;
+  overflow-wrap: anywhere !important; }
 """
 _CJK_FONTS = "'Noto Sans CJK SC', 'Noto Sans SC', 'WenQuanYi Micro Hei', 'Microsoft YaHei', 'PingFang SC', sans-serif"
 
@@ -75,6 +79,7 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         demo.lorastory_theme = theme
         gr.Markdown(f"# lorastory\nWorkspace: `{ws.root}` — every path below is inside it.")
         data, train, story, gallery = DataTab(ctx), TrainTab(ctx), StoryTab(ctx), GalleryTab(ctx)
+        pnginfo = PngInfoTab(ctx)
         # One timer for the whole page; each tab polls its own jobs on it (and on a page load).
         clock = Clock(demo, gr.Timer(1.0))
         data.wire(clock, train_folder=train.data)
@@ -82,6 +87,7 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         story.wire(clock)
         gallery.wire(clock, train_model=train.model, story_model=story.model, story_lora=story.lora,
                      story_ip_adapter=story.ip_adapter)
+        pnginfo.wire(story)
     return demo
 
 

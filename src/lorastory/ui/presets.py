@@ -22,9 +22,13 @@ TRAIN_FIELDS = ("rank", "alpha", "resolution", "epochs", "max_steps", "batch_siz
 # The caption and repeat fields of the form (not set by presets), in the order of its inputs.
 CAPTION_FIELDS = ("trigger_word", "caption_dropout", "shuffle_tags", "keep_tags", "repeats")
 
-# name -> (example file, what the preset changes on top of it), first is the form's default.
+REFERENCE_PRESET = "reference (rank 16, alpha 4, 1024², 1 epoch)"
+TOY_PRESET = "toy model on a CPU (128², 100 steps)"
+
+# name -> (example file, what the preset changes on top of it); the app's default is the reference
+# one with a real model on a GPU, else the toy one (lorastory.ui.defaults).
 PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
-    "reference (rank 16, alpha 4, 1024², 1 epoch)": ("train_kolors_style.yaml", {}),
+    REFERENCE_PRESET: ("train_kolors_style.yaml", {}),
     # 22 img/s on an H100 at 42 GB (compiled blocks as CUDA graphs).
     "fast GPU (1024², batch 8, 40 GB+)": ("train_kolors_fast.yaml", {}),
     # 14.6 img/s on an H100 at 13.7 GB.
@@ -37,6 +41,9 @@ PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
     "quick check (64², 4 steps)": (
         "train_kolors_style.yaml", {"rank": 4, "resolution": 64, "max_steps": 4, "gradient_checkpointing": False},
     ),
+    # The toy workflow of `lorastory demo`, shorter: a style LoRA in minutes on a CPU.
+    TOY_PRESET: ("train_toy_cpu.yaml", {}),
+    "example: train_kolors_character.yaml": ("train_kolors_character.yaml", {}),
 }
 
 

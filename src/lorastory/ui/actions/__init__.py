@@ -50,7 +50,14 @@ from lorastory.ui.actions.story import (
     story_rows,
     story_zip,
 )
-from lorastory.ui.actions.train import checkpoint_choice, checkpoints_job, run_samples, train_config, train_job
+from lorastory.ui.actions.train import (
+    checkpoint_choice,
+    checkpoints_job,
+    loss_frame,
+    run_samples,
+    train_config,
+    train_job,
+)
 
 __all__ = [
     "DEFAULT_CLIP", "DEFAULT_MODEL", "PARAM_COLUMNS", "STORY_COLUMNS", "add_op", "clip_choices", "consistency_from_form",
@@ -60,5 +67,6 @@ __all__ = [
     "run_recipe_text", "run_samples", "story_from_form", "story_job", "story_rows", "story_runs", "story_zip",
     "train_config", "train_folder_choices", "train_job", "train_runs",
     "checkpoint_choice", "checkpoints_job", "recommended_scale",
+    "loss_frame",
     "CAPTION_COLUMNS", "caption_job", "caption_rows", "captioner_choices", "save_captions",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorastory.errors import ConfigError
+from lorastory.errors import ConfigError, LorastoryError
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import train
 from lorastory.ui.actions.models import DEFAULT_CLIP, resolve_model
@@ -16,6 +17,8 @@ from lorastory.eval.checkpoints import evaluate_checkpoints
 from lorastory.eval.checkpoints import read_checkpoints_report
 from lorastory.eval.sweep import read_sweep_report
 from lorastory.eval.sweep import sweep_scales
+
+_SAMPLE_RE = re.compile(r"^step-(\d+)-(\d+)$")  # what train/validation.py names a sample
 
 
 def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str, Any]) -> Any:
@@ -63,12 +66,46 @@ def train_job(ws: Workspace, config: Any) -> Callable[[JobContext], Any]:
     return run
 
 
-def run_samples(ws: Workspace, out: str | None) -> list[str]:
-    """Validation samples of a training run, newest last."""
+def run_samples(ws: Workspace, out: str | None) -> list[tuple[str, str]]:
+    """Validation samples of a training run, newest last, each labelled with its step and prompt."""
     if not out:
         return []
     folder = ws.check(out) / "samples"
-    return [str(p) for p in sorted(folder.glob("*.png")) if ws.is_inside(p)] if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    try:
+        prompts = TrainConfig.from_yaml(folder.parent / "config.yaml").validation_prompts
+    except (LorastoryError, OSError):
+        prompts = []
+    found = []
+    for path in sorted(folder.glob("*.png")):
+        if ws.is_inside(path):
+            found.append((str(path), sample_label(path.stem, prompts)))
+    return found
+
+
+def sample_label(stem: str, prompts: list[str]) -> str:
+    """``step-000050-01`` → ``step 50: <prompt 2>`` (the file name where it is not one of ours)."""
+    match = _SAMPLE_RE.match(stem)
+    if match is None:
+        return stem
+    step, index = int(match.group(1)), int(match.group(2))
+    return f"step {step}: {prompts[index]}" if index < len(prompts) else f"step {step}, prompt {index + 1}"
+
+
+def loss_frame(steps: list[int], losses: list[float], weight: float = 0.9) -> Any:
+    """The loss plot's data: the raw loss and an exponential moving average of it (TensorBoard's smoothing,
+    debiased so the first points are not pulled to zero), as rows of step, loss and series."""
+    import pandas as pd
+
+    smoothed, average = [], 0.0
+    for number, loss in enumerate(losses, start=1):
+        average = weight * average + (1 - weight) * loss
+        smoothed.append(average / (1 - weight**number))
+    series = pd.Series(["raw"] * len(losses) + [f"smoothed ({weight:g})"] * len(smoothed), dtype="str")
+    # A typed frame even when empty (before the first step): the plot takes "series" as a category from the start.
+    return pd.DataFrame({"step": pd.Series(list(steps) * 2, dtype="int64"),
+                         "loss": pd.Series(list(losses) + smoothed, dtype="float64"), "series": series})
 
 
 def checkpoint_choice(ws: Workspace, out: str | None) -> tuple[str | None, str]:

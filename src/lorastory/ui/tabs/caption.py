@@ -7,6 +7,7 @@ from typing import Any
 
 from lorastory.ui import actions
 from lorastory.ui.jobs import DONE
+from lorastory.ui.tabs.caption_tools import CaptionTools
 from lorastory.ui.tabs.common import AppContext, Clock, err, md_list, ok, progress_md, rows
 
 
@@ -35,6 +36,7 @@ class CaptionStep:
         self.status = gr.Markdown(elem_id="caption-status", elem_classes="status")
         self.table = gr.Dataframe(headers=actions.CAPTION_COLUMNS, interactive=True, label="Captions (editable)",
                                   elem_id="caption-table")
+        self.tools = CaptionTools()
         self.save_btn = gr.Button("Save captions", elem_id="caption-save-btn")
         self.save_status = gr.Markdown(elem_id="caption-save-status")
 
@@ -45,6 +47,7 @@ class CaptionStep:
         self.caption_btn.click(self.on_caption, form, self.status)
         self.load_btn.click(self.on_load, self.dataset, [self.table, self.save_status])
         self.save_btn.click(self.on_save, [self.dataset, self.table], self.save_status)
+        self.tools.wire(self.table)
         seen = gr.State({})
         clock.poll(self.poll, seen, [seen, self.status, self.table, self.dataset])
 

@@ -110,3 +110,9 @@ def yaml_text(data: Any) -> str:
     import yaml
 
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, default_flow_style=False)
+
+
+def set_initial(component: Any, value: Any) -> None:
+    """Set a built component's value as its constructor would (before the app is served)."""
+    shown = component.postprocess(value)
+    component.value = shown.model_dump() if hasattr(shown, "model_dump") else shown

@@ -9,7 +9,10 @@ from typing import Any
 
 from lorastory.data.ops import registered_ops
 from lorastory.ui import actions
+from lorastory.ui.actions.recipe_text import add_op_keeping_comments, nothing_kept_note
+from lorastory.ui.defaults import app_defaults, recipe_text
 from lorastory.ui.tabs.caption import CaptionStep
+from lorastory.ui.tabs.recipes import RecipeLoader
 from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, yaml_text
 
 
@@ -60,10 +63,12 @@ class DataTab(Tab):
                                        elem_id="dataset-pick")
             self.recipe_name = gr.Textbox(label="Recipe / result name", value="curated", elem_id="recipe-name")
             self.use_ds_btn = gr.Button("Use this dataset in the recipe")
+        self.loader = RecipeLoader(self.ctx)
         with gr.Row():
             with gr.Column(scale=3):
                 self.recipe_text = gr.Textbox(label="Recipe (Data-Juicer YAML; paths are workspace paths)",
-                                              value=actions.default_recipe(None), lines=18, max_lines=40,
+                                              value=recipe_text(self.ws, app_defaults(self.ws).recipe, None),
+                                              lines=18, max_lines=40,
                                               elem_id="recipe-yaml", elem_classes="mono")
             with gr.Column(scale=2):
                 op_names = sorted(registered_ops())
@@ -118,6 +123,7 @@ class DataTab(Tab):
         self.import_upload_btn.click(self.on_import_upload, [self.upload, *import_inputs], [self.import_status, *data_lists]
                                      ).then(self.caption.refresh, None, caption_lists)
         self.caption.wire(clock)
+        self.loader.wire(self.recipe_text, self.ds_pick, self.recipe_name)
         self.use_ds_btn.click(self.on_use_dataset, [self.recipe_text, self.ds_pick, self.recipe_name], self.recipe_text)
         self.op_pick.change(self.on_op, self.op_pick, [self.op_table, self.op_params])
         self.add_op_btn.click(self.on_add_op, [self.recipe_text, self.op_pick, self.op_params],
@@ -180,7 +186,8 @@ class DataTab(Tab):
         import gradio as gr
 
         try:
-            return actions.add_op(text, name, params), ""
+            text, note = add_op_keeping_comments(text, name, params)
+            return text, (f"**Note:** {note}" if note else ok(f"added {name} at the end of `process`"))
         except Exception as error:
             return gr.skip(), err(error)
 
@@ -233,6 +240,9 @@ def recipe_message(ws: Any, report: dict[str, Any]) -> str:
     status = ok(f"{report['samples_in']} in → {report['samples_out']} kept, {report['skipped']} skipped "
                 f"(`{ws.rel(report['export'])}`, {report['seconds']:.2f} s)")
     notes = [f"warning: {w}" for w in report.get("warnings", [])]
+    empty = nothing_kept_note(report)
+    if empty:
+        status += f"\n\n**Warning:** {empty}"
     if report["unknown_recipe_keys"]:
         notes.append(f"unknown recipe keys (typos?): {', '.join(report['unknown_recipe_keys'])}")
     if report["ignored_recipe_keys"]:

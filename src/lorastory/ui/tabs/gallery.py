@@ -8,6 +8,7 @@ from typing import Any
 
 from lorastory.ui import actions
 from lorastory.ui.tabs.common import Clock, Tab, err, progress_md
+from lorastory.ui.tabs.compare import CompareView
 
 
 class GalleryTab(Tab):
@@ -18,6 +19,7 @@ class GalleryTab(Tab):
     def build(self) -> None:
         self._build_runs()
         self._build_eval()
+        self.on_off = CompareView(self.ctx)
         self._build_train_runs()
 
     # ------------------------------------------------------------------ layout
@@ -45,8 +47,8 @@ class GalleryTab(Tab):
             clips = actions.clip_choices(self.ws)
             self.clip = gr.Dropdown(label="CLIP model (folder in models/)", choices=clips, allow_custom_value=True,
                                     value=actions.DEFAULT_CLIP if actions.DEFAULT_CLIP in clips else None)
-            self.compare = gr.Checkbox(label="LoRA on/off comparison", value=False)
-            self.eval_btn = gr.Button("Score run")
+            self.compare = gr.Checkbox(label="LoRA on/off comparison", value=False, elem_id="eval-compare")
+            self.eval_btn = gr.Button("Score run", elem_id="eval-btn")
         self.eval_status = gr.Markdown(elem_id="eval-status")
 
     def _build_train_runs(self) -> None:
@@ -71,6 +73,7 @@ class GalleryTab(Tab):
         self.eval_btn.click(self.on_eval, [self.run, self.clip, self.compare], self.eval_status)
         seen = gr.State({})
         clock.poll(self.poll, seen, [seen, self.eval_status])
+        self.on_off.wire(clock, self.run)
 
     def on_gallery_run(self, run):
         import gradio as gr

@@ -10,7 +10,9 @@ from lorastory.demo import EXAMPLES
 from lorastory.generate.samplers import SAMPLERS
 from lorastory.generate.story import load_story
 from lorastory.ui import actions
-from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, rows, stop_latest
+from lorastory.ui.defaults import app_defaults
+from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, rows, set_initial, stop_latest
+from lorastory.ui.tabs.preview import PanelPreview
 
 CONSISTENCY_MODES = [("none: panels independent", "none"), ("attention: panels share self-attention", "attention"),
                      ("reference: one reference image (IP-Adapter)", "reference"), ("both", "both")]
@@ -27,9 +29,14 @@ class StoryTab(Tab):
     label, tab_id = "Story", "story"
 
     def build(self) -> None:
+        self.fit = app_defaults(self.ws)  # the toy story on the toy model, a real model's example on a GPU
         self._build_story()
         self._build_panels()
+        self.preview = PanelPreview(self.ctx)
         self._build_run()
+        set_initial(self.example, self.fit.story)
+        for component, value in zip(self.story_inputs, self.on_load_example(self.fit.story)):
+            set_initial(component, value)
 
     # ------------------------------------------------------------------ layout
 
@@ -37,7 +44,8 @@ class StoryTab(Tab):
         import gradio as gr
 
         with gr.Row():
-            self.example = gr.Dropdown(label="Start from an example", choices=example_stories(), value=None)
+            self.example = gr.Dropdown(label="Start from an example", choices=example_stories(), value=None,
+                                       elem_id="story-example")
             self.load_example_btn = gr.Button("Load example")
         with gr.Row():
             title = gr.Textbox(label="Title", elem_id="story-title")
@@ -78,10 +86,10 @@ class StoryTab(Tab):
             self.move_to = gr.Number(label="to position", value=1, precision=0, minimum=1)
             self.move_btn = gr.Button("Move")
         with gr.Row():
-            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=actions.DEFAULT_MODEL,
+            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=self.fit.model,
                                      allow_custom_value=True)
             self.lora = gr.Dropdown(label="LoRA (optional)", choices=[""] + actions.lora_choices(self.ws), value="",
-                                    allow_custom_value=True)
+                                    allow_custom_value=True, elem_id="story-lora")
             self.scale = gr.Slider(label="LoRA scale (a swept LoRA's recommended one)", minimum=0, maximum=2, step=0.05,
                                    value=0.8, elem_id="story-lora-scale")
             self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")
@@ -115,6 +123,7 @@ class StoryTab(Tab):
         self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
                            [self.status, self.story_yaml])
         self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
+        self.preview.wire(clock, self)
         self.load_example_btn.click(self.on_load_example, self.example, self.story_inputs)
         self.add_panel_btn.click(on_add_panel, self.panels, self.panels)
         self.remove_panel_btn.click(on_remove_panel, self.panels, self.panels)

@@ -8,7 +8,9 @@ from typing import Any, get_args
 from lorastory.models.lora.spec import NETWORKS
 from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
-from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS, load_presets
+from lorastory.ui.defaults import app_defaults, preset_choices, preset_values
+from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS
+from lorastory.ui.tabs.train_presets import PresetStore
 from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
 
 
@@ -30,12 +32,11 @@ class TrainTab(Tab):
     def _build_form(self) -> None:
         import gradio as gr
 
-        presets = load_presets()
-        names = list(presets)
-        first = presets[names[0]]
+        fit = app_defaults(self.ws)  # the toy workflow on a CPU, the reference one with a real model on a GPU
+        first = preset_values(self.ws, fit.preset)
         with gr.Row():
-            self.preset = gr.Dropdown(label="Preset", choices=names, value=names[0], elem_id="preset")
-            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=actions.DEFAULT_MODEL,
+            self.preset = gr.Dropdown(label="Preset", choices=preset_choices(self.ws), value=fit.preset, elem_id="preset")
+            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=fit.model,
                                      allow_custom_value=True)
             self.data = gr.Dropdown(label="Training folder", choices=actions.train_folder_choices(self.ws),
                                     allow_custom_value=True, elem_id="train-data")
@@ -68,6 +69,7 @@ class TrainTab(Tab):
             targets = gr.Dropdown(label="target modules", choices=TARGET_CHOICES, value=first["target_modules"],
                                   multiselect=True, allow_custom_value=True, elem_id="target-modules")
         self._lr, self._optimizer = lr, optimizer
+        self.presets = PresetStore(self.ctx)
         # In the order of TRAIN_FIELDS: what a preset sets.
         self.preset_inputs = [rank, alpha, resolution, epochs, max_steps, batch_size, grad_acc, lr, center_crop,
                               random_flip, buckets, grad_ckpt, precision, optimizer, train_te, ema, ema_decay, network,
@@ -77,7 +79,7 @@ class TrainTab(Tab):
             self.val_every = gr.Number(label="samples every (steps, 0: off)", value=0, precision=0)
             self.seed = gr.Number(label="seed", value=0, precision=0)
             self.resume = gr.Checkbox(label="resume from the newest checkpoint", value=False)
-        self.val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2, value="二次元，一个女孩")
+        self.val_prompts = gr.Textbox(label="Validation prompts (one per line)", lines=2, value=fit.validation_prompt)
         with gr.Row():  # captions at training time and repeats (docs/training.md), in the order of CAPTION_FIELDS
             self.caption_inputs = [
                 gr.Textbox(label="trigger word (put first in every caption)", value=""),
@@ -95,8 +97,10 @@ class TrainTab(Tab):
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-train-btn")
         self.status = gr.Markdown(elem_id="train-status", elem_classes="status")
         with gr.Row():
-            self.loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-plot")
-            self.samples = gr.Gallery(label="Validation samples", columns=4, height=260)
+            self.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss (raw and smoothed)",
+                                         height=260, elem_id="loss-plot")
+            self.samples = gr.Gallery(label="Validation samples (step: prompt)", columns=4, height=260,
+                                      elem_id="train-samples")
         with gr.Row():
             self.ckpt_plot = gr.Image(label="Checkpoint scores (the chosen step dashed)", type="filepath",
                                       interactive=False, height=320, elem_id="checkpoint-plot")
@@ -112,6 +116,7 @@ class TrainTab(Tab):
         import gradio as gr
 
         self.preset.change(self.on_preset, self.preset, self.preset_inputs)
+        self.presets.wire(self.preset, self.preset_inputs)
         self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts,
@@ -123,8 +128,14 @@ class TrainTab(Tab):
                                      self.ckpt_plot, self.ckpt_md])
 
     def on_preset(self, name):
-        values = load_presets()[name]
-        return [values[k] for k in TRAIN_FIELDS]
+        import gradio as gr
+
+        try:
+            values = preset_values(self.ws, name)
+        except Exception as error:
+            gr.Warning(str(error))
+            return [gr.skip()] * len(TRAIN_FIELDS)
+        return [values[k] if k in values else gr.skip() for k in TRAIN_FIELDS]
 
     def on_optimizer(self, optimizer, lr):
         """Prodigy's lr multiplies its own estimate (1.0); the others take a step size (the reference 1e-4)."""
@@ -174,7 +185,6 @@ class TrainTab(Tab):
 
     def _poll_train(self, state: dict[str, Any]) -> list[Any]:
         import gradio as gr
-        import pandas as pd
 
         job = self.ctx.jobs.latest("train")
         if job is None:
@@ -184,7 +194,8 @@ class TrainTab(Tab):
             return [gr.skip()] * 4
         state["train"] = key
         steps, losses = job.data.get("steps", []), job.data.get("losses", [])
-        frame = pd.DataFrame({"step": list(steps), "loss": list(losses)})
+        # No points yet: an empty plot (an empty frame would fix the series colours before any series exists).
+        frame = actions.loss_frame(list(steps), list(losses)) if losses else None
         status = progress_md(job)
         if job.status == "done" and job.result:
             status += "\n\n" + ok("LoRA: " + ", ".join(f"`{p}`" for p in job.result["lora"]))
