@@ -37,7 +37,7 @@ MAX_RESOLUTION = 8192
 Precision = Literal["auto", "no", "fp16", "bf16"]
 # How the UNet is compiled on a GPU: "blocks" compiles each transformer block; "cudagraphs" also
 # replays each compiled block as a CUDA graph, which takes the CPU out of the step; "auto" picks
-# (see ``lorastory.train.speed.resolve_compile``).
+# (see ``lorastory.train.speed.compile_choice``).
 CompileMode = Literal["auto", "off", "blocks", "cudagraphs"]
 
 

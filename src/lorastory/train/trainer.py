@@ -40,7 +40,7 @@ from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
 from lorastory.train.plan import order_samples, plan_training
-from lorastory.train.speed import prepare_for_training, resolve_compile
+from lorastory.train.speed import compile_choice, prepare_for_training
 from lorastory.train.step import StepInputs, denoiser_class, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
 
@@ -161,7 +161,7 @@ def train(
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
     lr_scheduler = make_scheduler(optimizer, config, total_steps)
-    compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
+    compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, samples, say, bf16_compute)
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
     model, optimizer = accelerator.prepare(denoiser_class()(unet, text_encoders, pipe if text_encoders else None), optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -181,7 +181,9 @@ def train(
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorastory-prefetch")
 
     def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[StepInputs]:
-        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
+        # Compiled blocks see every batch at full size: a short last batch is padded at loss weight 0.
+        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size,
+                                         pad=compile_mode != "off")
         return prefetch.submit(step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
                                cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
 
@@ -260,11 +262,21 @@ def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler
 
 
 def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
-               processes: int, say: Callable[[str], None]) -> str:
-    """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); return the compile mode."""
-    compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
-    say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
-    return compile_mode
+               processes: int, samples: list[tuple[str, tuple[int, int]]], say: Callable[[str], None],
+               bf16_compute: bool) -> str:
+    """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); say and return the
+    compile mode. Without the fast path (CPU, fp32/fp16, ``--no-fast``) nothing compiles, and that is said too."""
+    if not bf16_compute:
+        say("compile: off (the compiled fast path needs a CUDA GPU, bf16 and --fast)")
+        return "off"
+    shapes = {bucket for _, bucket in samples}
+    pixels = max(width * height for width, height in shapes)
+    choice = compile_choice(config.compile, device, total_steps, processes, config.gradient_checkpointing,
+                            images_per_step=config.batch_size * config.gradient_accumulation,
+                            megapixels=pixels / 2**20, shapes=len(shapes))
+    say(str(choice))
+    say(prepare_for_training(unet, list(text_encoders.values()), compile=choice.mode))
+    return choice.mode
 
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int,
