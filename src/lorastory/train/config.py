@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
+from lorastory.models.fp8 import BaseDtype
 from lorastory.models.lora.spec import MAX_RANK, LoraSpec
 from lorastory.models.registry import FAMILIES
 from lorastory.train.captions import CaptionSettings
@@ -91,6 +92,9 @@ class TrainConfig(YamlModel):
     # instead of autocast, self-attention q/k/v with their LoRA in two matmuls, and ``compile``.
     fast: bool = True
     compile: CompileMode = "auto"
+    # Memory and speed only (not in the fingerprint): the frozen UNet's token-wise Linear layers in fp8 through
+    # torchao (lorastory.models.fp8): "fp8" computes in fp8 (compute capability 8.9+), "fp8-weights" only stores.
+    base_dtype: BaseDtype = "default"
 
     checkpoint_every: int = Field(0, ge=0)
     keep_checkpoints: int = Field(3, ge=1)
@@ -232,7 +236,7 @@ class TrainConfig(YamlModel):
 
 # Settings that do not change the trained weights.
 _NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
-                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile", "validation_style",
+                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile", "base_dtype", "validation_style",
                 "select_best", "eval_clip"}
 # The hashed settings of the first config files, always hashed (the LoRA's under these flat names).
 _FIRST_LORA_KEYS = {"rank": "rank", "alpha": "alpha", "dropout": "lora_dropout", "target_modules": "target_modules",

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
+from lorastory.models.fp8 import check_base_dtype, quantize_base
+from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.lora import default_save_formats, inject_lora, save_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.checkpoint import (
@@ -137,6 +139,7 @@ def train(
     main, processes, rank = state.is_main_process, state.num_processes, state.process_index
     if not main:
         say = _quiet  # every process would print the same lines
+    check_base_dtype(config.base_dtype, state.device)
     checkpoint = _open_run(out, config, state, say)
 
     # 1. data
@@ -155,6 +158,8 @@ def train(
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
     unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
+    if config.base_dtype != "default":
+        say(describe_fp8(config.base_dtype, quantize_base(unet, config.base_dtype, training=True)))
     optimizer = make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
     samples, repeats = order_samples(examples, datasets)
@@ -275,7 +280,9 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
                             images_per_step=config.batch_size * config.gradient_accumulation,
                             megapixels=pixels / 2**20, shapes=len(shapes))
     say(str(choice))
-    say(prepare_for_training(unet, list(text_encoders.values()), compile=choice.mode))
+    # Fused q/k/v stacks the frozen weights into one bf16 matrix: not with fp8 ones.
+    say(prepare_for_training(unet, list(text_encoders.values()), compile=choice.mode,
+                             fuse_qkv=config.base_dtype == "default"))
     return choice.mode
 
 
