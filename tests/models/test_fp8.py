@@ -103,3 +103,34 @@ def test_fp8_without_torchao_says_what_to_install(monkeypatch):
     with pytest.raises(ConfigError, match=r"needs torchao: pip install 'lorastory\[fp8\]'"):
         check_base_dtype("fp8-weights", torch.device("cuda"))
     check_base_dtype("default", torch.device("cpu"))  # the default needs nothing
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("base_dtype", ["fp8-weights", "fp8"])
+def test_train_and_generate_on_cuda_with_an_fp8_base(tmp_path, tiny_model_path, style_train_folder, base_dtype):
+    import math
+
+    from lorastory.generate.story import Story, generate_story
+    from lorastory.train.config import TrainConfig
+    from lorastory.train.trainer import train
+
+    if base_dtype == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 matmuls need compute capability 8.9+")
+    losses = {}
+    for dtype in ("default", base_dtype):
+        lines: list[str] = []
+        config = TrainConfig(model=str(tiny_model_path("kolors")), data=str(style_train_folder),
+                             out=str(tmp_path / dtype), resolution=64, rank=4, alpha=4.0, lr=1e-3, max_steps=6,
+                             batch_size=2, seed=3, gradient_checkpointing=False, precision="bf16", compile="blocks",
+                             base_dtype=dtype)
+        result = train(config, say=lines.append)
+        assert result.steps == 6 and all(math.isfinite(x) for x in result.losses)
+        assert any(line.startswith("base weights:") for line in lines) == (dtype != "default")
+        losses[dtype] = result.losses
+    assert max(abs(a - b) / abs(b) for a, b in zip(losses[base_dtype], losses["default"])) < 0.05
+
+    story = Story.model_validate({"defaults": {"steps": 4, "width": 64, "height": 64},
+                                  "panels": [{"prompt": "a cat"}, {"prompt": "a dog"}]})
+    result = generate_story(story, str(tiny_model_path("kolors")), tmp_path / "story", base_dtype=base_dtype,
+                            offload=True, lora=str(tmp_path / base_dtype / "lora.safetensors"))
+    assert result.storyboard.is_file() and len(result.panels) == 2

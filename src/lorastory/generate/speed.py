@@ -177,6 +177,11 @@ def prepare_for_speed(
         torch._dynamo.reset()
     if base_dtype != "default" and unet is not None and "fp8" not in " ".join(report.levers):
         report.levers.append(describe_fp8(base_dtype, quantize_base(unet, base_dtype)))
+        # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
+        encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
+        count = sum(quantize_base(encoder, "fp8-weights", whole=True) for encoder in encoders if encoder is not None)
+        if count:
+            report.levers.append(f"text encoder: {count} Linear layers stored in float8 e4m3")
         if report.compiled_modules:
             import torch
 
