@@ -9,9 +9,10 @@
    runs with an empty TorchInductor kernel cache folder (``TORCHINDUCTOR_CACHE_DIR``), **warm** reuses the
    folder the cold run filled. The model files are in the OS page cache either way (they were just
    written): a first read from a cold disk adds its read time on top.
-3. **train**: ``lorastory train`` on ``--images`` pictures at 1024² (batch 8, one epoch unless
-   ``--train-steps``), a fresh latent/caption cache each time: time to the first optimizer step, total,
-   and the compile choice the log states.
+3. **train**: ``lorastory train examples/train_kolors_fast.yaml`` (``--preset``: batch 8, no gradient
+   checkpointing, ``compile: auto``) on ``--images`` pictures at 1024², one epoch unless ``--train-steps``,
+   a fresh latent/caption cache each time: time to the first optimizer step, total, and the compile
+   choice the log states (100 pictures at batch 8 is 13 steps, too few to repay compiling).
 
 Device commands (repository root, after installing the wheels; each call stays under 3 minutes):
 
@@ -68,9 +69,10 @@ def train_row(args: argparse.Namespace, model: Path, data: Path, resolution: int
     out, cache = args.work / "train-run", args.work / "train-cache"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
-    command = ["train", "--model", str(model), "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
-               "--resolution", str(resolution), "--batch-size", str(args.batch), "--no-gradient-checkpointing",
-               *(["--max-steps", str(args.train_steps)] if args.train_steps else []), *shlex.split(args.train_args)]
+    command = ["train", str(args.preset), "--model", str(model), "--data", str(data), "--out", str(out),
+               "--cache-dir", str(cache), "--resolution", str(resolution), "--batch-size", str(args.batch),
+               *(["--max-steps", str(args.train_steps)] if args.train_steps else []),
+               *(["--precision", "no"] if args.tiny else []), *shlex.split(args.train_args)]
     kernels = args.work / "kernel-cache"
     kernels.mkdir(parents=True, exist_ok=True)
     row = run_lorastory("train", command, args.work, env={"TORCHINDUCTOR_CACHE_DIR": str(kernels)},
@@ -89,6 +91,8 @@ def main() -> int:
     parser.add_argument("--story", type=Path, default=STORY)
     parser.add_argument("--generate-args", default="", help="extra generate options, e.g. '--base-dtype fp8'")
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--preset", type=Path, default=ROOT / "examples" / "train_kolors_fast.yaml",
+                        help="the training config file the command starts from")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=None, help="default: one epoch")
     parser.add_argument("--warm", type=int, default=2, help="training steps left out of img/s")

@@ -87,6 +87,9 @@ def test_fp8_refused_in_one_line_without_cuda(cli, tiny_model_path, style_train_
     result = cli("train", "--model", tiny_model_path("sd15"), "--data", style_train_folder, "--out", tmp_path / "run",
                  "--base-dtype", "int4")
     assert result.code == 1 and result.error_line("base_dtype")
+    result = cli("train", "--model", tiny_model_path("sd15"), "--data", style_train_folder, "--out", tmp_path / "run",
+                 "--base-dtype", "fp8-weights", "--train-text-encoder")
+    assert result.code == 1 and result.error_line("does not combine with train_text_encoder")
 
 
 def test_generate_refuses_fp8_without_cuda(cli, tiny_model_path, tmp_path):

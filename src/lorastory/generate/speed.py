@@ -130,6 +130,7 @@ def prepare_for_speed(
     compile_vae: bool = True,
     sdpa: str | None = None,
     base_dtype: str = "default",
+    device: Any = None,
 ) -> SpeedReport:
     """Apply the speed levers to ``pipe`` in place and report which ones took.
 
@@ -140,7 +141,8 @@ def prepare_for_speed(
     see :func:`~lorastory.models.speed.use_compile_cache`). ``sdpa`` names the attention backend
     to prefer inside :func:`speed_context`. ``base_dtype`` (``fp8`` or ``fp8-weights``;
     :mod:`lorastory.models.fp8`) converts the UNet's transformer Linear layers once the LoRA and QKV
-    are fused into them, before compiling.
+    are fused into them, before compiling; each converted layer moves to ``device`` first (a pipeline
+    kept on the CPU for offloading is converted on the GPU, layer by layer).
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
     unet = _unet(pipe)
@@ -176,10 +178,11 @@ def prepare_for_speed(
         # layout change); recompile (the kernel cache makes the unchanged ones quick).
         torch._dynamo.reset()
     if base_dtype != "default" and unet is not None and "fp8" not in " ".join(report.levers):
-        report.levers.append(describe_fp8(base_dtype, quantize_base(unet, base_dtype)))
+        report.levers.append(describe_fp8(base_dtype, quantize_base(unet, base_dtype, device=device)))
         # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
         encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
-        count = sum(quantize_base(encoder, "fp8-weights", whole=True) for encoder in encoders if encoder is not None)
+        count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device)
+                    for encoder in encoders if encoder is not None)
         if count:
             report.levers.append(f"text encoder: {count} Linear layers stored in float8 e4m3")
         if report.compiled_modules:

@@ -93,10 +93,13 @@ def _config(base_dtype: str) -> Any:
     return Float8WeightOnlyConfig(set_inductor_config=False)
 
 
-def quantize_base(model: Any, base_dtype: str, *, training: bool = False, whole: bool = False) -> int:
+def quantize_base(model: Any, base_dtype: str, *, training: bool = False, whole: bool = False,
+                  device: Any = None) -> int:
     """Convert ``model``'s chosen Linear layers (:func:`fp8_layer_names`) in place; return how many.
 
     ``training``: the converted layers pass the gradient to their input (:func:`frozen_linear`).
+    ``device``: each layer moves there just before it is converted, then the rest of the model: a
+    model larger than the GPU in bf16 (ChatGLM3-6B on 12 GB) arrives converted, and faster than on the CPU.
     Call after a LoRA is injected (its layers are left alone) and before compiling.
     """
     if base_dtype == "default" or model is None:
@@ -104,7 +107,7 @@ def quantize_base(model: Any, base_dtype: str, *, training: bool = False, whole:
     from torchao.quantization import quantize_
 
     names = set(fp8_layer_names(model, whole=whole))
-    quantize_(model, _config(base_dtype), filter_fn=lambda module, fqn: fqn in names)
+    quantize_(model, _config(base_dtype), filter_fn=lambda module, fqn: fqn in names, device=device)
     if training:
         for name in names:
             model.get_submodule(name).__class__ = frozen_linear()

@@ -177,6 +177,9 @@ class TrainConfig(YamlModel):
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
             raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
                              "would be recorded twice); use compile: blocks or gradient_checkpointing: false")
+        if self.base_dtype != "default" and self.lora.train_text_encoder:
+            raise ValueError(f"base_dtype {self.base_dtype} does not combine with train_text_encoder (the text encoder "
+                             "then trains in bf16); leave one out")
         problem = optimizer_problem(self)
         if problem:
             raise ValueError(problem)

@@ -109,7 +109,7 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
         for name in text_encoders:
             encoder = getattr(pipe, name).to(dtype)
             if fp8_text:
-                quantize_base(encoder, "fp8-weights", whole=True)
+                quantize_base(encoder, "fp8-weights", whole=True, device=device)
             encoder.to(device)
         fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text)
     accelerator.wait_for_everyone()
