@@ -7,8 +7,9 @@
    50 steps), timed around the whole subprocess, with the breakdown from ``_phases.py``: load, speed
    setup (fusing, fp8, compile wrappers), text encoding, denoising, VAE decode, PNG writing, grid. **cold**
    runs with an empty TorchInductor kernel cache folder (``TORCHINDUCTOR_CACHE_DIR``), **warm** reuses the
-   folder the cold run filled. The model files are in the OS page cache either way (they were just
-   written): a first read from a cold disk adds its read time on top.
+   folder the cold run filled; **fp8** / **fp8-weights** add ``--base-dtype`` (their first run compiles
+   the fp8 kernels) and give each panel's PSNR against the bf16 run's. The model files are in the OS
+   page cache either way (they were just written): a first read from a cold disk adds its read time.
 3. **train**: ``lorastory train examples/train_kolors_fast.yaml`` (``--preset``: batch 8, no gradient
    checkpointing, ``compile: auto``) on ``--images`` pictures at 1024², one epoch unless ``--train-steps``,
    a fresh latent/caption cache each time: time to the first optimizer step, total, and the compile
@@ -50,7 +51,8 @@ def generate_rows(args: argparse.Namespace, model: Path, story: Path) -> list[di
         kernels.mkdir(parents=True, exist_ok=True)
         cached = sum(1 for _ in kernels.rglob("*"))
         out = args.work / f"story-{run}"
-        command = ["generate", str(story), "--model", str(model), "--out", str(out), "--overwrite",
+        dtype = ["--base-dtype", run] if run in ("fp8", "fp8-weights") else []
+        command = ["generate", str(story), "--model", str(model), "--out", str(out), "--overwrite", *dtype,
                    *shlex.split(args.generate_args)]
         row = run_lorastory(f"generate-{run}", command, args.work, env={"TORCHINDUCTOR_CACHE_DIR": str(kernels)},
                             timeout=args.timeout)
@@ -60,8 +62,25 @@ def generate_rows(args: argparse.Namespace, model: Path, story: Path) -> list[di
             row.update(render_s=record.get("seconds"), speed=record.get("speed"),
                        storyboard=(out / record.get("storyboard", "")).is_file())
         row.update(run=run, kernel_cache_entries_before=cached)
+        reference = next((args.work / f"story-{r}" for r in ("warm", "cold") if (args.work / f"story-{r}").is_dir()), None)
+        if dtype and reference is not None and manifest.is_file():
+            row["psnr_db_vs_bf16"] = panel_psnr(reference, out)
         rows.append(row)
     return rows
+
+
+def panel_psnr(reference: Path, other: Path) -> list[float]:
+    """PSNR (dB) of each panel of ``other`` against the same panel of ``reference`` (8-bit pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    values = []
+    for panel in sorted(reference.glob("panel-*.png")):
+        a = np.asarray(Image.open(panel).convert("RGB"), dtype=np.float64)
+        b = np.asarray(Image.open(other / panel.name).convert("RGB"), dtype=np.float64)
+        mse = float(((a - b) ** 2).mean())
+        values.append(round(10 * np.log10(255.0**2 / mse), 2) if mse else float("inf"))
+    return values
 
 
 def train_row(args: argparse.Namespace, model: Path, data: Path, resolution: int) -> dict[str, Any]:
@@ -85,8 +104,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench/out/e2e"), help="model, data and runs (reused)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--only", default="generate,train", help="generate and/or train")
-    parser.add_argument("--runs", default="cold,warm", help="generate runs, in order: cold empties the kernel cache")
+    parser.add_argument("--only", default="generate,train", help="generate and/or train, or build (the folder alone)")
+    parser.add_argument("--runs", default="cold,warm", help="generate runs, in order, of cold (empties the kernel "
+                        "cache), warm, fp8, fp8-weights (--base-dtype; PSNR against the bf16 panels)")
     parser.add_argument("--text-layers", type=int, default=None, help="ChatGLM depth (published: 28)")
     parser.add_argument("--story", type=Path, default=STORY)
     parser.add_argument("--generate-args", default="", help="extra generate options, e.g. '--base-dtype fp8'")
