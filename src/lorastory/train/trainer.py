@@ -84,8 +84,13 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def _move(module: Any, device: torch.device, dtype: torch.dtype) -> None:
-    """Move to the device; cast only when needed (a diffusers model warns on every cast with a dtype)."""
+def _move(module: Any, device: torch.device, dtype: torch.dtype, cast_first: bool = False) -> None:
+    """Move to the device; cast only when needed (a diffusers model warns on every cast with a dtype).
+
+    ``cast_first`` casts on the CPU before the move, so the GPU never holds the fp32 copy (12 GB cards).
+    """
+    if cast_first and module.dtype != dtype:
+        module.to(dtype=dtype)
     module.to(device)
     if module.dtype != dtype:
         module.to(dtype=dtype)
@@ -324,7 +329,7 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
     """
     unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
-    _move(unet, device, weight_dtype)
+    _move(unet, device, weight_dtype, cast_first=config.base_dtype != "default")
     spec = config.lora
     text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if spec.train_text_encoder else {}
     for encoder in text_encoders.values():
