@@ -163,8 +163,6 @@ def train(
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
     unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
-    if config.base_dtype != "default":
-        say(describe_fp8(config.base_dtype, quantize_base(unet, config.base_dtype, training=True)))
     optimizer = make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
     samples, repeats = order_samples(examples, datasets)
@@ -192,8 +190,7 @@ def train(
 
     def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[StepInputs]:
         # Compiled blocks see every batch at full size: a short last batch is padded at loss weight 0.
-        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size,
-                                         pad=compile_mode != "off")
+        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size, compile_mode != "off")
         return prefetch.submit(step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
                                cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
 
@@ -275,7 +272,10 @@ def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], de
                processes: int, samples: list[tuple[str, tuple[int, int]]], say: Callable[[str], None],
                bf16_compute: bool) -> str:
     """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); say and return the
-    compile mode. Without the fast path (CPU, fp32/fp16, ``--no-fast``) nothing compiles, and that is said too."""
+    compile mode. Without the fast path (CPU, fp32/fp16, ``--no-fast``) nothing compiles, and that is said too.
+    An fp8 base (``config.base_dtype``) is converted first, the LoRA left as it is."""
+    if config.base_dtype != "default":
+        say(describe_fp8(config.base_dtype, quantize_base(unet, config.base_dtype, training=True)))
     if not bf16_compute:
         say("compile: off (the compiled fast path needs a CUDA GPU, bf16 and --fast)")
         return "off"
