@@ -101,7 +101,9 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
     mine = missing_share(cache, latent_jobs, accelerator)
     if mine:
         pipe.vae.to(device)
-        fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine)
+        # 12 GB cards (an fp8 base): one picture at a time; the fp32 VAE's 1024² activations take about 3 GB each.
+        fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine,
+                     **({"batch_size": 1} if fp8_text else {}))
         pipe.vae.to("cpu")
     mine_text = missing_share(cache, text_jobs, accelerator)
     if mine_text:
