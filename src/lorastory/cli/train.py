@@ -70,7 +70,7 @@ def train_cmd(
     ] = None,
     base_dtype: Annotated[Optional[str], typer.Option(
         help="Frozen UNet's Linear layers: default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights (stored in fp8; "
-             "any CUDA GPU). Needs lorastory[fp8].")] = None,
+             "any CUDA GPU). Needs torchao (the fp8 extra).")] = None,
     lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
     target_module: Annotated[Optional[list[str]], typer.Option(
         help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,
