@@ -1,6 +1,6 @@
 """Run a training script unchanged and record when each optimizer step finishes, and the peak GPU memory.
 
-    python bench/_step_timer.py OUT.json [--memory-gb N] -- SCRIPT.py ARGS...
+    python bench/_step_timer.py OUT.json [--memory-gb N] [--phases] -- SCRIPT.py ARGS...
     python bench/_step_timer.py OUT.json -- -m MODULE ARGS...
 
 The same clock is put on every tool the peer benchmarks compare (``bench/peer_kohya.py``): a global
@@ -8,7 +8,9 @@ optimizer step post-hook (``torch.optim.optimizer.register_optimizer_step_post_h
 CUDA and notes the time, whichever trainer calls ``step``. Steady-state images per second come from
 the later steps, so model loading, caching and compilation are left out for every tool alike.
 ``--memory-gb`` caps this process's GPU memory (``torch.cuda.set_per_process_memory_fraction``), so a
-configuration "under 24 GB" either fits or fails with an out-of-memory error.
+configuration "under 24 GB" either fits or fails with an out-of-memory error. ``--phases`` also times
+the phases of a ``lorastory`` command (load, text encoding, denoising, VAE, PNG writing, grid, cache;
+``_phases.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     split = argv.index("--")
     out, options, target = argv[0], argv[1:split], argv[split + 1:]
     memory_gb = float(options[options.index("--memory-gb") + 1]) if "--memory-gb" in options else None
+    phases = None
 
     import torch
 
@@ -42,6 +45,10 @@ def main() -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(on_step)
+    if "--phases" in options:
+        from _phases import install
+
+        phases = install(started)
     if memory_gb is not None and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 1024**3 / total))
@@ -51,7 +58,8 @@ def main() -> None:
         reserved = torch.cuda.max_memory_reserved() / 1024**3 if torch.cuda.is_available() else 0.0
         with open(out, "w", encoding="utf-8") as handle:
             json.dump({"step_times": times, "peak_allocated_gb": peak, "peak_reserved_gb": reserved,
-                       "wall_s": time.perf_counter() - started, "memory_cap_gb": memory_gb}, handle)
+                       "wall_s": time.perf_counter() - started, "memory_cap_gb": memory_gb,
+                       "phases": phases.report() if phases else None}, handle)
 
     atexit.register(write)
     if target[0] == "-m":

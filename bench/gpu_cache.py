@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _folders import build_chatglm  # noqa: E402
 from _kolors_arch import Recorder, build_vae, environment, peak_gb, reset_peak, sync  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -40,37 +41,14 @@ from lorastory.models.vae import encode_latents  # noqa: E402
 from lorastory.train.cache import TensorCache, fill_latents, fill_text  # noqa: E402
 from lorastory.train.data import TrainItem, place  # noqa: E402
 
-CHATGLM3_6B = dict(
-    num_layers=28, padded_vocab_size=65024, hidden_size=4096, ffn_hidden_size=13696, kv_channels=128,
-    num_attention_heads=32, seq_length=32768, multi_query_attention=True, multi_query_group_num=2,
-    add_qkv_bias=True, original_rope=True, rmsnorm=True, post_layer_norm=True,
-)
-TINY_CHATGLM = dict(
-    num_layers=2, padded_vocab_size=65024, hidden_size=64, ffn_hidden_size=128, kv_channels=16,
-    num_attention_heads=4, seq_length=256, multi_query_attention=True, multi_query_group_num=2,
-    add_qkv_bias=True, original_rope=True,
-)
-
-
 def build_text_pipeline(device: str, dtype: torch.dtype, tiny: bool) -> Any:
     """A KolorsPipeline holding only the tokenizer and a seeded random ChatGLM3 (6B config unless tiny)."""
     from diffusers import KolorsPipeline
-    from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
-    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
+    from diffusers.pipelines.kolors import ChatGLMTokenizer
 
-    torch.manual_seed(2)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            encoder = ChatGLMModel(ChatGLMConfig(**(TINY_CHATGLM if tiny else CHATGLM3_6B)), empty_init=False)
-    finally:
-        torch.set_default_dtype(previous)
-    with torch.no_grad():
-        for param in encoder.parameters():
-            param.normal_(0.0, 0.02)
+    encoder = build_chatglm(device, dtype, tiny)
     tokenizer = ChatGLMTokenizer.from_pretrained(shipped_toy_dir("kolors") / "tokenizer")
-    pipe = KolorsPipeline(vae=None, text_encoder=encoder.eval().requires_grad_(False), tokenizer=tokenizer,
+    pipe = KolorsPipeline(vae=None, text_encoder=encoder, tokenizer=tokenizer,
                           unet=None, scheduler=None, force_zeros_for_empty_prompt=False)
     return pipe, sum(p.numel() for p in encoder.parameters())
 

@@ -35,6 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _folders import make_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMER = ROOT / "bench" / "_step_timer.py"
 # kohya's default LoRA targets on the SDXL UNet: every Linear inside a Transformer2DModel.
@@ -83,6 +87,11 @@ CONFIGS = {c.name: c for c in [
     Config("ours-b8-eager", "ours", 8, extra=["--compile", "off"]),
     Config("ours-b4-24g", "ours", 4, True, 24.0, ["--compile", "blocks"]),
     Config("ours-b8-24g", "ours", 8, True, 24.0, ["--compile", "blocks"]),
+    # fp8 base (lorastory.models.fp8): fp8 matmuls at batch 8; fp8-stored weights instead of checkpointing under 24 GB.
+    Config("ours-b8-fp8", "ours", 8, extra=["--compile", "cudagraphs", "--base-dtype", "fp8"]),
+    Config("ours-b8-fp8-blocks", "ours", 8, extra=["--compile", "blocks", "--base-dtype", "fp8"]),
+    Config("ours-b4-24g-fp8w", "ours", 4, False, 24.0, ["--compile", "cudagraphs", "--base-dtype", "fp8-weights"]),
+    Config("ours-b4-24g-fp8", "ours", 4, False, 24.0, ["--compile", "cudagraphs", "--base-dtype", "fp8"]),
     Config("ours-b2", "ours", 2, extra=["--compile", "off"]),  # the CPU smoke test
 ]}
 
@@ -116,34 +125,6 @@ def build_model(folder: Path, tiny: bool) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
     for sub in ("tokenizer", "tokenizer_2"):
         tiny_models._save_clip_tokenizer(getattr(pipe, sub), folder / sub)
-
-
-def make_data(folder: Path, count: int, size: int) -> None:
-    """Seeded pictures (smooth colour fields plus noise) with captions in both tools' forms."""
-    if (folder / "metadata.csv").exists():
-        return
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for index in range(count):
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        colour = rng.random((3, 3))
-        picture = sum(colour[:, k][None, None, :] * field[..., None] for k, field in enumerate((xx, yy, xx * yy)))
-        picture = np.clip(picture / 2 + rng.normal(0, 0.05, (size, size, 3)), 0, 1)
-        name = f"{index:04d}.png"
-        Image.fromarray((picture * 255).astype(np.uint8)).save(folder / name)
-        caption = f"a picture in the benchmark style, number {index}, soft colours"
-        (folder / name).with_suffix(".txt").write_text(caption, encoding="utf-8")
-        rows.append((name, caption))
-    with open(folder / "metadata.csv", "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file_name", "text"])
-        writer.writerows(rows)
 
 
 def command(config: Config, args: argparse.Namespace, model: Path, data: Path, out: Path) -> tuple[list[str], dict]:

@@ -163,7 +163,7 @@ def test_train_on_cuda_with_cuda_graphs_samples_and_matches_blocks(tmp_path, tin
     assert max(abs(a - b) / abs(b) for a, b in zip(losses["cudagraphs"], losses["blocks"])) < 0.02
 
 
-@pytest.mark.parametrize("name", ["train_kolors_style.yaml", "train_kolors_fast.yaml", "train_kolors_24gb.yaml",
+@pytest.mark.parametrize("name", ["train_kolors_style.yaml", "train_kolors_fast.yaml", "train_kolors_24gb.yaml", "train_kolors_12gb.yaml",
                                   "train_kolors_character.yaml"])
 def test_shipped_training_presets_load(name):
     from importlib import resources

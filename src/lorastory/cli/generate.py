@@ -43,6 +43,11 @@ def generate_cmd(
         help="Compile the repeated UNet/VAE blocks: auto (GPU, stories of 200+ image-steps), on or off.")] = "auto",
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier run in --out (only the files it wrote; other files are kept).")] = False,
+    base_dtype: Annotated[str, typer.Option(
+        help="UNet's transformer Linear layers: default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights "
+             "(stored in fp8). Needs torchao (the fp8 extra).")] = "default",
+    offload: Annotated[bool, typer.Option(
+        "--offload", help="Keep each model on the GPU only while it runs (with --base-dtype: Kolors in 12 GB).")] = False,
 ) -> None:
     """Render a story's panels, manifest and storyboard."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -60,7 +65,7 @@ def generate_cmd(
             story, model, out, lora=str(lora) if lora else None, lora_scale=lora_scale, family=family,
             batch_size=batch_size, allow_pickle=allow_pickle, fast=fast, compile=_on_off_auto(compile, "--compile"),
             on_step=lambda done, total: progress.update(task, completed=done, total=total),
-            overwrite=overwrite, inputs=[("story file", story_file)],
+            overwrite=overwrite, inputs=[("story file", story_file)], base_dtype=base_dtype, offload=offload,
         )
     console.print(f"Rendered {len(result.panels)} panels in {result.seconds:.1f} s.", markup=False)
     console.print(f"  storyboard: {display_path(result.storyboard)}\n  manifest:   {display_path(result.manifest)}",

@@ -66,8 +66,11 @@ def train_cmd(
     format: Annotated[Optional[list[str]], typer.Option("--format", help="kohya and/or diffusers (repeatable; the first is lora.safetensors; default kohya).")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Latent/text cache folder (default OUT/cache).")] = None,
     compile: Annotated[Optional[str], typer.Option(
-        help="GPU compilation: auto (runs of 200+ steps), off, blocks, or cudagraphs (blocks replayed as CUDA graphs).")
+        help="GPU compilation: auto (when the run is long enough to repay the warm-up; the log says why), off, blocks, or cudagraphs.")
     ] = None,
+    base_dtype: Annotated[Optional[str], typer.Option(
+        help="Frozen UNet's Linear layers: default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights (stored in fp8; "
+             "any CUDA GPU). Needs torchao (the fp8 extra).")] = None,
     lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
     target_module: Annotated[Optional[list[str]], typer.Option(
         help="Module name the LoRA adapts (repeatable; default to_q, to_k, to_v, to_out.0).")] = None,

@@ -57,6 +57,7 @@ from lorastory.generate.rundir import (
 from lorastory.generate.samplers import check_sampler
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
 from lorastory.generate.speed import auto_compile, prepare_for_speed
+from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
 from lorastory.models.lora import apply_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
@@ -262,6 +263,8 @@ def generate_story(
     compile: bool | None = None,
     overwrite: bool = False,
     inputs: Sequence[tuple[str, str | Path]] = (),
+    base_dtype: str = "default",
+    offload: bool = False,
 ) -> StoryResult:
     """Render every panel of ``story`` into ``out`` with the manifest and storyboard.
 
@@ -273,7 +276,11 @@ def generate_story(
     ``fast`` (default: on CUDA) fuses the LoRA and the QKV projections into the weights
     (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in is changed in place).
     ``compile`` (default: on CUDA for stories of 200+ image-steps without ``consistency``) also
-    compiles the UNet's and VAE's repeated blocks, with kernels cached across runs.
+    compiles the UNet's and VAE's repeated blocks, with kernels cached across runs. ``base_dtype``
+    (``fp8``, ``fp8-weights``; CUDA and torchao) puts the UNet's transformer Linear layers in fp8
+    (:mod:`lorastory.models.fp8`) and stores the text encoders' in fp8; it needs the fast path. ``offload``
+    keeps each model on the GPU only while it runs (diffusers' model CPU offload): with ``base_dtype``,
+    Kolors renders in under 12 GB.
 
     With ``story.consistency`` on: in ``attention`` mode a group of panels renders as one batch
     unless ``batch_size`` says otherwise (then the first batch anchors the later ones); in
@@ -295,6 +302,11 @@ def generate_story(
     if settings.uses_reference and settings.reference_image:
         user_reference = load_reference_image(settings.reference_image)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_base_dtype(base_dtype, target)
+    if offload and target.type != "cuda":
+        raise ConfigError("--offload moves models on and off a CUDA GPU; this run is on the CPU: leave it out")
+    if base_dtype != "default" and fast is False:
+        raise ConfigError(f"--base-dtype {base_dtype} runs on the fast path; drop --no-fast")
     check_panel_memory(story.defaults.width, story.defaults.height, target)
 
     # 2. a staging folder (so an unwritable --out fails now), the model and LoRA, then render and move in
@@ -303,9 +315,10 @@ def generate_story(
         if pipe is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
             pipe = load_pipeline(model, family, dtype=dtype)
-            pipe.to(target)
+            if not offload:
+                pipe.to(target)
         result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
-                               on_step, allow_pickle, fast, compile, user_reference)
+                               on_step, allow_pickle, fast, compile, user_reference, base_dtype, offload)
         commit_run(staging, out, earlier)
     finally:
         remove_staging(staging)
@@ -317,7 +330,7 @@ def generate_story(
 def _render_story(
     story: Story, jobs: list[PanelJob], pipe: Any, model: str, out_dir: Path, target: Any, lora_path: Path | None,
     lora_scale: float, batch_size: int | None, on_step: StepCallback | None, allow_pickle: bool,
-    fast: bool | None, compile: bool | None, user_reference: Any,
+    fast: bool | None, compile: bool | None, user_reference: Any, base_dtype: str = "default", offload: bool = False,
 ) -> StoryResult:
     """Render the run into the (staging) folder ``out_dir``: panels, reference, storyboard, manifest, story.yaml."""
     settings = story.consistency
@@ -332,7 +345,9 @@ def _render_story(
         image_steps = sum(job.steps for job in jobs)
         if compile is None:
             compile = auto_compile(target, image_steps) and settings.mode == "none"
-        speed = prepare_for_speed(pipe, compile=compile)
+        speed = prepare_for_speed(pipe, compile=compile, base_dtype=base_dtype, device=target)
+    if offload:  # after the LoRA is fused and the weights converted, on the CPU
+        pipe.enable_model_cpu_offload(device=target)
 
     adapter_spec = None
     if settings.uses_reference:  # before any rendering: a missing adapter fails now, not after the reference

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lorastory.config import YamlModel
+from lorastory.models.fp8 import BaseDtype
 from lorastory.models.lora.spec import MAX_RANK, LoraSpec
 from lorastory.models.registry import FAMILIES
 from lorastory.train.captions import CaptionSettings
@@ -37,7 +38,7 @@ MAX_RESOLUTION = 8192
 Precision = Literal["auto", "no", "fp16", "bf16"]
 # How the UNet is compiled on a GPU: "blocks" compiles each transformer block; "cudagraphs" also
 # replays each compiled block as a CUDA graph, which takes the CPU out of the step; "auto" picks
-# (see ``lorastory.train.speed.resolve_compile``).
+# (see ``lorastory.train.speed.compile_choice``).
 CompileMode = Literal["auto", "off", "blocks", "cudagraphs"]
 
 
@@ -91,6 +92,9 @@ class TrainConfig(YamlModel):
     # instead of autocast, self-attention q/k/v with their LoRA in two matmuls, and ``compile``.
     fast: bool = True
     compile: CompileMode = "auto"
+    # Memory and speed only (not in the fingerprint): the frozen UNet's token-wise Linear layers in fp8 through
+    # torchao (lorastory.models.fp8): "fp8" computes in fp8 (compute capability 8.9+), "fp8-weights" only stores.
+    base_dtype: BaseDtype = "default"
 
     checkpoint_every: int = Field(0, ge=0)
     keep_checkpoints: int = Field(3, ge=1)
@@ -173,6 +177,9 @@ class TrainConfig(YamlModel):
         if self.compile == "cudagraphs" and self.gradient_checkpointing:
             raise ValueError("compile: cudagraphs does not combine with gradient_checkpointing (recomputed blocks "
                              "would be recorded twice); use compile: blocks or gradient_checkpointing: false")
+        if self.base_dtype != "default" and self.lora.train_text_encoder:
+            raise ValueError(f"base_dtype {self.base_dtype} does not combine with train_text_encoder (the text encoder "
+                             "then trains in bf16); leave one out")
         problem = optimizer_problem(self)
         if problem:
             raise ValueError(problem)
@@ -232,7 +239,7 @@ class TrainConfig(YamlModel):
 
 # Settings that do not change the trained weights.
 _NOT_WEIGHTS = {"out", "resume", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
-                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile", "validation_style",
+                "validation_steps", "validation_cfg", "cache_dir", "save_formats", "fast", "compile", "base_dtype", "validation_style",
                 "select_best", "eval_clip"}
 # The hashed settings of the first config files, always hashed (the LoRA's under these flat names).
 _FIRST_LORA_KEYS = {"rank": "rank", "alpha": "alpha", "dropout": "lora_dropout", "target_modules": "target_modules",

@@ -106,15 +106,18 @@ def continued_history(history: Sequence[tuple[int, int]], global_batch: int, sam
     return [*parts, (global_batch, current)]
 
 
-def process_share(batch: Sequence[int], rank: int, processes: int, per_process: int) -> tuple[list[int], list[float]]:
+def process_share(batch: Sequence[int], rank: int, processes: int, per_process: int,
+                  pad: bool = False) -> tuple[list[int], list[float]]:
     """This process's samples of a global batch, and each one's weight in the loss.
 
     One process takes the whole batch. With several, process ``rank`` takes its ``per_process``
     slots; a bucket's short last batch is padded with repeats of its first sample at weight 0,
     so every process runs a full batch of the same shape (a process with nothing to do would
-    stall the others' gradient all-reduce).
+    stall the others' gradient all-reduce). ``pad`` pads one process's short batch the same way,
+    so compiled blocks never meet a new batch size (a recompile of 20-40 s); the samples, their
+    noise and the loss stay those of the short batch, so resume and the trained weights do not change.
     """
-    if processes == 1:
+    if processes == 1 and not pad:
         return list(batch), [1.0] * len(batch)
     share = list(batch[rank * per_process : (rank + 1) * per_process])
     pad = per_process - len(share)

@@ -18,15 +18,25 @@ channels_last was slower and compiling the ResNet blocks too gained nothing, so 
 from __future__ import annotations
 
 import functools
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_regions, to_channels_last
+from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_cache_dir, compile_regions, to_channels_last
 from lorastory.train.lora_qkv import fuse_lora_qkv
 
 if TYPE_CHECKING:
     import torch
 
-# Below this many optimizer steps a compile's warm-up (20-60 s) costs more than it saves.
+# What ``compile: auto`` weighs (train run 3 on an H100, bench/RESULTS.md; 1024², fused q/k/v): the warm-up of one
+# batch shape with a cold kernel cache (CUDA graphs 28-30 s, compiled blocks 12-17 s), the share of it left when the
+# kernels are read from the cache instead (dynamo still traces every block; an estimate), and the seconds a compiled
+# step saves over an eager one, as fixed + per image-megapixel (batch 8: 548 -> 357 ms with graphs, 367 ms blocks;
+# batch 4: 360 -> 205 ms with graphs, 297 ms blocks).
+COMPILE_SECONDS = {"cudagraphs": 30.0, "blocks": 15.0}
+WARM_CACHE_SHARE = 0.35
+STEP_SAVING = {"cudagraphs": (0.12, 0.009), "blocks": (0.0, 0.022)}
+# Kept for callers of the old rule of thumb: a cold compile of batch 8 at 1024² pays from about this many steps.
 COMPILE_MIN_STEPS = 200
 
 
@@ -75,22 +85,64 @@ def lora_compute_in_input_dtype(*models: Any) -> int:
     return count
 
 
-def resolve_compile(setting: str, device: torch.device, total_steps: int, processes: int = 1,
-                    gradient_checkpointing: bool = False) -> str:
-    """The compile mode a run uses: ``off``, ``blocks`` or ``cudagraphs`` (``setting`` as in ``TrainConfig``).
+@dataclass(frozen=True)
+class CompileChoice:
+    """The compile mode a run uses (``off``, ``blocks`` or ``cudagraphs``) and why, for the log."""
 
-    ``auto`` compiles on CUDA for runs of 200+ steps, with CUDA graphs for one process without
-    gradient checkpointing. Several processes get plain compiled blocks even when CUDA graphs are
-    asked for: DDP's gradient hooks under replayed graphs are not tested here (the speed line says
-    which ran). ``TrainConfig`` refuses CUDA graphs with gradient checkpointing.
+    mode: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"compile: {self.mode} ({self.reason})"
+
+
+def _estimate(mode: str, images: int, megapixels: float, shapes: int, cache_warm: bool) -> tuple[float, float]:
+    """Seconds of compiling up front and seconds saved per step by ``mode`` (estimates; see the constants)."""
+    per_shape = COMPILE_SECONDS[mode] * (WARM_CACHE_SHARE if cache_warm else 1.0)
+    fixed, per_image = STEP_SAVING[mode]
+    return per_shape * max(1, shapes), fixed + per_image * images * megapixels
+
+
+def compile_choice(setting: str, device: torch.device, total_steps: int, processes: int = 1,
+                   gradient_checkpointing: bool = False, *, images_per_step: int = 8, megapixels: float = 1.0,
+                   shapes: int = 1, cache_warm: bool | None = None) -> CompileChoice:
+    """The compile mode a run uses (``setting`` as in ``TrainConfig``), with the reason said in the log.
+
+    ``auto`` compiles on CUDA when the estimated time saved over the run's ``total_steps`` (of
+    ``images_per_step`` pictures of ``megapixels`` each) beats the estimated compile time of its
+    ``shapes`` distinct batch shapes (buckets), which is lower with a kernel cache already filled
+    (``cache_warm``, default: whether the cache folder holds anything). CUDA graphs for one process
+    without gradient checkpointing, plain compiled blocks otherwise. Several processes get plain
+    compiled blocks even when CUDA graphs are asked for: DDP's gradient hooks under replayed graphs
+    are not tested here. ``TrainConfig`` refuses CUDA graphs with gradient checkpointing.
     """
     if device.type != "cuda":
-        return "off"
+        return CompileChoice("off", "not on a CUDA GPU")
     if setting == "auto":
-        if total_steps < COMPILE_MIN_STEPS:
-            return "off"
-        setting = "blocks" if gradient_checkpointing else "cudagraphs"
-    return "blocks" if setting == "cudagraphs" and processes > 1 else setting
+        mode = "blocks" if gradient_checkpointing or processes > 1 else "cudagraphs"
+        warm = _cache_has_kernels() if cache_warm is None else cache_warm
+        cost, saving = _estimate(mode, images_per_step, megapixels, shapes, warm)
+        pays_from = math.ceil(cost / saving)
+        cache = "kernel cache warm" if warm else "kernel cache cold"
+        summary = (f"{total_steps} steps save about {saving * total_steps:.0f} s for about {cost:.0f} s of compiling "
+                   f"({shapes} batch shape(s), {cache}); it pays from about {pays_from} steps")
+        if total_steps < pays_from:
+            return CompileChoice("off", f"auto: {summary}; --compile {mode} compiles anyway, for the steady-state speed")
+        return CompileChoice(mode, f"auto: {summary}")
+    if setting == "cudagraphs" and processes > 1:
+        return CompileChoice("blocks", "CUDA graphs are for one process; several get compiled blocks")
+    return CompileChoice(setting, "as set")
+
+
+def resolve_compile(setting: str, device: torch.device, total_steps: int, processes: int = 1,
+                    gradient_checkpointing: bool = False) -> str:
+    """The mode of :func:`compile_choice` for a run of batch 8 at 1024², one shape, cold kernel cache."""
+    return compile_choice(setting, device, total_steps, processes, gradient_checkpointing, cache_warm=False).mode
+
+
+def _cache_has_kernels() -> bool:
+    folder = compile_cache_dir()
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def prepare_for_training(

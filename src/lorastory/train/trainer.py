@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
+from lorastory.models.fp8 import check_base_dtype, quantize_base
+from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.lora import default_save_formats, inject_lora, save_lora
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.checkpoint import (
@@ -40,7 +42,7 @@ from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
 from lorastory.train.plan import order_samples, plan_training
-from lorastory.train.speed import prepare_for_training, resolve_compile
+from lorastory.train.speed import compile_choice, prepare_for_training
 from lorastory.train.step import StepInputs, denoiser_class, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
 
@@ -82,8 +84,13 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def _move(module: Any, device: torch.device, dtype: torch.dtype) -> None:
-    """Move to the device; cast only when needed (a diffusers model warns on every cast with a dtype)."""
+def _move(module: Any, device: torch.device, dtype: torch.dtype, cast_first: bool = False) -> None:
+    """Move to the device; cast only when needed (a diffusers model warns on every cast with a dtype).
+
+    ``cast_first`` casts on the CPU before the move, so the GPU never holds the fp32 copy (12 GB cards).
+    """
+    if cast_first and module.dtype != dtype:
+        module.to(dtype=dtype)
     module.to(device)
     if module.dtype != dtype:
         module.to(dtype=dtype)
@@ -137,6 +144,7 @@ def train(
     main, processes, rank = state.is_main_process, state.num_processes, state.process_index
     if not main:
         say = _quiet  # every process would print the same lines
+    check_base_dtype(config.base_dtype, state.device)
     checkpoint = _open_run(out, config, state, say)
 
     # 1. data
@@ -161,7 +169,7 @@ def train(
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
     lr_scheduler = make_scheduler(optimizer, config, total_steps)
-    compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
+    compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, samples, say, bf16_compute)
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
     model, optimizer = accelerator.prepare(denoiser_class()(unet, text_encoders, pipe if text_encoders else None), optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -181,7 +189,8 @@ def train(
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorastory-prefetch")
 
     def prepare(order: list[list[int]], batch_index: int, epoch: int) -> Future[StepInputs]:
-        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size)
+        # Compiled blocks see every batch at full size: a short last batch is padded at loss weight 0.
+        indices, weights = process_share(order[batch_index], rank, processes, config.batch_size, compile_mode != "off")
         return prefetch.submit(step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
                                cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
 
@@ -260,11 +269,26 @@ def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler
 
 
 def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
-               processes: int, say: Callable[[str], None]) -> str:
-    """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); return the compile mode."""
-    compile_mode = resolve_compile(config.compile, device, total_steps, processes, config.gradient_checkpointing)
-    say(prepare_for_training(unet, list(text_encoders.values()), compile=compile_mode))
-    return compile_mode
+               processes: int, samples: list[tuple[str, tuple[int, int]]], say: Callable[[str], None],
+               bf16_compute: bool) -> str:
+    """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); say and return the
+    compile mode. Without the fast path (CPU, fp32/fp16, ``--no-fast``) nothing compiles, and that is said too.
+    An fp8 base (``config.base_dtype``) is converted first, the LoRA left as it is."""
+    if config.base_dtype != "default":
+        say(describe_fp8(config.base_dtype, quantize_base(unet, config.base_dtype, training=True)))
+    if not bf16_compute:
+        say("compile: off (the compiled fast path needs a CUDA GPU, bf16 and --fast)")
+        return "off"
+    shapes = {bucket for _, bucket in samples}
+    pixels = max(width * height for width, height in shapes)
+    choice = compile_choice(config.compile, device, total_steps, processes, config.gradient_checkpointing,
+                            images_per_step=config.batch_size * config.gradient_accumulation,
+                            megapixels=pixels / 2**20, shapes=len(shapes))
+    say(str(choice))
+    # Fused q/k/v stacks the frozen weights into one bf16 matrix: not with fp8 ones.
+    say(prepare_for_training(unet, list(text_encoders.values()), compile=choice.mode,
+                             fuse_qkv=config.base_dtype == "default"))
+    return choice.mode
 
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int,
@@ -305,7 +329,7 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
     """
     unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
-    _move(unet, device, weight_dtype)
+    _move(unet, device, weight_dtype, cast_first=config.base_dtype != "default")
     spec = config.lora
     text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if spec.train_text_encoder else {}
     for encoder in text_encoders.values():
