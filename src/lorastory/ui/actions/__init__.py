@@ -35,6 +35,7 @@ from lorastory.ui.actions.models import (
     DEFAULT_MODEL,
     clip_choices,
     ensure_default_model,
+    go_offline_without_network,
     ip_adapter_choices,
     lora_choices,
     model_choices,
@@ -43,6 +44,7 @@ from lorastory.ui.actions.models import (
 from lorastory.ui.actions.story import (
     STORY_COLUMNS,
     consistency_from_form,
+    free_run_name,
     recommended_scale,
     regenerate_job,
     story_from_form,
@@ -50,7 +52,14 @@ from lorastory.ui.actions.story import (
     story_rows,
     story_zip,
 )
-from lorastory.ui.actions.train import checkpoint_choice, checkpoints_job, run_samples, train_config, train_job
+from lorastory.ui.actions.train import (
+    check_run_name,
+    checkpoint_choice,
+    checkpoints_job,
+    run_samples,
+    train_config,
+    train_job,
+)
 
 __all__ = [
     "DEFAULT_CLIP", "DEFAULT_MODEL", "PARAM_COLUMNS", "STORY_COLUMNS", "add_op", "clip_choices", "consistency_from_form",
@@ -61,4 +70,5 @@ __all__ = [
     "train_config", "train_folder_choices", "train_job", "train_runs",
     "checkpoint_choice", "checkpoints_job", "recommended_scale",
     "CAPTION_COLUMNS", "caption_job", "caption_rows", "captioner_choices", "save_captions",
+    "check_run_name", "free_run_name", "go_offline_without_network",
 ]

@@ -10,6 +10,7 @@ from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
 from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS, load_presets
 from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
+from lorastory.ui.tabs.pagestate import train_form_keys
 
 
 # Attention projections (the default), the feed-forward layers and the transformer blocks' in/out projections.
@@ -111,7 +112,8 @@ class TrainTab(Tab):
     def wire(self, clock: Clock) -> None:
         import gradio as gr
 
-        self.preset.change(self.on_preset, self.preset, self.preset_inputs)
+        # .input, not .change: a preset put back after a reload must not overwrite the fields put back with it.
+        self.preset.input(self.on_preset, self.preset, self.preset_inputs)
         self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts,
@@ -141,9 +143,10 @@ class TrainTab(Tab):
                     resume=bool(resume_value), validation_prompts=prompts)
         try:
             config = actions.train_config(self.ws, model, data, name, form)
-            job = self.ctx.jobs.submit("train", f"train {name}", actions.train_job(self.ws, config))
+            job = self.ctx.jobs.submit("train", f"train {name}", actions.train_job(self.ws, config), key=f"runs/{name}")
         except Exception as error:
             return err(error)
+        job.data["form"] = dict(zip(train_form_keys(), [model, data, name, *values]))  # shown after a reload
         return f"**Queued:** {job.summary()}"
 
     def on_score_checkpoints(self, name):
