@@ -91,6 +91,7 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         page.add_tabs(data, train, story, gallery)
         page.wire(clock)
         demo.lorastory_page = page
+        demo.lorastory_tabs = {"data": data, "train": train, "story": story, "gallery": gallery, "queue": queue}
     return demo
 
 
