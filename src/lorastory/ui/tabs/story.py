@@ -84,7 +84,7 @@ class StoryTab(Tab):
             self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=actions.DEFAULT_MODEL,
                                      allow_custom_value=True)
             self.lora = gr.Dropdown(label="LoRA (optional)", choices=[""] + actions.lora_choices(self.ws), value="",
-                                    allow_custom_value=True)
+                                    allow_custom_value=True, elem_id="story-lora")
             self.scale = gr.Slider(label="LoRA scale (a swept LoRA's recommended one)", minimum=0, maximum=2, step=0.05,
                                    value=0.8, elem_id="story-lora-scale")
             self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")

@@ -46,7 +46,8 @@ class TrainTab(Tab):
             alpha = gr.Number(label="alpha", value=first["alpha"])
             resolution = gr.Number(label="resolution", value=first["resolution"], precision=0)
             epochs = gr.Number(label="epochs", value=first["epochs"], precision=0)
-            max_steps = gr.Number(label="max steps (0: epochs decide)", value=first["max_steps"], precision=0)
+            max_steps = gr.Number(label="max steps (0: epochs decide)", value=first["max_steps"], precision=0,
+                                  elem_id="max-steps")
             batch_size = gr.Number(label="batch size", value=first["batch_size"], precision=0)
             grad_acc = gr.Number(label="gradient accumulation", value=first["gradient_accumulation"], precision=0)
             lr = gr.Number(label="learning rate", value=first["lr"])
