@@ -75,8 +75,9 @@ class DataTab(Tab):
                                             value=yaml_text(actions.op_defaults(first)) if first else "")
                 self.add_op_btn = gr.Button("Add operator to the recipe")
         with gr.Row():
-            self.processes = gr.Number(label="Worker processes (empty: the recipe's np)", value=None, precision=0,
-                                       minimum=1, elem_id="recipe-processes")
+            # 0 (an emptied field is sent as 0): the recipe's own np decides.
+            self.processes = gr.Number(label="Worker processes (0: the recipe's np)", value=0, precision=0,
+                                       minimum=0, elem_id="recipe-processes")
             self.run_recipe_btn = gr.Button("Run recipe", variant="primary", elem_id="run-recipe-btn")
         self.recipe_status = gr.Markdown(elem_id="recipe-status", elem_classes="status")
 
