@@ -122,7 +122,7 @@ class PageState:
             if id(component) in choices:
                 change["choices"] = choices[id(component)]()
             key = keys.get(id(component))
-            if key is not None and key in values:
+            if key is not None and key in values and _allowed(component, values[key], change.get("choices")):
                 change["value"] = values[key]
             if isinstance(component, gr.State):
                 updates.append(change.get("value", gr.skip()) if "value" in change else gr.skip())
@@ -151,3 +151,12 @@ class PageState:
         if seen is not None and tuple(seen) == mark:
             return [seen, *[gr.skip()] * len(self.lists)]
         return [list(mark), *self.refresh_lists()]
+
+
+def _allowed(component: Any, value: Any, choices: list[Any] | None) -> bool:
+    """Whether a remembered value can be put back: a fixed list (a preset renamed since) must still hold it."""
+    if getattr(component, "allow_custom_value", True) or not hasattr(component, "choices"):
+        return True
+    offered = {c[1] if isinstance(c, (tuple, list)) else c for c in (choices if choices is not None else component.choices)}
+    wanted = value if isinstance(value, list) else [value]
+    return all(v in offered for v in wanted if v not in (None, ""))
