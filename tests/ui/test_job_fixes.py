@@ -218,7 +218,7 @@ def test_stop_writes_the_lora_and_a_checkpoint_and_resume_plots_the_whole_run(ap
     job = run_until(actions.train_config(ws, "models/toy-kolors", "train/style", "stopper", form), 2)
     assert job.status == CANCELLED and "the LoRA (runs/stopper/lora.safetensors) and a checkpoint were written" in job.message
     stopped_at = list_checkpoints(ws.root / "runs" / "stopper")[-1][0]
-    assert f"stopped at step {stopped_at}" in job.message
+    assert f"stopped at step {stopped_at}" in job.message and "s after Stop)" in job.message
     assert any(m.startswith("loading the model 1/1") for m in messages)
     assert any(m.startswith("encoding pictures 8/8") for m in messages)
     assert any(m.startswith("training: step") and "ETA" in m for m in messages)

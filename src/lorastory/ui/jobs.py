@@ -54,6 +54,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_asked: float | None = None  # time.monotonic() of the Stop: the page says how long stopping took
     key: str | None = None  # what the job writes (e.g. "stories/NAME"): one active job per key
     fingerprint: str | None = None  # what the job does: an identical one is not queued twice
 
@@ -166,6 +167,7 @@ class JobQueue:
             if job is None or not job.active:
                 return False
             job.cancel_requested.set()
+            job.stop_asked = job.stop_asked or time.monotonic()
             if job.status == QUEUED:
                 self._pending.remove(job)
                 job.status, job.message, job.finished = CANCELLED, "cancelled before it started", time.time()
@@ -238,7 +240,8 @@ class JobQueue:
                 context.check()
                 result = job.fn(context)
             except (Cancelled, Stopped) as stopped:
-                self._finish(job, CANCELLED, message=str(stopped) or "cancelled; nothing half-written was left")
+                took = f" ({time.monotonic() - job.stop_asked:.1f} s after Stop)" if job.stop_asked else ""
+                self._finish(job, CANCELLED, message=(str(stopped) or "cancelled; nothing half-written was left") + took)
             except Exception as err:  # a job's failure is shown on the page, never kills the worker
                 message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
                 if not isinstance(err, LorastoryError):

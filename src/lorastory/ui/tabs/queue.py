@@ -29,7 +29,7 @@ class QueuePanel:
 
         seen = gr.State({})
         clock.poll(self.show_queue, [seen, self.pick], [seen, self.list_md, self.pick])
-        self.cancel_btn.click(self.on_cancel, self.pick, self.status)
+        self.cancel_btn.click(self.on_cancel, self.pick, self.status, queue=False)  # not behind the polls
 
     def show_queue(self, state: dict[str, Any], picked: Any) -> list[Any]:
         """The active jobs (text where it changed; the picker's choices only when the set of jobs changed)."""

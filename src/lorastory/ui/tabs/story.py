@@ -117,7 +117,7 @@ class StoryTab(Tab):
         self.lora.change(self.on_lora, self.lora, self.scale)
         self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
                            [self.status, self.story_yaml])
-        self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
+        self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status, queue=False)  # not behind the polls
         self.load_example_btn.click(self.on_load_example, self.example, self.story_inputs)
         self.add_panel_btn.click(on_add_panel, self.panels, self.panels)
         self.remove_panel_btn.click(on_remove_panel, self.panels, self.panels)

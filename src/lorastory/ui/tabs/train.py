@@ -119,7 +119,7 @@ class TrainTab(Tab):
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts,
                                              *self.caption_inputs], self.status)
-        self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status)
+        self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status, queue=False)  # not behind the polls
         self.ckpt_btn.click(self.on_score_checkpoints, self.name, self.status)
         seen = gr.State({})
         clock.poll(self.poll, seen, [seen, self.status, self.loss_plot, self.samples, self.log, self.queue_md,
