@@ -46,6 +46,10 @@ class TrainingError(LorastoryError):
     """Training cannot go on (diverged loss, unusable settings, processes that disagree)."""
 
 
+class Stopped(LorastoryError):
+    """Work was stopped on request (a ``stop`` event was set); the message says what was kept."""
+
+
 class ScorerModelError(LorastoryError):
     """A scoring model (CLIP, aesthetic predictor) cannot be found, read or used."""
 

@@ -20,7 +20,9 @@ def ws(tmp_path):
     raw = write_toy_dataset(ws.root / "incoming", count=6, size=48, bad_samples=False).folder
     for text in raw.glob("*.txt"):
         text.unlink()
-    assert actions.import_folder(ws, ws.rel(raw), "raw", "", True)["written"] == 0  # uncaptioned: refused by default
+    with pytest.raises(DataError, match="none of the 6 picture"):  # uncaptioned: refused, no empty dataset left
+        actions.import_folder(ws, ws.rel(raw), "raw", "", True)
+    assert not (ws.root / "datasets" / "raw").exists()
     assert actions.import_folder(ws, ws.rel(raw), "raw", "", True, allow_empty_caption=True)["written"] == 6
     return ws
 

@@ -106,6 +106,13 @@ def _two_row_image(out: Path, with_scores: Scores, without_scores: Scores, title
     return target
 
 
+def _half(on_step: Callable[[int, int], None] | None, index: int) -> Callable[[int, int], None] | None:
+    """``on_step`` for render ``index`` (0 or 1) of two: steps counted over both renders."""
+    if on_step is None:
+        return None
+    return lambda done, total: on_step(index * total + done, 2 * total)
+
+
 def compare_lora(
     run_dir: str | Path,
     *,
@@ -142,9 +149,11 @@ def compare_lora(
     if pipe is None:
         pipe = load_pipe(str(base), family_name(run.manifest), device)
     # Both renders replace the previous comparison of this run (our own folders).
-    common = dict(pipe=pipe, batch_size=render_batch_size, on_step=on_step, device=str(pipe.device), overwrite=True)
-    generate_story(story, str(base), out / WITHOUT_DIR, **common)
-    generate_story(story, str(base), out / WITH_DIR, lora=str(lora_path), lora_scale=scale, allow_pickle=allow_pickle, **common)
+    common = dict(pipe=pipe, batch_size=render_batch_size, device=str(pipe.device), overwrite=True)
+    # One progress over both renders (the first is the first half), so a progress bar never starts again.
+    generate_story(story, str(base), out / WITHOUT_DIR, on_step=_half(on_step, 0), **common)
+    generate_story(story, str(base), out / WITH_DIR, lora=str(lora_path), lora_scale=scale, allow_pickle=allow_pickle,
+                   on_step=_half(on_step, 1), **common)
 
     # 3. score both with the same models, and compare
     without_scores = score(out / WITHOUT_DIR)

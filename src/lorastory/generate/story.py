@@ -337,7 +337,7 @@ def _render_story(
     pipe.set_progress_bar_config(disable=True)
     if lora_path is not None:
         apply_lora(pipe, lora_path, scale=lora_scale, allow_pickle=allow_pickle)
-    lora_name = lora_path.stem if lora_path else None
+    lora_name = lora_tag_name(lora_path) if lora_path else None
     lora_hash = lora_short_hash(lora_path) if lora_path else None
     shown_model, model_hash = model_name(str(model)), model_short_hash(model)
     speed = None
@@ -411,6 +411,19 @@ def _render_story(
     ))
     atomic_write_text(out_dir / STORY_FILE, story.to_yaml())
     return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
+
+
+def lora_tag_name(path: Path) -> str:
+    """The LoRA's name in PNG parameters: its file name, or for a trainer's ``lora*.safetensors``
+    (``runs/NAME/lora.safetensors``) the run's folder name, and for a checkpoint's
+    (``runs/NAME/<folder>/step-N.safetensors``) ``NAME-step-N``, so two runs' LoRAs are told apart."""
+    stem, where = path.stem, path.resolve()
+    name = None
+    if stem == "lora" or stem.startswith(("lora_", "lora-")):
+        name = where.parent.name + stem[len("lora"):]
+    elif stem.startswith("step-"):
+        name = f"{where.parent.parent.name}-{stem}"
+    return name if name and not any(ch in name for ch in ":<>,\n") else stem
 
 
 def load_story(path: str | Path) -> Story:

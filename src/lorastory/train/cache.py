@@ -243,9 +243,11 @@ def fill_text(
     device: torch.device | str,
     batch_size: int = 8,
     only: Iterable[str] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> int:
     """Encode the (key, caption) jobs missing from the cache (or the keys ``only``); return how many
-    entries were written. Batches are cut from all ``jobs`` in order, as in :func:`fill_latents`."""
+    entries were written. Batches are cut from all ``jobs`` in order, as in :func:`fill_latents`;
+    ``on_step`` gets each batch's count of written entries."""
     every = list(dict(jobs).items())
     wanted = set(only) if only is not None else {key for key, _ in every if not cache.has(key)}
     chunks = [chunk for chunk in _batches([every], batch_size) if any(key in wanted for key, _ in chunk)]
@@ -254,4 +256,6 @@ def fill_text(
         for index, (key, _) in enumerate(chunk):
             if key in wanted:
                 cache.save(key, {name: value[index] for name, value in encoded.items()})
+        if on_step is not None:
+            on_step(sum(key in wanted for key, _ in chunk))
     return sum(key in wanted for chunk in chunks for key, _ in chunk)

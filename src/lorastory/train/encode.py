@@ -23,6 +23,7 @@ from lorastory.train.cache import (
 from lorastory.train.config import TrainConfig
 from lorastory.train.captions import caption_texts
 from lorastory.train.datasets import Dataset
+from lorastory.train.hooks import StageHooks
 from lorastory.train.plan import Planned
 from lorastory.train.step import Example
 
@@ -47,8 +48,11 @@ def make_example(planned: Planned, dataset: Dataset, vae_fp: str, text_fp: str, 
 
 def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, family: Any,
                  planned: list[Planned], datasets: list[Dataset],
-                 say: Callable[[str], None]) -> tuple[list[Example], TensorCache, str, float]:
+                 say: Callable[[str], None],
+                 hooks: StageHooks | None = None) -> tuple[list[Example], TensorCache, str, float]:
     """Encode what the cache lacks (latents and captions), then free the text encoders unless they train.
+
+    ``hooks`` hear the counts of pictures and captions encoded, and may stop the filling between batches.
 
     Returns the examples with their cache keys, the cache, the text encoders' fingerprint (for the
     validation prompts' keys) and the seconds it took.
@@ -65,7 +69,7 @@ def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, fa
     validation = [(text_key(text_fp, p), p) for p in [*config.validation_prompts, ""]] if config.validation_prompts else []
     started = time.perf_counter()
     encoded, encoded_text = _fill_caches(accelerator, pipe, family.text_encoders, examples, validation, cache,
-                                         fp8_text=config.base_dtype != "default")
+                                         hooks or StageHooks(), fp8_text=config.base_dtype != "default")
     cache_seconds = time.perf_counter() - started
     if not config.lora.train_text_encoder:
         for name in family.text_encoders:
@@ -81,7 +85,8 @@ def build_caches(config: TrainConfig, out: Path, accelerator: Any, pipe: Any, fa
 
 
 def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], examples: list[Example],
-                 validation: list[tuple[str, str]], cache: TensorCache, fp8_text: bool = False) -> tuple[int, int]:
+                 validation: list[tuple[str, str]], cache: TensorCache, hooks: StageHooks,
+                 fp8_text: bool = False) -> tuple[int, int]:
     """Encode the missing latents and caption embeddings, each process its share; return the counts over all.
 
     ``fp8_text``: the text encoders' Linear layers are stored in fp8 on the way to the GPU (Kolors'
@@ -103,6 +108,7 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
         pipe.vae.to(device)
         # 12 GB cards (an fp8 base): one picture at a time; the fp32 VAE's 1024² activations take about 3 GB each.
         fill_latents(cache, pipe.vae, [(key, *job) for key, job in latent_jobs.items()], only=mine,
+                     on_step=_counter(hooks, "encoding pictures", len(mine)),
                      **({"batch_size": 1} if fp8_text else {}))
         pipe.vae.to("cpu")
     mine_text = missing_share(cache, text_jobs, accelerator)
@@ -113,7 +119,8 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
             if fp8_text:
                 quantize_base(encoder, "fp8-weights", whole=True, device=device)
             encoder.to(device)
-        fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text)
+        fill_text(cache, pipe, list(text_jobs.items()), device, only=mine_text,
+                  on_step=_counter(hooks, "encoding captions", len(mine_text)))
     accelerator.wait_for_everyone()
     counts = accelerator.reduce(torch.tensor([len(mine), len(mine_text)], device=device), reduction="sum")
     if accelerator.num_processes > 1:  # every process must see every entry; all stop together if one does not
@@ -123,3 +130,15 @@ def _fill_caches(accelerator: Any, pipe: Any, text_encoders: tuple[str, ...], ex
             raise TrainingError(f"{absent_anywhere} cache entries written by other processes are not in {cache.root} "
                                 "for all of them: with several machines, --cache-dir must be a folder they all share")
     return int(counts[0]), int(counts[1])
+
+
+def _counter(hooks: StageHooks, stage: str, total: int) -> Callable[[int], None]:
+    """A fill's ``on_step``: adds up the entries written and reports ``stage`` as done of ``total``."""
+    done = [0]
+    hooks.report(stage, 0, total)
+
+    def step(written: int) -> None:
+        done[0] += written
+        hooks.report(stage, done[0], total)
+
+    return step

@@ -37,6 +37,7 @@ from lorastory.train.checkpoint import (
 from lorastory.train.config import TrainConfig
 from lorastory.train.ema import LoraEma, swapped_in
 from lorastory.train.encode import build_caches, frozen_dtype
+from lorastory.train.hooks import StageCallback, StageHooks
 from lorastory.train.launch import use_cpu
 from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
@@ -72,6 +73,7 @@ class TrainResult:
     main_process: bool = True  # False in the other processes of a multi-process run: they write nothing
     processes: int = 1
     cache_seconds: float = 0.0
+    stopped: bool = False  # ended early at ``stop``: a checkpoint and the LoRA of the last step were written
 
 
 def _precision(config: TrainConfig, device: torch.device) -> str:
@@ -129,12 +131,13 @@ def _accelerator(config: TrainConfig, out: Path, device: torch.device, unused_pa
 
 def train(
     config: TrainConfig,
-    on_progress: Callable[[Progress], None] | None = None,
-    say: Callable[[str], None] = print,
+    on_progress: Callable[[Progress], None] | None = None, say: Callable[[str], None] = print,
+    on_stage: StageCallback | None = None, stop: Any = None,
 ) -> TrainResult:
     """Train a LoRA as ``config`` says; return where the files went. Under ``accelerate launch`` or
-    ``torchrun`` every process calls this; ``config.batch_size`` is per process, ``say`` and
-    ``on_progress`` are called on the main process only."""
+    ``torchrun`` every process calls this; ``config.batch_size`` is per process, ``say``,
+    ``on_progress`` and ``on_stage`` (model load, cache filling) are called on the main process only.
+    ``stop`` (a ``threading.Event``, one process) ends the run early (:mod:`lorastory.train.hooks`)."""
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
 
@@ -146,19 +149,20 @@ def train(
         say = _quiet  # every process would print the same lines
     check_base_dtype(config.base_dtype, state.device)
     checkpoint = _open_run(out, config, state, say)
+    hooks = StageHooks(on_stage if main else None, stop if processes == 1 else None)
 
     # 1. data
     datasets, planned = plan_training(config, say)
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
-    pipe = load_pipeline(config.model, config.family)
+    pipe = _load(config, hooks)
     family = family_of_pipeline(pipe)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
     device, mixed_precision = accelerator.device, accelerator.mixed_precision
-    examples, cache, text_fp, cache_seconds = build_caches(config, out, accelerator, pipe, family, planned, datasets, say)
+    examples, cache, text_fp, cache_seconds = build_caches(config, out, accelerator, pipe, family, planned, datasets, say, hooks)
 
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
@@ -195,7 +199,7 @@ def train(
                                cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
 
     try:
-        while result.steps < total_steps:
+        while result.steps < total_steps and not result.stopped:
             order = epoch_batches(samples, config.seed, epoch, global_batch, history, repeats)
             first = batches_before(order, done)
             upcoming = prepare(order, first, epoch) if first < len(order) else None
@@ -223,16 +227,16 @@ def train(
                 if on_progress is not None and main:
                     speed = seen_images / max(time.perf_counter() - window_start, 1e-9)
                     on_progress(Progress(result.steps, total_steps, epoch, mean_loss, lr, speed))
-                if config.checkpoint_every and result.steps % config.checkpoint_every == 0:
-                    here = (Position(result.steps, epoch + 1, 0, global_batch, [], position.fingerprint, processes)
-                            if batch_index + 1 == len(order) else  # the epoch is finished
-                            Position(result.steps, epoch, done, global_batch, history, position.fingerprint, processes))
+                result.stopped = hooks.stopping()  # stopping: this step's checkpoint and LoRA are written
+                if result.stopped or (config.checkpoint_every and result.steps % config.checkpoint_every == 0):
+                    here = _here(result.steps, epoch, done, batch_index + 1 == len(order), global_batch, history,
+                                 position.fingerprint, processes)
                     _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints, ema,
                                      lambda path: _keep_lora(pipe, family, accelerator.unwrap_model(model), spec, config, path))
-                if config.validation_every and result.steps % config.validation_every == 0 and main:
+                if config.validation_every and result.steps % config.validation_every == 0 and main and not result.stopped:
                     result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
                                                                 text_fp, out, result.steps, device, accelerator)
-                if result.steps >= total_steps:
+                if result.steps >= total_steps or result.stopped:
                     break
             epoch, done, history = epoch + 1, 0, []
     finally:
@@ -247,6 +251,22 @@ def train(
     accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
     return result
+
+
+def _load(config: TrainConfig, hooks: StageHooks) -> Any:
+    """The model's pipeline, its load reported as a stage (a stop asked meanwhile ends the run after it)."""
+    hooks.report("loading the model", 0, 1)
+    pipe = load_pipeline(config.model, config.family)
+    hooks.report("loading the model", 1, 1)
+    return pipe
+
+
+def _here(step: int, epoch: int, done: int, epoch_finished: bool, global_batch: int, history: list[tuple[int, int]],
+          fingerprint: str, processes: int) -> Position:
+    """Where the run is after ``step``: a finished epoch continues at the start of the next one."""
+    if epoch_finished:
+        return Position(step, epoch + 1, 0, global_batch, [], fingerprint, processes)
+    return Position(step, epoch, done, global_batch, history, fingerprint, processes)
 
 
 def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler: Any, params: list[torch.nn.Parameter],

@@ -22,7 +22,9 @@ from lorastory.ui.jobs import JobQueue
 from lorastory.ui.tabs.common import AppContext, Clock
 from lorastory.ui.tabs.data import DataTab
 from lorastory.ui.tabs.gallery import GalleryTab
+from lorastory.ui.tabs.pagestate import PageState
 from lorastory.ui.tabs.pnginfo import PngInfoTab
+from lorastory.ui.tabs.queue import QueuePanel
 from lorastory.ui.tabs.story import StoryTab
 from lorastory.ui.tabs.train import TrainTab
 from lorastory.ui.workspace import Workspace
@@ -78,6 +80,7 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         demo.lorastory = ctx  # for tests and the launcher
         demo.lorastory_theme = theme
         gr.Markdown(f"# lorastory\nWorkspace: `{ws.root}` — every path below is inside it.")
+        queue = QueuePanel(ctx)  # above the tabs: visible on every one
         data, train, story, gallery = DataTab(ctx), TrainTab(ctx), StoryTab(ctx), GalleryTab(ctx)
         pnginfo = PngInfoTab(ctx)
         # One timer for the whole page; each tab polls its own jobs on it (and on a page load).
@@ -88,6 +91,13 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         gallery.wire(clock, train_model=train.model, story_model=story.model, story_lora=story.lora,
                      story_ip_adapter=story.ip_adapter)
         pnginfo.wire(story)
+        queue.wire(clock)
+        # Lists read on load, on each tab shown and after each job; form values remembered per workspace.
+        page = PageState(ctx)
+        page.add_tabs(data, train, story, gallery)
+        page.wire(clock)
+        demo.lorastory_page = page
+        demo.lorastory_tabs = {"data": data, "train": train, "story": story, "gallery": gallery, "queue": queue}
     return demo
 
 
@@ -101,6 +111,8 @@ def launch(
 ) -> Any:
     """Check the bind address, build the app and serve it; return the Blocks (``block=False`` for tests)."""
     pair = check_bind(host, auth)
+    if actions.go_offline_without_network():
+        print("no network: the Hugging Face libraries run offline (a hub id must be downloaded already)")
     demo = create_app(workspace)
     ws = demo.lorastory.ws
     demo.queue(default_concurrency_limit=4)

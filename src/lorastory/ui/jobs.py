@@ -21,14 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorastory.errors import LorastoryError
+from lorastory.errors import LorastoryError, Stopped
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 
 
 class Cancelled(Exception):
-    """Raised inside a job when the user asked it to stop."""
+    """Raised inside a job when the user asked it to stop; the message (if any) says what was kept."""
+
+
+class JobBusy(LorastoryError):
+    """A job writing the same output is already queued or running."""
 
 
 @dataclass
@@ -50,6 +54,9 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_asked: float | None = None  # time.monotonic() of the Stop: the page says how long stopping took
+    key: str | None = None  # what the job writes (e.g. "stories/NAME"): one active job per key
+    fingerprint: str | None = None  # what the job does: an identical one is not queued twice
 
     @property
     def active(self) -> bool:
@@ -72,6 +79,7 @@ class JobContext:
     def __init__(self, job: Job, lock: threading.Lock) -> None:
         self.job = job
         self._lock = lock
+        self._stage: tuple[str, float, int] | None = None  # (name, when it started, count then): the ETA's base
 
     @property
     def data(self) -> dict[str, Any]:
@@ -82,20 +90,35 @@ class JobContext:
         if self.job.cancel_requested.is_set():
             raise Cancelled()
 
-    def progress(self, fraction: float, message: str | None = None) -> None:
-        """Set progress (0..1) and the status message; also a cancellation point."""
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set when the user asked the job to stop: for library calls that stop cleanly by themselves."""
+        return self.job.cancel_requested
+
+    def progress(self, fraction: float, message: str | None = None, check: bool = True) -> None:
+        """Set progress (0..1) and the status message; also a cancellation point unless ``check`` is off."""
         with self._lock:
             self.job.progress = min(max(float(fraction), 0.0), 1.0)
             if message is not None:
                 self.job.message = message
-        self.check()
+        if check:
+            self.check()
 
-    def log(self, line: str) -> None:
-        """Append a line to the job's log (the newest 500 are kept); also a cancellation point."""
+    def stage(self, name: str, done: int, total: int, detail: str = "", check: bool = True) -> None:
+        """Progress of one stage of the job as a count with an ETA: "name 3/10, ETA 0:12 (detail)"."""
+        now = time.monotonic()
+        if self._stage is None or self._stage[0] != name or done < self._stage[2]:
+            self._stage = (name, now, done)
+        message = f"{name} {done}/{total}" + eta_text(self._stage, now, done, total)
+        self.progress(done / max(total, 1), message + (f", {detail}" if detail else ""), check=check)
+
+    def log(self, line: str, check: bool = True) -> None:
+        """Append a line to the job's log (the newest 500 are kept); also a cancellation point unless ``check`` is off."""
         with self._lock:
             self.job.log.append(str(line))
             del self.job.log[:-500]
-        self.check()
+        if check:
+            self.check()
 
 
 class JobQueue:
@@ -112,12 +135,24 @@ class JobQueue:
         self._worker = threading.Thread(target=self._run, name="lorastory-jobs", daemon=True)
         self._worker.start()
 
-    def submit(self, kind: str, title: str, fn: Callable[[JobContext], Any]) -> Job:
-        """Queue ``fn`` (called with a :class:`JobContext`); return its job at once."""
+    def submit(self, kind: str, title: str, fn: Callable[[JobContext], Any], key: str | None = None,
+               fingerprint: str | None = None) -> Job:
+        """Queue ``fn`` (called with a :class:`JobContext`); return its job at once.
+
+        ``key`` names what the job writes, ``fingerprint`` what it does: while a job with the same
+        key, or the same fingerprint, is queued or running, another is refused (:class:`JobBusy`).
+        """
         with self._wake:
             if self._stopping:
                 raise RuntimeError("the job queue is shut down")
-            job = Job(next(self._ids), kind, title, fn)
+            for other in (j for j in self._jobs.values() if j.active):
+                if fingerprint is not None and other.fingerprint == fingerprint:
+                    raise JobBusy(f"the same work is already {other.status} as job #{other.id} ({other.title}); "
+                                  "wait for it or stop it")
+                if key is not None and other.key == key:
+                    raise JobBusy(f"job #{other.id} ({other.title}) is already {other.status} and writes {key}; "
+                                  "wait for it, stop it, or choose another name")
+            job = Job(next(self._ids), kind, title, fn, key=key, fingerprint=fingerprint)
             ahead = len(self._pending) + sum(1 for j in self._jobs.values() if j.status == RUNNING)
             job.message = f"{ahead} job(s) ahead" if ahead else "starting"
             self._jobs[job.id] = job
@@ -132,12 +167,18 @@ class JobQueue:
             if job is None or not job.active:
                 return False
             job.cancel_requested.set()
+            job.stop_asked = job.stop_asked or time.monotonic()
             if job.status == QUEUED:
                 self._pending.remove(job)
                 job.status, job.message, job.finished = CANCELLED, "cancelled before it started", time.time()
             else:
                 job.message = "stopping after the current step..."
             return True
+
+    def active_keys(self) -> set[str]:
+        """What the queued and running jobs write."""
+        with self._lock:
+            return {j.key for j in self._jobs.values() if j.active and j.key is not None}
 
     def get(self, job_id: int | None) -> Job | None:
         with self._lock:
@@ -198,8 +239,9 @@ class JobQueue:
             try:
                 context.check()
                 result = job.fn(context)
-            except Cancelled:
-                self._finish(job, CANCELLED, message="cancelled; nothing half-written was left")
+            except (Cancelled, Stopped) as stopped:
+                took = f" ({time.monotonic() - job.stop_asked:.1f} s after Stop)" if job.stop_asked else ""
+                self._finish(job, CANCELLED, message=(str(stopped) or "cancelled; nothing half-written was left") + took)
             except Exception as err:  # a job's failure is shown on the page, never kills the worker
                 message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
                 if not isinstance(err, LorastoryError):
@@ -220,3 +262,13 @@ class JobQueue:
             for old in sorted(finished, key=lambda j: j.id)[: max(0, len(finished) - self._keep)]:
                 del self._jobs[old.id]
             self._wake.notify_all()
+
+
+def eta_text(stage: tuple[str, float, int], now: float, done: int, total: int) -> str:
+    """", ETA m:ss" from the rate since the stage began (empty until one unit is done)."""
+    _name, started, first = stage
+    if done <= first or done >= total or now <= started:
+        return ""
+    left = (total - done) * (now - started) / (done - first)
+    minutes, seconds = divmod(int(left + 0.5), 60)
+    return f", ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f", ETA {minutes}:{seconds:02d}"

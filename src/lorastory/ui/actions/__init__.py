@@ -35,6 +35,7 @@ from lorastory.ui.actions.models import (
     DEFAULT_MODEL,
     clip_choices,
     ensure_default_model,
+    go_offline_without_network,
     ip_adapter_choices,
     lora_choices,
     model_choices,
@@ -43,6 +44,7 @@ from lorastory.ui.actions.models import (
 from lorastory.ui.actions.story import (
     STORY_COLUMNS,
     consistency_from_form,
+    free_run_name,
     recommended_scale,
     regenerate_job,
     story_from_form,
@@ -51,6 +53,7 @@ from lorastory.ui.actions.story import (
     story_zip,
 )
 from lorastory.ui.actions.train import (
+    check_run_name,
     checkpoint_choice,
     checkpoints_job,
     loss_frame,
@@ -69,4 +72,5 @@ __all__ = [
     "checkpoint_choice", "checkpoints_job", "recommended_scale",
     "loss_frame",
     "CAPTION_COLUMNS", "caption_job", "caption_rows", "captioner_choices", "save_captions",
+    "check_run_name", "free_run_name", "go_offline_without_network",
 ]

@@ -24,7 +24,7 @@ from lorastory.data.report import summary
 from lorastory.data.sample import resolve_path
 from lorastory.data.sources import open_source
 from lorastory.demo import EXAMPLES
-from lorastory.errors import ConfigError
+from lorastory.errors import ConfigError, DataError
 from lorastory.fileio import atomic_write_text
 from lorastory.hub import looks_like_hub_id
 from lorastory.ui.workspace import PathRefused, Workspace
@@ -47,11 +47,17 @@ def import_folder(ws: Workspace, folder: str, name: str, caption: str | None, re
     if links:
         raise PathRefused(f"{ws.rel(source)} has links that leave the workspace: {', '.join(links[:5])}")
     # Metadata files can name images anywhere: check every item's path before anything is copied.
+    pictures = captioned = 0
     for item in open_source(str(source), "folder"):
         if item.path is not None and not item.problem:
             resolved = item.path if os.path.isabs(item.path) else os.path.join(source, item.path)
             if not ws.is_inside(resolved):
                 raise PathRefused(f"{item.origin}: image {item.path} is outside the workspace")
+        pictures += not item.problem
+        captioned += not item.problem and bool((item.text or "").strip()) and not item.caption_problem
+    if pictures and not captioned and not (caption or "").strip() and not allow_empty_caption:
+        raise DataError(f"none of the {pictures} picture(s) has a caption, so the dataset would be empty; enter a "
+                        "fallback caption, add .txt captions, or tick 'Keep pictures without a caption'")
     config = ImportConfig(source=str(source), kind="folder", caption=(caption or "").strip() or None, caption_is_fallback=True,
                           allow_empty_caption=allow_empty_caption)
     result = import_dataset(config, out, overwrite=replace)
@@ -146,7 +152,7 @@ def add_op(text: str, name: str, params_yaml: str) -> str:
 
 
 def run_recipe_text(
-    ws: Workspace, text: str, name: str, processes: int = 1, on_progress: Callable[[int, int], None] | None = None,
+    ws: Workspace, text: str, name: str, processes: int | None = None, on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Save the editor's recipe as ``recipes/NAME.yaml`` and run it; paths in it are workspace paths."""
     path = ws.child("recipes", f"{name}.yaml")
@@ -169,7 +175,8 @@ def run_recipe_text(
                 if isinstance(image, str) and not ws.is_inside(resolve_path(image, str(input_file.parent))):
                     raise PathRefused(f"{ws.rel(input_file)} line {number}: image {image} is outside the workspace")
     warnings = image_key_warnings(recipe, input_file)
-    result = run_recipe(recipe, processes=max(1, int(processes or 1)),
+    # An empty field: the recipe's own np decides (Data-Juicer's meaning of np).
+    result = run_recipe(recipe, processes=max(1, int(processes)) if processes else None,
                         on_progress=(lambda done: on_progress(done, total)) if on_progress else None)
     data = summary(result)
     data["warnings"] = warnings  # the reports were written with the result (trust_remote_code was refused by load_recipe)

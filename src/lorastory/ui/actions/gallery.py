@@ -73,7 +73,7 @@ def eval_job(ws: Workspace, run: str, clip_model: str, compare: bool) -> Callabl
     def run_job(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.0, "loading CLIP and scoring")
         scores = evaluate_run(folder, clip_model=clip, compare=compare, annotate=True,
-                              on_step=lambda done, total: ctx.progress(done / max(total, 1), f"step {done}/{total}"))
+                              on_step=lambda done, total: ctx.stage("rendering with and without the LoRA: step", done, total))
         ctx.data["run"] = str(folder)
         return {"summary": scores.summary}
 

@@ -8,7 +8,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from lorastory.hub import looks_like_hub_id
+from lorastory.errors import ConfigError
+from lorastory.hub import hub_reachable, looks_like_hub_id
 from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
 from lorastory.models.toy import write_toy_model
 from lorastory.ui.workspace import PathRefused, Workspace
@@ -58,6 +59,35 @@ def resolve_model(ws: Workspace, value: str | None) -> str:
         if looks_like_hub_id(value) and not os.path.exists(value):
             return value
         raise
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a download of ``repo_id`` (any files of it)."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots").is_dir()
+
+
+def check_hub_id(repo_id: str, what: str) -> None:
+    """Refuse a hub id now, before a job is queued, when it is not cached and the hub cannot be reached
+    (the job would fail only after its turn, or wait on retries). A path passes."""
+    if Path(repo_id).is_absolute() or not looks_like_hub_id(repo_id):
+        return
+    if not in_hub_cache(repo_id) and not hub_reachable():
+        raise ConfigError(f"{what} '{repo_id}' is not downloaded and there is no network here; put it in models/ "
+                          "(a folder in the workspace) and choose it from the list")
+
+
+def go_offline_without_network() -> bool:
+    """Without network, tell the Hugging Face libraries so (``HF_HUB_OFFLINE``): a missing file then
+    fails at once instead of after half a minute of retries. Return whether the app is offline."""
+    if hub_reachable():
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read once, when huggingface_hub was imported
+    return True
 
 
 def lora_choices(ws: Workspace) -> list[str]:

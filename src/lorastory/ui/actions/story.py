@@ -14,7 +14,9 @@ from lorastory.fileio import atomic_open, replace_dir
 from lorastory.generate.regenerate import regenerate_panel
 from lorastory.generate.rundir import read_manifest
 from lorastory.generate.story import Story, generate_story
-from lorastory.ui.actions.models import resolve_model
+from lorastory.hub import hub_reachable
+from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
+from lorastory.ui.actions.models import check_hub_id, in_hub_cache, resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
 from lorastory.eval.sweep import recommended_scale as swept
@@ -40,11 +42,20 @@ def consistency_from_form(ws: Workspace, mode: str | None, strength: float | Non
     return settings
 
 
+def check_default_ip_adapter() -> None:
+    """Reference mode with the model's published IP-Adapter needs it downloaded or a network, checked before queueing."""
+    if hub_reachable() or any(in_hub_cache(spec.source) for spec in DEFAULT_IP_ADAPTERS.values()):
+        return
+    raise ConfigError("reference mode needs an IP-Adapter and the published one is not downloaded (no network here); "
+                      "put one in models/ and choose it, or use the attention mode")
+
+
 def story_from_form(title: str, character: str, style: str, negative: str, rows: list[list[Any]],
-                    defaults: dict[str, Any], consistency: dict[str, Any] | None = None) -> Any:
+                    defaults: dict[str, Any], consistency: dict[str, Any] | None = None, separator: str | None = None) -> Any:
     """A validated :class:`Story` from the Story tab (table rows: prompt, caption, seed, negative).
 
-    ``consistency`` is what :func:`consistency_from_form` returns (default: none).
+    ``consistency`` is what :func:`consistency_from_form` returns (default: none); ``separator``
+    joins character, prompt and style (empty: the story default).
     """
     panels = []
     for row in rows:
@@ -66,6 +77,8 @@ def story_from_form(title: str, character: str, style: str, negative: str, rows:
     data = {"title": title or "", "character": character or "", "style": style or "", "negative": negative or "",
             "defaults": {k: v for k, v in defaults.items() if not _blank(v)}, "consistency": consistency or {},
             "panels": panels}
+    if separator:
+        data["separator"] = separator
     for key in ("steps", "width", "height", "seed"):
         if key in data["defaults"]:
             data["defaults"][key] = int(data["defaults"][key])
@@ -84,10 +97,28 @@ def story_rows(story: Any) -> list[list[Any]]:
     return [[p.prompt, p.caption or "", "" if p.seed is None else p.seed, p.negative or ""] for p in story.panels]
 
 
+def free_run_name(ws: Workspace, area: str, name: str, busy: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... when ``AREA/name`` exists or a queued job writes it (``busy``)."""
+    candidate, number = name, 1
+    while ws.child(area, candidate).exists() or f"{area}/{candidate}" in busy:
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
 def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: float, name: str) -> Callable[[JobContext], Any]:
-    """Render a story into ``stories/NAME``; the folder appears only when every file is written."""
+    """Render a story into ``stories/NAME``; the folder appears only when every file is written.
+
+    A hub id (model, IP-Adapter) that cannot be had here is refused now, before the job is queued.
+    """
     final = ws.child("stories", name)
     model_path = resolve_model(ws, model)
+    check_hub_id(model_path, "model")
+    if story.consistency.uses_reference:
+        if story.consistency.ip_adapter:
+            check_hub_id(str(story.consistency.ip_adapter), "IP-Adapter")
+        else:
+            check_default_ip_adapter()
     lora_path = str(ws.resolve(lora, must_exist=True)) if lora else None
     panels = len(story.panels)
 
@@ -97,7 +128,8 @@ def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: fl
         try:
             ctx.progress(0.0, "loading the model")
             generate_story(story, model_path, staging, lora=lora_path, lora_scale=scale,
-                           on_step=lambda done, total: ctx.progress(done / total, _panel_message(done, total, panels)))
+                           on_step=lambda done, total: ctx.stage("rendering: step", done, total,
+                                                                 _panel_message(done, total, panels)))
             replace_dir(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -110,7 +142,7 @@ def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: fl
 def _panel_message(done: int, total: int, panels: int) -> str:
     per_panel = max(total // max(panels, 1), 1)
     panel = min(done // per_panel + (1 if done % per_panel else 0), panels) or 1
-    return f"panel {panel}/{panels}, step {done}/{total}"
+    return f"panel {panel}/{panels}"
 
 
 def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[JobContext], Any]:
@@ -130,7 +162,7 @@ def regenerate_job(ws: Workspace, run: str, index: int, seed: int) -> Callable[[
     def run_job(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.0, f"loading the model for panel {index}")
         regenerate_panel(folder, index, int(seed), model=model, lora=lora_path, before_swap=ctx.check,
-                         on_step=lambda done, total: ctx.progress(done / total, f"panel {index}, step {done}/{total}"))
+                         on_step=lambda done, total: ctx.stage(f"panel {index}: step", done, total))
         ctx.data["run"] = str(folder)
         return {"run": ws.rel(folder), "panel": index, "seed": int(seed)}
 

@@ -10,8 +10,9 @@ from typing import Any
 from lorastory.errors import ConfigError, LorastoryError
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import train
-from lorastory.ui.actions.models import DEFAULT_CLIP, resolve_model
-from lorastory.ui.jobs import JobContext
+from lorastory.ui.actions.models import DEFAULT_CLIP, check_hub_id, resolve_model
+from lorastory.ui.actions.history import loss_history
+from lorastory.ui.jobs import Cancelled, JobContext
 from lorastory.ui.workspace import Workspace
 from lorastory.eval.checkpoints import evaluate_checkpoints
 from lorastory.eval.checkpoints import read_checkpoints_report
@@ -36,6 +37,7 @@ def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str
                 "validation_every", "seed", "keep_tags", "repeats"):
         if values.get(key) is not None:
             values[key] = int(values[key])
+    check_run_name(ws, name, bool(values.get("resume")))
     data_dir = ws.resolve(data, must_exist=True)
     if not (data_dir / "metadata.csv").is_file():
         raise ConfigError(f"{data}: not a training folder (no metadata.csv); export one from the Data tab")
@@ -46,19 +48,43 @@ def train_config(ws: Workspace, model: str, data: str, name: str, form: dict[str
     )
 
 
+def check_run_name(ws: Workspace, name: str, resume: bool) -> None:
+    """A run name already used is refused unless the run is resumed: nothing is overwritten silently."""
+    folder = ws.child("runs", name)
+    if folder.exists() and any(folder.iterdir()) and not resume:
+        raise ConfigError(f"runs/{name} already exists; tick 'resume from the newest checkpoint' to continue it, "
+                          "or choose another run name")
+
+
 def train_job(ws: Workspace, config: Any) -> Callable[[JobContext], Any]:
-    """The background job for one training run; progress, losses and log lines go to the job."""
+    """The background job for one training run; progress, losses and log lines go to the job.
+
+    Stop ends the run after the current step with a checkpoint and the LoRA of that step written
+    (before training begins: at the next cache entry, keeping those written). A hub id that cannot be
+    had here is refused now, before the job is queued.
+    """
+    check_hub_id(config.model, "model")
     def run(ctx: JobContext) -> dict[str, Any]:
+        earlier = loss_history(config.out) if config.resume else []
         ctx.data.update(out=config.out, steps=[], losses=[])
 
         def on_progress(p: Any) -> None:
+            if not ctx.data["steps"]:  # a resumed run's plot starts with the steps before the checkpoint
+                ctx.data["steps"] += [step for step, _ in earlier if step < p.step]
+                ctx.data["losses"] += [loss for step, loss in earlier if step < p.step]
             ctx.data["steps"].append(p.step)
             ctx.data["losses"].append(p.loss)
-            ctx.progress(p.step / max(p.total_steps, 1),
-                         f"step {p.step}/{p.total_steps}, loss {p.loss:.4f}, {p.images_per_second:.2f} img/s")
+            ctx.stage("training: step", p.step, p.total_steps,
+                      f"loss {p.loss:.4f}, {p.images_per_second:.2f} img/s", check=False)
 
-        ctx.progress(0.0, "loading the model and filling the caches")
-        result = train(config, on_progress=on_progress, say=ctx.log)
+        ctx.progress(0.0, "loading the model")
+        result = train(config, on_progress=on_progress, say=lambda line: ctx.log(line, check=False),
+                       on_stage=lambda stage, done, total: ctx.stage(stage, done, total, check=False),
+                       stop=ctx.stop_event)
+        if result.stopped:
+            files = ", ".join(ws.rel(p) for p in result.lora_files)
+            raise Cancelled(f"stopped at step {result.steps}: the LoRA ({files}) and a checkpoint were written; "
+                            "tick 'resume from the newest checkpoint' and start again to continue")
         if config.select_best:  # the same selection as `lorastory train --select-best`
             checkpoints_job(ws, str(result.out))(ctx)
         return {"lora": [ws.rel(p) for p in result.lora_files], "steps": result.steps}
@@ -141,7 +167,7 @@ def checkpoints_job(ws: Workspace, out: str, clip_model: str | None = None) -> C
         ctx.data["out"] = str(folder)
 
         def step(label: str, done: int, total: int) -> None:
-            ctx.progress(done / max(total, 1), f"{label}: step {done}/{total}")
+            ctx.stage(f"{label}: step", done, total)
 
         ctx.progress(0.0, "scoring the checkpoints")
         report = evaluate_checkpoints(folder, clip_model=clip, on_step=step)

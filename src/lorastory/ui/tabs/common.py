@@ -12,6 +12,7 @@ from typing import Any
 
 from lorastory.errors import LorastoryError
 from lorastory.ui.jobs import RUNNING, JobQueue
+from lorastory.ui.wording import ui_words
 from lorastory.ui.workspace import Workspace
 
 
@@ -48,7 +49,7 @@ class Tab:
 
         self.ctx = ctx
         self.ws = ctx.ws
-        with gr.Tab(self.label, id=self.tab_id):
+        with gr.Tab(self.label, id=self.tab_id) as self.tab:
             self.build()
 
     def build(self) -> None:
@@ -61,12 +62,13 @@ def ok(text: str) -> str:
 
 def err(error: Exception) -> str:
     if isinstance(error, LorastoryError):
-        return f"**Error:** {error}"
-    return f"**Error:** {type(error).__name__}: {error}"
+        return f"**Error:** {ui_words(str(error))}"
+    return f"**Error:** {ui_words(f'{type(error).__name__}: {error}')}"
 
 
 def md_list(items: list[dict[str, str]], limit: int = 20) -> str:
-    lines = [f"- `{html.escape(i.get('item') or i.get('file', ''))}`: {html.escape(i['reason'])}" for i in items[:limit]]
+    lines = [f"- `{html.escape(i.get('item') or i.get('file', ''))}`: {html.escape(ui_words(i['reason']))}"
+             for i in items[:limit]]
     if len(items) > limit:
         lines.append(f"- ... and {len(items) - limit} more")
     return "\n".join(lines)
@@ -81,7 +83,7 @@ def progress_md(job: Any) -> str:
         width = int(job.progress * 100)
         bar = (f'\n\n<div style="background:#e5e7eb;border-radius:4px;height:10px;width:100%">'
                f'<div style="background:#6366f1;height:10px;border-radius:4px;width:{width}%"></div></div>')
-    return f"{icon} {html.escape(job.summary())}{bar}"
+    return f"{icon} {html.escape(ui_words(job.summary()))}{bar}"
 
 
 def stop_latest(ctx: AppContext, kind: str) -> Callable[[], str]:

@@ -80,7 +80,9 @@ class DataTab(Tab):
                                             value=yaml_text(actions.op_defaults(first)) if first else "")
                 self.add_op_btn = gr.Button("Add operator to the recipe")
         with gr.Row():
-            self.processes = gr.Number(label="Worker processes", value=1, precision=0, minimum=1)
+            # 0 (an emptied field is sent as 0): the recipe's own np decides.
+            self.processes = gr.Number(label="Worker processes (0: the recipe's np)", value=0, precision=0,
+                                       minimum=0, elem_id="recipe-processes")
             self.run_recipe_btn = gr.Button("Run recipe", variant="primary", elem_id="run-recipe-btn")
         self.recipe_status = gr.Markdown(elem_id="recipe-status", elem_classes="status")
 
@@ -197,7 +199,7 @@ class DataTab(Tab):
         ws = self.ws
         try:
             progress(0, desc="reading the dataset")
-            report = actions.run_recipe_text(ws, text, name, int(procs or 1),
+            report = actions.run_recipe_text(ws, text, name, int(procs) if procs else None,
                                              on_progress=lambda done, total: progress(done / max(total, 1), desc=f"{done}/{total} rows"))
         except Exception as error:
             return (err(error), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())

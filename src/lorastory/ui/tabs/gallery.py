@@ -110,7 +110,8 @@ class GalleryTab(Tab):
 
     def on_eval(self, run, clip, compare):
         try:
-            job = self.ctx.jobs.submit("eval", f"score {run}", actions.eval_job(self.ws, run, clip, bool(compare)))
+            job = self.ctx.jobs.submit("eval", f"score {run}", actions.eval_job(self.ws, run, clip, bool(compare)),
+                                       key=f"{run}#scores")
         except Exception as error:
             return err(error)
         return f"**Queued:** {job.summary()}"

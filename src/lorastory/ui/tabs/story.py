@@ -69,12 +69,15 @@ class StoryTab(Tab):
             self.ip_adapter = gr.Dropdown(label="IP-Adapter (folder in models/ or hub id; empty: the model's default)",
                                           choices=[""] + actions.ip_adapter_choices(self.ws), value="",
                                           allow_custom_value=True, elem_id="story-ip-adapter")
-        self.panels = gr.Dataframe(headers=actions.STORY_COLUMNS, datatype=["str", "str", "number", "str"],
+        # The seed column is text: an empty seed shows empty (a number column shows 0) and means story seed + n - 1.
+        self.panels = gr.Dataframe(headers=actions.STORY_COLUMNS, datatype=["str", "str", "str", "str"],
                                    value=[list(EMPTY_PANEL), list(EMPTY_PANEL)], interactive=True, column_count=4,
                                    label="Panels (prompt, caption, seed: empty = story seed + n - 1)", elem_id="panels")
+        separator = gr.Textbox(label="Prompt separator (between character, prompt and style)", value=",",
+                               elem_id="story-separator")
         # What form_story reads, in its order (and what loading an example fills).
         self.story_inputs = [title, character, style, negative, steps, cfg, width, height, seed, sampler, self.panels,
-                             mode, strength, reference, self.ip_adapter]
+                             mode, strength, reference, self.ip_adapter, separator]
 
     def _build_panels(self) -> None:
         import gradio as gr
@@ -122,7 +125,7 @@ class StoryTab(Tab):
         self.lora.change(self.on_lora, self.lora, self.scale)
         self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
                            [self.status, self.story_yaml])
-        self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status)
+        self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status, queue=False)  # not behind the polls
         self.preview.wire(clock, self)
         self.load_example_btn.click(self.on_load_example, self.example, self.story_inputs)
         self.add_panel_btn.click(on_add_panel, self.panels, self.panels)
@@ -134,10 +137,10 @@ class StoryTab(Tab):
         clock.poll(self.poll, seen, [seen, self.status, self.storyboard, self.story_panels, self.current_run])
 
     def form_story(self, title, character, style, negative, steps, cfg, width, height, seed_value, sampler, table,
-                   mode, strength, reference, ip_adapter):
+                   mode, strength, reference, ip_adapter, separator=None, *_more):
         defaults = {"steps": steps, "cfg": cfg, "width": width, "height": height, "seed": seed_value, "sampler": sampler}
         consistency = actions.consistency_from_form(self.ws, mode, strength, reference, ip_adapter)
-        return actions.story_from_form(title, character, style, negative, rows(table), defaults, consistency)
+        return actions.story_from_form(title, character, style, negative, rows(table), defaults, consistency, separator)
 
     def on_generate(self, *values):
         import gradio as gr
@@ -145,11 +148,16 @@ class StoryTab(Tab):
         *story_values, model, lora, scale, name = values
         try:
             story = self.form_story(*story_values)
-            job = self.ctx.jobs.submit("story", f"story {name}",
-                                       actions.story_job(self.ws, story, model, lora or None, float(scale), name))
+            # An identical job already queued is refused; a name in use gets a free one (nothing is overwritten).
+            fingerprint = f"story|{model}|{lora}|{float(scale)}|{story.to_yaml()}"
+            free = actions.free_run_name(self.ws, "stories", str(name or "").strip(), self.ctx.jobs.active_keys())
+            job = self.ctx.jobs.submit("story", f"story {free}",
+                                       actions.story_job(self.ws, story, model, lora or None, float(scale), free),
+                                       key=f"stories/{free}", fingerprint=fingerprint)
         except Exception as error:
             return err(error), gr.skip()
-        return f"**Queued:** {job.summary()}", story.to_yaml()
+        note = f" (stories/{name} is taken: this run is stories/{free})" if free != str(name).strip() else ""
+        return f"**Queued:** {job.summary()}{note}", story.to_yaml()
 
     def on_lora(self, lora):
         """The LoRA scale defaults to the one ``lorastory eval sweep`` recommended for the chosen LoRA."""
@@ -167,7 +175,7 @@ class StoryTab(Tab):
         d, c = story.defaults, story.consistency
         return (story.title, story.character, story.style, story.negative, d.steps, d.cfg, d.width, d.height,
                 d.seed, d.sampler, actions.story_rows(story), c.mode, c.strength, c.reference_image or "",
-                c.ip_adapter or "")
+                c.ip_adapter or "", story.separator)
 
     def on_regenerate(self, run, index, seed_value):
         if not run:
@@ -178,7 +186,7 @@ class StoryTab(Tab):
             return f"**Error:** seed '{seed_value}' is not a whole number"
         try:
             job = self.ctx.jobs.submit("story", f"panel {int(index)} of {self.ws.rel(run)}",
-                                       actions.regenerate_job(self.ws, run, int(index), new_seed))
+                                       actions.regenerate_job(self.ws, run, int(index), new_seed), key=self.ws.rel(run))
         except Exception as error:
             return err(error)
         return f"**Queued:** {job.summary()} (seed {new_seed})"

@@ -12,6 +12,7 @@ from lorastory.ui.defaults import app_defaults, preset_choices, preset_values
 from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS
 from lorastory.ui.tabs.train_presets import PresetStore
 from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
+from lorastory.ui.tabs.pagestate import train_form_keys
 
 
 # Attention projections (the default), the feed-forward layers and the transformer blocks' in/out projections.
@@ -46,7 +47,8 @@ class TrainTab(Tab):
             alpha = gr.Number(label="alpha", value=first["alpha"])
             resolution = gr.Number(label="resolution", value=first["resolution"], precision=0)
             epochs = gr.Number(label="epochs", value=first["epochs"], precision=0)
-            max_steps = gr.Number(label="max steps (0: epochs decide)", value=first["max_steps"], precision=0)
+            max_steps = gr.Number(label="max steps (0: epochs decide)", value=first["max_steps"], precision=0,
+                                  elem_id="max-steps")
             batch_size = gr.Number(label="batch size", value=first["batch_size"], precision=0)
             grad_acc = gr.Number(label="gradient accumulation", value=first["gradient_accumulation"], precision=0)
             lr = gr.Number(label="learning rate", value=first["lr"])
@@ -115,13 +117,14 @@ class TrainTab(Tab):
     def wire(self, clock: Clock) -> None:
         import gradio as gr
 
-        self.preset.change(self.on_preset, self.preset, self.preset_inputs)
+        # .input, not .change: a preset put back after a reload must not overwrite the fields put back with it.
+        self.preset.input(self.on_preset, self.preset, self.preset_inputs)
         self.presets.wire(self.preset, self.preset_inputs)
         self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts,
                                              *self.caption_inputs], self.status)
-        self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status)
+        self.stop_btn.click(stop_latest(self.ctx, "train"), None, self.status, queue=False)  # not behind the polls
         self.ckpt_btn.click(self.on_score_checkpoints, self.name, self.status)
         seen = gr.State({})
         clock.poll(self.poll, seen, [seen, self.status, self.loss_plot, self.samples, self.log, self.queue_md,
@@ -152,9 +155,10 @@ class TrainTab(Tab):
                     resume=bool(resume_value), validation_prompts=prompts)
         try:
             config = actions.train_config(self.ws, model, data, name, form)
-            job = self.ctx.jobs.submit("train", f"train {name}", actions.train_job(self.ws, config))
+            job = self.ctx.jobs.submit("train", f"train {name}", actions.train_job(self.ws, config), key=f"runs/{name}")
         except Exception as error:
             return err(error)
+        job.data["form"] = dict(zip(train_form_keys(), [model, data, name, *values]))  # shown after a reload
         return f"**Queued:** {job.summary()}"
 
     def on_score_checkpoints(self, name):
