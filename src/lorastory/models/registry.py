@@ -102,6 +102,13 @@ class Family:
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives
+    # How the denoiser is trained and called (lorastory.models.objectives): "noise" (epsilon or v-prediction, as the
+    # scheduler config says; a UNet call) or "flow" (rectified flow matching; the family's ``predict`` call).
+    objective: str = "noise"
+    # "module:function" calling the denoiser on (B, C, H, W) latents in training: (denoiser, noisy, timesteps, text, dtype)
+    predict: str | None = None
+    lora_targets: tuple[str, ...] | None = None  # the denoiser modules a LoRA adapts by default (None: LoraSpec's)
+    lora_formats: tuple[str, ...] = ("kohya",)  # the layouts a training run writes, the first as lora.safetensors
 
     @property
     def display(self) -> str:
@@ -118,12 +125,16 @@ class Family:
     def set_denoiser(self, pipe: Any, module: Any) -> None:
         setattr(pipe, self.denoiser, module)
 
+    def resolve(self, hook: str) -> Callable[..., Any]:
+        """The function a ``"module:function"`` hook of this family names."""
+        module, _, function = hook.partition(":")
+        return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
     def tiny_pipeline(self, folder: Path, sample_size: int) -> tuple[Any, Path | None]:
         """A tiny random pipeline of this family (for tests and the demo)."""
         if self.tiny_builder is None:
             raise ConfigError(f"no tiny model for family '{self.name}'")
-        module, _, function = self.tiny_builder.partition(":")
-        return getattr(importlib.import_module(module), function)(folder, sample_size)
+        return self.resolve(self.tiny_builder)(folder, sample_size)  # type: ignore[no-any-return]
 
 
 FAMILIES: dict[str, Family] = {}
@@ -165,6 +176,10 @@ register_family(Family(
     ip_adapter=IpAdapterSource("h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors", "models/image_encoder"),
     tiny_builder="lorastory.models.tiny:tiny_sd15",
 ), "stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+
+# Families with functions of their own live in their own modules and register themselves on import.
+importlib.import_module("lorastory.models.families.flux")
 
 
 def get_family(name: str) -> Family:
