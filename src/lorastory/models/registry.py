@@ -178,10 +178,6 @@ register_family(Family(
 ), "stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 
-# Families with functions of their own live in their own modules and register themselves on import.
-importlib.import_module("lorastory.models.families.flux")
-
-
 def get_family(name: str) -> Family:
     """The family called ``name``; unknown names list the known ones."""
     try:
@@ -384,3 +380,8 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
             f"cannot load {path} as {fam.name} ({first}); diffusers needs the architecture's config for a "
             "single file: run once with network (it is then cached) or convert the file to a diffusers folder"
         ) from None
+
+
+# Families with functions of their own live in their own modules and register themselves on import
+# (last: such a module imports this one, and the tiny-model helpers, which import this one too).
+importlib.import_module("lorastory.models.families.flux")

@@ -7,12 +7,11 @@ transformer takes the guidance scale as an input: ``guidance_embeds``); schnell 
 
 Besides the :class:`~lorastory.models.registry.Family` entry this module holds what only Flux
 needs: its ``encode_prompt`` call, how latents are packed into 2x2 patches with their position
-ids, the denoiser call training makes, and a tiny random Flux for tests.
+ids and the denoiser call training makes; its tiny random model is in :mod:`.flux_tiny`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.models.registry import CLIP_TE_TARGETS, Family, register_family
@@ -91,67 +90,10 @@ def flux_predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, te
     return unpack_latents(out, h, w)
 
 
-# ------------------------------------------------------------------ tiny model
-
-
-def _t5_tokenizer(max_length: int) -> Any:
-    """A Unigram T5 tokenizer over a small bilingual vocabulary: every string tokenizes, offline."""
-    from transformers import T5TokenizerFast
-
-    from lorastory.models.tiny import corpus_words
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    words = sorted(set(corpus_words()))
-    pieces += [("▁" + word, -3.0 - i / len(words)) for i, word in enumerate(words)]
-    chars = sorted({ch for word in words for ch in word})
-    pieces += [(ch, -10.0) for ch in chars]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
-
-
-def tiny_flux(folder: Path, sample_size: int, guidance_embeds: bool = True) -> tuple[Any, Path | None]:
-    """A tiny random Flux (dev layout; ``guidance_embeds=False``: schnell): one double and one single block,
-    CLIP and T5 text encoders of 32 dimensions, a 16-channel 8x VAE."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
-    from lorastory.models.tiny import TEXT_HIDDEN, clip_text_encoder, clip_tokenizer
-
-    tokenizer = clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer(32)
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer_2), d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", decoder_start_token_id=0,
-    ))
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN, pooled_projection_dim=TEXT_HIDDEN,
-        guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4),
-    )
-    channels = (8, 16, 16, 16)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=channels, layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=sample_size * 8,
-        scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, force_upcast=False,
-    )
-    shift = {"shift": 3.0, "use_dynamic_shifting": True, "base_shift": BASE_SHIFT, "max_shift": MAX_SHIFT,
-             "base_image_seq_len": BASE_SEQ_LEN, "max_image_seq_len": MAX_SEQ_LEN} if guidance_embeds else {"shift": 1.0}
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **shift), vae=vae,
-        text_encoder=clip_text_encoder(False, len(tokenizer)), tokenizer=tokenizer, text_encoder_2=t5,
-        tokenizer_2=tokenizer_2, transformer=transformer,
-    )
-    return pipe, None
-
-
-def tiny_flux_schnell(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
-    """The tiny Flux in the schnell layout (no guidance input, no resolution-dependent shift)."""
-    return tiny_flux(folder, sample_size, guidance_embeds=False)
-
-
 FLUX = register_family(Family(
     "flux", "FluxPipeline", ("text_encoder", "text_encoder_2"), 1024, True, label="Flux.1", article="a",
     denoiser="transformer", encode_prompt=encode_flux_prompt, text_encoder_targets=CLIP_TE_TARGETS,
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
     lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"),
-    tiny_builder="lorastory.models.families.flux:tiny_flux",
+    tiny_builder="lorastory.models.families.flux_tiny:tiny_flux",
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
