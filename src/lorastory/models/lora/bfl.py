@@ -175,3 +175,17 @@ def _split(down: torch.Tensor, up: torch.Tensor, alpha: float, parts: list[tuple
         return [(parts[i][0], (down, chunks[i]), alpha) for i in present]
     return [(parts[i][0], (down[columns[i]], chunks[i][:, columns[i]]), alpha * len(columns[i]) / rank)
             for i in present]
+
+
+def is_xlabs(keys: list[str]) -> bool:
+    """Whether a file is an XLabs Flux LoRA (``double_blocks.N.processor.qkv_lora1.down.weight``...)."""
+    return any(".processor." in k and k.removeprefix("diffusion_model.").startswith(("double_blocks.", "single_blocks."))
+               for k in keys)
+
+
+def from_xlabs(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An XLabs Flux LoRA as ``transformer.`` peft keys, by diffusers' own converter (it splits the fused q/k/v,
+    sized from the file, so any Flux size converts)."""
+    from diffusers.loaders.lora_conversion_utils import _convert_xlabs_flux_lora_to_diffusers
+
+    return _convert_xlabs_flux_lora_to_diffusers(dict(tensors))  # type: ignore[no-any-return]

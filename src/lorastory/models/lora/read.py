@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.lora.bfl import from_bfl, is_bfl
+from lorastory.models.lora.bfl import from_bfl, from_xlabs, is_bfl, is_xlabs
 from lorastory.models.lora.diffsynth import from_diffsynth_blocks, is_diffsynth_blocks
 from lorastory.models.lora.diffusers_format import from_prefixed, peft_adapter_config_alphas
 from lorastory.errors import first_line
@@ -141,6 +141,12 @@ def _parse(
         return "kohya", modules, alphas
     if is_kohya(keys):
         return ("kohya", *from_kohya(file, tensors, config))
+    if is_xlabs(keys):
+        try:
+            converted = from_xlabs(tensors)
+        except (ValueError, KeyError, AttributeError) as err:
+            raise LoraFormatError(f"{file.name}: XLabs Flux keys diffusers cannot map ({first_line(err, 200)})") from None
+        return ("xlabs", *from_prefixed(file, converted, {}))
     peft_wrapped = all(k.startswith("base_model.model.") for k in keys)  # PeftModel.save_pretrained
     stripped = {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
     if all(k.split(".", 1)[0] in COMPONENTS for k in stripped):
