@@ -27,17 +27,20 @@ STORY = {
 }
 
 
+def _train_args(model, data, out, steps: int) -> list[str]:
+    return ["train", "--data", str(data), "--model", str(model), "--out", str(out), "--resolution", "64", "--rank", "4",
+            "--alpha", "2", "--lr", "3e-3", "--max-steps", str(steps), "--batch-size", "2", "--checkpoint-every", "2",
+            "--no-gradient-checkpointing", "--validation-prompt", "striped style", "--validation-every", "4",
+            "--validation-steps", "2"]
+
+
 @pytest.fixture(scope="module")
 def flux_run(tiny_model_path, style_train_folder, tmp_path_factory):
     """A few Flux LoRA training steps through the CLI, with two checkpoints."""
     from lorastory.cli import main
 
     out = tmp_path_factory.mktemp("flux") / "run"
-    code = main(["train", "--data", str(style_train_folder), "--model", str(tiny_model_path("flux")), "--out", str(out),
-                 "--resolution", "64", "--rank", "4", "--alpha", "2", "--lr", "3e-3", "--max-steps", "4",
-                 "--batch-size", "2", "--checkpoint-every", "2", "--no-gradient-checkpointing",
-                 "--validation-prompt", "striped style", "--validation-every", "4", "--validation-steps", "2"])
-    assert code == 0
+    assert main(_train_args(tiny_model_path("flux"), style_train_folder, out, 4)) == 0
     return out
 
 
@@ -81,6 +84,7 @@ def test_training_writes_kohya_and_diffusers_loras_every_client_reads(flux_run, 
     from diffusers import FluxPipeline
 
     kohya, diffusers_file = flux_run / "lora.safetensors", flux_run / "lora_diffusers.safetensors"
+    assert sorted(p.name for p in (flux_run / "samples").iterdir()) == ["step-000004-00.png"]  # validation pictures
     with safe_open(str(kohya), "pt") as handle:
         keys, metadata = list(handle.keys()), handle.metadata()
     assert metadata["lorastory.family"] == "flux"
@@ -137,6 +141,19 @@ def test_schnell_layout_and_noise_samplers_refused(cli, tmp_path):
     assert (tmp_path / "out" / "panel-02.png").is_file()
     story.write_text(yaml.safe_dump({**STORY, "defaults": {**STORY["defaults"], "sampler": "DPM++ 2M"}}), encoding="utf-8")
     cli("generate", story, "--model", folder, "--out", tmp_path / "out2").error_line("DPM++ 2M", "Euler")
+    story.write_text(yaml.safe_dump(STORY), encoding="utf-8")
+    cli("generate", story, "--model", folder, "--out", tmp_path / "out3", "--consistency", "attention").error_line(
+        "consistent self-attention needs a UNet", "flux")
+
+
+def test_web_app_model_picker_offers_a_flux_folder(tiny_model_path, tmp_path):
+    from lorastory.ui.actions import model_choices, resolve_model
+    from lorastory.ui.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(tiny_model_path("flux"), ws.root / "models" / "flux-dev")
+    assert "models/flux-dev" in model_choices(ws)
+    assert detect_family(resolve_model(ws, "models/flux-dev")).name == "flux"
 
 
 @pytest.mark.slow
@@ -148,3 +165,18 @@ def test_eval_checkpoints_picks_a_flux_checkpoint(cli, flux_run, tiny_clip, tmp_
     assert (run / "best.safetensors").is_file()
     _, info = load_lora_state(run / "best.safetensors")
     assert info.family == "flux"
+
+
+@pytest.mark.slow
+def test_resumed_flux_training_ends_bit_identical(cli, flux_run, tiny_model_path, style_train_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"  # the straight run as it stood after step 2
+    shutil.copytree(flux_run, out, ignore=shutil.ignore_patterns("step-000004*", "samples"))
+    for written_at_the_end in out.glob("lora*.safetensors"):
+        written_at_the_end.unlink()
+    result = cli(*_train_args(tiny_model_path("flux"), style_train_folder, out, 4), "--resume")
+    assert result.code == 0, result.err
+    assert "resumed from step-000002" in result.out + result.err
+    straight, resumed = load_file(str(flux_run / "lora.safetensors")), load_file(str(out / "lora.safetensors"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
