@@ -180,3 +180,21 @@ def test_resumed_flux_training_ends_bit_identical(cli, flux_run, tiny_model_path
     assert "resumed from step-000002" in result.out + result.err
     straight, resumed = load_file(str(flux_run / "lora.safetensors")), load_file(str(out / "lora.safetensors"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_clip_text_encoder_lora_trains_with_the_transformer(cli, tiny_model_path, style_train_folder, tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", "--data", style_train_folder, "--model", tiny_model_path("flux"), "--out", out, "--resolution", "64",
+                 "--rank", "4", "--lr", "3e-3", "--max-steps", "2", "--batch-size", "2", "--no-gradient-checkpointing",
+                 "--train-text-encoder")
+    assert result.code == 0, result.err
+    with safe_open(str(out / "lora.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)  # CLIP-L, kohya's name
+    assert not any("encoder_block" in k or k.startswith("lora_te2_") for k in keys)  # T5 stays frozen
+    pipe = load_pipeline(tiny_model_path("flux"))
+    before = pipe.encode_prompt(["striped style"], None, max_sequence_length=32)[1]
+    info = apply_lora(pipe, out / "lora.safetensors")
+    assert info.components == ("transformer", "text_encoder")
+    assert not torch.allclose(pipe.encode_prompt(["striped style"], None, max_sequence_length=32)[1], before)

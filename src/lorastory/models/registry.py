@@ -109,6 +109,8 @@ class Family:
     predict: str | None = None
     lora_targets: tuple[str, ...] | None = None  # the denoiser modules a LoRA adapts by default (None: LoraSpec's)
     lora_formats: tuple[str, ...] = ("kohya",)  # the layouts a training run writes, the first as lora.safetensors
+    # The text encoders a text-encoder LoRA adapts (None: all); Flux's T5-XXL stays frozen, as kohya's default.
+    lora_text_encoders: tuple[str, ...] | None = None
 
     @property
     def display(self) -> str:
@@ -124,6 +126,11 @@ class Family:
 
     def set_denoiser(self, pipe: Any, module: Any) -> None:
         setattr(pipe, self.denoiser, module)
+
+    @property
+    def trainable_text_encoders(self) -> tuple[str, ...]:
+        """The text encoders a text-encoder LoRA adapts."""
+        return self.text_encoders if self.lora_text_encoders is None else self.lora_text_encoders
 
     def resolve(self, hook: str) -> Callable[..., Any]:
         """The function a ``"module:function"`` hook of this family names."""

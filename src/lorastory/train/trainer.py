@@ -310,10 +310,11 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
     unet.requires_grad_(False)
     _move(unet, device, weight_dtype)
     spec = config.lora.for_family(family)  # the family's default targets when the run names none
-    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if spec.train_text_encoder else {}
+    text_encoders = {n: getattr(pipe, n) for n in family.trainable_text_encoders} if spec.train_text_encoder else {}
+    for name in family.text_encoders if spec.train_text_encoder else ():  # all encode live, the frozen ones too
+        getattr(pipe, name).requires_grad_(False)
+        _move(getattr(pipe, name), device, weight_dtype)
     for encoder in text_encoders.values():
-        encoder.requires_grad_(False)
-        _move(encoder, device, weight_dtype)
         encoder.train()
     params = inject_lora(pipe, spec)
     for param in params:

@@ -94,6 +94,6 @@ FLUX = register_family(Family(
     "flux", "FluxPipeline", ("text_encoder", "text_encoder_2"), 1024, True, label="Flux.1", article="a",
     denoiser="transformer", encode_prompt=encode_flux_prompt, text_encoder_targets=CLIP_TE_TARGETS,
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
-    lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"),
+    lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux",
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
