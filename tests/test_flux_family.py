@@ -198,3 +198,28 @@ def test_clip_text_encoder_lora_trains_with_the_transformer(cli, tiny_model_path
     info = apply_lora(pipe, out / "lora.safetensors")
     assert info.components == ("transformer", "text_encoder")
     assert not torch.allclose(pipe.encode_prompt(["striped style"], None, max_sequence_length=32)[1], before)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_flux_lora_as_one(tiny_model_path, style_train_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from lorastory.train.config import TrainConfig
+    from lorastory.train.trainer import train
+
+    model, two = tiny_model_path("flux"), tmp_path / "two"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([sys.executable, "-m", "lorastory", "train", "--model", str(model), "--data", str(style_train_folder),
+                          "--out", str(two), "--batch-size", "2", "--resolution", "64", "--rank", "4", "--lr", "1e-4",
+                          "--max-steps", "2", "--seed", "3", "--no-gradient-checkpointing", "--gpus", "2"],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("Trained 2 steps on 2 processes") == 1
+    train(TrainConfig(model=str(model), data=str(style_train_folder), out=str(tmp_path / "one"), batch_size=4, resolution=64,
+                      rank=4, lr=1e-4, max_steps=2, seed=3, gradient_checkpointing=False), say=lambda m: None)
+    a, b = load_file(str(two / "lora.safetensors")), load_file(str(tmp_path / "one" / "lora.safetensors"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
