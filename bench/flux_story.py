@@ -13,8 +13,10 @@ Flux targets (attention and MLP of the double and single blocks). Modes, each a 
 Per mode: seconds, ms per image-step (median, first step excluded), peak memory, PSNR per panel against
 ``single`` (8-bit quantised images, as PNGs are). Rows are written as they finish (``--json``).
 
-    PYTHONPATH=src python bench/flux_story.py --json $OUT/flux_story.json                  # ~4 min on an H200
-    PYTHONPATH=src python bench/flux_story.py --steps 8 --json $OUT/flux_story_quick.json   # ~1.5 min
+    PYTHONPATH=src python bench/flux_story.py --json $OUT/flux_story.json                  # all three modes, ~5 min
+    # or in two calls on the same (warm) machine, each under ~3 min:
+    PYTHONPATH=src python bench/flux_story.py --modes single --save-reference /tmp/flux_ref.safetensors --json $OUT/a.json
+    PYTHONPATH=src python bench/flux_story.py --modes batched,ours --reference /tmp/flux_ref.safetensors --json $OUT/b.json
     .venv/bin/python bench/flux_story.py --tiny                                              # CPU smoke test
 """
 
@@ -32,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from _flux_arch import Embeds, make_pipe, normalise  # noqa: E402
 from _kolors_arch import Recorder, environment, peak_gb, reset_peak, sync  # noqa: E402
 
@@ -127,6 +130,9 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="ours: compile (VAE regions; with --transformer-levers the blocks)")
     parser.add_argument("--transformer-levers", action="store_true", help="ours: fused q/k/v (and compiled blocks) in the transformer")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")
+    parser.add_argument("--save-reference", default=None, help="write the single mode's images here (.safetensors)")
+    parser.add_argument("--reference", default=None, help="PSNR against these images (a --save-reference file of an "
+                        "earlier run with the same settings) instead of running the single mode")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.tiny:
@@ -143,10 +149,12 @@ def main() -> int:
     rec.set("lora_modules", add_random_lora(pipe, args.rank) // 2 if args.rank else 0)
     modes = args.modes.split(",")
     every = list(range(args.panels))
-    reference = None
+    reference = load_file(args.reference)["images"] if args.reference else None
     try:
         if "single" in modes:
             reference = run_mode(rec, "single (plain diffusers, one panel a call)", pipe, emb, args, [[i] for i in every], None)
+            if args.save_reference:
+                save_file({"images": reference.contiguous()}, args.save_reference)
         if "batched" in modes:
             run_mode(rec, "batched (plain diffusers, one call)", pipe, emb, args, [every], reference)
         if "ours" in modes:
