@@ -223,3 +223,8 @@ def test_two_processes_train_the_same_flux_lora_as_one(tiny_model_path, style_tr
                       rank=4, lr=1e-4, max_steps=2, seed=3, gradient_checkpointing=False), say=lambda m: None)
     a, b = load_file(str(two / "lora.safetensors")), load_file(str(tmp_path / "one" / "lora.safetensors"))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_flux_sizes_that_cannot_be_packed_are_a_one_line_error(cli, tiny_model_path, style_train_folder, tmp_path):
+    cli("train", "--data", style_train_folder, "--model", tiny_model_path("flux"), "--out", tmp_path / "run",
+        "--resolution", "72", "--max-steps", "1", "--batch-size", "2").error_line("multiples of 16", "72x72")

@@ -146,6 +146,7 @@ def train(
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
     pipe = load_pipeline(config.model, config.family)
     family = family_of_pipeline(pipe)
+    _check_sizes(planned, family)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
@@ -241,6 +242,15 @@ def train(
     accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
     return result
+
+
+def _check_sizes(planned: list[Any], family: Any) -> None:
+    """Every training size must pack into the denoiser's patches (a DiT's 2x2 latent patches: multiples of 16 px)."""
+    step = 8 * family.latent_patch
+    bad = next((p.placement.target for p in planned if p.placement.target[0] % step or p.placement.target[1] % step), None)
+    if bad is not None:
+        raise TrainingError(f"{family.display} trains on sizes that are multiples of {step} pixels, not {bad[0]}x{bad[1]}; "
+                            "use a --resolution and --bucket-step that are")
 
 
 def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler: Any, params: list[torch.nn.Parameter],

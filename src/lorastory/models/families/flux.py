@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lorastory.errors import ConfigError
 from lorastory.models.registry import CLIP_TE_TARGETS, Family, register_family
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ def flux_predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tensor, te
     import torch
 
     b, _, h, w = noisy.shape
+    if h % 2 or w % 2:  # 2x2 patches: an odd latent side cannot be packed
+        raise ConfigError(f"Flux trains on sizes that are multiples of 16 pixels, not {w * 8}x{h * 8}; "
+                          "use a --resolution and --bucket-step that are")
     guidance = None
     if transformer.config.guidance_embeds:  # dev: the guidance-distilled input, at the scale LoRAs train with
         guidance = torch.full((b,), TRAIN_GUIDANCE, device=noisy.device, dtype=torch.float32)
@@ -95,5 +99,6 @@ FLUX = register_family(Family(
     denoiser="transformer", encode_prompt=encode_flux_prompt, text_encoder_targets=CLIP_TE_TARGETS,
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
     lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
+    latent_patch=2,
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux",
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
