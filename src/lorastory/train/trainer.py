@@ -164,9 +164,7 @@ def train(
     lr_scheduler = make_scheduler(optimizer, config, total_steps)
     compile_mode = _fast_path(config, denoiser, text_encoders, device, total_steps, processes, say) if bf16_compute else "off"
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
-    objective = training_objective(family, pipe)  # noise (epsilon / v) or flow matching: the family says
-    if config.snr_gamma is not None and not objective.weights_by_snr:
-        say(f"note: --snr-gamma does not apply to {family.display}'s {objective.name} objective; its loss is unweighted")
+    objective = _objective(family, pipe, config, say)
     model, optimizer = accelerator.prepare(
         denoiser_class()(denoiser, text_encoders, pipe if text_encoders else None, objective), optimizer)
 
@@ -242,6 +240,14 @@ def train(
     accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
     return result
+
+
+def _objective(family: Any, pipe: Any, config: TrainConfig, say: Callable[[str], None]) -> Any:
+    """How the family's denoiser trains: noise prediction (epsilon / v) or flow matching, the family says."""
+    objective = training_objective(family, pipe)
+    if config.snr_gamma is not None and not objective.weights_by_snr:
+        say(f"note: --snr-gamma does not apply to {family.display}'s {objective.name} objective; its loss is unweighted")
+    return objective
 
 
 def _check_sizes(planned: list[Any], family: Any) -> None:
