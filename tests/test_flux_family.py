@@ -225,6 +225,8 @@ def test_two_processes_train_the_same_flux_lora_as_one(tiny_model_path, style_tr
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
-def test_flux_sizes_that_cannot_be_packed_are_a_one_line_error(cli, tiny_model_path, style_train_folder, tmp_path):
+def test_flux_sizes_and_adapters_it_cannot_save_are_one_line_errors(cli, tiny_model_path, style_train_folder, tmp_path):
     cli("train", "--data", style_train_folder, "--model", tiny_model_path("flux"), "--out", tmp_path / "run",
         "--resolution", "72", "--max-steps", "1", "--batch-size", "2").error_line("multiples of 16", "72x72")
+    cli("train", "--data", style_train_folder, "--model", tiny_model_path("flux"), "--out", tmp_path / "run2",
+        "--resolution", "64", "--max-steps", "1", "--network", "loha").error_line("Flux.1", "--network lora")

@@ -111,6 +111,7 @@ class Family:
     lora_formats: tuple[str, ...] = ("kohya",)  # the layouts a training run writes, the first as lora.safetensors
     # The text encoders a text-encoder LoRA adapts (None: all); Flux's T5-XXL stays frozen, as kohya's default.
     lora_text_encoders: tuple[str, ...] | None = None
+    lora_networks: tuple[str, ...] | None = None  # the adapter kinds its LoRA files can hold (None: every kind)
     latent_patch: int = 1  # the denoiser's patch size in latent pixels: training sizes are multiples of 8 x this
 
     @property

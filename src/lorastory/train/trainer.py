@@ -146,7 +146,7 @@ def train(
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
     pipe = load_pipeline(config.model, config.family)
     family = family_of_pipeline(pipe)
-    _check_sizes(planned, family)
+    _check_run_fits(planned, family, config)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
@@ -250,8 +250,13 @@ def _objective(family: Any, pipe: Any, config: TrainConfig, say: Callable[[str],
     return objective
 
 
-def _check_sizes(planned: list[Any], family: Any) -> None:
-    """Every training size must pack into the denoiser's patches (a DiT's 2x2 latent patches: multiples of 16 px)."""
+def _check_run_fits(planned: list[Any], family: Any, config: TrainConfig) -> None:
+    """The run must suit the family: an adapter kind its files hold, sizes that pack into the denoiser's patches
+    (a DiT's 2x2 latent patches: multiples of 16 px)."""
+    networks = family.lora_networks
+    if networks is not None and config.lora.network not in networks:
+        raise TrainingError(f"{family.display} LoRAs can be {' or '.join(networks)} for now, not {config.lora.network}; "
+                            f"pass --network {networks[0]}")
     step = 8 * family.latent_patch
     bad = next((p.placement.target for p in planned if p.placement.target[0] % step or p.placement.target[1] % step), None)
     if bad is not None:

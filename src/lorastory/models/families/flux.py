@@ -99,6 +99,6 @@ FLUX = register_family(Family(
     denoiser="transformer", encode_prompt=encode_flux_prompt, text_encoder_targets=CLIP_TE_TARGETS,
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
     lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
-    latent_patch=2,
+    latent_patch=2, lora_networks=("lora",),  # LoHa/LoKr/DoRA: no Flux file layout yet
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux",
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
