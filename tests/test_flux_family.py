@@ -144,6 +144,8 @@ def test_schnell_layout_and_noise_samplers_refused(cli, tmp_path):
     story.write_text(yaml.safe_dump(STORY), encoding="utf-8")
     cli("generate", story, "--model", folder, "--out", tmp_path / "out3", "--consistency", "attention").error_line(
         "consistent self-attention needs a UNet", "flux")
+    story.write_text(yaml.safe_dump({**STORY, "defaults": {**STORY["defaults"], "width": 72}}), encoding="utf-8")
+    cli("generate", story, "--model", folder, "--out", tmp_path / "out4").error_line("multiples of 16", "72x64")
 
 
 def test_web_app_model_picker_offers_a_flux_folder(tiny_model_path, tmp_path):
