@@ -49,7 +49,7 @@ def test_unknown_family_and_bad_sources(tmp_path, cli):
     with pytest.raises(ModelLoadError, match="cannot load kolors from a single file"):
         load_pipeline(tmp_path / "model.safetensors", family="kolors")
     with pytest.raises(ConfigError, match="unknown model family"):
-        load_pipeline(tmp_path / "model.safetensors", family="flux")
+        load_pipeline(tmp_path / "model.safetensors", family="nosuch")
 
 
 def test_hub_id_offline_names_the_id_and_the_fix(monkeypatch):

@@ -1,4 +1,8 @@
-"""Sampler names as users know them (A1111's) mapped to diffusers schedulers."""
+"""Sampler names as users know them (A1111's) mapped to diffusers schedulers.
+
+A flow-matching model (Flux: its scheduler is a ``FlowMatch*`` one) samples with the flow-matching
+versions: ``Euler`` is ``FlowMatchEulerDiscreteScheduler`` with the model's own shift settings.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,13 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# name -> flow-matching scheduler class, for models whose scheduler is a flow-matching one
+FLOW_SAMPLERS: dict[str, str] = {
+    "Euler": "FlowMatchEulerDiscreteScheduler",
+    "Heun": "FlowMatchHeunDiscreteScheduler",
+}
+
+
 def check_sampler(name: str) -> str:
     """``name`` in its canonical spelling (case-insensitive match), or a :class:`ConfigError`."""
     for known in SAMPLERS:
@@ -34,5 +45,11 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     """A scheduler for sampler ``name`` built from the model's own scheduler config."""
     import diffusers
 
-    class_name, extra = SAMPLERS[check_sampler(name)]
+    name = check_sampler(name)
+    if str(dict(base_config).get("_class_name", "")).startswith("FlowMatch"):
+        if name not in FLOW_SAMPLERS:
+            raise ConfigError(f"sampler '{name}' is for noise-prediction models; this flow-matching model samples "
+                              f"with {' or '.join(FLOW_SAMPLERS)}")
+        return getattr(diffusers, FLOW_SAMPLERS[name]).from_config(base_config)
+    class_name, extra = SAMPLERS[name]
     return getattr(diffusers, class_name).from_config(base_config, **extra)

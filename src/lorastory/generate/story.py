@@ -327,6 +327,15 @@ def generate_story(
                        out_dir / MANIFEST_FILE, result.seconds, jobs)
 
 
+def _check_panel_size(story: Story, family: Any) -> None:
+    """A DiT draws in patches of its latent (Flux: multiples of 16 px); another size would be resized silently."""
+    step = 8 * family.latent_patch
+    width, height = story.defaults.width, story.defaults.height
+    if width % step or height % step:
+        raise ConfigError(f"{family.display} draws sizes that are multiples of {step} pixels, not {width}x{height}; "
+                          f"set the story's width and height to multiples of {step}")
+
+
 def _render_story(
     story: Story, jobs: list[PanelJob], pipe: Any, model: str, out_dir: Path, target: Any, lora_path: Path | None,
     lora_scale: float, batch_size: int | None, on_step: StepCallback | None, allow_pickle: bool,
@@ -335,6 +344,7 @@ def _render_story(
     """Render the run into the (staging) folder ``out_dir``: panels, reference, storyboard, manifest, story.yaml."""
     settings = story.consistency
     pipe.set_progress_bar_config(disable=True)
+    _check_panel_size(story, family_of_pipeline(pipe))
     if lora_path is not None:
         apply_lora(pipe, lora_path, scale=lora_scale, allow_pickle=allow_pickle)
     lora_name = lora_tag_name(lora_path) if lora_path else None

@@ -102,6 +102,17 @@ class Family:
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives
+    # How the denoiser is trained and called (lorastory.models.objectives): "noise" (epsilon or v-prediction, as the
+    # scheduler config says; a UNet call) or "flow" (rectified flow matching; the family's ``predict`` call).
+    objective: str = "noise"
+    # "module:function" calling the denoiser on (B, C, H, W) latents in training: (denoiser, noisy, timesteps, text, dtype)
+    predict: str | None = None
+    lora_targets: tuple[str, ...] | None = None  # the denoiser modules a LoRA adapts by default (None: LoraSpec's)
+    lora_formats: tuple[str, ...] = ("kohya",)  # the layouts a training run writes, the first as lora.safetensors
+    # The text encoders a text-encoder LoRA adapts (None: all); Flux's T5-XXL stays frozen, as kohya's default.
+    lora_text_encoders: tuple[str, ...] | None = None
+    lora_networks: tuple[str, ...] | None = None  # the adapter kinds its LoRA files can hold (None: every kind)
+    latent_patch: int = 1  # the denoiser's patch size in latent pixels: training sizes are multiples of 8 x this
 
     @property
     def display(self) -> str:
@@ -118,12 +129,21 @@ class Family:
     def set_denoiser(self, pipe: Any, module: Any) -> None:
         setattr(pipe, self.denoiser, module)
 
+    @property
+    def trainable_text_encoders(self) -> tuple[str, ...]:
+        """The text encoders a text-encoder LoRA adapts."""
+        return self.text_encoders if self.lora_text_encoders is None else self.lora_text_encoders
+
+    def resolve(self, hook: str) -> Callable[..., Any]:
+        """The function a ``"module:function"`` hook of this family names."""
+        module, _, function = hook.partition(":")
+        return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
     def tiny_pipeline(self, folder: Path, sample_size: int) -> tuple[Any, Path | None]:
         """A tiny random pipeline of this family (for tests and the demo)."""
         if self.tiny_builder is None:
             raise ConfigError(f"no tiny model for family '{self.name}'")
-        module, _, function = self.tiny_builder.partition(":")
-        return getattr(importlib.import_module(module), function)(folder, sample_size)
+        return self.resolve(self.tiny_builder)(folder, sample_size)  # type: ignore[no-any-return]
 
 
 FAMILIES: dict[str, Family] = {}
@@ -369,3 +389,8 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
             f"cannot load {path} as {fam.name} ({first}); diffusers needs the architecture's config for a "
             "single file: run once with network (it is then cached) or convert the file to a diffusers folder"
         ) from None
+
+
+# Families with functions of their own live in their own modules and register themselves on import
+# (last: such a module imports this one, and the tiny-model helpers, which import this one too).
+importlib.import_module("lorastory.models.families.flux")

@@ -48,6 +48,21 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
+def corpus_words() -> list[str]:
+    """The words of the tiny tokenizers' bilingual corpus (for vocabularies built from it)."""
+    return [*_WORDS_ZH, *_WORDS_EN]
+
+
+def clip_tokenizer(max_length: int = 77) -> Any:
+    """The tiny models' CLIP tokenizer (public for family modules building their own tiny model)."""
+    return _clip_tokenizer(max_length)
+
+
+def clip_text_encoder(with_projection: bool, vocab_size: int) -> Any:
+    """A tiny random CLIP text encoder (public for family modules building their own tiny model)."""
+    return _clip_text_encoder(with_projection, vocab_size)
+
+
 def _clip_tokenizer(max_length: int = 77) -> Any:
     """A byte-level CLIP BPE with a handful of merges: every string tokenizes, offline."""
     from transformers import CLIPTokenizer

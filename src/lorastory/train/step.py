@@ -11,7 +11,8 @@ import functools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.conditioning import encode_text, time_ids, unet_kwargs
+from lorastory.models.conditioning import encode_text, time_ids
+from lorastory.models.objectives import as_objective
 from lorastory.train.cache import TensorCache
 from lorastory.train.captions import CaptionSettings, choose_text, fresh_caption
 from lorastory.train.config import TrainConfig
@@ -28,23 +29,26 @@ def denoiser_class() -> type:
     import torch
 
     class Denoiser(torch.nn.Module):
-        """The UNet and the text encoders being trained as one module, so DDP averages every LoRA gradient.
+        """The denoiser (UNet or transformer) and the text encoders being trained as one module, so DDP averages
+        every LoRA gradient; ``objective`` (:mod:`lorastory.models.objectives`) says how the denoiser is called.
 
         Text encoders being trained encode each batch's captions live (cached embeddings would be stale);
         ``pipe`` is then the pipeline whose ``encode_prompt`` runs them.
         """
 
-        def __init__(self, unet: Any, text_encoders: dict[str, Any], pipe: Any = None) -> None:
+        def __init__(self, denoiser: Any, text_encoders: dict[str, Any], pipe: Any = None, objective: Any = None) -> None:
             super().__init__()
-            self.unet = unet
+            self.denoiser = denoiser
             self.text_encoders = torch.nn.ModuleDict(text_encoders)
             self.pipe = pipe
+            self.objective = objective
 
         def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: dict[str, torch.Tensor] | None,
                     add_time_ids: torch.Tensor, dtype: torch.dtype, captions: list[str] | None = None) -> torch.Tensor:
             if captions is not None:
                 text = encode_text(self.pipe, captions, noisy.device, grad=True)
-            return self.unet(noisy, timesteps, **unet_kwargs(text, add_time_ids, dtype)).sample
+            assert text is not None
+            return self.objective.predict(self.denoiser, noisy, timesteps, text, add_time_ids, dtype)
 
     return Denoiser
 
@@ -84,20 +88,14 @@ def draw_caption(example: Example, seed: int, epoch: int, draw: int, live: bool)
     return (example.texts or (example.item.caption,))[pick], keys[pick]
 
 
-def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
+def _loss(model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, objective: Any,
           config: TrainConfig, weights: torch.Tensor, scale: float) -> torch.Tensor:
     """``scale`` × the weighted sum of per-sample losses (scale = processes / samples in the global batch)."""
-    import torch
     import torch.nn.functional as F
 
     per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if config.snr_gamma is not None:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(noise_scheduler, timesteps)
-        weight = torch.clamp(snr, max=config.snr_gamma) / snr
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            weight = torch.clamp(snr, max=config.snr_gamma) / (snr + 1)
+    weight = objective.loss_weights(timesteps, config.snr_gamma)  # Min-SNR for noise objectives
+    if weight is not None:
         per_sample = per_sample * weight.to(per_sample.device)
     return (per_sample * weights).sum() * scale
 
@@ -111,7 +109,7 @@ def _batch_text(keys: list[str], cache: TensorCache) -> dict[str, torch.Tensor]:
 
 
 def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,
-                num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+                objective: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sample's noise and timestep, from a generator seeded for that sample and epoch alone."""
     import torch
 
@@ -122,7 +120,7 @@ def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: Train
         if config.noise_offset:
             noise += config.noise_offset * torch.randn((shape[0], 1, 1), generator=generator)
         noises.append(noise)
-        timesteps.append(torch.randint(0, num_timesteps, (), generator=generator))
+        timesteps.append(objective.draw_timestep(generator, tuple(shape)))
     return torch.stack(noises), torch.stack(timesteps)
 
 
@@ -142,7 +140,7 @@ class StepInputs:
 
 def step_inputs(
     indices: list[int], weights: list[float], scale: float, epoch: int, examples: list[Example],
-    cache: TensorCache, noise_scheduler: Any, config: TrainConfig, live_text: bool, pin: bool = False,
+    cache: TensorCache, objective: Any, config: TrainConfig, live_text: bool, pin: bool = False,
 ) -> StepInputs:
     """Everything a step needs before the GPU: cached latents and text, per-sample noise and timesteps.
 
@@ -154,13 +152,10 @@ def step_inputs(
     batch = [examples[draw_sample(i, len(examples))] for i in indices]  # indices are draws (order.py)
     chosen = [draw_caption(e, config.seed, epoch, i, live_text) for e, i in zip(batch, indices)]
     weights = [w * e.loss_weight for w, e in zip(weights, batch)]
+    objective = as_objective(objective)  # the family's training objective (a bare noise scheduler: noise)
     latents = torch.stack([cache.load(e.latent_key)["latents"] for e in batch])
-    noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, noise_scheduler.config.num_train_timesteps)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    noise, timesteps = _draw_noise(indices, epoch, latents.shape[1:], config, objective)
+    noisy, target = objective.noisy_and_target(latents, noise, timesteps)
     add_time_ids = torch.stack([
         time_ids(e.item.size[::-1], e.placement.crop_top_left, e.placement.target[::-1]) for e in batch
     ])
@@ -177,7 +172,7 @@ def _pinned(inputs: StepInputs) -> StepInputs:
                                weights=inputs.weights.pin_memory())
 
 
-def step_loss(inputs: StepInputs, model: Any, noise_scheduler: Any, config: TrainConfig, device: torch.device,
+def step_loss(inputs: StepInputs, model: Any, objective: Any, config: TrainConfig, device: torch.device,
               weight_dtype: torch.dtype, cudagraphs: bool = False) -> torch.Tensor:
     """This process's loss on its prepared samples of a global batch (see :func:`_loss` for the scaling).
 
@@ -193,5 +188,5 @@ def step_loss(inputs: StepInputs, model: Any, noise_scheduler: Any, config: Trai
     text = None if inputs.text is None else {k: put(v) for k, v in inputs.text.items()}
     model_pred = model(put(inputs.noisy, weight_dtype), put(inputs.timesteps), text,
                        put(inputs.add_time_ids), weight_dtype, captions=inputs.captions)
-    return _loss(model_pred, put(inputs.target), inputs.timesteps, noise_scheduler, config,
+    return _loss(model_pred, put(inputs.target), inputs.timesteps, as_objective(objective), config,
                  put(inputs.weights), inputs.scale)

@@ -29,6 +29,7 @@ from lorastory.errors import TrainingError
 from lorastory.models.fp8 import check_base_dtype, quantize_base
 from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.lora import default_save_formats, inject_lora, save_lora
+from lorastory.models.objectives import training_objective
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
@@ -139,7 +140,6 @@ def train(
     ``on_progress`` and ``on_stage`` (model load, cache filling) are called on the main process only.
     ``stop`` (a ``threading.Event``, one process) ends the run early (:mod:`lorastory.train.hooks`)."""
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
 
     out = Path(config.out)
     check_run_paths(config)
@@ -158,6 +158,7 @@ def train(
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
     pipe = _load(config, hooks)
     family = family_of_pipeline(pipe)
+    _check_run_fits(planned, family, config)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
@@ -166,17 +167,18 @@ def train(
 
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
-    unet, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
+    denoiser, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
     optimizer = make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
     samples, repeats = order_samples(examples, datasets)
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
     lr_scheduler = make_scheduler(optimizer, config, total_steps)
-    compile_mode = _fast_path(config, unet, text_encoders, device, total_steps, processes, samples, say, bf16_compute)
+    compile_mode = _fast_path(config, denoiser, text_encoders, device, total_steps, processes, samples, say, bf16_compute)
     # The lr scheduler is not prepared: accelerate would step it once per process at every step.
-    model, optimizer = accelerator.prepare(denoiser_class()(unet, text_encoders, pipe if text_encoders else None), optimizer)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    objective = _objective(family, pipe, config, say)
+    model, optimizer = accelerator.prepare(
+        denoiser_class()(denoiser, text_encoders, pipe if text_encoders else None, objective), optimizer)
 
     # 4. resume
     trainable = _trainable(accelerator.unwrap_model(model))
@@ -196,7 +198,7 @@ def train(
         # Compiled blocks see every batch at full size: a short last batch is padded at loss weight 0.
         indices, weights = process_share(order[batch_index], rank, processes, config.batch_size, compile_mode != "off")
         return prefetch.submit(step_inputs, indices, weights, processes / len(order[batch_index]), epoch, examples,
-                               cache, noise_scheduler, config, bool(text_encoders), device.type == "cuda")
+                               cache, objective, config, bool(text_encoders), device.type == "cuda")
 
     try:
         while result.steps < total_steps and not result.stopped:
@@ -208,7 +210,7 @@ def train(
                 # The next step's inputs load from the cache while the GPU works on this one.
                 upcoming = prepare(order, batch_index + 1, epoch) if batch_index + 1 < len(order) else None
                 with accelerator.accumulate(model):
-                    loss = step_loss(inputs, model, noise_scheduler, config, device, weight_dtype,
+                    loss = step_loss(inputs, model, objective, config, device, weight_dtype,
                                      cudagraphs=compile_mode == "cudagraphs")
                     mean_loss = _optimize(loss, accelerator, optimizer, lr_scheduler, params, config.max_grad_norm)
                     if not math.isfinite(mean_loss):  # before any checkpoint or LoRA of this step is written
@@ -234,7 +236,7 @@ def train(
                     _save_checkpoint(accelerator, out, here, trainable, optimizer, lr_scheduler, config.keep_checkpoints, ema,
                                      lambda path: _keep_lora(pipe, family, accelerator.unwrap_model(model), spec, config, path))
                 if config.validation_every and result.steps % config.validation_every == 0 and main and not result.stopped:
-                    result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).unet, cache, config,
+                    result.samples += render_validation_samples(pipe, accelerator.unwrap_model(model).denoiser, cache, config,
                                                                 text_fp, out, result.steps, device, accelerator)
                 if result.steps >= total_steps or result.stopped:
                     break
@@ -246,7 +248,7 @@ def train(
     _check_finite(trainable, result.steps, out)
     _check_in_sync(accelerator, trainable)
     if main:
-        family.set_denoiser(pipe, accelerator.unwrap_model(model).unet)
+        family.set_denoiser(pipe, accelerator.unwrap_model(model).denoiser)
         result.lora_files += _save_loras(pipe, family, spec, config, out, result.steps, trainable, ema)
     accelerator.wait_for_everyone()  # no process returns before the LoRA is on disk
     accelerator.end_training()
@@ -267,6 +269,28 @@ def _here(step: int, epoch: int, done: int, epoch_finished: bool, global_batch: 
     if epoch_finished:
         return Position(step, epoch + 1, 0, global_batch, [], fingerprint, processes)
     return Position(step, epoch, done, global_batch, history, fingerprint, processes)
+
+
+def _objective(family: Any, pipe: Any, config: TrainConfig, say: Callable[[str], None]) -> Any:
+    """How the family's denoiser trains: noise prediction (epsilon / v) or flow matching, the family says."""
+    objective = training_objective(family, pipe)
+    if config.snr_gamma is not None and not objective.weights_by_snr:
+        say(f"note: --snr-gamma does not apply to {family.display}'s {objective.name} objective; its loss is unweighted")
+    return objective
+
+
+def _check_run_fits(planned: list[Any], family: Any, config: TrainConfig) -> None:
+    """The run must suit the family: an adapter kind its files hold, sizes that pack into the denoiser's patches
+    (a DiT's 2x2 latent patches: multiples of 16 px)."""
+    networks = family.lora_networks
+    if networks is not None and config.lora.network not in networks:
+        raise TrainingError(f"{family.display} LoRAs can be {' or '.join(networks)} for now, not {config.lora.network}; "
+                            f"pass --network {networks[0]}")
+    step = 8 * family.latent_patch
+    bad = next((p.placement.target for p in planned if p.placement.target[0] % step or p.placement.target[1] % step), None)
+    if bad is not None:
+        raise TrainingError(f"{family.display} trains on sizes that are multiples of {step} pixels, not {bad[0]}x{bad[1]}; "
+                            "use a --resolution and --bucket-step that are")
 
 
 def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler: Any, params: list[torch.nn.Parameter],
@@ -334,7 +358,7 @@ def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Pat
 
 def _keep_lora(pipe: Any, family: Any, model: Any, spec: Any, config: TrainConfig, path: Path) -> Path:
     """A checkpoint's LoRA in the run's first layout (the pipeline is given the trained denoiser first)."""
-    family.set_denoiser(pipe, model.unet)
+    family.set_denoiser(pipe, model.denoiser)
     fmt = (config.save_formats or default_save_formats(family.name, spec))[0]
     steps = int(path.stem.split("-")[-1])
     return save_lora(pipe, path, spec, family.name, format=fmt,
@@ -350,11 +374,12 @@ def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
     unet = family.denoiser_of(pipe)
     unet.requires_grad_(False)
     _move(unet, device, weight_dtype, cast_first=config.base_dtype != "default")
-    spec = config.lora
-    text_encoders = {n: getattr(pipe, n) for n in family.text_encoders} if spec.train_text_encoder else {}
+    spec = config.lora.for_family(family)  # the family's default targets when the run names none
+    text_encoders = {n: getattr(pipe, n) for n in family.trainable_text_encoders} if spec.train_text_encoder else {}
+    for name in family.text_encoders if spec.train_text_encoder else ():  # all encode live, the frozen ones too
+        getattr(pipe, name).requires_grad_(False)
+        _move(getattr(pipe, name), device, weight_dtype)
     for encoder in text_encoders.values():
-        encoder.requires_grad_(False)
-        _move(encoder, device, weight_dtype)
         encoder.train()
     params = inject_lora(pipe, spec)
     for param in params:
@@ -507,5 +532,6 @@ def _check_finite(params: dict[str, torch.Tensor], step: int, out: Path) -> None
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The LoRA parameters being trained, named "<component>.<parameter>"."""
-    modules = {"unet": model.unet, **model.text_encoders}
+    # "unet" names the denoiser whatever it is (a transformer too): checkpoints keep the names they always had.
+    modules = {"unet": model.denoiser, **model.text_encoders}
     return {f"{c}.{n}": p for c, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}

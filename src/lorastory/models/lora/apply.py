@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lorastory.models.lora.errors import LoraError, LoraMismatchError
 from lorastory.errors import first_line
 from lorastory.models.lora.inject import check_adapter_free, file_peft_config
-from lorastory.models.lora.keys import modules_of
+from lorastory.models.lora.keys import DENOISERS, modules_of
 from lorastory.models.lora.read import load_lora_state
 from lorastory.models.lora.spec import LoraInfo
 from lorastory.models.registry import Family, denoiser, family_of_pipeline
@@ -67,12 +67,14 @@ def apply_lora(
 
 
 def _load_parts(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], name: str) -> None:
-    unet_state = parts.get("unet")
-    if unet_state:  # diffusers' own UNet loader (load_lora_weights minus the text-encoder half)
-        prefixed = {f"unet.{k}": v for k, v in unet_state.items()}
-        type(pipe).load_lora_into_unet(prefixed, network_alphas=None, unet=denoiser(pipe), adapter_name=name, _pipeline=pipe)
+    component = family_of_pipeline(pipe).denoiser
+    denoiser_state = parts.get(component)
+    if denoiser_state:  # diffusers' own UNet / transformer loader (load_lora_weights minus the text-encoder half)
+        prefixed = {f"{component}.{k}": v for k, v in denoiser_state.items()}
+        load = getattr(type(pipe), f"load_lora_into_{component}")
+        load(prefixed, network_alphas=None, adapter_name=name, _pipeline=pipe, **{component: denoiser(pipe)})
     for component, component_state in parts.items():
-        if component != "unet":
+        if component not in DENOISERS:
             _load_text_encoder_lora(getattr(pipe, component), component_state, name)
 
 
@@ -86,7 +88,7 @@ def _load_variant(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], info: Lo
                           if m.startswith(component + ".")} for key in ("ranks", "alphas"))
         config = file_peft_config(info.network, ranks, alphas, info.adapter)
         try:
-            if component == "unet":
+            if component in DENOISERS:
                 denoiser(pipe).add_adapter(config, adapter_name=name)
             else:
                 inject_adapter_in_model(config, module, adapter_name=name)
@@ -102,7 +104,7 @@ def _load_variant(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], info: Lo
 def _module_path(pipe: Any, component: str, module: str) -> str:
     """``component.module`` → the module's path inside that component (CLIP without ``text_model.`` on transformers 5)."""
     rest = module.split(".", 1)[1]
-    if component != "unet" and not hasattr(getattr(pipe, component), "text_model"):
+    if component not in DENOISERS and not hasattr(getattr(pipe, component), "text_model"):
         rest = rest.removeprefix("text_model.")
     return rest
 
@@ -117,12 +119,17 @@ def _split_components(
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         component, rest = key.split(".", 1)
-        if component != "unet" and component not in family.text_encoders:
+        if component in DENOISERS and component != family.denoiser:
+            raise LoraMismatchError(
+                f"{info.path.name} is a LoRA for a model with a {component}; {family.article} {family.display} "
+                f"pipeline has a {family.denoiser}: it is a LoRA for another model family"
+            )
+        if component not in DENOISERS and component not in family.text_encoders:
             raise LoraMismatchError(
                 f"{info.path.name} has {component} weights but a {family.name} pipeline has no {component}; "
                 "it is a LoRA for another model family"
             )
-        if component != "unet" and not hasattr(getattr(pipe, component), "text_model"):
+        if component not in DENOISERS and not hasattr(getattr(pipe, component), "text_model"):
             rest = rest.removeprefix("text_model.")
         parts.setdefault(component, {})[rest] = value
     return parts

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lorastory.models.lora.errors import LoraFormatError
 from lorastory.models.lora.keys import (
     COMPONENTS,
+    DENOISERS,
     DIFFUSERS_METADATA_KEY,
     Modules,
     canonical_text_key,
@@ -50,7 +51,7 @@ def to_diffusers_layout(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str,
 
     tensors: dict[str, torch.Tensor] = {}
     for component, state in layers.items():
-        if component == "unet":
+        if component in DENOISERS:
             converted = state
         else:  # ChatGLM names are not in diffusers' mapping; its text loader needs lora_linear_layer
             state = {canonical_text_key(k): v for k, v in state.items()}
@@ -92,7 +93,7 @@ def component_modules(weights: Mapping[str, torch.Tensor]) -> Modules:
     for component in COMPONENTS:
         part = {k[len(component) + 1 :]: v for k, v in weights.items() if k.startswith(component + ".")}
         if part:
-            peft = _unet_to_peft(part) if component == "unet" else _text_to_peft(part)
+            peft = _unet_to_peft(part) if component in DENOISERS else _text_to_peft(part)
             modules.update({f"{component}.{m}": ab for m, ab in modules_of(peft).items()})
     return modules
 

@@ -64,7 +64,7 @@ def file_peft_config(network: str, ranks: Mapping[str, int], alphas: Mapping[str
 
 
 def _text_encoders(pipe: Any, family: Family) -> list[tuple[str, Any]]:
-    return [(name, getattr(pipe, name)) for name in family.text_encoders if getattr(pipe, name, None) is not None]
+    return [(name, getattr(pipe, name)) for name in family.trainable_text_encoders if getattr(pipe, name, None) is not None]
 
 
 def inject_lora(pipe: Any, spec: LoraSpec, adapter_name: str = "default") -> list[torch.nn.Parameter]:

@@ -1,7 +1,7 @@
 """The canonical key grammar every LoRA layout is converted to and from.
 
 Canonical keys are peft's: ``<module>.lora_A.weight`` / ``<module>.lora_B.weight``, prefixed by
-the pipeline component (``unet.``, ``text_encoder.``, ``text_encoder_2.``) when a file holds several.
+the pipeline component (``unet.`` or ``transformer.``, ``text_encoder.``, ``text_encoder_2.``) when a file holds several.
 Also the metadata names lorastory writes into its files.
 """
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 META_PREFIX = "lorastory."
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+DENOISERS = ("unet", "transformer")  # the components that are a family's denoiser (Family.denoiser)
 PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
 # {module: (lora_A, lora_B)}: what every reader produces and every writer consumes.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lorastory.models.lora.diffusers_format import component_modules
 from lorastory.errors import first_line
 from lorastory.models.lora.errors import LoraError, LoraFormatError
-from lorastory.models.lora.keys import META_PREFIX, Modules, canonical_text_key, modules_of
+from lorastory.models.lora.keys import DENOISERS, META_PREFIX, Modules, canonical_text_key, modules_of
 from lorastory.models.lora.spec import LoraSpec
 from lorastory.models.lora.unet_layout import UnetLayout
 from lorastory.models.registry import Family
@@ -121,7 +121,7 @@ def kohya_metadata(spec: LoraSpec, naming: str) -> dict[str, str]:
 
 def kohya_module_name(component: str, module: str, family: Family, unet_config: Any, naming: str) -> str:
     """The kohya name of a peft module path: ``lora_unet_…`` (SGM or diffusers naming) or ``lora_te[12]_…``."""
-    if component == "unet":
+    if component in DENOISERS:
         return "lora_unet_" + (kohya_unet_name(module, unet_config) if naming == "sgm" else module).replace(".", "_")
     prefix = "lora_te_" if len(family.text_encoders) == 1 else KOHYA_TE_PREFIX[component]
     return prefix + canonical_text_key(module).replace(".", "_")

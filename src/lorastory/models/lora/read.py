@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorastory.models.lora.bfl import from_bfl, from_xlabs, is_bfl, is_xlabs
 from lorastory.models.lora.diffsynth import from_diffsynth_blocks, is_diffsynth_blocks
 from lorastory.models.lora.diffusers_format import from_prefixed, peft_adapter_config_alphas
 from lorastory.errors import first_line
@@ -131,8 +132,21 @@ def _parse(
 ) -> tuple[str, Modules, dict[str, float]]:
     """Detect the layout and return (format, {prefixed module: (A, B)}, {prefixed module: alpha})."""
     keys = list(tensors)
+    if is_bfl(keys):  # a Flux transformer's kohya file (BFL module names); its text encoders as any kohya file
+        modules, alphas = from_bfl(file, {k: v for k, v in tensors.items() if k.startswith("lora_unet_")})
+        rest = {k: v for k, v in tensors.items() if not k.startswith("lora_unet_")}
+        if rest:
+            text_modules, text_alphas = from_kohya(file, rest, default_unet_config({}))
+            modules, alphas = {**modules, **text_modules}, {**alphas, **text_alphas}
+        return "kohya", modules, alphas
     if is_kohya(keys):
         return ("kohya", *from_kohya(file, tensors, config))
+    if is_xlabs(keys):
+        try:
+            converted = from_xlabs(tensors)
+        except (ValueError, KeyError, AttributeError) as err:
+            raise LoraFormatError(f"{file.name}: XLabs Flux keys diffusers cannot map ({first_line(err, 200)})") from None
+        return ("xlabs", *from_prefixed(file, converted, {}))
     peft_wrapped = all(k.startswith("base_model.model.") for k in keys)  # PeftModel.save_pretrained
     stripped = {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
     if all(k.split(".", 1)[0] in COMPONENTS for k in stripped):
@@ -148,7 +162,7 @@ def _parse(
         return ("peft" if peft_wrapped else "diffsynth"), modules, alphas
     raise LoraFormatError(
         f"{file.name}: unrecognised LoRA layout (first key '{keys[0] if keys else '(none)'}'); expected diffusers/peft "
-        "(unet.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
+        "(unet.…lora_A or transformer.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
     )
 
 

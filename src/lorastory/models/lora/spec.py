@@ -20,6 +20,8 @@ MAX_RANK = 1024
 CHATGLM_TE_TARGETS = list(registry.CHATGLM_TE_TARGETS)
 
 
+# The UNet attention projections a LoRA adapts by default (a family may name its own: Family.lora_targets).
+UNET_DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # The adapter kinds: LoRA; LoCon (LoRA on the ResNet convolutions too); LyCORIS LoHa and LoKr; DoRA.
 Network = Literal["lora", "locon", "loha", "lokr", "dora"]
 NETWORKS: tuple[str, ...] = ("lora", "locon", "loha", "lokr", "dora")
@@ -42,7 +44,7 @@ class LoraSpec(YamlModel):
     rank: int = Field(16, ge=1, le=MAX_RANK)
     alpha: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(UNET_DEFAULT_TARGETS), min_length=1)
     train_text_encoder: bool = False
     text_encoder_targets: list[str] | None = None  # None: the family's default (CLIP or ChatGLM projections)
     network: Network = "lora"
@@ -70,6 +72,13 @@ class LoraSpec(YamlModel):
     def adapts_convolutions(self) -> bool:
         """Whether the ResNet convolutions get an adapter too (LoCon always; LoHa/LoKr with ``conv_rank``)."""
         return self.network == "locon" or (self.network in ("loha", "lokr") and self.conv_rank is not None)
+
+    def for_family(self, family: Family) -> LoraSpec:
+        """This spec with ``family``'s default denoiser targets when it names the UNet default (a DiT's
+        attention and MLP layers are named otherwise); any other ``target_modules`` is kept as given."""
+        if family.lora_targets is None or self.target_modules != UNET_DEFAULT_TARGETS:
+            return self
+        return self.model_copy(update={"target_modules": list(family.lora_targets)})
 
     def unet_targets(self) -> list[str]:
         """The UNet module names to adapt: ``target_modules``, plus the ResNet convolutions for a LoCon."""
@@ -112,7 +121,7 @@ class LoraInfo:
     """What :func:`~lorastory.models.lora.load_lora_state` found in a file."""
 
     path: Path
-    format: str  # diffusers | kohya | peft | diffsynth | diffsynth-blocks | lycoris
+    format: str  # diffusers | kohya | peft | diffsynth | diffsynth-blocks | lycoris | xlabs
     family: str | None  # from our metadata; None when the file does not say
     rank: int  # the most common rank
     alpha: float | None  # the most common alpha; None when the file records none

@@ -21,6 +21,7 @@ from lorastory.fileio import atomic_write_bytes
 from lorastory.models.lora.diffusers_format import adapter_metadata, to_diffusers_layout
 from lorastory.errors import first_line
 from lorastory.models.lora.errors import LoraError, LoraMismatchError
+from lorastory.models.lora.bfl import to_bfl_layout
 from lorastory.models.lora.keys import DIFFUSERS_METADATA_KEY, META_PREFIX
 from lorastory.models.lora.kohya import kohya_metadata, to_kohya_layout
 from lorastory.models.lora.lycoris import network_of_config, peft_parts, to_lycoris_layout
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 LoraFormat = Literal["diffusers", "kohya"]
-KohyaUnetNames = Literal["sgm", "diffusers"]
+KohyaUnetNames = Literal["sgm", "diffusers", "bfl"]
 
 
 def save_lora(
@@ -71,7 +72,15 @@ def save_lora(
         naming = kohya_unet_names or fam.kohya_unet_names
         config = fam.denoiser_of(pipe).config
         alphas, ranks = _module_shapes(pipe, layers, adapter_name)
-        if network == "lora":
+        if naming == "bfl":  # a Flux transformer: BFL module names, fused q/k/v (bfl.py)
+            if network != "lora":
+                raise LoraError(f"a {network} adapter on {fam.display} is written in the diffusers layout only for now; "
+                                "save it with format diffusers")
+            text = {c: s for c, s in layers.items() if c != fam.denoiser}
+            tensors = to_bfl_layout(layers[fam.denoiser], {k.split(".", 1)[1]: v for k, v in alphas.items()
+                                                            if k.startswith(fam.denoiser + ".")}, config)
+            tensors.update(to_kohya_layout(text, alphas, fam, config, naming) if text else {})
+        elif network == "lora":
             tensors = to_kohya_layout(layers, alphas, fam, config, naming)
         else:
             tensors = to_lycoris_layout(layers, alphas, ranks, network, fam, config, naming)
@@ -85,10 +94,13 @@ def default_save_formats(family: str, spec: LoraSpec) -> list[LoraFormat]:
     and diffusers read; plus the diffusers layout when a text-encoder LoRA is on an encoder diffusers'
     kohya reader cannot map (Kolors' ChatGLM), so plain diffusers loads that part too."""
     fam = get_family(family)
+    formats: list[LoraFormat] = list(fam.lora_formats)  # type: ignore[arg-type]
     clip = list(fam.text_encoder_targets) == list(CLIP_TE_TARGETS)
-    if spec.train_text_encoder and not clip and spec.network in ("lora", "locon"):
-        return ["kohya", "diffusers"]
-    return ["kohya"]
+    if spec.train_text_encoder and not clip and spec.network in ("lora", "locon") and "diffusers" not in formats:
+        formats.append("diffusers")
+    if spec.network not in ("lora", "locon") and fam.kohya_unet_names == "bfl":
+        return ["diffusers"]  # LoHa/LoKr/DoRA on a Flux transformer: no kohya layout yet
+    return formats
 
 
 def _pipeline_family(pipe: Any, family: str | None) -> Family:
@@ -105,13 +117,13 @@ def _adapter_state(pipe: Any, family: Family, adapter_name: str) -> dict[str, di
     from peft.utils import get_peft_model_state_dict
 
     layers: dict[str, dict[str, torch.Tensor]] = {}
-    for component in ("unet", *family.text_encoders):
+    for component in (family.denoiser, *family.text_encoders):
         module = getattr(pipe, component, None)
         if adapter_name in (getattr(module, "peft_config", None) or {}):
             state = get_peft_model_state_dict(module, adapter_name=adapter_name)
             layers[component] = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    if "unet" not in layers:
-        raise LoraError(f"the pipeline has no LoRA named '{adapter_name}' on its UNet; call inject_lora first")
+    if family.denoiser not in layers:
+        raise LoraError(f"the pipeline has no LoRA named '{adapter_name}' on its {family.denoiser}; call inject_lora first")
     return layers
 
 
@@ -154,7 +166,7 @@ def _module_shapes(pipe: Any, layers: Mapping[str, Any], adapter_name: str) -> t
 def _lorastory_metadata(
     pipe: Any, spec: LoraSpec, family: Family, fmt: str, extra: Mapping[str, Any] | None
 ) -> dict[str, str]:
-    layers = family.denoiser_of(pipe).config.layers_per_block
+    layers = getattr(family.denoiser_of(pipe).config, "layers_per_block", None)  # a UNet's; a transformer has none
     te_targets = spec.text_encoder_targets_for(family) if spec.train_text_encoder else []
     metadata = {
         "format": "pt",
@@ -167,8 +179,9 @@ def _lorastory_metadata(
         META_PREFIX + "target_modules": json.dumps(spec.target_modules),
         META_PREFIX + "text_encoder_targets": json.dumps(te_targets),
         META_PREFIX + "config_hash": spec.config_hash(family.name),
-        META_PREFIX + "unet_layers_per_block": json.dumps(layers if isinstance(layers, int) else list(layers)),
     }
+    if layers is not None:
+        metadata[META_PREFIX + "unet_layers_per_block"] = json.dumps(layers if isinstance(layers, int) else list(layers))
     if spec.network == "lokr":
         metadata[META_PREFIX + "lokr_factor"] = str(spec.lokr_factor)
     for key, value in (extra or {}).items():

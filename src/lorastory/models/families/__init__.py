@@ -1,0 +1,1 @@
+"""Model families that bring their own functions, one module each, registered by :mod:`lorastory.models.registry`."""
