@@ -2,9 +2,9 @@
 
 1. read the training folders (datasets) and plan every image's placement (crop or bucket);
 2. load the model, fill the latent/text caches, free the VAE and text encoder;
-3. inject LoRA into the UNet, build optimizer and lr schedule under accelerate;
+3. inject LoRA into the denoiser (:mod:`lorastory.train.model_setup`), build optimizer and lr schedule under accelerate;
 4. resume from the newest checkpoint when asked;
-5. loop: cached batch → noise → UNet → loss → step, with checkpoints,
+5. loop: cached batch → noise → denoiser → loss → step, with checkpoints,
    validation samples and TensorBoard logs;
 6. save ``lora.safetensors`` (and kohya format when asked), and ``lora_ema.safetensors``
    when the run keeps a moving average of the weights (:mod:`lorastory.train.ema`).
@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
-from lorastory.models.fp8 import check_base_dtype, quantize_base
-from lorastory.models.fp8 import describe as describe_fp8
-from lorastory.models.lora import default_save_formats, inject_lora, save_lora
-from lorastory.models.objectives import training_objective
-from lorastory.models.registry import family_of_pipeline, load_pipeline
+from lorastory.models.fp8 import check_base_dtype
+from lorastory.models.lora import default_save_formats, save_lora
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
     newest_good_checkpoint, rng_state, save_checkpoint,
@@ -40,11 +37,11 @@ from lorastory.train.ema import LoraEma, swapped_in
 from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.hooks import StageCallback, StageHooks
 from lorastory.train.launch import use_cpu
+from lorastory.train.model_setup import add_lora, load_for_training, objective_for, prepare_fast_path
 from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
 from lorastory.train.plan import order_samples, plan_training
-from lorastory.train.speed import compile_choice, prepare_for_training
 from lorastory.train.step import StepInputs, denoiser_class, step_inputs, step_loss
 from lorastory.train.validation import render_validation_samples
 
@@ -85,18 +82,6 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
     if device.type != "cuda":
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _move(module: Any, device: torch.device, dtype: torch.dtype, cast_first: bool = False) -> None:
-    """Move to the device; cast only when needed (a diffusers model warns on every cast with a dtype).
-
-    ``cast_first`` casts on the CPU before the move, so the GPU never holds the fp32 copy (12 GB cards).
-    """
-    if cast_first and module.dtype != dtype:
-        module.to(dtype=dtype)
-    module.to(device)
-    if module.dtype != dtype:
-        module.to(dtype=dtype)
 
 
 def _processes() -> Any:
@@ -156,9 +141,7 @@ def train(
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
-    pipe = _load(config, hooks)
-    family = family_of_pipeline(pipe)
-    _check_run_fits(planned, family, config)
+    pipe, family = load_for_training(config, planned, hooks)
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
@@ -167,16 +150,15 @@ def train(
 
     # 3. LoRA, optimizer, schedule
     weight_dtype = frozen_dtype(mixed_precision)
-    denoiser, spec, text_encoders, params = _add_lora(pipe, family, config, device, weight_dtype)
+    denoiser, spec, text_encoders, params = add_lora(pipe, family, config, device, weight_dtype)
     optimizer = make_optimizer(params, config, say)
     global_batch = config.batch_size * processes
     samples, repeats = order_samples(examples, datasets)
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
-    lr_scheduler = make_scheduler(optimizer, config, total_steps)
-    compile_mode = _fast_path(config, denoiser, text_encoders, device, total_steps, processes, samples, say, bf16_compute)
-    # The lr scheduler is not prepared: accelerate would step it once per process at every step.
-    objective = _objective(family, pipe, config, say)
+    lr_scheduler = make_scheduler(optimizer, config, total_steps)  # not prepared: accelerate steps it once per process
+    compile_mode = prepare_fast_path(config, denoiser, text_encoders, device, total_steps, processes, samples, say, bf16_compute)
+    objective = objective_for(family, pipe, config, say)
     model, optimizer = accelerator.prepare(
         denoiser_class()(denoiser, text_encoders, pipe if text_encoders else None, objective), optimizer)
 
@@ -255,42 +237,12 @@ def train(
     return result
 
 
-def _load(config: TrainConfig, hooks: StageHooks) -> Any:
-    """The model's pipeline, its load reported as a stage (a stop asked meanwhile ends the run after it)."""
-    hooks.report("loading the model", 0, 1)
-    pipe = load_pipeline(config.model, config.family)
-    hooks.report("loading the model", 1, 1)
-    return pipe
-
-
 def _here(step: int, epoch: int, done: int, epoch_finished: bool, global_batch: int, history: list[tuple[int, int]],
           fingerprint: str, processes: int) -> Position:
     """Where the run is after ``step``: a finished epoch continues at the start of the next one."""
     if epoch_finished:
         return Position(step, epoch + 1, 0, global_batch, [], fingerprint, processes)
     return Position(step, epoch, done, global_batch, history, fingerprint, processes)
-
-
-def _objective(family: Any, pipe: Any, config: TrainConfig, say: Callable[[str], None]) -> Any:
-    """How the family's denoiser trains: noise prediction (epsilon / v) or flow matching, the family says."""
-    objective = training_objective(family, pipe)
-    if config.snr_gamma is not None and not objective.weights_by_snr:
-        say(f"note: --snr-gamma does not apply to {family.display}'s {objective.name} objective; its loss is unweighted")
-    return objective
-
-
-def _check_run_fits(planned: list[Any], family: Any, config: TrainConfig) -> None:
-    """The run must suit the family: an adapter kind its files hold, sizes that pack into the denoiser's patches
-    (a DiT's 2x2 latent patches: multiples of 16 px)."""
-    networks = family.lora_networks
-    if networks is not None and config.lora.network not in networks:
-        raise TrainingError(f"{family.display} LoRAs can be {' or '.join(networks)} for now, not {config.lora.network}; "
-                            f"pass --network {networks[0]}")
-    step = 8 * family.latent_patch
-    bad = next((p.placement.target for p in planned if p.placement.target[0] % step or p.placement.target[1] % step), None)
-    if bad is not None:
-        raise TrainingError(f"{family.display} trains on sizes that are multiples of {step} pixels, not {bad[0]}x{bad[1]}; "
-                            "use a --resolution and --bucket-step that are")
 
 
 def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler: Any, params: list[torch.nn.Parameter],
@@ -310,29 +262,6 @@ def _optimize(loss: torch.Tensor, accelerator: Any, optimizer: Any, lr_scheduler
         lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return mean_loss
-
-
-def _fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
-               processes: int, samples: list[tuple[str, tuple[int, int]]], say: Callable[[str], None],
-               bf16_compute: bool) -> str:
-    """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); say and return the
-    compile mode. Without the fast path (CPU, fp32/fp16, ``--no-fast``) nothing compiles, and that is said too.
-    An fp8 base (``config.base_dtype``) is converted first, the LoRA left as it is."""
-    if config.base_dtype != "default":
-        say(describe_fp8(config.base_dtype, quantize_base(unet, config.base_dtype, training=True)))
-    if not bf16_compute:
-        say("compile: off (the compiled fast path needs a CUDA GPU, bf16 and --fast)")
-        return "off"
-    shapes = {bucket for _, bucket in samples}
-    pixels = max(width * height for width, height in shapes)
-    choice = compile_choice(config.compile, device, total_steps, processes, config.gradient_checkpointing,
-                            images_per_step=config.batch_size * config.gradient_accumulation,
-                            megapixels=pixels / 2**20, shapes=len(shapes))
-    say(str(choice))
-    # Fused q/k/v stacks the frozen weights into one bf16 matrix: not with fp8 ones.
-    say(prepare_for_training(unet, list(text_encoders.values()), compile=choice.mode,
-                             fuse_qkv=config.base_dtype == "default"))
-    return choice.mode
 
 
 def _save_loras(pipe: Any, family: Any, spec: Any, config: TrainConfig, out: Path, steps: int,
@@ -363,30 +292,6 @@ def _keep_lora(pipe: Any, family: Any, model: Any, spec: Any, config: TrainConfi
     steps = int(path.stem.split("-")[-1])
     return save_lora(pipe, path, spec, family.name, format=fmt,
                      extra_metadata={"lorastory.train_config_hash": config.fingerprint(), "lorastory.steps": str(steps)})
-
-
-def _add_lora(pipe: Any, family: Any, config: TrainConfig, device: torch.device,
-              weight_dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any], list[torch.nn.Parameter]]:
-    """Freeze the denoiser (and the text encoders that train), inject the LoRA, return its fp32 parameters.
-
-    Returns the denoiser, the LoRA spec, the text encoders being trained (by name) and the parameters.
-    """
-    unet = family.denoiser_of(pipe)
-    unet.requires_grad_(False)
-    _move(unet, device, weight_dtype, cast_first=config.base_dtype != "default")
-    spec = config.lora.for_family(family)  # the family's default targets when the run names none
-    text_encoders = {n: getattr(pipe, n) for n in family.trainable_text_encoders} if spec.train_text_encoder else {}
-    for name in family.text_encoders if spec.train_text_encoder else ():  # all encode live, the frozen ones too
-        getattr(pipe, name).requires_grad_(False)
-        _move(getattr(pipe, name), device, weight_dtype)
-    for encoder in text_encoders.values():
-        encoder.train()
-    params = inject_lora(pipe, spec)
-    for param in params:
-        param.data = param.data.float()
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    return unet, spec, text_encoders, params
 
 
 def _start_position(config: TrainConfig, checkpoint: Checkpoint | None, global_batch: int,
