@@ -63,7 +63,7 @@ def _lora_grads(unet, params):
 
 
 def test_fp8_weights_train_the_lora_as_bf16_does(tiny_model_path):
-    pytest.importorskip("torchao")
+    pytest.importorskip("torchao", reason="torchao is not installed: pip install 'lorastory[fp8]'")
     unet, params = _unet_with_lora(tiny_model_path)
     names = fp8_layer_names(unet)
     assert names and all(".attentions." in n and "lora_" not in n for n in names)
