@@ -8,10 +8,12 @@ resolution-dependent shift, velocity target, the guidance input at 1.0) and its 
 the cache would hold: random 16-channel latents (128 x 128 at 1024²) and T5/CLIP embeddings (the text
 encoders are unloaded after caching, so they take no memory here either).
 
-Bases (``--bases``): ``bf16``; ``fp8``: every frozen linear of the blocks stored in float8 e4m3 with a
-per-row scale and dequantised to bf16 on the fly (weight-only, autograd through the input: the LoRA
-trains on top), about 12 GB of weights instead of 24 GB; ``torchao``: torchao's ``Float8WeightOnlyConfig``
-on the same layers, if torchao is installed and its tensors support the backward pass.
+Bases (``--bases``), the library's ``--base-dtype`` path (:mod:`lorastory.models.fp8`, torchao; the Flux
+family's selection: the double/single blocks' attention and MLP Linears, not the adaptive norms or
+embedders): ``bf16``; ``fp8-weights``: those weights stored in float8 e4m3 and dequantised to bf16 per
+matmul, gradient through the input (the LoRA trains on top), about 12 GB of weights instead of 24 GB;
+``fp8``: fp8 matmuls with inputs quantised per row (compute capability 8.9+). A base that fails (no
+torchao: ``pip install 'lorastory[fp8]'``) leaves an error row.
 
     PYTHONPATH=src python bench/flux_train.py --json $OUT/flux_train.json       # ~2-3 min on an H200
     .venv/bin/python bench/flux_train.py --tiny                                  # CPU smoke test
@@ -34,56 +36,17 @@ from _flux_arch import FULL, TEXT_LEN, TINY, build_transformer, scheduler  # noq
 from _kolors_arch import Recorder, environment, gb, peak_gb, reset_peak, sync  # noqa: E402
 
 from lorastory.models.families.flux import flux_predict  # noqa: E402
+from lorastory.models.fp8 import check_base_dtype, check_selection, family_selection, quantize_base  # noqa: E402
 from lorastory.models.lora import LoraSpec, inject_lora  # noqa: E402
 from lorastory.models.objectives import FlowObjective, flow_shift  # noqa: E402
 from lorastory.models.registry import get_family  # noqa: E402
 
-FLUX_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
-
-
-class Fp8WeightOnlyLinear(torch.nn.Module):
-    """A frozen linear whose weight is stored in float8 e4m3 (per-row scale) and dequantised per call."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
-        self.register_buffer("weight_fp8", (weight / scale).to(torch.float8_e4m3fn))
-        self.register_buffer("scale", scale.to(linear.weight.dtype))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # peft and diffusers read .weight (dtype, device)
-        return self.weight_fp8
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_fp8.to(self.scale.dtype) * self.scale
-        return torch.nn.functional.linear(x.to(w.dtype), w, self.bias)
-
-
-def frozen_linears(transformer: Any) -> list[tuple[Any, str, torch.nn.Linear]]:
-    """(parent, attribute, linear) for every frozen nn.Linear in the blocks (LoRA layers' base layers included)."""
-    found = []
-    for block in [m for m in transformer.modules() if type(m).__name__ in FLUX_BLOCKS]:
-        for name, child in block.named_modules():
-            if type(child) is torch.nn.Linear and not child.weight.requires_grad and "lora_" not in name:
-                parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
-                found.append((parent, name.rsplit(".", 1)[-1], child))
-    return found
-
-
-def to_fp8(transformer: Any, impl: str) -> int:
-    layers = frozen_linears(transformer)
-    if impl == "torchao":
-        from torchao.quantization import Float8WeightOnlyConfig, quantize_
-
-        ids = {id(linear) for _, _, linear in layers}
-        quantize_(transformer, Float8WeightOnlyConfig(), filter_fn=lambda m, _fqn: id(m) in ids)
-        return len(ids)
-    for parent, attr, linear in layers:
-        setattr(parent, attr, Fp8WeightOnlyLinear(linear))
-    return len(layers)
+def to_fp8(transformer: Any, base: str, device: str) -> int:
+    """The library's fp8 base (what ``lorastory train --base-dtype`` does): torchao, on the Flux family's blocks."""
+    if device == "cuda":  # the CPU smoke test (--tiny) converts too: torchao's fp8-weights run there
+        check_base_dtype(base, torch.device(device))
+    selection = family_selection(get_family("flux"))
+    return check_selection(quantize_base(transformer, base, training=True, **selection), base, get_family("flux"))
 
 
 def train_steps(base: str, args: argparse.Namespace, device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -97,7 +60,7 @@ def train_steps(base: str, args: argparse.Namespace, device: str, dtype: torch.d
     params = inject_lora(pipe, spec)
     for p in params:
         p.data = p.data.float()
-    quantised = to_fp8(transformer, "torchao" if base == "torchao" else "ours") if base != "bf16" else 0
+    quantised = to_fp8(transformer, base, device) if base != "bf16" else 0
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -147,7 +110,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per base")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--bases", default="bf16,fp8", help="comma-separated: bf16, fp8, torchao")
+    parser.add_argument("--bases", default="bf16,fp8-weights,fp8", help="comma-separated: bf16, fp8-weights, fp8")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

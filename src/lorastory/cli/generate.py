@@ -44,7 +44,7 @@ def generate_cmd(
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier run in --out (only the files it wrote; other files are kept).")] = False,
     base_dtype: Annotated[str, typer.Option(
-        help="UNet's transformer Linear layers: default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights "
+        help="Denoiser blocks' Linear layers (the family's): default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights "
              "(stored in fp8). Needs torchao (the fp8 extra).")] = "default",
     offload: Annotated[bool, typer.Option(
         "--offload", help="Keep each model on the GPU only while it runs (with --base-dtype: Kolors in 12 GB).")] = False,

@@ -69,7 +69,7 @@ def train_cmd(
         help="GPU compilation: auto (when the run is long enough to repay the warm-up; the log says why), off, blocks, or cudagraphs.")
     ] = None,
     base_dtype: Annotated[Optional[str], typer.Option(
-        help="Frozen UNet's Linear layers: default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights (stored in fp8; "
+        help="Frozen denoiser's Linear layers (its family's blocks): default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights (stored in fp8; "
              "any CUDA GPU). Needs torchao (the fp8 extra).")] = None,
     lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the LoRA's input (0 to <1).")] = None,
     target_module: Annotated[Optional[list[str]], typer.Option(

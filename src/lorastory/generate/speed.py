@@ -23,7 +23,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.models.fp8 import describe as describe_fp8
-from lorastory.models.fp8 import quantize_base
+from lorastory.models.fp8 import check_selection, family_selection, quantize_base
 from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
     TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, sdpa_backend, to_channels_last,
@@ -119,6 +119,15 @@ def _unet(pipe: Any) -> Any:
     return family.denoiser_of(pipe) if family.denoiser == "unet" else None
 
 
+def _denoiser_and_family(pipe: Any) -> tuple[Any, Any]:
+    """The pipeline's denoiser (UNet or transformer) and its family (None for a stand-in: its ``unet``)."""
+    try:
+        family = family_of_pipeline(pipe)
+    except ConfigError:
+        return getattr(pipe, "unet", None), None
+    return family.denoiser_of(pipe), family
+
+
 def prepare_for_speed(
     pipe: Any,
     *,
@@ -140,7 +149,8 @@ def prepare_for_speed(
     in practice (the first call of each block shape compiles; later runs read the kernel cache,
     see :func:`~lorastory.models.speed.use_compile_cache`). ``sdpa`` names the attention backend
     to prefer inside :func:`speed_context`. ``base_dtype`` (``fp8`` or ``fp8-weights``;
-    :mod:`lorastory.models.fp8`) converts the UNet's transformer Linear layers once the LoRA and QKV
+    :mod:`lorastory.models.fp8`) converts the denoiser's token-wise Linear layers (those of the blocks its
+    family names: a UNet's transformer blocks, a DiT's blocks) once the LoRA and QKV
     are fused into them, before compiling; each converted layer moves to ``device`` first (a pipeline
     kept on the CPU for offloading is converted on the GPU, layer by layer).
     """
@@ -177,8 +187,11 @@ def prepare_for_speed(
         # Compiled graphs assume the weights' old layout and modules (seen failing on an H100 after a
         # layout change); recompile (the kernel cache makes the unchanged ones quick).
         torch._dynamo.reset()
-    if base_dtype != "default" and unet is not None and "fp8" not in " ".join(report.levers):
-        report.levers.append(describe_fp8(base_dtype, quantize_base(unet, base_dtype, device=device)))
+    denoiser, family = _denoiser_and_family(pipe)
+    if base_dtype != "default" and denoiser is not None and "fp8" not in " ".join(report.levers):
+        # The family names the denoiser blocks whose Linear layers convert (a DiT's as well as a UNet's).
+        count = quantize_base(denoiser, base_dtype, device=device, **family_selection(family))
+        report.levers.append(describe_fp8(base_dtype, check_selection(count, base_dtype, family)))
         # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
         encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
         count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device)

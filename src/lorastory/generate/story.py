@@ -277,7 +277,7 @@ def generate_story(
     (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in is changed in place).
     ``compile`` (default: on CUDA for stories of 200+ image-steps without ``consistency``) also
     compiles the UNet's and VAE's repeated blocks, with kernels cached across runs. ``base_dtype``
-    (``fp8``, ``fp8-weights``; CUDA and torchao) puts the UNet's transformer Linear layers in fp8
+    (``fp8``, ``fp8-weights``; CUDA and torchao) puts the denoiser's token-wise Linear layers in fp8
     (:mod:`lorastory.models.fp8`) and stores the text encoders' in fp8; it needs the fast path. ``offload``
     keeps each model on the GPU only while it runs (diffusers' model CPU offload): with ``base_dtype``,
     Kolors renders in under 12 GB.

@@ -10,11 +10,13 @@ Two modes besides ``default`` (the run's own precision, bf16 on a GPU):
   ``Float8WeightOnlyConfig``), as kohya's ``--fp8_base`` does: a memory saver for any CUDA GPU.
 
 Only Linear layers whose rows are tokens are converted: those inside the transformer blocks
-(``Transformer2DModel``: attention, feed-forward, proj_in/out) and a text encoder's, with both
+(a UNet's ``Transformer2DModel``: attention, feed-forward, proj_in/out; the blocks a family names
+in ``Family.fp8_blocks``, e.g. Flux's double and single blocks) and a text encoder's, with both
 sides a multiple of 16 (fp8 GEMMs refuse other shapes). The time and class embeddings, the
 ResNet blocks' time projections and other layers that see one row per picture stay as they were:
 their few rows give cuBLAS nothing to gain and failed in fp8 (``CUBLAS_STATUS_NOT_SUPPORTED`` on a
-small embedding Linear, issue 21). A LoRA's own layers are never converted; for training they stay
+small embedding Linear, issue 21); so do the Linear layers under a family's ``Family.fp8_skip``
+module names (a DiT's adaptive-norm modulation, ``norm1.linear``: one row per picture). A LoRA's own layers are never converted; for training they stay
 fp32 and compute in bf16 (``lorastory.train.speed``), and the gradient flows through the frozen fp8
 layers (:func:`frozen_linear`) in bf16, since torchao's inference tensors have no input gradient
 and its fp8 training Linear computes a weight gradient a frozen base does not need.
@@ -37,11 +39,13 @@ FP8_MULTIPLE = 16
 FP8_MIN_CAPABILITY = (8, 9)
 
 
-def fp8_layer_names(model: Any, whole: bool = False) -> list[str]:
+def fp8_layer_names(model: Any, whole: bool = False, blocks: tuple[str, ...] = TOKEN_MODULES,
+                    skip: tuple[str, ...] = ()) -> list[str]:
     """The names of ``model``'s Linear layers that a base dtype other than ``default`` converts.
 
-    Those inside :data:`TOKEN_MODULES` (or anywhere, with ``whole``: a text encoder), both sides a
-    multiple of 16, not a LoRA's own layers (a peft layer's frozen ``base_layer`` is converted).
+    Those inside modules of the classes ``blocks`` (or anywhere, with ``whole``: a text encoder), both
+    sides a multiple of 16, not a LoRA's own layers (a peft layer's frozen ``base_layer`` is converted)
+    and not under a module called one of ``skip`` (a name part: ``norm1`` skips ``norm1.linear``).
     """
     import torch
 
@@ -49,10 +53,12 @@ def fp8_layer_names(model: Any, whole: bool = False) -> list[str]:
     if whole:
         inside.add("")
     else:
-        inside.update(name for name, module in model.named_modules() if type(module).__name__ in TOKEN_MODULES)
+        inside.update(name for name, module in model.named_modules() if type(module).__name__ in blocks)
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or any(part.startswith("lora_") for part in name.split(".")):
+        parts = name.split(".")
+        if (not isinstance(module, torch.nn.Linear) or any(part.startswith("lora_") for part in parts)
+                or any(part in skip for part in parts)):
             continue
         if module.in_features % FP8_MULTIPLE or module.out_features % FP8_MULTIPLE:
             continue
@@ -93,20 +99,39 @@ def _config(base_dtype: str) -> Any:
     return Float8WeightOnlyConfig(set_inductor_config=False)
 
 
+def family_selection(family: Any) -> dict[str, tuple[str, ...]]:
+    """The keyword arguments of :func:`fp8_layer_names` / :func:`quantize_base` for a family's denoiser
+    (``Family.fp8_blocks`` and ``Family.fp8_skip``); the UNet default for ``None``."""
+    if family is None:
+        return {"blocks": TOKEN_MODULES, "skip": ()}
+    return {"blocks": tuple(family.fp8_blocks), "skip": tuple(family.fp8_skip)}
+
+
+def check_selection(count: int, base_dtype: str, family: Any, flag: str = "--base-dtype") -> int:
+    """Refuse, in one line, a base dtype that converted nothing (the family names no fp8 blocks); return ``count``."""
+    if base_dtype != "default" and count == 0:
+        name = getattr(family, "display", "this model's")
+        denoiser = getattr(family, "denoiser", "denoiser")
+        raise ConfigError(f"{flag} {base_dtype}: no Linear layer of the {name} {denoiser} can be stored in fp8 "
+                          f"(its blocks hold none whose sides are multiples of {FP8_MULTIPLE}); leave it at default")
+    return count
+
+
 def quantize_base(model: Any, base_dtype: str, *, training: bool = False, whole: bool = False,
-                  device: Any = None) -> int:
+                  device: Any = None, blocks: tuple[str, ...] = TOKEN_MODULES, skip: tuple[str, ...] = ()) -> int:
     """Convert ``model``'s chosen Linear layers (:func:`fp8_layer_names`) in place; return how many.
 
     ``training``: the converted layers pass the gradient to their input (:func:`frozen_linear`).
     ``device``: each layer moves there just before it is converted, then the rest of the model: a
     model larger than the GPU in bf16 (ChatGLM3-6B on 12 GB) arrives converted, and faster than on the CPU.
+    ``blocks``/``skip``: which layers (:func:`fp8_layer_names`; a family's: :func:`family_selection`).
     Call after a LoRA is injected (its layers are left alone) and before compiling.
     """
     if base_dtype == "default" or model is None:
         return 0
     from torchao.quantization import quantize_
 
-    names = set(fp8_layer_names(model, whole=whole))
+    names = set(fp8_layer_names(model, whole=whole, blocks=blocks, skip=skip))
     quantize_(model, _config(base_dtype), filter_fn=lambda module, fqn: fqn in names, device=device)
     if training:
         for name in names:

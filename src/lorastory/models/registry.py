@@ -113,6 +113,10 @@ class Family:
     lora_text_encoders: tuple[str, ...] | None = None
     lora_networks: tuple[str, ...] | None = None  # the adapter kinds its LoRA files can hold (None: every kind)
     latent_patch: int = 1  # the denoiser's patch size in latent pixels: training sizes are multiples of 8 x this
+    # An fp8 base (lorastory.models.fp8): the denoiser modules (class names) whose Linear layers see one row per
+    # token and convert, and module names inside them whose Linear layers see one row per picture and stay.
+    fp8_blocks: tuple[str, ...] = ("Transformer2DModel", "TransformerSpatioTemporalModel")
+    fp8_skip: tuple[str, ...] = ()
 
     @property
     def display(self) -> str:

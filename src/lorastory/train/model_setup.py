@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import TrainingError
 from lorastory.models.fp8 import describe as describe_fp8
-from lorastory.models.fp8 import quantize_base
+from lorastory.models.fp8 import check_selection, family_selection, quantize_base
 from lorastory.models.lora import inject_lora
 from lorastory.models.objectives import training_objective
 from lorastory.models.registry import Family, family_of_pipeline, load_pipeline
@@ -91,12 +91,14 @@ def move_to(module: Any, device: torch.device, dtype: torch.dtype, cast_first: b
 
 def prepare_fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, Any], device: torch.device, total_steps: int,
                processes: int, samples: list[tuple[str, tuple[int, int]]], say: Callable[[str], None],
-               bf16_compute: bool) -> str:
+               bf16_compute: bool, family: Any = None) -> str:
     """Prepare the bf16 fast path (fused q/k/v, compilation as ``config.compile`` resolves); say and return the
     compile mode. Without the fast path (CPU, fp32/fp16, ``--no-fast``) nothing compiles, and that is said too.
-    An fp8 base (``config.base_dtype``) is converted first, the LoRA left as it is."""
+    An fp8 base (``config.base_dtype``) is converted first, the LoRA left as it is; ``family`` says which of the
+    denoiser's Linear layers (:func:`~lorastory.models.fp8.family_selection`; a UNet's when None)."""
     if config.base_dtype != "default":
-        say(describe_fp8(config.base_dtype, quantize_base(unet, config.base_dtype, training=True)))
+        count = quantize_base(unet, config.base_dtype, training=True, **family_selection(family))
+        say(describe_fp8(config.base_dtype, check_selection(count, config.base_dtype, family)))
     if not bf16_compute:
         say("compile: off (the compiled fast path needs a CUDA GPU, bf16 and --fast)")
         return "off"

@@ -28,6 +28,11 @@ FLUX_LORA_TARGETS = (
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
     "proj_mlp", "proj_out",  # proj_out: the single blocks' and the final layer's
 )
+# An fp8 base converts the double and single blocks' attention and MLP Linear layers; their adaptive norms'
+# modulation Linears (norm1.linear, norm1_context.linear, norm.linear) see one row per picture (the time
+# embedding) and stay, as do the embedders, x_embedder and the final layer outside the blocks.
+FLUX_FP8_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
+FLUX_FP8_SKIP = ("norm1", "norm1_context", "norm")
 # The guidance a guidance-distilled model (dev) is trained with: kohya's and ai-toolkit's default.
 TRAIN_GUIDANCE = 1.0
 # Flux dev's resolution-dependent timestep shift (its scheduler config): mu linear in the token count, from 0.5 to 1.15.
@@ -100,5 +105,5 @@ FLUX = register_family(Family(
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
     lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
     latent_patch=2, lora_networks=("lora",),  # LoHa/LoKr/DoRA: no Flux file layout yet
-    tiny_builder="lorastory.models.families.flux_tiny:tiny_flux",
+    tiny_builder="lorastory.models.families.flux_tiny:tiny_flux", fp8_blocks=FLUX_FP8_BLOCKS, fp8_skip=FLUX_FP8_SKIP,
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")

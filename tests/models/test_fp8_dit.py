@@ -1,0 +1,95 @@
+"""An fp8 base for a DiT family (tiny Flux): the family names the blocks whose Linear layers convert.
+
+The selection and the refusals run on the CPU; the conversion itself needs torchao (importorskip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lorastory.errors import ConfigError
+from lorastory.models.fp8 import check_selection, family_selection, fp8_layer_names, quantize_base
+from lorastory.models.lora import LoraSpec, inject_lora
+from lorastory.models.registry import get_family, load_pipeline
+
+
+def _flux_with_lora(tiny_model_path):
+    pipe = load_pipeline(tiny_model_path("flux"))
+    pipe.transformer.requires_grad_(False)
+    torch.manual_seed(0)
+    params = inject_lora(pipe, LoraSpec(rank=4, alpha=4).for_family(get_family("flux")))
+    with torch.no_grad():
+        for name, param in pipe.transformer.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.05)
+    return pipe, params
+
+
+def test_flux_converts_its_blocks_attention_and_mlp_but_no_embedder_or_norm(tiny_model_path):
+    pipe, _ = _flux_with_lora(tiny_model_path)
+    transformer = pipe.transformer
+    names = fp8_layer_names(transformer, **family_selection(get_family("flux")))
+    # The UNet selection (Transformer2DModel) finds nothing in a Flux transformer: the family's is needed.
+    assert fp8_layer_names(transformer) == []
+    assert names and all(n.startswith(("transformer_blocks.", "single_transformer_blocks.")) for n in names)
+    assert not any("lora_" in n or ".norm" in n for n in names)  # AdaLayerNorm modulation sees one row per picture
+    short = {n.replace(".base_layer", "").split(".", 2)[2] for n in names}
+    assert {"attn.to_q", "attn.add_k_proj", "attn.to_add_out", "ff.net.2", "ff_context.net.0.proj",
+            "proj_mlp", "proj_out"} <= short
+    linear_names = {n.replace(".base_layer", "") for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    outside = {"x_embedder", "context_embedder", "proj_out", "norm_out.linear",
+               "time_text_embed.timestep_embedder.linear_1", "time_text_embed.guidance_embedder.linear_2"}
+    assert outside <= linear_names and not outside & {n.replace(".base_layer", "") for n in names}
+
+
+def test_a_family_whose_blocks_hold_no_convertible_layer_is_refused_in_one_line(tiny_model_path):
+    pipe, _ = _flux_with_lora(tiny_model_path)
+    nothing = dataclasses.replace(get_family("flux"), fp8_blocks=("NoSuchBlock",))
+    count = len(fp8_layer_names(pipe.transformer, **family_selection(nothing)))
+    with pytest.raises(ConfigError, match=r"^--base-dtype fp8-weights: no Linear layer of the Flux.1 transformer "
+                                          r"can be stored in fp8 .*; leave it at default$"):
+        check_selection(count, "fp8-weights", nothing)
+    assert check_selection(0, "default", nothing) == 0
+
+
+def test_flux_train_and_generate_refuse_fp8_without_cuda(cli, tiny_model_path, style_train_folder, tmp_path):
+    result = cli("train", "--model", tiny_model_path("flux"), "--data", style_train_folder, "--out", tmp_path / "run",
+                 "--resolution", "64", "--max-steps", "1", "--base-dtype", "fp8-weights")
+    assert result.code == 1 and result.error_line("--base-dtype fp8-weights needs a CUDA GPU (this run is on the cpu)")
+    story = tmp_path / "story.yaml"
+    story.write_text("defaults: {width: 64, height: 64, steps: 2}\npanels:\n  - prompt: a cat\n", encoding="utf-8")
+    result = cli("generate", story, "--model", tiny_model_path("flux"), "--out", tmp_path / "story", "--base-dtype", "fp8")
+    assert result.code == 1 and result.error_line("--base-dtype fp8 needs a CUDA GPU")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "story").exists()
+
+
+def test_fp8_weights_flux_passes_the_lora_gradient_as_bf16_does(tiny_model_path):
+    pytest.importorskip("torchao", reason="torchao is not installed: pip install 'lorastory[fp8]'")
+    from lorastory.models.families.flux import flux_predict
+
+    pipe, params = _flux_with_lora(tiny_model_path)
+    transformer = pipe.transformer.to(torch.bfloat16)
+    for param in params:
+        param.data = param.data.float()
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.randn(2, 16, 8, 8, generator=g)
+    text = {"prompt_embeds": torch.randn(2, 8, 32, generator=g), "pooled_prompt_embeds": torch.randn(2, 32, generator=g)}
+
+    def grads() -> list[torch.Tensor]:
+        for param in params:
+            param.grad = None
+        flux_predict(transformer, noisy, torch.tensor([0.3, 0.8]), text, torch.bfloat16).float().square().mean().backward()
+        return [param.grad.clone() for param in params]
+
+    reference = grads()
+    selection = family_selection(get_family("flux"))
+    names = fp8_layer_names(transformer, **selection)
+    assert quantize_base(transformer, "fp8-weights", training=True, **selection) == len(names)
+    assert all(transformer.get_submodule(n).weight.qdata.dtype == torch.float8_e4m3fn for n in names)
+    got = grads()
+    assert all(g.abs().sum() > 0 for g in got)
+    flat, ref = torch.cat([g.flatten() for g in got]), torch.cat([r.flatten() for r in reference])
+    assert ((flat - ref).norm() / ref.norm()).item() < 0.1
