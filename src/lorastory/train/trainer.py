@@ -157,8 +157,7 @@ def train(
     position, history = _start_position(config, checkpoint, global_batch, processes)
     total_steps = _total_steps(config, samples, global_batch, position, history, repeats)
     lr_scheduler = make_scheduler(optimizer, config, total_steps)  # not prepared: accelerate steps it once per process
-    compile_mode = prepare_fast_path(config, denoiser, text_encoders, device, total_steps, processes, samples, say, bf16_compute,
-                                     family=family)
+    compile_mode = prepare_fast_path(config, denoiser, text_encoders, device, total_steps, processes, samples, say, bf16_compute, family)
     objective = objective_for(family, pipe, config, say)
     model, optimizer = accelerator.prepare(
         denoiser_class()(denoiser, text_encoders, pipe if text_encoders else None, objective), optimizer)
