@@ -71,6 +71,7 @@ class PanelRecord(_Record):
     sampler: Any = None
     caption: Text | None = None
     seconds: Number | None = None
+    true_cfg: Number | None = None  # a guidance-distilled model's true-CFG scale, when the panel used it
 
 
 class LoraRecord(_Record):

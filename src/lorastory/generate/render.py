@@ -12,10 +12,12 @@ from typing import Any
 
 from lorastory.fileio import atomic_open, file_sha256
 from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, SharedAttention
+from lorastory.generate.guidance import guidance_arguments
 from lorastory.generate.pngmeta import save_png_with_parameters
 from lorastory.generate.samplers import make_scheduler
 from lorastory.generate.speed import auto_batch_size, speed_context
 from lorastory.models.ip_adapter import ip_adapter_loaded
+from lorastory.models.registry import family_of_pipeline
 
 StepCallback = Callable[[int, int], None]
 
@@ -34,6 +36,7 @@ class PanelJob:
     height: int
     sampler: str
     caption: str | None
+    true_cfg: float | None = None  # a guidance-distilled family's true-CFG scale (lorastory.generate.guidance)
 
     @property
     def file_name(self) -> str:
@@ -41,7 +44,7 @@ class PanelJob:
 
     def group_key(self) -> tuple[Any, ...]:
         """Panels with the same key can share a batch."""
-        return (self.steps, self.cfg, self.width, self.height, self.sampler)
+        return (self.steps, self.cfg, self.width, self.height, self.sampler, self.true_cfg)
 
 
 @dataclass
@@ -155,6 +158,8 @@ def render_batch(
         return kwargs
 
     extra = {"ip_adapter_image": ip_image} if ip_image is not None else {}
+    if first.true_cfg is not None:  # the family's true-CFG argument (a stand-in pipeline never gets here)
+        extra.update(guidance_arguments(family_of_pipeline(pipe), first.true_cfg))
     sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()
     started = time.perf_counter()
     with speed_context(pipe), sharing:

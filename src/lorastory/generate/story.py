@@ -57,6 +57,7 @@ from lorastory.generate.rundir import (
 from lorastory.generate.samplers import check_sampler
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
 from lorastory.generate.speed import auto_compile, prepare_for_speed
+from lorastory.generate.guidance import check_true_cfg, guidance_parameters, uses_true_cfg
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
 from lorastory.models.lora import apply_lora
@@ -74,6 +75,9 @@ class PanelDefaults(BaseModel):
     height: int = Field(1024, ge=8, le=MAX_PANEL_SIDE)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     sampler: str = "Euler"
+    # Guidance-distilled models (Flux dev) only: true classifier-free guidance with the negative prompt at this
+    # scale (> 1), a second denoiser pass per step; cfg stays their guidance input (lorastory.generate.guidance).
+    true_cfg: float | None = Field(None, ge=1, le=MAX_CFG, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _panel_size(self) -> PanelDefaults:
@@ -173,6 +177,7 @@ def resolve_panels(story: Story) -> list[PanelJob]:
             height=d.height,
             sampler=d.sampler,
             caption=panel.caption,
+            true_cfg=d.true_cfg,
         )
         for i, panel in enumerate(story.panels, start=1)
     ]
@@ -344,7 +349,9 @@ def _render_story(
     """Render the run into the (staging) folder ``out_dir``: panels, reference, storyboard, manifest, story.yaml."""
     settings = story.consistency
     pipe.set_progress_bar_config(disable=True)
-    _check_panel_size(story, family_of_pipeline(pipe))
+    family = family_of_pipeline(pipe)
+    _check_panel_size(story, family)
+    check_true_cfg(story.defaults.true_cfg, family)
     if lora_path is not None:
         apply_lora(pipe, lora_path, scale=lora_scale, allow_pickle=allow_pickle)
     lora_name = lora_tag_name(lora_path) if lora_path else None
@@ -369,7 +376,8 @@ def _render_story(
         return GenerationParams(
             prompt=job.prompt, negative_prompt=job.negative, steps=job.steps, sampler=job.sampler,
             cfg_scale=job.cfg, seed=job.seed, width=job.width, height=job.height, model=shown_model,
-            model_hash=model_hash, lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash, extra=extra or {},
+            model_hash=model_hash, lora_name=lora_name, lora_scale=lora_scale if lora_name else None, lora_hash=lora_hash,
+            extra={**guidance_parameters(family, job.true_cfg), **(extra or {})},
         )
 
     # 3. the reference image, if the story uses one: the user's, or rendered now with the plain pipeline
@@ -379,7 +387,7 @@ def _render_story(
     if settings.uses_reference and user_reference is None:
         first = jobs[0]
         reference_job = PanelJob(0, reference_prompt(story, jobs), story.negative, story.defaults.seed, first.steps,
-                                 first.cfg, first.width, first.height, first.sampler, None)
+                                 first.cfg, first.width, first.height, first.sampler, None, first.true_cfg)
     progress = RenderProgress(on_step, sum(job.steps for job in jobs) + (reference_job.steps if reference_job else 0))
     consistency_record: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
     reference = reference_hash = None
@@ -414,7 +422,8 @@ def _render_story(
         panels=[
             PanelRecord(file=job.file_name, prompt=job.prompt, negative=job.negative, seed=job.seed,
                         steps=job.steps, cfg=job.cfg, width=job.width, height=job.height,
-                        sampler=job.sampler, caption=job.caption, seconds=round(timings[job.index], 3))
+                        sampler=job.sampler, caption=job.caption, seconds=round(timings[job.index], 3),
+                        **({"true_cfg": job.true_cfg} if uses_true_cfg(job.true_cfg) else {}))
             for job in jobs
         ],
         storyboard=storyboard.name,

@@ -117,6 +117,9 @@ class Family:
     # token and convert, and module names inside them whose Linear layers see one row per picture and stay.
     fp8_blocks: tuple[str, ...] = ("Transformer2DModel", "TransformerSpatioTemporalModel")
     fp8_skip: tuple[str, ...] = ()
+    # A guidance-distilled family (the story's cfg is its guidance input): the pipeline argument for true CFG
+    # with the negative prompt (lorastory.generate.guidance); None: cfg is classifier-free guidance already.
+    true_cfg_argument: str | None = None
 
     @property
     def display(self) -> str:
