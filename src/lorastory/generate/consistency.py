@@ -42,6 +42,12 @@ them instead of to its own batch-mates, as StoryDiffusion does with its identity
 for 8 anchor panels of Kolors at 1024² over 25 steps is about 22 GB in bf16 (up blocks), which is
 why one batch is preferred.
 
+**DiTs** (Flux): a family with a ``shared_attention`` processor shares through it instead
+(:mod:`lorastory.models.families.flux_attention`: the batch's first panel is the reference whose
+sampled image tokens every other panel's joint attention reads, text tokens untouched, the
+reference panel unchanged; the step range counts scheduler steps, so true CFG's two passes a step
+share alike). The settings, sampling generator, stats and bank are the same objects.
+
 **Reference** (``reference``): one reference image of the character (``reference_image``, or
 generated first from ``reference_prompt``, by default the story's character and style) conditions
 every panel through an IP-Adapter Plus loaded with diffusers' loader
@@ -54,13 +60,13 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorastory.errors import BadImageError, ConfigError
 from lorastory.fileio import display_path
+from lorastory.generate.attention_bank import RenderStats, TokenBank
 from lorastory.generate.checks import ValidText
 from lorastory.images import load_rgb
 from lorastory.models.registry import family_of_pipeline
@@ -232,58 +238,11 @@ class ConsistentSelfAttnProcessor:
 # --------------------------------------------------------------------------- shared state of one render
 
 
-@dataclass
-class RenderStats:
-    """What one :meth:`SharedAttention.render` did: filled in while the pipeline runs."""
-
-    mode: str = "share"
-    layers: int = 0
-    panels: int = 0
-    shared_calls: int = 0
-    plain_attention_flops: float = 0.0  # per image and step, over the layers' first shared call each
-    shared_attention_flops: float = 0.0
-    bank_bytes: int = 0
-    _measured: set[str] = field(default_factory=set, repr=False)
-
-    @property
-    def attention_factor(self) -> float | None:
-        """Shared / plain FLOPs of the chosen layers' attention matmuls in an active step."""
-        if not self.plain_attention_flops:
-            return None
-        return self.shared_attention_flops / self.plain_attention_flops
-
-    def as_dict(self) -> dict[str, Any]:
-        factor = self.attention_factor
-        return {"mode": self.mode, "layers": self.layers, "panels": self.panels, "shared_calls": self.shared_calls,
-                "attention_flops_factor": None if factor is None else round(factor, 3),
-                "bank_mb": round(self.bank_bytes / 2**20, 2)}
-
-
-@dataclass
-class TokenBank:
-    """The anchor batch's sampled tokens (pre-projection hidden states), by layer and UNet call."""
-
-    tokens: dict[str, dict[int, Any]]
-    calls: int  # UNet calls of the anchor render
-
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.tokens.values() for t in layer.values())
-
-    def entry(self, name: str, call: int, calls: int) -> Any:
-        """The tokens of layer ``name`` at call ``call`` of ``calls`` (the nearest recorded call at the same fraction)."""
-        entries = self.tokens[name]
-        if call in entries and calls == self.calls:
-            return entries[call]
-        target = call * self.calls / calls
-        return entries[min(entries, key=lambda c: abs(c - target))]
-
-
 class _RenderState:
     """The shared state of the processors during one pipeline call: step, sampler, bank."""
 
     def __init__(self, settings: ConsistencySettings, panels: int, seed: int, bank: TokenBank | None,
-                 write_bank: bool, scheduler: Any) -> None:
+                 write_bank: bool, scheduler: Any, by_scheduler_step: bool = False) -> None:
         import torch
 
         self.rate = settings.sample_rate
@@ -300,6 +259,9 @@ class _RenderState:
         self.active = False
         self.stats = RenderStats(mode="read" if bank else ("write" if write_bank else "share"), panels=panels)
         self._others: dict[tuple[int, str], Any] = {}
+        # A DiT's step comes from the scheduler (true CFG calls the denoiser twice a step); its text length per call.
+        self.by_scheduler_step = by_scheduler_step
+        self.text_tokens = 0
 
     # -- the step clock, advanced by a forward pre-hook on the UNet
     def next_call(self) -> None:
@@ -307,7 +269,15 @@ class _RenderState:
         timesteps = getattr(self.scheduler, "timesteps", None)
         self.calls = max(0 if timesteps is None else len(timesteps), self.call + 1)
         fraction = self.call / self.calls
+        if self.by_scheduler_step:  # calls counted per denoiser call (bank keys), the fraction per scheduler step
+            steps = 0 if timesteps is None else len(timesteps)
+            self.calls = max(steps, 1)
+            fraction = (getattr(self.scheduler, "step_index", None) or 0) / self.calls
         self.active = self.rate > 0 and self.strength > 0 and self.start <= fraction < self.end
+
+    @property
+    def reads_bank(self) -> bool:
+        return self.bank is not None
 
     def shares(self, name: str) -> bool:
         if not self.active:
@@ -387,6 +357,36 @@ class _RenderState:
         return extra_key, extra_value
 
 
+    def reference_keys_values(self, name: str, keys: Any, values: Any, tokens: int) -> tuple[Any, Any, int]:
+        """A DiT's shared keys and values [m, heads, head_dim]: a sample of the reference's image tokens.
+
+        ``keys``/``values``: the batch's image tokens [panels, n, heads, head_dim]; ``tokens``: the whole joint
+        sequence's length (for the FLOP count). The reference is the batch's first panel (returned ``first`` 1:
+        the others read it) or, with a bank, the anchor batch's (``first`` 0: every panel reads it).
+        """
+        import torch
+
+        if self.bank is not None:
+            stored = self.bank.entry(name, self.call, self.calls)  # [2, m, heads, head_dim]
+            extra_key, extra_value, first = stored[0], stored[1], 0
+        else:
+            count = max(1, round(self.rate * keys.shape[1]))
+            scores = torch.rand(keys.shape[1], generator=self.generator)
+            index = scores.topk(count).indices.sort().values.to(keys.device)
+            extra_key, extra_value, first = keys[0, index], values[0, index], 1
+            if self.write_bank:
+                kept = torch.stack([extra_key, extra_value]).detach()
+                self.written.setdefault(name, {})[self.call] = kept
+                self.stats.bank_bytes += kept.numel() * kept.element_size()
+        self.stats.shared_calls += 1
+        if name not in self.stats._measured:
+            self.stats._measured.add(name)
+            inner, panels, extra = keys.shape[2] * keys.shape[3], keys.shape[0], extra_key.shape[0]
+            self.stats.plain_attention_flops += 4.0 * tokens * tokens * inner * panels
+            self.stats.shared_attention_flops += 4.0 * tokens * (tokens * panels + extra * (panels - first)) * inner
+        return extra_key, extra_value, first
+
+
 class SharedAttention:
     """Consistent self-attention for one story: installs the processors per render, keeps the bank between batches.
 
@@ -410,18 +410,25 @@ class SharedAttention:
         written bank read it. A render that fails leaves no bank behind (a retry writes it again).
         """
         family = family_of_pipeline(pipe)
-        if family.denoiser != "unet":  # the layer names and processors here are a UNet's
+        processor_class: Any = ConsistentSelfAttnProcessor
+        if family.shared_attention is not None:  # a DiT: its family's processor for its joint attention
+            processor_class = family.resolve(family.shared_attention)
+        elif family.denoiser != "unet":  # the layer names and processors here are a UNet's
             raise ConfigError(f"consistent self-attention needs a UNet; the {family.name} family has a {family.denoiser}")
         unet = family.denoiser_of(pipe)
         _check_not_compiled(unet)
-        names = select_layers(unet, self.settings.blocks)
+        if processor_class is ConsistentSelfAttnProcessor:
+            names = select_layers(unet, self.settings.blocks)
+        else:
+            names = processor_class.layers(unet, self.settings.blocks)
         original = unet.attn_processors
         write = self.bank is None and more_batches
-        state = _RenderState(self.settings, panels, seed, self.bank, write, getattr(pipe, "scheduler", None))
+        state = _RenderState(self.settings, panels, seed, self.bank, write, getattr(pipe, "scheduler", None),
+                             by_scheduler_step=processor_class is not ConsistentSelfAttnProcessor)
         state.stats.layers = len(names)
         processors = dict(original)
         for name in names:
-            processors[name] = ConsistentSelfAttnProcessor(name, original[name], state)
+            processors[name] = processor_class(name, original[name], state)
         hook = unet.register_forward_pre_hook(lambda _module, _args: state.next_call())
         unet.set_attn_processor(processors)
         try:

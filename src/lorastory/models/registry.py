@@ -120,6 +120,9 @@ class Family:
     # A guidance-distilled family (the story's cfg is its guidance input): the pipeline argument for true CFG
     # with the negative prompt (lorastory.generate.guidance); None: cfg is classifier-free guidance already.
     true_cfg_argument: str | None = None
+    # A DiT's shared-attention processor for the story's consistent-character mode ("module:Class", its ``layers``
+    # static method choosing the attention layers); None: a UNet's self-attention processor, or refused for a DiT.
+    shared_attention: str | None = None
 
     @property
     def display(self) -> str:

@@ -106,5 +106,5 @@ FLUX = register_family(Family(
     lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
     latent_patch=2, lora_networks=("lora",),  # LoHa/LoKr/DoRA: no Flux file layout yet
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux", fp8_blocks=FLUX_FP8_BLOCKS, fp8_skip=FLUX_FP8_SKIP,
-    true_cfg_argument="true_cfg_scale",
+    true_cfg_argument="true_cfg_scale", shared_attention="lorastory.models.families.flux_attention:FluxSharedAttnProcessor",
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")

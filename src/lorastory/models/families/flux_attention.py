@@ -1,0 +1,104 @@
+"""Shared attention for Flux's joint attention: the story's consistent-character mode on a DiT.
+
+A Flux block attends over one joint sequence, the text tokens then the image tokens (the double
+blocks project the two streams apart and concatenate them; the single blocks get them already
+concatenated). :class:`FluxSharedAttnProcessor` replaces diffusers' ``FluxAttnProcessor`` on every
+double and single block during one pipeline call and adds, to each panel's keys and values, a
+sample of the *reference panel's image tokens'* keys and values (after the q/k norms and the
+rotary embedding, so they keep their own positions): the reference is the batch's first panel, or
+the anchor batch's when a story renders in several batches (the render state's bank). The text
+tokens are untouched (each panel reads only its own prompt), and the reference panel itself
+attends exactly as without the mode: it is computed apart, with the plain call, so it is the same
+picture with and without the mode.
+
+What is shared and when (sample rate, strength as a logit bias ``log(strength)``, step range, the
+bank) is the render state's business (:class:`lorastory.generate.consistency.SharedAttention`,
+duck-typed here: ``shares``, ``strength``, ``reference_keys_values``); this module holds only the
+attention math, so the models layer does not import a stage. A call it does not handle (an
+attention mask, IP-Adapter inputs, a batch of one) goes to the processor it replaced, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# The transformer blocks whose attention shares: all of them (a DiT has no up/mid/down blocks to choose from).
+FLUX_SHARED_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
+
+
+def flux_shared_layers(transformer: Any, blocks: list[str]) -> list[str]:
+    """The attention layers (names as in ``transformer.attn_processors``) that share: every double and single
+    block's joint attention; ``blocks`` (a UNet's up/mid/down) does not apply to a DiT."""
+    return [name for name in transformer.attn_processors if name.startswith(FLUX_SHARED_BLOCKS)]
+
+
+def _attention(query: Any, key: Any, value: Any, mask: Any, base: Any) -> Any:
+    """Attention of [B, S, H, D] tensors through diffusers' dispatcher, with the replaced processor's backend."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    return dispatch_attention_fn(query, key, value, attn_mask=mask, backend=getattr(base, "_attention_backend", None),
+                                 parallel_config=getattr(base, "_parallel_config", None))
+
+
+class FluxSharedAttnProcessor:
+    """Flux joint attention whose panels also attend to the reference panel's sampled image tokens."""
+
+    layers = staticmethod(flux_shared_layers)  # which of the transformer's attention layers it replaces
+
+    def __init__(self, name: str, base: Any, state: Any) -> None:
+        self.name = name
+        self.base = base
+        self.state = state
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Any,
+        encoder_hidden_states: Any = None,
+        attention_mask: Any = None,
+        image_rotary_emb: Any = None,
+    ) -> Any:
+        state = self.state
+        alone = hidden_states.shape[0] < 2 and not state.reads_bank  # a batch of one has no reference to read
+        if attention_mask is not None or alone or not state.shares(self.name):
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        import torch
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states)
+        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:  # a double block: text first
+            text = encoder_hidden_states.shape[1]
+            encoder_query, encoder_key, encoder_value = (t.unflatten(-1, (-1, attn.head_dim))
+                                                         for t in (encoder_query, encoder_key, encoder_value))
+            query = torch.cat([attn.norm_added_q(encoder_query), query], dim=1)
+            key = torch.cat([attn.norm_added_k(encoder_key), key], dim=1)
+            value = torch.cat([encoder_value, value], dim=1)
+            state.text_tokens = text
+        else:  # a single block: the sequence arrives as [text, image]; the text length is the double blocks'
+            text = state.text_tokens
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # [m, H, D] of the reference's image tokens; `first`: the first panel that reads them (0 with a bank).
+        extra_key, extra_value, first = state.reference_keys_values(self.name, key[:, text:], value[:, text:], key.shape[1])
+        rest = key.shape[0] - first
+        mask = None
+        if state.strength < 1:  # the reference's tokens count `strength` times one of the panel's own
+            mask = torch.zeros((1, 1, 1, key.shape[1] + extra_key.shape[0]), dtype=query.dtype, device=query.device)
+            mask[..., key.shape[1]:] = math.log(state.strength)
+        shared = _attention(query[first:], torch.cat([key[first:], extra_key[None].expand(rest, -1, -1, -1)], dim=1),
+                            torch.cat([value[first:], extra_value[None].expand(rest, -1, -1, -1)], dim=1), mask, self.base)
+        if first:  # the reference panel: the plain attention, so it is the same picture with and without the mode
+            shared = torch.cat([_attention(query[:first], key[:first], value[:first], None, self.base), shared])
+        out = shared.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return out
+        encoder_out, out = out.split_with_sizes([text, out.shape[1] - text], dim=1)
+        out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+        return out, attn.to_add_out(encoder_out.contiguous())
