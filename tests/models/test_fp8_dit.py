@@ -6,6 +6,7 @@ The selection and the refusals run on the CPU; the conversion itself needs torch
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -93,3 +94,35 @@ def test_fp8_weights_flux_passes_the_lora_gradient_as_bf16_does(tiny_model_path)
     assert all(g.abs().sum() > 0 for g in got)
     flat, ref = torch.cat([g.flatten() for g in got]), torch.cat([r.flatten() for r in reference])
     assert ((flat - ref).norm() / ref.norm()).item() < 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("base_dtype", ["fp8-weights", "fp8"])
+def test_flux_trains_and_renders_on_cuda_with_an_fp8_base(tmp_path, tiny_model_path, style_train_folder, base_dtype):
+    import math
+
+    from lorastory.generate.story import Story, generate_story
+    from lorastory.train.config import TrainConfig
+    from lorastory.train.trainer import train
+
+    pytest.importorskip("torchao", reason="torchao is not installed: pip install 'lorastory[fp8]'")
+    if base_dtype == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 matmuls need compute capability 8.9+")
+    losses = {}
+    for dtype in ("default", base_dtype):
+        lines: list[str] = []
+        config = TrainConfig(model=str(tiny_model_path("flux")), data=str(style_train_folder), out=str(tmp_path / dtype),
+                             resolution=64, rank=4, alpha=4.0, lr=1e-3, max_steps=6, batch_size=2, seed=3,
+                             gradient_checkpointing=False, precision="bf16", compile="off", base_dtype=dtype)
+        result = train(config, say=lines.append)
+        assert result.steps == 6 and all(math.isfinite(x) for x in result.losses)
+        converted = [line for line in lines if line.startswith("base weights:")]
+        assert bool(converted) == (dtype != "default")
+        losses[dtype] = result.losses
+    assert max(abs(a - b) / abs(b) for a, b in zip(losses[base_dtype], losses["default"])) < 0.05
+    story = Story.model_validate({"defaults": {"steps": 4, "cfg": 3.5, "width": 64, "height": 64},
+                                  "panels": [{"prompt": "a cat"}, {"prompt": "a dog"}]})
+    result = generate_story(story, str(tiny_model_path("flux")), tmp_path / "story", base_dtype=base_dtype,
+                            lora=str(tmp_path / base_dtype / "lora.safetensors"))
+    assert result.storyboard.is_file() and len(result.panels) == 2
+    assert "Linear layers in float8" in json.loads(result.manifest.read_text(encoding="utf-8"))["speed"]
