@@ -7,6 +7,9 @@ Flux targets (attention and MLP of the double and single blocks). Modes, each a 
 1. ``single``: plain diffusers ``FluxPipeline``, one call per panel, LoRA unfused (peft), the reference;
 2. ``batched``: plain diffusers, all panels in one call (a seeded generator per panel);
 3. ``ours``: lorastory's story path, ``prepare_for_speed`` (LoRA fused into the weights) and one batched call;
+4. opt-in, after ``ours``: ``shared`` (consistency mode attention on the joint attention, the story defaults),
+   ``true-cfg`` (true CFG 4, a second pass per step), ``fp8-weights`` or ``fp8`` (``--base-dtype``: the
+   family's fp8 selection through torchao; the first one named, last, as it converts the transformer);
    ``--transformer-levers`` also fuses the transformer's q/k/v and, with ``--compile``, compiles its
    blocks regionally (levers not yet wired into ``prepare_for_speed`` for DiTs; measured here first).
 
@@ -17,12 +20,14 @@ Per mode: seconds, ms per image-step (median, first step excluded), peak memory,
     # or in two calls on the same (warm) machine, each under ~3 min:
     PYTHONPATH=src python bench/flux_story.py --modes single --save-reference /tmp/flux_ref.safetensors --json $OUT/a.json
     PYTHONPATH=src python bench/flux_story.py --modes batched,ours --reference /tmp/flux_ref.safetensors --json $OUT/b.json
+    PYTHONPATH=src python bench/flux_story.py --modes shared,true-cfg,fp8 --reference /tmp/flux_ref.safetensors --json $OUT/c.json
     .venv/bin/python bench/flux_story.py --tiny                                              # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -38,6 +43,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from _flux_arch import Embeds, make_pipe, normalise  # noqa: E402
 from _kolors_arch import Recorder, environment, peak_gb, reset_peak, sync  # noqa: E402
 
+from lorastory.generate.consistency import ConsistencySettings, shared_attention  # noqa: E402
 from lorastory.generate.speed import fuse_qkv, prepare_for_speed, speed_context  # noqa: E402
 from lorastory.models.families.flux import unpack_latents  # noqa: E402
 from lorastory.models.lora import LoraSpec, inject_lora  # noqa: E402
@@ -60,8 +66,9 @@ def add_random_lora(pipe: Any, rank: int) -> int:
 
 
 @torch.no_grad()
-def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, guidance: float) -> tuple[torch.Tensor, float, list[float]]:
-    """One pipeline call for ``panels``; packed latents, seconds, per-step seconds."""
+def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, guidance: float,
+            **call: Any) -> tuple[torch.Tensor, float, list[float]]:
+    """One pipeline call for ``panels`` (``call``: more pipeline arguments); packed latents, seconds, per-step seconds."""
     generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in panels]
     marks: list[float] = []
 
@@ -75,7 +82,7 @@ def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, gu
     with speed_context(pipe):
         latents = pipe(prompt_embeds=emb.pe[panels], pooled_prompt_embeds=emb.pp[panels], num_inference_steps=steps,
                        guidance_scale=guidance, width=size, height=size, generator=generators, output_type="latent",
-                       callback_on_step_end=on_step).images
+                       callback_on_step_end=on_step, **call).images
     sync()
     total = time.perf_counter() - started
     return latents, total, [b - a for a, b in zip([started, *marks], marks)]
@@ -103,11 +110,14 @@ def step_ms(per_step: list[float], images: int) -> float:
 
 
 def run_mode(rec: Recorder, name: str, pipe: Any, emb: Embeds, args: argparse.Namespace, batches: list[list[int]],
-             reference: torch.Tensor | None, **extra: Any) -> torch.Tensor:
+             reference: torch.Tensor | None, call: dict[str, Any] | None = None, around: Any = None,
+             **extra: Any) -> torch.Tensor:
+    """``call``: more pipeline arguments; ``around(panels)``: a context manager around each call (shared attention)."""
     reset_peak()
     latents, seconds, per_step = [], 0.0, []
     for panels in batches:
-        out, s, steps = denoise(pipe, emb, panels, args.steps, args.size, args.guidance)
+        with around(panels) if around is not None else contextlib.nullcontext():
+            out, s, steps = denoise(pipe, emb, panels, args.steps, args.size, args.guidance, **(call or {}))
         latents.append(out)
         seconds += s
         per_step += steps
@@ -119,6 +129,32 @@ def run_mode(rec: Recorder, name: str, pipe: Any, emb: Embeds, args: argparse.Na
     return images
 
 
+def more_modes(rec: Recorder, pipe: Any, emb: Embeds, args: argparse.Namespace, modes: list[str], every: list[int],
+               reference: torch.Tensor | None) -> None:
+    """The story options on top of ``ours`` (LoRA fused): shared attention, true CFG, an fp8 base (last: it stays)."""
+    prepare_for_speed(pipe)  # LoRA fused, as ours (a no-op after it)
+    if "shared" in modes:  # consistency mode attention, the story defaults: rate 0.5, the first half of the steps
+        settings = ConsistencySettings(mode="attention")
+        stats: list[Any] = []
+
+        @contextlib.contextmanager
+        def around(panels: list[int]) -> Any:
+            with shared_attention(pipe, settings, panels=len(panels), seed=0) as render:
+                yield
+            stats.append(render.as_dict())
+
+        run_mode(rec, "ours + shared attention (rate 0.5, steps 0-0.5)", pipe, emb, args, [every], reference,
+                 around=around, attention=stats)
+    if "true-cfg" in modes:  # a second pass per step on a negative prompt (the next panel's embeddings)
+        negative = [(i + 1) % args.panels for i in every]
+        call = {"true_cfg_scale": 4.0, "negative_prompt_embeds": emb.pe[negative],
+                "negative_pooled_prompt_embeds": emb.pp[negative]}
+        run_mode(rec, "ours + true CFG 4", pipe, emb, args, [every], reference, call=call)
+    for base_dtype in [m for m in modes if m in ("fp8-weights", "fp8")][:1]:  # converts the transformer for good
+        report = prepare_for_speed(pipe, base_dtype=base_dtype, device=pipe.transformer.device)
+        run_mode(rec, f"ours + --base-dtype {base_dtype}", pipe, emb, args, [every], reference, levers=str(report))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--panels", type=int, default=8)
@@ -126,7 +162,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--rank", type=int, default=16, help="random LoRA rank (0: no LoRA)")
-    parser.add_argument("--modes", default="single,batched,ours")
+    parser.add_argument("--modes", default="single,batched,ours",
+                        help="comma-separated: single, batched, ours; also shared, true-cfg, fp8-weights or fp8")
     parser.add_argument("--compile", action="store_true", help="ours: compile (VAE regions; with --transformer-levers the blocks)")
     parser.add_argument("--transformer-levers", action="store_true", help="ours: fused q/k/v (and compiled blocks) in the transformer")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")
@@ -167,6 +204,7 @@ def main() -> int:
             if args.compile:
                 run_mode(rec, "ours warm-up (compiles)", pipe, emb, args, [every], reference, **extra)
             run_mode(rec, "ours (lorastory: LoRA fused, batched)", pipe, emb, args, [every], reference, **extra)
+        more_modes(rec, pipe, emb, args, modes, every, reference)
     except Exception as err:  # keep the rows already written; say what failed
         traceback.print_exc()
         rec.set("error", f"{type(err).__name__}: {err}")
