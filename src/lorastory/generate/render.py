@@ -16,6 +16,7 @@ from lorastory.generate.pngmeta import save_png_with_parameters
 from lorastory.generate.samplers import make_scheduler
 from lorastory.generate.speed import auto_batch_size, speed_context
 from lorastory.models.ip_adapter import ip_adapter_loaded
+from lorastory.models.registry import family_of_pipeline
 
 StepCallback = Callable[[int, int], None]
 
@@ -162,7 +163,7 @@ def render_batch(
             prompt=[job.prompt for job in chunk],
             negative_prompt=[job.negative for job in chunk],
             num_inference_steps=first.steps,
-            guidance_scale=first.cfg,
+            **{family_of_pipeline(pipe).guidance_argument: first.cfg},
             width=first.width,
             height=first.height,
             generator=generators,

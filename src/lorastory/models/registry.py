@@ -113,6 +113,9 @@ class Family:
     lora_text_encoders: tuple[str, ...] | None = None
     lora_networks: tuple[str, ...] | None = None  # the adapter kinds its LoRA files can hold (None: every kind)
     latent_patch: int = 1  # the denoiser's patch size in latent pixels: training sizes are multiples of 8 x this
+    # The pipeline argument a story's cfg goes to: "guidance_scale" (CFG, or Flux dev's distilled guidance) or
+    # "true_cfg_scale" (Qwen-Image: classifier-free guidance with the negative prompt).
+    guidance_argument: str = "guidance_scale"
 
     @property
     def display(self) -> str:
@@ -394,3 +397,4 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
 # Families with functions of their own live in their own modules and register themselves on import
 # (last: such a module imports this one, and the tiny-model helpers, which import this one too).
 importlib.import_module("lorastory.models.families.flux")
+importlib.import_module("lorastory.models.families.qwen_image")
