@@ -73,6 +73,7 @@ QWEN_IMAGE = register_family(Family(
     denoiser="transformer", encode_prompt=encode_qwen_image_prompt, text_encoder_targets=QWEN_TE_TARGETS,
     objective="flow", predict="lorastory.models.families.qwen_image:qwen_image_predict",
     lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("diffusers",), lora_networks=("lora",),
+    lora_text_encoders=(),  # a 7B Qwen2.5-VL LoRA: no reader for it in diffusers' Qwen-Image loader
     latent_patch=2, guidance_argument="true_cfg_scale",
     tiny_builder="lorastory.models.families.qwen_image_tiny:tiny_qwen_image",
 ), "Qwen/Qwen-Image")
