@@ -121,6 +121,44 @@ def test_latents_are_normalised_as_the_pipeline_denormalises(tiny_model_path):
     assert draws[166] > draws[32]  # Qwen-Image's resolution-dependent shift: 1328 px trains noisier than 256 px
 
 
+def test_captions_of_different_lengths_batch_with_their_padding_masked(tiny_model_path):
+    from lorastory.models.conditioning import encode_text
+    from lorastory.models.families.qwen_image import qwen_image_predict
+    from lorastory.train.step import _batch_text
+
+    pipe = load_pipeline(tiny_model_path("qwen-image"))
+    short, long = "少女", "二次元少女，紫色长发，粉色连衣裙，在舞台上唱歌"
+    alone = encode_text(pipe, [short])
+    assert alone["prompt_embeds_mask"].all()  # a mask even when nothing is padded: cached captions can be padded later
+
+    class Cache:  # the training cache as _batch_text reads it: one caption's tensors per key
+        entries = {"short": {k: v[0] for k, v in alone.items()}, "long": {k: v[0] for k, v in encode_text(pipe, [long]).items()}}
+
+        def load(self, key):
+            return self.entries[key]
+
+    batch = _batch_text(["short", "long"], Cache())
+    assert batch["prompt_embeds"].shape[1] > alone["prompt_embeds"].shape[1]
+    assert batch["prompt_embeds_mask"][0].sum() == alone["prompt_embeds"].shape[1]
+    noisy, sigmas = torch.randn(1, 16, 8, 8).expand(2, -1, -1, -1), torch.tensor([0.7, 0.7])
+    with torch.no_grad():
+        together = qwen_image_predict(pipe.transformer, noisy, sigmas, batch, torch.float32)
+        single = qwen_image_predict(pipe.transformer, noisy[:1], sigmas[:1], alone, torch.float32)
+    assert torch.allclose(together[0], single[0], atol=1e-5)  # the padding changes nothing
+
+
+def test_web_app_model_picker_offers_a_qwen_image_folder(tiny_model_path, tmp_path):
+    import shutil
+
+    from lorastory.ui.actions import model_choices, resolve_model
+    from lorastory.ui.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(tiny_model_path("qwen-image"), ws.root / "models" / "qwen-image")
+    assert "models/qwen-image" in model_choices(ws)
+    assert detect_family(resolve_model(ws, "models/qwen-image")).name == "qwen-image"
+
+
 def test_chinese_story_with_true_cfg_and_negative_prompt(cli, tiny_model_path, tmp_path):
     from lorastory.generate.pngmeta import read_parameters
 
@@ -189,3 +227,21 @@ def test_qwen_image_sizes_and_adapters_it_cannot_train_are_one_line_errors(cli, 
         "--max-steps", "1", "--network", "loha").error_line("Qwen-Image", "--network lora")
     cli("train", "--data", chinese_train_folder, "--model", model, "--out", tmp_path / "run3", "--resolution", "64",
         "--max-steps", "1", "--train-text-encoder").error_line("Qwen-Image", "drop --train-text-encoder")
+
+
+@pytest.mark.slow
+def test_resumed_qwen_image_training_ends_bit_identical(cli, qwen_run, tiny_model_path, chinese_train_folder, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"  # the straight run as it stood after step 2
+    shutil.copytree(qwen_run, out, ignore=shutil.ignore_patterns("step-000004*", "samples"))
+    for written_at_the_end in out.glob("lora*.safetensors"):
+        written_at_the_end.unlink()
+    result = cli("train", "--data", chinese_train_folder, "--model", tiny_model_path("qwen-image"), "--out", out,
+                 "--resolution", "64", "--rank", "4", "--alpha", "2", "--lr", "3e-3", "--max-steps", "4", "--batch-size", "2",
+                 "--checkpoint-every", "2", "--no-gradient-checkpointing", "--validation-prompt", "二次元少女，条纹",
+                 "--validation-every", "4", "--validation-steps", "2", "--resume")
+    assert result.code == 0, result.err
+    assert "resumed from step-000002" in result.out + result.err
+    straight, resumed = load_file(str(qwen_run / "lora.safetensors")), load_file(str(out / "lora.safetensors"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
