@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import ConfigError
-from lorastory.models.families.flux import pack_latents, unpack_latents
+# The module, not its names: importing flux first runs the registry, which imports this module mid-way through flux.
+from lorastory.models.families import flux
 from lorastory.models.registry import Family, register_family
 
 if TYPE_CHECKING:
@@ -61,11 +62,11 @@ def qwen_image_predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tens
         raise ConfigError(f"Qwen-Image trains on sizes that are multiples of 16 pixels, not {w * 8}x{h * 8}; "
                           "use a --resolution and --bucket-step that are")
     out = transformer(
-        hidden_states=pack_latents(noisy.to(dtype)), timestep=sigmas.to(dtype),
+        hidden_states=flux.pack_latents(noisy.to(dtype)), timestep=sigmas.to(dtype),
         encoder_hidden_states=text["prompt_embeds"].to(dtype), encoder_hidden_states_mask=text["prompt_embeds_mask"],
         img_shapes=[[(1, h // 2, w // 2)]] * b, return_dict=False,
     )[0]
-    return unpack_latents(out, h, w)
+    return flux.unpack_latents(out, h, w)
 
 
 QWEN_IMAGE = register_family(Family(
