@@ -245,3 +245,15 @@ def test_resumed_qwen_image_training_ends_bit_identical(cli, qwen_run, tiny_mode
     assert "resumed from step-000002" in result.out + result.err
     straight, resumed = load_file(str(qwen_run / "lora.safetensors")), load_file(str(out / "lora.safetensors"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_eval_checkpoints_picks_a_qwen_image_checkpoint(cli, qwen_run, tiny_clip, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(qwen_run, run)
+    result = cli("eval", "checkpoints", run, "--clip", tiny_clip, "--seeds", "1", "--batch-size", "2")
+    assert result.code == 0, result.err
+    _, info = load_lora_state(run / "best.safetensors")
+    assert info.family == "qwen-image" and info.components == ("transformer",)
