@@ -30,7 +30,7 @@ def generate_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: stories/<story name>).")] = None,
     lora: Annotated[Optional[Path], typer.Option(help="LoRA .safetensors to apply.")] = None,
     lora_scale: Annotated[float, typer.Option(help="LoRA strength (a finite number from -100 to 100).")] = 1.0,
-    family: Annotated[Optional[str], typer.Option(help="kolors, sdxl, sd15 or flux (default: detected).")] = None,
+    family: Annotated[Optional[str], typer.Option(help="kolors, sdxl, sd15, flux or qwen-image (default: detected).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Panels per batch (default: auto).")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a .ckpt/.pt LoRA (loaded with weights_only).")] = False,
     consistency: Annotated[Optional[str], typer.Option(

@@ -32,7 +32,7 @@ def train_cmd(
     model: Annotated[Optional[str], typer.Option(help="Diffusers folder, hub id or .safetensors.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Training folder (metadata.csv or metadata.jsonl).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder.")] = None,
-    family: Annotated[Optional[str], typer.Option(help="kolors, sdxl, sd15 or flux (default: detected).")] = None,
+    family: Annotated[Optional[str], typer.Option(help="kolors, sdxl, sd15, flux or qwen-image (default: detected).")] = None,
     rank: Annotated[Optional[int], typer.Option(help="LoRA rank (default 16).")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default 4; strength = alpha/rank).")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Training size (default 1024).")] = None,

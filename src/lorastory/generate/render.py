@@ -167,7 +167,7 @@ def render_batch(
             prompt=[job.prompt for job in chunk],
             negative_prompt=[job.negative for job in chunk],
             num_inference_steps=first.steps,
-            guidance_scale=first.cfg,
+            **{family_of_pipeline(pipe).guidance_argument: first.cfg},
             width=first.width,
             height=first.height,
             generator=generators,

@@ -123,6 +123,9 @@ class Family:
     # A DiT's shared-attention processor for the story's consistent-character mode ("module:Class", its ``layers``
     # static method choosing the attention layers); None: a UNet's self-attention processor, or refused for a DiT.
     shared_attention: str | None = None
+    # The pipeline argument a story's cfg goes to: "guidance_scale" (CFG, or Flux dev's distilled guidance) or
+    # "true_cfg_scale" (Qwen-Image: classifier-free guidance with the negative prompt).
+    guidance_argument: str = "guidance_scale"
 
     @property
     def display(self) -> str:
@@ -404,3 +407,4 @@ def _from_single_file(path: Path, family: str | None, dtype: Any, config: str | 
 # Families with functions of their own live in their own modules and register themselves on import
 # (last: such a module imports this one, and the tiny-model helpers, which import this one too).
 importlib.import_module("lorastory.models.families.flux")
+importlib.import_module("lorastory.models.families.qwen_image")

@@ -16,9 +16,37 @@ if TYPE_CHECKING:
     import torch
 
 
-def _scale_shift(vae: Any) -> tuple[float, float]:
+def _scale_shift(vae: Any) -> tuple[Any, Any]:
+    """(scale, shift) with latents = (mode - shift) * scale: floats, or per-channel tensors for a video-style VAE."""
     config = vae.config
+    if _is_video(vae):  # Qwen-Image's VAE: per-channel mean and std
+        import torch
+
+        mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1)
+        return 1.0 / torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1), mean
     return float(config.scaling_factor), float(getattr(config, "shift_factor", None) or 0.0)
+
+
+def _on(value: Any, like: torch.Tensor) -> Any:
+    """A per-channel tensor on ``like``'s device; a float as is."""
+    return value.to(like.device) if hasattr(value, "to") else value
+
+
+def _is_video(vae: Any) -> bool:
+    """A video-style VAE (Qwen-Image's, Wan's): 5-D (B, C, frames, H, W) in and out; images are one frame."""
+    return getattr(vae.config, "z_dim", None) is not None and getattr(vae.config, "latents_mean", None) is not None
+
+
+def _encode(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    if _is_video(vae):
+        return vae.encode(pixels[:, :, None]).latent_dist.mode()[:, :, 0]
+    return vae.encode(pixels).latent_dist.mode()
+
+
+def _decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    if _is_video(vae):
+        return vae.decode(latents[:, :, None]).sample[:, :, 0]
+    return vae.decode(latents).sample
 
 
 @no_grad
@@ -28,12 +56,12 @@ def encode_latents(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
     scale, shift = _scale_shift(vae)
     dtype = next(vae.parameters()).dtype
-    latents = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode()
+    latents = _encode(vae, pixels.to(vae.device, dtype))
     if not torch.isfinite(latents).all() and dtype != torch.float32:
         warnings.warn("VAE encode overflowed in reduced precision; redoing it in fp32", stacklevel=2)
         with _fp32(vae):
-            latents = vae.encode(pixels.to(vae.device, torch.float32)).latent_dist.mode()
-    return ((latents.float() - shift) * scale).contiguous()
+            latents = _encode(vae, pixels.to(vae.device, torch.float32))
+    return ((latents.float() - _on(shift, latents)) * _on(scale, latents)).contiguous()
 
 
 @no_grad
@@ -43,12 +71,12 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
 
     scale, shift = _scale_shift(vae)
     dtype = next(vae.parameters()).dtype
-    scaled = latents / scale + shift
-    images = vae.decode(scaled.to(vae.device, dtype)).sample
+    scaled = latents / _on(scale, latents) + _on(shift, latents)
+    images = _decode(vae, scaled.to(vae.device, dtype))
     if not torch.isfinite(images).all() and dtype != torch.float32:
         warnings.warn("VAE decode overflowed in reduced precision; redoing it in fp32", stacklevel=2)
         with _fp32(vae):
-            images = vae.decode(scaled.to(vae.device, torch.float32)).sample
+            images = _decode(vae, scaled.to(vae.device, torch.float32))
     return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 

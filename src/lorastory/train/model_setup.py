@@ -38,6 +38,8 @@ def check_run_fits(planned: list[Any], family: Any, config: TrainConfig) -> None
     if networks is not None and config.lora.network not in networks:
         raise TrainingError(f"{family.display} LoRAs can be {' or '.join(networks)} for now, not {config.lora.network}; "
                             f"pass --network {networks[0]}")
+    if config.lora.train_text_encoder and not family.trainable_text_encoders:
+        raise TrainingError(f"{family.display} trains no text-encoder LoRA yet; drop --train-text-encoder")
     step = 8 * family.latent_patch
     bad = next((p.placement.target for p in planned if p.placement.target[0] % step or p.placement.target[1] % step), None)
     if bad is not None:

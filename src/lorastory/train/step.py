@@ -105,7 +105,16 @@ def _batch_text(keys: list[str], cache: TensorCache) -> dict[str, torch.Tensor]:
     import torch
 
     texts = [cache.load(key) for key in keys]
-    return {name: torch.stack([t[name] for t in texts]) for name in texts[0]}
+    return {name: torch.stack(_padded([t[name] for t in texts])) for name in texts[0]}
+
+
+def _padded(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sequences of one length: captions of a family with a padding mask (Qwen-Image) are cached at their own
+    length; zeros after the end are padding in the embeddings and in the mask alike."""
+    import torch.nn.functional as F
+
+    longest = max(t.shape[0] for t in tensors)
+    return [t if t.shape[0] == longest else F.pad(t, (0, 0) * (t.dim() - 1) + (0, longest - t.shape[0])) for t in tensors]
 
 
 def _draw_noise(indices: list[int], epoch: int, shape: torch.Size, config: TrainConfig,

@@ -27,7 +27,8 @@ def render_validation_samples(
 
     was_training = unet.training
     unet.eval()
-    family_of_pipeline(pipe).set_denoiser(pipe, unet)
+    family = family_of_pipeline(pipe)
+    family.set_denoiser(pipe, unet)
     pipe.vae.to(device)
     pipe.set_progress_bar_config(disable=True)  # the run's own progress bar is the one to watch
 
@@ -40,14 +41,12 @@ def render_validation_samples(
     paths = []
     for index, prompt in enumerate(config.validation_prompts):
         positive = embed(prompt)
-        kwargs = {"prompt_embeds": positive["prompt_embeds"], "negative_prompt_embeds": negative["prompt_embeds"]}
-        if "pooled_prompt_embeds" in positive:
-            kwargs["pooled_prompt_embeds"] = positive["pooled_prompt_embeds"]
-            kwargs["negative_pooled_prompt_embeds"] = negative["pooled_prompt_embeds"]
+        # prompt_embeds [, pooled_prompt_embeds] [, prompt_embeds_mask] and their negative_ twins
+        kwargs = {**positive, **{f"negative_{name}": value for name, value in negative.items()}}
         # Eager: a few sampling steps would not repay compiling (and recording) the blocks' inference shapes.
         with torch.autocast(device.type, enabled=device.type == "cuda"), torch.compiler.set_stance("force_eager"):
             image = pipe(
-                **kwargs, num_inference_steps=config.validation_steps, guidance_scale=config.validation_cfg,
+                **kwargs, num_inference_steps=config.validation_steps, **{family.guidance_argument: config.validation_cfg},
                 height=config.resolution, width=config.resolution, output_type="np",
                 generator=torch.Generator().manual_seed(config.seed + index),
             ).images[0]

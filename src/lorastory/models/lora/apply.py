@@ -9,6 +9,7 @@ release newer than the one we pin.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections import Counter
@@ -72,7 +73,9 @@ def _load_parts(pipe: Any, parts: dict[str, dict[str, torch.Tensor]], name: str)
     if denoiser_state:  # diffusers' own UNet / transformer loader (load_lora_weights minus the text-encoder half)
         prefixed = {f"{component}.{k}": v for k, v in denoiser_state.items()}
         load = getattr(type(pipe), f"load_lora_into_{component}")
-        load(prefixed, network_alphas=None, adapter_name=name, _pipeline=pipe, **{component: denoiser(pipe)})
+        # Qwen-Image's loader takes no network_alphas (the alphas are already folded into the state here).
+        alphas = {"network_alphas": None} if "network_alphas" in inspect.signature(load).parameters else {}
+        load(prefixed, adapter_name=name, _pipeline=pipe, **alphas, **{component: denoiser(pipe)})
     for component, component_state in parts.items():
         if component not in DENOISERS:
             _load_text_encoder_lora(getattr(pipe, component), component_state, name)
