@@ -123,6 +123,7 @@ def test_story_with_chinese_text(page, ui_workspace, shots):
     fill(page, "story-steps", "2")
     fill(page, "story-width", "64")
     fill(page, "story-height", "64")
+    fill(page, "story-separator", ",")  # the default toy story joins with "，": the field decides
     cells = "#panels [data-testid^=cell-]"  # the toy story is the default (8 panels): keep two, then replace them
     for left in range(page.locator(cells).count() // 4 - 1, 1, -1):
         page.get_by_role("button", name="Remove last panel").click()
