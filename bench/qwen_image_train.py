@@ -9,8 +9,8 @@ gradient checkpointing, AdamW. The inputs are what the cache would hold: random 
 (128 x 128 at 1024²) and Qwen2.5-VL prompt embeddings (``--text-len`` tokens of 3584; the text encoder
 is unloaded after caching, so it takes no memory here).
 
-Bases (``--bases``): ``bf16``; ``fp8``: every frozen linear of the blocks stored in float8 e4m3 with a
-per-row scale, dequantised on the fly (bench/flux_train.py's ``Fp8WeightOnlyLinear``).
+Bases (``--bases``): ``bf16``; ``fp8-weights`` and ``fp8``: the library's fp8 base (what ``lorastory train
+--base-dtype`` does: torchao, on the Qwen-Image family's blocks, their modulation layers left in bf16).
 
     PYTHONPATH=src python bench/qwen_image_train.py --json $OUT/qwen_image_train.json   # est. 3-5 min on an H200
     .venv/bin/python bench/qwen_image_train.py --tiny                                     # CPU smoke test
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _flux_arch import _building_on  # noqa: E402
 from _kolors_arch import Recorder, environment, gb, peak_gb, reset_peak, sync  # noqa: E402
-from flux_train import Fp8WeightOnlyLinear  # noqa: E402
 
 from lorastory.models.families.qwen_image import qwen_image_predict  # noqa: E402
 from lorastory.models.families.qwen_image_tiny import QWEN_IMAGE_SCHEDULER  # noqa: E402
+from lorastory.models.fp8 import check_base_dtype, check_selection, family_selection, quantize_base  # noqa: E402
 from lorastory.models.lora import LoraSpec, inject_lora  # noqa: E402
 from lorastory.models.objectives import FlowObjective, flow_shift  # noqa: E402
 from lorastory.models.registry import get_family  # noqa: E402
@@ -55,16 +55,12 @@ def build_transformer(device: str, dtype: torch.dtype, tiny: bool, seed: int = 0
     return model.eval().requires_grad_(False)
 
 
-def to_fp8(transformer: Any) -> int:
-    """Store every frozen nn.Linear of the blocks in fp8 (the LoRA layers' base layers included)."""
-    count = 0
-    for block in [m for m in transformer.modules() if type(m).__name__ == "QwenImageTransformerBlock"]:
-        for name, child in list(block.named_modules()):
-            if type(child) is torch.nn.Linear and not child.weight.requires_grad and "lora_" not in name:
-                parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
-                setattr(parent, name.rsplit(".", 1)[-1], Fp8WeightOnlyLinear(child))
-                count += 1
-    return count
+def to_fp8(transformer: Any, base: str, device: str) -> int:
+    """The library's fp8 base on the Qwen-Image family's blocks (as bench/flux_train.py does for Flux)."""
+    if device == "cuda":  # the CPU smoke test (--tiny) converts too: torchao's fp8-weights run there
+        check_base_dtype(base, torch.device(device))
+    family = get_family("qwen-image")
+    return check_selection(quantize_base(transformer, base, training=True, **family_selection(family)), base, family)
 
 
 def train_steps(base: str, args: argparse.Namespace, device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -77,7 +73,7 @@ def train_steps(base: str, args: argparse.Namespace, device: str, dtype: torch.d
     params = inject_lora(pipe, LoraSpec(rank=args.rank, alpha=args.rank).for_family(get_family("qwen-image")))
     for p in params:
         p.data = p.data.float()
-    quantised = to_fp8(transformer) if base == "fp8" else 0
+    quantised = to_fp8(transformer, base, device) if base != "bf16" else 0
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -127,7 +123,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per base")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--bases", default="bf16,fp8", help="comma-separated: bf16, fp8")
+    parser.add_argument("--bases", default="bf16,fp8-weights,fp8", help="comma-separated: bf16, fp8-weights, fp8")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

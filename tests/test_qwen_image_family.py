@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorastory.images import load_rgb
+from lorastory.models.fp8 import family_selection, fp8_layer_names
 from lorastory.models.lora import apply_lora, load_lora_state
 from lorastory.models.objectives import FlowObjective, training_objective
 from lorastory.models.registry import ModelLoadError, denoiser, detect_family, get_family, load_pipeline
@@ -96,6 +97,18 @@ def test_tiny_qwen_image_folder_is_detected_and_loaded(tiny_model_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="huggingface-cli download Qwen/Qwen-Image"):
         load_pipeline("Qwen/Qwen-Image")
+
+
+def test_an_fp8_base_converts_the_blocks_attention_and_mlp_but_not_their_modulation(tiny_model_path):
+    transformer = load_pipeline(tiny_model_path("qwen-image")).transformer
+    names = fp8_layer_names(transformer, **family_selection(get_family("qwen-image")))
+    assert fp8_layer_names(transformer) == []  # the UNet selection finds nothing here: the family's is needed
+    assert names and all(n.startswith("transformer_blocks.") for n in names)
+    short = {n.split(".", 2)[2] for n in names}
+    assert {"attn.to_q", "attn.add_k_proj", "attn.to_add_out", "img_mlp.net.2", "txt_mlp.net.0.proj"} <= short
+    # Modulation sees one row per picture (as Flux's AdaLayerNorm Linear layers): it stays, as do the embedders.
+    assert not any("_mod" in n for n in names)
+    assert not {"img_in", "txt_in", "proj_out", "norm_out.linear"} & set(names)
 
 
 def test_latents_are_normalised_as_the_pipeline_denormalises(tiny_model_path):

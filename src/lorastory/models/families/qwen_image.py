@@ -69,12 +69,17 @@ def qwen_image_predict(transformer: Any, noisy: torch.Tensor, sigmas: torch.Tens
     return flux.unpack_latents(out, h, w)
 
 
+# An fp8 base: the blocks' attention and MLP Linear layers convert; their modulation (img_mod, txt_mod) sees one
+# row per picture, like Flux's AdaLayerNorm Linear layers, and stays.
+QWEN_IMAGE_FP8_BLOCKS = ("QwenImageTransformerBlock",)
+QWEN_IMAGE_FP8_SKIP = ("img_mod", "txt_mod")
+
 QWEN_IMAGE = register_family(Family(
     "qwen-image", "QwenImagePipeline", ("text_encoder",), 1328, False, label="Qwen-Image", article="a",
     denoiser="transformer", encode_prompt=encode_qwen_image_prompt, text_encoder_targets=QWEN_TE_TARGETS,
     objective="flow", predict="lorastory.models.families.qwen_image:qwen_image_predict",
     lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("diffusers",), lora_networks=("lora",),
     lora_text_encoders=(),  # a 7B Qwen2.5-VL LoRA: no reader for it in diffusers' Qwen-Image loader
-    latent_patch=2, guidance_argument="true_cfg_scale",
+    latent_patch=2, guidance_argument="true_cfg_scale", fp8_blocks=QWEN_IMAGE_FP8_BLOCKS, fp8_skip=QWEN_IMAGE_FP8_SKIP,
     tiny_builder="lorastory.models.families.qwen_image_tiny:tiny_qwen_image",
 ), "Qwen/Qwen-Image")
