@@ -118,6 +118,28 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def timed_latents(pipe: Any, panels: list[int], **call: Any) -> tuple[torch.Tensor, float, list[float]]:
+    """One pipeline call for ``panels`` (a seeded CPU generator each, seed 1000 + panel), latents out, under the
+    pipeline's speed context; the total and per-step seconds, CUDA-synchronised. ``call``: the pipeline's arguments."""
+    from lorastory.generate.speed import speed_context
+
+    generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in panels]
+    marks: list[float] = []
+
+    def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sync()
+        marks.append(time.perf_counter())
+        return kwargs
+
+    sync()
+    started = time.perf_counter()
+    with speed_context(pipe):
+        latents = pipe(generator=generators, output_type="latent", callback_on_step_end=on_step, **call).images
+    sync()
+    total = time.perf_counter() - started
+    return latents, total, [b - a for a, b in zip([started, *marks], marks)]
+
+
 def gb(n: float) -> float:
     return round(n / 2**30, 2)
 

@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from _flux_arch import Embeds, make_pipe, normalise  # noqa: E402
-from _kolors_arch import Recorder, environment, peak_gb, reset_peak, sync  # noqa: E402
+from _kolors_arch import Recorder, environment, peak_gb, reset_peak, timed_latents  # noqa: E402
 
 from lorastory.generate.consistency import ConsistencySettings, shared_attention  # noqa: E402
-from lorastory.generate.speed import fuse_qkv, prepare_for_speed, speed_context  # noqa: E402
+from lorastory.generate.speed import fuse_qkv, prepare_for_speed  # noqa: E402
 from lorastory.models.families.flux import unpack_latents  # noqa: E402
 from lorastory.models.lora import LoraSpec, inject_lora  # noqa: E402
 from lorastory.models.registry import get_family  # noqa: E402
@@ -69,23 +69,8 @@ def add_random_lora(pipe: Any, rank: int) -> int:
 def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, guidance: float,
             **call: Any) -> tuple[torch.Tensor, float, list[float]]:
     """One pipeline call for ``panels`` (``call``: more pipeline arguments); packed latents, seconds, per-step seconds."""
-    generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in panels]
-    marks: list[float] = []
-
-    def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        sync()
-        marks.append(time.perf_counter())
-        return kwargs
-
-    sync()
-    started = time.perf_counter()
-    with speed_context(pipe):
-        latents = pipe(prompt_embeds=emb.pe[panels], pooled_prompt_embeds=emb.pp[panels], num_inference_steps=steps,
-                       guidance_scale=guidance, width=size, height=size, generator=generators, output_type="latent",
-                       callback_on_step_end=on_step, **call).images
-    sync()
-    total = time.perf_counter() - started
-    return latents, total, [b - a for a, b in zip([started, *marks], marks)]
+    return timed_latents(pipe, panels, prompt_embeds=emb.pe[panels], pooled_prompt_embeds=emb.pp[panels],
+                         num_inference_steps=steps, guidance_scale=guidance, width=size, height=size, **call)
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _kolors_arch import (  # noqa: E402
     Recorder, build_unet, build_vae, environment, kernel_profile, matmul_peak, peak_gb, reset_peak, sync, text_shape,
+    timed_latents,
 )
 from levers import apply_fp8  # noqa: E402
 
@@ -103,27 +104,9 @@ def denoise(pipe: Any, emb: Embeds, panels: list[int], steps: int, size: int, cf
     """One pipeline call for ``panels`` (a seeded CPU generator each), latents out; total s and per-step s.
 
     ``extra`` goes to the pipeline as is (e.g. ``ip_adapter_image``)."""
-    generators = [torch.Generator("cpu").manual_seed(1000 + i) for i in panels]
-    marks: list[float] = []
-
-    def on_step(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        sync()
-        marks.append(time.perf_counter())
-        return kwargs
-
-    sync()
-    started = time.perf_counter()
-    with speed_context(pipe):
-        latents = pipe(
-            prompt_embeds=emb.pe[panels], pooled_prompt_embeds=emb.pp[panels],
-            negative_prompt_embeds=emb.ne[panels], negative_pooled_prompt_embeds=emb.np[panels],
-            num_inference_steps=steps, guidance_scale=cfg, width=size, height=size, generator=generators,
-            output_type="latent", callback_on_step_end=on_step, **extra,
-        ).images
-    sync()
-    total = time.perf_counter() - started
-    per_step = [b - a for a, b in zip([started, *marks], marks)]
-    return latents, total, per_step
+    return timed_latents(pipe, panels, prompt_embeds=emb.pe[panels], pooled_prompt_embeds=emb.pp[panels],
+                         negative_prompt_embeds=emb.ne[panels], negative_pooled_prompt_embeds=emb.np[panels],
+                         num_inference_steps=steps, guidance_scale=cfg, width=size, height=size, **extra)
 
 
 @torch.no_grad()
