@@ -157,3 +157,27 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def bf16_unet_with_lora(tiny_model_path):
+    """The tiny Kolors UNet frozen in bf16 with a rank-4 LoRA in fp32 (its B nonzero, so it changes the output):
+    ``(unet, lora_params)``, fresh for each test."""
+    import torch
+
+    from lorastory.models.lora import LoraSpec, inject_lora
+    from lorastory.models.registry import load_pipeline
+
+    pipe = load_pipeline(tiny_model_path("kolors"))
+    unet = pipe.unet
+    unet.requires_grad_(False)
+    unet.to(torch.bfloat16)
+    torch.manual_seed(0)
+    params = inject_lora(pipe, LoraSpec(rank=4, alpha=4))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.05)
+    for param in params:
+        param.data = param.data.float()
+    return unet, params

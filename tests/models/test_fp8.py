@@ -31,25 +31,6 @@ def test_only_token_wise_linear_layers_with_fp8_shapes_convert():
     assert fp8_layer_names(Net(), whole=True) == ["time_embedding", "attentions.0.proj_in"]  # a text encoder: all
 
 
-def _unet_with_lora(tiny_model_path):
-    from lorastory.models.lora import LoraSpec, inject_lora
-    from lorastory.models.registry import load_pipeline
-
-    pipe = load_pipeline(tiny_model_path("kolors"))
-    unet = pipe.unet
-    unet.requires_grad_(False)
-    unet.to(torch.bfloat16)
-    torch.manual_seed(0)
-    params = inject_lora(pipe, LoraSpec(rank=4, alpha=4))
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if ".lora_B." in name:
-                param.normal_(std=0.05)
-    for param in params:
-        param.data = param.data.float()
-    return unet, params
-
-
 def _lora_grads(unet, params):
     g = torch.Generator().manual_seed(1)
     sample = torch.randn(2, 4, 16, 16, generator=g).to(torch.bfloat16)
@@ -62,9 +43,9 @@ def _lora_grads(unet, params):
     return [param.grad.clone() for param in params]
 
 
-def test_fp8_weights_train_the_lora_as_bf16_does(tiny_model_path):
+def test_fp8_weights_train_the_lora_as_bf16_does(bf16_unet_with_lora):
     pytest.importorskip("torchao", reason="torchao is not installed: pip install 'lorastory[fp8]'")
-    unet, params = _unet_with_lora(tiny_model_path)
+    unet, params = bf16_unet_with_lora
     names = fp8_layer_names(unet)
     assert names and all(".attentions." in n and "lora_" not in n for n in names)
     assert not any("time_emb" in n or "add_embedding" in n or "encoder_hid_proj" in n for n in names)

@@ -8,25 +8,6 @@ import torch
 from lorastory.train.speed import cast_linear, lora_compute_in_input_dtype, prepare_for_training, resolve_compile
 
 
-def _unet_with_lora(tiny_model_path):
-    from lorastory.models.lora import LoraSpec, inject_lora
-    from lorastory.models.registry import load_pipeline
-
-    pipe = load_pipeline(tiny_model_path("kolors"))
-    unet = pipe.unet
-    unet.requires_grad_(False)
-    unet.to(torch.bfloat16)
-    torch.manual_seed(0)
-    params = inject_lora(pipe, LoraSpec(rank=4, alpha=4))
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if ".lora_B." in name:
-                param.normal_(std=0.05)
-    for param in params:
-        param.data = param.data.float()
-    return unet, params
-
-
 def _forward(unet, device="cpu"):
     g = torch.Generator().manual_seed(1)
     hidden = unet.config.encoder_hid_dim
@@ -38,8 +19,8 @@ def _forward(unet, device="cpu"):
                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
 
 
-def test_lora_computes_in_bf16_with_fp32_weights_and_gradients(tiny_model_path):
-    unet, params = _unet_with_lora(tiny_model_path)
+def test_lora_computes_in_bf16_with_fp32_weights_and_gradients(bf16_unet_with_lora):
+    unet, params = bf16_unet_with_lora
     names = list(unet.state_dict())
     reference = _forward(unet).float()  # peft's own way: the LoRA branch in fp32
     assert lora_compute_in_input_dtype(unet) > 0
@@ -57,8 +38,8 @@ def test_lora_computes_in_bf16_with_fp32_weights_and_gradients(tiny_model_path):
     assert lora_compute_in_input_dtype(unet) == len([m for m in unet.modules() if hasattr(m, "cast_input_dtype_enabled")])
 
 
-def test_prepare_for_training_reports_its_levers(tiny_model_path):
-    unet, _ = _unet_with_lora(tiny_model_path)
+def test_prepare_for_training_reports_its_levers(bf16_unet_with_lora):
+    unet, _ = bf16_unet_with_lora
     line = prepare_for_training(unet, compile=False)
     assert line.startswith("speed: bf16 compute with fp32 LoRA weights") and "channels_last" not in line
     assert "fused LoRA q/k/v in " in line and "fused LoRA q/k/v in 0 " not in line
@@ -100,8 +81,8 @@ def test_fast_and_compile_do_not_change_the_fingerprint():
 
 
 @pytest.mark.gpu
-def test_compiled_bf16_compute_trains_on_cuda(tiny_model_path):
-    unet, params = _unet_with_lora(tiny_model_path)
+def test_compiled_bf16_compute_trains_on_cuda(bf16_unet_with_lora):
+    unet, params = bf16_unet_with_lora
     unet.to("cuda")
     unet.train()
     reference = _forward(unet, "cuda").float()
