@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 CHROMIUM = os.environ.get("LORASTORY_CHROMIUM", "/usr/bin/chromium")
+SERVER_LOGS: dict[str, Path] = {}  # base URL -> the app's log, for failure messages
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -93,6 +96,7 @@ def serve_app(workspace: Path):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}"
+    SERVER_LOGS[url] = log_path
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -142,3 +146,27 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def wait_text():
+    """Wait until an element's text includes ``text``; on timeout, fail with what it shows and the app's log tail.
+
+    A bare Playwright timeout says only what was awaited; in CI that leaves no trace of why (an error in the
+    status, a job still queued, a crash in the server).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def wait(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
+        try:
+            page.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)",
+                                   arg=[elem_id, text], timeout=timeout)
+        except PlaywrightTimeout:
+            shown = page.evaluate("id => document.getElementById(id)?.innerText ?? '(no such element)'", elem_id)
+            parts = urllib.parse.urlsplit(page.url)
+            log = SERVER_LOGS.get(f"{parts.scheme}://{parts.netloc}")
+            tail = log.read_text(encoding="utf-8", errors="replace")[-4000:] if log and log.is_file() else "(no log)"
+            pytest.fail(f"#{elem_id} did not show {text!r} within {timeout / 1000:.0f} s; it shows:\n{shown}\n"
+                        f"--- app log (tail) ---\n{tail}", pytrace=False)
+
+    return wait

@@ -104,18 +104,18 @@ def test_caption_step_shows_the_captions(page):
     page.wait_for_function("() => document.querySelector('#caption-table').innerText.includes('二次元 城市')")
 
 
-def test_train_a_few_steps(page, ui_workspace, shots):
+def test_train_a_few_steps(page, ui_workspace, shots, wait_text):
     tab(page, "Train")
     page.locator("#preset input").first.click()
     page.get_by_role("option", name="quick check (64², 4 steps)").click()
     page.click("#train-btn")
-    page.locator("#train-status").get_by_text("train style-lora: done").wait_for(timeout=120_000)
+    wait_text(page, "train-status", "train style-lora: done", timeout=180_000)
     assert (ui_workspace / "runs" / "style-lora" / "lora.safetensors").is_file()
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for()
     page.screenshot(path=str(shots / "browser-train.png"), full_page=True)
 
 
-def test_story_with_chinese_text(page, ui_workspace, shots):
+def test_story_with_chinese_text(page, ui_workspace, shots, wait_text):
     tab(page, "Story")
     fill(page, "story-title", "小猫的冒险")
     fill(page, "story-character", "一只橘色的小猫")
@@ -144,7 +144,7 @@ def test_story_with_chinese_text(page, ui_workspace, shots):
     page.locator("#story-consistency input").first.click()
     page.get_by_role("option", name="attention: panels share self-attention").click()
     page.click("#generate-btn")
-    page.locator("#story-status").get_by_text("story my-story: done").wait_for(timeout=120_000)
+    wait_text(page, "story-status", "story my-story: done", timeout=180_000)
     page.locator("#storyboard img").wait_for()
     run = ui_workspace / "stories" / "my-story"
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))

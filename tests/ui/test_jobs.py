@@ -125,3 +125,19 @@ def test_shutdown_cancels_queued_and_running():
     assert running.status == CANCELLED and waiting.status == CANCELLED
     with pytest.raises(RuntimeError):
         q.submit("train", "late", lambda ctx: None)
+
+
+def test_the_console_gets_one_line_per_start_and_end(queue, caplog):
+    def broken(ctx):
+        raise ValueError("bad pixel")
+
+    with caplog.at_level("INFO", logger="lorastory.ui.jobs"):
+        ok_job = queue.submit("story", "story my-story", lambda ctx: 1)
+        bad_job = queue.submit("story", "story other", broken)
+        queue.wait(ok_job.id, timeout=10)
+        queue.wait(bad_job.id, timeout=10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"job {ok_job.id} story my-story: running") for line in lines)
+    assert any(line.startswith(f"job {ok_job.id} story my-story: done in ") for line in lines)
+    assert any(f"job {bad_job.id} story other: failed in " in line and "ValueError: bad pixel" in line for line in lines)
+    assert any("Traceback" in line for line in lines)  # an unexpected error's traceback reaches the console

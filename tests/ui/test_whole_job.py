@@ -73,11 +73,6 @@ def text_of(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id}").inner_text()
 
 
-def wait_text(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
-    page.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)",
-                           arg=[elem_id, text], timeout=timeout)
-
-
 def wait_value(page, elem_id: str, text: str, timeout: int = 60_000) -> None:
     page.wait_for_function(
         "([id, t]) => (document.querySelector(`#${id} textarea, #${id} input`)?.value || '').includes(t)",
@@ -88,7 +83,7 @@ def shot(page, shots, name: str) -> None:
     page.screenshot(path=str(shots / name), full_page=True)
 
 
-def test_whole_job_on_the_toy_model(page, job_workspace, shots):
+def test_whole_job_on_the_toy_model(page, job_workspace, shots, wait_text):
     ws, drawn = job_workspace
     # 1. import a folder with .txt captions: every caption comes from its file
     fill(page, "import-folder", "incoming")

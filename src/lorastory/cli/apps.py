@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,4 +40,14 @@ def ui_cmd(
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]serving on {host}:{port} to other machines; login required[/]")
 
+    show_job_log()
     launch(workspace, host=host, port=port, auth=auth)
+
+
+def show_job_log() -> None:
+    """The web app's job lines (start, end, time taken) on this console; other libraries keep their levels."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ui_log = logging.getLogger("lorastory.ui")
+    ui_log.addHandler(handler)
+    ui_log.setLevel(logging.INFO)

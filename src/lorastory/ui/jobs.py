@@ -13,6 +13,7 @@ atomically; a job that produces a folder stages it and renames it at the end).
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import traceback
@@ -25,6 +26,9 @@ from lorastory.errors import LorastoryError, Stopped
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+# One line per job start and end on the server's console (``lorastory ui`` shows INFO): what ran, how it
+# ended, and how long it took, so a console or a CI log tells what the page showed.
+log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
@@ -235,6 +239,7 @@ class JobQueue:
                 job.status, job.started, job.message = RUNNING, time.time(), "starting"
                 for waiting, queued in enumerate(self._pending):
                     queued.message = f"{waiting + 1} job(s) ahead"
+            log.info("job %d %s: running (waited %.1f s)", job.id, job.title, job.started - job.created)
             context = JobContext(job, self._lock)
             try:
                 context.check()
@@ -246,6 +251,7 @@ class JobQueue:
                 message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
                 if not isinstance(err, LorastoryError):
                     job.log.append(traceback.format_exc())
+                    log.error("job %d %s raised:\n%s", job.id, job.title, job.log[-1])
                 self._finish(job, FAILED, error=message)
             else:
                 self._finish(job, DONE, result=result)
@@ -262,6 +268,8 @@ class JobQueue:
             for old in sorted(finished, key=lambda j: j.id)[: max(0, len(finished) - self._keep)]:
                 del self._jobs[old.id]
             self._wake.notify_all()
+        took = job.finished - (job.started or job.finished)
+        log.info("job %d %s: %s in %.1f s%s", job.id, job.title, status, took, f": {error or message}" if error or message else "")
 
 
 def eta_text(stage: tuple[str, float, int], now: float, done: int, total: int) -> str:
