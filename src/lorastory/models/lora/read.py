@@ -28,7 +28,7 @@ from lorastory.models.lora.kohya import from_kohya, is_kohya
 from lorastory.models.lora.lycoris import is_lycoris, most_common, read_lycoris
 from lorastory.models.lora.spec import LoraInfo
 from lorastory.models.lora.unet_layout import default_unet_config
-from lorastory.models.registry import FAMILIES, get_family
+from lorastory.models.registry import FAMILIES, Family, get_family
 
 if TYPE_CHECKING:
     import torch
@@ -159,9 +159,9 @@ def _parse(
     if all(k.split(".", 1)[0] in COMPONENTS for k in stripped):
         modules, alphas = from_prefixed(file, stripped, meta)
         return "diffusers", modules, alphas
-    layout = peft_dit_layout(keys, hint)  # ComfyUI's diffusion_model. keys, or none, of a transformer's modules
+    layout = peft_dit_layout(stripped, hint)  # ComfyUI's diffusion_model. keys, or none, of a transformer's modules
     if layout is not None:
-        return layout[1], *_of_family(file, family, layout[0], from_peft_dit(file, tensors, layout[0]))
+        return layout[1], *_of_family(file, family, layout[0], from_peft_dit(file, stripped, layout[0]))
     roots = {k.split(".", 1)[0] for k in stripped}
     if is_diffsynth_blocks(roots):
         return ("diffsynth-blocks", *from_diffsynth_blocks(file, stripped, config))
@@ -181,7 +181,7 @@ def _parse(
     )
 
 
-def _of_family(file: Path, family: str | None, found: Any, parsed: tuple[Modules, dict[str, float]]
+def _of_family(file: Path, family: str | None, found: Family, parsed: tuple[Modules, dict[str, float]]
                ) -> tuple[Modules, dict[str, float]]:
     """``parsed``, when the family whose module names the file uses is the pipeline's (or no family is asked for)."""
     asked = FAMILIES.get(family) if family is not None else None
