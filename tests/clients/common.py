@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 PIPELINE_CLASS = {"kolors": "KolorsPipeline", "sdxl": "StableDiffusionXLPipeline", "sd15": "StableDiffusionPipeline"}
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
 
 def plain_pipeline(folder: Path, family: str):

@@ -10,8 +10,9 @@ negative prompt).
 
 Besides the :class:`~lorastory.models.registry.Family` entry this module holds what only
 Qwen-Image needs: its ``encode_prompt`` call (embeddings and their padding mask) and the denoiser
-call training makes (latents packed in 2x2 patches as Flux's, the image shape for its RoPE); its
-tiny random model is in :mod:`.qwen_image_tiny`.
+call training makes (latents packed in 2x2 patches as Flux's, the image shape for its RoPE) and its
+transformer's module names, which its LoRA files in musubi-tuner's and ComfyUI's layouts are read with
+(:mod:`lorastory.models.lora.dit_names`); its tiny random model is in :mod:`.qwen_image_tiny`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ QWEN_IMAGE_LORA_TARGETS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
     "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+)
+# Every Linear module of the transformer ("N": a block index), as diffusers, ComfyUI and musubi-tuner all name them:
+# how the kohya names musubi-tuner writes (lora_unet_transformer_blocks_0_img_mlp_net_0_proj) are read back.
+QWEN_IMAGE_MODULES = (
+    "img_in", "txt_in", "proj_out", "norm_out.linear",
+    "time_text_embed.timestep_embedder.linear_1", "time_text_embed.timestep_embedder.linear_2",
+    *(f"transformer_blocks.N.{m}" for m in (*QWEN_IMAGE_LORA_TARGETS, "img_mod.1", "txt_mod.1")),
 )
 # Qwen2.5-VL's attention and MLP projections, for a text-encoder LoRA.
 QWEN_TE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -78,7 +86,10 @@ QWEN_IMAGE = register_family(Family(
     "qwen-image", "QwenImagePipeline", ("text_encoder",), 1328, False, label="Qwen-Image", article="a",
     denoiser="transformer", encode_prompt=encode_qwen_image_prompt, text_encoder_targets=QWEN_TE_TARGETS,
     objective="flow", predict="lorastory.models.families.qwen_image:qwen_image_predict",
-    lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("diffusers",), lora_networks=("lora",),
+    # kohya first: the musubi-tuner names with an alpha per module load in ComfyUI, musubi-tuner and diffusers alike;
+    # ComfyUI reads the diffusers file's transformer. keys but not the alpha in its header (scale 1, not alpha/rank).
+    lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_networks=("lora",),
+    lora_modules=QWEN_IMAGE_MODULES,
     lora_text_encoders=(),  # a 7B Qwen2.5-VL LoRA: no reader for it in diffusers' Qwen-Image loader
     latent_patch=2, guidance_argument="true_cfg_scale", fp8_blocks=QWEN_IMAGE_FP8_BLOCKS, fp8_skip=QWEN_IMAGE_FP8_SKIP,
     tiny_builder="lorastory.models.families.qwen_image_tiny:tiny_qwen_image",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lorastory.models.lora.bfl import from_bfl, from_xlabs, is_bfl, is_xlabs
 from lorastory.models.lora.diffsynth import from_diffsynth_blocks, is_diffsynth_blocks
 from lorastory.models.lora.diffusers_format import from_prefixed, peft_adapter_config_alphas
+from lorastory.models.lora.dit_names import from_kohya_dit, from_peft_dit, kohya_dit_family, layouts_read, peft_dit_layout
 from lorastory.errors import first_line
 from lorastory.hub import PICKLE_SUFFIXES
 from lorastory.models.lora.errors import LoraFormatError, LoraMismatchError
@@ -27,7 +28,7 @@ from lorastory.models.lora.kohya import from_kohya, is_kohya
 from lorastory.models.lora.lycoris import is_lycoris, most_common, read_lycoris
 from lorastory.models.lora.spec import LoraInfo
 from lorastory.models.lora.unet_layout import default_unet_config
-from lorastory.models.registry import get_family
+from lorastory.models.registry import FAMILIES, Family, get_family
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ def load_lora_state(
     config = unet_config if unet_config is not None else default_unet_config(file_meta)
     if is_lycoris(tensors):  # LoHa, LoKr, DoRA: peft's own parameters, loaded into the same peft adapter
         return _variant_state(file, tensors, file_meta, config, recorded)
-    fmt, modules, alphas = _parse(file, tensors, file_meta, config)
+    fmt, modules, alphas = _parse(file, tensors, file_meta, config, family, recorded)
     state, ranks, used_alphas = _bake(modules, alphas, default_alpha)
     return state, _info(file, fmt, recorded, modules, ranks, used_alphas, file_meta)
 
@@ -128,10 +129,13 @@ def _read_pickle(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _parse(
-    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any
+    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any, family: str | None,
+    recorded: str | None,
 ) -> tuple[str, Modules, dict[str, float]]:
-    """Detect the layout and return (format, {prefixed module: (A, B)}, {prefixed module: alpha})."""
+    """Detect the layout and return (format, {prefixed module: (A, B)}, {prefixed module: alpha}); ``family`` (the
+    pipeline's, else the ``recorded`` one) is tried first where a layout names a transformer's modules (dit_names.py)."""
     keys = list(tensors)
+    hint = family or recorded
     if is_bfl(keys):  # a Flux transformer's kohya file (BFL module names); its text encoders as any kohya file
         modules, alphas = from_bfl(file, {k: v for k, v in tensors.items() if k.startswith("lora_unet_")})
         rest = {k: v for k, v in tensors.items() if not k.startswith("lora_unet_")}
@@ -139,6 +143,9 @@ def _parse(
             text_modules, text_alphas = from_kohya(file, rest, default_unet_config({}))
             modules, alphas = {**modules, **text_modules}, {**alphas, **text_alphas}
         return "kohya", modules, alphas
+    dit = kohya_dit_family(file, keys, hint)  # musubi-tuner's names of a transformer's modules (Qwen-Image)
+    if dit is not None:
+        return ("kohya", *_of_family(file, family, dit, from_kohya_dit(file, tensors, dit)))
     if is_kohya(keys):
         return ("kohya", *from_kohya(file, tensors, config))
     if is_xlabs(keys):
@@ -152,6 +159,9 @@ def _parse(
     if all(k.split(".", 1)[0] in COMPONENTS for k in stripped):
         modules, alphas = from_prefixed(file, stripped, meta)
         return "diffusers", modules, alphas
+    layout = peft_dit_layout(stripped, hint)  # ComfyUI's diffusion_model. keys, or none, of a transformer's modules
+    if layout is not None:
+        return layout[1], *_of_family(file, family, layout[0], from_peft_dit(file, stripped, layout[0]))
     roots = {k.split(".", 1)[0] for k in stripped}
     if is_diffsynth_blocks(roots):
         return ("diffsynth-blocks", *from_diffsynth_blocks(file, stripped, config))
@@ -160,10 +170,25 @@ def _parse(
         if peft_wrapped:
             alphas = peft_adapter_config_alphas(file, modules) or alphas
         return ("peft" if peft_wrapped else "diffsynth"), modules, alphas
+    first = keys[0] if keys else "(none)"
+    known = FAMILIES.get(hint) if hint is not None else None
+    if known is not None and known.lora_modules:
+        raise LoraFormatError(f"{file.name}: its keys match no {known.display} LoRA layout (first key '{first}'); "
+                              f"{layouts_read(known)}")
     raise LoraFormatError(
-        f"{file.name}: unrecognised LoRA layout (first key '{keys[0] if keys else '(none)'}'); expected diffusers/peft "
+        f"{file.name}: unrecognised LoRA layout (first key '{first}'); expected diffusers/peft "
         "(unet.…lora_A or transformer.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
     )
+
+
+def _of_family(file: Path, family: str | None, found: Family, parsed: tuple[Modules, dict[str, float]]
+               ) -> tuple[Modules, dict[str, float]]:
+    """``parsed``, when the family whose module names the file uses is the pipeline's (or no family is asked for)."""
+    asked = FAMILIES.get(family) if family is not None else None
+    if asked is not None and asked.name != found.name:
+        raise LoraMismatchError(f"{file.name} names {found.display} transformer modules but the pipeline is {asked.display}; "
+                                f"load it with {found.article} {found.display} model or use a LoRA trained for {asked.display}")
+    return parsed
 
 
 def _variant_state(

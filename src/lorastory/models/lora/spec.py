@@ -121,7 +121,7 @@ class LoraInfo:
     """What :func:`~lorastory.models.lora.load_lora_state` found in a file."""
 
     path: Path
-    format: str  # diffusers | kohya | peft | diffsynth | diffsynth-blocks | lycoris | xlabs
+    format: str  # diffusers | kohya | peft | diffsynth | diffsynth-blocks | lycoris | xlabs | comfyui
     family: str | None  # from our metadata; None when the file does not say
     rank: int  # the most common rank
     alpha: float | None  # the most common alpha; None when the file records none
