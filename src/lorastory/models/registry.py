@@ -57,12 +57,15 @@ def _encode_two_clips_pooled(pipe: Any, prompts: list[str], device: Any) -> dict
 @dataclass(frozen=True)
 class IpAdapterSource:
     """Where an IP-Adapter's files are: a folder or hub id, the weights file and the image encoder folder in it
-    (a family's published IP-Adapter Plus, or the user's in its place)."""
+    (a family's published IP-Adapter Plus, or the user's in its place). ``encoder_repo``: for an adapter
+    published without its encoder (XLabs' Flux IP-Adapter reads CLIP ViT-L), the hub id or folder the encoder
+    comes from when the source has no ``image_encoder`` folder of its own."""
 
     source: str
     weight: str
     image_encoder: str
     revision: str | None = None
+    encoder_repo: str | None = None
 
     @property
     def subfolder(self) -> str:
@@ -99,6 +102,11 @@ class Family:
     kohya_unet_layout: str = "sdxl"  # the standard UNet layout a kohya file without config assumes: "sdxl" or "sd15"
     pretrained_kwargs: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained arguments
     ip_adapter: IpAdapterSource | None = None
+    # "module:function" writing a random IP-Adapter for the family's denoiser as its published file's flat dict:
+    # (denoiser, image encoder width, seed) -> {key: tensor}; and "module:function" checking an adapter file's
+    # keys and shapes against the denoiser before diffusers loads it: (denoiser, {key: shape}, file label) -> None.
+    ip_adapter_state: str = "lorastory.models.ip_adapter:plus_state_dict"
+    ip_adapter_check: str | None = None
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives

@@ -15,7 +15,11 @@ What is shared and when (sample rate, strength as a logit bias ``log(strength)``
 bank) is the render state's business (:class:`lorastory.generate.consistency.SharedAttention`,
 duck-typed here: ``shares``, ``strength``, ``reference_keys_values``); this module holds only the
 attention math, so the models layer does not import a stage. A call it does not handle (an
-attention mask, IP-Adapter inputs, a batch of one) goes to the processor it replaced, unchanged.
+attention mask, IP-Adapter masks, a batch of one) goes to the processor it replaced, unchanged,
+with the IP-Adapter inputs it takes. With an IP-Adapter loaded (consistency mode ``both``) the
+double blocks' processors it replaces are diffusers' ``FluxIPAdapterAttnProcessor``: the shared
+attention then also returns the image tokens' attention to the reference image's tokens, computed
+as that processor does (query after the norm, before the rotary embedding; scaled by its scale).
 """
 
 from __future__ import annotations
@@ -58,11 +62,15 @@ class FluxSharedAttnProcessor:
         encoder_hidden_states: Any = None,
         attention_mask: Any = None,
         image_rotary_emb: Any = None,
+        ip_hidden_states: Any = None,  # named, not **kwargs: FluxAttention passes only the names a processor lists
+        ip_adapter_masks: Any = None,
     ) -> Any:
         state = self.state
         alone = hidden_states.shape[0] < 2 and not state.reads_bank  # a batch of one has no reference to read
-        if attention_mask is not None or alone or not state.shares(self.name):
-            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        ip_inputs = {"ip_hidden_states": ip_hidden_states, "ip_adapter_masks": ip_adapter_masks}
+        if attention_mask is not None or ip_adapter_masks is not None or alone or not state.shares(self.name):
+            return _call_base(self.base, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                              ip_inputs)
         import torch
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
@@ -71,6 +79,7 @@ class FluxSharedAttnProcessor:
             attn, hidden_states, encoder_hidden_states)
         query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
         query, key = attn.norm_q(query), attn.norm_k(key)
+        image_query = query  # an IP-Adapter's image-token query: after the norm, before the text and the rotary embedding
         if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:  # a double block: text first
             text = encoder_hidden_states.shape[1]
             encoder_query, encoder_key, encoder_value = (t.unflatten(-1, (-1, attn.head_dim))
@@ -101,4 +110,37 @@ class FluxSharedAttnProcessor:
             return out
         encoder_out, out = out.split_with_sizes([text, out.shape[1] - text], dim=1)
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+        if _has_ip_adapter(self.base, ip_hidden_states):  # mode both: the reference image's attention as the base adds it
+            return out, attn.to_add_out(encoder_out.contiguous()), _ip_adapter_output(self.base, attn, image_query,
+                                                                                        ip_hidden_states)
         return out, attn.to_add_out(encoder_out.contiguous())
+
+
+def _call_base(base: Any, attn: Any, hidden_states: Any, encoder_hidden_states: Any, attention_mask: Any,
+               image_rotary_emb: Any, ip_inputs: dict[str, Any]) -> Any:
+    """The replaced processor's call, with the IP-Adapter inputs it takes (as ``FluxAttention`` would pass them)."""
+    import inspect
+
+    accepted = inspect.signature(base.__call__).parameters
+    extra = {name: value for name, value in ip_inputs.items() if name in accepted and value is not None}
+    return base(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
+
+
+def _has_ip_adapter(base: Any, ip_hidden_states: Any) -> bool:
+    return ip_hidden_states is not None and hasattr(base, "to_k_ip")
+
+
+def _ip_adapter_output(base: Any, attn: Any, image_query: Any, ip_hidden_states: Any) -> Any:
+    """The image tokens' attention to the reference image's IP-Adapter tokens, scaled, as diffusers'
+    ``FluxIPAdapterAttnProcessor`` adds it to a double block's image stream."""
+    import torch
+
+    batch = image_query.shape[0]
+    total = torch.zeros(batch, image_query.shape[1], attn.heads * attn.head_dim, dtype=image_query.dtype,
+                        device=image_query.device)
+    for states, scale, to_k_ip, to_v_ip in zip(ip_hidden_states, base.scale, base.to_k_ip, base.to_v_ip):
+        key = to_k_ip(states).view(batch, -1, attn.heads, attn.head_dim)
+        value = to_v_ip(states).view(batch, -1, attn.heads, attn.head_dim)
+        out = _attention(image_query, key, value, None, base)
+        total = total + scale * out.reshape(batch, -1, attn.heads * attn.head_dim).to(image_query.dtype)
+    return total
