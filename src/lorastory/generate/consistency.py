@@ -73,9 +73,13 @@ from lorastory.models.registry import family_of_pipeline
 
 Mode = Literal["none", "attention", "reference", "both"]
 MODES: tuple[str, ...] = ("none", "attention", "reference", "both")
-# Block names: up / mid / down, or a prefix of the UNet's attention layer names (up_blocks.0, mid_block, ...).
+# Block names: up / mid / down, or a prefix of the UNet's attention layer names (up_blocks.0, mid_block, ...);
+# a DiT's: double / single, or double_blocks.N / single_blocks.N (BFL's and kohya's names) or diffusers'
+# transformer_blocks.N / single_transformer_blocks.N, N a block or a range N-M (the family's processor resolves them).
 BLOCK_ALIASES = {"up": "up_blocks.", "mid": "mid_block.", "down": "down_blocks."}
 _BLOCK_NAME = re.compile(r"^(up|mid|down|(up_blocks|down_blocks)\.\d+(\.[\w.]+)?|mid_block(\.[\w.]+)?)$")
+_DIT_BLOCK_NAME = re.compile(r"^(double|single|(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)"
+                             r"\.(\d+)(-(\d+))?)$")
 REFERENCE_FILE = "reference.png"
 
 
@@ -109,10 +113,17 @@ class ConsistencySettings(BaseModel):
     @classmethod
     def _known_blocks(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("name at least one block (up, mid, down, or e.g. up_blocks.0)")
+            raise ValueError("name at least one block (up, mid, down, or e.g. up_blocks.0; on a DiT double, single)")
         for name in value:
-            if not _BLOCK_NAME.match(name):
-                raise ValueError(f"'{name}' is not a UNet block; use up, mid, down, or a name like up_blocks.0 or mid_block")
+            dit = _DIT_BLOCK_NAME.match(name)
+            if not dit and not _BLOCK_NAME.match(name):
+                raise ValueError(f"'{name}' is not a UNet block (up, mid, down, or a name like up_blocks.0 or mid_block) "
+                                 "nor a DiT block (double, single, or a name like double_blocks.3 or single_blocks.0-9)")
+            if dit and dit.group(5) is not None and int(dit.group(5)) < int(dit.group(3)):
+                raise ValueError(f"'{name}': a range of blocks goes from the lower number to the higher")
+        kinds = {bool(_DIT_BLOCK_NAME.match(name)) for name in value}
+        if len(kinds) > 1:
+            raise ValueError(f"{value} mixes UNet and DiT blocks; name the blocks of one model")
         return value
 
     @field_validator("step_range")

@@ -25,16 +25,48 @@ as that processor does (query after the norm, before the rotary embedding; scale
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
-# The transformer blocks whose attention shares: all of them (a DiT has no up/mid/down blocks to choose from).
+from lorastory.errors import ConfigError
+
+# The transformer blocks whose attention shares by default: all of them (a DiT has no up/mid/down blocks).
 FLUX_SHARED_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
+# consistency.blocks names → diffusers' block lists: BFL's and kohya's names (double_blocks.N) and diffusers' own.
+_KINDS = {"double": "transformer_blocks", "double_blocks": "transformer_blocks", "transformer_blocks": "transformer_blocks",
+          "single": "single_transformer_blocks", "single_blocks": "single_transformer_blocks",
+          "single_transformer_blocks": "single_transformer_blocks"}
+_BLOCK = re.compile(r"^(?P<kind>[a-z_]+?)(\.(?P<first>\d+)(-(?P<last>\d+))?)?$")
+
+
+def _block_prefixes(transformer: Any, name: str) -> list[str]:
+    """``double``, ``single_blocks.3`` or ``double_blocks.0-9`` as prefixes of attention layer names; a block
+    the model does not have is one :class:`ConfigError` naming how many it has."""
+    match = _BLOCK.match(name)
+    kind = _KINDS.get(match.group("kind")) if match else None
+    if kind is None:
+        raise ConfigError(f"consistency.blocks {name}: not a Flux block; use double, single, or a name like "
+                          "double_blocks.3 or single_blocks.0-9")
+    count = len(getattr(transformer, kind))
+    if match.group("first") is None:
+        return [f"{kind}."]
+    first, last = int(match.group("first")), int(match.group("last") or match.group("first"))
+    if last >= count:
+        shown = "double" if kind == "transformer_blocks" else "single"
+        raise ConfigError(f"consistency.blocks {name}: this Flux has {count} {shown} block{'s' * (count != 1)} "
+                          f"({shown}_blocks.0-{count - 1})")
+    return [f"{kind}.{index}." for index in range(first, last + 1)]
 
 
 def flux_shared_layers(transformer: Any, blocks: list[str]) -> list[str]:
-    """The attention layers (names as in ``transformer.attn_processors``) that share: every double and single
-    block's joint attention; ``blocks`` (a UNet's up/mid/down) does not apply to a DiT."""
-    return [name for name in transformer.attn_processors if name.startswith(FLUX_SHARED_BLOCKS)]
+    """The attention layers (names as in ``transformer.attn_processors``) that share: those of ``blocks``
+    (``double``, ``single``, ``double_blocks.3``, ``single_blocks.0-9``, or diffusers' ``transformer_blocks.N``);
+    a UNet's block names (the default ``up``) mean every double and single block."""
+    prefixes: tuple[str, ...] = FLUX_SHARED_BLOCKS
+    if not all(block in ("up", "mid", "down") or block.startswith(("up_blocks", "mid_block", "down_blocks"))
+               for block in blocks):
+        prefixes = tuple(prefix for block in blocks for prefix in _block_prefixes(transformer, block))
+    return [name for name in transformer.attn_processors if name.startswith(prefixes)]
 
 
 def _attention(query: Any, key: Any, value: Any, mask: Any, base: Any) -> Any:
