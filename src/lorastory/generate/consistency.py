@@ -46,12 +46,14 @@ why one batch is preferred.
 (:mod:`lorastory.models.families.flux_attention`: the batch's first panel is the reference whose
 sampled image tokens every other panel's joint attention reads, text tokens untouched, the
 reference panel unchanged; the step range counts scheduler steps, so true CFG's two passes a step
-share alike). The settings, sampling generator, stats and bank are the same objects.
+share alike; ``blocks`` names double/single blocks, a UNet's names mean all). The settings,
+sampling generator, stats and bank are the same objects.
 
 **Reference** (``reference``): one reference image of the character (``reference_image``, or
 generated first from ``reference_prompt``, by default the story's character and style) conditions
-every panel through an IP-Adapter Plus loaded with diffusers' loader
-(:mod:`lorastory.models.ip_adapter`) at scale ``strength x reference_scale``. ``both`` does both.
+every panel through the family's IP-Adapter (UNets: IP-Adapter Plus; Flux: XLabs') loaded with
+diffusers' loader (:mod:`lorastory.models.ip_adapter`) at scale ``strength x reference_scale``.
+``both`` does both (on Flux the shared processor keeps the adapter's attention in the double blocks).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class ConsistencySettings(BaseModel):
     ``step_range`` (fractions of the steps). Reference: ``reference_image`` (a path) or
     ``reference_prompt`` (what to generate; default: the character and style), ``reference_scale``
     (the IP-Adapter scale at strength 1), and where the adapter is: ``ip_adapter`` (folder or hub
-    id), ``ip_adapter_weight`` and ``image_encoder`` (paths inside it); each family has defaults
+    id), ``ip_adapter_weight`` and ``image_encoder`` (paths inside it; Flux's default encoder is
+    CLIP ViT-L's own repository unless the folder has ``image_encoder/``); each family has defaults
     (:data:`lorastory.models.ip_adapter.DEFAULT_IP_ADAPTERS`). Settings of the mechanism the mode
     does not use are kept but unused, so switching the mode back and forth loses nothing.
     """

@@ -1,18 +1,25 @@
-"""IP-Adapter (Plus) for a reference image: where each family's adapter lives, loading it, a tiny one.
+"""IP-Adapters for a reference image: where each family's adapter lives, loading it, a tiny one.
 
-An IP-Adapter adds a second cross-attention to the UNet whose keys and values come from a
-reference image (CLIP vision features resampled to a few tokens); :func:`ip_adapter_loaded`
-puts one into a pipeline through diffusers' own loader (``pipe.load_ip_adapter``) and takes it
-out again afterwards. Only safetensors files are read.
+An IP-Adapter adds a second attention whose keys and values come from a reference image (CLIP
+vision features turned into a few tokens): in a UNet's cross-attention (IP-Adapter Plus,
+resampled hidden states), or in a Flux double block's image stream (XLabs' adapter, the projected
+image embedding; :mod:`lorastory.models.families.flux_ip_adapter`). :func:`ip_adapter_loaded` puts
+one into a pipeline through diffusers' own loader (``pipe.load_ip_adapter``: ``IPAdapterMixin`` or
+``FluxIPAdapterMixin``) and takes it out again afterwards. Only safetensors files are read.
 
 A source is a local folder or a hub id laid out like the published adapters: the weights
 file at ``weight`` and the CLIP vision encoder in the ``image_encoder`` folder, both relative
-to the source (:data:`DEFAULT_IP_ADAPTERS` lists each family's). Offline, a hub id that is not
-in the local cache fails at once with one line naming it and how to download it.
+to the source (:data:`DEFAULT_IP_ADAPTERS` lists each family's). An adapter published without its
+encoder (Flux's) names where the encoder comes from instead (``encoder_repo``: CLIP ViT-L/14) unless
+its folder has an ``image_encoder`` of its own (:func:`encoder_location`). A family may check the
+file's keys and shapes before diffusers loads it (``Family.ip_adapter_check``), so another
+family's adapter is one line. Offline, a hub id that is not in the local cache fails at once with
+one line naming it and how to download it (with the encoder where it is separate).
 
-:func:`build_tiny_ip_adapter` writes a randomly initialised IP-Adapter-Plus for a given UNet in
-that same layout and file format (``image_proj.*`` / ``ip_adapter.*`` keys, the original
-IP-Adapter names that diffusers converts on load), so tests and demos run the real loading path.
+:func:`build_tiny_ip_adapter` writes a randomly initialised adapter for a given model in its
+family's layout and file format (the family's ``ip_adapter_state``: for the UNets ``image_proj.*`` /
+``ip_adapter.*`` keys, the original IP-Adapter-Plus names that diffusers converts on load; for Flux
+XLabs' keys), with a tiny encoder inside, so tests and demos run the real loading path.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ def default_ip_adapter(family: str) -> IpAdapterSource:
     """The published IP-Adapter Plus of ``family``."""
     published = get_family(family).ip_adapter
     if published is None:
-        raise ConfigError(f"no IP-Adapter is known for model family '{family}'")
+        raise ConfigError(f"no IP-Adapter is known for model family '{family}', so the consistency modes reference "
+                          "and both do not apply to it; use mode none or attention")
     return published
 
 

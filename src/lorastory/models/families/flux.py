@@ -7,7 +7,9 @@ transformer takes the guidance scale as an input: ``guidance_embeds``); schnell 
 
 Besides the :class:`~lorastory.models.registry.Family` entry this module holds what only Flux
 needs: its ``encode_prompt`` call, how latents are packed into 2x2 patches with their position
-ids and the denoiser call training makes; its tiny random model is in :mod:`.flux_tiny`.
+ids and the denoiser call training makes; its tiny random model is in :mod:`.flux_tiny`, its
+shared attention in :mod:`.flux_attention` and its IP-Adapter (XLabs' layout, the reference
+consistency mode) in :mod:`.flux_ip_adapter`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,15 @@
 
 A Flux block attends over one joint sequence, the text tokens then the image tokens (the double
 blocks project the two streams apart and concatenate them; the single blocks get them already
-concatenated). :class:`FluxSharedAttnProcessor` replaces diffusers' ``FluxAttnProcessor`` on every
-double and single block during one pipeline call and adds, to each panel's keys and values, a
-sample of the *reference panel's image tokens'* keys and values (after the q/k norms and the
-rotary embedding, so they keep their own positions): the reference is the batch's first panel, or
-the anchor batch's when a story renders in several batches (the render state's bank). The text
-tokens are untouched (each panel reads only its own prompt), and the reference panel itself
-attends exactly as without the mode: it is computed apart, with the plain call, so it is the same
-picture with and without the mode.
+concatenated). :class:`FluxSharedAttnProcessor` replaces diffusers' ``FluxAttnProcessor`` on the
+double and single blocks that ``consistency.blocks`` names (:func:`flux_shared_layers`: ``double``,
+``single``, ``double_blocks.3``, ``single_blocks.0-9``; by default all) during one pipeline call
+and adds, to each panel's keys and values, a sample of the *reference panel's image tokens'* keys
+and values (after the q/k norms and the rotary embedding, so they keep their own positions): the
+reference is the batch's first panel, or the anchor batch's when a story renders in several
+batches (the render state's bank). The text tokens are untouched (each panel reads only its own
+prompt), and the reference panel itself attends exactly as without the mode: it is computed apart,
+with the plain call, so it is the same picture with and without the mode.
 
 What is shared and when (sample rate, strength as a logit bias ``log(strength)``, step range, the
 bank) is the render state's business (:class:`lorastory.generate.consistency.SharedAttention`,
