@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lorastory.errors import ConfigError
 from lorastory.generate.pngmeta import read_parameters
+from lorastory.generate.story import generate_story, load_story
 from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS, build_tiny_ip_adapter, ip_adapter_loaded, resolve_ip_adapter
 from lorastory.models.registry import ModelLoadError, load_pipeline
 
@@ -60,13 +62,17 @@ def test_the_tiny_adapter_has_xlabs_layout_through_the_cli(tiny_model_path, flux
     assert (flux_adapter / "image_encoder" / "config.json").is_file()
 
 
-def test_flux_reference_stories_through_the_cli(tiny_model_path, flux_adapter, tmp_path, cli):
+@pytest.mark.slow
+def test_flux_reference_stories(tiny_model_path, flux_adapter, tmp_path, cli):
     model = tiny_model_path("flux")
+    pipe = load_pipeline(model)
 
-    def generate(name, mode, extra=""):
+    def generate(name, mode, extra=""):  # one pipeline for the comparisons; the reference story through the CLI
         story = _story(tmp_path / f"{name}.yaml", flux_adapter, mode, extra)
-        result = cli("generate", story, "--model", model, "--out", tmp_path / name)
-        assert result.code == 0, result.err
+        if mode == "reference" and not extra:
+            assert cli("generate", story, "--model", model, "--out", tmp_path / name).code == 0
+        else:
+            generate_story(load_story(story), str(model), tmp_path / name, pipe=pipe)
         return tmp_path / name
 
     plain, reference = _pixels(generate("none", "none")), generate("reference", "reference")
@@ -90,6 +96,12 @@ def test_flux_reference_stories_through_the_cli(tiny_model_path, flux_adapter, t
     assert record["attention"]["renders"][0]["shared_calls"] > 0 and record["ip_adapter"]["scale"] == 0.5
     assert np.array_equal(_pixels(both)[0], _pixels(reference)[0])  # the first panel: the reference mode's picture
     assert np.abs(_pixels(both)[1] - attention[1]).max() > 0 and np.abs(_pixels(both)[1] - _pixels(reference)[1]).max() > 0
+    assert pipe.image_encoder is None and not pipe.transformer._forward_pre_hooks  # the pipeline given back as it was
+
+
+def test_a_family_without_an_ip_adapter_is_one_line():
+    with pytest.raises(ConfigError, match="no IP-Adapter is known for model family 'qwen-image', so the consistency modes"):
+        resolve_ip_adapter("qwen-image")
 
 
 def test_bad_flux_adapters_are_one_line_through_the_cli(tiny_model_path, flux_adapter, tmp_path, cli):
