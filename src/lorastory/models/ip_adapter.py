@@ -207,7 +207,8 @@ def check_ip_adapter(spec: IpAdapterSource) -> None:
         missing = [name for name in needed if not (path / name).is_file()]
         if missing:
             raise ModelLoadError(f"IP-Adapter folder {spec.source} has no {missing[0]}; set {IP_ADAPTER_OPTION} to a folder "
-                                 f"laid out like {DEFAULT_IP_ADAPTERS['kolors'].source} (or ip_adapter_weight / image_encoder)")
+                                 "laid out like the model family's published IP-Adapter (or set ip_adapter_weight / "
+                                 "image_encoder to where the files are)")
         _check_hub_files(spec)
         return
     if path.exists() or not looks_like_hub_id(spec.source):
