@@ -25,6 +25,7 @@ def flux_adapter(tiny_model_path, tmp_path_factory):
 
 
 def _story(path, adapter, mode="reference", extra=""):
+    """A two-panel story; ``extra``: more lines of the consistency block (each indented by two spaces)."""
     path.write_text(textwrap.dedent(f"""\
         character: anime girl, purple hair
         style: watercolor
@@ -33,11 +34,11 @@ def _story(path, adapter, mode="reference", extra=""):
           mode: {mode}
           step_range: [0.0, 1.0]
           ip_adapter: {adapter}
-        {extra}
+        EXTRA
         panels:
           - prompt: singing
           - prompt: on a stage
-        """), encoding="utf-8")
+        """).replace("EXTRA\n", extra + "\n" if extra else ""), encoding="utf-8")
     return path
 
 
@@ -151,3 +152,29 @@ def test_offline_flux_adapters_say_what_to_download(tiny_model_path, flux_adapte
     assert str(err.value).startswith("the image encoder 'openai/clip-vit-large-patch14' of the IP-Adapter in")
     assert f"--local-dir {alone}/image_encoder" in str(err.value)
     assert pipe.image_encoder is None and all(pipe.transformer.attn_processors[k] is v for k, v in processors.items())
+
+
+def test_in_context_reference_on_flux_and_refused_elsewhere(tiny_model_path, tmp_path, cli):
+    model = tiny_model_path("flux")
+    pipe = load_pipeline(model)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "hero.png")
+
+    def generate(name, mode, extra=""):
+        story = _story(tmp_path / f"{name}.yaml", "unused", mode, extra)
+        generate_story(load_story(story), str(model), tmp_path / name, pipe=pipe)
+        return tmp_path / name
+
+    plain = _pixels(generate("none", "none"))
+    in_context = generate("ic", "reference", f"  reference_method: in_context\n  reference_image: {tmp_path / 'hero.png'}")
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(plain, _pixels(in_context)))
+    record = json.loads((in_context / "manifest.json").read_text(encoding="utf-8"))["consistency"]
+    assert record["in_context"] == {"pipeline": "FluxKontextPipeline", "reference_size": [64, 64]}  # at the panel size
+    assert "ip_adapter" not in record and record["reference"]["source"] == str(tmp_path / "hero.png")
+    assert read_parameters(in_context / "panel-02.png").extra["Consistency"].startswith(
+        "reference (strength 1, reference in context, reference ")
+    assert type(pipe).__name__ == "FluxPipeline" and pipe.image_encoder is None
+
+    story = _story(tmp_path / "kolors.yaml", "unused", "reference", "  reference_method: in_context")
+    cli("generate", story, "--model", tiny_model_path("kolors"), "--out", tmp_path / "run").error_line(
+        "the Kolors family has no in-context reference; use consistency.reference_method: ip_adapter")
+    assert not (tmp_path / "run").exists()

@@ -54,6 +54,8 @@ generated first from ``reference_prompt``, by default the story's character and 
 every panel through the family's IP-Adapter (UNets: IP-Adapter Plus; Flux: XLabs') loaded with
 diffusers' loader (:mod:`lorastory.models.ip_adapter`) at scale ``strength x reference_scale``.
 ``both`` does both (on Flux the shared processor keeps the adapter's attention in the double blocks).
+With ``reference_method: in_context`` (a FLUX.1 Kontext model) the family's in-context pipeline reads
+the reference picture's latents as more image tokens instead (``Family.in_context_pipeline``).
 """
 
 from __future__ import annotations
@@ -75,9 +77,8 @@ from lorastory.models.registry import family_of_pipeline
 
 Mode = Literal["none", "attention", "reference", "both"]
 MODES: tuple[str, ...] = ("none", "attention", "reference", "both")
-# Block names: up / mid / down, or a prefix of the UNet's attention layer names (up_blocks.0, mid_block, ...);
-# a DiT's: double / single, or double_blocks.N / single_blocks.N (BFL's and kohya's names) or diffusers'
-# transformer_blocks.N / single_transformer_blocks.N, N a block or a range N-M (the family's processor resolves them).
+# Block names: up / mid / down, or a prefix of the UNet's attention layer names (up_blocks.0, mid_block, ...); a DiT's
+# (resolved by its family): double / single, double_blocks.N, single_blocks.N or diffusers' names, N a block or N-M.
 BLOCK_ALIASES = {"up": "up_blocks.", "mid": "mid_block.", "down": "down_blocks."}
 _BLOCK_NAME = re.compile(r"^(up|mid|down|(up_blocks|down_blocks)\.\d+(\.[\w.]+)?|mid_block(\.[\w.]+)?)$")
 _DIT_BLOCK_NAME = re.compile(r"^(double|single|(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)"
@@ -108,6 +109,7 @@ class ConsistencySettings(BaseModel):
     reference_image: ValidText | None = None
     reference_prompt: ValidText | None = None
     reference_scale: float = Field(0.5, ge=0, le=2)
+    reference_method: Literal["ip_adapter", "in_context"] = "ip_adapter"  # in_context: FLUX.1 Kontext reads the picture
     ip_adapter: ValidText | None = None
     ip_adapter_weight: ValidText | None = None
     image_encoder: ValidText | None = None
@@ -152,6 +154,10 @@ class ConsistencySettings(BaseModel):
         return self.mode in ("reference", "both")
 
     @property
+    def uses_ip_adapter(self) -> bool:
+        return self.uses_reference and self.reference_method == "ip_adapter"
+
+    @property
     def ip_adapter_scale(self) -> float:
         """The IP-Adapter scale the reference is applied with."""
         return self.strength * self.reference_scale
@@ -163,7 +169,7 @@ class ConsistencySettings(BaseModel):
             start, end = self.step_range
             parts += [f"sample rate {self.sample_rate:g}", f"steps {start:g}-{end:g}", f"blocks {'+'.join(self.blocks)}"]
         if self.uses_reference:
-            parts.append(f"reference scale {self.ip_adapter_scale:g}")
+            parts.append(f"reference scale {self.ip_adapter_scale:g}" if self.uses_ip_adapter else "reference in context")
             if reference_hash:
                 parts.append(f"reference {reference_hash}")
         return f"{self.mode} ({', '.join(parts)})"

@@ -107,6 +107,9 @@ class Family:
     # keys and shapes against the denoiser before diffusers loads it: (denoiser, {key: shape}, file label) -> None.
     ip_adapter_state: str = "lorastory.models.ip_adapter:plus_state_dict"
     ip_adapter_check: str | None = None
+    # The pipeline class ("diffusers" name) of the in-context reference (consistency reference_method: in_context):
+    # built from the loaded pipeline with from_pipe, it reads the reference picture as tokens of the joint sequence.
+    in_context_pipeline: str | None = None
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives
@@ -159,6 +162,21 @@ class Family:
         """The function a ``"module:function"`` hook of this family names."""
         module, _, function = hook.partition(":")
         return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+    def in_context_pipe(self, pipe: Any) -> Any:
+        """The family's in-context reference pipeline sharing ``pipe``'s modules (no copy), or a ConfigError."""
+        if self.in_context_pipeline is None:
+            raise ConfigError(f"the {self.display} family has no in-context reference; use consistency.reference_method: "
+                              "ip_adapter")
+        from diffusers.utils import logging as diffusers_logging
+
+        module = importlib.import_module(self.pipeline_module)
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" per module
+        try:
+            return getattr(module, self.in_context_pipeline).from_pipe(pipe)
+        finally:
+            diffusers_logging.set_verbosity(level)
 
     def tiny_pipeline(self, folder: Path, sample_size: int) -> tuple[Any, Path | None]:
         """A tiny random pipeline of this family (for tests and the demo)."""
@@ -225,6 +243,7 @@ def _labels() -> str:
 def family_of_pipeline(pipe: Any) -> Family:
     """The family of a loaded pipeline, from its class."""
     by_pipeline = {f.pipeline_class: f for f in FAMILIES.values()}
+    by_pipeline.update({f.in_context_pipeline: f for f in FAMILIES.values() if f.in_context_pipeline})
     for cls in type(pipe).__mro__:
         if cls.__name__ in by_pipeline:
             return by_pipeline[cls.__name__]

@@ -115,5 +115,6 @@ FLUX = register_family(Family(
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux", fp8_blocks=FLUX_FP8_BLOCKS, fp8_skip=FLUX_FP8_SKIP,
     ip_adapter=FLUX_IP_ADAPTER, ip_adapter_state="lorastory.models.families.flux_ip_adapter:flux_ip_adapter_state_dict",
     ip_adapter_check="lorastory.models.families.flux_ip_adapter:check_flux_ip_adapter",
+    in_context_pipeline="FluxKontextPipeline",  # FLUX.1 Kontext: the reference's latents appended to the image tokens
     true_cfg_argument="true_cfg_scale", shared_attention="lorastory.models.families.flux_attention:FluxSharedAttnProcessor",
-), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
+), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-Kontext-dev")
