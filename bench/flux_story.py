@@ -8,7 +8,11 @@ Flux targets (attention and MLP of the double and single blocks). Modes, each a 
 2. ``batched``: plain diffusers, all panels in one call (a seeded generator per panel);
 3. ``ours``: lorastory's story path, ``prepare_for_speed`` (LoRA fused into the weights) and one batched call;
 4. opt-in, after ``ours``: ``shared`` (consistency mode attention on the joint attention, the story defaults),
-   ``true-cfg`` (true CFG 4, a second pass per step), ``fp8-weights`` or ``fp8`` (``--base-dtype``: the
+   ``true-cfg`` (true CFG 4, a second pass per step), ``reference`` and ``both`` (consistency modes with XLabs'
+   Flux IP-Adapter at scale 0.5: a real-size random one, with a random CLIP ViT-L/14 image encoder, written to a
+   temporary folder and loaded through ``ip_adapter_loaded`` as stories load it), ``in-context`` (consistency
+   reference_method in_context: ``FluxKontextPipeline`` over the same modules, the reference at the panel size:
+   twice the image tokens; random weights stand in for Kontext's, the cost is the same), ``fp8-weights`` or ``fp8`` (``--base-dtype``: the
    family's fp8 selection through torchao; the first one named, last, as it converts the transformer);
    ``--transformer-levers`` also fuses the transformer's q/k/v and, with ``--compile``, compiles its
    blocks regionally (levers not yet wired into ``prepare_for_speed`` for DiTs; measured here first).
@@ -21,6 +25,7 @@ Per mode: seconds, ms per image-step (median, first step excluded), peak memory,
     PYTHONPATH=src python bench/flux_story.py --modes single --save-reference /tmp/flux_ref.safetensors --json $OUT/a.json
     PYTHONPATH=src python bench/flux_story.py --modes batched,ours --reference /tmp/flux_ref.safetensors --json $OUT/b.json
     PYTHONPATH=src python bench/flux_story.py --modes shared,true-cfg,fp8 --reference /tmp/flux_ref.safetensors --json $OUT/c.json
+    PYTHONPATH=src python bench/flux_story.py --modes ours,shared,reference,both,in-context --reference /tmp/flux_ref.safetensors --json $OUT/d.json
     .venv/bin/python bench/flux_story.py --tiny                                              # CPU smoke test
 """
 
@@ -114,6 +119,54 @@ def run_mode(rec: Recorder, name: str, pipe: Any, emb: Embeds, args: argparse.Na
     return images
 
 
+def random_flux_ip_adapter(folder: Path, pipe: Any, tiny: bool) -> Path:
+    """A random XLabs-layout IP-Adapter for ``pipe``'s transformer with a random CLIP ViT-L/14 encoder in ``folder``."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from lorastory.models.families.flux_ip_adapter import flux_ip_adapter_state_dict
+    from lorastory.models.ip_adapter import tiny_image_encoder
+
+    encoder = tiny_image_encoder() if tiny else CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+        patch_size=14, projection_dim=768))  # openai/clip-vit-large-patch14's vision tower
+    state = flux_ip_adapter_state_dict(pipe.transformer, encoder, seed=3)
+    save_file({k: v.to(pipe.transformer.dtype).contiguous() for k, v in state.items()}, str(folder / "ip_adapter.safetensors"))
+    encoder.to(pipe.transformer.dtype).save_pretrained(folder / "image_encoder", safe_serialization=True)
+    return folder
+
+
+def reference_modes(rec: Recorder, pipe: Any, emb: Embeds, args: argparse.Namespace, modes: list[str], every: list[int],
+                    reference: torch.Tensor | None) -> None:
+    """Consistency modes reference and both: the story with the IP-Adapter loaded (the reference render not counted)."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from lorastory.models.ip_adapter import ip_adapter_loaded, resolve_ip_adapter
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), dtype=np.uint8))
+    with tempfile.TemporaryDirectory(prefix="flux-ipa-") as scratch:
+        spec = resolve_ip_adapter("flux", str(random_flux_ip_adapter(Path(scratch), pipe, args.tiny)))
+        started = time.perf_counter()
+        with ip_adapter_loaded(pipe, spec, scale=0.5):
+            loaded = round(time.perf_counter() - started, 2)
+            call = {"ip_adapter_image": image}
+            if "reference" in modes:
+                run_mode(rec, "ours + IP-Adapter reference (XLabs layout, scale 0.5)", pipe, emb, args, [every], reference,
+                         call=call, load_seconds=loaded)
+            if "both" in modes:
+                settings = ConsistencySettings(mode="both")
+
+                @contextlib.contextmanager
+                def around(panels: list[int]) -> Any:
+                    with shared_attention(pipe, settings, panels=len(panels), seed=0):
+                        yield
+
+                run_mode(rec, "ours + both (IP-Adapter and shared attention)", pipe, emb, args, [every], reference,
+                         call=call, around=around)
+
+
 def more_modes(rec: Recorder, pipe: Any, emb: Embeds, args: argparse.Namespace, modes: list[str], every: list[int],
                reference: torch.Tensor | None) -> None:
     """The story options on top of ``ours`` (LoRA fused): shared attention, true CFG, an fp8 base (last: it stays)."""
@@ -130,6 +183,18 @@ def more_modes(rec: Recorder, pipe: Any, emb: Embeds, args: argparse.Namespace, 
 
         run_mode(rec, "ours + shared attention (rate 0.5, steps 0-0.5)", pipe, emb, args, [every], reference,
                  around=around, attention=stats)
+    if "reference" in modes or "both" in modes:
+        reference_modes(rec, pipe, emb, args, modes, every, reference)
+    if "in-context" in modes:  # the reference picture read as more image tokens (FLUX.1 Kontext's way)
+        import numpy as np
+        from PIL import Image
+
+        kontext = get_family("flux").in_context_pipe(pipe)
+        kontext.set_progress_bar_config(disable=True)
+        kontext._lorastory_speed = getattr(pipe, "_lorastory_speed", None)
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), dtype=np.uint8))
+        run_mode(rec, "ours + in-context reference (FluxKontextPipeline)", kontext, emb, args, [every], reference,
+                 call={"image": image, "max_area": args.size ** 2, "_auto_resize": False})
     if "true-cfg" in modes:  # a second pass per step on a negative prompt (the next panel's embeddings)
         negative = [(i + 1) % args.panels for i in every]
         call = {"true_cfg_scale": 4.0, "negative_prompt_embeds": emb.pe[negative],
@@ -148,7 +213,7 @@ def main() -> int:
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--rank", type=int, default=16, help="random LoRA rank (0: no LoRA)")
     parser.add_argument("--modes", default="single,batched,ours",
-                        help="comma-separated: single, batched, ours; also shared, true-cfg, fp8-weights or fp8")
+                        help="comma-separated: single, batched, ours; also shared, true-cfg, reference, both, in-context, fp8-weights or fp8")
     parser.add_argument("--compile", action="store_true", help="ours: compile (VAE regions; with --transformer-levers the blocks)")
     parser.add_argument("--transformer-levers", action="store_true", help="ours: fused q/k/v (and compiled blocks) in the transformer")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")

@@ -87,3 +87,34 @@ def test_flux_story_with_shared_attention_in_one_and_in_several_batches(flux_pip
     generate_story(story_true, model, tmp_path / "true", pipe=flux_pipe)
     [render] = json.loads((tmp_path / "true" / "manifest.json").read_text(encoding="utf-8"))["consistency"]["attention"]["renders"]
     assert render["shared_calls"] == 2 * 2 * 2  # steps 0 and 1 of 3 (fraction < 0.5), two passes, two layers
+
+
+def test_blocks_choose_the_flux_blocks_that_share(flux_pipe, tiny_model_path, tmp_path, cli):
+    prompts = ["a girl", "a cat"]
+    plain = _call(flux_pipe, prompts)
+    installed, pictures = {}, {}
+    for blocks in (["double"], ["single_blocks.0"], ["up"], ["transformer_blocks.0-0", "single"]):
+        settings = ConsistencySettings(mode="attention", step_range=(0.0, 1.0), blocks=blocks)
+        with shared_attention(flux_pipe, settings, panels=2, seed=1) as stats:
+            installed[blocks[0]] = [name for name, processor in flux_pipe.transformer.attn_processors.items()
+                                    if isinstance(processor, FluxSharedAttnProcessor)]
+            if blocks[0] != "transformer_blocks.0-0":  # the same layers as up: no need to render them again
+                pictures[blocks[0]] = _call(flux_pipe, prompts)
+        assert stats.layers == len(installed[blocks[0]])
+    assert installed["double"] == ["transformer_blocks.0.attn.processor"]
+    assert installed["single_blocks.0"] == ["single_transformer_blocks.0.attn.processor"]
+    assert installed["up"] == installed["transformer_blocks.0-0"] == [*installed["double"], *installed["single_blocks.0"]]
+    changed = [np.abs(pictures[name][1] - plain[1]).max() for name in ("double", "single_blocks.0", "up")]
+    assert min(changed) > 1e-4 and not np.array_equal(pictures["double"][1], pictures["single_blocks.0"][1])
+    assert all(np.array_equal(picture[0], plain[0]) for picture in pictures.values())
+
+    story = tmp_path / "story.yaml"
+    story.write_text("defaults: {steps: 2, cfg: 3.5, width: 64, height: 64}\n"
+                     "consistency: {mode: attention, blocks: [double_blocks.3]}\n"
+                     "panels: [{prompt: a girl}, {prompt: a cat}]\n", encoding="utf-8")
+    cli("generate", story, "--model", tiny_model_path("flux"), "--out", tmp_path / "run").error_line(
+        "consistency.blocks double_blocks.3: this Flux has 1 double block (double_blocks.0-0)")
+    for blocks, needle in ((["single_blocks.3-1"], "goes from the lower number to the higher"),
+                           (["up", "double"], "mixes UNet and DiT blocks"), (["triple"], "nor a DiT block")):
+        story.write_text(f"consistency: {{mode: attention, blocks: {blocks}}}\npanels: [{{prompt: a}}]\n", encoding="utf-8")
+        cli("generate", story, "--model", tiny_model_path("flux"), "--out", tmp_path / "run").error_line(needle)

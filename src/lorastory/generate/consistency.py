@@ -46,12 +46,16 @@ why one batch is preferred.
 (:mod:`lorastory.models.families.flux_attention`: the batch's first panel is the reference whose
 sampled image tokens every other panel's joint attention reads, text tokens untouched, the
 reference panel unchanged; the step range counts scheduler steps, so true CFG's two passes a step
-share alike). The settings, sampling generator, stats and bank are the same objects.
+share alike; ``blocks`` names double/single blocks, a UNet's names mean all). The settings,
+sampling generator, stats and bank are the same objects.
 
 **Reference** (``reference``): one reference image of the character (``reference_image``, or
 generated first from ``reference_prompt``, by default the story's character and style) conditions
-every panel through an IP-Adapter Plus loaded with diffusers' loader
-(:mod:`lorastory.models.ip_adapter`) at scale ``strength x reference_scale``. ``both`` does both.
+every panel through the family's IP-Adapter (UNets: IP-Adapter Plus; Flux: XLabs') loaded with
+diffusers' loader (:mod:`lorastory.models.ip_adapter`) at scale ``strength x reference_scale``.
+``both`` does both (on Flux the shared processor keeps the adapter's attention in the double blocks).
+With ``reference_method: in_context`` (a FLUX.1 Kontext model) the family's in-context pipeline reads
+the reference picture's latents as more image tokens instead (``Family.in_context_pipeline``).
 """
 
 from __future__ import annotations
@@ -73,9 +77,12 @@ from lorastory.models.registry import family_of_pipeline
 
 Mode = Literal["none", "attention", "reference", "both"]
 MODES: tuple[str, ...] = ("none", "attention", "reference", "both")
-# Block names: up / mid / down, or a prefix of the UNet's attention layer names (up_blocks.0, mid_block, ...).
+# Block names: up / mid / down, or a prefix of the UNet's attention layer names (up_blocks.0, mid_block, ...); a DiT's
+# (resolved by its family): double / single, double_blocks.N, single_blocks.N or diffusers' names, N a block or N-M.
 BLOCK_ALIASES = {"up": "up_blocks.", "mid": "mid_block.", "down": "down_blocks."}
 _BLOCK_NAME = re.compile(r"^(up|mid|down|(up_blocks|down_blocks)\.\d+(\.[\w.]+)?|mid_block(\.[\w.]+)?)$")
+_DIT_BLOCK_NAME = re.compile(r"^(double|single|(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)"
+                             r"\.(\d+)(-(\d+))?)$")
 REFERENCE_FILE = "reference.png"
 
 
@@ -86,7 +93,8 @@ class ConsistencySettings(BaseModel):
     ``step_range`` (fractions of the steps). Reference: ``reference_image`` (a path) or
     ``reference_prompt`` (what to generate; default: the character and style), ``reference_scale``
     (the IP-Adapter scale at strength 1), and where the adapter is: ``ip_adapter`` (folder or hub
-    id), ``ip_adapter_weight`` and ``image_encoder`` (paths inside it); each family has defaults
+    id), ``ip_adapter_weight`` and ``image_encoder`` (paths inside it; Flux's default encoder is
+    CLIP ViT-L's own repository unless the folder has ``image_encoder/``); each family has defaults
     (:data:`lorastory.models.ip_adapter.DEFAULT_IP_ADAPTERS`). Settings of the mechanism the mode
     does not use are kept but unused, so switching the mode back and forth loses nothing.
     """
@@ -101,6 +109,7 @@ class ConsistencySettings(BaseModel):
     reference_image: ValidText | None = None
     reference_prompt: ValidText | None = None
     reference_scale: float = Field(0.5, ge=0, le=2)
+    reference_method: Literal["ip_adapter", "in_context"] = "ip_adapter"  # in_context: FLUX.1 Kontext reads the picture
     ip_adapter: ValidText | None = None
     ip_adapter_weight: ValidText | None = None
     image_encoder: ValidText | None = None
@@ -109,10 +118,17 @@ class ConsistencySettings(BaseModel):
     @classmethod
     def _known_blocks(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("name at least one block (up, mid, down, or e.g. up_blocks.0)")
+            raise ValueError("name at least one block (up, mid, down, or e.g. up_blocks.0; on a DiT double, single)")
         for name in value:
-            if not _BLOCK_NAME.match(name):
-                raise ValueError(f"'{name}' is not a UNet block; use up, mid, down, or a name like up_blocks.0 or mid_block")
+            dit = _DIT_BLOCK_NAME.match(name)
+            if not dit and not _BLOCK_NAME.match(name):
+                raise ValueError(f"'{name}' is not a UNet block (up, mid, down, or a name like up_blocks.0 or mid_block) "
+                                 "nor a DiT block (double, single, or a name like double_blocks.3 or single_blocks.0-9)")
+            if dit and dit.group(5) is not None and int(dit.group(5)) < int(dit.group(3)):
+                raise ValueError(f"'{name}': a range of blocks goes from the lower number to the higher")
+        kinds = {bool(_DIT_BLOCK_NAME.match(name)) for name in value}
+        if len(kinds) > 1:
+            raise ValueError(f"{value} mixes UNet and DiT blocks; name the blocks of one model")
         return value
 
     @field_validator("step_range")
@@ -138,6 +154,10 @@ class ConsistencySettings(BaseModel):
         return self.mode in ("reference", "both")
 
     @property
+    def uses_ip_adapter(self) -> bool:
+        return self.uses_reference and self.reference_method == "ip_adapter"
+
+    @property
     def ip_adapter_scale(self) -> float:
         """The IP-Adapter scale the reference is applied with."""
         return self.strength * self.reference_scale
@@ -149,7 +169,7 @@ class ConsistencySettings(BaseModel):
             start, end = self.step_range
             parts += [f"sample rate {self.sample_rate:g}", f"steps {start:g}-{end:g}", f"blocks {'+'.join(self.blocks)}"]
         if self.uses_reference:
-            parts.append(f"reference scale {self.ip_adapter_scale:g}")
+            parts.append(f"reference scale {self.ip_adapter_scale:g}" if self.uses_ip_adapter else "reference in context")
             if reference_hash:
                 parts.append(f"reference {reference_hash}")
         return f"{self.mode} ({', '.join(parts)})"

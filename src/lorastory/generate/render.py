@@ -91,6 +91,10 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
         groups.setdefault(job.group_key(), []).append(job)
     timings: dict[int, float] = {}
     rendered = 0
+    call_pipe, reference_args = pipe, {"ip_adapter_image": reference} if reference is not None else {}
+    if settings.uses_reference and not settings.uses_ip_adapter:  # in context: the family's pipeline reads the picture
+        call_pipe, reference_args = in_context_call(pipe, reference, jobs[0])
+        record["in_context"] = {"pipeline": type(call_pipe).__name__, "reference_size": list(reference_args["image"].size)}
     with contextlib.ExitStack() as stack:
         if adapter_spec is not None:
             adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
@@ -105,9 +109,10 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
             while start < len(group):
                 chunk = group[start : start + size]
                 try:
-                    images, seconds = render_batch(pipe, chunk, base_scheduler, target,
+                    images, seconds = render_batch(call_pipe, chunk, base_scheduler, target,
                                               lambda step, n=len(chunk): progress.report(step * n),
-                                              shared=shared, more_batches=rendered + len(chunk) < len(jobs), ip_image=reference)
+                                              shared=shared, more_batches=rendered + len(chunk) < len(jobs),
+                                              reference_args=reference_args)
                 except torch.cuda.OutOfMemoryError:
                     if size == 1:
                         raise
@@ -126,6 +131,16 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
     return timings
 
 
+def in_context_call(pipe: Any, reference: Any, job: PanelJob) -> tuple[Any, dict[str, Any]]:
+    """The family's in-context pipeline over ``pipe``'s modules and its reference arguments: the picture at the
+    panel size (so it adds as many tokens as a panel has) and the panel size kept as it is (no auto-resize)."""
+    call_pipe = family_of_pipeline(pipe).in_context_pipe(pipe)
+    call_pipe.set_progress_bar_config(disable=True)
+    call_pipe._lorastory_speed = getattr(pipe, "_lorastory_speed", None)  # the attention backend the fast path chose
+    image = reference.convert("RGB").resize((job.width, job.height))
+    return call_pipe, {"image": image, "max_area": job.width * job.height, "_auto_resize": False}
+
+
 def save_png(image: Any, path: Path) -> None:
     with atomic_open(path, "wb") as handle:
         image.save(handle, format="PNG")
@@ -139,12 +154,13 @@ def render_batch(
     on_step: Callable[[int], None] | None,
     shared: Any = None,
     more_batches: bool = False,
-    ip_image: Any = None,
+    reference_args: dict[str, Any] | None = None,
 ) -> tuple[list[Any], float]:
     """One batched pipeline call: a generator per panel, so batching does not change a panel.
 
     ``shared`` (a :class:`~lorastory.generate.consistency.SharedAttention`) ties the batch's panels
-    together for the call; ``ip_image`` is the reference image for a loaded IP-Adapter.
+    together for the call; ``reference_args`` hand the reference picture to the pipeline (``ip_adapter_image``
+    for a loaded IP-Adapter, or the in-context pipeline's ``image``).
     """
     import torch
 
@@ -157,7 +173,7 @@ def render_batch(
             on_step(step + 1)
         return kwargs
 
-    extra = {"ip_adapter_image": ip_image} if ip_image is not None else {}
+    extra = dict(reference_args or {})
     if first.true_cfg is not None:  # the family's true-CFG argument (a stand-in pipeline never gets here)
         extra.update(guidance_arguments(family_of_pipeline(pipe), first.true_cfg))
     sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()

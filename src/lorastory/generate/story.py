@@ -367,10 +367,12 @@ def _render_story(
         pipe.enable_model_cpu_offload(device=target)
 
     adapter_spec = None
-    if settings.uses_reference:  # before any rendering: a missing adapter fails now, not after the reference
+    if settings.uses_ip_adapter:  # before any rendering: a missing adapter fails now, not after the reference
         adapter_spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
                                           settings.image_encoder)
         check_ip_adapter(adapter_spec)
+    elif settings.uses_reference and family.in_context_pipeline is None:
+        family.in_context_pipe(pipe)  # the one-line refusal, before any rendering
 
     def params(job: PanelJob, extra: dict[str, str] | None = None) -> GenerationParams:
         return GenerationParams(

@@ -57,12 +57,15 @@ def _encode_two_clips_pooled(pipe: Any, prompts: list[str], device: Any) -> dict
 @dataclass(frozen=True)
 class IpAdapterSource:
     """Where an IP-Adapter's files are: a folder or hub id, the weights file and the image encoder folder in it
-    (a family's published IP-Adapter Plus, or the user's in its place)."""
+    (a family's published IP-Adapter Plus, or the user's in its place). ``encoder_repo``: for an adapter
+    published without its encoder (XLabs' Flux IP-Adapter reads CLIP ViT-L), the hub id or folder the encoder
+    comes from when the source has no ``image_encoder`` folder of its own."""
 
     source: str
     weight: str
     image_encoder: str
     revision: str | None = None
+    encoder_repo: str | None = None
 
     @property
     def subfolder(self) -> str:
@@ -99,6 +102,14 @@ class Family:
     kohya_unet_layout: str = "sdxl"  # the standard UNet layout a kohya file without config assumes: "sdxl" or "sd15"
     pretrained_kwargs: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained arguments
     ip_adapter: IpAdapterSource | None = None
+    # "module:function" writing a random IP-Adapter for the family's denoiser as its published file's flat dict:
+    # (denoiser, image encoder width, seed) -> {key: tensor}; and "module:function" checking an adapter file's
+    # keys and shapes against the denoiser before diffusers loads it: (denoiser, {key: shape}, file label) -> None.
+    ip_adapter_state: str = "lorastory.models.ip_adapter:plus_state_dict"
+    ip_adapter_check: str | None = None
+    # The pipeline class ("diffusers" name) of the in-context reference (consistency reference_method: in_context):
+    # built from the loaded pipeline with from_pipe, it reads the reference picture as tokens of the joint sequence.
+    in_context_pipeline: str | None = None
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives
@@ -155,6 +166,21 @@ class Family:
         """The function a ``"module:function"`` hook of this family names."""
         module, _, function = hook.partition(":")
         return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+    def in_context_pipe(self, pipe: Any) -> Any:
+        """The family's in-context reference pipeline sharing ``pipe``'s modules (no copy), or a ConfigError."""
+        if self.in_context_pipeline is None:
+            raise ConfigError(f"the {self.display} family has no in-context reference; use consistency.reference_method: "
+                              "ip_adapter")
+        from diffusers.utils import logging as diffusers_logging
+
+        module = importlib.import_module(self.pipeline_module)
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" per module
+        try:
+            return getattr(module, self.in_context_pipeline).from_pipe(pipe)
+        finally:
+            diffusers_logging.set_verbosity(level)
 
     def tiny_pipeline(self, folder: Path, sample_size: int) -> tuple[Any, Path | None]:
         """A tiny random pipeline of this family (for tests and the demo)."""
@@ -221,6 +247,7 @@ def _labels() -> str:
 def family_of_pipeline(pipe: Any) -> Family:
     """The family of a loaded pipeline, from its class."""
     by_pipeline = {f.pipeline_class: f for f in FAMILIES.values()}
+    by_pipeline.update({f.in_context_pipeline: f for f in FAMILIES.values() if f.in_context_pipeline})
     for cls in type(pipe).__mro__:
         if cls.__name__ in by_pipeline:
             return by_pipeline[cls.__name__]

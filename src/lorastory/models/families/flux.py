@@ -7,7 +7,9 @@ transformer takes the guidance scale as an input: ``guidance_embeds``); schnell 
 
 Besides the :class:`~lorastory.models.registry.Family` entry this module holds what only Flux
 needs: its ``encode_prompt`` call, how latents are packed into 2x2 patches with their position
-ids and the denoiser call training makes; its tiny random model is in :mod:`.flux_tiny`.
+ids and the denoiser call training makes; its tiny random model is in :mod:`.flux_tiny`, its
+shared attention in :mod:`.flux_attention` and its IP-Adapter (XLabs' layout, the reference
+consistency mode) in :mod:`.flux_ip_adapter`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import ConfigError
-from lorastory.models.registry import CLIP_TE_TARGETS, Family, register_family
+from lorastory.models.registry import CLIP_TE_TARGETS, Family, IpAdapterSource, register_family
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +37,11 @@ FLUX_FP8_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 FLUX_FP8_SKIP = ("norm1", "norm1_context", "norm")
 # The guidance a guidance-distilled model (dev) is trained with: kohya's and ai-toolkit's default.
 TRAIN_GUIDANCE = 1.0
+# XLabs' IP-Adapter for Flux dev, in the layout diffusers' FluxIPAdapterMixin reads (.flux_ip_adapter); published
+# without its image encoder, which is CLIP ViT-L/14 (its projected image embedding), read from OpenAI's repository
+# unless the adapter's folder has an image_encoder/ of its own.
+FLUX_IP_ADAPTER = IpAdapterSource("XLabs-AI/flux-ip-adapter", "ip_adapter.safetensors", "image_encoder",
+                                  encoder_repo="openai/clip-vit-large-patch14")
 # Flux dev's resolution-dependent timestep shift (its scheduler config): mu linear in the token count, from 0.5 to 1.15.
 BASE_SEQ_LEN, MAX_SEQ_LEN, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
 
@@ -106,5 +113,8 @@ FLUX = register_family(Family(
     lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
     latent_patch=2, lora_networks=("lora",),  # LoHa/LoKr/DoRA: no Flux file layout yet
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux", fp8_blocks=FLUX_FP8_BLOCKS, fp8_skip=FLUX_FP8_SKIP,
+    ip_adapter=FLUX_IP_ADAPTER, ip_adapter_state="lorastory.models.families.flux_ip_adapter:flux_ip_adapter_state_dict",
+    ip_adapter_check="lorastory.models.families.flux_ip_adapter:check_flux_ip_adapter",
+    in_context_pipeline="FluxKontextPipeline",  # FLUX.1 Kontext: the reference's latents appended to the image tokens
     true_cfg_argument="true_cfg_scale", shared_attention="lorastory.models.families.flux_attention:FluxSharedAttnProcessor",
-), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
+), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-Kontext-dev")
