@@ -42,7 +42,7 @@ def test_defaults_follow_the_model_and_the_gpu(tmp_path):
     assert app_defaults(ws, cuda=True).preset == TOY_PRESET  # only the toy model: the toy workflow, even on a GPU
     real = ws.root / "models" / "kolors"
     real.mkdir(parents=True)
-    (real / "model_index.json").write_text("{}", encoding="utf-8")
+    (real / "model_index.json").write_text('{"_class_name": "KolorsPipeline"}', encoding="utf-8")
     on_gpu = app_defaults(ws, cuda=True)
     assert (on_gpu.toy, on_gpu.model, on_gpu.recipe, on_gpu.preset) == (False, "models/kolors", "recipe_reference.yaml",
                                                                        REFERENCE_PRESET)
@@ -114,14 +114,15 @@ def test_on_off_view_shows_both_rows_and_the_deltas(tmp_path):
     summary = {"style_score_mean": {"with_lora": 31.5, "without_lora": 8.9, "delta": 22.6},
                "clip_t_content_mean": {"with_lora": 20.0, "without_lora": 35.5, "delta": -15.5},
                "aesthetic_mean": {"with_lora": None, "without_lora": None, "delta": None}}
-    (folder / "compare.json").write_text(json.dumps({"lora": {"path": "/x/lora.safetensors", "scale": 0.8},
+    (folder / "compare.json").write_text(json.dumps({"lora": {"path": "/w/runs/ink-style/lora.safetensors", "scale": 0.8},
                                                      "summary": summary}), encoding="utf-8")
     view = on_off_view(ws, "stories/s")
     assert view["image"] == str(folder / "lora_on_off.png")
     assert view["rows"][:2] == [["style score (toward the training pictures)", "31.50", "8.90", "+22.60"],
                                 ["story content (CLIP-T without the style phrase)", "20.00", "35.50", "-15.50"]]
     assert len(view["rows"]) == 2  # scores without values are left out
-    assert "style +22.60, content -15.50" in view["headline"] and "lora.safetensors" in view["headline"]
+    assert "style +22.60, content -15.50" in view["headline"]
+    assert "LoRA `ink-style` at scale 0.8" in view["headline"]  # the run's name, not the file's stem "lora"
     assert on_off_view(ws, "stories/none") is None
 
 
