@@ -198,7 +198,9 @@ class StoryTab(Tab):
 
         if not name:
             return [gr.skip()] * len(self.story_inputs)
-        return actions.story_form_values(load_story(EXAMPLES / name))
+        *values, true_cfg = actions.story_form_values(load_story(EXAMPLES / name))
+        # A story with true CFG shows the field whatever the model (the generate button then says if it does not apply).
+        return (*values, true_cfg if true_cfg is None else gr.update(value=true_cfg, visible=True))
 
     def on_regenerate(self, run, index, seed_value):
         if not run:
