@@ -14,6 +14,7 @@ import yaml
 from lorastory.config import yaml_from_text
 from lorastory.demo import EXAMPLES
 from lorastory.errors import ConfigError, DataError
+from lorastory.generate.guidance import GUIDANCE_KEY, TRUE_CFG_KEY
 from lorastory.generate.pngmeta import GenerationParams, save_png_with_parameters
 from lorastory.toyworld.dataset import write_toy_dataset
 from lorastory.ui import actions
@@ -151,6 +152,12 @@ def test_png_info_reads_the_parameters(tmp_path):
     assert ["seed", "42"] in info["rows"]
     fields = story_fields(info["params"])
     assert fields["panels"] == [["一个女孩在中间", "", 42, ""]] and (fields["width"], fields["steps"]) == (128, 8)
+    assert fields["true_cfg"] is None  # nothing said of guidance: the Story tab's field is left as it is
+    flux = GenerationParams(prompt="a cat", cfg_scale=3.5, extra={GUIDANCE_KEY: "true CFG", TRUE_CFG_KEY: "4"})
+    save_png_with_parameters(Image.new("RGB", (16, 16)), ws.root / "up" / "flux.png", flux)
+    fields = story_fields(png_info(ws, str(ws.root / "up" / "flux.png"))["params"])
+    assert (fields["true_cfg"], fields["cfg"]) == (4.0, 3.5)  # a Flux panel's true CFG reaches the Story tab
+    assert story_fields(GenerationParams(prompt="a cat", extra={GUIDANCE_KEY: "distilled"}))["true_cfg"] == 0
     Image.new("RGB", (4, 4)).save(ws.root / "up" / "plain.png")
     with pytest.raises(DataError, match="no generation parameters"):
         png_info(ws, str(ws.root / "up" / "plain.png"))
