@@ -88,6 +88,8 @@ def test_story_refuses_what_the_library_refuses_in_one_line(app):
         status, _yaml = story_tab.on_generate(*story_values(story_tab, **dict(change)))
         assert status.startswith("**Error:** ") and expected in status, status
         assert "\n" not in status and "Traceback" not in status
+    preview = story_tab.preview.on_preview(1, *story_values(story_tab, base_dtype="fp8"))  # rendered as the story
+    assert preview.startswith("**Error:** base dtype fp8 needs a CUDA GPU"), preview
     assert app.lorastory.jobs.jobs() == []  # nothing was queued
 
 
