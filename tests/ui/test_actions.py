@@ -141,7 +141,8 @@ def test_story_form_consistency(story_ws, tmp_path):
 
 @pytest.mark.parametrize("preset, example", [("reference (rank 16, alpha 4, 1024², 1 epoch)", "train_kolors_style.yaml"),
                                              ("fast GPU (1024², batch 8, 40 GB+)", "train_kolors_fast.yaml"),
-                                             ("24 GB GPU (1024², batch 16, checkpointing)", "train_kolors_24gb.yaml")])
+                                             ("24 GB GPU (1024², batch 16, checkpointing)", "train_kolors_24gb.yaml"),
+                                             (presets.TWELVE_GB_PRESET, "train_kolors_12gb.yaml")])
 def test_presets_are_the_shipped_training_examples(preset, example):
     """What a preset puts in the form is the example file's value, or TrainConfig's default where the file has none."""
     from importlib import resources

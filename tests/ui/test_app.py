@@ -44,7 +44,7 @@ def test_train_form_shows_the_toy_preset_without_a_real_model(app_config):
               "random_flip": "random flip", "buckets": "aspect buckets", "gradient_checkpointing": "gradient checkpointing",
               "precision": "precision", "optimizer": "optimizer", "train_text_encoder": "train text encoder",
               "ema": "EMA of the weights (also saves lora_ema.safetensors)", "ema_decay": "EMA decay",
-              "network": "network", "target_modules": "target modules"}
+              "network": "network", "target_modules": "target modules", "base_dtype": "base dtype"}
     assert set(labels) == set(TRAIN_FIELDS)
     for key, label in labels.items():
         assert component(app_config, label)["value"] == first[key], key

@@ -117,6 +117,10 @@ def test_train_a_few_steps(page, ui_workspace, shots, wait_text):
 
 def test_story_with_chinese_text(page, ui_workspace, shots, wait_text):
     tab(page, "Story")
+    # The form fits the model's family (a Kolors toy): cfg is CFG, no true-CFG field; base dtype and offload offered.
+    page.locator("#story-family").get_by_text("Kolors").wait_for()
+    assert page.locator("#story-cfg").is_visible() and page.locator("#story-offload").is_visible()
+    assert page.locator("#story-true-cfg").count() == 0 or page.locator("#story-true-cfg").is_hidden()
     fill(page, "story-title", "小猫的冒险")
     fill(page, "story-character", "一只橘色的小猫")
     fill(page, "story-style", "水彩风格")

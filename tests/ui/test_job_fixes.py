@@ -19,6 +19,7 @@ from lorastory.ui import actions, presets
 from lorastory.ui.formstore import FormStore
 from lorastory.ui.jobs import CANCELLED, DONE, JobContext, JobQueue, eta_text
 from lorastory.ui.tabs.common import err, md_list
+from lorastory.ui.tabs.pagestate import STORY_KEYS
 from lorastory.ui.wording import ui_words
 from lorastory.ui.workspace import Workspace
 
@@ -44,9 +45,10 @@ def blocked(queue: JobQueue) -> threading.Event:
 
 
 def story_values(story_tab, title="t", name="my-story", mode="none"):
-    """The Story tab's inputs for on_generate: the form (story_inputs order), model, LoRA, scale, run name."""
-    form = [title, "", "", "", 2, 4.0, 64, 64, 0, "Euler", [["a cat", "", "", ""]], mode, 1.0, "", "", ","]
-    return [*form[: len(story_tab.story_inputs)], "models/toy-kolors", "", 0.8, name]
+    """The Story tab's inputs for on_generate: the form (story_inputs order), model, LoRA, scale, run name, base
+    dtype, offload."""
+    form = [title, "", "", "", 2, 4.0, 64, 64, 0, "Euler", [["a cat", "", "", ""]], mode, 1.0, "", "", ",", None]
+    return [*form[: len(story_tab.story_inputs)], "models/toy-kolors", "", 0.8, name, "default", False]
 
 
 def test_identical_generate_clicks_and_reused_names(app):
@@ -102,7 +104,7 @@ def test_an_example_keeps_its_separator(app):
     story = app.lorastory_tabs["story"]
     values = story.on_load_example("story_toy.yaml")
     example = load_story(EXAMPLES / "story_toy.yaml")
-    assert example.separator == "，" and values[-1] == "，"
+    assert example.separator == "，" and values[STORY_KEYS.index("separator")] == "，"
     assert story.form_story(*values).separator == "，"
     assert [row[2] for row in actions.story_rows(example)] == [""] * len(example.panels)  # the browser test: not 0
 
@@ -119,7 +121,7 @@ def test_offline_hub_ids_fail_before_queueing(app, monkeypatch, tmp_path):
     status, _ = story.on_generate(*story_values(story, title="ref", name="ref", mode="reference"))
     assert "reference mode needs an IP-Adapter" in status
     values = story_values(story, title="hub", name="hub")
-    values[-4] = "someone/not-downloaded"
+    values[-6] = "someone/not-downloaded"
     status, _ = story.on_generate(*values)
     assert "model 'someone/not-downloaded' is not downloaded and there is no network" in status
     assert len(queue.jobs()) == before

@@ -14,6 +14,7 @@ import yaml
 from lorastory.config import yaml_from_text
 from lorastory.demo import EXAMPLES
 from lorastory.errors import ConfigError, DataError
+from lorastory.generate.guidance import GUIDANCE_KEY, TRUE_CFG_KEY
 from lorastory.generate.pngmeta import GenerationParams, save_png_with_parameters
 from lorastory.toyworld.dataset import write_toy_dataset
 from lorastory.ui import actions
@@ -42,7 +43,7 @@ def test_defaults_follow_the_model_and_the_gpu(tmp_path):
     assert app_defaults(ws, cuda=True).preset == TOY_PRESET  # only the toy model: the toy workflow, even on a GPU
     real = ws.root / "models" / "kolors"
     real.mkdir(parents=True)
-    (real / "model_index.json").write_text("{}", encoding="utf-8")
+    (real / "model_index.json").write_text('{"_class_name": "KolorsPipeline"}', encoding="utf-8")
     on_gpu = app_defaults(ws, cuda=True)
     assert (on_gpu.toy, on_gpu.model, on_gpu.recipe, on_gpu.preset) == (False, "models/kolors", "recipe_reference.yaml",
                                                                        REFERENCE_PRESET)
@@ -114,14 +115,15 @@ def test_on_off_view_shows_both_rows_and_the_deltas(tmp_path):
     summary = {"style_score_mean": {"with_lora": 31.5, "without_lora": 8.9, "delta": 22.6},
                "clip_t_content_mean": {"with_lora": 20.0, "without_lora": 35.5, "delta": -15.5},
                "aesthetic_mean": {"with_lora": None, "without_lora": None, "delta": None}}
-    (folder / "compare.json").write_text(json.dumps({"lora": {"path": "/x/lora.safetensors", "scale": 0.8},
+    (folder / "compare.json").write_text(json.dumps({"lora": {"path": "/w/runs/ink-style/lora.safetensors", "scale": 0.8},
                                                      "summary": summary}), encoding="utf-8")
     view = on_off_view(ws, "stories/s")
     assert view["image"] == str(folder / "lora_on_off.png")
     assert view["rows"][:2] == [["style score (toward the training pictures)", "31.50", "8.90", "+22.60"],
                                 ["story content (CLIP-T without the style phrase)", "20.00", "35.50", "-15.50"]]
     assert len(view["rows"]) == 2  # scores without values are left out
-    assert "style +22.60, content -15.50" in view["headline"] and "lora.safetensors" in view["headline"]
+    assert "style +22.60, content -15.50" in view["headline"]
+    assert "LoRA `ink-style` at scale 0.8" in view["headline"]  # the run's name, not the file's stem "lora"
     assert on_off_view(ws, "stories/none") is None
 
 
@@ -150,6 +152,12 @@ def test_png_info_reads_the_parameters(tmp_path):
     assert ["seed", "42"] in info["rows"]
     fields = story_fields(info["params"])
     assert fields["panels"] == [["一个女孩在中间", "", 42, ""]] and (fields["width"], fields["steps"]) == (128, 8)
+    assert fields["true_cfg"] is None  # nothing said of guidance: the Story tab's field is left as it is
+    flux = GenerationParams(prompt="a cat", cfg_scale=3.5, extra={GUIDANCE_KEY: "true CFG", TRUE_CFG_KEY: "4"})
+    save_png_with_parameters(Image.new("RGB", (16, 16)), ws.root / "up" / "flux.png", flux)
+    fields = story_fields(png_info(ws, str(ws.root / "up" / "flux.png"))["params"])
+    assert (fields["true_cfg"], fields["cfg"]) == (4.0, 3.5)  # a Flux panel's true CFG reaches the Story tab
+    assert story_fields(GenerationParams(prompt="a cat", extra={GUIDANCE_KEY: "distilled"}))["true_cfg"] == 0
     Image.new("RGB", (4, 4)).save(ws.root / "up" / "plain.png")
     with pytest.raises(DataError, match="no generation parameters"):
         png_info(ws, str(ws.root / "up" / "plain.png"))

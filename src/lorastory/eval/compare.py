@@ -24,7 +24,7 @@ from lorastory.eval.scores import SCORES_FILE, Scores, score_caption
 from lorastory.fileio import atomic_write_json, file_sha256
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import RunManifest
-from lorastory.generate.story import generate_story, load_story
+from lorastory.generate.story import generate_story, load_story, lora_tag_name
 from lorastory.models.registry import FAMILIES, load_pipeline
 
 COMPARE_DIR = "compare"
@@ -173,7 +173,7 @@ def compare_lora(
         }
         for key in SUMMARY_KEYS
     }
-    title = f"{run.title + ': ' if run.title else ''}LoRA {lora_path.stem} at {scale:g} (top) vs without (bottom)"
+    title = f"{run.title + ': ' if run.title else ''}LoRA {lora_tag_name(lora_path)} at {scale:g} (top) vs without (bottom)"
     image = _two_row_image(out, with_scores, without_scores, title)
     result = {
         "model": str(base),

@@ -34,7 +34,8 @@ AUTH_ENV = "LORASTORY_UI_AUTH"
 CSS = """
 .mono textarea { font-family: ui-monospace, 'Noto Sans Mono CJK SC', monospace !important; font-size: 13px !important; }
 .status { min-height: 1.5em; }
-#dropped-gallery .caption-label, #xy-grid .caption-label, #train-samples .caption-label {
+#dropped-gallery .caption-label, #xy-grid .caption-label, .wrap-labels .caption-label,
+#dropped-gallery .caption, #xy-grid .caption, .wrap-labels .caption {
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important; max-width: 100% !important;
   overflow-wrap: anywhere !important; }
 """

@@ -18,12 +18,13 @@ from lorastory.train.config import FLAT_KEYS, TrainConfig, with_overrides
 # LoRA's by their flat names (``rank`` is ``lora.rank``; see ``FLAT_KEYS``).
 TRAIN_FIELDS = ("rank", "alpha", "resolution", "epochs", "max_steps", "batch_size", "gradient_accumulation", "lr",
                 "center_crop", "random_flip", "buckets", "gradient_checkpointing", "precision", "optimizer",
-                "train_text_encoder", "ema", "ema_decay", "network", "target_modules")
+                "train_text_encoder", "ema", "ema_decay", "network", "target_modules", "base_dtype")
 # The caption and repeat fields of the form (not set by presets), in the order of its inputs.
 CAPTION_FIELDS = ("trigger_word", "caption_dropout", "shuffle_tags", "keep_tags", "repeats")
 
 REFERENCE_PRESET = "reference (rank 16, alpha 4, 1024², 1 epoch)"
 TOY_PRESET = "toy model on a CPU (128², 100 steps)"
+TWELVE_GB_PRESET = "12 GB GPU (1024², batch 8, fp8 weights, checkpointing)"
 
 # name -> (example file, what the preset changes on top of it); the app's default is the reference
 # one with a real model on a GPU, else the toy one (lorastory.ui.defaults).
@@ -33,6 +34,8 @@ PRESET_SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
     "fast GPU (1024², batch 8, 40 GB+)": ("train_kolors_fast.yaml", {}),
     # 14.6 img/s on an H100 at 13.7 GB.
     "24 GB GPU (1024², batch 16, checkpointing)": ("train_kolors_24gb.yaml", {}),
+    # A 12 GB card (RTX 3060/4070): the frozen UNet's transformer Linear layers stored in fp8 (needs torchao and CUDA).
+    TWELVE_GB_PRESET: ("train_kolors_12gb.yaml", {}),
     # Fits small GPUs: half the resolution, 8-bit AdamW, accumulation instead of batch.
     "low memory (512², 8-bit AdamW, accumulate 4)": (
         "train_kolors_style.yaml", {"rank": 8, "resolution": 512, "gradient_accumulation": 4, "optimizer": "adamw8bit"},

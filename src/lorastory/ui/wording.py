@@ -33,6 +33,8 @@ FLAGS = {
     "--seed": "seed",
     "--batch-size": "batch size",
     "--checkpoint-every": "'checkpoint every'",
+    "--base-dtype": "base dtype",
+    "--offload": "'offload'",
 }
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
 _PYDANTIC = re.compile(r"\b(?:Value|Assertion) error, ")

@@ -49,6 +49,7 @@ from lorastory.ui.actions.story import (
     regenerate_job,
     story_from_form,
     story_job,
+    story_form_values,
     story_rows,
     story_zip,
 )
@@ -72,5 +73,5 @@ __all__ = [
     "checkpoint_choice", "checkpoints_job", "recommended_scale",
     "loss_frame",
     "CAPTION_COLUMNS", "caption_job", "caption_rows", "captioner_choices", "save_captions",
-    "check_run_name", "free_run_name", "go_offline_without_network",
+    "check_run_name", "free_run_name", "go_offline_without_network", "story_form_values",
 ]

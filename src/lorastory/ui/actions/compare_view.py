@@ -10,6 +10,7 @@ from typing import Any
 from lorastory.errors import LorastoryError
 from lorastory.eval.compare import COMPARE_DIR, IMAGE_FILE, RESULT_FILE, SUMMARY_KEYS
 from lorastory.fileio import parse_json
+from lorastory.generate.story import lora_tag_name
 from lorastory.ui.workspace import Workspace
 
 # What each summary score is called on the page (the style and content scores first: what a LoRA is for).
@@ -62,7 +63,9 @@ def on_off_view(ws: Workspace, run: str | Path | None) -> dict[str, Any] | None:
     lora = result.get("lora") if isinstance(result.get("lora"), dict) else {}
     style = (summary.get("style_score_mean") or {}).get("delta")
     content = (summary.get("clip_t_content_mean") or {}).get("delta")
-    headline = (f"LoRA `{Path(str(lora.get('path', ''))).name}` at scale {lora.get('scale', '?')}: "
+    # The LoRA by its run's name (runs/NAME/lora.safetensors: NAME), as the PNG parameters name it, not "lora".
+    shown = lora_tag_name(Path(str(lora["path"]))) if lora.get("path") else "?"
+    headline = (f"LoRA `{shown}` at scale {lora.get('scale', '?')}: "
                 f"style {_number(style, True)}, content {_number(content, True)} (LoRA on minus off)")
     return {"image": str(image) if image.is_file() and ws.is_inside(image) else None, "rows": on_off_rows(summary),
             "headline": headline}

@@ -7,10 +7,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from lorastory.errors import ConfigError
+from lorastory.errors import ConfigError, LorastoryError
 from lorastory.hub import hub_reachable, looks_like_hub_id
+from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
+from lorastory.models.registry import declared_family
 from lorastory.models.toy import write_toy_model
 from lorastory.ui.workspace import PathRefused, Workspace
 
@@ -30,10 +33,20 @@ def ensure_default_model(ws: Workspace, say: Callable[[str], None] = print) -> P
 
 
 def model_choices(ws: Workspace) -> list[str]:
-    """Diffusion models in ``models/``: diffusers folders and single .safetensors files."""
-    found = [p for p in ws.list("models", "*", dirs=True) if (ws.root / p / "model_index.json").is_file()]
-    found += ws.list("models", "*.safetensors")
+    """Diffusion models in ``models/``: diffusers folders of a registered family (:mod:`lorastory.models.registry`)
+    and single .safetensors files. A folder of a pipeline no family knows is left out: it would not load."""
+    found = [p for p in ws.list("models", "*", dirs=True) if _known_family(ws.root / p)]
+    found += [p for p in ws.list("models", "*.safetensors") if "lora" not in Path(p).name.lower()]
     return found
+
+
+def _known_family(folder: Path) -> bool:
+    if not (folder / "model_index.json").is_file():
+        return False
+    try:
+        return declared_family(folder) is not None
+    except LorastoryError:  # an unreadable model_index.json
+        return False
 
 
 def clip_choices(ws: Workspace) -> list[str]:
@@ -99,3 +112,19 @@ def ip_adapter_choices(ws: Workspace) -> list[str]:
     """IP-Adapter folders in ``models/``: those with a CLIP image encoder where the published layouts keep it."""
     encoders = sorted({spec.image_encoder for spec in DEFAULT_IP_ADAPTERS.values()})
     return [p for p in ws.list("models", "*", dirs=True) if any((ws.root / p / e).is_dir() for e in encoders)]
+
+
+def job_device() -> Any:
+    """Where the app's jobs run: the CUDA GPU when there is one, else the CPU (as the library chooses)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_machine(base_dtype: str | None, offload: bool = False, device: Any = None) -> None:
+    """Refuse now, in the library's one line, a base dtype or offload this machine cannot run (no CUDA, no
+    torchao, an fp8 matmul the GPU lacks), before a job is queued to fail after its turn."""
+    target = job_device() if device is None else device
+    check_base_dtype(base_dtype or "default", target)
+    if offload and getattr(target, "type", str(target)) != "cuda":
+        raise ConfigError("--offload moves models on and off a CUDA GPU; this machine has none: leave it out")

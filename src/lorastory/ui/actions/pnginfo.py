@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lorastory.errors import DataError
+from lorastory.generate.guidance import GUIDANCE_KEY, TRUE_CFG_KEY
 from lorastory.generate.pngmeta import format_parameters, read_parameters
 from lorastory.ui.workspace import Workspace
 
@@ -24,8 +25,20 @@ def png_info(ws: Workspace, path: str) -> dict[str, Any]:
 
 
 def story_fields(params: Any) -> dict[str, Any]:
-    """The Story tab's fields for one panel made with ``params`` (empty where the PNG says nothing)."""
+    """The Story tab's fields for one panel made with ``params`` (empty where the PNG says nothing).
+
+    ``true_cfg`` is the PNG's ``True CFG scale`` (a guidance-distilled model's panel), ``0`` where it says the
+    guidance was distilled alone (the field is then cleared), ``None`` where it says nothing of guidance.
+    """
     return {"title": "", "character": "", "style": "", "negative": params.negative_prompt or "",
             "steps": params.steps, "cfg": params.cfg_scale, "width": params.width, "height": params.height,
             "seed": params.seed, "sampler": params.sampler,
-            "panels": [[params.prompt, "", "" if params.seed is None else params.seed, ""]]}
+            "panels": [[params.prompt, "", "" if params.seed is None else params.seed, ""]],
+            "true_cfg": _true_cfg(params.extra)}
+
+
+def _true_cfg(extra: dict[str, str]) -> float | None:
+    try:
+        return float(extra[TRUE_CFG_KEY])
+    except (KeyError, ValueError):
+        return 0.0 if GUIDANCE_KEY in extra else None

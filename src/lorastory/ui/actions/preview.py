@@ -18,7 +18,7 @@ from lorastory.eval.compare import load_pipe
 from lorastory.eval.sweep import parse_scales
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.story import generate_story
-from lorastory.ui.actions.models import resolve_model
+from lorastory.ui.actions.models import check_machine, resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
 
@@ -52,16 +52,19 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def preview_job(ws: Workspace, story: Any, index: int, model: str, lora: str | None, scale: float,
-                name: str) -> Callable[[JobContext], Any]:
-    """Render panel ``index`` of the form's story alone into ``previews/NAME-panel-N``."""
+                name: str, base_dtype: str = "default", offload: bool = False) -> Callable[[JobContext], Any]:
+    """Render panel ``index`` of the form's story alone into ``previews/NAME-panel-N`` (with the Story tab's
+    base dtype and offload: the preview is rendered as the story will be)."""
     single = one_panel(story, index)
     model_path = resolve_model(ws, model)
+    check_machine(base_dtype, offload)
     lora_path = str(ws.resolve(lora, must_exist=True)) if lora else None
     out = ws.child("previews", f"{name}-panel-{index}")
 
     def run(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.0, f"loading the model for panel {index}")
         result = generate_story(single, model_path, out, lora=lora_path, lora_scale=scale, overwrite=True,
+                                base_dtype=base_dtype, offload=offload,
                                 on_step=lambda done, total: ctx.progress(done / total, f"panel {index}, step {done}/{total}"))
         ctx.data["image"] = str(result.panels[0])
         return {"image": ws.rel(result.panels[0])}

@@ -11,12 +11,14 @@ from typing import Any
 
 from lorastory.errors import ConfigError, DataError, LorastoryError
 from lorastory.fileio import atomic_open, replace_dir
+from lorastory.generate.guidance import check_true_cfg
 from lorastory.generate.regenerate import regenerate_panel
 from lorastory.generate.rundir import read_manifest
 from lorastory.generate.story import Story, generate_story
 from lorastory.hub import hub_reachable
 from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
-from lorastory.ui.actions.models import check_hub_id, in_hub_cache, resolve_model
+from lorastory.ui.actions.families import model_family
+from lorastory.ui.actions.models import check_hub_id, check_machine, in_hub_cache, resolve_model
 from lorastory.ui.jobs import JobContext
 from lorastory.ui.workspace import Workspace
 from lorastory.eval.sweep import recommended_scale as swept
@@ -97,6 +99,14 @@ def story_rows(story: Any) -> list[list[Any]]:
     return [[p.prompt, p.caption or "", "" if p.seed is None else p.seed, p.negative or ""] for p in story.panels]
 
 
+def story_form_values(story: Any) -> tuple[Any, ...]:
+    """A story's values for the Story tab's form (``StoryTab.story_inputs``, in its order): what loading one fills."""
+    d, c = story.defaults, story.consistency
+    return (story.title, story.character, story.style, story.negative, d.steps, d.cfg, d.width, d.height, d.seed,
+            d.sampler, story_rows(story), c.mode, c.strength, c.reference_image or "", c.ip_adapter or "",
+            story.separator, d.true_cfg)
+
+
 def free_run_name(ws: Workspace, area: str, name: str, busy: set[str]) -> str:
     """``name``, or ``name-2``, ``name-3``... when ``AREA/name`` exists or a queued job writes it (``busy``)."""
     candidate, number = name, 1
@@ -106,14 +116,21 @@ def free_run_name(ws: Workspace, area: str, name: str, busy: set[str]) -> str:
     return candidate
 
 
-def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: float, name: str) -> Callable[[JobContext], Any]:
+def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: float, name: str,
+              base_dtype: str = "default", offload: bool = False) -> Callable[[JobContext], Any]:
     """Render a story into ``stories/NAME``; the folder appears only when every file is written.
 
-    A hub id (model, IP-Adapter) that cannot be had here is refused now, before the job is queued.
+    ``base_dtype`` and ``offload`` are ``lorastory generate``'s ``--base-dtype`` and ``--offload``. Refused now,
+    before the job is queued, in the library's one line: a hub id (model, IP-Adapter) that cannot be had here, a
+    base dtype or offload this machine cannot run, and true CFG for a model whose cfg is already CFG.
     """
     final = ws.child("stories", name)
     model_path = resolve_model(ws, model)
     check_hub_id(model_path, "model")
+    check_machine(base_dtype, offload)
+    family = model_family(ws, model)
+    if family is not None:
+        check_true_cfg(story.defaults.true_cfg, family)
     if story.consistency.uses_reference:
         if story.consistency.ip_adapter:
             check_hub_id(str(story.consistency.ip_adapter), "IP-Adapter")
@@ -127,7 +144,8 @@ def story_job(ws: Workspace, story: Any, model: str, lora: str | None, scale: fl
         shutil.rmtree(staging, ignore_errors=True)
         try:
             ctx.progress(0.0, "loading the model")
-            generate_story(story, model_path, staging, lora=lora_path, lora_scale=scale,
+            generate_story(story, model_path, staging, lora=lora_path, lora_scale=scale, base_dtype=base_dtype,
+                           offload=offload,
                            on_step=lambda done, total: ctx.stage("rendering: step", done, total,
                                                                  _panel_message(done, total, panels)))
             replace_dir(staging, final)

@@ -10,7 +10,7 @@ from typing import Any
 from lorastory.errors import ConfigError, LorastoryError
 from lorastory.train.config import TrainConfig
 from lorastory.train.trainer import train
-from lorastory.ui.actions.models import DEFAULT_CLIP, check_hub_id, resolve_model
+from lorastory.ui.actions.models import DEFAULT_CLIP, check_hub_id, check_machine, resolve_model
 from lorastory.ui.actions.history import loss_history
 from lorastory.ui.jobs import Cancelled, JobContext
 from lorastory.ui.workspace import Workspace
@@ -61,9 +61,10 @@ def train_job(ws: Workspace, config: Any) -> Callable[[JobContext], Any]:
 
     Stop ends the run after the current step with a checkpoint and the LoRA of that step written
     (before training begins: at the next cache entry, keeping those written). A hub id that cannot be
-    had here is refused now, before the job is queued.
+    had here is refused now, before the job is queued, and so is a base dtype this machine cannot run.
     """
     check_hub_id(config.model, "model")
+    check_machine(config.base_dtype)
     def run(ctx: JobContext) -> dict[str, Any]:
         earlier = loss_history(config.out) if config.resume else []
         ctx.data.update(out=config.out, steps=[], losses=[])

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from lorastory.ui import actions
+from lorastory.ui.actions.families import model_picker
 from lorastory.ui.tabs.common import Clock, Tab, err, progress_md
 from lorastory.ui.tabs.compare import CompareView
 
@@ -32,7 +33,7 @@ class GalleryTab(Tab):
                                    elem_id="gallery-run")
             self.refresh_btn = gr.Button("Refresh lists")
         self.board = gr.Image(label="Storyboard", type="filepath", interactive=False, height=360)
-        self.panels = gr.Gallery(label="Panels", columns=4, height=220, object_fit="contain")
+        self.panels = gr.Gallery(label="Panels", columns=4, height=220, object_fit="contain", elem_classes="wrap-labels")
         self.params = gr.Dataframe(headers=actions.PARAM_COLUMNS, interactive=False,
                                    label="Parameters read from each PNG", elem_id="gallery-params")
         with gr.Row():
@@ -58,7 +59,8 @@ class GalleryTab(Tab):
         with gr.Row():
             self.train_run = gr.Dropdown(label="Training run", choices=actions.train_runs(self.ws), allow_custom_value=True)
             self.train_cfg = gr.Textbox(label="config.yaml", lines=8, interactive=False, elem_classes="mono")
-        self.train_samples = gr.Gallery(label="Samples", columns=6, height=200)
+        self.train_samples = gr.Gallery(label="Samples", columns=6, height=200, elem_id="gallery-train-samples",
+                                        elem_classes="wrap-labels")  # long prompts wrap, not clip
 
     # ------------------------------------------------------------------ events
 
@@ -92,8 +94,8 @@ class GalleryTab(Tab):
 
         ws = self.ws
         return (gr.update(choices=actions.story_runs(ws)), gr.update(choices=actions.train_runs(ws)),
-                gr.update(choices=actions.clip_choices(ws)), gr.update(choices=actions.model_choices(ws)),
-                gr.update(choices=actions.model_choices(ws)), gr.update(choices=[""] + actions.lora_choices(ws)),
+                gr.update(choices=actions.clip_choices(ws)), gr.update(choices=model_picker(ws)),
+                gr.update(choices=model_picker(ws)), gr.update(choices=[""] + actions.lora_choices(ws)),
                 gr.update(choices=[""] + actions.ip_adapter_choices(ws)))
 
     def on_train_run(self, run):

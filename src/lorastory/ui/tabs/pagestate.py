@@ -15,6 +15,7 @@ from typing import Any
 
 from lorastory.errors import LorastoryError
 from lorastory.ui import actions
+from lorastory.ui.actions.families import model_picker
 from lorastory.ui.defaults import preset_choices, preset_values, recipe_choices
 from lorastory.ui.formstore import FormStore
 from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS
@@ -22,7 +23,7 @@ from lorastory.ui.tabs.common import AppContext, Clock
 
 # The Story tab's form (StoryTab.story_inputs), in its order.
 STORY_KEYS = ("title", "character", "style", "negative", "steps", "cfg", "width", "height", "seed", "sampler", "panels",
-              "mode", "strength", "reference", "ip_adapter", "separator")
+              "mode", "strength", "reference", "ip_adapter", "separator", "true_cfg")
 # The Train tab's form after model/data/name and the preset fields (TrainTab.on_train's inputs), in its order.
 TRAIN_EXTRA_KEYS = ("checkpoint_every", "validation_every", "seed", "resume", "validation_prompts")
 
@@ -60,9 +61,9 @@ class PageState:
         self.listing(data.export_src, lambda: actions.curated_choices(ws))
         self.listing(data.caption.dataset, lambda: actions.dataset_choices(ws))
         self.listing(data.caption.model, lambda: actions.captioner_choices(ws))
-        self.listing(train.model, lambda: actions.model_choices(ws))
+        self.listing(train.model, lambda: model_picker(ws))
         self.listing(train.data, lambda: actions.train_folder_choices(ws))
-        self.listing(story.model, lambda: actions.model_choices(ws))
+        self.listing(story.model, lambda: model_picker(ws))
         self.listing(story.lora, lambda: [""] + actions.lora_choices(ws))
         self.listing(story.ip_adapter, lambda: [""] + actions.ip_adapter_choices(ws))
         self.listing(gallery.run, lambda: actions.story_runs(ws))
@@ -81,7 +82,7 @@ class PageState:
             self.remember(key, component)
         for key, component in zip(STORY_KEYS, story.story_inputs):
             self.remember(f"story.{key}", component)
-        for name in ("model", "lora", "scale", "name", "example", "current_run"):
+        for name in ("model", "lora", "scale", "name", "example", "current_run", "base_dtype", "offload"):
             self.remember(f"story.{name}", getattr(story, name))
         for name in ("run", "train_run", "clip", "compare"):
             self.remember(f"gallery.{name}", getattr(gallery, name))

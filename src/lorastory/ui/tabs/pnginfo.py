@@ -34,7 +34,7 @@ class PngInfoTab(Tab):
 
     def wire(self, story: Any) -> None:
         """``story`` is the Story tab, whose form "Send" fills."""
-        self.story_targets = story.story_inputs[: len(STORY_KEYS)]
+        self.story_targets = [*story.story_inputs[: len(STORY_KEYS)], story.true_cfg]
         self.file.change(self.on_file, self.file, [self.text, self.table, self.status, self.params])
         self.send_btn.click(self.on_send, self.params, [self.status, *self.story_targets])
 
@@ -51,7 +51,9 @@ class PngInfoTab(Tab):
         import gradio as gr
 
         if not params:
-            return ["**Error:** drop a PNG with parameters first", *[gr.skip()] * len(STORY_KEYS)]
+            return ["**Error:** drop a PNG with parameters first", *[gr.skip()] * (len(STORY_KEYS) + 1)]
         fields = story_fields(GenerationParams.from_dict(params))
         values = [gr.skip() if fields[key] is None else fields[key] for key in STORY_KEYS]
+        true_cfg = fields["true_cfg"]  # a distilled model's panel: its true CFG, or cleared
+        values.append(gr.skip() if true_cfg is None else gr.update(value=true_cfg or None, visible=True))
         return [ok("sent to the Story tab (its first panel, settings and seed)"), *values]

@@ -36,7 +36,7 @@ class PanelPreview:
         import gradio as gr
 
         self.story = story
-        extra = [story.model, story.lora, story.scale, story.name]
+        extra = [story.model, story.lora, story.scale, story.name, story.base_dtype, story.offload]
         self.preview_btn.click(self.on_preview, [self.index, *story.story_inputs, *extra], self.status)
         self.grid_btn.click(self.on_grid, [self.index, self.scales, self.axis, self.seeds, *story.story_inputs, *extra],
                             self.status)
@@ -44,17 +44,18 @@ class PanelPreview:
         clock.poll(self.poll, seen, [seen, self.status, self.image, self.grid])
 
     def on_preview(self, index, *values):
-        *story_values, model, lora, scale, name = values
+        *story_values, model, lora, scale, name, base_dtype, offload = values
         try:
             story = self.story.form_story(*story_values)
             job = self.ctx.jobs.submit("preview", f"preview of panel {int(index or 1)}",
-                                       preview_job(self.ws, story, int(index or 1), model, lora or None, float(scale), name))
+                                       preview_job(self.ws, story, int(index or 1), model, lora or None, float(scale),
+                                                   name, base_dtype or "default", bool(offload)))
         except Exception as error:
             return err(error)
         return f"**Queued:** {job.summary()}"
 
     def on_grid(self, index, scales, axis, seeds, *values):
-        *story_values, model, lora, _scale, name = values
+        *story_values, model, lora, _scale, name, _base_dtype, _offload = values  # the grid: no fast path (fp8 needs it)
         try:
             story = self.story.form_story(*story_values)
             job = self.ctx.jobs.submit("preview", f"X/Y grid of panel {int(index or 1)}",

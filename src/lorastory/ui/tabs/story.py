@@ -9,7 +9,9 @@ from typing import Any
 from lorastory.demo import EXAMPLES
 from lorastory.generate.samplers import SAMPLERS
 from lorastory.generate.story import load_story
+from lorastory.models.fp8 import BASE_DTYPES
 from lorastory.ui import actions
+from lorastory.ui.actions.families import FormFit, fit_for, model_picker
 from lorastory.ui.defaults import app_defaults
 from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, rows, set_initial, stop_latest
 from lorastory.ui.tabs.preview import PanelPreview
@@ -51,10 +53,14 @@ class StoryTab(Tab):
             title = gr.Textbox(label="Title", elem_id="story-title")
             character = gr.Textbox(label="Character (before every prompt)", elem_id="story-character")
             style = gr.Textbox(label="Style (after every prompt)", elem_id="story-style")
-        negative = gr.Textbox(label="Negative prompt", value="")
+        self.form_fit = fit = fit_for(self.ws, self.fit.model)
+        negative = gr.Textbox(label="Negative prompt", value="", info=fit.negative_info, elem_id="story-negative")
         with gr.Row():
             steps = gr.Number(label="steps", value=50, precision=0, elem_id="story-steps")
-            cfg = gr.Number(label="cfg", value=4.0)
+            cfg = gr.Number(label=fit.cfg_label, value=4.0, info=fit.cfg_info, elem_id="story-cfg")
+            # Guidance-distilled models only (Family.true_cfg_argument): empty or 1 is off.
+            true_cfg = gr.Number(label="true CFG (> 1: a second pass on the negative prompt)", value=None,
+                                 minimum=1, visible=fit.distilled, elem_id="story-true-cfg")
             width = gr.Number(label="width", value=1024, precision=0, elem_id="story-width")
             height = gr.Number(label="height", value=1024, precision=0, elem_id="story-height")
             seed = gr.Number(label="seed", value=0, precision=0)
@@ -77,7 +83,8 @@ class StoryTab(Tab):
                                elem_id="story-separator")
         # What form_story reads, in its order (and what loading an example fills).
         self.story_inputs = [title, character, style, negative, steps, cfg, width, height, seed, sampler, self.panels,
-                             mode, strength, reference, self.ip_adapter, separator]
+                             mode, strength, reference, self.ip_adapter, separator, true_cfg]
+        self.cfg, self.negative, self.true_cfg = cfg, negative, true_cfg
 
     def _build_panels(self) -> None:
         import gradio as gr
@@ -89,13 +96,22 @@ class StoryTab(Tab):
             self.move_to = gr.Number(label="to position", value=1, precision=0, minimum=1)
             self.move_btn = gr.Button("Move")
         with gr.Row():
-            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=self.fit.model,
+            self.model = gr.Dropdown(label="Model", choices=model_picker(self.ws), value=self.fit.model,
                                      allow_custom_value=True)
             self.lora = gr.Dropdown(label="LoRA (optional)", choices=[""] + actions.lora_choices(self.ws), value="",
                                     allow_custom_value=True, elem_id="story-lora")
             self.scale = gr.Slider(label="LoRA scale (a swept LoRA's recommended one)", minimum=0, maximum=2, step=0.05,
                                    value=0.8, elem_id="story-lora-scale")
             self.name = gr.Textbox(label="Run name", value="my-story", elem_id="story-name")
+        with gr.Row():
+            fit = self.form_fit
+            self.family_note = gr.Markdown(fit.note, elem_id="story-family")
+            self.base_dtype = gr.Dropdown(label="base dtype for rendering", choices=list(BASE_DTYPES), value="default",
+                                          interactive=fit.base_dtype, elem_id="story-base-dtype",
+                                          info="fp8 (Ada/Hopper) or fp8-weights: the denoiser's blocks in fp8; "
+                                               "CUDA and torchao")
+            self.offload = gr.Checkbox(label="offload (each model on the GPU only while it runs)", value=False,
+                                       elem_id="story-offload")
 
     def _build_run(self) -> None:
         import gradio as gr
@@ -105,7 +121,8 @@ class StoryTab(Tab):
             self.stop_btn = gr.Button("Stop", variant="stop")
         self.status = gr.Markdown(elem_id="story-status", elem_classes="status")
         self.storyboard = gr.Image(label="Storyboard", type="filepath", interactive=False, elem_id="storyboard", height=360)
-        self.story_panels = gr.Gallery(label="Panels", columns=4, height=220, object_fit="contain")
+        self.story_panels = gr.Gallery(label="Panels", columns=4, height=220, object_fit="contain",
+                                       elem_classes="wrap-labels")
         with gr.Row():
             self.regen_index = gr.Number(label="Regenerate panel", value=1, precision=0, minimum=1)
             self.regen_seed = gr.Textbox(label="with seed (empty: random)", value="")
@@ -123,8 +140,9 @@ class StoryTab(Tab):
         import gradio as gr
 
         self.lora.change(self.on_lora, self.lora, self.scale)
-        self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name],
-                           [self.status, self.story_yaml])
+        self.gen_btn.click(self.on_generate, [*self.story_inputs, self.model, self.lora, self.scale, self.name,
+                                              self.base_dtype, self.offload], [self.status, self.story_yaml])
+        self.model.change(self.on_model, self.model, self.family_fields())
         self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status, queue=False)  # not behind the polls
         self.preview.wire(clock, self)
         self.load_example_btn.click(self.on_load_example, self.example, self.story_inputs)
@@ -137,27 +155,36 @@ class StoryTab(Tab):
         clock.poll(self.poll, seen, [seen, self.status, self.storyboard, self.story_panels, self.current_run])
 
     def form_story(self, title, character, style, negative, steps, cfg, width, height, seed_value, sampler, table,
-                   mode, strength, reference, ip_adapter, separator=None, *_more):
-        defaults = {"steps": steps, "cfg": cfg, "width": width, "height": height, "seed": seed_value, "sampler": sampler}
+                   mode, strength, reference, ip_adapter, separator=None, true_cfg=None, *_more):
+        defaults = {"steps": steps, "cfg": cfg, "width": width, "height": height, "seed": seed_value, "sampler": sampler,
+                    "true_cfg": true_cfg}
         consistency = actions.consistency_from_form(self.ws, mode, strength, reference, ip_adapter)
         return actions.story_from_form(title, character, style, negative, rows(table), defaults, consistency, separator)
 
     def on_generate(self, *values):
         import gradio as gr
 
-        *story_values, model, lora, scale, name = values
+        *story_values, model, lora, scale, name, base_dtype, offload = values
         try:
             story = self.form_story(*story_values)
             # An identical job already queued is refused; a name in use gets a free one (nothing is overwritten).
-            fingerprint = f"story|{model}|{lora}|{float(scale)}|{story.to_yaml()}"
+            fingerprint = f"story|{model}|{lora}|{float(scale)}|{base_dtype}|{bool(offload)}|{story.to_yaml()}"
             free = actions.free_run_name(self.ws, "stories", str(name or "").strip(), self.ctx.jobs.active_keys())
-            job = self.ctx.jobs.submit("story", f"story {free}",
-                                       actions.story_job(self.ws, story, model, lora or None, float(scale), free),
-                                       key=f"stories/{free}", fingerprint=fingerprint)
+            run = actions.story_job(self.ws, story, model, lora or None, float(scale), free,
+                                    base_dtype=base_dtype or "default", offload=bool(offload))
+            job = self.ctx.jobs.submit("story", f"story {free}", run, key=f"stories/{free}", fingerprint=fingerprint)
         except Exception as error:
             return err(error), gr.skip()
         note = f" (stories/{name} is taken: this run is stories/{free})" if free != str(name).strip() else ""
         return f"**Queued:** {job.summary()}{note}", story.to_yaml()
+
+    def family_fields(self) -> list[Any]:
+        """The fields a family can rule out, in :func:`fit_updates`' order."""
+        return [self.family_note, self.cfg, self.negative, self.true_cfg, self.base_dtype]
+
+    def on_model(self, model):
+        """Fit the form to the chosen model's family: cfg or guidance, true CFG only where it applies."""
+        return fit_updates(fit_for(self.ws, model))
 
     def on_lora(self, lora):
         """The LoRA scale defaults to the one ``lorastory eval sweep`` recommended for the chosen LoRA."""
@@ -171,11 +198,9 @@ class StoryTab(Tab):
 
         if not name:
             return [gr.skip()] * len(self.story_inputs)
-        story = load_story(EXAMPLES / name)
-        d, c = story.defaults, story.consistency
-        return (story.title, story.character, story.style, story.negative, d.steps, d.cfg, d.width, d.height,
-                d.seed, d.sampler, actions.story_rows(story), c.mode, c.strength, c.reference_image or "",
-                c.ip_adapter or "", story.separator)
+        *values, true_cfg = actions.story_form_values(load_story(EXAMPLES / name))
+        # A story with true CFG shows the field whatever the model (the generate button then says if it does not apply).
+        return (*values, true_cfg if true_cfg is None else gr.update(value=true_cfg, visible=True))
 
     def on_regenerate(self, run, index, seed_value):
         if not run:
@@ -236,3 +261,13 @@ def on_move(table, src, dst):
     if 0 <= src < len(table) and 0 <= dst < len(table):
         table.insert(dst, table.pop(src))
     return table
+
+
+def fit_updates(fit: FormFit) -> list[Any]:
+    """Updates of the family fields (note, cfg, negative prompt, true CFG, base dtype) for ``fit``."""
+    import gradio as gr
+
+    true_cfg = gr.update(visible=True) if fit.distilled else gr.update(visible=False, value=None)
+    base = gr.update(interactive=True) if fit.base_dtype else gr.update(value="default", interactive=False)
+    return [fit.note, gr.update(label=fit.cfg_label, info=fit.cfg_info), gr.update(info=fit.negative_info), true_cfg,
+            base]

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
+from lorastory.models.fp8 import BASE_DTYPES
 from lorastory.models.lora.spec import NETWORKS
 from lorastory.train.optimizers import PRODIGY_LOW_LR, OptimizerName
 from lorastory.ui import actions
+from lorastory.ui.actions.families import UNET_TARGETS, FormFit, fit_for, model_picker
 from lorastory.ui.defaults import app_defaults, preset_choices, preset_values
 from lorastory.ui.presets import CAPTION_FIELDS, TRAIN_FIELDS
 from lorastory.ui.tabs.train_presets import PresetStore
 from lorastory.ui.tabs.common import Clock, Tab, err, ok, progress_md, stop_latest
 from lorastory.ui.tabs.pagestate import train_form_keys
 
-
-# Attention projections (the default), the feed-forward layers and the transformer blocks' in/out projections.
-TARGET_CHOICES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
+BASE_DTYPE_INFO = "the frozen base's Linear layers: fp8 (Ada/Hopper) or fp8-weights (any CUDA GPU); needs torchao"
 
 
 class TrainTab(Tab):
@@ -37,11 +37,12 @@ class TrainTab(Tab):
         first = preset_values(self.ws, fit.preset)
         with gr.Row():
             self.preset = gr.Dropdown(label="Preset", choices=preset_choices(self.ws), value=fit.preset, elem_id="preset")
-            self.model = gr.Dropdown(label="Model", choices=actions.model_choices(self.ws), value=fit.model,
+            self.model = gr.Dropdown(label="Model", choices=model_picker(self.ws), value=fit.model,
                                      allow_custom_value=True)
             self.data = gr.Dropdown(label="Training folder", choices=actions.train_folder_choices(self.ws),
                                     allow_custom_value=True, elem_id="train-data")
             self.name = gr.Textbox(label="Run name", value="style-lora", elem_id="run-name")
+        self.family_note = gr.Markdown(fit_for(self.ws, fit.model).note, elem_id="train-family")
         with gr.Row():
             rank = gr.Number(label="rank", value=first["rank"], precision=0)
             alpha = gr.Number(label="alpha", value=first["alpha"])
@@ -68,14 +69,18 @@ class TrainTab(Tab):
         with gr.Row():  # the adapter (docs/training.md#lora-variants)
             network = gr.Dropdown(label="network", choices=list(NETWORKS), value=first["network"],
                                   info="locon adds the ResNet convolutions; loha, lokr, dora: LyCORIS/DoRA variants")
-            targets = gr.Dropdown(label="target modules", choices=TARGET_CHOICES, value=first["target_modules"],
+            targets = gr.Dropdown(label="target modules", choices=list(UNET_TARGETS), value=first["target_modules"],
                                   multiselect=True, allow_custom_value=True, elem_id="target-modules")
+            base_dtype = gr.Dropdown(label="base dtype", choices=list(BASE_DTYPES), value=first["base_dtype"],
+                                     info=BASE_DTYPE_INFO, elem_id="train-base-dtype")
         self._lr, self._optimizer = lr, optimizer
+        # The fields a family can rule out (FormFit; on_model), in on_model's order.
+        self.family_fields = [self.family_note, train_te, network, targets, base_dtype]
         self.presets = PresetStore(self.ctx)
         # In the order of TRAIN_FIELDS: what a preset sets.
         self.preset_inputs = [rank, alpha, resolution, epochs, max_steps, batch_size, grad_acc, lr, center_crop,
                               random_flip, buckets, grad_ckpt, precision, optimizer, train_te, ema, ema_decay, network,
-                              targets]
+                              targets, base_dtype]
         with gr.Row():
             self.ckpt_every = gr.Number(label="checkpoint every (steps, 0: off)", value=0, precision=0)
             self.val_every = gr.Number(label="samples every (steps, 0: off)", value=0, precision=0)
@@ -102,7 +107,7 @@ class TrainTab(Tab):
             self.loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Training loss (raw and smoothed)",
                                          height=260, elem_id="loss-plot")
             self.samples = gr.Gallery(label="Validation samples (step: prompt)", columns=4, height=260,
-                                      elem_id="train-samples")
+                                      elem_id="train-samples", elem_classes="wrap-labels")
         with gr.Row():
             self.ckpt_plot = gr.Image(label="Checkpoint scores (the chosen step dashed)", type="filepath",
                                       interactive=False, height=320, elem_id="checkpoint-plot")
@@ -120,6 +125,7 @@ class TrainTab(Tab):
         # .input, not .change: a preset put back after a reload must not overwrite the fields put back with it.
         self.preset.input(self.on_preset, self.preset, self.preset_inputs)
         self.presets.wire(self.preset, self.preset_inputs)
+        self.model.change(self.on_model, [self.model, self.family_fields[2]], self.family_fields)
         self._optimizer.input(self.on_optimizer, [self._optimizer, self._lr], self._lr)
         self.train_btn.click(self.on_train, [self.model, self.data, self.name, *self.preset_inputs, self.ckpt_every,
                                              self.val_every, self.seed, self.resume, self.val_prompts,
@@ -139,6 +145,10 @@ class TrainTab(Tab):
             gr.Warning(str(error))
             return [gr.skip()] * len(TRAIN_FIELDS)
         return [values[k] if k in values else gr.skip() for k in TRAIN_FIELDS]
+
+    def on_model(self, model, network):
+        """Fit the form to the chosen model's family: what does not apply is disabled, with a short note why."""
+        return fit_updates(fit_for(self.ws, model), network)
 
     def on_optimizer(self, optimizer, lr):
         """Prodigy's lr multiplies its own estimate (1.0); the others take a step size (the reference 1e-4)."""
@@ -214,3 +224,15 @@ class TrainTab(Tab):
             return gr.skip()
         state["queue"] = queue_key
         return "**Jobs:** " + ("; ".join(j.summary() for j in active) if active else "none running")
+
+
+def fit_updates(fit: FormFit, network: str | None) -> list[Any]:
+    """Updates of the family fields (note, train text encoder, network, target modules, base dtype) for ``fit``."""
+    import gradio as gr
+
+    te = gr.update(interactive=True, info="") if fit.text_encoder else gr.update(
+        value=False, interactive=False, info=fit.text_encoder_info)
+    networks = list(fit.networks) if fit.networks is not None else list(NETWORKS)
+    net = gr.update(choices=networks, value=network if network in networks else networks[0])
+    base = gr.update(interactive=True) if fit.base_dtype else gr.update(value="default", interactive=False)
+    return [fit.note, te, net, gr.update(choices=list(fit.targets)), base]
