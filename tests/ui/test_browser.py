@@ -145,6 +145,9 @@ def test_story_with_chinese_text(page, ui_workspace, shots, wait_text):
             except Exception:
                 continue
         cell.get_by_text(text).wait_for(timeout=5_000)
+    # Leave the table as a person does (focus elsewhere), so no cell is still being edited when Generate is pressed.
+    page.locator("#story-title textarea, #story-title input").first.click()
+    page.wait_for_function("() => !document.querySelector('#panels')?.contains(document.activeElement)")
     page.locator("#story-consistency input").first.click()
     page.get_by_role("option", name="attention: panels share self-attention").click()
     page.click("#generate-btn")
