@@ -59,10 +59,19 @@ def test_train_form_has_the_caption_fields(app_config):
 
 
 def test_each_tab_polls_on_the_timer_and_on_load(app_config):
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in app_config["components"]}
     polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
-    triggers = sorted(t[1] for d in polls for t in d["targets"])
-    # train (with the queue), story, eval, caption, panel preview, LoRA on/off view
-    assert triggers == ["load"] * 6 + ["tick"] * 6
+    written = {trigger: {ids[o] for d in polls if any(t[1] == trigger for t in d["targets"]) for o in d["outputs"]}
+               for trigger in ("tick", "load")}
+    # train (with the queue), story, eval, caption, panel preview, LoRA on/off view: shown again on a reload too
+    statuses = {"train-status", "story-status", "eval-status", "caption-status", "preview-status", "on-off-headline",
+                "job-queue"}
+    assert statuses <= written["tick"] and statuses <= written["load"]
+    assert "story-lora" in written["tick"]  # the lists are read again after a job ends
+    # The tabs share the ticks: two events a second (the lists write a dropdown a tab's poll also writes), not nine.
+    assert sum(any(t[1] == "tick" for t in d["targets"]) for d in polls) == 2
+    for d in polls:  # no component written twice by one event
+        assert len(d["outputs"]) == len(set(d["outputs"]))
 
 
 def test_data_tab_has_the_caption_step(app_config):

@@ -97,6 +97,7 @@ def create_app(workspace: str | os.PathLike[str], jobs: JobQueue | None = None, 
         page = PageState(ctx)
         page.add_tabs(data, train, story, gallery)
         page.wire(clock)
+        clock.start()
         demo.lorastory_page = page
         demo.lorastory_tabs = {"data": data, "train": train, "story": story, "gallery": gallery, "queue": queue}
     return demo

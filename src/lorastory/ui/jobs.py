@@ -267,9 +267,9 @@ class JobQueue:
             finished = [j for j in self._jobs.values() if not j.active]
             for old in sorted(finished, key=lambda j: j.id)[: max(0, len(finished) - self._keep)]:
                 del self._jobs[old.id]
+            took = job.finished - (job.started or job.finished)  # logged before waiters wake: the line comes first
+            log.info("job %d %s: %s in %.1f s%s", job.id, job.title, status, took, f": {error or message}" if error or message else "")
             self._wake.notify_all()
-        took = job.finished - (job.started or job.finished)
-        log.info("job %d %s: %s in %.1f s%s", job.id, job.title, status, took, f": {error or message}" if error or message else "")
 
 
 def eta_text(stage: tuple[str, float, int], now: float, done: int, total: int) -> str:

@@ -6,14 +6,17 @@ No Gradio import here: :mod:`lorastory.ui.app` uses :class:`AppContext` before G
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lorastory.errors import LorastoryError
 from lorastory.ui.jobs import RUNNING, JobQueue
 from lorastory.ui.wording import ui_words
 from lorastory.ui.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,15 +30,68 @@ class AppContext:
 
 @dataclass
 class Clock:
-    """Runs a tab's poll every tick of the app's one timer and on each page load, so the
-    progress of a background job shows again after a reload."""
+    """The page's one timer. Every tab's poll is registered here (:meth:`poll`) and :meth:`start` wires
+    them as few events as their outputs allow: one event per tick and one on each page load, not one per
+    tab. Each event is a round trip through Gradio's queue, so nine pollers at 1 Hz kept a small machine
+    busy and made every button wait its turn behind them. A poll whose outputs overlap an earlier group's
+    gets a group of its own, so no component is written twice in one event."""
 
     demo: Any
     timer: Any
+    polls: list[tuple[Callable[..., Any], list[Any], list[Any], bool]] = field(default_factory=list)
 
-    def poll(self, fn: Callable[..., Any], inputs: Any, outputs: list[Any]) -> None:
-        self.timer.tick(fn, inputs, outputs, show_progress="hidden")
-        self.demo.load(fn, inputs, outputs, show_progress="hidden")
+    def poll(self, fn: Callable[..., Any], inputs: Any, outputs: list[Any], on_load: bool = True) -> None:
+        """Run ``fn(*inputs) -> outputs`` on each tick (and on each page load unless ``on_load`` is false)."""
+        listed = list(inputs) if isinstance(inputs, (list, tuple)) else [] if inputs is None else [inputs]
+        self.polls.append((fn, listed, list(outputs), on_load))
+
+    def start(self) -> None:
+        """Wire the registered polls (call once, after every tab is built)."""
+        for group in _disjoint_groups(self.polls):
+            inputs = [c for _, ins, _, _ in group for c in ins]
+            outputs = [c for _, _, outs, _ in group for c in outs]
+            self.timer.tick(_run_polls(group), inputs, outputs, show_progress="hidden", api_visibility="undocumented")
+            loading = [entry for entry in group if entry[3]]
+            if loading:
+                self.demo.load(_run_polls(loading), [c for _, ins, _, _ in loading for c in ins],
+                               [c for _, _, outs, _ in loading for c in outs], show_progress="hidden")
+        self.polls = []
+
+
+def _disjoint_groups(polls: list[Any]) -> list[list[Any]]:
+    groups: list[tuple[set[int], list[Any]]] = []
+    for entry in polls:
+        ids = {id(c) for c in entry[2]}
+        for written, members in groups:
+            if not ids & written:
+                written |= ids
+                members.append(entry)
+                break
+        else:
+            groups.append((ids, [entry]))
+    return [members for _, members in groups]
+
+
+def _run_polls(group: list[Any]) -> Callable[..., list[Any]]:
+    """One handler calling each poll with its inputs; a poll that fails leaves its outputs as they were."""
+
+    def poll(*values: Any) -> list[Any]:
+        import gradio as gr
+
+        results: list[Any] = []
+        start = 0
+        for fn, ins, outs, _ in group:
+            part, start = values[start : start + len(ins)], start + len(ins)
+            try:
+                result = fn(*part)
+            except Exception:  # a broken poll must not blank the others' status lines
+                log.exception("poll %s failed", getattr(fn, "__qualname__", fn))
+                results.extend([gr.skip()] * len(outs))
+                continue
+            results.extend([result] if len(outs) == 1 else list(result))
+        return results
+
+    return poll
 
 
 class Tab:

@@ -105,7 +105,7 @@ class PageState:
         for tab in self.tabs:
             tab.select(self.refresh_lists, None, listed, show_progress="hidden", api_visibility="undocumented")
         seen = gr.State(None)
-        clock.timer.tick(self.after_jobs, seen, [seen, *listed], show_progress="hidden", api_visibility="undocumented")
+        clock.poll(self.after_jobs, seen, [seen, *listed], on_load=False)  # the load above fills the lists
 
     def _remember_preset(self, choice: str) -> None:
         try:  # a shipped preset or a saved one ("saved: NAME")

@@ -146,9 +146,10 @@ class StoryTab(Tab):
         self.stop_btn.click(stop_latest(self.ctx, "story"), None, self.status, queue=False)  # not behind the polls
         self.preview.wire(clock, self)
         self.load_example_btn.click(self.on_load_example, self.example, self.story_inputs)
-        self.add_panel_btn.click(on_add_panel, self.panels, self.panels)
-        self.remove_panel_btn.click(on_remove_panel, self.panels, self.panels)
-        self.move_btn.click(on_move, [self.panels, self.move_from, self.move_to], self.panels)
+        # Table edits skip the server's queue: they answer at once while the polls and a job keep it busy.
+        self.add_panel_btn.click(on_add_panel, self.panels, self.panels, queue=False)
+        self.remove_panel_btn.click(on_remove_panel, self.panels, self.panels, queue=False)
+        self.move_btn.click(on_move, [self.panels, self.move_from, self.move_to], self.panels, queue=False)
         self.regen_btn.click(self.on_regenerate, [self.current_run, self.regen_index, self.regen_seed], self.status)
         self.zip_btn.click(self.on_zip, self.current_run, [self.status, self.story_zip])
         seen = gr.State({})
