@@ -61,8 +61,8 @@ def test_train_form_has_the_caption_fields(app_config):
 def test_each_tab_polls_on_the_timer_and_on_load(app_config):
     polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
     triggers = sorted(t[1] for d in polls for t in d["targets"])
-    # train (with the queue), story, eval, caption, panel preview, LoRA on/off view
-    assert triggers == ["load"] * 6 + ["tick"] * 6
+    # train (with the queue), story, eval, caption, recipe, panel preview, LoRA on/off view
+    assert triggers == ["load"] * 7 + ["tick"] * 7
 
 
 def test_data_tab_has_the_caption_step(app_config):

@@ -111,6 +111,11 @@ def test_stop_between_rows_leaves_no_half_written_result(app, monkeypatch):
         ws, RECIPE.format(out="s"), "s"))).id, 60)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert "result.jsonl" in before and len(before["result.jsonl"].splitlines()) == 4
+    # Rows handed on one at a time give the same result and stats as whole chunks.
+    monkeypatch.setattr(executor, "_LOCAL_REPORT_SECONDS", 60.0)
+    recipe_run.run_recipe_text(ws, RECIPE.format(out="whole"), "whole")
+    for name in ("result.jsonl", "result_stats.jsonl"):
+        assert before[name] == (ws.root / "curated" / "whole" / name).read_bytes()
     stop_at_row(monkeypatch, queue, 1, [])
     data.on_run_recipe(RECIPE.format(out="s").replace("min_width: 64", "min_width: 8"), "s", 0)
     job = queue.wait(queue.latest("recipe").id, 60)
