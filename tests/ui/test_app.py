@@ -63,9 +63,9 @@ def test_each_tab_polls_on_the_timer_and_on_load(app_config):
     polls = [d for d in app_config["dependencies"] if d["api_name"].startswith("poll")]
     written = {trigger: {ids[o] for d in polls if any(t[1] == trigger for t in d["targets"]) for o in d["outputs"]}
                for trigger in ("tick", "load")}
-    # train (with the queue), story, eval, caption, panel preview, LoRA on/off view: shown again on a reload too
+    # train (with the queue), story, eval, caption, recipe, panel preview, LoRA on/off view: shown again on a reload too
     statuses = {"train-status", "story-status", "eval-status", "caption-status", "preview-status", "on-off-headline",
-                "job-queue"}
+                "job-queue", "recipe-status"}
     assert statuses <= written["tick"] and statuses <= written["load"]
     assert "story-lora" in written["tick"]  # the lists are read again after a job ends
     # The tabs share the ticks: two events a second (the lists write a dropdown a tab's poll also writes), not nine.

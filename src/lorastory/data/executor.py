@@ -41,6 +41,9 @@ from lorastory.skips import Skip
 HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash", "__dj__videohash")
 INPUT_STAGE = -1
 _CHUNK_LINES = 256
+# Without worker processes a chunk is handed on early once it has taken this long, so slow ops (a
+# model per image) still call ``on_progress``, the web app's Stop point, every fraction of a second.
+_LOCAL_REPORT_SECONDS = 0.5
 _EXAMPLES_PER_OP = 12
 
 
@@ -78,6 +81,17 @@ class _Chain:
         for line_no, raw in chunk:
             result.outcomes.append(self._run_line(line_no, raw, result))
         return result
+
+    def run_timed(self, chunk: list[tuple[int, bytes]], seconds: float) -> Iterator[_ChunkResult]:
+        """The chunk's results in pieces, each handed on once it has taken ``seconds`` (same rows, same order)."""
+        result, began = _ChunkResult([], [0.0] * len(self.ops), {}), time.perf_counter()
+        for line_no, raw in chunk:
+            result.outcomes.append(self._run_line(line_no, raw, result))
+            if time.perf_counter() - began >= seconds:
+                yield result
+                result, began = _ChunkResult([], [0.0] * len(self.ops), {}), time.perf_counter()
+        if result.outcomes:
+            yield result
 
     def _run_line(self, line_no: int, raw: bytes, totals: _ChunkResult) -> _Outcome:
         try:
@@ -209,7 +223,8 @@ def _read_chunks(path: Path) -> Iterator[list[tuple[int, bytes]]]:
 def _chunk_results(recipe: Recipe, chain: _Chain, path: Path, processes: int) -> Iterator[_ChunkResult]:
     """Chunk results in input order, computed in ``processes`` workers with bounded read-ahead."""
     if processes <= 1:
-        yield from (chain.run_chunk(chunk) for chunk in _read_chunks(path))
+        for chunk in _read_chunks(path):
+            yield from chain.run_timed(chunk, _LOCAL_REPORT_SECONDS)
         return
     in_flight = threading.BoundedSemaphore(processes * 4)
     stopping = threading.Event()

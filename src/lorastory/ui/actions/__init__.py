@@ -26,7 +26,6 @@ from lorastory.ui.actions.data import (
     op_defaults,
     op_rows,
     point_recipe,
-    run_recipe_text,
     train_folder_choices,
 )
 from lorastory.ui.actions.gallery import PARAM_COLUMNS, eval_job, run_details, story_runs, train_runs
@@ -41,6 +40,7 @@ from lorastory.ui.actions.models import (
     model_choices,
     resolve_model,
 )
+from lorastory.ui.actions.recipe_run import plan_recipe, recipe_fingerprint, recipe_job, run_recipe_text
 from lorastory.ui.actions.story import (
     STORY_COLUMNS,
     consistency_from_form,
@@ -74,4 +74,5 @@ __all__ = [
     "loss_frame",
     "CAPTION_COLUMNS", "caption_job", "caption_rows", "captioner_choices", "save_captions",
     "check_run_name", "free_run_name", "go_offline_without_network", "story_form_values",
+    "plan_recipe", "recipe_fingerprint", "recipe_job",
 ]

@@ -16,16 +16,11 @@ import yaml
 
 from lorastory.config import yaml_from_text
 from lorastory.data.dataset import ImportConfig, export_csv, import_dataset, read_rows
-from lorastory.data.executor import run_recipe
-from lorastory.data.image_keys import image_key_warnings
 from lorastory.data.ops import OpParams, build_op, registered_ops
-from lorastory.data.recipe import recipe_from_data, resolve_dataset_file
-from lorastory.data.report import summary
 from lorastory.data.sample import resolve_path
 from lorastory.data.sources import open_source
 from lorastory.demo import EXAMPLES
 from lorastory.errors import ConfigError, DataError
-from lorastory.fileio import atomic_write_text
 from lorastory.hub import looks_like_hub_id
 from lorastory.ui.workspace import PathRefused, Workspace
 
@@ -149,40 +144,6 @@ def add_op(text: str, name: str, params_yaml: str) -> str:
     data.setdefault("process", [])
     data["process"] = (data["process"] or []) + [{name: params}]
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-
-
-def run_recipe_text(
-    ws: Workspace, text: str, name: str, processes: int | None = None, on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Save the editor's recipe as ``recipes/NAME.yaml`` and run it; paths in it are workspace paths."""
-    path = ws.child("recipes", f"{name}.yaml")
-    atomic_write_text(path, text)
-    data = yaml_from_text(text, str(path))
-    if isinstance(data, dict):
-        data["process"] = workspace_model_paths(ws, data.get("process"))  # before any op opens a model
-    recipe = recipe_from_data(data, str(path))
-    recipe.dataset_path = str(ws.resolve(recipe.dataset_path, must_exist=True))
-    recipe.export_path = str(ws.resolve(recipe.export_path))
-    input_file = ws.check(resolve_dataset_file(recipe))
-    image_keys = {recipe.image_key, "image", "images"} | {op.params.image_key for op in recipe.build_ops() if op.params.image_key}
-    total = 0
-    for number, row, _problem in read_rows(input_file):
-        total += 1
-        # Any key an op could read images from (ops may set their own image_key).
-        for key in image_keys:
-            images = (row or {}).get(key) or []
-            for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
-                if isinstance(image, str) and not ws.is_inside(resolve_path(image, str(input_file.parent))):
-                    raise PathRefused(f"{ws.rel(input_file)} line {number}: image {image} is outside the workspace")
-    warnings = image_key_warnings(recipe, input_file)
-    # An empty field: the recipe's own np decides (Data-Juicer's meaning of np).
-    result = run_recipe(recipe, processes=max(1, int(processes)) if processes else None,
-                        on_progress=(lambda done: on_progress(done, total)) if on_progress else None)
-    data = summary(result)
-    data["warnings"] = warnings  # the reports were written with the result (trust_remote_code was refused by load_recipe)
-    data["report_html"] = str(result.report_html)
-    data["report_json"] = str(result.report_json)
-    return data
 
 
 def workspace_model_paths(ws: Workspace, process: Any) -> Any:

@@ -1,5 +1,5 @@
-"""The Data tab: import images, curate with a Data-Juicer recipe (per-op table, kept/dropped
-galleries, report), export a training folder."""
+"""The Data tab: import images, curate with a Data-Juicer recipe (run as a queued job with progress
+and Stop; per-op table, kept/dropped galleries, report once done), export a training folder."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from lorastory.data.ops import registered_ops
 from lorastory.ui import actions
 from lorastory.ui.actions.recipe_text import add_op_keeping_comments, nothing_kept_note
 from lorastory.ui.defaults import app_defaults, recipe_text
+from lorastory.ui.jobs import DONE
 from lorastory.ui.tabs.caption import CaptionStep
 from lorastory.ui.tabs.recipes import RecipeLoader
-from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, yaml_text
+from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, progress_md, stop_latest, yaml_text
 
 
 class DataTab(Tab):
@@ -84,6 +85,7 @@ class DataTab(Tab):
             self.processes = gr.Number(label="Worker processes (0: the recipe's np)", value=0, precision=0,
                                        minimum=0, elem_id="recipe-processes")
             self.run_recipe_btn = gr.Button("Run recipe", variant="primary", elem_id="run-recipe-btn")
+            self.stop_recipe_btn = gr.Button("Stop", variant="stop", elem_id="recipe-stop-btn")
         self.recipe_status = gr.Markdown(elem_id="recipe-status", elem_classes="status")
 
     def _build_results(self) -> None:
@@ -130,13 +132,10 @@ class DataTab(Tab):
         self.op_pick.change(self.on_op, self.op_pick, [self.op_table, self.op_params])
         self.add_op_btn.click(self.on_add_op, [self.recipe_text, self.op_pick, self.op_params],
                               [self.recipe_text, self.recipe_status])
-
-        def run_recipe(text, name, procs, progress=gr.Progress()):  # gradio fills a parameter whose default is a Progress
-            return self.on_run_recipe(text, name, procs, progress)
-
-        self.run_recipe_btn.click(run_recipe, [self.recipe_text, self.recipe_name, self.processes],
-                                  [self.recipe_status, self.op_counts, self.kept_gallery, self.dropped_gallery,
-                                   self.skipped_md, self.report_html, self.export_src])
+        self.run_recipe_btn.click(self.on_run_recipe, [self.recipe_text, self.recipe_name, self.processes], self.recipe_status)
+        self.stop_recipe_btn.click(stop_latest(self.ctx, "recipe"), None, self.recipe_status, queue=False)  # not behind the polls
+        seen = gr.State({})
+        clock.poll(self.poll_recipe, seen, [seen, self.recipe_status, *self.result_views()])
         self.export_btn.click(self.on_export, [self.export_src, self.export_name], [self.export_status, train_folder])
         clock.demo.load(self.refresh_data_lists, None, data_lists)
         clock.demo.load(self.caption.refresh, None, caption_lists)
@@ -193,23 +192,50 @@ class DataTab(Tab):
         except Exception as error:
             return gr.skip(), err(error)
 
-    def on_run_recipe(self, text, name, procs, progress):
+    def result_views(self) -> list[Any]:
+        """What a finished recipe job fills, in :meth:`recipe_views`' order."""
+        return [self.op_counts, self.kept_gallery, self.dropped_gallery, self.skipped_md, self.report_html, self.export_src]
+
+    def on_run_recipe(self, text, name, procs):
+        """Queue the recipe (checked first: a bad one is refused here, in one line); the poll shows the rest."""
+        try:
+            processes = int(procs) if procs else None
+            plan = actions.plan_recipe(self.ws, text, name, processes)
+            # An identical run already queued is refused; so is a second job writing the same result.
+            job = self.ctx.jobs.submit("recipe", f"recipe {name}", actions.recipe_job(self.ws, plan),
+                                       key=self.ws.rel(plan.export), fingerprint=actions.recipe_fingerprint(text, processes))
+        except Exception as error:
+            return err(error)
+        return f"**Queued:** {job.summary()}"
+
+    def poll_recipe(self, state: dict[str, Any]) -> list[Any]:
+        """The newest recipe job's progress; once done its status line, op table, galleries and report."""
+        import gradio as gr
+
+        state = dict(state or {})
+        job = self.ctx.jobs.latest("recipe")
+        views = [gr.skip()] * len(self.result_views())
+        if job is None or state.get("recipe") == (job.id, job.status, job.message):
+            return [state, gr.skip(), *views]
+        state["recipe"] = (job.id, job.status, job.message)
+        if job.status == DONE and job.result:
+            try:
+                return [state, recipe_message(self.ws, job.result), *self.recipe_views(job.result)]
+            except Exception as error:  # the result was removed since: say so instead of failing every tick
+                return [state, err(error), *views]
+        return [state, progress_md(job), *views]
+
+    def recipe_views(self, report: dict[str, Any]) -> list[Any]:
+        """The op table, kept and dropped galleries, skipped rows, report frame and export choice of a run."""
         import gradio as gr
 
         ws = self.ws
-        try:
-            progress(0, desc="reading the dataset")
-            report = actions.run_recipe_text(ws, text, name, int(procs) if procs else None,
-                                             on_progress=lambda done, total: progress(done / max(total, 1), desc=f"{done}/{total} rows"))
-        except Exception as error:
-            return (err(error), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         table = [[r["op"], r["in"], r["kept"], r["dropped"], r["errors"], r["seconds"]] for r in report["ops"]]
         page = Path(report["report_html"]).read_text(encoding="utf-8")
         frame = (f'<iframe title="report" style="width:100%;height:560px;border:0" '
                  f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
-        return (recipe_message(ws, report), table, actions.kept_samples(ws, report["export"]),
-                actions.dropped_samples(ws, report), skipped_message(report), frame,
-                gr.update(choices=actions.curated_choices(ws), value=ws.rel(report["export"])))
+        return [table, actions.kept_samples(ws, report["export"]), actions.dropped_samples(ws, report),
+                skipped_message(report), frame, gr.update(choices=actions.curated_choices(ws), value=ws.rel(report["export"]))]
 
     def on_export(self, src, name):
         import gradio as gr
