@@ -9,6 +9,9 @@ is unchanged; ComfyUI and diffusers' kohya reader (which detects the block-diago
 it back) get the same weights. Parts a LoRA leaves out (say the MLP input of a single block) are zero
 rows. Reading splits the fused matrices again, sized from the transformer's config rather than the
 full-size model's, so a tiny test Flux reads the same way.
+
+Also here: ComfyUI's spelling of the same names (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight``),
+read as kohya's; sd-scripts' T5 keys (``lora_te3_``); XLabs' files (diffusers' converter).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorastory.models.lora.dit_names import gather_modules
 from lorastory.models.lora.errors import LoraError, LoraFormatError
 from lorastory.models.lora.keys import Modules, modules_of
+from lorastory.models.registry import FAMILIES, Family
 
 if TYPE_CHECKING:
     import torch
@@ -189,3 +194,57 @@ def from_xlabs(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from diffusers.loaders.lora_conversion_utils import _convert_xlabs_flux_lora_to_diffusers
 
     return _convert_xlabs_flux_lora_to_diffusers(dict(tensors))  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------- ComfyUI's BFL keys, kohya's T5, the family
+
+
+COMFY_PREFIX = "diffusion_model."
+_BFL_ROOTS = ("double_blocks.", "single_blocks.", "final_layer.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.")
+_COMFY_KEY = re.compile(r"^diffusion_model\.(?P<module>.+)\.(?P<part>lora_[AB]\.weight|lora_(?:down|up)\.weight|alpha)$")
+_KOHYA_PART = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
+               "lora_down.weight": "lora_down.weight", "lora_up.weight": "lora_up.weight", "alpha": "alpha"}
+
+
+def is_comfy_bfl(keys: list[str]) -> bool:
+    """Whether a file names BFL's Flux modules as ComfyUI does (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A``)."""
+    return any(k.startswith(COMFY_PREFIX) and k[len(COMFY_PREFIX):].startswith(_BFL_ROOTS) and ".processor." not in k
+               for k in keys)
+
+
+def comfy_bfl_to_kohya(file: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's ``diffusion_model.<BFL module>`` keys as kohya's ``lora_unet_<BFL module>`` ones (the same weights:
+    ComfyUI's loader maps both to one module); ``lora_A``/``lora_B`` files bake alpha in, so they have no ``.alpha``."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        match = _COMFY_KEY.match(key)
+        if match is None or not match["module"].startswith(_BFL_ROOTS):
+            raise LoraFormatError(f"{file.name}: key '{key}' is not a ComfyUI Flux LoRA key "
+                                  "(diffusion_model.<Flux module>.lora_A.weight / lora_B / lora_down / lora_up / alpha)")
+        renamed[f"lora_unet_{match['module'].replace('.', '_')}.{_KOHYA_PART[match['part']]}"] = value
+    return renamed
+
+
+# sd-scripts' networks/lora_flux.py names the T5-XXL encoder (the Flux pipeline's text_encoder_2) "lora_te3" and adapts
+# its T5Attention (q, k, v, o) and T5DenseGatedActDense (wi_0, wi_1, wo) Linears.
+KOHYA_T5_PREFIX = "lora_te3_"
+T5_COMPONENT = "text_encoder_2"
+_T5_KEY = re.compile(r"^lora_te3_encoder_block_(\d+)_layer_(\d+)_(SelfAttention_[qkvo]|DenseReluDense_w(?:i_[01]|i|o))"
+                     r"\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+def from_kohya_t5(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, dict[str, float]]:
+    """``text_encoder_2.encoder.block.N.layer.M.<module>`` (A, B) and alphas from sd-scripts' ``lora_te3_`` keys."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        match = _T5_KEY.match(key)
+        if match is None:
+            raise LoraFormatError(f"{file.name}: kohya T5 key '{key}' is not a T5 encoder module this reader knows")
+        module = f"{T5_COMPONENT}.encoder.block.{match[1]}.layer.{match[2]}.{match[3].replace('_', '.', 1)}"
+        parts.setdefault(module, {})[{"lora_down.weight": "A", "lora_up.weight": "B", "alpha": "alpha"}[match[4]]] = value
+    return gather_modules(file, parts)
+
+
+def bfl_family() -> Family:
+    """The registered family whose kohya files use BFL's module names (Flux.1)."""
+    return next(f for f in FAMILIES.values() if f.kohya_unet_names == "bfl")
