@@ -35,7 +35,7 @@ FLUX_LORA_TARGETS = (
 # ComfyUI's diffusion_model.<diffusers name> keys are read back through (models/lora/dit_names.py).
 FLUX_MODULES = (
     *(f"transformer_blocks.N.{m}" for m in (
-        "norm1.linear", "norm1_context.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "norm1.linear", "norm1_context.linear",
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
         "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")),
     *(f"single_transformer_blocks.N.{m}" for m in ("norm.linear", "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")),

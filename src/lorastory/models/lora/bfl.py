@@ -245,6 +245,11 @@ def from_kohya_t5(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modu
     return gather_modules(file, parts)
 
 
+# For the message about a Flux file in no layout we read, after the layouts of diffusers' names.
+BFL_LAYOUTS = ("BFL's names (kohya lora_unet_double_blocks_0_img_attn_qkv, ComfyUI diffusion_model.double_blocks.0.img_attn.qkv) "
+               "and XLabs' (double_blocks.0.processor.qkv_lora1)")
+
+
 def bfl_family() -> Family:
     """The registered family whose kohya files use BFL's module names (Flux.1)."""
     return next(f for f in FAMILIES.values() if f.kohya_unet_names == "bfl")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorastory.models.lora.bfl import (
+    BFL_LAYOUTS,
     KOHYA_T5_PREFIX,
     bfl_family,
     comfy_bfl_to_kohya,
@@ -173,18 +174,19 @@ def _parse(
     if layout is not None:
         return layout[1], *_of_family(file, family, layout[0], from_peft_dit(file, stripped, layout[0]))
     roots = {k.split(".", 1)[0] for k in stripped}
-    if is_diffsynth_blocks(roots):
+    known = FAMILIES.get(hint) if hint is not None else None
+    unet = known is None or known.denoiser == "unet"  # DiffSynth's blocks.N and diffusers' UNet roots: UNet layouts
+    if unet and is_diffsynth_blocks(roots):
         return ("diffsynth-blocks", *from_diffsynth_blocks(file, stripped, config))
-    if roots <= _UNET_ROOTS:
+    if unet and roots <= _UNET_ROOTS:
         modules, alphas = from_prefixed(file, {f"unet.{k}": v for k, v in stripped.items()}, {})
         if peft_wrapped:
             alphas = peft_adapter_config_alphas(file, modules) or alphas
         return ("peft" if peft_wrapped else "diffsynth"), modules, alphas
     first = keys[0] if keys else "(none)"
-    known = FAMILIES.get(hint) if hint is not None else None
     if known is not None and known.lora_modules:
         raise LoraFormatError(f"{file.name}: its keys match no {known.display} LoRA layout (first key '{first}'); "
-                              f"{layouts_read(known)}")
+                              f"{layouts_read(known)}{', and ' + BFL_LAYOUTS if known is bfl_family() else ''}")
     raise LoraFormatError(
         f"{file.name}: unrecognised LoRA layout (first key '{first}'); expected diffusers/peft "
         "(unet.…lora_A or transformer.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
