@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from clients.comfy_flux import comfy_flux_patch
 from clients.common import merged_weights
 from safetensors.torch import save_file
 
@@ -112,6 +113,8 @@ LAYOUTS = {
     "ai-toolkit transformer. + lora_down": (lambda: _diffusers_named(lambda m: f"transformer.{m}"), "diffusers"),
 }
 
+COMFY_SKIPS = {"kohya names over diffusers modules"}  # ComfyUI maps kohya names over BFL's modules only
+
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_flux_lora_of_each_tool_merges_into_the_weights_it_means(layout, tiny_model_path, tmp_path):
@@ -131,6 +134,11 @@ def test_flux_lora_of_each_tool_merges_into_the_weights_it_means(layout, tiny_mo
     assert set(merged) == set(expected)
     for module, delta in expected.items():
         assert torch.allclose(merged[module], base[module] + delta, atol=TOLERANCE), module
+    if layout not in COMFY_SKIPS:  # ComfyUI's own loader (ported) patches the transformer the same way
+        patched, _, not_loaded, errors = comfy_flux_patch(load_pipeline(tiny_model_path("flux")).transformer, file)
+        assert errors == [] and all(k.startswith("lora_te") for k in not_loaded)
+        for module in (m for m in expected if m.startswith("transformer.")):
+            assert torch.allclose(patched[f"{module}.weight"], merged[module], atol=TOLERANCE), module
 
 
 def test_a_flux_file_with_unknown_keys_is_one_line_error(cli, tiny_model_path, tmp_path):

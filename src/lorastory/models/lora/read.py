@@ -1,7 +1,7 @@
 """Read any supported LoRA file into one canonical, scale-correct state dict.
 
-:func:`load_lora_state` reads ours, diffusers/peft (new and old key styles), kohya, and
-DiffSynth-Studio files (peft keys without a prefix, or DiffSynth's own ``blocks.N`` UNet layout)
+:func:`load_lora_state` reads ours, diffusers/peft (new and old key styles), kohya (a Flux file's
+BFL names and T5 keys, ComfyUI's spelling of them, XLabs' keys: :mod:`.bfl`), and DiffSynth-Studio files (peft keys without a prefix, or DiffSynth's own ``blocks.N`` UNet layout)
 into ``<component>.<module>.lora_A.weight`` / ``lora_B.weight`` keys with each module's
 ``alpha / rank`` scale multiplied into ``lora_B``, so ``pipe.load_lora_weights(state)`` (which
 assumes alpha == rank for a bare dict) gives the right output. Here: the file reading, the
