@@ -3,11 +3,12 @@ tool means them: every adapted weight is ``W + alpha / rank * up @ down`` of the
 linear (``img_attn.qkv``, ``linear1``) split into diffusers' q / k / v (/ MLP) rows.
 
 Layouts, as the tools write them: ComfyUI's ``diffusion_model.<BFL module>`` (``lora_A``/``lora_B``, alpha baked in;
-or ``lora_down``/``lora_up`` + ``.alpha``); sd-scripts' networks/lora_flux.py with its text encoders (``lora_te1_``
+or ``lora_down``/``lora_up`` + ``.alpha``, with ``text_encoders.clip_l`` / ``t5xxl`` keys); sd-scripts' networks/lora_flux.py with its text encoders (``lora_te1_``
 CLIP-L, ``lora_te3_`` T5-XXL) and ``split_qkv`` (block-diagonal ``lora_up``, alpha unchanged); kohya names over
 diffusers modules (``lora_unet_transformer_blocks_0_attn_to_q``); ai-toolkit's older ``lora_transformer_`` files
 and its ``transformer.`` + ``lora_down`` ones. Each file is built here from known random matrices on the tiny Flux
-(2 heads x 8: inner 16, CLIP and T5 of 32).
+(2 heads x 8: inner 16, CLIP and T5 of 32); the transformer's weights are also checked against ComfyUI's own loader
+(tests/clients/comfy_flux.py) wherever ComfyUI reads the layout.
 """
 
 from __future__ import annotations
@@ -57,7 +58,15 @@ def _comfy_bfl(lora_ab: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.
                              [*_qkv("single_transformer_blocks.0"), ("transformer.single_transformer_blocks.0.proj_mlp", 4 * INNER)],
                              2, **names)
     mlp, mlp_delta = _lora("diffusion_model.double_blocks.0.txt_mlp.0", INNER, 4 * INNER, 3, **names)
-    return {**qkv, **linear1, **mlp}, {**expected, **single, "transformer.transformer_blocks.0.ff_context.net.0.proj": mlp_delta}
+    expected = {**expected, **single, "transformer.transformer_blocks.0.ff_context.net.0.proj": mlp_delta}
+    tensors = {**qkv, **linear1, **mlp}
+    if not lora_ab:  # ComfyUI's text-encoder keys too (its LoRA saving nodes)
+        clip, expected["text_encoder.encoder.layers.0.self_attn.v_proj"] = _lora(
+            "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.v_proj", TEXT, TEXT, 4)
+        t5, expected["text_encoder_2.encoder.block.0.layer.0.SelfAttention.o"] = _lora(
+            "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.o", TEXT, TEXT, 5)
+        tensors.update({**clip, **t5})
+    return tensors, expected
 
 
 def _sd_scripts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -106,7 +115,7 @@ def _diffusers_named(key_of) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
 LAYOUTS = {
     "comfyui lora_A/lora_B": (lambda: _comfy_bfl(True), "comfyui"),
-    "comfyui lora_down + alpha": (lambda: _comfy_bfl(False), "comfyui"),
+    "comfyui lora_down + alpha, CLIP-L + T5": (lambda: _comfy_bfl(False), "comfyui"),
     "sd-scripts split_qkv + CLIP-L + T5": (_sd_scripts, "kohya"),
     "kohya names over diffusers modules": (lambda: _diffusers_named(lambda m: "lora_unet_" + m.replace(".", "_")), "kohya"),
     "ai-toolkit lora_transformer_": (lambda: _diffusers_named(lambda m: "lora_transformer_" + m.replace(".", "_")), "kohya"),
@@ -136,7 +145,7 @@ def test_flux_lora_of_each_tool_merges_into_the_weights_it_means(layout, tiny_mo
         assert torch.allclose(merged[module], base[module] + delta, atol=TOLERANCE), module
     if layout not in COMFY_SKIPS:  # ComfyUI's own loader (ported) patches the transformer the same way
         patched, _, not_loaded, errors = comfy_flux_patch(load_pipeline(tiny_model_path("flux")).transformer, file)
-        assert errors == [] and all(k.startswith("lora_te") for k in not_loaded)
+        assert errors == [] and all(k.startswith(("lora_te", "text_encoders.")) for k in not_loaded)  # its CLIP/T5 loaders
         for module in (m for m in expected if m.startswith("transformer.")):
             assert torch.allclose(patched[f"{module}.weight"], merged[module], atol=TOLERANCE), module
 

@@ -201,7 +201,11 @@ def from_xlabs(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 COMFY_PREFIX = "diffusion_model."
 _BFL_ROOTS = ("double_blocks.", "single_blocks.", "final_layer.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.")
-_COMFY_KEY = re.compile(r"^diffusion_model\.(?P<module>.+)\.(?P<part>lora_[AB]\.weight|lora_(?:down|up)\.weight|alpha)$")
+_COMFY_KEY = re.compile(r"^(?P<root>diffusion_model|text_encoders\.clip_l\.transformer|text_encoders\.t5xxl\.transformer)\."
+                        r"(?P<module>.+)\.(?P<part>lora_[AB]\.weight|lora_(?:down|up)\.weight|alpha)$")
+# ComfyUI's text-encoder roots as sd-scripts' prefixes: CLIP-L is lora_te1_, T5-XXL lora_te3_.
+_COMFY_ROOT = {"diffusion_model": "lora_unet_", "text_encoders.clip_l.transformer": "lora_te1_",
+               "text_encoders.t5xxl.transformer": "lora_te3_"}
 _KOHYA_PART = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
                "lora_down.weight": "lora_down.weight", "lora_up.weight": "lora_up.weight", "alpha": "alpha"}
 
@@ -214,14 +218,15 @@ def is_comfy_bfl(keys: list[str]) -> bool:
 
 def comfy_bfl_to_kohya(file: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ComfyUI's ``diffusion_model.<BFL module>`` keys as kohya's ``lora_unet_<BFL module>`` ones (the same weights:
-    ComfyUI's loader maps both to one module); ``lora_A``/``lora_B`` files bake alpha in, so they have no ``.alpha``."""
+    ComfyUI's loader maps both to one module), its ``text_encoders.clip_l`` / ``t5xxl`` ones as ``lora_te1_`` /
+    ``lora_te3_``; ``lora_A``/``lora_B`` files bake alpha in, so they have no ``.alpha``."""
     renamed: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         match = _COMFY_KEY.match(key)
-        if match is None or not match["module"].startswith(_BFL_ROOTS):
+        if match is None or (match["root"] == "diffusion_model" and not match["module"].startswith(_BFL_ROOTS)):
             raise LoraFormatError(f"{file.name}: key '{key}' is not a ComfyUI Flux LoRA key "
                                   "(diffusion_model.<Flux module>.lora_A.weight / lora_B / lora_down / lora_up / alpha)")
-        renamed[f"lora_unet_{match['module'].replace('.', '_')}.{_KOHYA_PART[match['part']]}"] = value
+        renamed[f"{_COMFY_ROOT[match['root']]}{match['module'].replace('.', '_')}.{_KOHYA_PART[match['part']]}"] = value
     return renamed
 
 
