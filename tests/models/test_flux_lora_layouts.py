@@ -8,7 +8,7 @@ CLIP-L, ``lora_te3_`` T5-XXL) and ``split_qkv`` (block-diagonal ``lora_up``, alp
 diffusers modules (``lora_unet_transformer_blocks_0_attn_to_q``); ai-toolkit's older ``lora_transformer_`` files
 and its ``transformer.`` + ``lora_down`` ones. Each file is built here from known random matrices on the tiny Flux
 (2 heads x 8: inner 16, CLIP and T5 of 32); the transformer's weights are also checked against ComfyUI's own loader
-(tests/clients/comfy_flux.py) wherever ComfyUI reads the layout.
+(tests/clients/comfy_flux.py) wherever ComfyUI reads the layout (norm_out, stored swapped there, aside).
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def _comfy_bfl(lora_ab: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     mlp, mlp_delta = _lora("diffusion_model.double_blocks.0.txt_mlp.0", INNER, 4 * INNER, 3, **names)
     expected = {**expected, **single, "transformer.transformer_blocks.0.ff_context.net.0.proj": mlp_delta}
     tensors = {**qkv, **linear1, **mlp}
+    final, final_delta = _lora("diffusion_model.final_layer.adaLN_modulation.1", INNER, 2 * INNER, 6, **names)
+    tensors.update(final)  # BFL's rows are (shift, scale), diffusers' norm_out.linear (scale, shift)
+    expected["transformer.norm_out.linear"] = torch.cat(final_delta.chunk(2)[::-1])
     if not lora_ab:  # ComfyUI's text-encoder keys too (its LoRA saving nodes)
         clip, expected["text_encoder.encoder.layers.0.self_attn.v_proj"] = _lora(
             "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.v_proj", TEXT, TEXT, 4)
@@ -146,7 +149,7 @@ def test_flux_lora_of_each_tool_merges_into_the_weights_it_means(layout, tiny_mo
     if layout not in COMFY_SKIPS:  # ComfyUI's own loader (ported) patches the transformer the same way
         patched, _, not_loaded, errors = comfy_flux_patch(load_pipeline(tiny_model_path("flux")).transformer, file)
         assert errors == [] and all(k.startswith(("lora_te", "text_encoders.")) for k in not_loaded)  # its CLIP/T5 loaders
-        for module in (m for m in expected if m.startswith("transformer.")):
+        for module in (m for m in expected if m.startswith("transformer.") and m != "transformer.norm_out.linear"):
             assert torch.allclose(patched[f"{module}.weight"], merged[module], atol=TOLERANCE), module
 
 

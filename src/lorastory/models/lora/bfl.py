@@ -119,6 +119,8 @@ def from_bfl(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, 
     """``transformer.<module>`` (A, B) and alphas from a kohya Flux file. Fused modules are split into their
     parts, sized from the fused ``lora_up`` itself (q, k, v: thirds; ``linear1``: 3 x inner + 4 x inner MLP),
     so a file of any Flux size reads without the model."""
+    import torch
+
     modules: Modules = {}
     alphas: dict[str, float] = {}
     for key in [k for k in tensors if k.endswith(".lora_down.weight")]:
@@ -131,6 +133,9 @@ def from_bfl(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, 
         if target is None:
             raise LoraFormatError(f"{file.name}: kohya module {stem} is not a Flux transformer module this reader knows")
         if isinstance(target, str):
+            if stem == _FINAL_MODULATION:  # BFL's rows are (shift, scale), diffusers' norm_out (scale, shift)
+                shift, scale = up.chunk(2)
+                up = torch.cat([scale, shift])
             modules[f"transformer.{target}"], alphas[f"transformer.{target}"] = (down, up), alpha
             continue
         for module, (a, b), part_alpha in _split(down, up, alpha, target, file, stem):
@@ -139,7 +144,8 @@ def from_bfl(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, 
 
 
 _STEM = re.compile(r"^lora_unet_(double_blocks|single_blocks)_(\d+)_(.+)$")
-_TOP_STEMS = {"lora_unet_" + bfl.replace(".", "_"): module for module, bfl in _TOP.items()}
+_FINAL_MODULATION = "lora_unet_final_layer_adaLN_modulation_1"  # read only: written LoRAs leave norm_out alone
+_TOP_STEMS = {"lora_unet_" + bfl.replace(".", "_"): module for module, bfl in _TOP.items()} | {_FINAL_MODULATION: "norm_out.linear"}
 
 
 def _diffusers_of(stem: str, outputs: int) -> str | list[tuple[str, int]] | None:
