@@ -138,11 +138,13 @@ def test_other_tools_qwen_image_loras_load_with_the_weights_they_mean(tiny_model
 def test_a_qwen_image_lora_for_another_family_or_with_unknown_modules_is_refused(tiny_model_path, tmp_path, cli):
     file = tmp_path / "musubi.safetensors"
     save_file({"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(4, 32),
-               "lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight": torch.zeros(32, 4)}, str(file))
+               "lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight": torch.zeros(32, 4),
+               "lora_unet_transformer_blocks_0_img_mod_1.lora_down.weight": torch.zeros(4, 32),  # Qwen-Image's alone
+               "lora_unet_transformer_blocks_0_img_mod_1.lora_up.weight": torch.zeros(192, 4)}, str(file))
     with pytest.raises(LoraMismatchError, match="names Qwen-Image transformer modules but the pipeline is Flux.1"):
         load_lora_state(file, family="flux")
     _, info = load_lora_state(file)  # no family asked for: the module names say Qwen-Image
-    assert info.components == ("transformer",) and info.target_modules == ("to_q",)
+    assert info.components == ("transformer",) and info.target_modules == ("img_mod.1", "to_q")
 
     story = tmp_path / "story.yaml"
     story.write_text("title: t\ndefaults: {steps: 1, width: 64, height: 64}\npanels: [{prompt: 少女}]\n", encoding="utf-8")
@@ -154,10 +156,14 @@ def test_a_qwen_image_lora_for_another_family_or_with_unknown_modules_is_refused
                "lora_unet_transformer_blocks_0_attn_to_k.lora_up.weight": torch.zeros(32, 4)}, str(unknown))
     cli("generate", story, "--model", model, "--out", tmp_path / "a", "--lora", unknown).error_line(
         "lora_unet_transformer_blocks_0_attn_to_qkv is not a Qwen-Image transformer module")
-    flux_comfy = tmp_path / "flux_comfy.safetensors"  # a ComfyUI Flux LoRA: BFL names, no Qwen-Image layout
+    flux_comfy = tmp_path / "flux_comfy.safetensors"  # a ComfyUI Flux LoRA: BFL names
     save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(4, 32),
                "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(96, 4)}, str(flux_comfy))
-    line = cli("generate", story, "--model", model, "--out", tmp_path / "b", "--lora", flux_comfy).error_line(
-        "flux_comfy.safetensors: its keys match no Qwen-Image LoRA layout", "diffusion_model.double_blocks.0.img_attn.qkv")
+    cli("generate", story, "--model", model, "--out", tmp_path / "b", "--lora", flux_comfy).error_line(
+        "flux_comfy.safetensors names Flux.1 transformer modules but the pipeline is Qwen-Image")
+    no_layout = tmp_path / "no_layout.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(4, 32)}, str(no_layout))
+    line = cli("generate", story, "--model", model, "--out", tmp_path / "c", "--lora", no_layout).error_line(
+        "no_layout.safetensors: its keys match no Qwen-Image LoRA layout", "double_blocks.0.img_attn.qkv.weight")
     assert "lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight" in line  # the layouts it reads, by example
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / out).exists() for out in "abc")

@@ -123,9 +123,9 @@ class Family:
     # The text encoders a text-encoder LoRA adapts (None: all); Flux's T5-XXL stays frozen, as kohya's default.
     lora_text_encoders: tuple[str, ...] | None = None
     lora_networks: tuple[str, ...] | None = None  # the adapter kinds its LoRA files can hold (None: every kind)
-    # A transformer whose kohya files keep its diffusers module names (Qwen-Image, as musubi-tuner writes them): every
-    # Linear module by name, "N" for a block index; how ``lora_unet_`` names (dots made "_") and ComfyUI's
-    # ``diffusion_model.`` keys are read back (lorastory.models.lora.dit_names). Empty: none (UNets; Flux's BFL names).
+    # A transformer whose kohya files keep its diffusers module names (Qwen-Image, as musubi-tuner writes them; some
+    # Flux files): every Linear module by name, "N" for a block index; how ``lora_unet_`` names (dots made "_") and
+    # ComfyUI's ``diffusion_model.`` keys are read back (lorastory.models.lora.dit_names). Empty: none (UNets).
     lora_modules: tuple[str, ...] = ()
     latent_patch: int = 1  # the denoiser's patch size in latent pixels: training sizes are multiples of 8 x this
     # An fp8 base (lorastory.models.fp8): the denoiser modules (class names) whose Linear layers see one row per

@@ -30,6 +30,18 @@ FLUX_LORA_TARGETS = (
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
     "proj_mlp", "proj_out",  # proj_out: the single blocks' and the final layer's
 )
+# Every Linear module of FluxTransformer2DModel by its diffusers name ("N": a block index): the table kohya-style
+# names over diffusers modules (ai-toolkit's older lora_transformer_..., lora_unet_transformer_blocks_0_attn_to_q) and
+# ComfyUI's diffusion_model.<diffusers name> keys are read back through (models/lora/dit_names.py).
+FLUX_MODULES = (
+    *(f"transformer_blocks.N.{m}" for m in (
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "norm1.linear", "norm1_context.linear",
+        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")),
+    *(f"single_transformer_blocks.N.{m}" for m in ("norm.linear", "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")),
+    "x_embedder", "context_embedder", "proj_out", "norm_out.linear",
+    *(f"time_text_embed.{e}.linear_{i}" for e in ("timestep_embedder", "text_embedder", "guidance_embedder") for i in (1, 2)),
+)
 # An fp8 base converts the double and single blocks' attention and MLP Linear layers; their adaptive norms'
 # modulation Linears (norm1.linear, norm1_context.linear, norm.linear) see one row per picture (the time
 # embedding) and stay, as do the embedders, x_embedder and the final layer outside the blocks.
@@ -110,7 +122,7 @@ FLUX = register_family(Family(
     "flux", "FluxPipeline", ("text_encoder", "text_encoder_2"), 1024, True, label="Flux.1", article="a",
     denoiser="transformer", encode_prompt=encode_flux_prompt, text_encoder_targets=CLIP_TE_TARGETS,
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
-    lora_targets=FLUX_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
+    lora_targets=FLUX_LORA_TARGETS, lora_modules=FLUX_MODULES, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
     latent_patch=2, lora_networks=("lora",),  # LoHa/LoKr/DoRA: no Flux file layout yet
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux", fp8_blocks=FLUX_FP8_BLOCKS, fp8_skip=FLUX_FP8_SKIP,
     ip_adapter=FLUX_IP_ADAPTER, ip_adapter_state="lorastory.models.families.flux_ip_adapter:flux_ip_adapter_state_dict",

@@ -16,8 +16,9 @@ Everything here is a thin layer over peft and diffusers, one module per concern:
 * One module per layout: :mod:`.diffusers_format` (diffusers/peft keys), :mod:`.kohya` (sd-scripts
   names, SGM naming tables, :func:`kohya_unet_name`), :mod:`.diffsynth` (DiffSynth-Studio,
   :func:`diffsynth_block_map`), :mod:`.lycoris` (LoHa, LoKr, DoRA in the LyCORIS layout, both ways), :mod:`.bfl`
-  (a Flux transformer's kohya layout with BFL's fused q/k/v; XLabs files), :mod:`.dit_names` (a transformer that
-  keeps diffusers' module names, Qwen-Image: musubi-tuner's kohya names, ComfyUI's ``diffusion_model.`` keys,
+  (a Flux transformer's kohya layout with BFL's fused q/k/v, ComfyUI's spelling of it, sd-scripts' T5 keys; XLabs
+  files), :mod:`.dit_names` (a transformer's diffusers module names, Qwen-Image and Flux: musubi-tuner's and
+  ai-toolkit's kohya-style names, ComfyUI's ``diffusion_model.`` keys,
   read back through the family's ``lora_modules`` table); :mod:`.keys` holds the
   canonical key grammar they share and :mod:`.unet_layout` the UNet block layout they count over.
 * :mod:`.apply` — :func:`apply_lora`, :func:`set_lora_scale`, :func:`fuse`, :func:`unfuse` wrap

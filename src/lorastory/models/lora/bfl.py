@@ -9,6 +9,9 @@ is unchanged; ComfyUI and diffusers' kohya reader (which detects the block-diago
 it back) get the same weights. Parts a LoRA leaves out (say the MLP input of a single block) are zero
 rows. Reading splits the fused matrices again, sized from the transformer's config rather than the
 full-size model's, so a tiny test Flux reads the same way.
+
+Also here: ComfyUI's spelling of the same names (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight``),
+read as kohya's; sd-scripts' T5 keys (``lora_te3_``); XLabs' files (diffusers' converter).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorastory.models.lora.dit_names import gather_modules
 from lorastory.models.lora.errors import LoraError, LoraFormatError
 from lorastory.models.lora.keys import Modules, modules_of
+from lorastory.models.registry import FAMILIES, Family
 
 if TYPE_CHECKING:
     import torch
@@ -114,6 +119,8 @@ def from_bfl(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, 
     """``transformer.<module>`` (A, B) and alphas from a kohya Flux file. Fused modules are split into their
     parts, sized from the fused ``lora_up`` itself (q, k, v: thirds; ``linear1``: 3 x inner + 4 x inner MLP),
     so a file of any Flux size reads without the model."""
+    import torch
+
     modules: Modules = {}
     alphas: dict[str, float] = {}
     for key in [k for k in tensors if k.endswith(".lora_down.weight")]:
@@ -126,6 +133,9 @@ def from_bfl(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, 
         if target is None:
             raise LoraFormatError(f"{file.name}: kohya module {stem} is not a Flux transformer module this reader knows")
         if isinstance(target, str):
+            if stem == _FINAL_MODULATION:  # BFL's rows are (shift, scale), diffusers' norm_out (scale, shift)
+                shift, scale = up.chunk(2)
+                up = torch.cat([scale, shift])
             modules[f"transformer.{target}"], alphas[f"transformer.{target}"] = (down, up), alpha
             continue
         for module, (a, b), part_alpha in _split(down, up, alpha, target, file, stem):
@@ -134,7 +144,8 @@ def from_bfl(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, 
 
 
 _STEM = re.compile(r"^lora_unet_(double_blocks|single_blocks)_(\d+)_(.+)$")
-_TOP_STEMS = {"lora_unet_" + bfl.replace(".", "_"): module for module, bfl in _TOP.items()}
+_FINAL_MODULATION = "lora_unet_final_layer_adaLN_modulation_1"  # read only: written LoRAs leave norm_out alone
+_TOP_STEMS = {"lora_unet_" + bfl.replace(".", "_"): module for module, bfl in _TOP.items()} | {_FINAL_MODULATION: "norm_out.linear"}
 
 
 def _diffusers_of(stem: str, outputs: int) -> str | list[tuple[str, int]] | None:
@@ -189,3 +200,67 @@ def from_xlabs(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from diffusers.loaders.lora_conversion_utils import _convert_xlabs_flux_lora_to_diffusers
 
     return _convert_xlabs_flux_lora_to_diffusers(dict(tensors))  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------- ComfyUI's BFL keys, kohya's T5, the family
+
+
+COMFY_PREFIX = "diffusion_model."
+_BFL_ROOTS = ("double_blocks.", "single_blocks.", "final_layer.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.")
+_COMFY_KEY = re.compile(r"^(?P<root>diffusion_model|text_encoders\.clip_l\.transformer|text_encoders\.t5xxl\.transformer)\."
+                        r"(?P<module>.+)\.(?P<part>lora_[AB]\.weight|lora_(?:down|up)\.weight|alpha)$")
+# ComfyUI's text-encoder roots as sd-scripts' prefixes: CLIP-L is lora_te1_, T5-XXL lora_te3_.
+_COMFY_ROOT = {"diffusion_model": "lora_unet_", "text_encoders.clip_l.transformer": "lora_te1_",
+               "text_encoders.t5xxl.transformer": "lora_te3_"}
+_KOHYA_PART = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
+               "lora_down.weight": "lora_down.weight", "lora_up.weight": "lora_up.weight", "alpha": "alpha"}
+
+
+def is_comfy_bfl(keys: list[str]) -> bool:
+    """Whether a file names BFL's Flux modules as ComfyUI does (``diffusion_model.double_blocks.0.img_attn.qkv.lora_A``)."""
+    return any(k.startswith(COMFY_PREFIX) and k[len(COMFY_PREFIX):].startswith(_BFL_ROOTS) and ".processor." not in k
+               for k in keys)
+
+
+def comfy_bfl_to_kohya(file: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's ``diffusion_model.<BFL module>`` keys as kohya's ``lora_unet_<BFL module>`` ones (the same weights:
+    ComfyUI's loader maps both to one module), its ``text_encoders.clip_l`` / ``t5xxl`` ones as ``lora_te1_`` /
+    ``lora_te3_``; ``lora_A``/``lora_B`` files bake alpha in, so they have no ``.alpha``."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        match = _COMFY_KEY.match(key)
+        if match is None or (match["root"] == "diffusion_model" and not match["module"].startswith(_BFL_ROOTS)):
+            raise LoraFormatError(f"{file.name}: key '{key}' is not a ComfyUI Flux LoRA key "
+                                  "(diffusion_model.<Flux module>.lora_A.weight / lora_B / lora_down / lora_up / alpha)")
+        renamed[f"{_COMFY_ROOT[match['root']]}{match['module'].replace('.', '_')}.{_KOHYA_PART[match['part']]}"] = value
+    return renamed
+
+
+# sd-scripts' networks/lora_flux.py names the T5-XXL encoder (the Flux pipeline's text_encoder_2) "lora_te3" and adapts
+# its T5Attention (q, k, v, o) and T5DenseGatedActDense (wi_0, wi_1, wo) Linears.
+KOHYA_T5_PREFIX = "lora_te3_"
+T5_COMPONENT = "text_encoder_2"
+_T5_KEY = re.compile(r"^lora_te3_encoder_block_(\d+)_layer_(\d+)_(SelfAttention_[qkvo]|DenseReluDense_w(?:i_[01]|i|o))"
+                     r"\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+def from_kohya_t5(file: Path, tensors: Mapping[str, torch.Tensor]) -> tuple[Modules, dict[str, float]]:
+    """``text_encoder_2.encoder.block.N.layer.M.<module>`` (A, B) and alphas from sd-scripts' ``lora_te3_`` keys."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        match = _T5_KEY.match(key)
+        if match is None:
+            raise LoraFormatError(f"{file.name}: kohya T5 key '{key}' is not a T5 encoder module this reader knows")
+        module = f"{T5_COMPONENT}.encoder.block.{match[1]}.layer.{match[2]}.{match[3].replace('_', '.', 1)}"
+        parts.setdefault(module, {})[{"lora_down.weight": "A", "lora_up.weight": "B", "alpha": "alpha"}[match[4]]] = value
+    return gather_modules(file, parts)
+
+
+# For the message about a Flux file in no layout we read, after the layouts of diffusers' names.
+BFL_LAYOUTS = ("BFL's names (kohya lora_unet_double_blocks_0_img_attn_qkv, ComfyUI diffusion_model.double_blocks.0.img_attn.qkv) "
+               "and XLabs' (double_blocks.0.processor.qkv_lora1)")
+
+
+def bfl_family() -> Family:
+    """The registered family whose kohya files use BFL's module names (Flux.1)."""
+    return next(f for f in FAMILIES.values() if f.kohya_unet_names == "bfl")

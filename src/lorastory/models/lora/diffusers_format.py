@@ -109,14 +109,22 @@ def from_prefixed(file: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping
 def _unet_to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 
+    # kohya's lora_down / lora_up under a diffusers prefix (older ai-toolkit Flux files, "transformer.…lora_down.weight")
+    # are peft's A / B, as diffusers' own Flux reader takes them.
+    state = {k.replace(".lora_down.weight", ".lora_A.weight").replace(".lora_up.weight", ".lora_B.weight"): v
+             for k, v in state.items()}
     return {strip_adapter_name(k): v for k, v in convert_unet_state_dict_to_peft(state).items()}
 
 
 def _text_to_peft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from diffusers.utils import convert_state_dict_to_peft
 
+    from diffusers.utils.state_dict_utils import StateDictType
+
+    # diffusers detects its old attention spelling (to_q_lora.down) by a to_out_lora key; a LoRA on q alone has none
+    old = any(re.search(r"\.to_(q|k|v|out)_lora\.(down|up)\.", k) for k in state)
     try:
-        state = convert_state_dict_to_peft(state)
+        state = convert_state_dict_to_peft(state, original_type=StateDictType.DIFFUSERS_OLD if old else None)
     except ValueError:  # already peft (or a spelling diffusers does not detect): handled below
         pass
     fixed = {}

@@ -6,7 +6,9 @@ table these layouts are read into ``transformer.<module>`` (A, B) and alphas:
 * kohya / musubi-tuner: ``lora_unet_<module, dots as "_">`` with ``.lora_down.weight``, ``.lora_up.weight`` and
   ``.alpha``, as musubi-tuner names a Qwen-Image LoRA (its networks/lora_qwen_image.py) and ComfyUI and diffusers'
   Qwen-Image loader read it; :func:`~lorastory.models.lora.kohya.to_kohya_layout` writes it (diffusers naming).
-  Reading needs the table: kohya's "_" also joins the words inside a name (``img_mlp_net_0_proj``).
+  Reading needs the table: kohya's "_" also joins the words inside a name (``img_mlp_net_0_proj``). Flux files
+  in this grammar (``lora_unet_transformer_blocks_0_attn_to_q``, ai-toolkit's older ``lora_transformer_…``) read the
+  same way through Flux's table; the caller splits off the text-encoder (``lora_te…``) keys first.
 * ComfyUI: ``diffusion_model.<module>`` keys, ``lora_A``/``lora_B`` (musubi-tuner's convert_lora.py, alpha baked
   in) or ``lora_down``/``lora_up`` with ``.alpha`` (ComfyUI's own LoRA training and extraction nodes).
 * DiffSynth-Studio and others: the same keys without a prefix, peft's ``lora_A.default.weight`` included.
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
     import torch
 
 COMFY_PREFIX = "diffusion_model."
-_KOHYA_KEY = re.compile(r"^lora_unet_(?P<stem>[^.]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
+# lora_transformer_: ai-toolkit's older Flux files (its scripts/convert_lora_to_peft_format.py reads them), same grammar.
+_KOHYA_KEY = re.compile(r"^(?P<prefix>lora_unet_|lora_transformer_)(?P<stem>[^.]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB](?:\.default)?\.weight|lora_(?:down|up)\.weight|alpha)$")
 _PART = {"lora_down.weight": "A", "lora_A.weight": "A", "lora_A.default.weight": "A",
          "lora_up.weight": "B", "lora_B.weight": "B", "lora_B.default.weight": "B", "alpha": "alpha"}
@@ -85,12 +88,13 @@ def kohya_dit_family(file: Path, keys: Iterable[str], hint: str | None) -> Famil
     if not keys or any(m is None for m in matches):
         return None
     stems = {m["stem"] for m in matches if m is not None}
+    prefix = next(m["prefix"] for m in matches if m is not None)
     family = _resolving_family(stems, hint, "_")
     known = FAMILIES.get(hint) if hint is not None else None
     if family is None and known is not None and known.lora_modules:
         unknown = sorted(s for s in stems if module_name(s, known, "_") is None)
         if len(unknown) < len(stems):
-            raise LoraFormatError(f"{file.name}: kohya module lora_unet_{unknown[0]} is not a {known.display} transformer "
+            raise LoraFormatError(f"{file.name}: kohya module {prefix}{unknown[0]} is not a {known.display} transformer "
                                   "module; the LoRA is for another model")
     return family
 
@@ -103,7 +107,7 @@ def from_kohya_dit(file: Path, tensors: Mapping[str, torch.Tensor], family: Fami
         assert match is not None  # kohya_dit_family checked every key
         module = module_name(match["stem"], family, "_")
         parts.setdefault(f"{family.denoiser}.{module}", {})[_PART[match["part"]]] = value
-    return _modules(file, parts)
+    return gather_modules(file, parts)
 
 
 # ------------------------------------------------------------ ComfyUI / DiffSynth-Studio
@@ -129,10 +133,11 @@ def from_peft_dit(file: Path, tensors: Mapping[str, torch.Tensor], family: Famil
         match = _PEFT_KEY.match(key.removeprefix(COMFY_PREFIX) if prefixed else key)
         assert match is not None  # peft_dit_layout checked every key
         parts.setdefault(f"{family.denoiser}.{match['module']}", {})[_PART[match["part"]]] = value
-    return _modules(file, parts)
+    return gather_modules(file, parts)
 
 
-def _modules(file: Path, parts: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[Modules, dict[str, float]]:
+def gather_modules(file: Path, parts: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[Modules, dict[str, float]]:
+    """(A, B) and alphas per module from ``{module: {"A"|"B"|"alpha": tensor}}``; a module missing A or B is an error."""
     modules: Modules = {}
     alphas: dict[str, float] = {}
     for module, found in parts.items():

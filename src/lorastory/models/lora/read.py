@@ -1,7 +1,7 @@
 """Read any supported LoRA file into one canonical, scale-correct state dict.
 
-:func:`load_lora_state` reads ours, diffusers/peft (new and old key styles), kohya, and
-DiffSynth-Studio files (peft keys without a prefix, or DiffSynth's own ``blocks.N`` UNet layout)
+:func:`load_lora_state` reads ours, diffusers/peft (new and old key styles), kohya (a Flux file's
+BFL names and T5 keys, ComfyUI's spelling of them, XLabs' keys: :mod:`.bfl`), and DiffSynth-Studio files (peft keys without a prefix, or DiffSynth's own ``blocks.N`` UNet layout)
 into ``<component>.<module>.lora_A.weight`` / ``lora_B.weight`` keys with each module's
 ``alpha / rank`` scale multiplied into ``lora_B``, so ``pipe.load_lora_weights(state)`` (which
 assumes alpha == rank for a bare dict) gives the right output. Here: the file reading, the
@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.lora.bfl import from_bfl, from_xlabs, is_bfl, is_xlabs
+from lorastory.models.lora.bfl import (
+    BFL_LAYOUTS,
+    KOHYA_T5_PREFIX,
+    bfl_family,
+    comfy_bfl_to_kohya,
+    from_bfl,
+    from_kohya_t5,
+    from_xlabs,
+    is_bfl,
+    is_comfy_bfl,
+    is_xlabs,
+)
 from lorastory.models.lora.diffsynth import from_diffsynth_blocks, is_diffsynth_blocks
 from lorastory.models.lora.diffusers_format import from_prefixed, peft_adapter_config_alphas
 from lorastory.models.lora.dit_names import from_kohya_dit, from_peft_dit, kohya_dit_family, layouts_read, peft_dit_layout
@@ -136,16 +147,16 @@ def _parse(
     pipeline's, else the ``recorded`` one) is tried first where a layout names a transformer's modules (dit_names.py)."""
     keys = list(tensors)
     hint = family or recorded
+    if is_comfy_bfl(keys):  # ComfyUI's spelling of a Flux transformer's BFL names: read as kohya's
+        parsed = _kohya_with_text(file, comfy_bfl_to_kohya(file, tensors), lambda unet: from_bfl(file, unet))
+        return ("comfyui", *_of_family(file, family, bfl_family(), parsed))
     if is_bfl(keys):  # a Flux transformer's kohya file (BFL module names); its text encoders as any kohya file
-        modules, alphas = from_bfl(file, {k: v for k, v in tensors.items() if k.startswith("lora_unet_")})
-        rest = {k: v for k, v in tensors.items() if not k.startswith("lora_unet_")}
-        if rest:
-            text_modules, text_alphas = from_kohya(file, rest, default_unet_config({}))
-            modules, alphas = {**modules, **text_modules}, {**alphas, **text_alphas}
-        return "kohya", modules, alphas
-    dit = kohya_dit_family(file, keys, hint)  # musubi-tuner's names of a transformer's modules (Qwen-Image)
-    if dit is not None:
-        return ("kohya", *_of_family(file, family, dit, from_kohya_dit(file, tensors, dit)))
+        return ("kohya", *_of_family(file, family, bfl_family(), _kohya_with_text(file, tensors, lambda unet: from_bfl(file, unet))))
+    denoiser_keys = [k for k in keys if k.startswith(_KOHYA_DENOISER)]
+    dit = kohya_dit_family(file, denoiser_keys, hint) if len(denoiser_keys) == len(_drop_kohya_text(keys)) else None
+    if dit is not None:  # kohya names of a transformer's diffusers modules (musubi-tuner's Qwen-Image; Flux's ai-toolkit)
+        parsed = _kohya_with_text(file, tensors, lambda unet: from_kohya_dit(file, unet, dit))
+        return ("kohya", *_of_family(file, family, dit, parsed))
     if is_kohya(keys):
         return ("kohya", *from_kohya(file, tensors, config))
     if is_xlabs(keys):
@@ -163,22 +174,46 @@ def _parse(
     if layout is not None:
         return layout[1], *_of_family(file, family, layout[0], from_peft_dit(file, stripped, layout[0]))
     roots = {k.split(".", 1)[0] for k in stripped}
-    if is_diffsynth_blocks(roots):
+    known = FAMILIES.get(hint) if hint is not None else None
+    unet = known is None or known.denoiser == "unet"  # DiffSynth's blocks.N and diffusers' UNet roots: UNet layouts
+    if unet and is_diffsynth_blocks(roots):
         return ("diffsynth-blocks", *from_diffsynth_blocks(file, stripped, config))
-    if roots <= _UNET_ROOTS:
+    if unet and roots <= _UNET_ROOTS:
         modules, alphas = from_prefixed(file, {f"unet.{k}": v for k, v in stripped.items()}, {})
         if peft_wrapped:
             alphas = peft_adapter_config_alphas(file, modules) or alphas
         return ("peft" if peft_wrapped else "diffsynth"), modules, alphas
     first = keys[0] if keys else "(none)"
-    known = FAMILIES.get(hint) if hint is not None else None
     if known is not None and known.lora_modules:
         raise LoraFormatError(f"{file.name}: its keys match no {known.display} LoRA layout (first key '{first}'); "
-                              f"{layouts_read(known)}")
+                              f"{layouts_read(known)}{', and ' + BFL_LAYOUTS if known is bfl_family() else ''}")
     raise LoraFormatError(
         f"{file.name}: unrecognised LoRA layout (first key '{first}'); expected diffusers/peft "
         "(unet.…lora_A or transformer.…lora_A), kohya (lora_unet_…) or DiffSynth-Studio keys"
     )
+
+
+_KOHYA_DENOISER = ("lora_unet_", "lora_transformer_")
+_KOHYA_TEXT = ("lora_te_", "lora_te1_", "lora_te2_", KOHYA_T5_PREFIX)
+
+
+def _drop_kohya_text(keys: list[str]) -> list[str]:
+    return [k for k in keys if not k.startswith(_KOHYA_TEXT)]
+
+
+def _kohya_with_text(file: Path, tensors: Mapping[str, torch.Tensor],
+                     read_denoiser: Callable[[dict[str, torch.Tensor]], tuple[Modules, dict[str, float]]],
+                     ) -> tuple[Modules, dict[str, float]]:
+    """A kohya file's denoiser keys by ``read_denoiser``, its CLIP keys by diffusers' converter, its T5 keys
+    (sd-scripts' ``lora_te3_``) by :func:`~lorastory.models.lora.bfl.from_kohya_t5`."""
+    modules, alphas = read_denoiser({k: v for k, v in tensors.items() if k.startswith(_KOHYA_DENOISER)})
+    clip = {k: v for k, v in tensors.items() if k.startswith(_KOHYA_TEXT) and not k.startswith(KOHYA_T5_PREFIX)}
+    t5 = {k: v for k, v in tensors.items() if k.startswith(KOHYA_T5_PREFIX)}
+    for part, reader in ((clip, lambda p: from_kohya(file, p, default_unet_config({}))), (t5, lambda p: from_kohya_t5(file, p))):
+        if part:
+            more, more_alphas = reader(part)
+            modules, alphas = {**modules, **more}, {**alphas, **more_alphas}
+    return modules, alphas
 
 
 def _of_family(file: Path, family: str | None, found: Family, parsed: tuple[Modules, dict[str, float]]
