@@ -358,9 +358,9 @@ def run_recipe(
     """Run ``recipe``; write ``export_path``, its stats file and the reports together; return counts.
 
     ``on_progress(rows)`` follows the first pass over the input; ``on_stage(stage, done, total)``
-    every stage ("rows"; with dataset-level ops also "X: hashing", "X: selecting", "X: writing",
-    "writing the result"; see :mod:`lorastory.data.executor_stages`). Either may raise to stop the
-    run between chunks: nothing is written then, and an earlier result stays byte for byte.
+    every stage ("rows"; with dataset-level ops also "X: hashing", "X: grouping" or "X: selecting",
+    "X: writing", "writing the result"; see :mod:`lorastory.data.executor_stages`). Either may
+    raise to stop the run between chunks: nothing is written then, an earlier result stays byte for byte.
 
     ``chunk_source`` replaces the local process pool (the Ray executor passes one); whatever
     computes the chunks, deduplication, counting and writing happen here, so outputs match.

@@ -14,9 +14,10 @@ Rows keep their input line numbers in the report whatever pass dropped them.
 
 Every stage reports ``(stage, done, total)`` to the run's ``on_stage`` callback between chunks
 of rows: each pass ("X: hashing", the row-level ops before X running too), each op's selection
-("X: selecting") and each write ("X: writing", "writing the result"). The callback is the run's
-Stop point: whatever it raises ends the run there, the spools go with their temporary folder and
-the caller's outputs are never committed (an earlier result stays as it was).
+("X: grouping" for a deduplicator, "X: selecting" for a selector) and each write ("X: writing",
+"writing the result"). The callback is the run's Stop point: whatever it raises ends the run
+there, the spools go with their temporary folder and the caller's outputs are never committed
+(an earlier result stays as it was).
 """
 
 from __future__ import annotations
@@ -180,11 +181,16 @@ def _reported(items: list[int], stage: str, report: OnStage) -> Iterator[int]:
 def _decide(op: DatasetOp, spool: _Spool, tally: Any, index: int, report: OnStage) -> list[int]:
     """Run the op's selection; count it; note a few left-out rows for the report.
 
-    The selection is one call on every key: Stop is honoured just before and just after it.
+    Stop is honoured just before and just after the selection, and within it where the op
+    reports steps (the near-dedups' clustering).
     """
-    stage = f"{op.name}: selecting"
+    stage = f"{op.name}: {op.select_stage}"
     report(stage, 0, len(spool.keys))
-    order = op.select(spool.keys)
+    op.on_step = lambda done, total: report(stage, done, total)
+    try:
+        order = op.select(spool.keys)
+    finally:
+        op.on_step = None
     report(stage, len(spool.keys), len(spool.keys))
     counts = tally.counts[index]
     counts.kept = len(order)
