@@ -9,7 +9,7 @@ import threading
 import pytest
 from PIL import Image
 
-from lorastory.data import executor
+from lorastory.data import executor, executor_stages
 from lorastory.ui.actions import recipe_run
 from lorastory.ui.jobs import CANCELLED, DONE, FAILED, JobQueue
 
@@ -48,19 +48,20 @@ def blocked(queue: JobQueue) -> threading.Event:
     return release
 
 
-def stop_at_row(monkeypatch, queue: JobQueue, row: int, seen: list[str]) -> None:
-    """Run the real executor one row per progress call, pressing Stop once ``row`` rows are done;
-    ``seen`` gets the job's progress message after each row."""
+def stop_at_row(monkeypatch, queue: JobQueue, row: int, seen: list[str], stage: str = "rows") -> None:
+    """Run the real executor one row per progress call, pressing Stop once ``row`` rows of ``stage`` are
+    done; ``seen`` gets the job's progress message after each call."""
     real = recipe_run.run_recipe
     monkeypatch.setattr(executor, "_LOCAL_REPORT_SECONDS", 0.0)
+    monkeypatch.setattr(executor_stages, "_REPORT_ROWS", 1)
 
-    def run(recipe, processes=None, on_progress=None):
-        def progress(done: int) -> None:
-            if done == row:
+    def run(recipe, processes=None, on_progress=None, on_stage=None):
+        def progress(name: str, done: int, total: int) -> None:
+            if (name, done) == (stage, row):
                 queue.cancel(queue.latest("recipe").id)
-            on_progress(done)  # the job's stage(): raises Cancelled once Stop was pressed
+            on_stage(name, done, total)  # the job's stage(): raises Cancelled once Stop was pressed
             seen.append(queue.latest("recipe").message)
-        return real(recipe, processes=processes, on_progress=progress)
+        return real(recipe, processes=processes, on_progress=on_progress, on_stage=progress)
 
     monkeypatch.setattr(recipe_run, "run_recipe", run)
 
@@ -142,3 +143,29 @@ def test_a_failing_recipe_says_why_in_one_line(app):
     status = data.poll_recipe({})[1]
     assert status.startswith("**Failed:**") and "is outside the workspace" in status
     assert not (ws.root / "curated" / "f" / "result.jsonl").exists()
+
+
+SELECTING = RECIPE + "  - topk_specified_field_selector:\n      field_key: text\n      topk: 3\n"
+
+
+def test_stop_during_a_dataset_level_pass(app, monkeypatch):
+    """A selector runs as passes (rows, then its selection and the write): each shows its stage and
+    count, and Stop pressed in the final write stops there, the previous result untouched."""
+    data, queue, ws = app.lorastory_tabs["data"], app.lorastory.jobs, app.lorastory.ws
+    folder = ws.root / "curated" / "top"
+    recipe_run.run_recipe_text(ws, SELECTING.format(out="top"), "top")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert len(before["result.jsonl"].splitlines()) == 3
+    seen: list[str] = []
+    stop_at_row(monkeypatch, queue, 2, seen, stage="writing the result")
+    data.on_run_recipe(SELECTING.format(out="top").replace("topk: 3", "topk: 4"), "top", 0)
+    job = queue.wait(queue.latest("recipe").id, 60)
+    assert job.status == CANCELLED, job.message
+    assert [m.split(",")[0] for m in seen] == [
+        *[f"topk_specified_field_selector: hashing {n}/6" for n in range(1, 7)],
+        "topk_specified_field_selector: selecting 0/4", "topk_specified_field_selector: selecting 4/4",
+        "writing the result 0/4", "writing the result 1/4"]
+    assert job.message.startswith(
+        "stopped at writing the result 2/4; curated/top/result.jsonl still holds the previous result")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert data.poll_recipe({})[1].startswith("**Cancelled:**")

@@ -138,7 +138,11 @@ def data_run(
         total = count_lines(resolve_dataset_file(loaded))
         with Progress(console=err_console, transient=True) as progress:
             task = progress.add_task("curating", total=total)
-            result = run(loaded, processes=np, on_progress=lambda n: progress.update(task, completed=n))
+
+            def show(stage: str, done: int, rows: int) -> None:  # every pass of the recipe, each with its count
+                progress.update(task, description=escape(stage), completed=done, total=rows)
+
+            result = run(loaded, processes=np, on_stage=show)
     table = Table(title=escape(f"{result.input_path.name} → {result.export_path.name}"))
     for column in ("op", "in", "kept", "dropped", "errors", "seconds"):
         table.add_column(column, justify="left" if column == "op" else "right")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lorastory.data.executor_stages import run_stages
+from lorastory.data.executor_stages import ROWS_STAGE, OnStage, count_rows, run_stages
 from lorastory.data.ops import DatasetOp, Deduplicator, Filter, Mapper, Op, OpSetupError
 from lorastory.data.recipe import Recipe, report_paths, resolve_dataset_file, stats_path_for
 from lorastory.data.report import render_html, summary
@@ -42,7 +42,7 @@ HASH_FIELDS = ("__dj__hash", "__dj__minhash", "__dj__simhash", "__dj__imagehash"
 INPUT_STAGE = -1
 _CHUNK_LINES = 256
 # Without worker processes a chunk is handed on early once it has taken this long, so slow ops (a
-# model per image) still call ``on_progress``, the web app's Stop point, every fraction of a second.
+# model per image) still call ``on_progress``/``on_stage``, the web app's Stop point, every fraction of a second.
 _LOCAL_REPORT_SECONDS = 0.5
 _EXAMPLES_PER_OP = 12
 
@@ -353,8 +353,14 @@ def run_recipe(
     on_progress: Callable[[int], None] | None = None,
     max_skips_listed: int = 10_000,
     chunk_source: ChunkSource | None = None,
+    on_stage: OnStage | None = None,
 ) -> RunResult:
     """Run ``recipe``; write ``export_path``, its stats file and the reports together; return counts.
+
+    ``on_progress(rows)`` follows the first pass over the input; ``on_stage(stage, done, total)``
+    every stage ("rows"; with dataset-level ops also "X: hashing", "X: grouping" or "X: selecting",
+    "X: writing", "writing the result"; see :mod:`lorastory.data.executor_stages`). Either may
+    raise to stop the run between chunks: nothing is written then, an earlier result stays byte for byte.
 
     ``chunk_source`` replaces the local process pool (the Ray executor passes one); whatever
     computes the chunks, deduplication, counting and writing happen here, so outputs match.
@@ -391,15 +397,17 @@ def run_recipe(
             n_output = run_stages(
                 recipe, ops, input_path,
                 lambda sub, first, path: source(sub, _Chain(ops[first:first + len(sub.process)], keys), path, workers),
-                tally, (out, stats_out), on_progress,
+                tally, (out, stats_out), on_progress, on_stage,
             )
         else:
-            done = 0
+            done, total = 0, count_rows(input_path) if on_stage is not None else 0
             for chunk in source(recipe, chain, input_path, workers):
                 tally.consume(chunk, 0, None, write)
                 done += len(chunk.outcomes)
                 if on_progress is not None:
                     on_progress(done)
+                if on_stage is not None:
+                    on_stage(ROWS_STAGE, done, total)
             n_output = tally.n_output
         result = RunResult(
             input_path=input_path,

@@ -181,6 +181,7 @@ def run_recipe_ray(
     on_progress: Callable[[int], None] | None = None,
     max_skips_listed: int = 10_000,
     block_bytes: int | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> RunResult:
     """Run ``recipe`` on Ray Data; the files written and the counts are those of :func:`run_recipe`.
 
@@ -188,6 +189,7 @@ def run_recipe_ray(
     here with as many CPUs as the local executor would use processes, and stops at the end.
     With ``address`` ("auto", "ray://head:10001", "head:6379") the run joins that cluster and
     uses one actor per cluster CPU unless ``processes`` says otherwise.
+    ``on_progress`` and ``on_stage`` report as in :func:`run_recipe` (Stop is the local executor's).
     """
     ray = _import_ray()
     started_here = False
@@ -206,7 +208,7 @@ def run_recipe_ray(
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     source = RaySource(workers, block_bytes, restart_actors=not (started_here and not address))
     try:
-        result = run_recipe(recipe, processes, on_progress, max_skips_listed, chunk_source=source)
+        result = run_recipe(recipe, processes, on_progress, max_skips_listed, chunk_source=source, on_stage=on_stage)
     finally:
         if started_here:
             ray.shutdown()

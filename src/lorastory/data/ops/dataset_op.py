@@ -10,6 +10,8 @@ steps, as Data-Juicer's ``compute_hash`` then ``process`` do:
 * :meth:`DatasetOp.select` runs once in the main process on the keys of all
   those rows, in order, and returns the indices of the rows that go on, in
   their new order (selectors reorder rows as Data-Juicer's ``dataset.select`` does).
+  A select that takes seconds calls :meth:`DatasetOp.step` every so often: the
+  run's progress and Stop point.
 
 An op that rewrites the rows it keeps (``document_line_deduplicator``) does so
 in :meth:`DatasetOp.rewrite`. The executor runs the ops before and after a
@@ -20,6 +22,7 @@ so the ops after it see exactly the rows it kept.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from lorastory.data.ops.base import Op
@@ -34,6 +37,18 @@ class DatasetOp(Op):
 
     #: Reason shown in the report for a row this op left out.
     drop_detail: str = "duplicate"
+    #: Set by the executor while :meth:`select` runs; see :meth:`step`.
+    on_step: Callable[[int, int], None] | None = None
+
+    @property
+    def select_stage(self) -> str:
+        """What :meth:`select` does, as progress messages name it: deduplicators group, selectors select."""
+        return "selecting" if self.drop_detail == NOT_SELECTED else "grouping"
+
+    def step(self, done: int, total: int) -> None:
+        """Progress of a long :meth:`select` (``done`` of ``total`` keys): the run's Stop point, it may raise."""
+        if self.on_step is not None:
+            self.on_step(done, total)
 
     def compute_hash(self, sample: Sample) -> Any:
         """The per-row key :meth:`select` decides on; computed in a worker."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import regex
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 MERSENNE_PRIME = (1 << 61) - 1
 MAX_HASH = (1 << 32) - 1
 _PUNCTUATION = regex.compile(r"\p{P}")
+# Rows joined between two progress calls of a long clustering (each one a Stop point).
+_STEP_ROWS = 4096
 
 
 class MinhashParams(OpParams):
@@ -126,8 +129,9 @@ def minhash(tokens: set[bytes], num_perm: int) -> np.ndarray:
     return result
 
 
-def first_of_clusters(keys: list[Any]) -> list[int]:
-    """Indices of rows that are the first of their cluster, rows joined when they share any band key.
+def first_of_clusters(keys: list[Any], step: Callable[[int, int], None] | None = None) -> list[int]:
+    """Indices of rows that are the first of their cluster, rows joined when they share any band key;
+    ``step(rows done, rows)`` every few thousand rows.
 
     Data-Juicer's union-find roots every cluster at its smallest index and keeps rows that are their own root.
     """
@@ -141,6 +145,8 @@ def first_of_clusters(keys: list[Any]) -> list[int]:
 
     first_with: dict[tuple[int, int], int] = {}
     for index, bands in enumerate(keys):
+        if step is not None and index and index % _STEP_ROWS == 0:
+            step(index, len(keys))
         for band, digest in enumerate(bands):
             other = first_with.setdefault((band, digest), index)
             if other != index:
@@ -177,4 +183,4 @@ class DocumentMinhashDeduplicator(DatasetOp):
     def select(self, keys: list[Any]) -> list[int]:
         if len(keys) <= 1:
             return list(range(len(keys)))
-        return first_of_clusters(keys)
+        return first_of_clusters(keys, self.step)

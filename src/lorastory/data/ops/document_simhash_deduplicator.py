@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -76,11 +78,17 @@ def _blocks(num_blocks: int) -> list[int]:
     return [((1 << (bounds[i + 1] - bounds[i])) - 1) << bounds[i] for i in range(num_blocks)]
 
 
-def similar_pairs(hashes: set[int], num_blocks: int, distance: int) -> set[tuple[int, int]]:
-    """Every pair of distinct hashes that differ in at most ``distance`` bits (smaller first)."""
+def similar_pairs(
+    hashes: set[int], num_blocks: int, distance: int, step: Callable[[float], None] | None = None,
+) -> set[tuple[int, int]]:
+    """Every pair of distinct hashes that differ in at most ``distance`` bits (smaller first);
+    ``step(fraction done)`` after each choice of blocks."""
     masks = _blocks(num_blocks)
     pairs: set[tuple[int, int]] = set()
-    for chosen in itertools.combinations(masks, num_blocks - distance):
+    choices = math.comb(num_blocks, num_blocks - distance)
+    for number, chosen in enumerate(itertools.combinations(masks, num_blocks - distance), start=1):
+        if step is not None and number > 1:
+            step((number - 1) / choices)
         mask = sum(chosen)
         groups: dict[int, list[int]] = defaultdict(list)
         for value in hashes:
@@ -118,7 +126,10 @@ class DocumentSimhashDeduplicator(DatasetOp):
                 x = parent[x]
             return x
 
-        for a, b in similar_pairs(set(keys), self.params.num_blocks, self.params.hamming_distance):
+        def step(fraction: float) -> None:
+            self.step(int(fraction * len(keys)), len(keys))
+
+        for a, b in similar_pairs(set(keys), self.params.num_blocks, self.params.hamming_distance, step):
             parent[find(a)] = find(b)
         seen: set[int] = set()
         kept = []

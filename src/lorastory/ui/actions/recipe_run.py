@@ -17,6 +17,7 @@ from typing import Any
 from lorastory.config import yaml_from_text
 from lorastory.data.dataset import read_rows
 from lorastory.data.executor import run_recipe
+from lorastory.data.executor_stages import RESULT_STAGE, ROWS_STAGE
 from lorastory.data.image_keys import image_key_warnings
 from lorastory.data.recipe import Recipe, recipe_from_data, resolve_dataset_file
 from lorastory.data.report import summary
@@ -67,10 +68,16 @@ def check_rows(ws: Workspace, plan: RecipePlan) -> int:
     return total
 
 
-def run_plan(plan: RecipePlan, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run a checked recipe; its report as a dict (what the Data tab shows), with the report files' paths."""
+def run_plan(
+    plan: RecipePlan, on_progress: Callable[[int], None] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run a checked recipe; its report as a dict (what the Data tab shows), with the report files' paths.
+
+    ``on_progress(rows)`` follows the first pass, ``on_stage(stage, done, total)`` every pass of the run.
+    """
     warnings = image_key_warnings(plan.recipe, plan.input_file)
-    result = run_recipe(plan.recipe, processes=plan.processes, on_progress=on_progress)
+    result = run_recipe(plan.recipe, processes=plan.processes, on_progress=on_progress, on_stage=on_stage)
     data = summary(result)
     data["warnings"] = warnings  # the reports were written with the result (trust_remote_code was refused by load_recipe)
     data["report_html"] = str(result.report_html)
@@ -93,25 +100,28 @@ def recipe_fingerprint(text: str, processes: int | None) -> str:
 
 
 def recipe_job(ws: Workspace, plan: RecipePlan) -> Callable[[JobContext], dict[str, Any]]:
-    """A job running ``plan``: progress is rows done / rows with an ETA; Stop comes between rows."""
+    """A job running ``plan``: progress is each stage's rows done / rows with an ETA ("rows 3/10",
+    "image_deduplicator: hashing 120/400"); Stop comes between rows in every stage."""
     export = ws.rel(plan.export)
 
     def run_job(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.0, f"reading {ws.rel(plan.input_file)}")
         total = check_rows(ws, plan)
         had_result = plan.export.is_file()
-        done = [0]
+        at = ["rows", 0, total]
 
-        def progress(rows: int) -> None:
-            done[0] = rows
-            ctx.stage("rows", rows, total, "writing the result and report" if rows >= total else "")
+        def progress(stage: str, done: int, rows: int) -> None:
+            at[:] = [stage, done, rows]
+            last = stage in (ROWS_STAGE, RESULT_STAGE) and done >= rows
+            ctx.stage(stage, done, rows, "writing the result and report" if last else "")
 
         try:
             ctx.check()
-            report = run_plan(plan, progress)
+            report = run_plan(plan, on_stage=progress)
         except Cancelled:
             kept = "still holds the previous result" if had_result else "was not written"
-            raise Cancelled(f"stopped after {done[0]}/{total} rows; {export} {kept}") from None
+            where = f"after {at[1]}/{at[2]} rows" if at[0] == ROWS_STAGE else f"at {at[0]} {at[1]}/{at[2]}"
+            raise Cancelled(f"stopped {where}; {export} {kept}") from None
         ctx.data["export"] = export
         return report
 
