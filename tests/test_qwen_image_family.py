@@ -240,7 +240,7 @@ def test_qwen_image_sizes_and_adapters_it_cannot_train_are_one_line_errors(cli, 
     cli("train", "--data", chinese_train_folder, "--model", model, "--out", tmp_path / "run", "--resolution", "72",
         "--max-steps", "1", "--batch-size", "2").error_line("multiples of 16", "72x72")
     cli("train", "--data", chinese_train_folder, "--model", model, "--out", tmp_path / "run2", "--resolution", "64",
-        "--max-steps", "1", "--network", "loha").error_line("Qwen-Image", "--network lora")
+        "--max-steps", "1", "--network", "locon").error_line("Qwen-Image", "not locon", "--network lora")
     cli("train", "--data", chinese_train_folder, "--model", model, "--out", tmp_path / "run3", "--resolution", "64",
         "--max-steps", "1", "--train-text-encoder").error_line("Qwen-Image", "drop --train-text-encoder")
 

@@ -324,7 +324,9 @@ def weight_decompose(dora_scale, weight, lora_diff, alpha, strength, intermediat
     return weight
 
 
-def calculate_weight(patches, weight, key, errors, intermediate_dtype=torch.float32):  # noqa: C901 - ported as is
+def calculate_weight(patches, weight, key, errors, intermediate_dtype=torch.float32, decompose=None):  # noqa: C901 - ported as is
+    # decompose (ours): a later ComfyUI's weight_decompose (clients.comfy_qwen_image), else this commit's
+    weight_decompose_ = decompose or weight_decompose
     for p in patches:
         strength = p[0]
         v = p[1]
@@ -365,7 +367,7 @@ def calculate_weight(patches, weight, key, errors, intermediate_dtype=torch.floa
             try:
                 lora_diff = torch.mm(mat1.flatten(start_dim=1), mat2.flatten(start_dim=1)).reshape(weight.shape)
                 if dora_scale is not None:
-                    weight = weight_decompose(dora_scale, weight, lora_diff, alpha, strength, intermediate_dtype, function)
+                    weight = weight_decompose_(dora_scale, weight, lora_diff, alpha, strength, intermediate_dtype, function)
                 else:
                     weight += function(((strength * alpha) * lora_diff).type(weight.dtype))
             except Exception as e:
@@ -407,7 +409,7 @@ def calculate_weight(patches, weight, key, errors, intermediate_dtype=torch.floa
             try:
                 lora_diff = torch.kron(w1, w2).reshape(weight.shape)
                 if dora_scale is not None:
-                    weight = weight_decompose(dora_scale, weight, lora_diff, alpha, strength, intermediate_dtype, function)
+                    weight = weight_decompose_(dora_scale, weight, lora_diff, alpha, strength, intermediate_dtype, function)
                 else:
                     weight += function(((strength * alpha) * lora_diff).type(weight.dtype))
             except Exception as e:
@@ -437,7 +439,7 @@ def calculate_weight(patches, weight, key, errors, intermediate_dtype=torch.floa
             try:
                 lora_diff = (m1 * m2).reshape(weight.shape)
                 if dora_scale is not None:
-                    weight = weight_decompose(dora_scale, weight, lora_diff, alpha, strength, intermediate_dtype, function)
+                    weight = weight_decompose_(dora_scale, weight, lora_diff, alpha, strength, intermediate_dtype, function)
                 else:
                     weight += function(((strength * alpha) * lora_diff).type(weight.dtype))
             except Exception as e:

@@ -88,7 +88,8 @@ QWEN_IMAGE = register_family(Family(
     objective="flow", predict="lorastory.models.families.qwen_image:qwen_image_predict",
     # kohya first: the musubi-tuner names with an alpha per module load in ComfyUI, musubi-tuner and diffusers alike;
     # ComfyUI reads the diffusers file's transformer. keys but not the alpha in its header (scale 1, not alpha/rank).
-    lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_networks=("lora",),
+    # LoHa, LoKr and DoRA: LyCORIS tensors on the same musubi-tuner names, which ComfyUI maps (no locon: no convolutions).
+    lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_networks=("lora", "loha", "lokr", "dora"),
     lora_modules=QWEN_IMAGE_MODULES,
     lora_text_encoders=(),  # a 7B Qwen2.5-VL LoRA: no reader for it in diffusers' Qwen-Image loader
     latent_patch=2, guidance_argument="true_cfg_scale", fp8_blocks=QWEN_IMAGE_FP8_BLOCKS, fp8_skip=QWEN_IMAGE_FP8_SKIP,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 COMFY_PREFIX = "diffusion_model."
 # lora_transformer_: ai-toolkit's older Flux files (its scripts/convert_lora_to_peft_format.py reads them), same grammar.
 _KOHYA_KEY = re.compile(r"^(?P<prefix>lora_unet_|lora_transformer_)(?P<stem>[^.]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")
+_KOHYA_NAME = re.compile(r"^(?P<prefix>lora_unet_|lora_transformer_)(?P<stem>[^.]+)$")
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB](?:\.default)?\.weight|lora_(?:down|up)\.weight|alpha)$")
 _PART = {"lora_down.weight": "A", "lora_A.weight": "A", "lora_A.default.weight": "A",
          "lora_up.weight": "B", "lora_B.weight": "B", "lora_B.default.weight": "B", "alpha": "alpha"}
@@ -108,6 +109,21 @@ def from_kohya_dit(file: Path, tensors: Mapping[str, torch.Tensor], family: Fami
         module = module_name(match["stem"], family, "_")
         parts.setdefault(f"{family.denoiser}.{module}", {})[_PART[match["part"]]] = value
     return gather_modules(file, parts)
+
+
+def kohya_dit_modules(names: Iterable[str], hint: str | None) -> dict[str, str]:
+    """``<denoiser>.<module>`` for kohya module names (``lora_unet_…``, no tensor suffix) that all name one family's
+    transformer modules, as LyCORIS files (LoHa, LoKr, DoRA) on musubi-tuner's names have them; {}: they do not."""
+    stems = {}
+    for name in names:
+        match = _KOHYA_NAME.match(name)
+        if match is None:
+            return {}
+        stems[name] = match["stem"]
+    family = _resolving_family(set(stems.values()), hint, "_") if stems else None
+    if family is None:
+        return {}
+    return {name: f"{family.denoiser}.{module_name(stem, family, '_')}" for name, stem in stems.items()}
 
 
 # ------------------------------------------------------------ ComfyUI / DiffSynth-Studio

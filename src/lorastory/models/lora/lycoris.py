@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorastory.models.lora.dit_names import kohya_dit_modules
 from lorastory.models.lora.errors import LoraFormatError
 from lorastory.models.lora.keys import META_PREFIX
 from lorastory.models.lora.kohya import from_kohya, kohya_module_name
@@ -112,10 +113,11 @@ def _network_of_parts(file: Path, parts: Iterable[str]) -> str:
 
 
 def read_lycoris(
-    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any
+    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any, hint: str | None = None
 ) -> tuple[str, dict[str, torch.Tensor], dict[str, int], dict[str, float], dict[str, Any]]:
     """A LoHa / LoKr / DoRA file → (network, peft state with component prefixes, rank and alpha per
-    ``component.module``, peft settings such as LoKr's factor)."""
+    ``component.module``, peft settings such as LoKr's factor); ``hint``: the family a transformer's kohya
+    names are tried against first (the pipeline's or the file's)."""
 
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -126,7 +128,7 @@ def read_lycoris(
     network = _network_of_parts(file, {p for parts in grouped.values() for p in parts})
     for name, parts in grouped.items():
         _check_complete(file, network, name, parts)
-    modules = _module_names(file, list(grouped), config)
+    modules = _module_names(file, list(grouped), config, hint)
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
@@ -203,10 +205,15 @@ def _settings(network: str, grouped: Mapping[str, Mapping[str, Any]], meta: Mapp
     return {"decompose_factor": int(factor), "decompose_both": both}
 
 
-def _module_names(file: Path, names: list[str], config: Any) -> dict[str, str]:
-    """kohya names → ``component.module``, through the kohya converter (fed stand-in tensors: only the names matter)."""
+def _module_names(file: Path, names: list[str], config: Any, hint: str | None) -> dict[str, str]:
+    """kohya names → ``component.module``: a transformer's diffusers module names (Qwen-Image, as musubi-tuner
+    writes them) through the family's module table, else through the kohya converter (fed stand-in tensors: only
+    the names matter)."""
     import torch
 
+    dit = kohya_dit_modules(names, hint)
+    if dit:
+        return dit
     fake: dict[str, torch.Tensor] = {}
     down_names: dict[int, str] = {}
     for name in names:

@@ -77,7 +77,7 @@ def load_lora_state(
         )
     config = unet_config if unet_config is not None else default_unet_config(file_meta)
     if is_lycoris(tensors):  # LoHa, LoKr, DoRA: peft's own parameters, loaded into the same peft adapter
-        return _variant_state(file, tensors, file_meta, config, recorded)
+        return _variant_state(file, tensors, file_meta, config, recorded, family)
     fmt, modules, alphas = _parse(file, tensors, file_meta, config, family, recorded)
     state, ranks, used_alphas = _bake(modules, alphas, default_alpha)
     return state, _info(file, fmt, recorded, modules, ranks, used_alphas, file_meta)
@@ -227,10 +227,11 @@ def _of_family(file: Path, family: str | None, found: Family, parsed: tuple[Modu
 
 
 def _variant_state(
-    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any, family: str | None
+    file: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], config: Any, family: str | None,
+    pipeline_family: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], LoraInfo]:
     """A LoHa / LoKr / DoRA file: peft-named state (scales not baked: they live in the adapter's config)."""
-    network, state, ranks, alphas, settings = read_lycoris(file, tensors, meta, config)
+    network, state, ranks, alphas, settings = read_lycoris(file, tensors, meta, config, pipeline_family or family)
     info = LoraInfo(
         path=file, format="lycoris", family=family, rank=most_common(ranks.values()), alpha=most_common(alphas.values()),
         components=tuple(c for c in COMPONENTS if any(m.startswith(c + ".") for m in ranks)),

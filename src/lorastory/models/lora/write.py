@@ -100,6 +100,8 @@ def default_save_formats(family: str, spec: LoraSpec) -> list[LoraFormat]:
         formats.append("diffusers")
     if spec.network not in ("lora", "locon") and fam.kohya_unet_names == "bfl":
         return ["diffusers"]  # LoHa/LoKr/DoRA on a Flux transformer: no kohya layout yet
+    if spec.network not in ("lora", "locon"):
+        return ["kohya"]  # LoHa/LoKr/DoRA: the LyCORIS layout only (diffusers' reads no LoHa/LoKr)
     return formats
 
 
