@@ -231,4 +231,4 @@ def test_flux_sizes_and_adapters_it_cannot_save_are_one_line_errors(cli, tiny_mo
     cli("train", "--data", style_train_folder, "--model", tiny_model_path("flux"), "--out", tmp_path / "run",
         "--resolution", "72", "--max-steps", "1", "--batch-size", "2").error_line("multiples of 16", "72x72")
     cli("train", "--data", style_train_folder, "--model", tiny_model_path("flux"), "--out", tmp_path / "run2",
-        "--resolution", "64", "--max-steps", "1", "--network", "loha").error_line("Flux.1", "--network lora")
+        "--resolution", "64", "--max-steps", "1", "--network", "locon").error_line("Flux.1", "not locon", "--network lora")

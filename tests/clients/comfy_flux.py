@@ -7,6 +7,10 @@ Source: github.com/Comfy-Org/ComfyUI (formerly comfyanonymous/ComfyUI)
     ``diffusion_model.`` keys and the ``isinstance(model, comfy.model_base.Flux)`` part);
   * comfy/model_patcher.py (add_patches: a key that is a tuple is (key, offset[, function])) and
     comfy/lora.py calculate_weight (``weight.narrow(*offset)`` before patching).
+  * at Comfy-Org/ComfyUI @ a125cd84b054a57729b5eecab930ca9408719832 the Flux branch and flux_to_diffusers' offsets
+    are unchanged, and comfy/lora.py calculate_weight narrows the weight to the offset before *any* weight adapter
+    (LoRA, LoHa, LoKr, DoRA's weight_decompose) patches it in place: LyCORIS files on diffusers names patch the
+    fused qkv / linear1 slices. Its DoRA step (weight_decompose) is the one in :mod:`clients.comfy_qwen_image`.
 License: ComfyUI is GPL-3.0. This port lives in the test suite only, like :mod:`clients.comfy_lora`,
 whose ``load_lora`` and ``calculate_weight`` it reuses.
 
@@ -23,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from clients.comfy_lora import calculate_weight, load_lora
+from clients.comfy_qwen_image import TENSOR_PART, weight_decompose
 
 
 def swap_scale_shift(weight):
@@ -214,12 +219,12 @@ def comfy_flux_patch(transformer, lora_file: Path, strength: float = 1.0):
         name, offset = (key, None) if isinstance(key, str) else (key[0], key[1])
         weight = patched_comfy[name]
         target = weight if offset is None else weight.narrow(*offset)  # add_patches + calculate_weight's narrow
-        calculate_weight([(strength, patch, 1.0, None, None)], target, name, errors)
+        calculate_weight([(strength, patch, 1.0, None, None)], target, name, errors, decompose=weight_decompose)
     patched = {}
     for diffusers_key, target in flux_to_diffusers(config, output_prefix="diffusion_model.").items():
         if isinstance(target, str) and target in patched_comfy:
             patched[f"transformer.{diffusers_key}"] = patched_comfy[target]
         elif not isinstance(target, str) and target[1] is not None and target[0] in patched_comfy:
             patched[f"transformer.{diffusers_key}"] = patched_comfy[target[0]].narrow(*target[1])
-    total = len({k.split(".lora_", 1)[0].removesuffix(".alpha") for k in lora if not k.endswith(".alpha")})
+    total = len({TENSOR_PART.sub("", k) for k in lora if not k.endswith(".alpha")})
     return patched, total, not_loaded, errors

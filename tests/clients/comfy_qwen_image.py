@@ -87,7 +87,7 @@ def weight_decompose(dora_scale, weight, lora_diff, alpha, strength, intermediat
 
 # ------------------------------------------------------------ glue (lorastory's, not ComfyUI's)
 
-_TENSOR_PART = re.compile(r"\.(lora_(?:up|down|A|B)\.weight|alpha|dora_scale|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2)$")
+TENSOR_PART = re.compile(r"\.(lora_(?:up|down|A|B)\.weight|alpha|dora_scale|hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2)$")
 
 
 def comfy_qwen_image_patch(transformer, lora_file: Path, strength: float = 1.0):
@@ -107,5 +107,5 @@ def comfy_qwen_image_patch(transformer, lora_file: Path, strength: float = 1.0):
         weight = calculate_weight([(strength, patch, 1.0, None, None)], weights[name], name, errors,
                                   decompose=weight_decompose)
         patched["transformer." + name.removeprefix("diffusion_model.")] = weight
-    total = len({_TENSOR_PART.sub("", k) for k in lora})
+    total = len({TENSOR_PART.sub("", k) for k in lora})
     return patched, total, not_loaded, errors

@@ -123,7 +123,7 @@ FLUX = register_family(Family(
     denoiser="transformer", encode_prompt=encode_flux_prompt, text_encoder_targets=CLIP_TE_TARGETS,
     kohya_unet_names="bfl", objective="flow", predict="lorastory.models.families.flux:flux_predict",
     lora_targets=FLUX_LORA_TARGETS, lora_modules=FLUX_MODULES, lora_formats=("kohya", "diffusers"), lora_text_encoders=("text_encoder",),
-    latent_patch=2, lora_networks=("lora",),  # LoHa/LoKr/DoRA: no Flux file layout yet
+    latent_patch=2, lora_networks=("lora", "loha", "lokr", "dora"),  # variants: on diffusers names (lycoris.py)
     tiny_builder="lorastory.models.families.flux_tiny:tiny_flux", fp8_blocks=FLUX_FP8_BLOCKS, fp8_skip=FLUX_FP8_SKIP,
     ip_adapter=FLUX_IP_ADAPTER, ip_adapter_state="lorastory.models.families.flux_ip_adapter:flux_ip_adapter_state_dict",
     ip_adapter_check="lorastory.models.families.flux_ip_adapter:check_flux_ip_adapter",

@@ -75,15 +75,18 @@ def peft_parts(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.T
 
 def to_lycoris_layout(
     layers: dict[str, dict[str, torch.Tensor]], alphas: Mapping[str, float], ranks: Mapping[str, int], network: str,
-    family: Family, unet_config: Any, naming: str,
+    family: Family, unet_config: Any, naming: str, denoiser_prefix: str = "lora_unet_",
 ) -> dict[str, torch.Tensor]:
-    """LyCORIS keys for peft LoHa / LoKr / DoRA state dicts per component (``alphas``/``ranks`` by ``component.module``)."""
+    """LyCORIS keys for peft LoHa / LoKr / DoRA state dicts per component (``alphas``/``ranks`` by ``component.module``);
+    ``denoiser_prefix`` replaces ``lora_unet_`` (Flux: ``lora_transformer_``, the names ComfyUI maps by offset)."""
     import torch
 
     tensors: dict[str, torch.Tensor] = {}
     for component, state in layers.items():
         for module, parts in peft_parts(state).items():
             name = kohya_module_name(component, module, family, unet_config, naming)
+            if name.startswith("lora_unet_"):
+                name = denoiser_prefix + name.removeprefix("lora_unet_")
             alpha, rank = float(alphas[f"{component}.{module}"]), int(ranks[f"{component}.{module}"])
             if network == "dora":
                 magnitude = parts.pop("lora_magnitude_vector")
@@ -211,18 +214,19 @@ def _module_names(file: Path, names: list[str], config: Any, hint: str | None) -
     the names matter)."""
     import torch
 
-    dit = kohya_dit_modules(names, hint)
-    if dit:
+    dit = kohya_dit_modules([n for n in names if n.startswith(("lora_unet_", "lora_transformer_"))], hint)
+    rest = [n for n in names if n not in dit]  # the text encoders' names (and a UNet's) go through the converter
+    if not rest:
         return dit
     fake: dict[str, torch.Tensor] = {}
     down_names: dict[int, str] = {}
-    for name in names:
+    for name in rest:
         down = torch.zeros(1, 1)
         down_names[id(down)] = name
         fake[f"{name}.lora_down.weight"] = down
         fake[f"{name}.lora_up.weight"] = torch.zeros(1, 1)
     modules, _ = from_kohya(file, fake, config)
-    resolved = {down_names[id(down)]: module for module, (down, _) in modules.items()}
+    resolved = {**dit, **{down_names[id(down)]: module for module, (down, _) in modules.items()}}
     missing = [n for n in names if n not in resolved]
     if missing:
         raise LoraFormatError(f"{file.name}: module '{missing[0]}' has no diffusers name; is it a LoRA for this model family?")

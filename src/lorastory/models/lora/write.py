@@ -72,10 +72,12 @@ def save_lora(
         naming = kohya_unet_names or fam.kohya_unet_names
         config = fam.denoiser_of(pipe).config
         alphas, ranks = _module_shapes(pipe, layers, adapter_name)
-        if naming == "bfl":  # a Flux transformer: BFL module names, fused q/k/v (bfl.py)
-            if network != "lora":
-                raise LoraError(f"a {network} adapter on {fam.display} is written in the diffusers layout only for now; "
-                                "save it with format diffusers")
+        if naming == "bfl" and network != "lora":
+            # LoHa/LoKr/DoRA tensors cannot be fused into BFL's qkv: diffusers module names under OneTrainer's
+            # lora_transformer_ prefix, which ComfyUI maps into the fused weights by offset (docs/training.md)
+            tensors = to_lycoris_layout(layers, alphas, ranks, network, fam, config, "diffusers",
+                                        denoiser_prefix="lora_transformer_")
+        elif naming == "bfl":  # a Flux transformer's LoRA: BFL module names, fused q/k/v (bfl.py)
             text = {c: s for c, s in layers.items() if c != fam.denoiser}
             tensors = to_bfl_layout(layers[fam.denoiser], {k.split(".", 1)[1]: v for k, v in alphas.items()
                                                             if k.startswith(fam.denoiser + ".")}, config)
@@ -98,8 +100,6 @@ def default_save_formats(family: str, spec: LoraSpec) -> list[LoraFormat]:
     clip = list(fam.text_encoder_targets) == list(CLIP_TE_TARGETS)
     if spec.train_text_encoder and not clip and spec.network in ("lora", "locon") and "diffusers" not in formats:
         formats.append("diffusers")
-    if spec.network not in ("lora", "locon") and fam.kohya_unet_names == "bfl":
-        return ["diffusers"]  # LoHa/LoKr/DoRA on a Flux transformer: no kohya layout yet
     if spec.network not in ("lora", "locon"):
         return ["kohya"]  # LoHa/LoKr/DoRA: the LyCORIS layout only (diffusers' reads no LoHa/LoKr)
     return formats
