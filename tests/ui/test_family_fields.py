@@ -141,7 +141,7 @@ def test_train_base_dtype_without_cuda_or_torchao_is_one_line(app, monkeypatch):
 def test_train_form_fits_the_family(app):
     train_tab = app.lorastory_tabs["train"]
     qwen = FAMILIES["qwen-image"]
-    note, te, network, targets, base = train_tab.on_model("models/qwen", "loha")
+    note, te, network, targets, base = train_tab.on_model("models/qwen", "locon")  # no convolutions to adapt
     assert qwen.display in note
     assert te["interactive"] is False and te["value"] is False and te["info"]  # no trainable text encoder
     assert network["choices"] == list(qwen.lora_networks) and network["value"] == qwen.lora_networks[0]
