@@ -97,6 +97,24 @@ def test_comfyui_dora_patches_every_slice_with_its_base_weight_norm(variant_file
     assert max_difference(peft, merged) <= TOLERANCE and max_difference(comfy, patched) <= TOLERANCE
 
 
+def test_variant_with_a_clip_lora_loads_back_both_parts(tiny_model_path, tmp_path):
+    """A text-encoder LoHa beside the transformer's: CLIP-L under kohya's ``lora_te1_`` names, read back too."""
+    from diffusers import FluxPipeline
+
+    folder = tiny_model_path("flux")
+    pipe = FluxPipeline.from_pretrained(folder)
+    spec = LoraSpec(rank=4, alpha=2.0, network="loha", target_modules=TARGETS, train_text_encoder=True)
+    torch.manual_seed(0)
+    randomise(inject_lora(pipe, spec), std=0.1)
+    save_lora(pipe, tmp_path / "lora.safetensors", spec)
+    with safe_open(str(tmp_path / "lora.safetensors"), "pt") as handle:
+        assert any(k.startswith("lora_te1_text_model_") and k.endswith(".hada_w1_a") for k in handle.keys())  # noqa: SIM118
+    ours = load_pipeline(folder)
+    info = apply_lora(ours, tmp_path / "lora.safetensors")
+    assert info.components == ("transformer", "text_encoder")
+    assert max_difference(merged_weights(pipe), merged_weights(ours)) <= TOLERANCE
+
+
 @pytest.mark.slow
 def test_train_loha_on_flux_writes_a_file_comfyui_and_lorastory_load(cli, tiny_model_path, style_train_folder,
                                                                       tmp_path):

@@ -29,6 +29,7 @@ from lorastory.models.lora.dit_names import kohya_dit_modules
 from lorastory.models.lora.errors import LoraFormatError
 from lorastory.models.lora.keys import META_PREFIX
 from lorastory.models.lora.kohya import from_kohya, kohya_module_name
+from lorastory.models.lora.unet_layout import default_unet_config
 from lorastory.models.registry import Family
 
 if TYPE_CHECKING:
@@ -225,7 +226,8 @@ def _module_names(file: Path, names: list[str], config: Any, hint: str | None) -
         down_names[id(down)] = name
         fake[f"{name}.lora_down.weight"] = down
         fake[f"{name}.lora_up.weight"] = torch.zeros(1, 1)
-    modules, _ = from_kohya(file, fake, config)
+    # beside a transformer's names only text-encoder names remain: the file's config is no UNet's, so the standard one
+    modules, _ = from_kohya(file, fake, default_unet_config({}) if dit else config)
     resolved = {**dit, **{down_names[id(down)]: module for module, (down, _) in modules.items()}}
     missing = [n for n in names if n not in resolved]
     if missing:
