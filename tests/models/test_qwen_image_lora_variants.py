@@ -19,7 +19,7 @@ from clients.common import max_difference, merged_weights, randomise
 from safetensors import safe_open
 
 from lorastory.models.families.qwen_image import QWEN_IMAGE_MODULES
-from lorastory.models.lora import LoraSpec, apply_lora, default_save_formats, inject_lora, load_lora_state, save_lora
+from lorastory.models.lora import LoraFormatError, LoraSpec, apply_lora, default_save_formats, inject_lora, load_lora_state, save_lora
 from lorastory.models.registry import load_pipeline
 
 EVERY_LINEAR = sorted({m.removeprefix("transformer_blocks.N.") for m in QWEN_IMAGE_MODULES})
@@ -72,6 +72,18 @@ def test_variant_is_saved_on_musubi_names_and_loads_back_with_its_merged_weights
     ours = load_pipeline(folder)
     apply_lora(ours, out)
     assert max_difference(merged, merged_weights(ours)) <= TOLERANCE
+
+
+def test_variant_with_a_module_the_transformer_lacks_is_a_one_line_error(variant_files, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, out, _, _ = variant_files("loha")
+    tensors = load_file(str(out))
+    for key in [k for k in tensors if k.startswith("lora_unet_norm_out_linear.")]:
+        tensors[key.replace("norm_out_linear", "norm_out_linear_2")] = tensors.pop(key)
+    save_file(tensors, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(LoraFormatError, match="lora_unet_norm_out_linear_2 is not a Qwen-Image transformer module"):
+        apply_lora(load_pipeline(folder), tmp_path / "bad.safetensors")
 
 
 @pytest.mark.parametrize("network", ["loha", "lokr"])

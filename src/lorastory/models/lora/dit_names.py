@@ -111,9 +111,12 @@ def from_kohya_dit(file: Path, tensors: Mapping[str, torch.Tensor], family: Fami
     return gather_modules(file, parts)
 
 
-def kohya_dit_modules(names: Iterable[str], hint: str | None) -> dict[str, str]:
+def kohya_dit_modules(file: Path, names: Iterable[str], hint: str | None) -> dict[str, str]:
     """``<denoiser>.<module>`` for kohya module names (``lora_unet_…``, no tensor suffix) that all name one family's
-    transformer modules, as LyCORIS files (LoHa, LoKr, DoRA) on musubi-tuner's names have them; {}: they do not."""
+    transformer modules, as LyCORIS files (LoHa, LoKr, DoRA) on musubi-tuner's names have them; {}: they do not.
+
+    Names of which some are ``hint``'s transformer modules and some unknown are an error naming an unknown one.
+    """
     stems = {}
     for name in names:
         match = _KOHYA_NAME.match(name)
@@ -121,6 +124,12 @@ def kohya_dit_modules(names: Iterable[str], hint: str | None) -> dict[str, str]:
             return {}
         stems[name] = match["stem"]
     family = _resolving_family(set(stems.values()), hint, "_") if stems else None
+    known = FAMILIES.get(hint) if hint is not None else None
+    if family is None and known is not None and known.lora_modules:
+        unknown = sorted(n for n, stem in stems.items() if module_name(stem, known, "_") is None)
+        if len(unknown) < len(stems):
+            raise LoraFormatError(f"{file.name}: module {unknown[0]} is not a {known.display} transformer module; "
+                                  "the LoRA is for another model")
     if family is None:
         return {}
     return {name: f"{family.denoiser}.{module_name(stem, family, '_')}" for name, stem in stems.items()}

@@ -215,7 +215,7 @@ def _module_names(file: Path, names: list[str], config: Any, hint: str | None) -
     the names matter)."""
     import torch
 
-    dit = kohya_dit_modules([n for n in names if n.startswith(("lora_unet_", "lora_transformer_"))], hint)
+    dit = kohya_dit_modules(file, [n for n in names if n.startswith(("lora_unet_", "lora_transformer_"))], hint)
     rest = [n for n in names if n not in dit]  # the text encoders' names (and a UNet's) go through the converter
     if not rest:
         return dit
