@@ -42,7 +42,7 @@ them instead of to its own batch-mates, as StoryDiffusion does with its identity
 for 8 anchor panels of Kolors at 1024² over 25 steps is about 22 GB in bf16 (up blocks), which is
 why one batch is preferred.
 
-**DiTs** (Flux): a family with a ``shared_attention`` processor shares through it instead
+**DiTs** (Flux, Qwen-Image): a family with a ``shared_attention`` processor shares through it instead
 (:mod:`lorastory.models.families.flux_attention`: the batch's first panel is the reference whose
 sampled image tokens every other panel's joint attention reads, text tokens untouched, the
 reference panel unchanged; the step range counts scheduler steps, so true CFG's two passes a step

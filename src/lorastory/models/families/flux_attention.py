@@ -37,37 +37,51 @@ FLUX_SHARED_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
 _KINDS = {"double": "transformer_blocks", "double_blocks": "transformer_blocks", "transformer_blocks": "transformer_blocks",
           "single": "single_transformer_blocks", "single_blocks": "single_transformer_blocks",
           "single_transformer_blocks": "single_transformer_blocks"}
+_SHOWN = {"transformer_blocks": "double", "single_transformer_blocks": "single"}
 _BLOCK = re.compile(r"^(?P<kind>[a-z_]+?)(\.(?P<first>\d+)(-(?P<last>\d+))?)?$")
 
 
-def _block_prefixes(transformer: Any, name: str) -> list[str]:
-    """``double``, ``single_blocks.3`` or ``double_blocks.0-9`` as prefixes of attention layer names; a block
-    the model does not have is one :class:`ConfigError` naming how many it has."""
+def block_prefixes(transformer: Any, name: str, kinds: dict[str, str], label: str, use: str,
+                   shown: dict[str, str]) -> list[str]:
+    """A DiT's ``consistency.blocks`` name (``double``, ``single_blocks.3``, ``double_blocks.0-9``) as prefixes of
+    attention layer names, through ``kinds`` (name → diffusers' block list); a block the model does not have is one
+    :class:`ConfigError` naming how many it has (``shown``: how a block list is named to the user)."""
     match = _BLOCK.match(name)
-    kind = _KINDS.get(match.group("kind")) if match else None
+    kind = kinds.get(match.group("kind")) if match else None
     if kind is None:
-        raise ConfigError(f"consistency.blocks {name}: not a Flux block; use double, single, or a name like "
-                          "double_blocks.3 or single_blocks.0-9")
+        raise ConfigError(f"consistency.blocks {name}: not a {label} block; use {use}")
     count = len(getattr(transformer, kind))
     if match.group("first") is None:
         return [f"{kind}."]
     first, last = int(match.group("first")), int(match.group("last") or match.group("first"))
     if last >= count:
-        shown = "double" if kind == "transformer_blocks" else "single"
-        raise ConfigError(f"consistency.blocks {name}: this Flux has {count} {shown} block{'s' * (count != 1)} "
-                          f"({shown}_blocks.0-{count - 1})")
+        word = f"{shown[kind]} " if shown.get(kind) else ""
+        listed = f"{shown[kind]}_blocks" if shown.get(kind) else kind
+        raise ConfigError(f"consistency.blocks {name}: this {label} has {count} {word}block{'s' * (count != 1)} "
+                          f"({listed}.0-{count - 1})")
     return [f"{kind}.{index}." for index in range(first, last + 1)]
+
+
+def dit_shared_layers(transformer: Any, blocks: list[str], defaults: tuple[str, ...], resolve: Any) -> list[str]:
+    """The attention layers (names as in ``transformer.attn_processors``) of ``blocks``, each resolved to prefixes by
+    ``resolve(transformer, name)``; a UNet's block names (the default ``up``) mean the ``defaults`` prefixes."""
+    prefixes = defaults
+    if not all(block in ("up", "mid", "down") or block.startswith(("up_blocks", "mid_block", "down_blocks"))
+               for block in blocks):
+        prefixes = tuple(prefix for block in blocks for prefix in resolve(transformer, block))
+    return [name for name in transformer.attn_processors if name.startswith(prefixes)]
+
+
+def _flux_prefixes(transformer: Any, name: str) -> list[str]:
+    return block_prefixes(transformer, name, _KINDS, "Flux",
+                          "double, single, or a name like double_blocks.3 or single_blocks.0-9", _SHOWN)
 
 
 def flux_shared_layers(transformer: Any, blocks: list[str]) -> list[str]:
     """The attention layers (names as in ``transformer.attn_processors``) that share: those of ``blocks``
     (``double``, ``single``, ``double_blocks.3``, ``single_blocks.0-9``, or diffusers' ``transformer_blocks.N``);
     a UNet's block names (the default ``up``) mean every double and single block."""
-    prefixes: tuple[str, ...] = FLUX_SHARED_BLOCKS
-    if not all(block in ("up", "mid", "down") or block.startswith(("up_blocks", "mid_block", "down_blocks"))
-               for block in blocks):
-        prefixes = tuple(prefix for block in blocks for prefix in _block_prefixes(transformer, block))
-    return [name for name in transformer.attn_processors if name.startswith(prefixes)]
+    return dit_shared_layers(transformer, blocks, FLUX_SHARED_BLOCKS, _flux_prefixes)
 
 
 def _attention(query: Any, key: Any, value: Any, mask: Any, base: Any) -> Any:
@@ -78,15 +92,49 @@ def _attention(query: Any, key: Any, value: Any, mask: Any, base: Any) -> Any:
                                  parallel_config=getattr(base, "_parallel_config", None))
 
 
-class FluxSharedAttnProcessor:
-    """Flux joint attention whose panels also attend to the reference panel's sampled image tokens."""
+def shared_joint_attention(state: Any, name: str, base: Any, query: Any, key: Any, value: Any, text: int,
+                           text_mask: Any = None) -> Any:
+    """The joint attention [B, S, H, D] of [text, image] sequences whose panels also read the reference's sampled image
+    tokens (``state.reference_keys_values``), the reference's ``log(strength)`` as a logit bias; the reference panel
+    itself (the batch's first, without a bank) attends as without the mode. ``text_mask``: [B, text] booleans, the
+    text tokens that are not padding (Qwen-Image's prompts), or None for all."""
+    import torch
 
-    layers = staticmethod(flux_shared_layers)  # which of the transformer's attention layers it replaces
+    # [m, H, D] of the reference's image tokens; `first`: the first panel that reads them (0 with a bank).
+    extra_key, extra_value, first = state.reference_keys_values(name, key[:, text:], value[:, text:], key.shape[1])
+    rest = key.shape[0] - first
+    plain_mask = None
+    if text_mask is not None:  # the joint mask the plain processor builds: the text's padding out, every image token in
+        image = torch.ones((key.shape[0], key.shape[1] - text), dtype=torch.bool, device=key.device)
+        plain_mask = torch.cat([text_mask.to(torch.bool), image], dim=1)[:, None, None, :]
+    mask = None
+    if state.strength < 1 or plain_mask is not None:  # the reference's tokens count `strength` times one of the panel's own
+        mask = torch.zeros((1 if plain_mask is None else rest, 1, 1, key.shape[1] + extra_key.shape[0]),
+                           dtype=query.dtype, device=query.device)
+        mask[..., key.shape[1]:] = math.log(state.strength) if state.strength < 1 else 0.0
+        if plain_mask is not None:
+            mask[..., :key.shape[1]].masked_fill_(~plain_mask[first:], float("-inf"))
+    shared = _attention(query[first:], torch.cat([key[first:], extra_key[None].expand(rest, -1, -1, -1)], dim=1),
+                        torch.cat([value[first:], extra_value[None].expand(rest, -1, -1, -1)], dim=1), mask, base)
+    if first:  # the reference panel: the plain attention, so it is the same picture with and without the mode
+        reference_mask = None if plain_mask is None else plain_mask[:first]
+        shared = torch.cat([_attention(query[:first], key[:first], value[:first], reference_mask, base), shared])
+    return shared
+
+
+class SharedJointAttnProcessor:
+    """A DiT's shared joint attention on one layer: its name, the processor it replaced, the render state."""
 
     def __init__(self, name: str, base: Any, state: Any) -> None:
         self.name = name
         self.base = base
         self.state = state
+
+
+class FluxSharedAttnProcessor(SharedJointAttnProcessor):
+    """Flux joint attention whose panels also attend to the reference panel's sampled image tokens."""
+
+    layers = staticmethod(flux_shared_layers)  # which of the transformer's attention layers it replaces
 
     def __call__(
         self,
@@ -127,17 +175,7 @@ class FluxSharedAttnProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        # [m, H, D] of the reference's image tokens; `first`: the first panel that reads them (0 with a bank).
-        extra_key, extra_value, first = state.reference_keys_values(self.name, key[:, text:], value[:, text:], key.shape[1])
-        rest = key.shape[0] - first
-        mask = None
-        if state.strength < 1:  # the reference's tokens count `strength` times one of the panel's own
-            mask = torch.zeros((1, 1, 1, key.shape[1] + extra_key.shape[0]), dtype=query.dtype, device=query.device)
-            mask[..., key.shape[1]:] = math.log(state.strength)
-        shared = _attention(query[first:], torch.cat([key[first:], extra_key[None].expand(rest, -1, -1, -1)], dim=1),
-                            torch.cat([value[first:], extra_value[None].expand(rest, -1, -1, -1)], dim=1), mask, self.base)
-        if first:  # the reference panel: the plain attention, so it is the same picture with and without the mode
-            shared = torch.cat([_attention(query[:first], key[:first], value[:first], None, self.base), shared])
+        shared = shared_joint_attention(state, self.name, self.base, query, key, value, text)
         out = shared.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
