@@ -59,6 +59,9 @@ def test_off_settings_are_the_plain_pipeline_and_blocks_choose_the_blocks(qwen_p
     for settings in (ConsistencySettings(mode="attention", sample_rate=0.0), ConsistencySettings(mode="attention", strength=0.0)):
         with shared_attention(qwen_pipe, settings, panels=2):
             assert np.array_equal(_call(qwen_pipe, PROMPTS[:2]), plain)
+    # A vanishing strength is the plain render: the shared panel's text keeps its padding mask as the plain one does.
+    with shared_attention(qwen_pipe, ConsistencySettings(mode="attention", step_range=(0.0, 1.0), strength=1e-9), panels=2):
+        assert np.abs(_call(qwen_pipe, PROMPTS[:2]) - plain).max() < 1e-5
     installed = {}
     for blocks in (["double"], ["transformer_blocks.1"], ["double_blocks.0-1"]):
         settings = ConsistencySettings(mode="attention", step_range=(0.0, 1.0), blocks=blocks, strength=0.5)
