@@ -129,3 +129,19 @@ def test_compiled_flux_fast_path_on_cuda_matches_eager(tiny_model_path):
     assert report.compiled_modules >= blocks  # every double and single block (and the VAE's ResNet blocks)
     fast = _render(pipe)
     assert np.abs(fast - reference).mean() < 0.01 and np.abs(fast - reference).max() < 0.1
+
+
+@pytest.mark.gpu
+def test_compiled_qwen_image_fast_path_on_cuda_matches_eager(tiny_model_path):
+    pipe = load_pipeline(tiny_model_path("qwen-image")).to("cuda", torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+
+    def render():
+        return pipe(prompt=["a girl", "a cat"], num_inference_steps=2, width=64, height=64, output_type="np",
+                    generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+
+    reference = render()
+    report = prepare_for_speed(pipe, compile=True)
+    assert report.levers == ["compiled"] and report.compiled_modules >= len(pipe.transformer.transformer_blocks)
+    fast = render()
+    assert np.abs(fast - reference).mean() < 0.01 and np.abs(fast - reference).max() < 0.1
