@@ -3,7 +3,9 @@
 :func:`prepare_for_speed` applies, in order: LoRA fused into the weights (the LoRA layers stay,
 merged, so a second :func:`~lorastory.models.lora.apply_lora` of the same adapter is still refused),
 fused QKV projections, and optionally regional compilation of the UNet's transformer and ResNet
-blocks (and the VAE's ResNet blocks). channels_last is there but off by default (the opt-in fp8 mode
+blocks (and the VAE's ResNet blocks). A DiT family says what reaches its transformer
+(:attr:`~lorastory.models.registry.Family.speed_qkv`, ``compile_repeated``): Flux fuses its joint
+attention's QKV and compiles its double and single blocks, Qwen-Image compiles its blocks only. channels_last is there but off by default (the opt-in fp8 mode
 the benchmarks measure lives in ``bench/levers.py``).
 Panels and CFG are batched by :func:`~lorastory.generate.story.generate_story` itself.
 
@@ -26,7 +28,7 @@ from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.fp8 import check_selection, family_selection, quantize_base
 from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
-    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, sdpa_backend, to_channels_last,
+    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, repeated_blocks, sdpa_backend, to_channels_last,
 )
 
 # Below this many image-steps (panels x steps) a compile's warm-up costs more than it saves.
@@ -96,27 +98,55 @@ def fuse_lora_weights(pipe: Any) -> bool:
     return True
 
 
-def fuse_qkv(model: Any) -> bool:
-    """Fuse each attention's Q, K, V (K, V for cross-attention) projections into one matmul."""
+# Fused projection -> the separate projections its rows come from (diffusers' fuse_projections).
+_FUSED_PARTS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_kv", ("to_k", "to_v")),
+                ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
+
+
+def fuse_qkv(model: Any, *, rebuild: bool = False) -> bool:
+    """Fuse each attention's Q, K, V (K, V for cross-attention) projections into one matmul.
+
+    ``rebuild`` builds them again from the current weights (a LoRA fused since).
+    """
     if model is None or not hasattr(model, "fuse_qkv_projections"):
         return False
-    if getattr(model, "_lorastory_qkv_fused", False):
+    if getattr(model, "_lorastory_qkv_fused", False) and not rebuild:
         return True
+    if rebuild:  # a DiT's attention (diffusers' AttentionModuleMixin) keeps its fused projection until unfused
+        for module in model.modules():
+            if getattr(module, "fused_projections", False) and hasattr(module, "unfuse_projections"):
+                module.unfuse_projections()
     model.fuse_qkv_projections()
+    share_fused_weights(model)
     model._lorastory_qkv_fused = True
     return True
 
 
-def _unet(pipe: Any) -> Any:
-    """The pipeline's UNet, which these levers are for; None when its family's denoiser is not a UNet.
+def share_fused_weights(model: Any) -> int:
+    """Point each separate projection's weight and bias at its rows of the fused one; return how many fused layers.
 
-    A pipeline of no registered family (a stand-in) is taken at its ``unet`` attribute, as before.
+    diffusers keeps both copies (the separate layers stay for LoRA loading and unfusing): 2.15 B parameters twice,
+    4.3 GB in bf16, on FLUX.1-dev. As views they cost nothing; a LoRA merged later into a separate layer then
+    also reaches the fused one, and :func:`prepare_for_speed` rebuilds the fused layers anyway.
     """
-    try:
-        family = family_of_pipeline(pipe)
-    except ConfigError:
-        return getattr(pipe, "unet", None)
-    return family.denoiser_of(pipe) if family.denoiser == "unet" else None
+    count = 0
+    for module in model.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        for fused_name, part_names in _FUSED_PARTS:
+            fused = getattr(module, fused_name, None)
+            parts = [getattr(getattr(module, name, None), "base_layer", getattr(module, name, None)) for name in part_names]
+            if fused is None or any(part is None for part in parts):
+                continue
+            start = 0
+            for part in parts:  # fused rows are the parts' rows, in order (diffusers' torch.cat)
+                rows = part.weight.shape[0]
+                part.weight.data = fused.weight.data[start:start + rows]
+                if part.bias is not None and fused.bias is not None:
+                    part.bias.data = fused.bias.data[start:start + rows]
+                start += rows
+            count += 1
+    return count
 
 
 def _denoiser_and_family(pipe: Any) -> tuple[Any, Any]:
@@ -155,30 +185,31 @@ def prepare_for_speed(
     kept on the CPU for offloading is converted on the GPU, layer by layer).
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
-    unet = _unet(pipe)
+    denoiser, family = _denoiser_and_family(pipe)
+    # The family says which levers reach its denoiser (a stand-in pipeline: a UNet's).
+    qkv_model = denoiser if family is None or family.speed_qkv else None
+    if family is not None and family.compile_repeated:
+        compile_classes = repeated_blocks(denoiser)
     vae = getattr(pipe, "vae", None)
     relayout = False  # modules or weight layouts changed under already compiled blocks: rebuild their graphs
     if fuse_lora and fuse_lora_weights(pipe):
         if "LoRA fused" not in report.levers:
             report.levers.append("LoRA fused")
         if "fused QKV" in report.levers:  # a LoRA added after QKV fusion: rebuild the fused projections from the new weights
-            for model in (unet, vae):
-                if model is not None:
-                    model._lorastory_qkv_fused = False
-                    fuse_qkv(model)
+            for model in (qkv_model, vae):
+                fuse_qkv(model, rebuild=True)
             relayout = True
     if qkv and "fused QKV" not in report.levers:
-        if _unmerged_lora(unet):
+        if _unmerged_lora(denoiser):
             report.skipped["fused QKV"] = "a LoRA is loaded unfused"
         else:
             try:
-                for model in (unet, vae):
-                    fuse_qkv(model)
-                report.levers.append("fused QKV")
+                if [fuse_qkv(model) for model in (qkv_model, vae)].count(True):  # a list: fuse both
+                    report.levers.append("fused QKV")
             except ValueError as err:  # e.g. added KV projections (IP-Adapter)
                 report.skipped["fused QKV"] = str(err).splitlines()[0]
     if channels_last and "channels_last" not in report.levers:
-        to_channels_last(unet, vae)
+        to_channels_last(denoiser, vae)
         report.levers.append("channels_last")
         relayout = True
     if relayout and report.compiled_modules:
@@ -187,7 +218,6 @@ def prepare_for_speed(
         # Compiled graphs assume the weights' old layout and modules (seen failing on an H100 after a
         # layout change); recompile (the kernel cache makes the unchanged ones quick).
         torch._dynamo.reset()
-    denoiser, family = _denoiser_and_family(pipe)
     if base_dtype != "default" and denoiser is not None and "fp8" not in " ".join(report.levers):
         # The family names the denoiser blocks whose Linear layers convert (a DiT's as well as a UNet's).
         count = quantize_base(denoiser, base_dtype, device=device, **family_selection(family))
@@ -202,10 +232,10 @@ def prepare_for_speed(
             import torch
 
             torch._dynamo.reset()
-    if compile and unet is not None:
+    if compile and denoiser is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            report.compiled_modules += compile_regions(unet, compile_classes)
+            report.compiled_modules += compile_regions(denoiser, compile_classes)
             if compile_vae and vae is not None:
                 report.compiled_modules += compile_regions(vae, ("ResnetBlock2D",))
         if "compiled" not in report.levers:

@@ -141,6 +141,12 @@ class Family:
     # The pipeline argument a story's cfg goes to: "guidance_scale" (CFG, or Flux dev's distilled guidance) or
     # "true_cfg_scale" (Qwen-Image: classifier-free guidance with the negative prompt).
     guidance_argument: str = "guidance_scale"
+    # The generate fast path (lorastory.generate.speed): whether diffusers' fused QKV projections reach the
+    # denoiser's attention (Qwen-Image's processor reads Q, K, V apart: fusing would only add weights), and
+    # whether regional compilation compiles the denoiser's own ``_repeated_blocks`` (a DiT's: diffusers' list)
+    # rather than a UNet's transformer and ResNet blocks.
+    speed_qkv: bool = True
+    compile_repeated: bool = False
 
     @property
     def display(self) -> str:

@@ -74,6 +74,12 @@ def compile_regions(
     return count
 
 
+def repeated_blocks(model: Any) -> tuple[str, ...]:
+    """The block classes diffusers names for regional compilation (``_repeated_blocks``: a DiT's double and single
+    blocks); :func:`compile_regions` compiles them as ``compile_repeated_blocks`` would, with the kernel cache."""
+    return tuple(getattr(model, "_repeated_blocks", None) or ())
+
+
 def uncompile_regions(model: Any) -> int:
     """Undo :func:`compile_regions` (the modules run eagerly again); return how many were compiled."""
     count = 0

@@ -129,4 +129,5 @@ FLUX = register_family(Family(
     ip_adapter_check="lorastory.models.families.flux_ip_adapter:check_flux_ip_adapter",
     in_context_pipeline="FluxKontextPipeline",  # FLUX.1 Kontext: the reference's latents appended to the image tokens
     true_cfg_argument="true_cfg_scale", shared_attention="lorastory.models.families.flux_attention:FluxSharedAttnProcessor",
+    compile_repeated=True,  # fused QKV: FluxAttention reads to_qkv once fused, shared attention included
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-Kontext-dev")
