@@ -58,3 +58,18 @@ def max_difference(reference: dict[str, torch.Tensor], other: dict[str, torch.Te
     missing = sorted(set(reference) - set(other))
     assert not missing, f"{len(missing)} adapted weights missing, e.g. {missing[0]}"
     return max(float((reference[k] - other[k].to(torch.float32)).abs().max()) for k in reference)
+
+
+def save_random_adapter(folder: Path, spec, out: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A randomised ``spec`` adapter on the DiT pipeline in ``folder``, saved to ``out`` as a training run saves it:
+    (its merged weights, the transformer's base weights), both by "transformer.module.weight"."""
+    from diffusers import DiffusionPipeline
+
+    from lorastory.models.lora import inject_lora, save_lora
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    base = {f"transformer.{k}": v.clone() for k, v in pipe.transformer.state_dict().items()}
+    torch.manual_seed(0)
+    randomise(inject_lora(pipe, spec), std=0.1)
+    save_lora(pipe, out, spec)
+    return merged_weights(pipe), base

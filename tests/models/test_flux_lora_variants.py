@@ -12,13 +12,12 @@ norm rule, as for Qwen-Image). Training runs through the CLI at 64 px for two st
 from __future__ import annotations
 
 import pytest
-import torch
 from clients.comfy_flux import comfy_flux_patch
-from clients.common import max_difference, merged_weights, randomise
+from clients.common import max_difference, merged_weights, save_random_adapter
 from safetensors import safe_open
 
 from lorastory.models.families.flux import FLUX_LORA_TARGETS
-from lorastory.models.lora import LoraSpec, apply_lora, default_save_formats, inject_lora, load_lora_state, save_lora
+from lorastory.models.lora import LoraSpec, apply_lora, default_save_formats, load_lora_state
 from lorastory.models.registry import load_pipeline
 
 TARGETS = list(FLUX_LORA_TARGETS)  # what a Flux training run adapts
@@ -34,21 +33,14 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def variant_files(tiny_model_path, tmp_path_factory):
     """Per network: a randomised adapter on the tiny Flux saved as a training run saves it; merged and base weights."""
-    from diffusers import FluxPipeline
-
     folder = tiny_model_path("flux")
     cache = {}
 
     def get(network: str):
         if network not in cache:
-            pipe = FluxPipeline.from_pretrained(folder)
-            base = {f"transformer.{k}": v.clone() for k, v in pipe.transformer.state_dict().items()}
-            torch.manual_seed(0)
-            randomise(inject_lora(pipe, SPECS[network]), std=0.1)
             assert default_save_formats("flux", SPECS[network]) == ["kohya"]
             out = tmp_path_factory.mktemp(f"flux-{network}") / "lora.safetensors"
-            save_lora(pipe, out, SPECS[network])
-            cache[network] = (folder, out, merged_weights(pipe), base)
+            cache[network] = (folder, out, *save_random_adapter(folder, SPECS[network], out))
         return cache[network]
 
     return get
@@ -99,20 +91,15 @@ def test_comfyui_dora_patches_every_slice_with_its_base_weight_norm(variant_file
 
 def test_variant_with_a_clip_lora_loads_back_both_parts(tiny_model_path, tmp_path):
     """A text-encoder LoHa beside the transformer's: CLIP-L under kohya's ``lora_te1_`` names, read back too."""
-    from diffusers import FluxPipeline
-
     folder = tiny_model_path("flux")
-    pipe = FluxPipeline.from_pretrained(folder)
     spec = LoraSpec(rank=4, alpha=2.0, network="loha", target_modules=TARGETS, train_text_encoder=True)
-    torch.manual_seed(0)
-    randomise(inject_lora(pipe, spec), std=0.1)
-    save_lora(pipe, tmp_path / "lora.safetensors", spec)
+    merged, _ = save_random_adapter(folder, spec, tmp_path / "lora.safetensors")
     with safe_open(str(tmp_path / "lora.safetensors"), "pt") as handle:
         assert any(k.startswith("lora_te1_text_model_") and k.endswith(".hada_w1_a") for k in handle.keys())  # noqa: SIM118
     ours = load_pipeline(folder)
     info = apply_lora(ours, tmp_path / "lora.safetensors")
     assert info.components == ("transformer", "text_encoder")
-    assert max_difference(merged_weights(pipe), merged_weights(ours)) <= TOLERANCE
+    assert max_difference(merged, merged_weights(ours)) <= TOLERANCE
 
 
 @pytest.mark.slow
