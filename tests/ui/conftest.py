@@ -170,3 +170,16 @@ def wait_text():
                         f"--- app log (tail) ---\n{tail}", pytrace=False)
 
     return wait
+
+
+@pytest.fixture
+def blocked():
+    """``blocked(queue)`` keeps a job queue's worker busy until the event it returns is set (later jobs stay queued)."""
+    import threading
+
+    def block(queue) -> threading.Event:
+        release = threading.Event()
+        queue.submit("other", "blocker", lambda ctx: release.wait(60))
+        return release
+
+    return block

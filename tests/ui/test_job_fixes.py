@@ -4,7 +4,6 @@ smaller defects (identical jobs, reused names, wording, separators, offline hub 
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from lorastory.generate.story import load_story
 from lorastory.train.checkpoint import list_checkpoints
 from lorastory.ui import actions, presets
 from lorastory.ui.formstore import FormStore
-from lorastory.ui.jobs import CANCELLED, DONE, JobContext, JobQueue, eta_text
+from lorastory.ui.jobs import CANCELLED, DONE, JobContext, eta_text
 from lorastory.ui.tabs.common import err, md_list
 from lorastory.ui.tabs.pagestate import STORY_KEYS
 from lorastory.ui.wording import ui_words
@@ -37,13 +36,6 @@ def app(tmp_path_factory, toy_model_path, style_train_folder):
     demo.lorastory.jobs.shutdown()
 
 
-def blocked(queue: JobQueue) -> threading.Event:
-    """Keep the queue's worker busy until the returned event is set (later jobs stay queued)."""
-    release = threading.Event()
-    queue.submit("other", "blocker", lambda ctx: release.wait(60))
-    return release
-
-
 def story_values(story_tab, title="t", name="my-story", mode="none"):
     """The Story tab's inputs for on_generate: the form (story_inputs order), model, LoRA, scale, run name, base
     dtype, offload."""
@@ -51,7 +43,7 @@ def story_values(story_tab, title="t", name="my-story", mode="none"):
     return [*form[: len(story_tab.story_inputs)], "models/toy-kolors", "", 0.8, name, "default", False]
 
 
-def test_identical_generate_clicks_and_reused_names(app):
+def test_identical_generate_clicks_and_reused_names(app, blocked):
     """Defect 11: a second identical Generate is refused; a taken run name gets a free one (never overwritten)."""
     story, queue, ws = app.lorastory_tabs["story"], app.lorastory.jobs, app.lorastory.ws
     (ws.root / "stories" / "taken").mkdir(parents=True)
@@ -148,7 +140,7 @@ def test_recipe_np_is_honoured_and_an_uncaptioned_upload_is_refused(tmp_path):
     assert report["processes"] == min(2, os.cpu_count() or 1) and report["samples_out"] == 3
 
 
-def test_lists_are_read_again_and_forms_remembered(app):
+def test_lists_are_read_again_and_forms_remembered(app, blocked):
     """Defects 7 and 10 (the browser test checks the same through a page reload)."""
     page, ws, queue = app.lorastory_page, app.lorastory.ws, app.lorastory.jobs
     story = app.lorastory_tabs["story"]

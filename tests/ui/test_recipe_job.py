@@ -4,7 +4,6 @@ refused, and a failing recipe's one-line error."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 from PIL import Image
@@ -41,13 +40,6 @@ def app(tmp_path_factory):
     demo.lorastory.jobs.shutdown()
 
 
-def blocked(queue: JobQueue) -> threading.Event:
-    """Keep the queue's worker busy until the returned event is set (later jobs stay queued)."""
-    release = threading.Event()
-    queue.submit("other", "blocker", lambda ctx: release.wait(60))
-    return release
-
-
 def stop_at_row(monkeypatch, queue: JobQueue, row: int, seen: list[str], stage: str = "rows") -> None:
     """Run the real executor one row per progress call, pressing Stop once ``row`` rows of ``stage`` are
     done; ``seen`` gets the job's progress message after each call."""
@@ -66,7 +58,7 @@ def stop_at_row(monkeypatch, queue: JobQueue, row: int, seen: list[str], stage: 
     monkeypatch.setattr(recipe_run, "run_recipe", run)
 
 
-def test_queued_then_done_shows_the_result(app):
+def test_queued_then_done_shows_the_result(app, blocked):
     data, queue, ws = app.lorastory_tabs["data"], app.lorastory.jobs, app.lorastory.ws
     release = blocked(queue)
     try:
