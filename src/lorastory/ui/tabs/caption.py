@@ -8,7 +8,7 @@ from typing import Any
 from lorastory.ui import actions
 from lorastory.ui.jobs import DONE
 from lorastory.ui.tabs.caption_tools import CaptionTools
-from lorastory.ui.tabs.common import AppContext, Clock, err, md_list, ok, progress_md, rows
+from lorastory.ui.tabs.common import AppContext, Clock, err, md_list, ok, progress_md, rows, unseen_job
 
 
 class CaptionStep:
@@ -82,10 +82,9 @@ class CaptionStep:
         import gradio as gr
 
         state = dict(state or {})
-        job = self.ctx.jobs.latest("caption")
-        if job is None or state.get("caption") == (job.id, job.status, job.message):
+        job = unseen_job(self.ctx.jobs, state, "caption")
+        if job is None:
             return [state, gr.skip(), gr.skip(), gr.skip()]
-        state["caption"] = (job.id, job.status, job.message)
         text, table, dataset = progress_md(job), gr.skip(), gr.skip()
         if job.status == DONE and job.result:
             result = job.result

@@ -112,6 +112,17 @@ class Tab:
         raise NotImplementedError
 
 
+def unseen_job(jobs: JobQueue, state: dict[str, Any], kind: str) -> Any:
+    """The newest job of ``kind`` if its id, status or message changed since ``state`` (a poll's own dict,
+    by kind) last saw it, now marked seen; else ``None`` (the poll leaves its outputs as they are)."""
+    job = jobs.latest(kind)
+    key = (job.id, job.status, job.message) if job is not None else None
+    if job is None or state.get(kind) == key:
+        return None
+    state[kind] = key
+    return job
+
+
 def ok(text: str) -> str:
     return f"**Done:** {text}"
 

@@ -14,7 +14,7 @@ from lorastory.ui.defaults import app_defaults, recipe_text
 from lorastory.ui.jobs import DONE
 from lorastory.ui.tabs.caption import CaptionStep
 from lorastory.ui.tabs.recipes import RecipeLoader
-from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, progress_md, stop_latest, yaml_text
+from lorastory.ui.tabs.common import Clock, Tab, err, md_list, ok, progress_md, stop_latest, unseen_job, yaml_text
 
 
 class DataTab(Tab):
@@ -213,11 +213,10 @@ class DataTab(Tab):
         import gradio as gr
 
         state = dict(state or {})
-        job = self.ctx.jobs.latest("recipe")
+        job = unseen_job(self.ctx.jobs, state, "recipe")
         views = [gr.skip()] * len(self.result_views())
-        if job is None or state.get("recipe") == (job.id, job.status, job.message):
+        if job is None:
             return [state, gr.skip(), *views]
-        state["recipe"] = (job.id, job.status, job.message)
         if job.status == DONE and job.result:
             try:
                 return [state, recipe_message(self.ws, job.result), *self.recipe_views(job.result)]

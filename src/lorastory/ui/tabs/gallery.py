@@ -8,7 +8,7 @@ from typing import Any
 
 from lorastory.ui import actions
 from lorastory.ui.actions.families import model_picker
-from lorastory.ui.tabs.common import Clock, Tab, err, progress_md
+from lorastory.ui.tabs.common import Clock, Tab, err, progress_md, unseen_job
 from lorastory.ui.tabs.compare import CompareView
 
 
@@ -123,10 +123,9 @@ class GalleryTab(Tab):
         import gradio as gr
 
         state = dict(state or {})
-        job = self.ctx.jobs.latest("eval")
-        if job is None or state.get("eval") == (job.id, job.status, job.message):
+        job = unseen_job(self.ctx.jobs, state, "eval")
+        if job is None:
             return [state, gr.skip()]
-        state["eval"] = (job.id, job.status, job.message)
         text = progress_md(job)
         if job.status == "done" and job.result:
             text += "\n\n```json\n" + json.dumps(job.result.get("summary"), ensure_ascii=False, indent=2) + "\n```"

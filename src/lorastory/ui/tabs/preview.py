@@ -7,7 +7,7 @@ from typing import Any
 
 from lorastory.ui.actions.preview import GRID_AXES, grid_job, preview_job
 from lorastory.ui.jobs import DONE
-from lorastory.ui.tabs.common import AppContext, Clock, err, progress_md
+from lorastory.ui.tabs.common import AppContext, Clock, err, progress_md, unseen_job
 
 
 class PanelPreview:
@@ -70,11 +70,9 @@ class PanelPreview:
         import gradio as gr
 
         state = dict(state or {})
-        job = self.ctx.jobs.latest("preview")
-        key = (job.id, job.status, job.message) if job is not None else None
-        if job is None or state.get("preview") == key:
+        job = unseen_job(self.ctx.jobs, state, "preview")
+        if job is None:
             return [state, gr.skip(), gr.skip(), gr.skip()]
-        state["preview"] = key
         image = grid = gr.skip()
         if job.status == DONE:
             image = job.data.get("image") or gr.skip()
