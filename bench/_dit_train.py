@@ -8,6 +8,7 @@ cached text inputs of one batch; the loop, the fp8 base, the figures and the row
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import time
 import traceback
@@ -44,6 +45,16 @@ def to_fp8(transformer: Any, base: str, device: str, family_name: str) -> int:
     return check_selection(quantize_base(transformer, base, training=True, **family_selection(family)), base, family)
 
 
+def attention_backend(name: str | None) -> Any:
+    """``torch.nn.attention.sdpa_kernel`` pinned to one SDPA backend (``--sdpa``), or no constraint."""
+    if not name:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                                            "cudnn": "CUDNN_ATTENTION", "math": "MATH"}[name]))
+
+
 def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, dtype: torch.dtype) -> dict[str, Any]:
     reset_peak()
     transformer = kit.transformer(device, dtype, args.tiny)
@@ -58,7 +69,8 @@ def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, d
     weights_gb = gb(torch.cuda.memory_allocated()) if device == "cuda" else 0.0
     build_peak = peak_gb()  # the bf16 weights existed before quantising: a real loader would quantise while loading
     reset_peak()  # peak_gb below: training only
-    transformer.enable_gradient_checkpointing()
+    if args.checkpointing:
+        transformer.enable_gradient_checkpointing()
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     objective = FlowObjective(kit.predict, flow_shift(pipe.scheduler.config))
@@ -71,10 +83,10 @@ def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, d
         text = kit.text(args, g, device, dtype)
         sync()
         started = time.perf_counter()
-        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"), attention_backend(args.sdpa):
             pred = objective.predict(transformer, noisy.to(device, dtype), t.to(device), text, None, dtype)
-        loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
-        loss.backward()
+            loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync()
@@ -98,6 +110,10 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--bases", default="bf16,fp8-weights,fp8", help="comma-separated: bf16, fp8-weights, fp8")
+    parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                        help="train without gradient checkpointing (more memory; isolates the recompute)")
+    parser.add_argument("--sdpa", choices=["flash", "efficient", "cudnn", "math"], default=None,
+                        help="pin scaled_dot_product_attention to one backend (default: PyTorch's choice)")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")
     parser.add_argument("--json", default=None)
     return parser
@@ -121,6 +137,8 @@ def run(kit: DitKit, args: argparse.Namespace) -> int:
             traceback.print_exc()
             rec.row(name, error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             failed = True
+            if "illegal memory access" in str(err):  # the CUDA context is lost: later bases cannot run here
+                break
         if device == "cuda":
             torch.cuda.empty_cache()
     rec.set("seconds_total", round(rec.elapsed(), 1))

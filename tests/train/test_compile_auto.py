@@ -29,6 +29,19 @@ def test_auto_compiles_only_when_the_run_repays_the_warm_up_and_says_why():
     assert str(compile_choice("cudagraphs", torch.device("cpu"), 5000)) == "compile: off (not on a CUDA GPU)"
 
 
+def test_auto_leaves_an_fp8_base_eager_and_says_why():
+    # A long run would compile in bf16, but torchao's fp8 training layers did not finish compiling in 4 minutes.
+    assert compile_choice("auto", CUDA, 5000, cache_warm=True).mode == "cudagraphs"
+    fp8 = compile_choice("auto", CUDA, 5000, cache_warm=True, base_dtype="fp8")
+    assert fp8.mode == "off"
+    assert str(fp8).startswith("compile: off (auto: fp8 base; compiling fp8 training layers took over 4 minutes")
+    assert compile_choice("auto", CUDA, 5000, cache_warm=True, base_dtype="fp8-weights").mode == "cudagraphs"
+    # Asked for, it compiles, with the warning in the log line.
+    asked = compile_choice("blocks", CUDA, 50, base_dtype="fp8")
+    assert asked.mode == "blocks" and "note: compiling fp8 training layers took over 4 minutes" in str(asked)
+    assert compile_choice("cudagraphs", CUDA, 50, processes=2, base_dtype="fp8").mode == "blocks"
+
+
 def test_a_compiled_run_pads_a_short_batch_at_weight_zero():
     assert process_share([7, 3], 0, 1, 4, pad=True) == ([7, 3, 7, 7], [1.0, 1.0, 0.0, 0.0])
     assert process_share([7, 3], 0, 1, 4) == ([7, 3], [1.0, 1.0])  # eager runs take the short batch as it is

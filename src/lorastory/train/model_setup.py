@@ -108,7 +108,7 @@ def prepare_fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, A
     pixels = max(width * height for width, height in shapes)
     choice = compile_choice(config.compile, device, total_steps, processes, config.gradient_checkpointing,
                             images_per_step=config.batch_size * config.gradient_accumulation,
-                            megapixels=pixels / 2**20, shapes=len(shapes))
+                            megapixels=pixels / 2**20, shapes=len(shapes), base_dtype=config.base_dtype)
     say(str(choice))
     # Fused q/k/v stacks the frozen weights into one bf16 matrix: not with fp8 ones.
     say(prepare_for_training(unet, list(text_encoders.values()), compile=choice.mode,

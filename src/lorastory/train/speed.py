@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 COMPILE_SECONDS = {"cudagraphs": 30.0, "blocks": 15.0}
 WARM_CACHE_SHARE = 0.35
 STEP_SAVING = {"cudagraphs": (0.12, 0.009), "blocks": (0.0, 0.022)}
+# An fp8 base with fp8 matmuls (torchao's float8 training layers) under torch.compile: on an H200 the first
+# compiled step had not come after 4 minutes (bench/RESULTS.md, 2026-12-02), so ``auto`` leaves it eager.
+FP8_COMPILE_NOTE = "compiling fp8 training layers took over 4 minutes without finishing on an H200"
 # Kept for callers of the old rule of thumb: a cold compile of batch 8 at 1024² pays from about this many steps.
 COMPILE_MIN_STEPS = 200
 
@@ -105,7 +108,7 @@ def _estimate(mode: str, images: int, megapixels: float, shapes: int, cache_warm
 
 def compile_choice(setting: str, device: torch.device, total_steps: int, processes: int = 1,
                    gradient_checkpointing: bool = False, *, images_per_step: int = 8, megapixels: float = 1.0,
-                   shapes: int = 1, cache_warm: bool | None = None) -> CompileChoice:
+                   shapes: int = 1, cache_warm: bool | None = None, base_dtype: str = "default") -> CompileChoice:
     """The compile mode a run uses (``setting`` as in ``TrainConfig``), with the reason said in the log.
 
     ``auto`` compiles on CUDA when the estimated time saved over the run's ``total_steps`` (of
@@ -114,10 +117,16 @@ def compile_choice(setting: str, device: torch.device, total_steps: int, process
     (``cache_warm``, default: whether the cache folder holds anything). CUDA graphs for one process
     without gradient checkpointing, plain compiled blocks otherwise. Several processes get plain
     compiled blocks even when CUDA graphs are asked for: DDP's gradient hooks under replayed graphs
-    are not tested here. ``TrainConfig`` refuses CUDA graphs with gradient checkpointing.
+    are not tested here. ``TrainConfig`` refuses CUDA graphs with gradient checkpointing. An fp8 base with fp8
+    matmuls (``base_dtype`` "fp8") stays eager under ``auto`` (:data:`FP8_COMPILE_NOTE`).
     """
     if device.type != "cuda":
         return CompileChoice("off", "not on a CUDA GPU")
+    if base_dtype == "fp8" and setting != "off":
+        if setting == "auto":
+            return CompileChoice("off", f"auto: fp8 base; {FP8_COMPILE_NOTE}; --compile blocks compiles anyway")
+        mode = "blocks" if setting == "cudagraphs" and processes > 1 else setting
+        return CompileChoice(mode, f"as set; note: {FP8_COMPILE_NOTE}")
     if setting == "auto":
         mode = "blocks" if gradient_checkpointing or processes > 1 else "cudagraphs"
         warm = _cache_has_kernels() if cache_warm is None else cache_warm
