@@ -189,11 +189,16 @@ def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path
     cmd, env = command(config, args, model, data, out)
     cap = ["--memory-gb", str(config.memory_gb)] if config.memory_gb else []
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(TIMER), str(timing), *cap, "--", *cmd], env=env,
-                          capture_output=True, text=True, timeout=args.timeout, cwd=args.kohya if config.tool == "kohya" else None)
+    try:
+        proc = subprocess.run([sys.executable, str(TIMER), str(timing), *cap, "--", *cmd], env=env, capture_output=True,
+                              text=True, timeout=args.timeout, cwd=args.kohya if config.tool == "kohya" else None)
+        code, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:  # a row saying so; the other configurations still run
+        code, output = "timeout", "".join(part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+                                          for part in (err.stdout, err.stderr))
     row: dict[str, Any] = {"name": config.name, "tool": config.tool, "batch": config.batch,
                            "gradient_checkpointing": config.checkpointing, "memory_cap_gb": config.memory_gb,
-                           "extra": config.extra, "rc": proc.returncode, "wall_s": round(time.perf_counter() - started, 1)}
+                           "extra": config.extra, "rc": code, "wall_s": round(time.perf_counter() - started, 1)}
     if timing.exists():
         record = json.loads(timing.read_text())
         row.update(steps=len(record["step_times"]), peak_allocated_gb=round(record["peak_allocated_gb"], 2),
@@ -204,11 +209,11 @@ def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path
         row["warm_steps"] = warm
         row["img_per_s"] = round(rate, 2) if rate else None
     if args.torch_logs and config.tool == "ours":
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "Recompiling" in line or "recompil" in line]
+        lines = [line for line in output.splitlines() if "Recompiling" in line or "recompil" in line]
         row["recompile_lines"] = len(lines)
         row["recompile_examples"] = lines[:4]
-    if proc.returncode != 0:
-        row["error_tail"] = (proc.stdout + proc.stderr)[-1500:]
+    if code != 0:
+        row["error_tail"] = output[-1500:]
     print(json.dumps(row), flush=True)
     return row
 
