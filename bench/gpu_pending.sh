@@ -40,6 +40,8 @@ queue() {
     # 3. The Kolors story and training as a user runs them, and the 12 GB preset, after the start-up and OOM fixes.
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
     step e2e_generate 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs cold,warm --json "$RES/e2e_generate.json"
+    step e2e_fp8 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8_cold.json"
+    step e2e_fp8_warm 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8.json"
     step mem12gb 420 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb.json"
     # 4. Flux consistency modes not reached on 2026-12-02; the GPU tests of the new paths.
     step flux_consistency 600 python3 bench/flux_story.py --modes ours,reference,in-context --json "$RES/flux_consistency.json"
