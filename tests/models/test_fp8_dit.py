@@ -126,3 +126,44 @@ def test_flux_trains_and_renders_on_cuda_with_an_fp8_base(tmp_path, tiny_model_p
                             lora=str(tmp_path / base_dtype / "lora.safetensors"))
     assert result.storyboard.is_file() and len(result.panels) == 2
     assert "Linear layers in float8" in json.loads(result.manifest.read_text(encoding="utf-8"))["speed"]
+
+
+@pytest.mark.parametrize("family", ["flux", "kolors"])
+def test_fused_qkv_in_fp8_is_stored_once_and_renders_as_the_fused_bf16_path(tiny_model_path, family):
+    # diffusers keeps the separate q/k/v beside the fused layer; converted too they were a second fp8 copy
+    # (2.15 B parameters on FLUX.1-dev). Now the fused layer converts and the separate ones view its fp8 rows.
+    pytest.importorskip("torchao", reason="torchao is not installed: pip install 'lorastory[fp8]'")
+    import numpy as np
+
+    from lorastory.generate.speed import prepare_for_speed, speed_context
+
+    def render(pipe) -> np.ndarray:
+        call = {"guidance_scale": 3.5} if family == "flux" else {"guidance_scale": 4.0}
+        with speed_context(pipe):
+            return pipe(prompt=["a girl"], num_inference_steps=2, width=64, height=64, output_type="np",
+                        generator=[torch.Generator().manual_seed(1)], **call).images
+
+    pipes = []
+    for base_dtype in ("default", "fp8-weights"):
+        pipe = load_pipeline(tiny_model_path(family))
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(torch.bfloat16)
+        report = prepare_for_speed(pipe, base_dtype=base_dtype)
+        assert "fused QKV" in report.levers
+        pipes.append(pipe)
+    denoiser = get_family(family).denoiser_of(pipes[1])
+    groups = 0
+    for module in denoiser.modules():
+        fused = getattr(module, "to_qkv", None) if getattr(module, "fused_projections", False) else None
+        if fused is None or not hasattr(fused.weight, "qdata"):
+            continue
+        start = fused.weight.qdata.data_ptr()
+        rows = fused.weight.qdata.stride(0) * fused.weight.qdata.element_size()
+        offsets = [getattr(module, name).weight.qdata.data_ptr() - start for name in ("to_q", "to_k", "to_v")]
+        q_rows = module.to_q.weight.shape[0]
+        assert offsets == [0, q_rows * rows, (q_rows + module.to_k.weight.shape[0]) * rows]  # views, no copy
+        groups += 1
+    assert groups > 0
+    bf16, fp8 = render(pipes[0]), render(pipes[1])
+    psnr = 10 * np.log10(1.0 / np.mean((bf16.astype(np.float64) - fp8) ** 2))
+    assert psnr > 25, psnr  # fp8 weights on a tiny random model: the noise of e4m3, not a wrong layer

@@ -25,7 +25,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.models.fp8 import describe as describe_fp8
-from lorastory.models.fp8 import check_selection, family_selection, quantize_base
+from lorastory.models.fp8 import check_selection, family_selection, fp8_layer_names, quantize_base
 from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
     TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, repeated_blocks, sdpa_backend, to_channels_last,
@@ -122,31 +122,71 @@ def fuse_qkv(model: Any, *, rebuild: bool = False) -> bool:
     return True
 
 
+def _fused_groups(model: Any) -> Iterator[tuple[str, Any, list[tuple[str, Any]]]]:
+    """Each fused projection of ``model`` (its name, the Linear) with its separate parts (name, Linear)."""
+    for module_name, module in model.named_modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        for fused_name, part_names in _FUSED_PARTS:
+            fused = getattr(module, fused_name, None)
+            parts = []
+            for name in part_names:
+                layer = getattr(module, name, None)
+                inner = getattr(layer, "base_layer", None)  # a peft layer's frozen Linear
+                parts.append((f"{prefix}{name}.base_layer", inner) if inner is not None else (prefix + name, layer))
+            if fused is not None and all(part is not None for _, part in parts):
+                yield prefix + fused_name, fused, parts
+
+
+def quantize_denoiser(denoiser: Any, base_dtype: str, family: Any, device: Any = None) -> int:
+    """Convert the denoiser's chosen Linear layers (:func:`~lorastory.models.fp8.quantize_base`); return how many.
+
+    A fused q/k/v is converted first, one at a time, and its separate parts then point at its fp8 rows: converted
+    too, they would be a second fp8 copy (2.15 B parameters on FLUX.1-dev), and left to torchao's walk they would
+    each be moved to ``device`` as a bf16 copy of their own before they could be shared.
+    """
+    selection = family_selection(family)
+    chosen = set(fp8_layer_names(denoiser, **selection))
+    count, done = 0, set()
+    for name, fused, parts in _fused_groups(denoiser):
+        done.update(part_name for part_name, _ in parts)
+        if name in chosen:  # converted, then shared at once: the bf16 rows are freed as the walk goes
+            count += quantize_base(fused, base_dtype, whole=True, device=device)
+            _share_rows(fused, [part for _, part in parts])
+            done.add(name)
+    return count + quantize_base(denoiser, base_dtype, device=device, exclude=done, **selection)
+
+
 def share_fused_weights(model: Any) -> int:
     """Point each separate projection's weight and bias at its rows of the fused one; return how many fused layers.
 
     diffusers keeps both copies (the separate layers stay for LoRA loading and unfusing): 2.15 B parameters twice,
     4.3 GB in bf16, on FLUX.1-dev. As views they cost nothing; a LoRA merged later into a separate layer then
-    also reaches the fused one, and :func:`prepare_for_speed` rebuilds the fused layers anyway.
+    also reaches the fused one, and :func:`prepare_for_speed` rebuilds the fused layers anyway. A fused weight
+    stored in fp8 (torchao's ``Float8Tensor``, sliced by rows with its per-row scales) is shared the same way.
     """
     count = 0
-    for module in model.modules():
-        if not getattr(module, "fused_projections", False):
-            continue
-        for fused_name, part_names in _FUSED_PARTS:
-            fused = getattr(module, fused_name, None)
-            parts = [getattr(getattr(module, name, None), "base_layer", getattr(module, name, None)) for name in part_names]
-            if fused is None or any(part is None for part in parts):
-                continue
-            start = 0
-            for part in parts:  # fused rows are the parts' rows, in order (diffusers' torch.cat)
-                rows = part.weight.shape[0]
-                part.weight.data = fused.weight.data[start:start + rows]
-                if part.bias is not None and fused.bias is not None:
-                    part.bias.data = fused.bias.data[start:start + rows]
-                start += rows
-            count += 1
+    for _, fused, parts in _fused_groups(model):
+        _share_rows(fused, [part for _, part in parts])
+        count += 1
     return count
+
+
+def _share_rows(fused: Any, parts: list[Any]) -> None:
+    import torch
+
+    plain = type(fused.weight) in (torch.Tensor, torch.nn.Parameter)
+    start = 0
+    for part in parts:  # fused rows are the parts' rows, in order (diffusers' torch.cat)
+        rows = part.weight.shape[0]
+        if plain:
+            part.weight.data = fused.weight.data[start:start + rows]
+        else:  # a tensor subclass cannot be set as .data of a plain Parameter
+            part.weight = torch.nn.Parameter(fused.weight[start:start + rows], requires_grad=False)
+        if part.bias is not None and fused.bias is not None:
+            part.bias.data = fused.bias.data[start:start + rows]
+        start += rows
 
 
 def _denoiser_and_family(pipe: Any) -> tuple[Any, Any]:
@@ -220,7 +260,7 @@ def prepare_for_speed(
         torch._dynamo.reset()
     if base_dtype != "default" and denoiser is not None and "fp8" not in " ".join(report.levers):
         # The family names the denoiser blocks whose Linear layers convert (a DiT's as well as a UNet's).
-        count = quantize_base(denoiser, base_dtype, device=device, **family_selection(family))
+        count = quantize_denoiser(denoiser, base_dtype, family, device)
         report.levers.append(describe_fp8(base_dtype, check_selection(count, base_dtype, family)))
         # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
         encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]

@@ -118,20 +118,22 @@ def check_selection(count: int, base_dtype: str, family: Any, flag: str = "--bas
 
 
 def quantize_base(model: Any, base_dtype: str, *, training: bool = False, whole: bool = False,
-                  device: Any = None, blocks: tuple[str, ...] = TOKEN_MODULES, skip: tuple[str, ...] = ()) -> int:
+                  device: Any = None, blocks: tuple[str, ...] = TOKEN_MODULES, skip: tuple[str, ...] = (),
+                  exclude: set[str] | frozenset[str] = frozenset()) -> int:
     """Convert ``model``'s chosen Linear layers (:func:`fp8_layer_names`) in place; return how many.
 
     ``training``: the converted layers pass the gradient to their input (:func:`frozen_linear`).
     ``device``: each layer moves there just before it is converted, then the rest of the model: a
     model larger than the GPU in bf16 (ChatGLM3-6B on 12 GB) arrives converted, and faster than on the CPU.
-    ``blocks``/``skip``: which layers (:func:`fp8_layer_names`; a family's: :func:`family_selection`).
+    ``blocks``/``skip``: which layers (:func:`fp8_layer_names`; a family's: :func:`family_selection`);
+    ``exclude``: layer names left as they are besides (the separate q/k/v whose rows a fused layer holds).
     Call after a LoRA is injected (its layers are left alone) and before compiling.
     """
     if base_dtype == "default" or model is None:
         return 0
     from torchao.quantization import quantize_
 
-    names = set(fp8_layer_names(model, whole=whole, blocks=blocks, skip=skip))
+    names = set(fp8_layer_names(model, whole=whole, blocks=blocks, skip=skip)) - set(exclude)
     quantize_(model, _config(base_dtype), filter_fn=lambda module, fqn: fqn in names, device=device)
     if training:
         for name in names:
