@@ -33,7 +33,7 @@ if str(ROOT / "src") not in sys.path:
 
 from lorastory.errors import LorastoryError  # noqa: E402
 from lorastory.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from lorastory.generate.consistency import MODES  # noqa: E402
+from lorastory.generate.consistency_settings import MODES  # noqa: E402
 
 RESULT = "consistency_effect"
 

@@ -48,7 +48,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from _flux_arch import Embeds, make_pipe, normalise  # noqa: E402
 from _kolors_arch import Recorder, environment, peak_gb, reset_peak, timed_latents  # noqa: E402
 
-from lorastory.generate.consistency import ConsistencySettings, shared_attention  # noqa: E402
+from lorastory.generate.consistency import shared_attention  # noqa: E402
+from lorastory.generate.consistency_settings import ConsistencySettings  # noqa: E402
 from lorastory.generate.speed import fuse_qkv, prepare_for_speed  # noqa: E402
 from lorastory.models.families.flux import unpack_latents  # noqa: E402
 from lorastory.models.lora import LoraSpec, inject_lora  # noqa: E402

@@ -39,7 +39,8 @@ import torch  # noqa: E402
 from _kolors_arch import Recorder, environment, peak_gb, reset_peak, sync  # noqa: E402
 from gpu_story import CFG, PANELS, SIZE, STEPS, Embeds, denoise, make_pipe, normalise  # noqa: E402
 
-from lorastory.generate.consistency import ConsistencySettings, SharedAttention  # noqa: E402
+from lorastory.generate.consistency import SharedAttention  # noqa: E402
+from lorastory.generate.consistency_settings import ConsistencySettings  # noqa: E402
 from lorastory.generate.speed import prepare_for_speed  # noqa: E402
 
 VARIANT_STEPS = 6

@@ -12,13 +12,13 @@ from PIL import Image
 
 from lorastory.errors import ConfigError
 from lorastory.generate.consistency import (
-    ConsistencySettings,
     ConsistentSelfAttnProcessor,
     SharedAttention,
     _RenderState,
     select_layers,
     shared_attention,
 )
+from lorastory.generate.consistency_settings import ConsistencySettings
 from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.regenerate import regenerate_panel
 from lorastory.generate.story import Story, generate_story, with_consistency

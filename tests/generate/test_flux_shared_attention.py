@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lorastory.generate.consistency import ConsistencySettings, shared_attention
+from lorastory.generate.consistency import shared_attention
+from lorastory.generate.consistency_settings import ConsistencySettings
+from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.story import Story, generate_story
 from lorastory.models.families.flux_attention import FluxSharedAttnProcessor
 from lorastory.models.registry import load_pipeline
@@ -76,6 +78,9 @@ def test_flux_story_with_shared_attention_in_one_and_in_several_batches(flux_pip
     generate_story(story, model, tmp_path / "one", pipe=flux_pipe)
     [render] = json.loads((tmp_path / "one" / "manifest.json").read_text(encoding="utf-8"))["consistency"]["attention"]["renders"]
     assert render["mode"] == "share" and render["panels"] == 3 and render["shared_calls"] == 3 * 2
+    # The PNG parameters name the blocks that shared: the default (a UNet's "up") means all of Flux's.
+    consistency = read_parameters(tmp_path / "one" / "panel-01.png").extra["Consistency"]
+    assert consistency == "attention (strength 1, sample rate 0.5, steps 0-1, blocks all)"
     # Two batches: the first writes the bank (its first panel is the reference), the second reads it.
     generate_story(story, model, tmp_path / "two", pipe=flux_pipe, batch_size=2)
     attention = json.loads((tmp_path / "two" / "manifest.json").read_text(encoding="utf-8"))["consistency"]["attention"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorastory.generate.consistency import ConsistencySettings, shared_attention
+from lorastory.generate.consistency import shared_attention
+from lorastory.generate.consistency_settings import ConsistencySettings
 from lorastory.generate.speed import prepare_for_speed, speed_context
 from lorastory.models.registry import get_family, load_pipeline
 from lorastory.models.speed import repeated_blocks

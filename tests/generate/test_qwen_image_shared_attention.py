@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorastory.generate.consistency import ConsistencySettings, shared_attention
+from lorastory.generate.consistency import shared_attention
+from lorastory.generate.consistency_settings import ConsistencySettings
 from lorastory.generate.story import Story, generate_story
 from lorastory.images import load_rgb
 from lorastory.models.families.qwen_image_attention import QwenImageSharedAttnProcessor

@@ -18,7 +18,7 @@ from lorastory.fileio import (
     finish_commit,
 )
 from lorastory.generate.checks import check_lora_scale, check_seed
-from lorastory.generate.consistency import REFERENCE_FILE
+from lorastory.generate.consistency_settings import REFERENCE_FILE
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import RunManifest
 from lorastory.generate.rundir import (

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from lorastory.fileio import atomic_open, file_sha256
-from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, SharedAttention
+from lorastory.generate.consistency import SharedAttention
+from lorastory.generate.consistency_settings import REFERENCE_FILE, ConsistencySettings
 from lorastory.generate.guidance import guidance_arguments
 from lorastory.generate.pngmeta import save_png_with_parameters
 from lorastory.generate.samplers import make_scheduler

@@ -35,7 +35,7 @@ from lorastory.fileio import (
     finish_commit,
     parse_json,
 )
-from lorastory.generate.consistency import REFERENCE_FILE
+from lorastory.generate.consistency_settings import REFERENCE_FILE
 from lorastory.generate.manifest import RunManifest
 
 MANIFEST_FILE = "manifest.json"

@@ -39,7 +39,8 @@ from lorastory.generate.checks import (
     check_panel_memory,
     check_text,
 )
-from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, load_reference_image
+from lorastory.generate.consistency import load_reference_image
+from lorastory.generate.consistency_settings import REFERENCE_FILE, ConsistencySettings
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import LoraRecord, PanelRecord, RunManifest
 from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, model_name, model_short_hash
@@ -397,7 +398,8 @@ def _render_story(
         reference, consistency_record["reference"] = render_reference_image(
             pipe, settings, reference_job, user_reference, out_dir / REFERENCE_FILE, base_scheduler, target, params, progress)
         reference_hash = consistency_record["reference"]["png_sha256"][:10]
-    describe = {"Consistency": settings.describe(reference_hash)} if settings.mode != "none" else None
+    dit = family.denoiser != "unet"
+    describe = {"Consistency": settings.describe(reference_hash, dit)} if settings.mode != "none" else None
 
     # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
     timings = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler, target,
