@@ -43,6 +43,9 @@ queue() {
     step e2e_fp8 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8_cold.json"
     step e2e_fp8_warm 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8.json"
     step mem12gb 420 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb.json"
+    # 24 steps were too few for auto to compile; a longer run shows the preset's compiled speed.
+    step mem12gb_train 420 python3 bench/mem12gb.py --work /tmp/lsb --only train --train-steps 72 --warm 40 \
+        --json "$RES/mem12gb_train.json"
     # 4. Flux consistency modes not reached on 2026-12-02; the GPU tests of the new paths.
     step flux_consistency 600 python3 bench/flux_story.py --modes ours,reference,in-context --json "$RES/flux_consistency.json"
     step gpu_tests 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/train/test_compile_auto.py \
