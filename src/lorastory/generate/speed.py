@@ -170,6 +170,7 @@ def prepare_for_speed(
     sdpa: str | None = None,
     base_dtype: str = "default",
     device: Any = None,
+    offload: bool = False,
 ) -> SpeedReport:
     """Apply the speed levers to ``pipe`` in place and report which ones took.
 
@@ -181,8 +182,13 @@ def prepare_for_speed(
     to prefer inside :func:`speed_context`. ``base_dtype`` (``fp8`` or ``fp8-weights``;
     :mod:`lorastory.models.fp8`) converts the denoiser's token-wise Linear layers (those of the blocks its
     family names: a UNet's transformer blocks, a DiT's blocks) once the LoRA and QKV
-    are fused into them, before compiling; each converted layer moves to ``device`` first (a pipeline
-    kept on the CPU for offloading is converted on the GPU, layer by layer).
+    are fused into them, before compiling; each converted layer moves to ``device`` first.
+
+    ``offload``: the pipeline stays on the CPU for model offloading (``enable_model_cpu_offload``), so
+    nothing here may leave a model on the GPU: each layer converts there and comes back (one layer and its
+    temporaries at a time, under 4 GB for ChatGLM3-6B's largest), and QKV is not fused, since every move to
+    the GPU would copy the separate projections apart from the fused one (views do not survive a move: a
+    second copy of the attention weights there).
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
     denoiser, family = _denoiser_and_family(pipe)
@@ -200,7 +206,9 @@ def prepare_for_speed(
                 fuse_qkv(model, rebuild=True)
             relayout = True
     if qkv and "fused QKV" not in report.levers:
-        if _unmerged_lora(denoiser):
+        if offload:
+            report.skipped["fused QKV"] = "offloaded: each move to the GPU would copy the projections twice"
+        elif _unmerged_lora(denoiser):
             report.skipped["fused QKV"] = "a LoRA is loaded unfused"
         else:
             try:
@@ -220,11 +228,11 @@ def prepare_for_speed(
         torch._dynamo.reset()
     if base_dtype != "default" and denoiser is not None and "fp8" not in " ".join(report.levers):
         # The family names the denoiser blocks whose Linear layers convert (a DiT's as well as a UNet's).
-        count = quantize_base(denoiser, base_dtype, device=device, **family_selection(family))
+        count = quantize_base(denoiser, base_dtype, device=device, offloaded=offload, **family_selection(family))
         report.levers.append(describe_fp8(base_dtype, check_selection(count, base_dtype, family)))
         # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
         encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
-        count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device)
+        count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device, offloaded=offload)
                     for encoder in encoders if encoder is not None)
         if count:
             report.levers.append(f"text encoder: {count} Linear layers stored in float8 e4m3")
