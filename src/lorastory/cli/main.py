@@ -16,7 +16,7 @@ from rich.markup import escape
 # The command modules register their commands on the apps when imported.
 from lorastory.cli import apps, data, evaluate, generate, models, train  # noqa: F401
 from lorastory.cli.common import Options, app, err_console
-from lorastory.errors import LorastoryError, first_line
+from lorastory.errors import LorastoryError, first_line, gpu_memory_message, is_out_of_gpu_memory
 from lorastory.fileio import display_path, display_text
 
 
@@ -33,7 +33,8 @@ def _quiet_libraries(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map errors to exit codes (1 user error, 2 usage)."""
     options = Options()
-    _quiet_libraries(sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    _quiet_libraries(words)
     try:
         # Standalone mode: typer reports usage errors itself (exit 2) and ends with SystemExit.
         app(args=argv, prog_name="lorastory", obj=options)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001  the boundary: expected failures become one line, bugs ask for a report
         if options.debug:
             raise
-        expected = _expected_failure(err)
+        expected = _expected_failure(err, words)
         if expected is not None:
             _print_error(expected)
             return 1
@@ -64,8 +65,11 @@ def _print_error(message: str) -> None:
     err_console.print(f"[red]error:[/] {escape(display_text(message))}", highlight=False, soft_wrap=True)
 
 
-def _expected_failure(err: Exception) -> str | None:
-    """The one line for a failure of the machine rather than of lorastory: a file system, memory or a link."""
+def _expected_failure(err: Exception, words: list[str]) -> str | None:
+    """The one line for a failure of the machine rather than of lorastory: a file system, memory (the GPU's
+    with advice for the command in ``words``, the command line) or a link."""
+    if is_out_of_gpu_memory(err):
+        return gpu_memory_message(err, *_command_and_options(words))
     if isinstance(err, OSError) and err.errno is not None:
         where = err.filename if err.filename is not None else None
         what = err.strerror or first_line(err, 300)
@@ -78,6 +82,18 @@ def _expected_failure(err: Exception) -> str | None:
     if isinstance(err, RecursionError):
         return "input nested too deeply to read"
     return None
+
+
+def _command_and_options(words: list[str]) -> tuple[str | None, dict[str, str]]:
+    """The command (the first word that is no option) and the options given: flag -> the word after it ("" if none)."""
+    command = next((word for word in words if not word.startswith("-")), None)
+    given = {}
+    for at, word in enumerate(words):
+        if word.startswith("--"):
+            flag, _, value = word.partition("=")
+            following = words[at + 1] if at + 1 < len(words) else ""
+            given[flag] = value or ("" if following.startswith("-") else following)
+    return command, given
 
 
 _OS_HINTS = {

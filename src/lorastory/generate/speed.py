@@ -139,12 +139,12 @@ def _fused_groups(model: Any) -> Iterator[tuple[str, Any, list[tuple[str, Any]]]
                 yield prefix + fused_name, fused, parts
 
 
-def quantize_denoiser(denoiser: Any, base_dtype: str, family: Any, device: Any = None) -> int:
+def quantize_denoiser(denoiser: Any, base_dtype: str, family: Any, device: Any = None, offloaded: bool = False) -> int:
     """Convert the denoiser's chosen Linear layers (:func:`~lorastory.models.fp8.quantize_base`); return how many.
 
     A fused q/k/v is converted first, one at a time, and its separate parts then point at its fp8 rows: converted
-    too, they would be a second fp8 copy (2.15 B parameters on FLUX.1-dev), and left to torchao's walk they would
-    each be moved to ``device`` as a bf16 copy of their own before they could be shared.
+    too, they would be a second fp8 copy (2.15 B parameters on FLUX.1-dev; 140 more layers, about 0.65 GB, on
+    Kolors' UNet), and moved to ``device`` on their own each would become a bf16 copy before it could be shared.
     """
     selection = family_selection(family)
     chosen = set(fp8_layer_names(denoiser, **selection))
@@ -152,10 +152,10 @@ def quantize_denoiser(denoiser: Any, base_dtype: str, family: Any, device: Any =
     for name, fused, parts in _fused_groups(denoiser):
         done.update(part_name for part_name, _ in parts)
         if name in chosen:  # converted, then shared at once: the bf16 rows are freed as the walk goes
-            count += quantize_base(fused, base_dtype, whole=True, device=device)
+            count += quantize_base(fused, base_dtype, whole=True, device=device, offloaded=offloaded)
             _share_rows(fused, [part for _, part in parts])
             done.add(name)
-    return count + quantize_base(denoiser, base_dtype, device=device, exclude=done, **selection)
+    return count + quantize_base(denoiser, base_dtype, device=device, offloaded=offloaded, exclude=done, **selection)
 
 
 def share_fused_weights(model: Any) -> int:
@@ -210,6 +210,7 @@ def prepare_for_speed(
     sdpa: str | None = None,
     base_dtype: str = "default",
     device: Any = None,
+    offload: bool = False,
 ) -> SpeedReport:
     """Apply the speed levers to ``pipe`` in place and report which ones took.
 
@@ -221,8 +222,13 @@ def prepare_for_speed(
     to prefer inside :func:`speed_context`. ``base_dtype`` (``fp8`` or ``fp8-weights``;
     :mod:`lorastory.models.fp8`) converts the denoiser's token-wise Linear layers (those of the blocks its
     family names: a UNet's transformer blocks, a DiT's blocks) once the LoRA and QKV
-    are fused into them, before compiling; each converted layer moves to ``device`` first (a pipeline
-    kept on the CPU for offloading is converted on the GPU, layer by layer).
+    are fused into them, before compiling; each converted layer moves to ``device`` first.
+
+    ``offload``: the pipeline stays on the CPU for model offloading (``enable_model_cpu_offload``), so
+    nothing here may leave a model on the GPU: each layer converts there and comes back (one layer and its
+    temporaries at a time, under 4 GB for ChatGLM3-6B's largest), and QKV is not fused, since every move to
+    the GPU would copy the separate projections apart from the fused one (views do not survive a move: a
+    second copy of the attention weights there).
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
     denoiser, family = _denoiser_and_family(pipe)
@@ -240,7 +246,9 @@ def prepare_for_speed(
                 fuse_qkv(model, rebuild=True)
             relayout = True
     if qkv and "fused QKV" not in report.levers:
-        if _unmerged_lora(denoiser):
+        if offload:
+            report.skipped["fused QKV"] = "offloaded: each move to the GPU would copy the projections twice"
+        elif _unmerged_lora(denoiser):
             report.skipped["fused QKV"] = "a LoRA is loaded unfused"
         else:
             try:
@@ -260,11 +268,11 @@ def prepare_for_speed(
         torch._dynamo.reset()
     if base_dtype != "default" and denoiser is not None and "fp8" not in " ".join(report.levers):
         # The family names the denoiser blocks whose Linear layers convert (a DiT's as well as a UNet's).
-        count = quantize_denoiser(denoiser, base_dtype, family, device)
+        count = quantize_denoiser(denoiser, base_dtype, family, device, offload)
         report.levers.append(describe_fp8(base_dtype, check_selection(count, base_dtype, family)))
         # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
         encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
-        count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device)
+        count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device, offloaded=offload)
                     for encoder in encoders if encoder is not None)
         if count:
             report.levers.append(f"text encoder: {count} Linear layers stored in float8 e4m3")

@@ -363,7 +363,7 @@ def _render_story(
         image_steps = sum(job.steps for job in jobs)
         if compile is None:
             compile = auto_compile(target, image_steps) and settings.mode == "none"
-        speed = prepare_for_speed(pipe, compile=compile, base_dtype=base_dtype, device=target)
+        speed = prepare_for_speed(pipe, compile=compile, base_dtype=base_dtype, device=target, offload=offload)
     if offload:  # after the LoRA is fused and the weights converted, on the CPU
         pipe.enable_model_cpu_offload(device=target)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorastory.errors import LorastoryError, Stopped
+from lorastory.errors import LorastoryError, Stopped, gpu_memory_message, is_out_of_gpu_memory
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -248,8 +248,9 @@ class JobQueue:
                 took = f" ({time.monotonic() - job.stop_asked:.1f} s after Stop)" if job.stop_asked else ""
                 self._finish(job, CANCELLED, message=(str(stopped) or "cancelled; nothing half-written was left") + took)
             except Exception as err:  # a job's failure is shown on the page, never kills the worker
-                message = str(err) if isinstance(err, LorastoryError) else f"{type(err).__name__}: {err}"
-                if not isinstance(err, LorastoryError):
+                expected = isinstance(err, LorastoryError) or is_out_of_gpu_memory(err)
+                message = _failure_message(job, err)
+                if not expected:
                     job.log.append(traceback.format_exc())
                     log.error("job %d %s raised:\n%s", job.id, job.title, job.log[-1])
                 self._finish(job, FAILED, error=message)
@@ -270,6 +271,19 @@ class JobQueue:
             took = job.finished - (job.started or job.finished)  # logged before waiters wake: the line comes first
             log.info("job %d %s: %s in %.1f s%s", job.id, job.title, status, took, f": {error or message}" if error or message else "")
             self._wake.notify_all()
+
+
+# The command whose advice a job's GPU running out of memory gets (in the page's words: ui.wording).
+_COMMAND_OF_KIND = {"story": "generate", "preview": "generate", "train": "train"}
+
+
+def _failure_message(job: Job, err: Exception) -> str:
+    """What the page shows for a failed job: the library's line, one line for a GPU out of memory, else type: text."""
+    if isinstance(err, LorastoryError):
+        return str(err)
+    if is_out_of_gpu_memory(err):
+        return gpu_memory_message(err, _COMMAND_OF_KIND.get(job.kind))
+    return f"{type(err).__name__}: {err}"
 
 
 def eta_text(stage: tuple[str, float, int], now: float, done: int, total: int) -> str:
