@@ -42,7 +42,13 @@ from lorastory.generate.checks import (
 from lorastory.generate.consistency import ConsistencySettings, REFERENCE_FILE, load_reference_image
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import LoraRecord, PanelRecord, RunManifest
-from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, model_name, model_short_hash
+from lorastory.generate.pngmeta import (
+    PNG_COMPRESS_LEVEL,
+    GenerationParams,
+    lora_short_hash,
+    model_name,
+    model_short_hash,
+)
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
     STORY_FILE,
@@ -400,14 +406,15 @@ def _render_story(
     describe = {"Consistency": settings.describe(reference_hash)} if settings.mode != "none" else None
 
     # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
-    timings = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler, target,
-                             out_dir, lambda job: params(job, describe), progress, consistency_record)
+    timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
+                                      target, out_dir, lambda job: params(job, describe), progress, consistency_record)
 
-    # 5. storyboard, manifest, resolved story
+    # 5. storyboard (from the pictures in memory: the same pixels as the files), manifest, resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]
     storyboard = out_dir / STORYBOARD_FILE
-    save_storyboard(panel_paths, storyboard, cols=2, title=story.title or None,
-                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None)
+    save_storyboard([pictures[job.index] for job in jobs], storyboard, cols=2, title=story.title or None,
+                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
+                    compress_level=PNG_COMPRESS_LEVEL)
     seconds = time.perf_counter() - started
     manifest = out_dir / MANIFEST_FILE
     write_json(manifest, RunManifest(

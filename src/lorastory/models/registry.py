@@ -27,6 +27,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError, LorastoryError, first_line
 from lorastory.hub import PICKLE_SUFFIXES, looks_like_hub_id
+from lorastory.models.prefetch import prefetch_weights
 
 
 class ModelLoadError(LorastoryError):
@@ -341,9 +342,15 @@ def load_pipeline(
     config: str | None = None,
     allow_pickle: bool = False,
 ) -> Any:
-    """Load a diffusers pipeline on the CPU (move it yourself) from any supported source."""
+    """Load a diffusers pipeline on the CPU (move it yourself) from any supported source.
+
+    A local model's weight files are read ahead while diffusers and transformers import
+    (:mod:`lorastory.models.prefetch`).
+    """
     source = str(model)
     path = Path(source).expanduser()
+    if path.is_dir() or path.is_file():
+        prefetch_weights(path)
     if path.is_dir():
         fam = get_family(family) if family else detect_family(path)
         if family:
