@@ -325,7 +325,9 @@ def generate_story(
     try:
         if pipe is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-            pipe = load_pipeline(model, family, dtype=dtype)
+            # Straight onto the GPU (diffusers maps onto "cuda", not "cuda:N"; offload keeps the models on the CPU).
+            onto = "cuda" if target.type == "cuda" and target.index is None and not offload else None
+            pipe = load_pipeline(model, family, dtype=dtype, device=onto)
             if not offload:
                 pipe.to(target)
         result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
