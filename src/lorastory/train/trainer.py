@@ -37,7 +37,7 @@ from lorastory.train.ema import LoraEma, swapped_in
 from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.hooks import StageCallback, StageHooks
 from lorastory.train.launch import use_cpu
-from lorastory.train.model_setup import add_lora, load_for_training, objective_for, prepare_fast_path
+from lorastory.train.model_setup import add_lora, load_dtypes, load_for_training, objective_for, prepare_fast_path
 from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
@@ -141,7 +141,7 @@ def train(
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
-    pipe, family = load_for_training(config, planned, hooks)
+    pipe, family = load_for_training(config, planned, hooks, load_dtypes(_precision(config, state.device), state.device))
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
