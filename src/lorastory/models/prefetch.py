@@ -6,7 +6,7 @@ before the first byte of a weight file is read; then it reads every file (Kolors
 operating system's page cache, so a model on a cold disk is read while the imports run instead of
 after them; the load then finds the pages in memory. (``posix_fadvise(WILLNEED)`` would be the
 polite way, but Linux reads only one readahead window of the range for it: 8 MB here.) The thread
-reads through one small buffer and holds no GIL while it waits on the disk. Files whose total is more
+reads through one 64 MB buffer and holds no GIL while it waits on the disk. Files whose total is more
 than half the memory available are left alone (reading them ahead would push out the ones read
 first), and so are hub ids.
 """
@@ -64,8 +64,11 @@ def prefetch_weights(model: str | os.PathLike[str], memory: int | None = None) -
     Returns at once (an empty list when nothing is read ahead); the reads go on in a daemon thread.
     ``memory`` (bytes available) is for tests; by default the system's figure.
     """
-    files = weight_files(model)
-    total = sum(f.stat().st_size for f in files)
+    try:
+        files = weight_files(model)
+        total = sum(f.stat().st_size for f in files)
+    except OSError:
+        return []  # an unreadable folder: the load says so in its own words
     memory = available_memory() if memory is None else memory
     if not files or memory is None or total > memory * MEMORY_SHARE:
         return []
