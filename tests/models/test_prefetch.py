@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -32,10 +33,14 @@ def test_weight_files_are_the_ones_a_load_without_variant_reads(tmp_path):
     assert weight_files("Kwai-Kolors/Kolors-diffusers") == []  # a hub id
 
 
-def test_prefetch_reads_a_local_model_that_fits_in_memory_and_nothing_else():
-    files = sorted(TOY_KOLORS.rglob("*.safetensors"))
-    assert files and prefetch_weights(TOY_KOLORS) == files
-    assert prefetch_weights(TOY_KOLORS, memory=sum(f.stat().st_size for f in files)) == []  # over half of it
+def test_prefetch_reads_a_local_model_that_fits_in_memory_once(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(TOY_KOLORS, model)
+    files = sorted(model.rglob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files)
+    assert files and prefetch_weights(model, memory=2 * size - 1) == []  # over half of what is free
+    assert prefetch_weights(model) == files
+    assert prefetch_weights(model) == []  # asked already (the command first, then the load)
     assert prefetch_weights("Kwai-Kolors/Kolors-diffusers") == []
 
 

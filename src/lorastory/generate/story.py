@@ -67,6 +67,7 @@ from lorastory.generate.guidance import check_true_cfg, guidance_parameters, use
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
 from lorastory.models.lora import apply_lora
+from lorastory.models.prefetch import prefetch_weights
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 
 
@@ -299,6 +300,8 @@ def generate_story(
     every panel is conditioned on it. A ``pipe`` passed in gets its processors and IP-Adapter
     state back afterwards.
     """
+    if pipe is None:
+        prefetch_weights(model)  # the weights read from disk while torch imports and the GPU starts
     import torch
 
     # 1. check inputs and the output folder, resolve the panels

@@ -21,6 +21,9 @@ WEIGHT_SUFFIX = ".safetensors"
 # At most this share of the memory the system reports available is read ahead.
 MEMORY_SHARE = 0.5
 _BUFFER = 64 << 20  # one GIL hand-over per 64 MB read: the imports keep the interpreter
+# Files already handed to a reader in this process: a command asks as early as it can, the load asks again.
+_asked: set[Path] = set()
+_lock = threading.Lock()
 
 
 def weight_files(model: str | os.PathLike[str]) -> list[Path]:
@@ -61,8 +64,9 @@ def available_memory() -> int | None:
 def prefetch_weights(model: str | os.PathLike[str], memory: int | None = None) -> list[Path]:
     """Start reading ``model``'s weight files into the page cache in the background; return the files asked for.
 
-    Returns at once (an empty list when nothing is read ahead); the reads go on in a daemon thread.
-    ``memory`` (bytes available) is for tests; by default the system's figure.
+    Returns at once (an empty list when nothing is read ahead, or when this process asked for them
+    already); the reads go on in a daemon thread. ``memory`` (bytes available) is for tests; by default
+    the system's figure.
     """
     try:
         files = weight_files(model)
@@ -71,6 +75,11 @@ def prefetch_weights(model: str | os.PathLike[str], memory: int | None = None) -
         return []  # an unreadable folder: the load says so in its own words
     memory = available_memory() if memory is None else memory
     if not files or memory is None or total > memory * MEMORY_SHARE:
+        return []
+    with _lock:
+        files = [f for f in files if f.resolve() not in _asked]
+        _asked.update(f.resolve() for f in files)
+    if not files:
         return []
     threading.Thread(target=_read_ahead, args=(files,), name="lorastory-prefetch-weights", daemon=True).start()
     return files

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lorastory.errors import TrainingError
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.lora import default_save_formats, save_lora
+from lorastory.models.prefetch import prefetch_weights
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
     newest_good_checkpoint, rng_state, save_checkpoint,
@@ -124,8 +125,8 @@ def train(
     ``torchrun`` every process calls this; ``config.batch_size`` is per process, ``say``,
     ``on_progress`` and ``on_stage`` (model load, cache filling) are called on the main process only.
     ``stop`` (a ``threading.Event``, one process) ends the run early (:mod:`lorastory.train.hooks`)."""
+    prefetch_weights(config.model)  # the weights read from disk while accelerate sets up and the GPU starts
     from accelerate.utils import set_seed
-
     out = Path(config.out)
     check_run_paths(config)
     state = _processes()
