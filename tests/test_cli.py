@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from lorastory import __version__
 from lorastory.errors import ConfigError
@@ -41,6 +42,20 @@ def test_console_script_entry_point(tmp_path):
         capture_output=True, text=True,
     )
     assert done.returncode == 1 and "no such file" in done.stderr
+
+
+def test_console_script_writes_its_file_and_output_before_the_process_ends(tmp_path):
+    # The process entry leaves its objects to the operating system at the end (no final GC passes).
+    panels = []
+    for index, colour in enumerate(("red", "blue")):
+        panels.append(tmp_path / f"p{index}.png")
+        Image.new("RGB", (16, 16), colour).save(panels[-1])
+    done = subprocess.run([sys.executable, "-m", "lorastory", "grid", *map(str, panels), "--out", str(tmp_path / "b.png")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Wrote" in done.stdout and "(32x16)" in done.stdout
+    with Image.open(tmp_path / "b.png") as board:
+        assert board.size == (32, 16) and board.convert("RGB").getpixel((20, 8)) == (0, 0, 255)
 
 
 def test_data_ops_lists_the_operators(cli):

@@ -171,7 +171,8 @@ def test_cli_start_up_imports_no_heavy_library():
     import subprocess
     import sys
 
-    heavy = ["torch", "diffusers", "transformers", "gradio", "pandas", "safetensors", "ray", "cv2", "scipy"]
+    heavy = ["torch", "diffusers", "transformers", "gradio", "pandas", "safetensors", "ray", "cv2", "scipy", "torchao",
+             "accelerate", "peft"]
     code = "import sys, lorastory.cli; print(' '.join(m for m in %r if m in sys.modules))" % heavy
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == [], f"'lorastory --help' imports {loaded}: import them inside the functions that use them"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from lorastory.errors import ConfigError
+from lorastory.generate.grid import make_storyboard
 from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.samplers import SAMPLERS
 from lorastory.generate.story import Story, generate_story, load_story
@@ -72,6 +73,9 @@ def test_story_renders_panels_with_metadata_manifest_and_storyboard(tmp_path, ti
     assert Story.from_yaml(tmp_path / "run" / "story.yaml") == story
     assert steps[-1] == (9, 9)
     assert Image.open(result.storyboard).size[0] == 128
+    # Made from the pictures in memory: the same storyboard as one made from the panel files.
+    from_files = make_storyboard(result.panels, cols=2, title=story.title, captions=[p.caption for p in story.panels])
+    assert np.array_equal(_pixels(result.storyboard), np.asarray(from_files, dtype=np.int16))
 
 
 def test_same_story_same_pixels_and_panels_are_independent(tmp_path, tiny_model_path, kolors_pipe):

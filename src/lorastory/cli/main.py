@@ -8,6 +8,7 @@ Errors a user can fix are :class:`LorastoryError`: one red line and exit code 1
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 
@@ -31,7 +32,31 @@ def _quiet_libraries(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map errors to exit codes (1 user error, 2 usage)."""
+    """Entry point: run the app and map errors to exit codes (1 user error, 2 usage).
+
+    Called without ``argv`` (the ``lorastory`` command, ``python -m lorastory``) the process ends
+    when it returns, and the objects it made are left to the operating system (:func:`_end_quickly`).
+    """
+    if argv is None:
+        try:
+            return _run(None)
+        finally:
+            _end_quickly()
+    return _run(argv)
+
+
+def _end_quickly() -> None:
+    """Spare the process's end the garbage collector's passes over everything still loaded.
+
+    With torch, diffusers and transformers imported, the collections the interpreter runs as it shuts
+    down walk millions of objects: about a second after a CPU story, more after a GPU one, with nothing
+    to show for it (the memory goes back to the system anyway). Frozen objects are skipped by those
+    passes; files, atexit handlers and reference counting work as before.
+    """
+    gc.freeze()
+
+
+def _run(argv: list[str] | None) -> int:
     options = Options()
     words = sys.argv[1:] if argv is None else argv
     _quiet_libraries(words)

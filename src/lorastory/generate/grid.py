@@ -377,11 +377,13 @@ def make_storyboard(
     return board
 
 
-def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str], **options: Any) -> Image.Image:
+def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str], compress_level: int | None = None,
+                    **options: Any) -> Image.Image:
     """Make a storyboard (``options`` are :func:`make_storyboard`'s) and write it atomically; return it.
 
     The format follows the extension (.png, .jpg, .webp...); a PNG gets the
-    title in its standard ``Title`` text chunk.
+    title in its standard ``Title`` text chunk, and is compressed at ``compress_level``
+    (zlib's 0-9; default Pillow's, 6: smaller and slower than 1).
     """
     target = Path(path)
     fmt = Image.registered_extensions().get(target.suffix.lower())
@@ -394,6 +396,8 @@ def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str],
         info = PngImagePlugin.PngInfo()
         info.add_text("Title", str(options["title"]))
         save_args["pnginfo"] = info
+    if fmt == "PNG" and compress_level is not None:
+        save_args["compress_level"] = compress_level
     elif fmt == "JPEG":
         save_args["quality"] = 95
     try:

@@ -61,6 +61,10 @@ _KEY_FIELDS = {
     "Lora hashes": "lora_hash",
 }
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
+# zlib level of the pictures a run writes (panels, reference, storyboard). 1 writes a 1024x1024 picture about
+# 2.5x faster than Pillow's default 6 (0.13 vs 0.35 s here; an 8-panel storyboard 1.5 vs 4.0 s), about 15%
+# larger; a noisy picture (random weights) takes as long at either level.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -369,7 +373,7 @@ def save_png_with_parameters(image: Image.Image, path: str | os.PathLike[str], p
     if image.mode not in _PNG_MODES:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     with atomic_open(path, "wb") as handle:
-        image.save(handle, format="PNG", pnginfo=info)
+        image.save(handle, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _from_json(text: str) -> GenerationParams | None:

@@ -82,8 +82,10 @@ def render_reference_image(pipe: Any, settings: ConsistencySettings, job: PanelJ
 
 def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings, adapter_spec: Any, reference: Any,
                    batch_size: int | None, base_scheduler: Any, target: Any, out_dir: Path,
-                   params: Callable[[PanelJob], Any], progress: RenderProgress, record: dict[str, Any]) -> dict[int, float]:
-    """Render and save every panel, group by group in batches; returns seconds per panel index."""
+                   params: Callable[[PanelJob], Any], progress: RenderProgress,
+                   record: dict[str, Any]) -> tuple[dict[int, float], dict[int, Any]]:
+    """Render and save every panel, group by group in batches; return seconds and the picture per panel index
+    (the storyboard is made from the pictures in memory, not from the files read back)."""
     import torch
 
     shared = SharedAttention(settings) if settings.uses_attention else None
@@ -91,6 +93,7 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
     for job in jobs:
         groups.setdefault(job.group_key(), []).append(job)
     timings: dict[int, float] = {}
+    pictures: dict[int, Any] = {}
     rendered = 0
     call_pipe, reference_args = pipe, {"ip_adapter_image": reference} if reference is not None else {}
     if settings.uses_reference and not settings.uses_ip_adapter:  # in context: the family's pipeline reads the picture
@@ -125,11 +128,12 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
                 for job, image in zip(chunk, images):
                     save_png_with_parameters(image, out_dir / job.file_name, params(job))
                     timings[job.index] = seconds / len(chunk)
+                    pictures[job.index] = image
                 start += len(chunk)
                 rendered += len(chunk)
     if shared is not None:
         record["attention"] = shared.summary()
-    return timings
+    return timings, pictures
 
 
 def in_context_call(pipe: Any, reference: Any, job: PanelJob) -> tuple[Any, dict[str, Any]]:

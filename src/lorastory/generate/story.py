@@ -43,7 +43,13 @@ from lorastory.generate.consistency import load_reference_image
 from lorastory.generate.consistency_settings import REFERENCE_FILE, ConsistencySettings
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import LoraRecord, PanelRecord, RunManifest
-from lorastory.generate.pngmeta import GenerationParams, lora_short_hash, model_name, model_short_hash
+from lorastory.generate.pngmeta import (
+    PNG_COMPRESS_LEVEL,
+    GenerationParams,
+    lora_short_hash,
+    model_name,
+    model_short_hash,
+)
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
     STORY_FILE,
@@ -62,6 +68,7 @@ from lorastory.generate.guidance import check_true_cfg, guidance_parameters, use
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
 from lorastory.models.lora import apply_lora
+from lorastory.models.prefetch import prefetch_weights
 from lorastory.models.registry import family_of_pipeline, load_pipeline
 
 
@@ -294,6 +301,8 @@ def generate_story(
     every panel is conditioned on it. A ``pipe`` passed in gets its processors and IP-Adapter
     state back afterwards.
     """
+    if pipe is None:
+        prefetch_weights(model)  # the weights read from disk while torch imports and the GPU starts
     import torch
 
     # 1. check inputs and the output folder, resolve the panels
@@ -320,7 +329,9 @@ def generate_story(
     try:
         if pipe is None:
             dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-            pipe = load_pipeline(model, family, dtype=dtype)
+            # Straight onto the GPU (diffusers maps onto "cuda", not "cuda:N"; offload keeps the models on the CPU).
+            onto = "cuda" if target.type == "cuda" and target.index is None and not offload else None
+            pipe = load_pipeline(model, family, dtype=dtype, device=onto)
             if not offload:
                 pipe.to(target)
         result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
@@ -402,14 +413,15 @@ def _render_story(
     describe = {"Consistency": settings.describe(reference_hash, dit)} if settings.mode != "none" else None
 
     # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
-    timings = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler, target,
-                             out_dir, lambda job: params(job, describe), progress, consistency_record)
+    timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
+                                      target, out_dir, lambda job: params(job, describe), progress, consistency_record)
 
-    # 5. storyboard, manifest, resolved story
+    # 5. storyboard (from the pictures in memory: the same pixels as the files), manifest, resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]
     storyboard = out_dir / STORYBOARD_FILE
-    save_storyboard(panel_paths, storyboard, cols=2, title=story.title or None,
-                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None)
+    save_storyboard([pictures[job.index] for job in jobs], storyboard, cols=2, title=story.title or None,
+                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
+                    compress_level=PNG_COMPRESS_LEVEL)
     seconds = time.perf_counter() - started
     manifest = out_dir / MANIFEST_FILE
     write_json(manifest, RunManifest(

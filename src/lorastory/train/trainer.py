@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lorastory.errors import TrainingError
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.lora import default_save_formats, save_lora
+from lorastory.models.prefetch import prefetch_weights
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
     newest_good_checkpoint, rng_state, save_checkpoint,
@@ -37,7 +38,7 @@ from lorastory.train.ema import LoraEma, swapped_in
 from lorastory.train.encode import build_caches, frozen_dtype
 from lorastory.train.hooks import StageCallback, StageHooks
 from lorastory.train.launch import use_cpu
-from lorastory.train.model_setup import add_lora, load_for_training, objective_for, prepare_fast_path
+from lorastory.train.model_setup import add_lora, load_dtypes, load_for_training, objective_for, prepare_fast_path
 from lorastory.train.optimizers import make_optimizer, make_scheduler
 from lorastory.train.order import batches_before, continued_history, epoch_batches, process_share
 from lorastory.train.paths import check_run_paths
@@ -124,8 +125,8 @@ def train(
     ``torchrun`` every process calls this; ``config.batch_size`` is per process, ``say``,
     ``on_progress`` and ``on_stage`` (model load, cache filling) are called on the main process only.
     ``stop`` (a ``threading.Event``, one process) ends the run early (:mod:`lorastory.train.hooks`)."""
+    prefetch_weights(config.model)  # the weights read from disk while accelerate sets up and the GPU starts
     from accelerate.utils import set_seed
-
     out = Path(config.out)
     check_run_paths(config)
     state = _processes()
@@ -141,7 +142,7 @@ def train(
 
     # 2. model and caches
     set_seed(config.seed)  # LoRA initialisation and dropout draw from the global generators
-    pipe, family = load_for_training(config, planned, hooks)
+    pipe, family = load_for_training(config, planned, hooks, load_dtypes(_precision(config, state.device), state.device))
     # SDXL's first text encoder feeds the UNet its penultimate layer: its last layer's LoRA gets no gradient.
     unused = config.lora.train_text_encoder and family.text_encoder_last_layer_unused
     accelerator, bf16_compute = _accelerator(config, out, state.device, unused_parameters=unused)
