@@ -15,8 +15,9 @@ from typing import Any
 
 # phase -> "module:attribute.path" of every function that does it (those that do not import are skipped).
 PHASES: dict[str, list[str]] = {
-    "load": ["lorastory.generate.story:load_pipeline", "lorastory.train.trainer:load_pipeline"],
-    "speed setup": ["lorastory.generate.story:prepare_for_speed", "lorastory.train.trainer:prepare_for_training"],
+    # the names as the calling modules imported them (a wrapper on the defining module would not be seen)
+    "load": ["lorastory.generate.story:load_pipeline", "lorastory.train.trainer:load_for_training"],
+    "speed setup": ["lorastory.generate.story:prepare_for_speed", "lorastory.train.trainer:prepare_fast_path"],
     "pipeline call": ["diffusers:KolorsPipeline.__call__", "diffusers:StableDiffusionXLPipeline.__call__"],
     "text encoding": ["diffusers:KolorsPipeline.encode_prompt", "diffusers:StableDiffusionXLPipeline.encode_prompt"],
     "vae decode": ["diffusers:AutoencoderKL.decode"],

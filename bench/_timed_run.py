@@ -41,7 +41,8 @@ def run_lorastory(name: str, args: list[str], work: Path, *, memory_gb: float | 
         steps = record["step_times"]
         row.update(peak_allocated_gb=round(record["peak_allocated_gb"], 2),
                    peak_reserved_gb=round(record["peak_reserved_gb"], 2), steps=len(steps),
-                   in_process_s=round(record["wall_s"], 1), phases=record.get("phases"))
+                   in_process_s=round(record["wall_s"], 1), phases=record.get("phases"),
+                   imports_done_s=round(record["phases_installed_s"], 1) if record.get("phases_installed_s") else None)
         if steps:
             row["first_step_s"] = round(steps[0], 1)
         if batch and len(steps) >= warm_steps + 2:
