@@ -42,6 +42,7 @@ queue() {
     step e2e_generate 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs cold,warm --json "$RES/e2e_generate.json"
     step e2e_fp8 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8_cold.json"
     step e2e_fp8_warm 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8.json"
+    step e2e_train 420 python3 bench/e2e.py --work /tmp/lsb --only train --json "$RES/e2e_train.json"
     step mem12gb 420 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb.json"
     # 24 steps were too few for auto to compile; a longer run shows the preset's compiled speed.
     step mem12gb_train 420 python3 bench/mem12gb.py --work /tmp/lsb --only train --train-steps 72 --warm 40 \
