@@ -124,3 +124,16 @@ def test_every_training_setting_has_a_flag():
             missing.append(name)
     assert missing == []
     assert {"lora", "prodigy", "adafactor"} <= set(TrainConfig.model_fields)  # the walk above went into them
+
+
+@pytest.mark.slow
+def test_a_story_prints_only_its_own_lines(toy_model_path, tmp_path):
+    # With the fp8 extra installed, diffusers imports torchao, whose kernel libraries and pytree enums log lines
+    # on every command; a story's output is its own three lines and nothing on stderr.
+    story = tmp_path / "story.yaml"
+    story.write_text("defaults: {width: 128, height: 128, steps: 2}\npanels:\n  - prompt: a red fox\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "lorastory", "generate", str(story), "--model", str(toy_model_path()),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith("Rendered 1 panel") and "storyboard:" in done.stdout

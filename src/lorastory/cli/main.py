@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import logging
 import os
 import sys
 
@@ -29,6 +30,11 @@ def _quiet_libraries(argv: list[str]) -> None:
         os.environ.setdefault(name, "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # diffusers imports torchao whenever it is installed (the fp8 extra), and torchao then logs each optional
+    # kernel library this machine cannot load and each enum it registers with torch's pytree: lines on every
+    # command, fp8 or not. Their errors still show.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
