@@ -31,8 +31,6 @@ queue() {
     # 1. kohya beside us in one run (2026-12-02's kohya rows failed: the first packing dropped transformers' t5).
     step peer_b8 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_b8.json" \
         --configs kohya-b8-full-bf16,ours-b8,ours-b8-fp8 --steps 30 --timeout 240
-    step peer_24g 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_24g.json" \
-        --configs kohya-b4-24g-fp8,ours-b16-24g,ours-b2-24g-fp8w --steps 30 --timeout 200
     # 2. Flux LoRA training hit an illegal memory access in the checkpointed backward: bisect, one process each.
     step flux_train_blocking 240 env CUDA_LAUNCH_BLOCKING=1 python3 bench/flux_train.py --bases bf16 --json "$RES/flux_train_blocking.json"
     step flux_train_nockpt 240 python3 bench/flux_train.py --bases bf16 --no-checkpointing --json "$RES/flux_train_nockpt.json"
@@ -40,14 +38,17 @@ queue() {
     # 3. The Kolors story and training as a user runs them, and the 12 GB preset, after the start-up and OOM fixes.
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
     step e2e_generate 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs cold,warm --json "$RES/e2e_generate.json"
-    step e2e_fp8 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8_cold.json"
-    step e2e_fp8_warm 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8.json"
     step e2e_train 420 python3 bench/e2e.py --work /tmp/lsb --only train --json "$RES/e2e_train.json"
     step mem12gb 420 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb.json"
+    step e2e_fp8 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8_cold.json"
+    step e2e_fp8_warm 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs fp8,fp8-weights --json "$RES/e2e_fp8.json"
     # 24 steps were too few for auto to compile; a longer run shows the preset's compiled speed.
     step mem12gb_train 420 python3 bench/mem12gb.py --work /tmp/lsb --only train --train-steps 72 --warm 40 \
         --json "$RES/mem12gb_train.json"
-    # 4. Flux consistency modes not reached on 2026-12-02; the GPU tests of the new paths.
+    # 4. the rows under 24 GiB (kohya's fp8 base; ours checkpointed at batch 16, fp8 weights at batch 2)
+    step peer_24g 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_24g.json" \
+        --configs kohya-b4-24g-fp8,ours-b16-24g,ours-b2-24g-fp8w --steps 30 --timeout 200
+    # 5. Flux consistency modes not reached on 2026-12-02; the GPU tests of the new paths.
     step flux_consistency 600 python3 bench/flux_story.py --modes ours,reference,in-context --json "$RES/flux_consistency.json"
     step gpu_tests 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/train/test_compile_auto.py \
         tests/models/test_fp8.py tests/train/test_train_speed.py
