@@ -136,4 +136,4 @@ def test_a_story_prints_only_its_own_lines(toy_model_path, tmp_path):
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert done.stdout.startswith("Rendered 1 panel") and "storyboard:" in done.stdout
+    assert done.stdout.startswith("Rendered 1 panel in ") and "storyboard:" in done.stdout

@@ -67,7 +67,8 @@ def generate_cmd(
             on_step=lambda done, total: progress.update(task, completed=done, total=total),
             overwrite=overwrite, inputs=[("story file", story_file)], base_dtype=base_dtype, offload=offload,
         )
-    console.print(f"Rendered {len(result.panels)} panels in {result.seconds:.1f} s.", markup=False)
+    count = len(result.panels)
+    console.print(f"Rendered {count} panel{'s' * (count != 1)} in {result.seconds:.1f} s.", markup=False)
     console.print(f"  storyboard: {display_path(result.storyboard)}\n  manifest:   {display_path(result.manifest)}",
                   markup=False)
 
