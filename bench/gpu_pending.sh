@@ -48,8 +48,9 @@ queue() {
     # 4. the rows under 24 GiB (kohya's fp8 base; ours checkpointed at batch 16, fp8 weights at batch 2)
     step peer_24g 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_24g.json" \
         --configs kohya-b4-24g-fp8,ours-b16-24g,ours-b2-24g-fp8w --steps 30 --timeout 200
-    # 5. Flux consistency modes not reached on 2026-12-02; the GPU tests of the new paths.
+    # 5. Flux consistency modes not reached on 2026-12-02, Qwen-Image LoRA training, the GPU tests of the new paths.
     step flux_consistency 600 python3 bench/flux_story.py --modes ours,reference,in-context --json "$RES/flux_consistency.json"
+    step qwen_image_train 360 python3 bench/qwen_image_train.py --json "$RES/qwen_image_train.json"
     step gpu_tests 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/train/test_compile_auto.py \
         tests/models/test_fp8.py tests/train/test_train_speed.py
     echo "$(date +%T) queue done" >> "$RES/queue.log"
