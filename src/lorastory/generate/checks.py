@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -22,6 +21,7 @@ from pydantic import AfterValidator
 from lorastory.errors import ConfigError
 from lorastory.fileio import is_valid_text
 from lorastory.generate.speed import PANEL_BYTES_PER_MEGAPIXEL
+from lorastory.memory import host_available_memory
 
 MAX_SEED = 2**64 - 1
 MAX_CFG = 100.0
@@ -66,17 +66,7 @@ def available_memory(device: Any) -> int | None:
         import torch
 
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return host_available_memory()
 
 
 def panel_bytes(width: int, height: int, device: Any) -> float:

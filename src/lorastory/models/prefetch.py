@@ -17,6 +17,8 @@ import os
 import threading
 from pathlib import Path
 
+from lorastory.memory import host_available_memory
+
 WEIGHT_SUFFIX = ".safetensors"
 # At most this share of the memory the system reports available is read ahead.
 MEMORY_SHARE = 0.5
@@ -46,21 +48,6 @@ def weight_files(model: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available for new data (page cache included), or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def prefetch_weights(model: str | os.PathLike[str], memory: int | None = None) -> list[Path]:
     """Start reading ``model``'s weight files into the page cache in the background; return the files asked for.
 
@@ -73,7 +60,7 @@ def prefetch_weights(model: str | os.PathLike[str], memory: int | None = None) -
         total = sum(f.stat().st_size for f in files)
     except OSError:
         return []  # an unreadable folder: the load says so in its own words
-    memory = available_memory() if memory is None else memory
+    memory = host_available_memory() if memory is None else memory
     if not files or memory is None or total > memory * MEMORY_SHARE:
         return []
     with _lock:
