@@ -23,6 +23,7 @@ from lorastory.models.fp8 import check_base_dtype, check_selection, family_selec
 from lorastory.models.lora import LoraSpec, inject_lora
 from lorastory.models.objectives import FlowObjective, flow_shift
 from lorastory.models.registry import get_family
+from lorastory.train.speed import lora_compute_in_input_dtype
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, d
     weights_gb = gb(torch.cuda.memory_allocated()) if device == "cuda" else 0.0
     build_peak = peak_gb()  # the bf16 weights existed before quantising: a real loader would quantise while loading
     reset_peak()  # peak_gb below: training only
+    if not args.autocast:  # lorastory train's path: bf16 compute, the fp32 LoRA weights cast per matmul, no autocast
+        lora_compute_in_input_dtype(transformer)
     if args.checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
@@ -83,7 +86,7 @@ def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, d
         text = kit.text(args, g, device, dtype)
         sync()
         started = time.perf_counter()
-        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"), attention_backend(args.sdpa):
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda" and args.autocast), attention_backend(args.sdpa):
             pred = objective.predict(transformer, noisy.to(device, dtype), t.to(device), text, None, dtype)
             loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
             loss.backward()
@@ -112,6 +115,8 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--bases", default="bf16,fp8-weights,fp8", help="comma-separated: bf16, fp8-weights, fp8")
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
                         help="train without gradient checkpointing (more memory; isolates the recompute)")
+    parser.add_argument("--autocast", action="store_true",
+                        help="the diffusers example's path (autocast around fp32 LoRA weights) instead of lorastory train's")
     parser.add_argument("--sdpa", choices=["flash", "efficient", "cudnn", "math"], default=None,
                         help="pin scaled_dot_product_attention to one backend (default: PyTorch's choice)")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")

@@ -31,10 +31,15 @@ queue() {
     # 1. kohya beside us in one run (2026-12-02's kohya rows failed: the first packing dropped transformers' t5).
     step peer_b8 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_b8.json" \
         --configs kohya-b8-full-bf16,ours-b8,ours-b8-fp8 --steps 30 --timeout 240
-    # 2. Flux LoRA training hit an illegal memory access in the checkpointed backward: bisect, one process each.
-    step flux_train_blocking 240 env CUDA_LAUNCH_BLOCKING=1 python3 bench/flux_train.py --bases bf16 --json "$RES/flux_train_blocking.json"
-    step flux_train_nockpt 240 python3 bench/flux_train.py --bases bf16 --no-checkpointing --json "$RES/flux_train_nockpt.json"
-    step flux_train_math 240 python3 bench/flux_train.py --bases bf16 --sdpa math --json "$RES/flux_train_math.json"
+    # 2. Flux LoRA training: lorastory train's path (bf16 compute, no autocast) for every base; then the bisection
+    #    of the illegal memory access the autocast path hit in its checkpointed backward, one process each.
+    step flux_train 360 python3 bench/flux_train.py --json "$RES/flux_train.json"
+    step flux_train_ac_blocking 240 env CUDA_LAUNCH_BLOCKING=1 python3 bench/flux_train.py --bases bf16 --autocast \
+        --json "$RES/flux_train_ac_blocking.json"
+    step flux_train_ac_nockpt 240 python3 bench/flux_train.py --bases bf16 --autocast --no-checkpointing \
+        --json "$RES/flux_train_ac_nockpt.json"
+    step flux_train_ac_math 240 python3 bench/flux_train.py --bases bf16 --autocast --sdpa math \
+        --json "$RES/flux_train_ac_math.json"
     # 3. The Kolors story and training as a user runs them, and the 12 GB preset, after the start-up and OOM fixes.
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
     step e2e_generate 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs cold,warm --json "$RES/e2e_generate.json"
