@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,3 +74,20 @@ def save_random_adapter(folder: Path, spec, out: Path) -> tuple[dict[str, torch.
     randomise(inject_lora(pipe, spec), std=0.1)
     save_lora(pipe, out, spec)
     return merged_weights(pipe), base
+
+
+def saved_variants(family: str, folder: Path, specs: dict, tmp_path_factory) -> Callable[[str], tuple]:
+    """Per network of ``specs``, saved once on first use: (folder, file, merged weights, base weights) of a
+    randomised adapter on the tiny ``family`` in ``folder``, saved as a training run saves it (kohya layout)."""
+    from lorastory.models.lora import default_save_formats
+
+    cache: dict[str, tuple] = {}
+
+    def get(network: str) -> tuple:
+        if network not in cache:
+            assert default_save_formats(family, specs[network]) == ["kohya"]
+            out = tmp_path_factory.mktemp(f"{family}-{network}") / "lora.safetensors"
+            cache[network] = (folder, out, *save_random_adapter(folder, specs[network], out))
+        return cache[network]
+
+    return get

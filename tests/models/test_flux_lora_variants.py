@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import pytest
 from clients.comfy_flux import comfy_flux_patch
-from clients.common import max_difference, merged_weights, save_random_adapter
+from clients.common import max_difference, merged_weights, save_random_adapter, saved_variants
 from safetensors import safe_open
 
 from lorastory.models.families.flux import FLUX_LORA_TARGETS
-from lorastory.models.lora import LoraSpec, apply_lora, default_save_formats, load_lora_state
+from lorastory.models.lora import LoraSpec, apply_lora, load_lora_state
 from lorastory.models.registry import load_pipeline
 
 TARGETS = list(FLUX_LORA_TARGETS)  # what a Flux training run adapts
@@ -33,17 +33,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def variant_files(tiny_model_path, tmp_path_factory):
     """Per network: a randomised adapter on the tiny Flux saved as a training run saves it; merged and base weights."""
-    folder = tiny_model_path("flux")
-    cache = {}
-
-    def get(network: str):
-        if network not in cache:
-            assert default_save_formats("flux", SPECS[network]) == ["kohya"]
-            out = tmp_path_factory.mktemp(f"flux-{network}") / "lora.safetensors"
-            cache[network] = (folder, out, *save_random_adapter(folder, SPECS[network], out))
-        return cache[network]
-
-    return get
+    return saved_variants("flux", tiny_model_path("flux"), SPECS, tmp_path_factory)
 
 
 @pytest.mark.parametrize("network", list(SPECS))

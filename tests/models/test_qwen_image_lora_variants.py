@@ -15,11 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 from clients.comfy_qwen_image import comfy_qwen_image_patch
-from clients.common import max_difference, merged_weights, save_random_adapter
+from clients.common import max_difference, merged_weights, saved_variants
 from safetensors import safe_open
 
 from lorastory.models.families.qwen_image import QWEN_IMAGE_MODULES
-from lorastory.models.lora import LoraFormatError, LoraSpec, apply_lora, default_save_formats, load_lora_state
+from lorastory.models.lora import LoraFormatError, LoraSpec, apply_lora, load_lora_state
 from lorastory.models.registry import load_pipeline
 
 EVERY_LINEAR = sorted({m.removeprefix("transformer_blocks.N.") for m in QWEN_IMAGE_MODULES})
@@ -36,18 +36,8 @@ TOLERANCE = 1e-4  # LoHa/LoKr products in float32
 
 @pytest.fixture(scope="module")
 def variant_files(tiny_model_path, tmp_path_factory):
-    """Per network: a randomised adapter on the tiny Qwen-Image saved as a training run saves it; its merged weights."""
-    folder = tiny_model_path("qwen-image")
-    cache = {}
-
-    def get(network: str):
-        if network not in cache:
-            assert default_save_formats("qwen-image", SPECS[network]) == ["kohya"]
-            out = tmp_path_factory.mktemp(f"qwen-{network}") / "lora.safetensors"
-            cache[network] = (folder, out, *save_random_adapter(folder, SPECS[network], out))
-        return cache[network]
-
-    return get
+    """Per network: a randomised adapter on the tiny Qwen-Image saved as a training run saves it; merged and base weights."""
+    return saved_variants("qwen-image", tiny_model_path("qwen-image"), SPECS, tmp_path_factory)
 
 
 @pytest.mark.parametrize("network", list(SPECS))
