@@ -392,12 +392,13 @@ def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str],
                           "use .png, .jpg or .webp")
     board = make_storyboard(images, **options)
     save_args: dict[str, Any] = {}
-    if fmt == "PNG" and options.get("title"):
-        info = PngImagePlugin.PngInfo()
-        info.add_text("Title", str(options["title"]))
-        save_args["pnginfo"] = info
-    if fmt == "PNG" and compress_level is not None:
-        save_args["compress_level"] = compress_level
+    if fmt == "PNG":
+        if options.get("title"):
+            info = PngImagePlugin.PngInfo()
+            info.add_text("Title", str(options["title"]))
+            save_args["pnginfo"] = info
+        if compress_level is not None:
+            save_args["compress_level"] = compress_level
     elif fmt == "JPEG":
         save_args["quality"] = 95
     try:
