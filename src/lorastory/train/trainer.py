@@ -127,7 +127,6 @@ def train(
     ``stop`` (a ``threading.Event``, one process) ends the run early (:mod:`lorastory.train.hooks`)."""
     prefetch_weights(config.model)  # the weights read from disk while accelerate sets up and the GPU starts
     from accelerate.utils import set_seed
-
     out = Path(config.out)
     check_run_paths(config)
     state = _processes()
