@@ -31,15 +31,8 @@ queue() {
     # 1. kohya beside us in one run (2026-12-02's kohya rows failed: the first packing dropped transformers' t5).
     step peer_b8 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_b8.json" \
         --configs kohya-b8-full-bf16,ours-b8,ours-b8-fp8 --steps 30 --timeout 240
-    # 2. Flux LoRA training: lorastory train's path (bf16 compute, no autocast) for every base; then the bisection
-    #    of the illegal memory access the autocast path hit in its checkpointed backward, one process each.
+    # 2. Flux LoRA training: lorastory train's path (bf16 compute, no autocast) for every base.
     step flux_train 360 python3 bench/flux_train.py --json "$RES/flux_train.json"
-    step flux_train_ac_blocking 240 env CUDA_LAUNCH_BLOCKING=1 python3 bench/flux_train.py --bases bf16 --autocast \
-        --json "$RES/flux_train_ac_blocking.json"
-    step flux_train_ac_nockpt 240 python3 bench/flux_train.py --bases bf16 --autocast --no-checkpointing \
-        --json "$RES/flux_train_ac_nockpt.json"
-    step flux_train_ac_math 240 python3 bench/flux_train.py --bases bf16 --autocast --sdpa math \
-        --json "$RES/flux_train_ac_math.json"
     # 3. The Kolors story and training as a user runs them, and the 12 GB preset, after the start-up and OOM fixes.
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
     step e2e_generate 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs cold,warm --json "$RES/e2e_generate.json"
@@ -58,6 +51,13 @@ queue() {
     step qwen_image_train 360 python3 bench/qwen_image_train.py --json "$RES/qwen_image_train.json"
     step gpu_tests 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/train/test_compile_auto.py \
         tests/models/test_fp8.py tests/train/test_train_speed.py
+    # 6. last: the bisection of the autocast path's illegal memory access (lorastory train does not use that path)
+    step flux_train_ac_blocking 240 env CUDA_LAUNCH_BLOCKING=1 python3 bench/flux_train.py --bases bf16 --autocast \
+        --json "$RES/flux_train_ac_blocking.json"
+    step flux_train_ac_nockpt 240 python3 bench/flux_train.py --bases bf16 --autocast --no-checkpointing \
+        --json "$RES/flux_train_ac_nockpt.json"
+    step flux_train_ac_math 240 python3 bench/flux_train.py --bases bf16 --autocast --sdpa math \
+        --json "$RES/flux_train_ac_math.json"
     echo "$(date +%T) queue done" >> "$RES/queue.log"
 }
 

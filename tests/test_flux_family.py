@@ -110,8 +110,9 @@ def test_story_with_the_flux_lora_then_eval(cli, flux_run, tiny_model_path, tiny
     story.write_text(yaml.safe_dump(STORY), encoding="utf-8")
     out = tmp_path / "story"
     result = cli("generate", story, "--model", tiny_model_path("flux"), "--lora", flux_run / "lora.safetensors",
-                 "--out", out)
+                 "--out", out, "--fast")
     assert result.code == 0, result.err
+    assert "  speed:      LoRA fused, fused QKV\n" in result.out  # the fast path's levers (on the CPU: no compile note)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["family"] == "FluxPipeline" and [p["file"] for p in manifest["panels"]] == ["panel-01.png", "panel-02.png"]
     from lorastory.generate.pngmeta import read_parameters

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lorastory.generate.speed import SpeedReport, auto_batch_size, auto_compile, prepare_for_speed, speed_context
+from lorastory.generate.speed import (
+    CompileChoice, SpeedReport, auto_batch_size, compile_choice, prepare_for_speed, speed_context,
+)
 from lorastory.models.speed import compile_cache_dir, sdpa_backend, to_channels_last, uncompile_regions
+from lorastory.models.registry import get_family
 
 
 def _pipe(tiny_model_path):
@@ -88,10 +91,34 @@ def test_generate_story_fast_on_cpu_matches_the_plain_path(tmp_path, tiny_model_
     assert json.loads((tmp_path / "fast" / "manifest.json").read_text())["speed"] == "fused QKV"
 
 
-def test_auto_compile_only_on_cuda_for_long_stories():
-    assert not auto_compile(torch.device("cpu"), 10_000)
-    assert not auto_compile(torch.device("cuda"), 3 * 20)
-    assert auto_compile(torch.device("cuda"), 8 * 50)
+def test_auto_compile_weighs_the_warm_up_against_what_the_story_saves():
+    cuda = torch.device("cuda")
+    assert compile_choice(torch.device("cpu"), 100_000, 2_000) == CompileChoice(False, "not on a CUDA GPU")
+    # The reference story (8 panels x 50 steps at 1024²): a new process's warm-up outweighs the ~2 s it saves,
+    # whether the kernels are cached or not; the reason says so and how to compile anyway.
+    for warm in (True, False):
+        story = compile_choice(cuda, 8 * 50, 8, cache_warm=warm)
+        assert not story.compile
+        assert f"kernel cache {'warm' if warm else 'cold'}" in story.reason
+        assert "400 image-steps save about 2 s" in story.reason and "--compile on compiles anyway" in story.reason
+    assert str(compile_choice(cuda, 8 * 50, 8, cache_warm=True)).startswith("compile off (auto: ")
+    # Thirty panels repay a warm cache, not a cold one; a pipeline compiled earlier in the process stays compiled.
+    assert compile_choice(cuda, 30 * 50, 30, cache_warm=True).compile
+    assert not compile_choice(cuda, 30 * 50, 30, cache_warm=False).compile
+    assert compile_choice(cuda, 8 * 50, 8, cache_warm=False, compiled=True) == CompileChoice(
+        True, "auto: compiled earlier in this process")
+    # The saving scales with the picture size and the family's per-step figure (Flux's is four times a UNet's).
+    assert compile_choice(cuda, 8 * 50, 8, megapixels=4.0, cache_warm=True).compile
+    flux = get_family("flux").compile_step_saving
+    assert compile_choice(cuda, 24 * 28, 24, step_saving=flux, cache_warm=True).compile
+    assert not compile_choice(cuda, 24 * 28, 24, cache_warm=True).compile
+
+
+def test_auto_compile_reads_the_kernel_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "kernels"))
+    assert "kernel cache cold" in compile_choice(torch.device("cuda"), 400, 8).reason
+    (tmp_path / "kernels" / "fxgraph").mkdir(parents=True)
+    assert "kernel cache warm" in compile_choice(torch.device("cuda"), 400, 8).reason
 
 
 def test_auto_batch_follows_free_gpu_memory_and_picture_size(monkeypatch):

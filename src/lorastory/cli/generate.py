@@ -40,7 +40,8 @@ def generate_cmd(
     fast: Annotated[Optional[bool], typer.Option(
         "--fast/--no-fast", help="Fuse the LoRA and q/k/v into the weights (default: on a GPU).")] = None,
     compile: Annotated[str, typer.Option(
-        help="Compile the repeated UNet/VAE blocks: auto (GPU, stories of 200+ image-steps), on or off.")] = "auto",
+        help="Compile the denoiser's and VAE's repeated blocks: auto (on a GPU when the story saves more "
+             "than the warm-up costs; the speed line says why), on or off.")] = "auto",
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier run in --out (only the files it wrote; other files are kept).")] = False,
     base_dtype: Annotated[str, typer.Option(
@@ -71,6 +72,8 @@ def generate_cmd(
     console.print(f"Rendered {count} panel{'s' * (count != 1)} in {result.seconds:.1f} s.", markup=False)
     console.print(f"  storyboard: {display_path(result.storyboard)}\n  manifest:   {display_path(result.manifest)}",
                   markup=False)
+    if result.speed:
+        console.print(f"  speed:      {result.speed}", markup=False)
 
 
 @app.command("regenerate")

@@ -18,6 +18,7 @@ and no faster compiled, and torch's default attention backend (cuDNN on an H100)
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,11 +29,17 @@ from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.fp8 import check_selection, family_selection, fp8_layer_names, quantize_base
 from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
-    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_regions, repeated_blocks, sdpa_backend, to_channels_last,
+    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_cache_has_kernels, compile_regions, repeated_blocks, sdpa_backend,
+    to_channels_last,
 )
 
-# Below this many image-steps (panels x steps) a compile's warm-up costs more than it saves.
-COMPILE_MIN_IMAGE_STEPS = 200
+# What ``--compile auto`` weighs (bench/RESULTS.md). `lorastory generate` with Kolors' UNet and VAE at 1024² on an
+# H200 (2026-12-02): compiling their repeated blocks took 57 s with an empty kernel cache (33 s inside the
+# denoising, 24 s in the first decode) and still about 6 s with the cache filled, since a new process traces every
+# block again (5.0 s + 1.1 s). A compiled decode saves about 35 ms a picture per megapixel (0.64 -> 0.36 s for 8,
+# H100); what a compiled image-step saves is the family's (:attr:`~lorastory.models.registry.Family.compile_step_saving`).
+COMPILE_SECONDS = {"cold": 57.0, "warm": 6.1}
+DECODE_SAVING = 0.035
 # GPU memory one panel needs while it renders, per megapixel, CFG included: the Kolors UNet's bf16
 # activations at batch 16 (8 panels x CFG) peaked 17 GB above the weights at 1024² (bench/RESULTS.md),
 # about 2.1 GB a panel; the VAE decodes after the UNet is done, in the same room.
@@ -55,9 +62,41 @@ class SpeedReport:
         return "; ".join(parts)
 
 
-def auto_compile(device: Any, image_steps: int) -> bool:
-    """Compile when on CUDA and the work is large enough for the warm-up to pay back."""
-    return getattr(device, "type", str(device)) == "cuda" and image_steps >= COMPILE_MIN_IMAGE_STEPS
+@dataclass(frozen=True)
+class CompileChoice:
+    """Whether a story compiles, and why (the reason goes into the run's speed line)."""
+
+    compile: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"compile {'on' if self.compile else 'off'} ({self.reason})"
+
+
+def compile_choice(device: Any, image_steps: int, pictures: int, *, megapixels: float = 1.0,
+                   step_saving: float = 0.005, cache_warm: bool | None = None,
+                   compiled: bool = False) -> CompileChoice:
+    """``--compile auto``: compile on CUDA when the seconds the run saves beat the compile's warm-up.
+
+    ``image_steps`` (panels x steps) save ``step_saving`` seconds each per megapixel, ``pictures`` decodes
+    :data:`DECODE_SAVING` each; the warm-up is :data:`COMPILE_SECONDS` for a kernel cache that is empty or filled
+    (``cache_warm``, default: whether the cache folder holds anything). A pipeline ``compiled`` earlier in
+    this process (the web app's) costs nothing more: it stays compiled.
+    """
+    if getattr(device, "type", str(device)) != "cuda":
+        return CompileChoice(False, "not on a CUDA GPU")
+    if compiled:
+        return CompileChoice(True, "auto: compiled earlier in this process")
+    warm = compile_cache_has_kernels() if cache_warm is None else cache_warm
+    cost = COMPILE_SECONDS["warm" if warm else "cold"]
+    per_image_step = (step_saving + DECODE_SAVING * pictures / max(1, image_steps)) * megapixels
+    saving = per_image_step * image_steps
+    pays_from = math.ceil(cost / per_image_step)
+    summary = (f"auto: {image_steps} image-steps save about {saving:.0f} s for about {cost:.0f} s of compiling "
+               f"(kernel cache {'warm' if warm else 'cold'}); it pays from about {pays_from} image-steps")
+    if saving < cost:
+        return CompileChoice(False, f"{summary}; --compile on compiles anyway")
+    return CompileChoice(True, summary)
 
 
 def auto_batch_size(device: Any, width: int, height: int, panels: int) -> int:
@@ -303,11 +342,12 @@ def speed_context(pipe: Any) -> Iterator[None]:
 
 
 __all__ = [
-    "COMPILE_MIN_IMAGE_STEPS",
+    "COMPILE_SECONDS",
+    "CompileChoice",
     "TRANSFORMER_BLOCKS",
     "UNET_REGIONS",
     "SpeedReport",
-    "auto_compile",
+    "compile_choice",
     "fuse_lora_weights",
     "fuse_qkv",
     "prepare_for_speed",

@@ -63,7 +63,7 @@ from lorastory.generate.rundir import (
 )
 from lorastory.generate.samplers import check_sampler
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
-from lorastory.generate.speed import auto_compile, prepare_for_speed
+from lorastory.generate.speed import CompileChoice, compile_choice, prepare_for_speed
 from lorastory.generate.guidance import check_true_cfg, guidance_parameters, uses_true_cfg
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
@@ -199,6 +199,7 @@ class StoryResult:
     manifest: Path
     seconds: float
     jobs: list[PanelJob] = field(default_factory=list)
+    speed: str | None = None  # the fast path's levers and what was skipped, as in the manifest (None: not on it)
 
 
 
@@ -288,8 +289,9 @@ def generate_story(
 
     ``fast`` (default: on CUDA) fuses the LoRA and the QKV projections into the weights
     (:func:`~lorastory.generate.speed.prepare_for_speed`; a ``pipe`` passed in is changed in place).
-    ``compile`` (default: on CUDA for stories of 200+ image-steps without ``consistency``) also
-    compiles the UNet's and VAE's repeated blocks, with kernels cached across runs. ``base_dtype``
+    ``compile`` also compiles the denoiser's and VAE's repeated blocks, with kernels cached across runs; by
+    default on CUDA without ``consistency`` when the run saves more than the warm-up costs
+    (:func:`~lorastory.generate.speed.compile_choice`; the result's ``speed`` says why). ``base_dtype``
     (``fp8``, ``fp8-weights``; CUDA and torchao) puts the denoiser's token-wise Linear layers in fp8
     (:mod:`lorastory.models.fp8`) and stores the text encoders' in fp8; it needs the fast path. ``offload``
     keeps each model on the GPU only while it runs (diffusers' model CPU offload): with ``base_dtype``,
@@ -341,7 +343,15 @@ def generate_story(
         remove_staging(staging)
     out_dir = Path(out)
     return StoryResult(out_dir, [out_dir / p.name for p in result.panels], out_dir / result.storyboard.name,
-                       out_dir / MANIFEST_FILE, result.seconds, jobs)
+                       out_dir / MANIFEST_FILE, result.seconds, jobs, result.speed)
+
+
+def _compile_choice(pipe: Any, family: Any, jobs: list[PanelJob], target: Any) -> CompileChoice:
+    """``--compile auto`` for this run: its image-steps and pictures, their size, the family's saving per step."""
+    report = getattr(pipe, "_lorastory_speed", None)
+    megapixels = sum(job.width * job.height for job in jobs) / len(jobs) / 2**20
+    return compile_choice(target, sum(job.steps for job in jobs), len(jobs), megapixels=megapixels,
+                          step_saving=family.compile_step_saving, compiled=bool(report and report.compiled_modules))
 
 
 def _check_panel_size(story: Story, family: Any) -> None:
@@ -371,10 +381,13 @@ def _render_story(
     shown_model, model_hash = model_name(str(model)), model_short_hash(model)
     speed = None
     if fast if fast is not None else target.type == "cuda":
-        image_steps = sum(job.steps for job in jobs)
-        if compile is None:
-            compile = auto_compile(target, image_steps) and settings.mode == "none"
-        speed = prepare_for_speed(pipe, compile=compile, base_dtype=base_dtype, device=target, offload=offload)
+        choice = None
+        if compile is None and settings.mode == "none":  # the attention modes change every step: never compiled
+            choice = _compile_choice(pipe, family, jobs, target)
+            compile = choice.compile
+        speed = prepare_for_speed(pipe, compile=bool(compile), base_dtype=base_dtype, device=target, offload=offload)
+        if choice is not None and not choice.compile and target.type == "cuda":
+            speed.skipped["compile"] = choice.reason
     if offload:  # after the LoRA is fused and the weights converted, on the CPU
         pipe.enable_model_cpu_offload(device=target)
 
@@ -445,7 +458,7 @@ def _render_story(
         storyboard=storyboard.name,
     ))
     atomic_write_text(out_dir / STORY_FILE, story.to_yaml())
-    return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs)
+    return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs, str(speed) if speed else None)
 
 
 def lora_tag_name(path: Path) -> str:

@@ -31,6 +31,12 @@ def compile_cache_dir() -> Path:
     return base / "lorastory" / "torchinductor"
 
 
+def compile_cache_has_kernels() -> bool:
+    """Whether the kernel cache folder holds anything: a compile then reads kernels instead of building them."""
+    folder = compile_cache_dir()
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def use_compile_cache() -> Path:
     """Keep compiled kernels in a lasting folder, so the next run's warm-up reads them instead of compiling.
 

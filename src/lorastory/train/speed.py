@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_cache_dir, compile_regions, to_channels_last
+from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_cache_has_kernels, compile_regions, to_channels_last
 from lorastory.train.lora_qkv import fuse_lora_qkv
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def compile_choice(setting: str, device: torch.device, total_steps: int, process
         return CompileChoice(mode, f"as set; note: {FP8_COMPILE_NOTE}")
     if setting == "auto":
         mode = "blocks" if gradient_checkpointing or processes > 1 else "cudagraphs"
-        warm = _cache_has_kernels() if cache_warm is None else cache_warm
+        warm = compile_cache_has_kernels() if cache_warm is None else cache_warm
         cost, saving = _estimate(mode, images_per_step, megapixels, shapes, warm)
         pays_from = math.ceil(cost / saving)
         cache = "kernel cache warm" if warm else "kernel cache cold"
@@ -147,11 +147,6 @@ def resolve_compile(setting: str, device: torch.device, total_steps: int, proces
                     gradient_checkpointing: bool = False) -> str:
     """The mode of :func:`compile_choice` for a run of batch 8 at 1024², one shape, cold kernel cache."""
     return compile_choice(setting, device, total_steps, processes, gradient_checkpointing, cache_warm=False).mode
-
-
-def _cache_has_kernels() -> bool:
-    folder = compile_cache_dir()
-    return folder.is_dir() and any(folder.iterdir())
 
 
 def prepare_for_training(

@@ -92,6 +92,7 @@ QWEN_IMAGE = register_family(Family(
     lora_targets=QWEN_IMAGE_LORA_TARGETS, lora_formats=("kohya", "diffusers"), lora_networks=("lora", "loha", "lokr", "dora"),
     lora_modules=QWEN_IMAGE_MODULES,
     speed_qkv=False, compile_repeated=True,  # its attention processor reads to_q, to_k, to_v apart
+    # compile_step_saving: not measured on a GPU yet; the default (a UNet's) makes auto compile only long runs
     lora_text_encoders=(),  # a 7B Qwen2.5-VL LoRA: no reader for it in diffusers' Qwen-Image loader
     latent_patch=2, guidance_argument="true_cfg_scale", fp8_blocks=QWEN_IMAGE_FP8_BLOCKS, fp8_skip=QWEN_IMAGE_FP8_SKIP,
     tiny_builder="lorastory.models.families.qwen_image_tiny:tiny_qwen_image",
