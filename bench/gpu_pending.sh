@@ -54,6 +54,8 @@ PY
     #    and warm, beside the same warm run compiled; the 12 GB story twice (2026-12-02's only run was cold: it
     #    compiled batch-2 kernels inside the timed render).
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
+    # The load took 6.5-8.7 s for 16.6 GB from the page cache (about 2 GB/s): by which way can it be faster?
+    step load_probe 240 python3 bench/load_probe.py --model /tmp/lsb/kolors --json "$RES/load_probe.json"
     step e2e_generate 420 python3 bench/e2e.py --work /tmp/lsb --only generate --runs cold,warm --json "$RES/e2e_generate.json"
     step e2e_compiled 300 python3 bench/e2e.py --work /tmp/lsb --only generate --runs warm --generate-args "--compile on" \
         --json "$RES/e2e_compiled.json"
