@@ -29,7 +29,7 @@ from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.fp8 import check_selection, family_selection, fp8_layer_names, quantize_base
 from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
-    TRANSFORMER_BLOCKS, UNET_REGIONS, compile_cache_has_kernels, compile_regions, repeated_blocks, sdpa_backend,
+    TRANSFORMER_BLOCKS, UNET_REGIONS, CompileChoice, compile_cache_has_kernels, compile_regions, repeated_blocks, sdpa_backend,
     to_channels_last,
 )
 
@@ -62,17 +62,6 @@ class SpeedReport:
         return "; ".join(parts)
 
 
-@dataclass(frozen=True)
-class CompileChoice:
-    """Whether a story compiles, and why (the reason goes into the run's speed line)."""
-
-    compile: bool
-    reason: str
-
-    def __str__(self) -> str:
-        return f"compile {'on' if self.compile else 'off'} ({self.reason})"
-
-
 def compile_choice(device: Any, image_steps: int, pictures: int, *, megapixels: float = 1.0,
                    step_saving: float = 0.005, cache_warm: bool | None = None,
                    compiled: bool = False) -> CompileChoice:
@@ -84,9 +73,9 @@ def compile_choice(device: Any, image_steps: int, pictures: int, *, megapixels: 
     this process (the web app's) costs nothing more: it stays compiled.
     """
     if getattr(device, "type", str(device)) != "cuda":
-        return CompileChoice(False, "not on a CUDA GPU")
+        return CompileChoice("off", "not on a CUDA GPU")
     if compiled:
-        return CompileChoice(True, "auto: compiled earlier in this process")
+        return CompileChoice("on", "auto: compiled earlier in this process")
     warm = compile_cache_has_kernels() if cache_warm is None else cache_warm
     cost = COMPILE_SECONDS["warm" if warm else "cold"]
     per_image_step = (step_saving + DECODE_SAVING * pictures / max(1, image_steps)) * megapixels
@@ -95,8 +84,8 @@ def compile_choice(device: Any, image_steps: int, pictures: int, *, megapixels: 
     summary = (f"auto: {image_steps} image-steps save about {saving:.0f} s for about {cost:.0f} s of compiling "
                f"(kernel cache {'warm' if warm else 'cold'}); it pays from about {pays_from} image-steps")
     if saving < cost:
-        return CompileChoice(False, f"{summary}; --compile on compiles anyway")
-    return CompileChoice(True, summary)
+        return CompileChoice("off", f"{summary}; --compile on compiles anyway")
+    return CompileChoice("on", summary)
 
 
 def auto_batch_size(device: Any, width: int, height: int, panels: int) -> int:

@@ -384,9 +384,9 @@ def _render_story(
         choice = None
         if compile is None and settings.mode == "none":  # the attention modes change every step: never compiled
             choice = _compile_choice(pipe, family, jobs, target)
-            compile = choice.compile
+            compile = choice.compiles
         speed = prepare_for_speed(pipe, compile=bool(compile), base_dtype=base_dtype, device=target, offload=offload)
-        if choice is not None and not choice.compile and target.type == "cuda":
+        if choice is not None and not choice.compiles and target.type == "cuda":
             speed.skipped["compile"] = choice.reason
     if offload:  # after the LoRA is fused and the weights converted, on the CPU
         pipe.enable_model_cpu_offload(device=target)

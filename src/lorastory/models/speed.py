@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,21 @@ TRANSFORMER_BLOCKS = ("BasicTransformerBlock",)
 UNET_REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """What a run compiles (training: ``off``, ``blocks``, ``cudagraphs``; a story: ``off``, ``on``) and why, for the log."""
+
+    mode: str
+    reason: str
+
+    @property
+    def compiles(self) -> bool:
+        return self.mode != "off"
+
+    def __str__(self) -> str:
+        return f"compile: {self.mode} ({self.reason})"
 
 
 def compile_cache_dir() -> Path:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lorastory.models.speed import TRANSFORMER_BLOCKS, compile_cache_has_kernels, compile_regions, to_channels_last
+from lorastory.models.speed import (
+    TRANSFORMER_BLOCKS, CompileChoice, compile_cache_has_kernels, compile_regions, to_channels_last,
+)
 from lorastory.train.lora_qkv import fuse_lora_qkv
 
 if TYPE_CHECKING:
@@ -86,17 +87,6 @@ def lora_compute_in_input_dtype(*models: Any) -> int:
                         linear.__class__ = cast_linear()
             count += 1
     return count
-
-
-@dataclass(frozen=True)
-class CompileChoice:
-    """The compile mode a run uses (``off``, ``blocks`` or ``cudagraphs``) and why, for the log."""
-
-    mode: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"compile: {self.mode} ({self.reason})"
 
 
 def _estimate(mode: str, images: int, megapixels: float, shapes: int, cache_warm: bool) -> tuple[float, float]:
