@@ -102,3 +102,24 @@ def test_a_wrong_data_folder_fails_once_before_any_process_starts(cli, tmp_path,
     result = cli("train", *_flags("m", tmp_path / "nothing", tmp_path / "run", 2, "--gpus", "2"))
     assert result.code == 1 and result.err.count("no metadata.csv") == 1
     assert "Starting" not in result.err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_flux_trains_in_two_processes_as_in_one(tiny_model_path, style_train_folder, tmp_path):
+    """A DiT (Flux: flow matching, packed latents, guidance input) through the same launcher as the UNets."""
+    model = tiny_model_path("flux")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([sys.executable, "-m", "lorastory", "train",
+                          *_flags(model, style_train_folder, tmp_path / "two", 2, "--gpus", "2")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("Trained 4 steps on 2 processes") == 1
+    # What the user reads on stderr: our lines only, no library's warnings or progress bars from the processes.
+    lines = run.stderr.splitlines()
+    assert len(lines) == 3 and lines[0] == "Starting 2 training processes (accelerate launch)...", run.stderr
+    assert lines[1].startswith("cache: 8 image(s) and 2 caption(s) encoded by 2 processes")
+    assert lines[2].startswith("compile: off")
+    one = train(TrainConfig(model=str(model), data=str(style_train_folder), out=str(tmp_path / "one"), batch_size=4,
+                            **SETTINGS), say=lambda m: None)
+    assert one.steps == 4
+    assert _max_diff(tmp_path / "two" / "lora.safetensors", tmp_path / "one" / "lora.safetensors") <= 1e-5
