@@ -57,6 +57,7 @@ def test_an_edit_folder_loads_as_qwen_image_with_its_processor(edit_model):
     assert denoiser(pipe).dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
 
 
+@pytest.mark.slow  # the Edit pipeline encodes the reference at its working size, about 1024² (8 s of CPU)
 def test_in_context_story_on_an_edit_model_and_refused_on_plain_qwen_image(edit_model, tiny_model_path, tmp_path, cli):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "hero.png")
     in_context = _story(tmp_path / "ic.yaml", extra=f"  reference_method: in_context\n  reference_image: {tmp_path / 'hero.png'}")
