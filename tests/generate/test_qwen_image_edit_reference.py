@@ -6,6 +6,7 @@ in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lorastory.errors import ConfigError
 from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.story import generate_story, load_story
 from lorastory.models.registry import denoiser, detect_family, family_of_pipeline, load_pipeline
@@ -55,6 +57,18 @@ def test_an_edit_folder_loads_as_qwen_image_with_its_processor(edit_model):
     assert edit.processor.tokenizer is pipe.tokenizer and edit.processor.image_processor.size["longest_edge"] == 56 * 56
     # from_pipe casts the shared modules to float32 unless told: they stay as loaded.
     assert denoiser(pipe).dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+
+
+def test_an_edit_plus_folder_draws_from_text_and_its_in_context_use_is_refused(edit_model, tmp_path):
+    plus = tmp_path / "plus"
+    shutil.copytree(edit_model, plus)
+    index = json.loads((plus / "model_index.json").read_text(encoding="utf-8"))
+    (plus / "model_index.json").write_text(json.dumps({**index, "_class_name": "QwenImageEditPlusPipeline"}), encoding="utf-8")
+    pipe = load_pipeline(plus)
+    assert type(pipe).__name__ == "QwenImagePipeline"
+    with pytest.raises(ConfigError, match=r"^the Qwen-Image in-context reference needs a Qwen-Image-Edit model "
+                                          r"\(QwenImageEditPipeline, e\.g\. Qwen/Qwen-Image-Edit\): pass it as --model"):
+        family_of_pipeline(pipe).in_context_pipe(pipe)
 
 
 @pytest.mark.slow  # the Edit pipeline encodes the reference at its working size, about 1024² (8 s of CPU)
