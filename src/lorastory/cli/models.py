@@ -16,7 +16,7 @@ from lorastory.models.toy import write_toy_model
 
 @model_app.command("tiny")
 def model_tiny(
-    family: Annotated[str, typer.Option(help="kolors, sdxl, sd15, flux, qwen-image, or clip / chinese-clip (for eval tests).")],
+    family: Annotated[str, typer.Option(help="kolors, sdxl, sd15, flux, qwen-image, qwen-image-edit, or clip / chinese-clip (for eval tests).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the diffusers model into.")],
     seed: Annotated[int, typer.Option(help="Weights seed (same seed, same bytes).")] = 0,
     resolution: Annotated[int, typer.Option(min=8, max=4096, help="Native image size in pixels (CLIP: its input size).")] = 64,

@@ -54,7 +54,7 @@ generated first from ``reference_prompt``, by default the story's character and 
 every panel through the family's IP-Adapter (UNets: IP-Adapter Plus; Flux: XLabs') loaded with
 diffusers' loader (:mod:`lorastory.models.ip_adapter`) at scale ``strength x reference_scale``.
 ``both`` does both (on Flux the shared processor keeps the adapter's attention in the double blocks).
-With ``reference_method: in_context`` (a FLUX.1 Kontext model) the family's in-context pipeline reads
+With ``reference_method: in_context`` (a FLUX.1 Kontext or Qwen-Image-Edit model) the family's in-context pipeline reads
 the reference picture's latents as more image tokens instead (``Family.in_context_pipeline``).
 """
 

@@ -46,7 +46,7 @@ class ConsistencySettings(BaseModel):
     reference_image: ValidText | None = None
     reference_prompt: ValidText | None = None
     reference_scale: float = Field(0.5, ge=0, le=2)
-    reference_method: Literal["ip_adapter", "in_context"] = "ip_adapter"  # in_context: FLUX.1 Kontext reads the picture
+    reference_method: Literal["ip_adapter", "in_context"] = "ip_adapter"  # in_context: FLUX.1 Kontext / Qwen-Image-Edit reads it
     ip_adapter: ValidText | None = None
     ip_adapter_weight: ValidText | None = None
     image_encoder: ValidText | None = None

@@ -98,7 +98,8 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
     call_pipe, reference_args = pipe, {"ip_adapter_image": reference} if reference is not None else {}
     if settings.uses_reference and not settings.uses_ip_adapter:  # in context: the family's pipeline reads the picture
         call_pipe, reference_args = in_context_call(pipe, reference, jobs[0])
-        record["in_context"] = {"pipeline": type(call_pipe).__name__, "reference_size": list(reference_args["image"].size)}
+        shown = reference_args["image"][0] if isinstance(reference_args["image"], list) else reference_args["image"]
+        record["in_context"] = {"pipeline": type(call_pipe).__name__, "reference_size": list(shown.size)}
     with contextlib.ExitStack() as stack:
         if adapter_spec is not None:
             adapter = stack.enter_context(ip_adapter_loaded(pipe, adapter_spec, settings.ip_adapter_scale))
@@ -139,10 +140,13 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
 def in_context_call(pipe: Any, reference: Any, job: PanelJob) -> tuple[Any, dict[str, Any]]:
     """The family's in-context pipeline over ``pipe``'s modules and its reference arguments: the picture at the
     panel size (so it adds as many tokens as a panel has) and the panel size kept as it is (no auto-resize)."""
-    call_pipe = family_of_pipeline(pipe).in_context_pipe(pipe)
+    family = family_of_pipeline(pipe)
+    call_pipe = family.in_context_pipe(pipe)
     call_pipe.set_progress_bar_config(disable=True)
     call_pipe._lorastory_speed = getattr(pipe, "_lorastory_speed", None)  # the attention backend the fast path chose
     image = reference.convert("RGB").resize((job.width, job.height))
+    if family.in_context_args is not None:  # the family's own (a list: one reference per prompt of a batch)
+        return call_pipe, family.resolve(family.in_context_args)(image, job.width, job.height)
     return call_pipe, {"image": image, "max_area": job.width * job.height, "_auto_resize": False}
 
 
@@ -179,6 +183,8 @@ def render_batch(
         return kwargs
 
     extra = dict(reference_args or {})
+    if isinstance(extra.get("image"), list):  # one reference per prompt (Qwen-Image-Edit): as many as the batch
+        extra["image"] = extra["image"][:1] * len(chunk)
     if first.true_cfg is not None:  # the family's true-CFG argument (a stand-in pipeline never gets here)
         extra.update(guidance_arguments(family_of_pipeline(pipe), first.true_cfg))
     sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()

@@ -396,8 +396,8 @@ def _render_story(
         adapter_spec = resolve_ip_adapter(family_of_pipeline(pipe).name, settings.ip_adapter, settings.ip_adapter_weight,
                                           settings.image_encoder)
         check_ip_adapter(adapter_spec)
-    elif settings.uses_reference and family.in_context_pipeline is None:
-        family.in_context_pipe(pipe)  # the one-line refusal, before any rendering
+    elif settings.uses_reference:
+        family.check_in_context(pipe)  # the one-line refusal, before any rendering
 
     def params(job: PanelJob, extra: dict[str, str] | None = None) -> GenerationParams:
         return GenerationParams(

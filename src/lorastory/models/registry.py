@@ -111,6 +111,15 @@ class Family:
     # The pipeline class ("diffusers" name) of the in-context reference (consistency reference_method: in_context):
     # built from the loaded pipeline with from_pipe, it reads the reference picture as tokens of the joint sequence.
     in_context_pipeline: str | None = None
+    # Model classes (model_index.json) bringing the in-context reference with components the text-to-image pipeline
+    # lacks (Qwen-Image-Edit's processor): loaded as ``pipeline_class`` keeping them ("module:function"
+    # ``in_context_components``: (source, pipe, local_only) -> {name: obj}); the reference then needs such a model
+    # (``in_context_model`` names one). ``in_context_args``: (reference, width, height) -> arguments; None: Kontext's.
+    in_context_models: tuple[str, ...] = ()
+    in_context_components: str | None = None
+    in_context_model: str = ""
+    in_context_args: str | None = None
+    tiny_variants: tuple[tuple[str, str], ...] = ()  # (name, "module:function" as tiny_builder): e.g. an Edit model
     # "module:function" building a tiny random pipeline: (scratch folder, latent size) -> (pipeline, scratch file or None)
     tiny_builder: str | None = None
     pipeline_module: str = "diffusers"  # where pipeline_class lives
@@ -177,18 +186,29 @@ class Family:
         module, _, function = hook.partition(":")
         return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
 
-    def in_context_pipe(self, pipe: Any) -> Any:
-        """The family's in-context reference pipeline sharing ``pipe``'s modules (no copy), or a ConfigError."""
+    def check_in_context(self, pipe: Any) -> tuple[str, dict[str, Any]]:
+        """The in-context pipeline class for ``pipe`` and the components it adds, or a one-line ConfigError."""
         if self.in_context_pipeline is None:
             raise ConfigError(f"the {self.display} family has no in-context reference; use consistency.reference_method: "
                               "ip_adapter")
+        if not self.in_context_models:
+            return self.in_context_pipeline, {}
+        carried = getattr(pipe, "_lorastory_in_context", None)
+        if carried is None:
+            raise ConfigError(f"the {self.display} in-context reference needs {self.in_context_model}: pass it as "
+                              "--model (it draws the stories too), or use consistency.mode: attention")
+        return carried  # type: ignore[no-any-return]
+
+    def in_context_pipe(self, pipe: Any) -> Any:
+        """The family's in-context reference pipeline sharing ``pipe``'s modules (no copy), or a ConfigError."""
+        class_name, components = self.check_in_context(pipe)
         from diffusers.utils import logging as diffusers_logging
 
         module = importlib.import_module(self.pipeline_module)
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" per module
-        try:
-            return getattr(module, self.in_context_pipeline).from_pipe(pipe)
+        try:  # from_pipe casts every shared module to its dtype, float32 unless told: the pipe's own
+            return getattr(module, class_name).from_pipe(pipe, dtype=pipe.dtype, **components)
         finally:
             diffusers_logging.set_verbosity(level)
 
@@ -386,9 +406,27 @@ def _from_pretrained(family: Family, source: str, dtype: Any, local_only: bool, 
         with warnings.catch_warnings(), _quiet_loading():
             # diffusers >= 0.42 renamed torch_dtype to dtype; older releases know only torch_dtype.
             warnings.filterwarnings("ignore", message=".*use `dtype` instead", category=FutureWarning)
-            return family.pipeline_type().from_pretrained(source, use_safetensors=True, local_files_only=local_only, **kwargs)
+            pipe = family.pipeline_type().from_pretrained(source, use_safetensors=True, local_files_only=local_only, **kwargs)
+        if family.in_context_models and (class_name := _declared_class(source, local_only)) in family.in_context_models:
+            # An Edit model: the text-to-image pipeline over its modules, keeping what the in-context pipeline adds.
+            extra = family.resolve(str(family.in_context_components))(source, pipe, local_only)
+            pipe._lorastory_in_context = (class_name, extra)
+        return pipe
     except (OSError, ValueError, EnvironmentError) as err:
         raise _load_error(source, err, local_only) from None
+
+
+def _declared_class(source: str, local_only: bool) -> str | None:
+    """The pipeline class a folder's or hub repository's ``model_index.json`` names (None: unreadable)."""
+    try:
+        if not Path(source).is_dir():
+            from huggingface_hub import hf_hub_download
+
+            source = str(Path(hf_hub_download(source, "model_index.json", local_files_only=local_only)).parent)
+        name = _model_index(source).get("_class_name")
+    except Exception:  # offline, no such file: a plain model as far as loading can tell
+        return None
+    return name if isinstance(name, str) else None
 
 
 @contextlib.contextmanager

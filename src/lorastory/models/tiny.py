@@ -17,7 +17,7 @@ from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
-from lorastory.models.registry import FAMILIES, get_family
+from lorastory.models.registry import FAMILIES, Family
 from lorastory.models.tiny_clip import CLIP_FAMILIES, build_tiny_clip, bytes_to_unicode
 
 TINY_FAMILIES = ("kolors", "sdxl", "sd15")  # the shipped ones; tiny_families() adds registered families
@@ -30,7 +30,14 @@ TIME_EMBED = 8
 
 def tiny_families() -> tuple[str, ...]:
     """The families a tiny model can be built for (those whose registry entry names a builder)."""
-    return tuple(name for name, family in FAMILIES.items() if family.tiny_builder is not None)
+    return tuple(_tiny_builders())
+
+
+def _tiny_builders() -> dict[str, tuple[Family, str]]:
+    """Each tiny model by name (a family's, or a variant such as an Edit model) with its family and builder."""
+    builders = {name: (family, family.tiny_builder) for name, family in FAMILIES.items() if family.tiny_builder}
+    builders.update({name: (family, hook) for family in FAMILIES.values() for name, hook in family.tiny_variants})
+    return builders
 
 
 # A small bilingual corpus so the tokenizer has real pieces for prompts in both languages.
@@ -263,8 +270,11 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike[str], seed: int = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sample_size = resolution // 8
-            pipe, scratch = get_family(family).tiny_pipeline(tmp, sample_size)
+            owner, builder = _tiny_builders()[family]
+            pipe, scratch = owner.resolve(builder)(tmp, sample_size)
             pipe.save_pretrained(tmp, safe_serialization=True)
+            if hasattr(pipe, "_lorastory_after_save"):  # a component diffusers cannot save (an Edit model's processor)
+                pipe._lorastory_after_save(tmp)
         if scratch is not None:
             scratch.unlink()
         for component in ("tokenizer", "tokenizer_2"):

@@ -12,7 +12,8 @@ Besides the :class:`~lorastory.models.registry.Family` entry this module holds w
 Qwen-Image needs: its ``encode_prompt`` call (embeddings and their padding mask) and the denoiser
 call training makes (latents packed in 2x2 patches as Flux's, the image shape for its RoPE) and its
 transformer's module names, which its LoRA files in musubi-tuner's and ComfyUI's layouts are read with
-(:mod:`lorastory.models.lora.dit_names`); its tiny random model is in :mod:`.qwen_image_tiny`.
+(:mod:`lorastory.models.lora.dit_names`); its tiny random models (an Edit one too) are in :mod:`.qwen_image_tiny`,
+its in-context reference, a Qwen-Image-Edit model, in :mod:`.qwen_image_edit`.
 """
 
 from __future__ import annotations
@@ -97,4 +98,10 @@ QWEN_IMAGE = register_family(Family(
     latent_patch=2, guidance_argument="true_cfg_scale", fp8_blocks=QWEN_IMAGE_FP8_BLOCKS, fp8_skip=QWEN_IMAGE_FP8_SKIP,
     tiny_builder="lorastory.models.families.qwen_image_tiny:tiny_qwen_image",
     shared_attention="lorastory.models.families.qwen_image_attention:QwenImageSharedAttnProcessor",
-), "Qwen/Qwen-Image")
+    # The in-context reference: a Qwen-Image-Edit model (.qwen_image_edit), which draws the panels too.
+    in_context_pipeline="QwenImageEditPipeline", in_context_models=("QwenImageEditPipeline",),
+    in_context_components="lorastory.models.families.qwen_image_edit:edit_components",
+    in_context_model="a Qwen-Image-Edit model (QwenImageEditPipeline, e.g. Qwen/Qwen-Image-Edit)",
+    in_context_args="lorastory.models.families.qwen_image_edit:edit_reference_args",
+    tiny_variants=(("qwen-image-edit", "lorastory.models.families.qwen_image_tiny:tiny_qwen_image_edit"),),
+), "Qwen/Qwen-Image", "Qwen/Qwen-Image-Edit")

@@ -5,7 +5,9 @@ encoder of 32 dimensions with a tiny vision tower, a 16-channel 8x ``Autoencoder
 Qwen-Image's flow-matching scheduler) at about a megabyte. Its Qwen2 tokenizer is a byte-level
 BPE trained here on the tiny models' bilingual corpus and Qwen-Image's prompt template, so every
 string (any Chinese character included) tokenizes, and the template's system part is 34 tokens
-as with the real tokenizer (the pipeline drops exactly that many).
+as with the real tokenizer (the pipeline drops exactly that many). The tiny Qwen-Image-Edit is the same
+model saved as a ``QwenImageEditPipeline`` folder with a Qwen2-VL processor (its image processor built
+here, at a few vision tokens a picture), as the in-context reference reads it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorastory.fileio import atomic_write_json
 from lorastory.models.tiny import TEXT_HIDDEN, corpus_words
 
 # Qwen-Image's scheduler config (its resolution-dependent shift; the last sigma kept above 0.02).
@@ -27,6 +30,8 @@ TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shap
             "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
             "<|im_start|>assistant\n")
 LATENT_CHANNELS = 16
+# The tiny Edit model's image processor: pictures scaled to 56² pixels at most (4x4 patches of 14, 4 vision tokens).
+VISION_PIXELS = (28 * 28, 56 * 56)
 
 
 def qwen_tokenizer() -> Any:
@@ -105,3 +110,24 @@ def tiny_qwen_image(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
         text_encoder=_text_encoder(len(tokenizer), tokenizer), tokenizer=tokenizer, transformer=transformer,
     )
     return pipe, None
+
+
+def tiny_qwen_image_edit(folder: Path, sample_size: int) -> tuple[Any, Path | None]:
+    """The tiny Qwen-Image as a Qwen-Image-Edit model: a ``QwenImageEditPipeline`` whose processor is written
+    after the pipeline is saved (diffusers cannot save a Qwen2-VL processor without its video part)."""
+    import json
+
+    from diffusers import QwenImageEditPipeline
+    from transformers import Qwen2VLImageProcessor
+
+    pipe, _ = tiny_qwen_image(folder, sample_size)
+    edit = QwenImageEditPipeline(processor=None, **pipe.components)
+
+    def write_processor(out: Path) -> None:
+        Qwen2VLImageProcessor(min_pixels=VISION_PIXELS[0], max_pixels=VISION_PIXELS[1]).save_pretrained(out / "processor")
+        pipe.tokenizer.save_pretrained(out / "processor")
+        index = json.loads((out / "model_index.json").read_text(encoding="utf-8"))
+        atomic_write_json(out / "model_index.json", {**index, "processor": ["transformers", "Qwen2VLProcessor"]})
+
+    edit._lorastory_after_save = write_processor
+    return edit, None
