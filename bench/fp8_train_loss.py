@@ -19,13 +19,15 @@ weight decay 1e-2). Recorded per run: the loss at every step, its mean over all 
 their relative difference against bf16 (the criterion: |difference| ≤ 1%), the largest per-step difference,
 the LoRA weights' distance from bf16's after training, img/s (after ``--warm`` steps) and peak memory.
 
-Default: 1024², batch 4, 200 steps, the three bases. Estimated on one H200 (eager; bf16 about 0.28 s/step, fp8
-weights about 0.35, fp8 matmuls about 0.7 from the 5.9 img/s measured at batch 8): about 60 + 70 + 140 s of steps
-plus about 20 s of building and converting per run, 5 to 5.5 minutes in all. ``--budget`` (default 390 s) stops a
-run early past it and says so in its row (the comparison then covers the steps all runs have).
-``--resolution 512`` takes about a third of that (fp8's error does not depend on the picture size much; 1024² is
-the default because it is what users train). ``--bases default,fp8-weights,fp8,default`` adds a second bf16 run:
-the run-to-run noise of bf16 itself (nondeterministic kernels) to read the 1% against.
+Default: 1024² (what users train), batch 2, 200 steps, the three bases, which fit the queue's 420 s step. Estimated
+on one H200, eager (fast eager bf16 ran 11.1 img/s at batch 4, 0.36 s/step; fp8 matmuls 5.9 img/s at batch 8;
+torchao's tensor subclasses add CPU time per layer, which dominates at small batches): about 0.2 s/step bf16,
+0.3-0.4 fp8-weights, 0.4-0.5 fp8, i.e. 40 + 70 + 90 s of steps plus about 15 s of building and converting per run:
+about 4-4.5 minutes, and 20 s of imports. ``--budget`` (default 370 s from the script's start) stops a run early
+past it and says so in its row (the comparison then covers the steps all runs have). ``--batch 4`` (the batch the
+speed tables use) needs about 6-6.5 minutes, ``--resolution 512`` about half the default (fp8's error hardly
+depends on the picture size). ``--bases default,fp8-weights,fp8,default`` adds a second bf16 run: bf16's own
+run-to-run noise (nondeterministic kernels) to read the 1% against.
 
     PYTHONPATH=src python bench/fp8_train_loss.py --json $OUT/fp8_loss.json
     PYTHONPATH=src python bench/fp8_train_loss.py --tiny --steps 12   # CPU smoke test (fp8 skipped: needs CUDA 8.9+)
@@ -207,7 +209,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--tiny", action="store_true", help="the tiny Kolors UNet on the CPU in bf16: a smoke test")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=None, help="default 4 (2 with --tiny)")
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=None, help="default 1024 (128 with --tiny)")
     parser.add_argument("--bases", default="default,fp8-weights,fp8",
                         help="comma-separated --base-dtype values, the first the reference (a repeat is a second run)")
@@ -215,9 +217,9 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=4.0)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--warm", type=int, default=3, help="steps before the img/s clock starts")
-    parser.add_argument("--budget", type=float, default=390.0, help="seconds; a run past it stops early and says so")
+    parser.add_argument("--budget", type=float, default=370.0,
+                        help="seconds from the start; a run past it stops early and says so")
     args = parser.parse_args()
-    args.batch = args.batch or (2 if args.tiny else 4)
     args.resolution = args.resolution or (128 if args.tiny else 1024)
     if args.resolution % 64:
         parser.error("--resolution must be a multiple of 64")
