@@ -65,6 +65,10 @@ PY
     step flux_train 360 python3 bench/flux_train.py --json "$RES/flux_train.json"
     step peer_24g 400 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_24g.json" \
         --configs ours-b2-24g-fp8w,kohya-b4-24g --steps 30 --timeout 200
+    # fp8 training quality (issue 21: loss within 1% of bf16 over 200 steps): bf16, fp8-weights, fp8 on the Kolors
+    #    UNet, 1024², batch 2, eager, same data/noise/timesteps; about 4.5 minutes, cut at 370 s by its --budget.
+    step fp8_loss 420 python3 bench/fp8_train_loss.py --steps 200 --batch 2 --resolution 1024 --budget 370 \
+        --json "$RES/fp8_loss.json"
     # 4. Flux consistency modes, Qwen-Image LoRA training, the GPU tests of the new paths.
     step flux_consistency 600 python3 bench/flux_story.py --modes ours,reference,in-context --json "$RES/flux_consistency.json"
     step qwen_image_train 360 python3 bench/qwen_image_train.py --json "$RES/qwen_image_train.json"
