@@ -28,6 +28,8 @@ queue() {
         echo "$(date +%T) end $name rc=$?" >> "$RES/queue.log"
     }
     local kohya=(--kohya /tmp/k/sd-scripts --kohya-site /tmp/k/ksite --work /tmp/peer)
+    # 0. which op's backward raises the illegal memory access of Flux training: one process per case (~5 min)
+    step flux_probe 330 python3 bench/flux_backward_probe.py --budget 300 --sanitizer --json "$RES/flux_probe.json"
     # 1. kohya beside us in one run (2026-12-02's kohya rows failed: the first packing dropped transformers' t5).
     step peer_b8 600 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_b8.json" \
         --configs kohya-b8-full-bf16,ours-b8,ours-b8-fp8 --steps 30 --timeout 240
