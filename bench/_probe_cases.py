@@ -55,7 +55,7 @@ CASES: dict[str, Case] = {
     "full-contiguous-grad": Case(partial(lorastory_step, wrapper=ContiguousGradRMSNorm), 100, 35, 42,
                                  "the control with the RMSNorms' incoming gradient made contiguous"),
     "full-plain": Case(partial(plain_step, checkpointing=False), 100, 30, 31,
-                       "diffusers alone, not checkpointed (~90 GB of activations)"),
+                       "diffusers alone, not checkpointed (every block's activations kept)"),
 }
 
 GROUPS: dict[str, list[str]] = {

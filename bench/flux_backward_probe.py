@@ -14,9 +14,9 @@ is raised by the faulting kernel's launch and names the backward node and the fo
 - ``full-decomposed-rmsnorm``, ``full-contiguous-grad``: the control with the q/k RMSNorms written out in
   float32, or receiving a contiguous gradient; ``full-plain(-ckpt)``: diffusers alone, no lorastory code.
 
-Per case: ok / error type, its first line, the innermost diffusers/torch/lorastory/peft frames, the anomaly
-report ("Error detected in <Node>" and its forward frames), the last "probe:" step printed, seconds, peak
-memory. One JSON (``--json``), rewritten after each case, and a table. ``--sanitizer`` reruns the cheapest
+Per case: ok / error type, its first line, the innermost diffusers/torch/lorastory/peft frames, the aten op
+that raised with its tensors' shapes and strides (a dispatch mode, bench/_probe_trace.py), the anomaly report
+("Error detected in <Node>" and its forward frames), the last "probe:" step printed, seconds, peak memory. One JSON (``--json``), rewritten after each case, and a table. ``--sanitizer`` reruns the cheapest
 failing case under ``compute-sanitizer --tool memcheck`` when it is on PATH.
 
     PYTHONPATH=src python3 bench/flux_backward_probe.py --json $OUT/flux_probe.json     # <= ~5 min on an H200
@@ -27,6 +27,7 @@ failing case under ``compute-sanitizer --tool memcheck`` when it is on PATH.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _probe_cases import CASES, GROUPS, run_case  # noqa: E402
 from _probe_ops import Setting  # noqa: E402
+from _probe_trace import OpTrace  # noqa: E402
 
 from lorastory.fileio import atomic_write_json  # noqa: E402
 
@@ -110,22 +112,24 @@ def peak_gb() -> float | None:
         return None
 
 
-def child(name: str, out: str, setting: Setting, anomaly: bool) -> int:
+def child(name: str, out: str, setting: Setting, anomaly: bool, op_trace: bool) -> int:
     """Run one case in this process and write its result to ``out``."""
     import torch
 
     started = time.perf_counter()
     result: dict[str, Any] = {"case": name}
+    trace = OpTrace() if op_trace else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with torch.autograd.set_detect_anomaly(anomaly, check_nan=False):
+            with torch.autograd.set_detect_anomaly(anomaly, check_nan=False), trace or contextlib.nullcontext():
                 result["result"] = run_case(name, setting)
             result["status"] = "skipped" if "skipped" in result["result"] else "ok"
         except BaseException as err:  # the point is to record it
             message = str(err).strip()
             result.update(status="cuda-error" if "CUDA error" in message else "error", error_type=type(err).__name__,
-                          error=message.splitlines()[0] if message else "", frames=innermost_frames(err.__traceback__))
+                          error=message.splitlines()[0] if message else "", frames=innermost_frames(err.__traceback__),
+                          **(trace.report() if trace else {}))
             traceback.print_exc()
     report = anomaly_report("\n".join(str(w.message) for w in caught))
     if report:
@@ -136,7 +140,8 @@ def child(name: str, out: str, setting: Setting, anomaly: bool) -> int:
 
 
 def child_command(name: str, out: str, args: argparse.Namespace) -> list[str]:
-    flags = [f for f, on in (("--tiny", args.tiny), ("--autocast", args.autocast), ("--no-anomaly", not args.anomaly)) if on]
+    flags = [f for f, on in (("--tiny", args.tiny), ("--autocast", args.autocast), ("--no-anomaly", not args.anomaly),
+                             ("--no-op-trace", not args.op_trace)) if on]
     return [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-out", out, *flags]
 
 
@@ -229,6 +234,8 @@ def table_line(r: dict[str, Any]) -> str:
     what = r.get("error_type", "") + (": " + r["error"][:70] if r.get("error") else "")
     if r.get("anomaly"):
         what += f" [{r['anomaly']['node']}]"
+    if r.get("failing_op"):
+        what += f" op {r['failing_op'].split('(')[0]}"
     if r["status"] == "skipped":
         what = str(r.get("result", {}).get("skipped", r.get("why", "")))
     return f"{r['case']:<26} {r['status']:<10} {r.get('wall_s', 0):>6} {r.get('peak_gb') or 0:>7}  {what}"
@@ -277,6 +284,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--autocast", action="store_true", help="run the cases under torch.autocast bf16 (the diffusers "
                         "example's path) instead of lorastory train's (the rmsnorm-autocast case always does)")
     parser.add_argument("--no-anomaly", dest="anomaly", action="store_false", help="without autograd's anomaly mode")
+    parser.add_argument("--no-op-trace", dest="op_trace", action="store_false",
+                        help="without the dispatch mode that names the aten op that raised (bench/_probe_trace.py)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for the whole run; later cases are skipped")
     parser.add_argument("--sanitizer", action="store_true", help="rerun the cheapest failing case under compute-sanitizer")
     parser.add_argument("--sanitizer-s", type=float, default=60.0,
@@ -289,7 +298,7 @@ def argument_parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = argument_parser().parse_args()
     if args.child:
-        return child(args.child, args.child_out, Setting(tiny=args.tiny, autocast=args.autocast), args.anomaly)
+        return child(args.child, args.child_out, Setting(tiny=args.tiny, autocast=args.autocast), args.anomaly, args.op_trace)
     return run_all(args)
 
 
