@@ -125,7 +125,7 @@ def rmsnorm_case(setting: Setting, layouts: str, autocast: bool = False) -> dict
             label = f"{name}, weight {'trainable' if trainable else 'frozen'}"
             print(f"probe: layout {label}", flush=True)
             x, g = pairs[name]
-            with setting.autocast_ctx(autocast):
+            with setting.autocast_ctx(autocast or None):  # rmsnorm-autocast: always; the others: as --autocast
                 results[label] = _grad_error(norm, lambda t: rms_reference(t, weight, 1e-6), x, g)
     return {"layouts": results}
 

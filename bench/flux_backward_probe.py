@@ -222,6 +222,10 @@ def sanitize(results: list[dict[str, Any]], args: argparse.Namespace, seconds: f
     if not tool or not failed:
         return {"ran": False, "why": "compute-sanitizer is not on PATH" if not tool else "no case hit a CUDA error"}
     name = min(failed, key=lambda n: CASES[n].cost)
+    need = 300 if name.startswith("full-") else 20  # memcheck on the 12 B model: minutes (each kernel instrumented)
+    if seconds < need:
+        return {"ran": False, "case": name, "why": f"{seconds:.0f} s left, {name} needs ~{need} s under memcheck: run "
+                f"bench/flux_backward_probe.py --cases {name} --sanitizer --budget {need + 60}"}
     with tempfile.TemporaryDirectory() as tmp:
         command = [tool, "--tool", "memcheck", "--print-limit", "10", *child_command(name, str(Path(tmp) / "r.json"), args)]
         env = {**child_env(), "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # each tensor its own allocation: exact bounds
@@ -288,8 +292,8 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="without the dispatch mode that names the aten op that raised (bench/_probe_trace.py)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for the whole run; later cases are skipped")
     parser.add_argument("--sanitizer", action="store_true", help="rerun the cheapest failing case under compute-sanitizer")
-    parser.add_argument("--sanitizer-s", type=float, default=60.0,
-                        help="seconds of --budget kept for the sanitizer's rerun (when compute-sanitizer is found)")
+    parser.add_argument("--sanitizer-s", type=float, default=0.0,
+                        help="seconds of --budget kept back from the cases for the sanitizer's rerun (when it is found)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     return parser
