@@ -49,7 +49,7 @@ PY
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX=/tmp/pycache
     # 1. Flux LoRA training's illegal memory access (twice now, both training paths): one case per process.
-    step flux_probe 330 python3 bench/flux_backward_probe.py --json "$RES/flux_probe.json"
+    step flux_probe 330 python3 bench/flux_backward_probe.py --budget 300 --sanitizer --json "$RES/flux_probe.json"
     # 2. The Kolors story as a user runs it with --compile auto now weighing the warm-up (eager for 8 panels), cold
     #    and warm, beside the same warm run compiled; the 12 GB story twice (2026-12-02's only run was cold: it
     #    compiled batch-2 kernels inside the timed render).
