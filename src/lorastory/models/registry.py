@@ -212,12 +212,6 @@ class Family:
         finally:
             diffusers_logging.set_verbosity(level)
 
-    def tiny_pipeline(self, folder: Path, sample_size: int) -> tuple[Any, Path | None]:
-        """A tiny random pipeline of this family (for tests and the demo)."""
-        if self.tiny_builder is None:
-            raise ConfigError(f"no tiny model for family '{self.name}'")
-        return self.resolve(self.tiny_builder)(folder, sample_size)  # type: ignore[no-any-return]
-
 
 FAMILIES: dict[str, Family] = {}
 # Hub ids whose family is known without fetching anything.
