@@ -107,11 +107,11 @@ def test_auto_compile_weighs_the_warm_up_against_what_the_story_saves():
     assert not compile_choice(cuda, 30 * 50, 30, cache_warm=False).compiles
     assert compile_choice(cuda, 8 * 50, 8, cache_warm=False, compiled=True) == CompileChoice(
         "on", "auto: compiled earlier in this process")
-    # The saving scales with the picture size and the family's per-step figure (Flux's is four times a UNet's).
+    # The saving scales with the picture size and the family's per-step figure (a family saving four times a UNet's).
     assert compile_choice(cuda, 8 * 50, 8, megapixels=4.0, cache_warm=True).compiles
-    flux = get_family("flux").compile_step_saving
-    assert compile_choice(cuda, 24 * 28, 24, step_saving=flux, cache_warm=True).compiles
-    assert not compile_choice(cuda, 24 * 28, 24, cache_warm=True).compiles
+    unet = get_family("kolors").compile_step_saving
+    assert compile_choice(cuda, 24 * 28, 24, step_saving=4 * unet, cache_warm=True).compiles
+    assert not compile_choice(cuda, 24 * 28, 24, step_saving=unet, cache_warm=True).compiles
 
 
 def test_auto_compile_reads_the_kernel_cache_folder(monkeypatch, tmp_path):

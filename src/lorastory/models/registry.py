@@ -158,7 +158,7 @@ class Family:
     speed_qkv: bool = True
     compile_repeated: bool = False
     # Seconds a compiled denoiser saves per image-step per megapixel, weighed by ``--compile auto`` against the
-    # warm-up (lorastory.generate.speed.compile_choice): Kolors' UNet 35.4 -> 30.4 ms (H100), Flux 20 ms (H200).
+    # warm-up (lorastory.generate.speed.compile_choice): Kolors' UNet 35.4 -> 30.4 ms at 1024² (H100).
     compile_step_saving: float = 0.005
 
     @property

@@ -130,5 +130,6 @@ FLUX = register_family(Family(
     in_context_pipeline="FluxKontextPipeline",  # FLUX.1 Kontext: the reference's latents appended to the image tokens
     true_cfg_argument="true_cfg_scale", shared_attention="lorastory.models.families.flux_attention:FluxSharedAttnProcessor",
     compile_repeated=True,  # fused QKV: FluxAttention reads to_qkv once fused, shared attention included
-    compile_step_saving=0.0197,  # the 8-panel story at 1024², 28 steps: 44.42 s batched -> 40.00 s compiled (H200)
+    # compile_step_saving: not measured on a GPU yet (the story benchmark's 1.11x over batched diffusers was eager:
+    # LoRA and q/k/v fused); the default (a UNet's) makes auto compile only long runs
 ), "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-Kontext-dev")
