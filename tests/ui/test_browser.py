@@ -136,15 +136,20 @@ def test_story_with_chinese_text(page, ui_workspace, shots, wait_text):
         cell = page.locator(f'#panels [data-testid="cell-{row}-0"]')
         for _attempt in range(3):  # under load the first double-click can land before the table is editable
             cell.dblclick()
+            try:  # select-all only once the cell's editor has the focus, or the old text stays in front of the new
+                page.wait_for_function("() => ['INPUT', 'TEXTAREA'].includes(document.activeElement?.tagName)",
+                                       timeout=10_000)
+            except Exception:
+                continue
             page.keyboard.press("Control+A")
             page.keyboard.insert_text(text)
             page.keyboard.press("Enter")
             try:
-                cell.get_by_text(text).wait_for(timeout=10_000)
+                cell.get_by_text(text, exact=True).wait_for(timeout=10_000)
                 break
             except Exception:
                 continue
-        cell.get_by_text(text).wait_for(timeout=5_000)
+        cell.get_by_text(text, exact=True).wait_for(timeout=5_000)
     # Leave the table as a person does (focus elsewhere), so no cell is still being edited when Generate is pressed.
     page.locator("#story-title textarea, #story-title input").first.click()
     page.wait_for_function("() => !document.querySelector('#panels')?.contains(document.activeElement)")
