@@ -30,16 +30,22 @@ queue() {
     local kohya=(--kohya /tmp/k/sd-scripts --kohya-site /tmp/k/ksite --work /tmp/peer)
     # 0. What the 18 s before the model load is (2026-12-02 #5: imports_done_s 15-19 s on the device against about
     #    7.5 s on the 2-core dev machine): the interpreter's bytecode settings, two timed imports of the generate
-    #    path (the first writes .pyc where it may), and -X importtime. Then bytecode goes to a folder of our own, as
-    #    a pip-installed package has it (our wheels install with --no-compile; the machine's venv may be read-only).
+    #    path, twice more writing bytecode (our wheels install with --no-compile, and this dev box's environment sets
+    #    PYTHONDONTWRITEBYTECODE: the device's may too), and -X importtime. Then the queue writes bytecode, as a
+    #    pip-installed package has it. (Not PYTHONPYCACHEPREFIX: it ignores every existing __pycache__, torch's too.)
     step startup 150 python3 - "$RES/importtime.txt" <<'PY'
-import subprocess, sys, time
+import os, subprocess, sys, time
 imports = "import lorastory.cli.main, lorastory.generate.story; from diffusers import KolorsPipeline"
 print("dont_write_bytecode", sys.flags.dont_write_bytecode, "pycache_prefix", sys.pycache_prefix, flush=True)
 for run in (1, 2, 3):  # the first writes .pyc where it may
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", imports], capture_output=True)
     print(f"imports run {run}: {time.perf_counter() - started:.2f} s", flush=True)
+written = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+for run in (1, 2):  # bytecode written next to the sources where they are writable (our wheels'), then read
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", imports], capture_output=True, env=written)
+    print(f"imports writing bytecode, run {run}: {time.perf_counter() - started:.2f} s", flush=True)
 trace = subprocess.run([sys.executable, "-X", "importtime", "-c", imports], capture_output=True, text=True).stderr
 open(sys.argv[1], "w").write(trace)
 rows = [line.split("|") for line in trace.splitlines() if line.startswith("import time:") and "cumulative" not in line]
@@ -47,7 +53,6 @@ for row in sorted(rows, key=lambda r: -int(r[1]))[:25]:
     print(f"{int(row[1]) / 1e6:7.2f} s  {row[2].rstrip()}")
 PY
     unset PYTHONDONTWRITEBYTECODE
-    export PYTHONPYCACHEPREFIX=/tmp/pycache
     # 1. Flux LoRA training's illegal memory access (twice now, both training paths): one case per process.
     step flux_probe 330 python3 bench/flux_backward_probe.py --budget 300 --sanitizer --json "$RES/flux_probe.json"
     # 2. The Kolors story as a user runs it with --compile auto now weighing the warm-up (eager for 8 panels), cold
