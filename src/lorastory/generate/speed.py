@@ -29,8 +29,8 @@ from lorastory.models.fp8 import describe as describe_fp8
 from lorastory.models.fp8 import check_selection, family_selection, fp8_layer_names, quantize_base
 from lorastory.models.registry import family_of_pipeline
 from lorastory.models.speed import (
-    TRANSFORMER_BLOCKS, UNET_REGIONS, CompileChoice, compile_cache_has_kernels, compile_regions, repeated_blocks, sdpa_backend,
-    to_channels_last,
+    TRANSFORMER_BLOCKS, UNET_COMPILE_STEP_SAVING, UNET_REGIONS, CompileChoice, compile_cache_has_kernels,
+    compile_regions, repeated_blocks, sdpa_backend, to_channels_last,
 )
 
 # What ``--compile auto`` weighs (bench/RESULTS.md). `lorastory generate` with Kolors' UNet and VAE at 1024² on an
@@ -63,7 +63,7 @@ class SpeedReport:
 
 
 def compile_choice(device: Any, image_steps: int, pictures: int, *, megapixels: float = 1.0,
-                   step_saving: float = 0.005, cache_warm: bool | None = None,
+                   step_saving: float = UNET_COMPILE_STEP_SAVING, cache_warm: bool | None = None,
                    compiled: bool = False) -> CompileChoice:
     """``--compile auto``: compile on CUDA when the seconds the run saves beat the compile's warm-up.
 

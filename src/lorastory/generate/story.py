@@ -382,11 +382,12 @@ def _render_story(
     speed = None
     if fast if fast is not None else target.type == "cuda":
         choice = None
-        if compile is None and settings.mode == "none":  # the attention modes change every step: never compiled
+        # Off the GPU nothing compiles; the attention modes change every step, so they never do.
+        if compile is None and settings.mode == "none" and target.type == "cuda":
             choice = _compile_choice(pipe, family, jobs, target)
             compile = choice.compiles
         speed = prepare_for_speed(pipe, compile=bool(compile), base_dtype=base_dtype, device=target, offload=offload)
-        if choice is not None and not choice.compiles and target.type == "cuda":
+        if choice is not None and not choice.compiles:
             speed.skipped["compile"] = choice.reason
     if offload:  # after the LoRA is fused and the weights converted, on the CPU
         pipe.enable_model_cpu_offload(device=target)

@@ -28,6 +28,7 @@ from typing import Any
 from lorastory.errors import ConfigError, LorastoryError, first_line
 from lorastory.hub import PICKLE_SUFFIXES, looks_like_hub_id
 from lorastory.models.prefetch import prefetch_weights
+from lorastory.models.speed import UNET_COMPILE_STEP_SAVING
 
 
 class ModelLoadError(LorastoryError):
@@ -158,8 +159,8 @@ class Family:
     speed_qkv: bool = True
     compile_repeated: bool = False
     # Seconds a compiled denoiser saves per image-step per megapixel, weighed by ``--compile auto`` against the
-    # warm-up (lorastory.generate.speed.compile_choice): Kolors' UNet 35.4 -> 30.4 ms at 1024² (H100).
-    compile_step_saving: float = 0.005
+    # warm-up (lorastory.generate.speed.compile_choice); the UNet's measured figure unless the family has its own.
+    compile_step_saving: float = UNET_COMPILE_STEP_SAVING
 
     @property
     def display(self) -> str:

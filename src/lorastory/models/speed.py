@@ -21,6 +21,9 @@ TRANSFORMER_BLOCKS = ("BasicTransformerBlock",)
 UNET_REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+# Seconds a compiled UNet saves per image-step per megapixel (Kolors at 1024² on an H100: 35.4 -> 30.4 ms, eager with
+# fused q/k/v against compiled blocks): what ``--compile auto`` weighs for a story where a family has no figure of its own.
+UNET_COMPILE_STEP_SAVING = 0.005
 
 
 @dataclass(frozen=True)
