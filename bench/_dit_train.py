@@ -23,6 +23,7 @@ from lorastory.models.fp8 import check_base_dtype, check_selection, family_selec
 from lorastory.models.lora import LoraSpec, inject_lora
 from lorastory.models.objectives import FlowObjective, flow_shift
 from lorastory.models.registry import get_family
+from lorastory.models.speed import sdpa_allowed
 from lorastory.train.speed import lora_compute_in_input_dtype
 
 
@@ -46,10 +47,13 @@ def to_fp8(transformer: Any, base: str, device: str, family_name: str) -> int:
     return check_selection(quantize_base(transformer, base, training=True, **family_selection(family)), base, family)
 
 
-def attention_backend(name: str | None) -> Any:
-    """``torch.nn.attention.sdpa_kernel`` pinned to one SDPA backend (``--sdpa``), or no constraint."""
-    if not name:
+def attention_backend(name: str | None, family: str) -> Any:
+    """SDPA for the step: pinned to one backend (``--sdpa``), torch's own choice (``torch``: cuDNN's backward
+    included, which fails on Flux at 1024²), or by default what ``lorastory train`` allows the family."""
+    if name == "torch":
         return contextlib.nullcontext()
+    if not name:
+        return sdpa_allowed(get_family(family).training_attention)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
@@ -86,7 +90,7 @@ def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, d
         text = kit.text(args, g, device, dtype)
         sync()
         started = time.perf_counter()
-        with torch.autocast(device, dtype=dtype, enabled=device == "cuda" and args.autocast), attention_backend(args.sdpa):
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda" and args.autocast), attention_backend(args.sdpa, kit.family):
             pred = objective.predict(transformer, noisy.to(device, dtype), t.to(device), text, None, dtype)
             loss = torch.nn.functional.mse_loss(pred.float(), target.to(device).float())
             loss.backward()
@@ -117,8 +121,9 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
                         help="train without gradient checkpointing (more memory; isolates the recompute)")
     parser.add_argument("--autocast", action="store_true",
                         help="the diffusers example's path (autocast around fp32 LoRA weights) instead of lorastory train's")
-    parser.add_argument("--sdpa", choices=["flash", "efficient", "cudnn", "math"], default=None,
-                        help="pin scaled_dot_product_attention to one backend (default: PyTorch's choice)")
+    parser.add_argument("--sdpa", choices=["flash", "efficient", "cudnn", "math", "torch"], default=None,
+                        help="pin scaled_dot_product_attention to one backend, or 'torch' for PyTorch's own choice "
+                             "(default: the backends lorastory train allows the family)")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")
     parser.add_argument("--json", default=None)
     return parser

@@ -161,6 +161,10 @@ class Family:
     # Seconds a compiled denoiser saves per image-step per megapixel, weighed by ``--compile auto`` against the
     # warm-up (lorastory.generate.speed.compile_choice); the UNet's measured figure unless the family has its own.
     compile_step_saving: float = UNET_COMPILE_STEP_SAVING
+    # The SDPA backends a training step may use (None: torch's choice). cuDNN's fused attention backward fails on
+    # a DiT's joint attention at full size (H200, torch 2.11, cuDNN 9.19: "mha_graph.execute" in the first backward,
+    # bench/flux_backward_probe.py; pytorch/pytorch#122695), while flash and efficient attention run it.
+    training_attention: tuple[str, ...] | None = None
 
     @property
     def display(self) -> str:

@@ -21,6 +21,9 @@ TRANSFORMER_BLOCKS = ("BasicTransformerBlock",)
 UNET_REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+# What a DiT trains on: every backend but cuDNN's, whose fused attention backward fails on the joint attention of
+# Flux at 1024² (see ``Family.training_attention``). Qwen-Image shares diffusers' attention layout and so the rule.
+DIT_TRAINING_ATTENTION = ("flash", "efficient", "math")
 # Seconds a compiled UNet saves per image-step per megapixel (Kolors at 1024² on an H100: 35.4 -> 30.4 ms, eager with
 # fused q/k/v against compiled blocks): what ``--compile auto`` weighs for a story where a family has no figure of its own.
 UNET_COMPILE_STEP_SAVING = 0.005
@@ -127,6 +130,18 @@ def to_channels_last(*models: Any) -> int:
     return count
 
 
+def _sdpa_backends(names: Iterable[str]) -> list[Any]:
+    """torch's ``SDPBackend`` members for our names (``SDPA_BACKENDS``)."""
+    from torch.nn.attention import SDPBackend
+
+    every = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    unknown = [name for name in names if name not in every]
+    if unknown:
+        raise ValueError(f"unknown SDPA backend '{unknown[0]}'; choose one of {', '.join(SDPA_BACKENDS)}")
+    return [every[name] for name in names]
+
+
 @contextlib.contextmanager
 def sdpa_backend(name: str | None) -> Iterator[None]:
     """Prefer one scaled-dot-product-attention backend, falling back to the others where it cannot run.
@@ -136,17 +151,24 @@ def sdpa_backend(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    if name not in SDPA_BACKENDS:
-        raise ValueError(f"unknown SDPA backend '{name}'; choose one of {', '.join(SDPA_BACKENDS)}")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import sdpa_kernel
 
-    every = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    order = [every[name], *(backend for key, backend in every.items() if key != name)]
+    order = _sdpa_backends([name, *(other for other in SDPA_BACKENDS if other != name)])
     with sdpa_kernel(order, set_priority=True):
         yield
 
+
+@contextlib.contextmanager
+def sdpa_allowed(names: Iterable[str] | None) -> Iterator[None]:
+    """Let scaled-dot-product attention use only the named backends, in torch's order; ``None``: any.
+
+    Held across a training step's backward too: gradient checkpointing runs the attention forward
+    again there, and picks its backend anew.
+    """
+    if names is None:
+        yield
+        return
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(_sdpa_backends(list(names))):
+        yield

@@ -119,6 +119,9 @@ def prepare_fast_path(config: TrainConfig, unet: Any, text_encoders: dict[str, A
     if config.base_dtype != "default":
         count = quantize_base(unet, config.base_dtype, training=True, **family_selection(family))
         say(describe_fp8(config.base_dtype, check_selection(count, config.base_dtype, family)))
+    if family is not None and family.training_attention and device.type == "cuda":
+        say(f"attention: {', '.join(family.training_attention)} (cuDNN's fused attention backward fails on "
+            f"{family.display}'s joint attention)")
     if not bf16_compute:
         say("compile: off (the compiled fast path needs a CUDA GPU, bf16 and --fast)")
         return "off"

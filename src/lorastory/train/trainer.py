@@ -29,6 +29,7 @@ from lorastory.errors import TrainingError
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.lora import default_save_formats, save_lora
 from lorastory.models.prefetch import prefetch_weights
+from lorastory.models.speed import sdpa_allowed
 from lorastory.train.checkpoint import (
     Checkpoint, CheckpointError, Position, apply_checkpoint, checkpoint_lora_path, clean_checkpoint_temps, list_checkpoints,
     newest_good_checkpoint, rng_state, save_checkpoint,
@@ -192,7 +193,7 @@ def train(
                 inputs = upcoming.result()  # type: ignore[union-attr]
                 # The next step's inputs load from the cache while the GPU works on this one.
                 upcoming = prepare(order, batch_index + 1, epoch) if batch_index + 1 < len(order) else None
-                with accelerator.accumulate(model):
+                with sdpa_allowed(family.training_attention), accelerator.accumulate(model):
                     loss = step_loss(inputs, model, objective, config, device, weight_dtype,
                                      cudagraphs=compile_mode == "cudagraphs")
                     mean_loss = _optimize(loss, accelerator, optimizer, lr_scheduler, params, config.max_grad_norm)
