@@ -335,6 +335,7 @@ def generate_story(
             # Straight onto the GPU (diffusers maps onto "cuda", not "cuda:N"; offload keeps the models on the CPU).
             onto = "cuda" if target.type == "cuda" and target.index is None and not offload else None
             pipe = load_pipeline(model, family, dtype=dtype, device=onto)
+            pipe._lorastory_one_run = True  # no later run reuses it: --offload may drop its text encoders
             if not offload:
                 pipe.to(target)
         result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
