@@ -127,3 +127,50 @@ def test_cli_prints_the_plan_on_its_speed_line(tmp_path, tiny_model_path, cli, o
     line = next(line for line in result.out.splitlines() if "speed:" in line)
     assert line.strip().startswith("speed:      offload: prompts encoded once, then the text encoder off the GPU")
     assert "batch 2 as --batch-size asks" in line
+
+
+def test_the_budget_is_the_free_memory_within_a_per_process_cap(monkeypatch):
+    import torch
+
+    from lorastory.memory import device_memory_budget
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * GIB, 141 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * GIB)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 12 / 141, raising=False)
+    assert device_memory_budget(torch.device("cuda")) == 11 * GIB  # the 12 GiB cap less what is allocated
+
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0)
+    assert device_memory_budget(torch.device("cuda")) == 102 * GIB  # free, and the allocator's unused 2 GiB
+
+
+@pytest.mark.slow
+def test_a_text_encoder_lora_is_merged_before_the_encoders_are_dropped(tmp_path, tiny_model_path, offload_on_cpu):
+    import torch
+
+    from lorastory.models.lora import LoraSpec, inject_lora
+    from lorastory.models.registry import load_pipeline
+
+    (tmp_path / "story.yaml").write_text(STORY.replace("steps: 2", "steps: 1"), encoding="utf-8")
+    story, model = load_story(tmp_path / "story.yaml"), str(tiny_model_path("kolors"))
+
+    def with_lora():
+        pipe = load_pipeline(model)
+        torch.manual_seed(3)
+        inject_lora(pipe, LoraSpec(rank=4, alpha=4, train_text_encoder=True))
+        with torch.no_grad():
+            for name, param in pipe.text_encoder.named_parameters():
+                if ".lora_B." in name:
+                    param.normal_(std=0.05)
+        return pipe
+
+    plain = generate_story(story, model, tmp_path / "plain", pipe=with_lora(), device="cpu", fast=True)
+    pipe = with_lora()
+    pipe._lorastory_one_run = True  # as a pipeline generate_story loads itself
+
+    planned = generate_story(story, model, tmp_path / "planned", pipe=pipe, device="cpu", fast=True, offload=True)
+
+    assert "LoRA fused" in planned.speed
+    assert sum(param.numel() for param in pipe.text_encoder.parameters()) == 0  # dropped, not copied back
+    for before, after in zip(plain.panels, planned.panels):
+        assert np.abs(_pixels(before) - _pixels(after)).max() <= 2

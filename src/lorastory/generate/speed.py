@@ -119,8 +119,9 @@ def unmerged_lora(model: Any) -> bool:
 
 def fuse_lora_weights(pipe: Any) -> bool:
     """Merge every active LoRA (at its current scale) into the base weights; True if there was one to merge."""
-    components = [c for c in getattr(pipe, "_lora_loadable_modules", ()) if getattr(pipe, c, None) is not None]
-    if not any(unmerged_lora(getattr(pipe, c)) for c in components):
+    # Only those with an unmerged LoRA (a text encoder's merged by --offload's plan would warn "already merged").
+    components = [c for c in getattr(pipe, "_lora_loadable_modules", ()) if unmerged_lora(getattr(pipe, c, None))]
+    if not components:
         return False
     pipe.fuse_lora(components=components, lora_scale=1.0)
     return True
