@@ -38,6 +38,7 @@ def test_a_larger_budget_keeps_the_text_encoder_as_loaded_and_batches_every_pane
     plan = plan_offload(KOLORS, 24 * GIB, **STORY_1024)
 
     assert (plan.text_encoder_dtype, plan.denoiser_dtype, plan.batch) == ("default", "default", 8)
+    assert plan_offload(SDXL, 16 * GIB, **STORY_1024).batch == 4  # room for 5: two calls of 4, not 5 + 3
 
 
 def test_the_denoiser_goes_to_fp8_only_when_in_bf16_not_one_panel_fits():
@@ -69,7 +70,8 @@ def test_a_dit_batch_whose_decode_would_not_fit_decodes_one_picture_at_a_time():
                      vae=0)
     plan = plan_offload(dit, 8 * GIB, panels=8, megapixels=1.0, images_per_panel=1, denoiser_name="Flux transformer")
 
-    assert plan.batch == 6 and plan.vae_slicing  # 6 x 0.9 GB of denoising fit, 6 x 1.9 GB of decoding would not
+    # Room for 6 panels' denoising (0.9 GB each): two calls of 4; 4 x 1.9 GB of decoding would not fit beside it.
+    assert plan.batch == 4 and plan.vae_slicing
     assert "VAE decodes one picture at a time" in str(plan)
 
 

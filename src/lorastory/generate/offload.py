@@ -82,7 +82,8 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
     Text encoders: as loaded when they and their activations fit, else in fp8 (``fp8``: torchao is there).
     Denoiser: ``base_dtype`` when the user chose one; else as loaded when its weights, the VAE and at least one
     panel's activations (``images_per_panel`` images of ``megapixels``: 2 with CFG) fit, else fp8-weights.
-    Batch: ``batch_size``, else the most panels the rest of the budget holds (up to :data:`MAX_PLAN_BATCH`);
+    Batch: ``batch_size``, else the most panels the rest of the budget holds (up to :data:`MAX_PLAN_BATCH`),
+    evened out over the calls that takes;
     the VAE decodes one picture at a time when the batch's decode would not fit.
     """
     usable = budget * (1 - RESERVE_FRACTION)
@@ -111,7 +112,8 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
             return OffloadPlan(False, f"diffusers' model offload: the {denoiser_name} and VAE ({_gb(chosen[1])}) "
                                       f"and a panel ({_gb(per_panel)}) exceed the {_gb(budget)} budget")
     dtype, weights, fits = chosen
-    batch = batch_size or max(1, min(fits, panels, MAX_PLAN_BATCH))
+    most = max(1, min(fits, panels, MAX_PLAN_BATCH))
+    batch = batch_size or math.ceil(panels / math.ceil(panels / most))  # as many calls, evened out: 4 + 4, not 5 + 3
     room = usable - weights
     slicing = batch > 1 and batch * per_picture > room
     stored = {"default": loaded_dtype, "fp8": "fp8", "fp8-weights": "fp8-weights"}[dtype]
