@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 def host_available_memory() -> int | None:
@@ -19,3 +20,21 @@ def host_available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def device_memory_budget(device: Any) -> int | None:
+    """Bytes a run may still allocate on ``device``: on a CUDA GPU the free memory plus what torch's allocator
+    holds unused, within any cap set with ``torch.cuda.set_per_process_memory_fraction``; on the CPU the host's
+    available memory; ``None`` where neither can be read."""
+    kind = getattr(device, "type", str(device))
+    if kind != "cuda":
+        return host_available_memory() if kind == "cpu" else None
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    budget = free + torch.cuda.memory_reserved(device) - allocated
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if fraction is not None:  # the cap bounds what the allocator reserves, ours included
+        budget = min(budget, int(fraction(device) * total) - allocated)
+    return max(0, budget)

@@ -48,7 +48,8 @@ def generate_cmd(
         help="Denoiser blocks' Linear layers (the family's): default, fp8 (fp8 matmuls; Ada/Hopper) or fp8-weights "
              "(stored in fp8). Needs torchao (the fp8 extra).")] = "default",
     offload: Annotated[bool, typer.Option(
-        "--offload", help="Keep each model on the GPU only while it runs (with --base-dtype: Kolors in 12 GB).")] = False,
+        "--offload", help="For a small GPU: encode every prompt first, then keep the denoiser on the GPU with the "
+                         "batch its memory holds (Kolors in 12 GB); the speed line says what it chose.")] = False,
 ) -> None:
     """Render a story's panels, manifest and storyboard."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

@@ -83,9 +83,10 @@ def render_reference_image(pipe: Any, settings: ConsistencySettings, job: PanelJ
 def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings, adapter_spec: Any, reference: Any,
                    batch_size: int | None, base_scheduler: Any, target: Any, out_dir: Path,
                    params: Callable[[PanelJob], Any], progress: RenderProgress,
-                   record: dict[str, Any]) -> tuple[dict[int, float], dict[int, Any]]:
+                   record: dict[str, Any], prompts: Any = None) -> tuple[dict[int, float], dict[int, Any]]:
     """Render and save every panel, group by group in batches; return seconds and the picture per panel index
-    (the storyboard is made from the pictures in memory, not from the files read back)."""
+    (the storyboard is made from the pictures in memory, not from the files read back). ``prompts``: the
+    panels' prompts encoded up front (:class:`~lorastory.generate.offload.PromptCache`), passed as embeddings."""
     import torch
 
     shared = SharedAttention(settings) if settings.uses_attention else None
@@ -117,7 +118,7 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
                     images, seconds = render_batch(call_pipe, chunk, base_scheduler, target,
                                               lambda step, n=len(chunk): progress.report(step * n),
                                               shared=shared, more_batches=rendered + len(chunk) < len(jobs),
-                                              reference_args=reference_args)
+                                              reference_args=reference_args, prompts=prompts)
                 except torch.cuda.OutOfMemoryError:
                     if size == 1:
                         raise
@@ -164,12 +165,13 @@ def render_batch(
     shared: Any = None,
     more_batches: bool = False,
     reference_args: dict[str, Any] | None = None,
+    prompts: Any = None,
 ) -> tuple[list[Any], float]:
     """One batched pipeline call: a generator per panel, so batching does not change a panel.
 
     ``shared`` (a :class:`~lorastory.generate.consistency.SharedAttention`) ties the batch's panels
     together for the call; ``reference_args`` hand the reference picture to the pipeline (``ip_adapter_image``
-    for a loaded IP-Adapter, or the in-context pipeline's ``image``).
+    for a loaded IP-Adapter, or the in-context pipeline's ``image``); ``prompts`` the encoded prompts in place of the texts.
     """
     import torch
 
@@ -187,12 +189,12 @@ def render_batch(
         extra["image"] = extra["image"][:1] * len(chunk)
     if first.true_cfg is not None:  # the family's true-CFG argument (a stand-in pipeline never gets here)
         extra.update(guidance_arguments(family_of_pipeline(pipe), first.true_cfg))
+    texts = {"prompt": [job.prompt for job in chunk], "negative_prompt": [job.negative for job in chunk]}
+    extra.update(prompts.arguments(chunk) if prompts is not None else texts)
     sharing = shared.render(pipe, len(chunk), first.seed, more_batches) if shared is not None else contextlib.nullcontext()
     started = time.perf_counter()
     with speed_context(pipe), sharing:
         images = pipe(
-            prompt=[job.prompt for job in chunk],
-            negative_prompt=[job.negative for job in chunk],
             num_inference_steps=first.steps,
             **{family_of_pipeline(pipe).guidance_argument: first.cfg},
             width=first.width,

@@ -112,15 +112,16 @@ def _peft_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def _unmerged_lora(model: Any) -> bool:
+def unmerged_lora(model: Any) -> bool:
     """True when some LoRA layer of ``model`` computes its adapter on the fly (not merged into the weight)."""
     return any(layer.active_adapters and not layer.merged for layer in _peft_layers(model))
 
 
 def fuse_lora_weights(pipe: Any) -> bool:
     """Merge every active LoRA (at its current scale) into the base weights; True if there was one to merge."""
-    components = [c for c in getattr(pipe, "_lora_loadable_modules", ()) if getattr(pipe, c, None) is not None]
-    if not any(_unmerged_lora(getattr(pipe, c)) for c in components):
+    # Only those with an unmerged LoRA (a text encoder's merged by --offload's plan would warn "already merged").
+    components = [c for c in getattr(pipe, "_lora_loadable_modules", ()) if unmerged_lora(getattr(pipe, c, None))]
+    if not components:
         return False
     pipe.fuse_lora(components=components, lora_scale=1.0)
     return True
@@ -239,6 +240,7 @@ def prepare_for_speed(
     base_dtype: str = "default",
     device: Any = None,
     offload: bool = False,
+    text_encoders: bool = True,
 ) -> SpeedReport:
     """Apply the speed levers to ``pipe`` in place and report which ones took.
 
@@ -256,7 +258,8 @@ def prepare_for_speed(
     nothing here may leave a model on the GPU: each layer converts there and comes back (one layer and its
     temporaries at a time, under 4 GB for ChatGLM3-6B's largest), and QKV is not fused, since every move to
     the GPU would copy the separate projections apart from the fused one (views do not survive a move: a
-    second copy of the attention weights there).
+    second copy of the attention weights there). ``text_encoders`` False leaves the text encoders as they are
+    (``--offload``'s plan stores them itself and encodes every prompt before the denoiser goes on the GPU).
     """
     report: SpeedReport = getattr(pipe, "_lorastory_speed", None) or SpeedReport()
     denoiser, family = _denoiser_and_family(pipe)
@@ -276,7 +279,7 @@ def prepare_for_speed(
     if qkv and "fused QKV" not in report.levers:
         if offload:
             report.skipped["fused QKV"] = "offloaded: each move to the GPU would copy the projections twice"
-        elif _unmerged_lora(denoiser):
+        elif unmerged_lora(denoiser):
             report.skipped["fused QKV"] = "a LoRA is loaded unfused"
         else:
             try:
@@ -299,7 +302,7 @@ def prepare_for_speed(
         count = quantize_denoiser(denoiser, base_dtype, family, device, offload)
         report.levers.append(describe_fp8(base_dtype, check_selection(count, base_dtype, family)))
         # The text encoders run once per batch: stored in fp8 (Kolors' ChatGLM3-6B: 12.5 -> 6.6 GB), bf16 matmuls.
-        encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
+        encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2") if text_encoders]
         count = sum(quantize_base(encoder, "fp8-weights", whole=True, device=device, offloaded=offload)
                     for encoder in encoders if encoder is not None)
         if count:

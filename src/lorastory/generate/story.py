@@ -64,6 +64,7 @@ from lorastory.generate.rundir import (
 from lorastory.generate.samplers import check_sampler
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
 from lorastory.generate.speed import CompileChoice, compile_choice, prepare_for_speed
+from lorastory.generate.offload import OFFLOAD_DEVICES, offload_plan, prepare_offload
 from lorastory.generate.guidance import check_true_cfg, guidance_parameters, uses_true_cfg
 from lorastory.models.fp8 import check_base_dtype
 from lorastory.models.ip_adapter import check_ip_adapter, resolve_ip_adapter
@@ -294,8 +295,8 @@ def generate_story(
     (:func:`~lorastory.generate.speed.compile_choice`; the result's ``speed`` says why). ``base_dtype``
     (``fp8``, ``fp8-weights``; CUDA and torchao) puts the denoiser's token-wise Linear layers in fp8
     (:mod:`lorastory.models.fp8`) and stores the text encoders' in fp8; it needs the fast path. ``offload``
-    keeps each model on the GPU only while it runs (diffusers' model CPU offload): with ``base_dtype``,
-    Kolors renders in under 12 GB.
+    encodes every prompt first, then keeps the denoiser on the GPU with the largest batch the memory holds
+    (:mod:`lorastory.generate.offload`; Kolors in 12 GB); the result's ``speed`` says what the plan chose.
 
     With ``story.consistency`` on: in ``attention`` mode a group of panels renders as one batch
     unless ``batch_size`` says otherwise (then the first batch anchors the later ones); in
@@ -320,7 +321,7 @@ def generate_story(
         user_reference = load_reference_image(settings.reference_image)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_base_dtype(base_dtype, target)
-    if offload and target.type != "cuda":
+    if offload and target.type not in OFFLOAD_DEVICES:
         raise ConfigError("--offload moves models on and off a CUDA GPU; this run is on the CPU: leave it out")
     if base_dtype != "default" and fast is False:
         raise ConfigError(f"--base-dtype {base_dtype} runs on the fast path; drop --no-fast")
@@ -334,6 +335,7 @@ def generate_story(
             # Straight onto the GPU (diffusers maps onto "cuda", not "cuda:N"; offload keeps the models on the CPU).
             onto = "cuda" if target.type == "cuda" and target.index is None and not offload else None
             pipe = load_pipeline(model, family, dtype=dtype, device=onto)
+            pipe._lorastory_one_run = True  # no later run reuses it: --offload may drop its text encoders
             if not offload:
                 pipe.to(target)
         result = _render_story(story, jobs, pipe, model, staging, target, lora_path, lora_scale, batch_size,
@@ -379,18 +381,28 @@ def _render_story(
     lora_name = lora_tag_name(lora_path) if lora_path else None
     lora_hash = lora_short_hash(lora_path) if lora_path else None
     shown_model, model_hash = model_name(str(model)), model_short_hash(model)
-    speed = None
-    if fast if fast is not None else target.type == "cuda":
+    speed, on_fast_path = None, bool(fast if fast is not None else target.type == "cuda")
+    # --offload: prompts encoded now, then the denoiser resident (lorastory.generate.offload); else diffusers' offload.
+    plan = offload_plan(pipe, family, jobs, uses_reference=settings.uses_reference, batch_size=batch_size,
+                        base_dtype=base_dtype, device=target, fast=on_fast_path) if offload else None
+    planned = plan is not None and plan.applies
+    prompts = prepare_offload(pipe, family, plan, jobs, target) if planned else None
+    if on_fast_path:
         choice = None
         # Off the GPU nothing compiles; the attention modes change every step, so they never do.
         if compile is None and settings.mode == "none" and target.type == "cuda":
             choice = _compile_choice(pipe, family, jobs, target)
             compile = choice.compiles
-        speed = prepare_for_speed(pipe, compile=bool(compile), base_dtype=base_dtype, device=target, offload=offload)
+        speed = prepare_for_speed(pipe, compile=bool(compile), base_dtype=plan.denoiser_dtype if planned else base_dtype,
+                                  device=target, offload=offload and not planned, text_encoders=not planned)
         if choice is not None and not choice.compiles:
             speed.skipped["compile"] = choice.reason
-    if offload:  # after the LoRA is fused and the weights converted, on the CPU
+    if planned:
+        family.denoiser_of(pipe).to(target)  # an fp8 one converted onto the GPU already
+        batch_size = plan.batch
+    elif offload:  # after the LoRA is fused and the weights converted, on the CPU
         pipe.enable_model_cpu_offload(device=target)
+    speed_line = "; ".join(str(part) for part in (plan, speed) if part) or None
 
     adapter_spec = None
     if settings.uses_ip_adapter:  # before any rendering: a missing adapter fails now, not after the reference
@@ -428,7 +440,8 @@ def _render_story(
 
     # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
     timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
-                                      target, out_dir, lambda job: params(job, describe), progress, consistency_record)
+                                      target, out_dir, lambda job: params(job, describe), progress, consistency_record,
+                                      prompts)
 
     # 5. storyboard (from the pictures in memory: the same pixels as the files), manifest, resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]
@@ -446,7 +459,7 @@ def _render_story(
         family=type(pipe).__name__,
         lora=LoraRecord(path=str(lora_path), sha256=file_sha256(lora_path), scale=lora_scale) if lora_path else None,
         device=str(target),
-        speed=str(speed) if speed else None,
+        speed=speed_line,
         consistency={"mode": settings.mode, **consistency_record},
         seconds=round(seconds, 3),
         panels=[
@@ -459,7 +472,7 @@ def _render_story(
         storyboard=storyboard.name,
     ))
     atomic_write_text(out_dir / STORY_FILE, story.to_yaml())
-    return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs, str(speed) if speed else None)
+    return StoryResult(out_dir, panel_paths, storyboard, manifest, seconds, jobs, speed_line)
 
 
 def lora_tag_name(path: Path) -> str:

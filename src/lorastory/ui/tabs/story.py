@@ -110,7 +110,7 @@ class StoryTab(Tab):
                                           interactive=fit.base_dtype, elem_id="story-base-dtype",
                                           info="fp8 (Ada/Hopper) or fp8-weights: the denoiser's blocks in fp8; "
                                                "CUDA and torchao")
-            self.offload = gr.Checkbox(label="offload (each model on the GPU only while it runs)", value=False,
+            self.offload = gr.Checkbox(label="offload (small GPU: prompts encoded first, then the denoiser)", value=False,
                                        elem_id="story-offload")
 
     def _build_run(self) -> None:
