@@ -35,11 +35,13 @@ queue() {
     #    first-backward failure there), then the same bf16 row with torch's own choice as the control.
     step flux_train 420 python3 bench/flux_train.py --json "$RES/flux_train.json"
     step flux_train_torch 120 python3 bench/flux_train.py --bases bf16 --sdpa torch --json "$RES/flux_train_torch.json"
-    # 2. The 12 GB story with the new offload plan, cold then warm, and the Kolors story after the output writing
+    # 2. The 12 GB story with the new offload plan (prompts encoded once, UNet resident), cold, warm and at batch 4, and the Kolors story after the output writing
     #    work (warm; it was 34.8 s).
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
     step mem12gb 300 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb.json"
     step mem12gb_warm 300 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb_warm.json"
+    step mem12gb_b4 300 python3 bench/mem12gb.py --work /tmp/lsb --only story --story-args "--offload --batch-size 4" \
+        --json "$RES/mem12gb_b4.json"
     step e2e_generate 240 python3 bench/e2e.py --work /tmp/lsb --only generate --runs warm --json "$RES/e2e_generate.json"
     # 3. Qwen-Image training as the library runs it now (no cuDNN attention), and with torch's choice as measured.
     step qwen_image_train 300 python3 bench/qwen_image_train.py --json "$RES/qwen_image_train.json"
