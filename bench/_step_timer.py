@@ -8,7 +8,8 @@ optimizer step post-hook (``torch.optim.optimizer.register_optimizer_step_post_h
 CUDA and notes the time, whichever trainer calls ``step``. Steady-state images per second come from
 the later steps, so model loading, caching and compilation are left out for every tool alike.
 ``--memory-gb`` caps this process's GPU memory (``torch.cuda.set_per_process_memory_fraction``), so a
-configuration "under 24 GB" either fits or fails with an out-of-memory error. ``--phases`` also times
+configuration "under 24 GB" either fits or fails with an out-of-memory error. ``LORASTORY_BENCH_NO_CUDNN_SDPA=1``
+in the environment turns cuDNN's SDPA backend off before the script starts. ``--phases`` also times
 the phases of a ``lorastory`` command (load, text encoding, denoising, VAE, PNG writing, grid, cache;
 ``_phases.py``).
 """
@@ -17,10 +18,15 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import runpy
 import sys
 import time
 from pathlib import Path
+
+# Set to "1": cuDNN's fused attention is left out of scaled_dot_product_attention for the whole run (torch picks
+# flash, efficient or math instead), for a trainer that meets cuDNN's attention-backward defect on its own.
+NO_CUDNN_SDPA = "LORASTORY_BENCH_NO_CUDNN_SDPA"
 
 
 def main() -> None:
@@ -53,6 +59,8 @@ def main() -> None:
         # Installing imports the wrapped modules (diffusers, transformers, lorastory's stages): most of what the
         # command itself would import before loading. Recorded so "load starts at" can be read against it.
         installed_s = time.perf_counter() - started
+    if os.environ.get(NO_CUDNN_SDPA) == "1":  # the whole process, whichever trainer runs (bench/flux_peers.py)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if memory_gb is not None and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 1024**3 / total))

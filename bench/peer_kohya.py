@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,13 @@ def steady(times: list[float], batch: int, warm: int) -> float | None:
     return (len(times) - 1 - warm) * batch / (times[-1] - times[warm])
 
 
-def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path) -> dict[str, Any]:
+def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path,
+               make_command: Callable[..., tuple[list[str], dict]] | None = None) -> dict[str, Any]:
+    """One row: ``config``'s command (``make_command``, else this benchmark's SDXL ``command``) under the timer."""
     out = args.work / "runs" / config.name
     timing = args.work / f"{config.name}.timing.json"
     timing.unlink(missing_ok=True)
-    cmd, env = command(config, args, model, data, out)
+    cmd, env = (make_command or command)(config, args, model, data, out)
     cap = ["--memory-gb", str(config.memory_gb)] if config.memory_gb else []
     started = time.perf_counter()
     try:
@@ -214,6 +217,9 @@ def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path
         row["recompile_examples"] = lines[:4]
     if code != 0:
         row["error_tail"] = output[-1500:]
+    if getattr(args, "logs", None):  # the tool's whole output, one file per row
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+        (Path(args.logs) / f"{config.name}.log").write_text(output, encoding="utf-8")
     print(json.dumps(row), flush=True)
     return row
 
