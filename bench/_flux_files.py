@@ -8,8 +8,8 @@ reads, so that the 34 GB of weights are written once:
   with diffusers keys (``flux_utils.analyze_checkpoint_state`` tells them apart and converts them to BFL names);
   a folder it would read only as the hub's three shards;
 - ``text_encoder/model.safetensors`` (CLIP-L, 123 M) and ``text_encoder_2/model.safetensors`` (T5-XXL v1.1
-  encoder, 4.76 B, bf16): transformers' own keys, which kohya's ``--clip_l`` and ``--t5xxl`` load into models
-  built from the same published configs;
+  encoder, 4.76 B, bf16) with the hub's keys (CLIP's ``text_model.`` prefix put back: :func:`hub_clip_names`),
+  which kohya's ``--clip_l`` and ``--t5xxl`` load into models built from the same published configs;
 - ``ae.safetensors``: the VAE again in BFL's names (``encoder.down.0.block.0.conv1``...), the only layout
   kohya's ``--ae`` reads (:func:`ae_to_bfl`); 160 MB.
 
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "bench_folder.json"
+NEEDS_GB = 34  # GiB: 31.6 of weights (transformer 22.2, T5-XXL 8.9, CLIP-L, the VAE twice), LoRAs and caches
 # google/t5-v1_1-xxl's encoder, as kohya's flux_utils.load_t5xxl builds it.
 T5_XXL: dict[str, Any] = {"vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
                           "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
@@ -75,6 +76,17 @@ def ae_to_bfl(state: dict[str, Any], up_blocks: int) -> dict[str, Any]:
             tensor = tensor[:, :, None, None]
         out[name] = tensor.contiguous()
     return out
+
+
+def hub_clip_names(path: Path) -> None:
+    """CLIP-L's file with the hub's ``text_model.`` names: transformers 5 saves them without it, transformers 5 reads
+    both, and kohya's transformers 4.54 (``load_state_dict(..., assign=True)``) only the hub's."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path)
+    if not all(key.startswith("text_model.") for key in state):
+        save_file({key if key.startswith("text_model.") else f"text_model.{key}": tensor for key, tensor in state.items()},
+                  path, metadata={"format": "pt"})
 
 
 def kohya_files(folder: Path) -> dict[str, Path]:
@@ -124,7 +136,11 @@ def build_flux_folder(folder: Path, tiny: bool) -> dict[str, Any]:
         build_tiny_model("flux", folder)
     else:
         folder.mkdir(parents=True)
+        free_gb = shutil.disk_usage(folder).free / 2**30
+        if free_gb < NEEDS_GB:  # say so now rather than fail in the middle of a 34 GB write
+            raise SystemExit(f"{folder}: {free_gb:.0f} GiB free, the real-size Flux needs {NEEDS_GB} GiB; free some disk")
         _save_real_size(folder, "cuda" if torch.cuda.is_available() else "cpu")
+    hub_clip_names(folder / "text_encoder" / "model.safetensors")
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     save_file(ae_to_bfl(vae, len(vae_config["up_block_types"])), folder / "ae.safetensors")

@@ -6,8 +6,9 @@ only (``flux_peers.py --tiny``; the GPU rows run kohya unchanged), before the sc
 
 - sets kohya's ``dev`` Flux and AE parameters from the tiny folder's ``transformer/`` and ``vae/`` configs, with
   8 normalisation groups in the AE (BFL's 32 do not divide the tiny VAE's 8 channels);
-- builds CLIP and T5 from the config next to the file kohya is given, then loads that file (what
-  ``flux_utils.load_clip_l`` / ``load_t5xxl`` do with the published configs);
+- builds CLIP and T5 from the config next to the file kohya is given, then loads that file as
+  ``flux_utils.load_clip_l`` / ``load_t5xxl`` do with the published configs (empty weights, ``assign``: a
+  weight the file does not name stays on "meta" and fails when it is moved, as it would in kohya);
 - stands in a three-function ``torchvision.transforms`` where torchvision does not import (a CPU-only torch
   without torchvision): kohya imports it for ``ToTensor`` and ``Normalize`` only.
 
@@ -73,13 +74,16 @@ def _stand_in_torchvision() -> None:
 def _from_config(kind: str, ckpt_path: str, dtype: Any, device: Any, disable_mmap: bool = False,
                  state_dict: dict | None = None) -> Any:
     """kohya's ``load_clip_l`` / ``load_t5xxl`` with the config next to the file instead of the published one."""
+    from accelerate import init_empty_weights
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     config = json.loads((Path(ckpt_path).parent / "config.json").read_text())
-    model = CLIPTextModel(CLIPTextConfig(**config)) if kind == "clip" else T5EncoderModel(T5Config(**config))
-    model.load_state_dict(state_dict if state_dict is not None else load_file(ckpt_path), strict=False)
-    return model.to(device, dtype) if dtype is not None else model.to(device)
+    with init_empty_weights():  # as kohya: a weight the file lacks stays on "meta" and fails when it is moved
+        model = CLIPTextModel(CLIPTextConfig(**config)) if kind == "clip" else T5EncoderModel(T5Config(**config))
+    sd = state_dict if state_dict is not None else load_file(ckpt_path)
+    model.load_state_dict({k: v.to(dtype) if dtype is not None else v for k, v in sd.items()}, strict=False, assign=True)
+    return model
 
 
 def patch_kohya() -> None:

@@ -22,8 +22,10 @@ Both tools train the same LoRA on the same model and data, one after the other i
   (torch 2.11, cuDNN 9.19); rows marked ``nocudnn`` run with ``LORASTORY_BENCH_NO_CUDNN_SDPA=1`` (the timer
   turns that SDPA backend off for the whole process), and ``kohya-bf16`` keeps PyTorch's default for comparison;
 - **clock**: ``bench/_step_timer.py`` as in ``bench/peer_kohya.py`` (shared code): images/s over the optimizer
-  steps after ``--warm`` (loading, caching and the first steps left out for both), peak memory is
-  ``torch.cuda.max_memory_allocated`` over the whole process (text-encoder caching included).
+  steps after ``--warm`` (loading, caching and the first steps left out for both); peak memory
+  (``torch.cuda.max_memory_allocated``) over the whole process (``peak_allocated_gb``: loading and caching
+  included, each row encodes its own captions and latents) and over the steps after the first
+  (``peak_training_gb``: training alone).
 
 kohya is not part of this repository: ``bench/pack_kohya.py`` packs sd-scripts (the SDXL and Flux trainers) and
 the packages it pins into ``.peers/kohya.tar.xz``; unpacked as ``/tmp/k`` it is ``--kohya /tmp/k/sd-scripts
@@ -43,6 +45,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -91,7 +94,7 @@ def ours_command(config: FluxConfig, args: argparse.Namespace, model: Path, data
     cmd = ["-m", "lorastory", "train", "--model", str(model), "--data", str(data), "--out", str(args.row_out),
            "--family", "flux", "--rank", str(RANK), "--alpha", str(RANK), "--resolution", str(args.resolution),
            "--batch-size", str(config.batch), "--lr", "1e-4", "--max-steps", str(args.steps), "--seed", "0",
-           "--precision", "no" if args.tiny else "bf16", "--cache-dir", str(args.work / "cache-ours"),
+           "--precision", "no" if args.tiny else "bf16",  # the cache in OUT/cache: each row encodes, as kohya's
            "--gradient-checkpointing" if config.checkpointing else "--no-gradient-checkpointing"]
     for target in KOHYA_FLUX_TARGETS:
         cmd += ["--target-module", target]
@@ -174,19 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     kohya_tokenizer_cache(args.work / "tok", model)
     prepared = round(time.perf_counter() - started, 1)
     rows: list[dict[str, Any]] = []
+    # A queue's timeout (SIGTERM) still cleans up: the rows so far are in the JSON, the 34 GB folder goes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         for name in args.configs.split(","):
             config = CONFIGS[name]
             row = run_config(config, args, model, data, make_command=command)
             row["cudnn_sdpa"] = config.cudnn_sdpa
             rows.append(row)
+            if args.json:  # after every row
+                Path(args.json).write_text(json.dumps({"prepare_s": prepared, "model": built, "rows": rows,
+                                                       "steps": args.steps, "warm": args.warm, "images": args.images,
+                                                       "resolution": args.resolution, "rank": RANK}, indent=2))
     finally:
         if args.cleanup:
             shutil.rmtree(model, ignore_errors=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"prepare_s": prepared, "model": built, "rows": rows,
-                                                   "steps": args.steps, "warm": args.warm, "images": args.images,
-                                                   "resolution": args.resolution, "rank": RANK}, indent=2))
     return 0 if all(row["rc"] == 0 for row in rows) else 1
 
 

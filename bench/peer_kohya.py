@@ -207,6 +207,8 @@ def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path
         row.update(steps=len(record["step_times"]), peak_allocated_gb=round(record["peak_allocated_gb"], 2),
                    peak_reserved_gb=round(record["peak_reserved_gb"], 2),
                    first_step_s=round(record["step_times"][0], 1) if record["step_times"] else None)
+        if record.get("peak_after_first_step_gb") is not None:  # training alone (bench/_step_timer.py)
+            row["peak_training_gb"] = round(record["peak_after_first_step_gb"], 2)
         warm = args.warm if args.warm is not None else -(-args.images // config.batch) + 2
         rate = steady(record["step_times"], config.batch, warm)
         row["warm_steps"] = warm
