@@ -33,10 +33,10 @@ the packages it pins into ``.peers/kohya.tar.xz``; unpacked as ``/tmp/k`` it is 
 with the other benchmarks of the queue).
 
     PYTHONPATH=/tmp/site:src python bench/flux_peers.py --kohya /tmp/k/sd-scripts --kohya-site /tmp/k/ksite \\
-        --work /tmp/fpeer --json $OUT/flux_peers.json --cleanup            # 5 rows, about 6 minutes on an H200
+        --work /tmp/fpeer --json $OUT/flux_peers.json --logs $OUT/flux_peers --cleanup   # 5 rows, ~7 min (estimate)
     .venv/bin/python bench/flux_peers.py --tiny                            # CPU smoke test of our side
     .venv/bin/python bench/flux_peers.py --tiny --kohya /tmp/k/sd-scripts --kohya-site /tmp/k/ksite:/tmp/extra \\
-        --configs ours-bf16,kohya-bf16                                      # and kohya's (bench/_kohya_tiny.py)
+        --configs ours-bf16,kohya-bf16,kohya-fp8-nocudnn          # and kohya's (bench/_kohya_tiny.py; einops in /tmp/extra)
 """
 
 from __future__ import annotations

@@ -65,3 +65,21 @@ def test_ae_in_bfl_names_reads_back_through_diffusers_ldm_converter(monkeypatch)
     # the decoder's first up block in diffusers is BFL's last
     last = len(vae.config.up_block_types) - 1
     assert torch.equal(bfl[f"decoder.up.{last}.block.0.conv1.weight"], state["decoder.up_blocks.0.resnets.0.conv1.weight"])
+
+
+def test_kohya_pack_keeps_both_lora_trainers_and_refuses_a_checkout_without_flux(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from pack_kohya import copy_sd_scripts
+
+    checkout = tmp_path / "sd-scripts"
+    for name in ("train_network.py", "sdxl_train_network.py", "sdxl_train.py", "library/flux_utils.py",
+                 "networks/lora_flux.py", "docs/train.md", "library/__pycache__/x.pyc"):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("# kohya\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="has no flux_train_network.py: use kohya-ss/sd-scripts main at 48d368fa"):
+        copy_sd_scripts(checkout, tmp_path / "refused")
+    (checkout / "flux_train_network.py").write_text("# kohya\n", encoding="utf-8")
+    copy_sd_scripts(checkout, tmp_path / "packed")
+    kept = sorted(str(p.relative_to(tmp_path / "packed")) for p in (tmp_path / "packed").rglob("*") if p.is_file())
+    assert kept == ["flux_train_network.py", "library/flux_utils.py", "networks/lora_flux.py", "sdxl_train_network.py",
+                    "train_network.py"]
