@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,13 @@ def steady(times: list[float], batch: int, warm: int) -> float | None:
     return (len(times) - 1 - warm) * batch / (times[-1] - times[warm])
 
 
-def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path) -> dict[str, Any]:
+def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path,
+               make_command: Callable[..., tuple[list[str], dict]] | None = None) -> dict[str, Any]:
+    """One row: ``config``'s command (``make_command``, else this benchmark's SDXL ``command``) under the timer."""
     out = args.work / "runs" / config.name
     timing = args.work / f"{config.name}.timing.json"
     timing.unlink(missing_ok=True)
-    cmd, env = command(config, args, model, data, out)
+    cmd, env = (make_command or command)(config, args, model, data, out)
     cap = ["--memory-gb", str(config.memory_gb)] if config.memory_gb else []
     started = time.perf_counter()
     try:
@@ -204,6 +207,8 @@ def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path
         row.update(steps=len(record["step_times"]), peak_allocated_gb=round(record["peak_allocated_gb"], 2),
                    peak_reserved_gb=round(record["peak_reserved_gb"], 2),
                    first_step_s=round(record["step_times"][0], 1) if record["step_times"] else None)
+        if record.get("peak_after_first_step_gb") is not None:  # training alone (bench/_step_timer.py)
+            row["peak_training_gb"] = round(record["peak_after_first_step_gb"], 2)
         warm = args.warm if args.warm is not None else -(-args.images // config.batch) + 2
         rate = steady(record["step_times"], config.batch, warm)
         row["warm_steps"] = warm
@@ -214,6 +219,9 @@ def run_config(config: Config, args: argparse.Namespace, model: Path, data: Path
         row["recompile_examples"] = lines[:4]
     if code != 0:
         row["error_tail"] = output[-1500:]
+    if getattr(args, "logs", None):  # the tool's whole output, one file per row
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+        (Path(args.logs) / f"{config.name}.log").write_text(output, encoding="utf-8")
     print(json.dumps(row), flush=True)
     return row
 
