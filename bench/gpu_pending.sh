@@ -35,6 +35,11 @@ queue() {
     #    first-backward failure there), then the same bf16 row with torch's own choice as the control.
     step flux_train 420 python3 bench/flux_train.py --json "$RES/flux_train.json"
     step flux_train_torch 120 python3 bench/flux_train.py --bases bf16 --sdpa torch --json "$RES/flux_train_torch.json"
+    # kohya's flux_train_network.py beside lorastory train on one random real-size Flux.1 dev (34 GB on disk, before
+    #    the Kolors folder takes its room), bf16 and fp8 base, both without cuDNN attention.
+    step flux_peers 480 python3 bench/flux_peers.py --kohya /tmp/k/sd-scripts --kohya-site /tmp/k/ksite --work /tmp/fpeer \
+        --configs ours-bf16,kohya-bf16-nocudnn,ours-fp8w,kohya-fp8-nocudnn --json "$RES/flux_peers.json" \
+        --logs "$RES/flux_peers" --cleanup
     # 2. The 12 GB story with the new offload plan (prompts encoded once, UNet resident), cold, warm and at batch 4, and the Kolors story after the output writing
     #    work (warm; it was 34.8 s).
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
