@@ -62,6 +62,7 @@ from lorastory.generate.rundir import (
     write_json,
 )
 from lorastory.generate.samplers import check_sampler
+from lorastory.generate.writer import PictureWriter
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
 from lorastory.generate.speed import CompileChoice, compile_choice, prepare_for_speed
 from lorastory.generate.guidance import check_true_cfg, guidance_parameters, uses_true_cfg
@@ -426,16 +427,21 @@ def _render_story(
     dit = family.denoiser != "unet"
     describe = {"Consistency": settings.describe(reference_hash, dit)} if settings.mode != "none" else None
 
-    # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
-    timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
-                                      target, out_dir, lambda job: params(job, describe), progress, consistency_record)
-
-    # 5. storyboard (from the pictures in memory: the same pixels as the files), manifest, resolved story
-    panel_paths = [out_dir / job.file_name for job in jobs]
+    # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render); each batch's
+    # panels are written on the writer's threads while the next one renders
     storyboard = out_dir / STORYBOARD_FILE
-    save_storyboard([pictures[job.index] for job in jobs], storyboard, cols=2, title=story.title or None,
-                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
-                    compress_level=PNG_COMPRESS_LEVEL)
+    with PictureWriter() as writer:
+        timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
+                                          target, out_dir, lambda job: params(job, describe), progress,
+                                          consistency_record, writer)
+
+        # 5. storyboard (from the pictures in memory: the same pixels as the files), beside the last panels
+        save_storyboard([pictures[job.index] for job in jobs], storyboard, cols=2, title=story.title or None,
+                        captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
+                        compress_level=PNG_COMPRESS_LEVEL, writer=writer)
+
+    # 6. every picture is on disk (the writer waited for them): the manifest and the resolved story
+    panel_paths = [out_dir / job.file_name for job in jobs]
     seconds = time.perf_counter() - started
     manifest = out_dir / MANIFEST_FILE
     write_json(manifest, RunManifest(
