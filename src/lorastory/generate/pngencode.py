@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 import zlib
 from concurrent.futures import Executor
+
 import numpy as np
 from PIL import Image, PngImagePlugin
 
@@ -33,7 +34,8 @@ _BLOCK_ROWS = 16
 def can_encode(image: Image.Image, info: PngImagePlugin.PngInfo | None = None) -> bool:
     """True when :func:`encode_png` writes what Pillow would: a plain 8-bit picture and text chunks only."""
     chunks = info.chunks if info is not None else []
-    return image.mode in _COLOR_TYPES and not image.info and all(chunk[0] in _TEXT_CHUNKS for chunk in chunks)
+    return (image.mode in _COLOR_TYPES and image.width > 0 and image.height > 0 and not image.info
+            and all(chunk[0] in _TEXT_CHUNKS for chunk in chunks))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -62,11 +64,11 @@ def filter_rows(rows: np.ndarray, above: np.ndarray | None, bpp: int) -> np.ndar
     left[:, bpp:] = rows[:, :-bpp]
     upper_left = np.zeros_like(rows)
     upper_left[:, bpp:] = up[:, :-bpp]
-    # Paeth: the neighbour nearest left + up - upper_left (ties: left, then up), chosen by 0/1 masks
-    # (multiplying by a mask is several times faster than np.where here).
-    from_up = up.astype(np.int16) - upper_left
-    from_left = left.astype(np.int16) - upper_left
-    to_left, to_up, to_upper_left = np.abs(from_up), np.abs(from_left), np.abs(from_up + from_left)
+    # Paeth: the neighbour nearest guess = left + up - upper_left (ties: left, then up), chosen by 0/1
+    # masks (multiplying by a mask is several times faster than np.where here).
+    up_step = up.astype(np.int16) - upper_left  # guess - left
+    left_step = left.astype(np.int16) - upper_left  # guess - up
+    to_left, to_up, to_upper_left = np.abs(up_step), np.abs(left_step), np.abs(up_step + left_step)
     take_left = (to_left <= np.minimum(to_up, to_upper_left)).view(np.uint8)
     take_up = (to_up <= to_upper_left).view(np.uint8)
     paeth = upper_left + take_up * (up - upper_left)
