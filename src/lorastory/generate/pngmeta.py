@@ -381,7 +381,7 @@ def save_png_with_info(image: Image.Image, path: str | os.PathLike[str], info: P
     """
     if image.mode not in _PNG_MODES:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    if can_encode(image, info):  # a generated picture: 1.7x less CPU than Pillow, the same pixels and chunks
+    if can_encode(image, info):  # a generated picture: the same pixels and chunks, 1.5x less CPU than Pillow
         atomic_write_bytes(path, encode_png(image, info, PNG_COMPRESS_LEVEL))
         return
     with atomic_open(path, "wb") as handle:
