@@ -12,12 +12,13 @@ three ways in the same run, interleaved, ``--repeat`` times (medians):
 * ``old``: what ``lorastory generate`` did at the start of this work (commit faf5a1b), reproduced: each panel
   Pillow-encoded at zlib level 1 and written atomically, one after another, then the storyboard made from the
   pictures in memory and Pillow-encoded the same way;
-* ``new-1``: today's code (``pngencode``'s numpy filters and zlib, the writes on a ``PictureWriter``) on one thread;
-* ``new``: the same on ``--workers`` threads (default: the cores this process may use, at most 16), as a run does.
+* ``new-1``: today's code (Pillow, the panels and the storyboard as writes on a ``PictureWriter``) on one thread;
+* ``new``: the same on ``--workers`` threads (default: the cores this process may use, at most 16), as a run does:
+  Pillow releases the GIL while it compresses, so the files encode side by side.
 
 Checks that every way wrote the same pixels and the same text chunks, and prints wall and CPU seconds, the ratio
 to ``old`` and the file sizes (``--json``: one JSON object). ``--levels`` adds what one panel costs at zlib levels
-0, 1, 2, 3 and 6 with Pillow and with ``pngencode``, the measurement behind ``PNG_COMPRESS_LEVEL``.
+0, 1, 2, 3 and 6 with Pillow, the measurement behind ``PNG_COMPRESS_LEVEL``.
 
     PYTHONPATH=src python bench/write_outputs.py [--repeat 5] [--contents noise,toyworld,smooth] [--levels] [--json]
 """
@@ -48,7 +49,6 @@ if str(ROOT / "src") not in sys.path:
 
 from lorastory.fileio import atomic_open  # noqa: E402
 from lorastory.generate.grid import make_storyboard, save_storyboard  # noqa: E402
-from lorastory.generate.pngencode import encode_png  # noqa: E402
 from lorastory.generate.pngmeta import PNG_COMPRESS_LEVEL, GenerationParams, png_info, save_png_with_info  # noqa: E402
 from lorastory.generate.story import PanelJob, load_story, resolve_panels  # noqa: E402
 from lorastory.generate.writer import PictureWriter, default_workers  # noqa: E402
@@ -115,12 +115,12 @@ def write_old(pictures: list[Image.Image], jobs: list[PanelJob], title: str, out
 
 
 def write_new(pictures: list[Image.Image], jobs: list[PanelJob], title: str, out: Path, workers: int) -> None:
-    """What ``_render_story`` does now: panels on the writer's threads, the storyboard's strips beside them."""
+    """What ``_render_story`` does now: panels on the writer's threads, the storyboard beside them."""
     with PictureWriter(workers) as writer:
         for job, image in zip(jobs, pictures):
             writer.submit(save_png_with_info, image, out / job.file_name, png_info(params_of(job)))
-        save_storyboard(pictures, out / "storyboard.png", compress_level=PNG_COMPRESS_LEVEL, writer=writer,
-                        **board_options(title, jobs))
+        writer.submit(save_storyboard, pictures, out / "storyboard.png", compress_level=PNG_COMPRESS_LEVEL,
+                      **board_options(title, jobs))
 
 
 def timed(write: Callable[[], None]) -> tuple[float, float]:
@@ -173,7 +173,7 @@ def measure_content(name: str, args: argparse.Namespace, jobs: list[PanelJob], t
 
 
 def level_table(name: str, size: int, repeat: int) -> list[dict[str, Any]]:
-    """One panel at zlib levels 0-3 and 6: Pillow's and pngencode's seconds (one thread) and bytes."""
+    """One panel at zlib levels 0-3 and 6: Pillow's seconds (one thread) and bytes."""
     image = MAKERS[name](1, size)[0]
     rows = []
     for level in (0, 1, 2, 3, 6):
@@ -182,13 +182,9 @@ def level_table(name: str, size: int, repeat: int) -> list[dict[str, Any]]:
             image.save(buffer, format="PNG", compress_level=level)
             return buffer.getvalue()
 
-        def ours(level: int = level) -> bytes:
-            return encode_png(image, None, level)
-
-        row: dict[str, Any] = {"content": name, "level": level}
-        for label, encode in (("pillow", pillow), ("pngencode", ours)):
-            row[f"{label}_s"] = round(statistics.median(timed(encode)[0] for _ in range(repeat)), 3)
-            row[f"{label}_bytes"] = len(encode())
+        row: dict[str, Any] = {"content": name, "level": level,
+                               "pillow_s": round(statistics.median(timed(pillow)[0] for _ in range(repeat)), 3),
+                               "pillow_bytes": len(pillow())}
         rows.append(row)
     return rows
 
@@ -228,8 +224,7 @@ def main() -> None:
         print(json.dumps(result, indent=1))
     elif result["levels"]:
         for row in result["levels"]:
-            print(f"{row['content']:9s} level {row['level']}: Pillow {row['pillow_s']:.3f} s {row['pillow_bytes'] / 1e6:.2f} MB"
-                  f" | pngencode {row['pngencode_s']:.3f} s {row['pngencode_bytes'] / 1e6:.2f} MB")
+            print(f"{row['content']:9s} level {row['level']}: Pillow {row['pillow_s']:.3f} s {row['pillow_bytes'] / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

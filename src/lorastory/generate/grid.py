@@ -27,10 +27,8 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from lorastory.images import ImageInfo, load_rgb, probe_image, to_rgb
 from lorastory.errors import BadImageError, ConfigError, OutputError
-from lorastory.fileio import atomic_open, atomic_write_bytes, check_outputs_apart, display_path, is_valid_text
+from lorastory.fileio import atomic_open, check_outputs_apart, display_path, is_valid_text
 from lorastory.generate import fonts
-from lorastory.generate.pngencode import can_encode, encode_png
-from lorastory.generate.writer import PictureWriter
 
 ImageSource = Image.Image | str | os.PathLike[str]
 Color = tuple[int, int, int]
@@ -380,13 +378,12 @@ def make_storyboard(
 
 
 def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str], compress_level: int | None = None,
-                    writer: PictureWriter | None = None, **options: Any) -> Image.Image:
+                    **options: Any) -> Image.Image:
     """Make a storyboard (``options`` are :func:`make_storyboard`'s) and write it atomically; return it.
 
     The format follows the extension (.png, .jpg, .webp...); a PNG gets the
     title in its standard ``Title`` text chunk, and is compressed at ``compress_level``
-    (zlib's 0-9, by :mod:`lorastory.generate.pngencode`, in strips on the ``writer``'s threads
-    when given; default: Pillow's 6, smaller and slower than 1).
+    (zlib's 0-9; default Pillow's, 6: smaller and slower than 1).
     """
     target = Path(path)
     fmt = Image.registered_extensions().get(target.suffix.lower())
@@ -405,14 +402,8 @@ def save_storyboard(images: Sequence[ImageSource], path: str | os.PathLike[str],
     elif fmt == "JPEG":
         save_args["quality"] = 95
     try:
-        # A level asked for (a run's fast 1) goes to pngencode; Pillow's default keeps its smaller files (its
-        # wheels' zlib-ng packs 5% tighter at level 6 than Python's zlib).
-        if fmt == "PNG" and compress_level is not None and can_encode(board, save_args.get("pnginfo")):
-            pool, strips = (writer.pool, 2 * writer.workers) if writer is not None else (None, 1)
-            atomic_write_bytes(target, encode_png(board, save_args.get("pnginfo"), compress_level, pool, strips))
-        else:
-            with atomic_open(target, "wb") as handle:
-                board.save(handle, format=fmt, **save_args)
+        with atomic_open(target, "wb") as handle:
+            board.save(handle, format=fmt, **save_args)
     except OSError as err:
         raise OutputError(f"{display_path(target)}: cannot write the storyboard ({err.strerror or err}); "
                           "choose another output") from None

@@ -35,8 +35,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from lorastory.errors import BadImageError, DataError, first_line
-from lorastory.fileio import atomic_open, atomic_write_bytes, display_path, file_sha256
-from lorastory.generate.pngencode import can_encode, encode_png
+from lorastory.fileio import atomic_open, display_path, file_sha256
 from lorastory.images import open_image
 
 PARAMETERS_KEY = "parameters"
@@ -64,7 +63,7 @@ _KEY_FIELDS = {
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 # zlib level of the pictures a run writes (panels, reference, storyboard). 1 writes a 1024x1024 picture about
 # 2.5x faster than Pillow's default 6 (0.13 vs 0.35 s here; an 8-panel storyboard 1.5 vs 4.0 s), about 15%
-# larger; a noisy picture (random weights) takes as long at either level (bench/write_outputs.py --levels).
+# larger; a noisy picture (random weights) takes as long at either level .
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -381,9 +380,6 @@ def save_png_with_info(image: Image.Image, path: str | os.PathLike[str], info: P
     """
     if image.mode not in _PNG_MODES:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    if can_encode(image, info):  # a generated picture: the same pixels and chunks, 1.5x less CPU than Pillow
-        atomic_write_bytes(path, encode_png(image, info, PNG_COMPRESS_LEVEL))
-        return
     with atomic_open(path, "wb") as handle:
         image.save(handle, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
 

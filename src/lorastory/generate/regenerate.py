@@ -22,7 +22,6 @@ from lorastory.generate.consistency_settings import REFERENCE_FILE
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import RunManifest
 from lorastory.generate.pngmeta import PNG_COMPRESS_LEVEL
-from lorastory.generate.writer import PictureWriter
 from lorastory.generate.rundir import (
     MANIFEST_FILE,
     STORY_FILE,
@@ -111,10 +110,8 @@ def regenerate_panel(
         updated_manifest = manifest.model_copy(update={"panels": records})
         captions = [p.caption for p in records]
         sources = [staged_panel if number == index else folder / p.file for number, p in enumerate(records, start=1)]
-        with PictureWriter() as writer:  # the storyboard's strips encoded on every core
-            save_storyboard(sources, work / storyboard_name, cols=2, title=updated.title or None,
-                            captions=captions if any(captions) else None, compress_level=PNG_COMPRESS_LEVEL,
-                            writer=writer)
+        save_storyboard(sources, work / storyboard_name, cols=2, title=updated.title or None,
+                        captions=captions if any(captions) else None, compress_level=PNG_COMPRESS_LEVEL)
         write_json(work / MANIFEST_FILE, updated_manifest)
         atomic_write_text(work / STORY_FILE, updated.to_yaml())
         if before_swap is not None:

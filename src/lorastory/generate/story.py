@@ -436,9 +436,10 @@ def _render_story(
                                           consistency_record, writer)
 
         # 5. storyboard (from the pictures in memory: the same pixels as the files), beside the last panels
-        save_storyboard([pictures[job.index] for job in jobs], storyboard, cols=2, title=story.title or None,
-                        captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
-                        compress_level=PNG_COMPRESS_LEVEL, writer=writer)
+        writer.submit(save_storyboard, [pictures[job.index] for job in jobs], storyboard, cols=2,
+                      title=story.title or None,
+                      captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
+                      compress_level=PNG_COMPRESS_LEVEL)
 
     # 6. every picture is on disk (the writer waited for them): the manifest and the resolved story
     panel_paths = [out_dir / job.file_name for job in jobs]

@@ -1,8 +1,8 @@
 """A run's pictures written on worker threads while the run goes on.
 
-Encoding a PNG is CPU work (:mod:`lorastory.generate.pngencode`), and the GPU has nothing to wait
+Encoding a PNG is CPU work that Pillow does with the GIL released, and the GPU has nothing to wait
 for: each batch's panels are handed to a :class:`PictureWriter` and written while the next batch
-denoises, and the storyboard's strips are encoded on the same threads, beside the last panels.
+denoises, and the storyboard is encoded on the same threads, beside the last panels.
 Every file is still written atomically (a temporary file renamed into place); the writer is closed
 before the run folder is committed or removed, so no thread writes into a folder after that.
 """
@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-# Threads at most: eight panels and a storyboard's strips keep 16 cores busy; more only add switching.
+# Threads at most: a batch of panels and the storyboard; more only add switching.
 MAX_WORKERS = 16
 
 
