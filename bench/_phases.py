@@ -1,7 +1,7 @@
 """Where a ``lorastory`` command's time goes: named phases timed by wrapping the functions that do them.
 
 Installed by ``_step_timer.py --phases`` before the command runs in the same process. Each wrapper
-synchronises CUDA when its call ends, so a phase's seconds include the GPU work it queued. Phases can
+synchronises CUDA when its call ends (on the main thread), so a phase's seconds include the GPU work it queued. Phases can
 nest (the text encoding and the VAE decode run inside the pipeline call), so ``report`` also gives the
 pipeline call's own part (the denoising loop).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
 import time
 from typing import Any
 
@@ -21,8 +22,12 @@ PHASES: dict[str, list[str]] = {
     "pipeline call": ["diffusers:KolorsPipeline.__call__", "diffusers:StableDiffusionXLPipeline.__call__"],
     "text encoding": ["diffusers:KolorsPipeline.encode_prompt", "diffusers:StableDiffusionXLPipeline.encode_prompt"],
     "vae decode": ["diffusers:AutoencoderKL.decode"],
-    "png writing": ["lorastory.generate.render:save_png", "lorastory.generate.render:save_png_with_parameters"],
+    # panels are written on a PictureWriter's threads: their seconds add up the threads' (overlapping) time
+    "png writing": ["lorastory.generate.render:save_png", "lorastory.generate.render:save_png_with_parameters",
+                    "lorastory.generate.render:save_png_with_info"],
     "grid": ["lorastory.generate.story:save_storyboard"],
+    # the run waiting for the last writes: its last end is when every picture is on disk
+    "writes waited": ["lorastory.generate.writer:PictureWriter.wait"],
     "cache": ["lorastory.train.trainer:build_caches"],
 }
 
@@ -34,6 +39,7 @@ class Phases:
         self.calls: dict[str, int] = {}
         self.first_start: dict[str, float] = {}
         self.last_end: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def wrap(self, name: str, fn: Any) -> Any:
         import torch
@@ -45,12 +51,14 @@ class Phases:
             try:
                 return fn(*args, **kwargs)
             finally:
-                if torch.cuda.is_available():
+                # a writer thread must not wait for the GPU work the main thread queues meanwhile
+                if torch.cuda.is_available() and threading.current_thread() is threading.main_thread():
                     torch.cuda.synchronize()
                 end = time.perf_counter()
-                self.seconds[name] = self.seconds.get(name, 0.0) + end - start
-                self.calls[name] = self.calls.get(name, 0) + 1
-                self.last_end[name] = end - self.started
+                with self._lock:  # writer threads end calls at the same time
+                    self.seconds[name] = self.seconds.get(name, 0.0) + end - start
+                    self.calls[name] = self.calls.get(name, 0) + 1
+                    self.last_end[name] = max(self.last_end.get(name, 0.0), end - self.started)
 
         return timed
 

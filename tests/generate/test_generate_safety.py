@@ -148,6 +148,25 @@ def test_a_failed_render_leaves_the_earlier_run_and_no_staging(run, model, kolor
     assert not [p for p in run.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_a_panel_write_failing_on_a_writer_thread_fails_the_run_and_leaves_nothing(tmp_path, model, kolors_pipe,
+                                                                                  monkeypatch):
+    import lorastory.generate.render as render_module
+
+    real = render_module.save_png_with_info
+
+    def disk_full(image, path, info):
+        if Path(path).name == "panel-01.png":
+            raise OSError(28, "No space left on device")
+        real(image, path, info)
+
+    monkeypatch.setattr(render_module, "save_png_with_info", disk_full)
+    story = load_story(_write(tmp_path / "src"))
+    with pytest.raises(OSError, match="No space left"):  # panel 2 renders while panel 1 is being written
+        generate_story(story, model, tmp_path / "out", pipe=kolors_pipe, batch_size=1)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder, no temporary
+
+
 def test_a_journal_left_by_a_kill_is_completed_by_the_next_run(run, model, kolors_pipe):
     from lorastory.fileio import atomic_write_json
 

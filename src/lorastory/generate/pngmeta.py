@@ -63,7 +63,7 @@ _KEY_FIELDS = {
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 # zlib level of the pictures a run writes (panels, reference, storyboard). 1 writes a 1024x1024 picture about
 # 2.5x faster than Pillow's default 6 (0.13 vs 0.35 s here; an 8-panel storyboard 1.5 vs 4.0 s), about 15%
-# larger; a noisy picture (random weights) takes as long at either level.
+# larger; a noisy picture (random weights) takes as long at either level .
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -369,7 +369,15 @@ def png_info(params: GenerationParams) -> PngImagePlugin.PngInfo:
 
 def save_png_with_parameters(image: Image.Image, path: str | os.PathLike[str], params: GenerationParams) -> None:
     """Write ``image`` as a PNG carrying ``params`` (atomically: no half-written file on a crash)."""
-    info = png_info(params)
+    save_png_with_info(image, path, png_info(params))
+
+
+def save_png_with_info(image: Image.Image, path: str | os.PathLike[str], info: PngImagePlugin.PngInfo) -> None:
+    """Write ``image`` as a PNG carrying ``info``'s chunks (:func:`png_info`), atomically.
+
+    Apart from :func:`save_png_with_parameters` so that a run formats the parameters (and warns) on
+    its own thread and leaves only this CPU work to a writer thread.
+    """
     if image.mode not in _PNG_MODES:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     with atomic_open(path, "wb") as handle:

@@ -14,9 +14,10 @@ from lorastory.fileio import atomic_open, file_sha256
 from lorastory.generate.consistency import SharedAttention
 from lorastory.generate.consistency_settings import REFERENCE_FILE, ConsistencySettings
 from lorastory.generate.guidance import guidance_arguments
-from lorastory.generate.pngmeta import save_png_with_parameters
+from lorastory.generate.pngmeta import png_info, save_png_with_info, save_png_with_parameters
 from lorastory.generate.samplers import make_scheduler
 from lorastory.generate.speed import auto_batch_size, speed_context
+from lorastory.generate.writer import PictureWriter
 from lorastory.models.ip_adapter import ip_adapter_loaded
 from lorastory.models.registry import family_of_pipeline
 
@@ -83,10 +84,14 @@ def render_reference_image(pipe: Any, settings: ConsistencySettings, job: PanelJ
 def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings, adapter_spec: Any, reference: Any,
                    batch_size: int | None, base_scheduler: Any, target: Any, out_dir: Path,
                    params: Callable[[PanelJob], Any], progress: RenderProgress,
-                   record: dict[str, Any], prompts: Any = None) -> tuple[dict[int, float], dict[int, Any]]:
+                   record: dict[str, Any], prompts: Any = None,
+                   writer: PictureWriter | None = None) -> tuple[dict[int, float], dict[int, Any]]:
     """Render and save every panel, group by group in batches; return seconds and the picture per panel index
     (the storyboard is made from the pictures in memory, not from the files read back). ``prompts``: the
-    panels' prompts encoded up front (:class:`~lorastory.generate.offload.PromptCache`), passed as embeddings."""
+    panels' prompts encoded up front (:class:`~lorastory.generate.offload.PromptCache`), passed as embeddings.
+
+    With a ``writer``, a batch's panels are written on its threads while the next batch renders
+    (the caller waits for them); without, here, one after another."""
     import torch
 
     shared = SharedAttention(settings) if settings.uses_attention else None
@@ -128,7 +133,11 @@ def render_panels(pipe: Any, jobs: list[PanelJob], settings: ConsistencySettings
                     continue
                 progress.done += chunk[0].steps * len(chunk)
                 for job, image in zip(chunk, images):
-                    save_png_with_parameters(image, out_dir / job.file_name, params(job))
+                    info = png_info(params(job))  # formatted (and warned about) here, written on a thread
+                    if writer is None:
+                        save_png_with_info(image, out_dir / job.file_name, info)
+                    else:
+                        writer.submit(save_png_with_info, image, out_dir / job.file_name, info)
                     timings[job.index] = seconds / len(chunk)
                     pictures[job.index] = image
                 start += len(chunk)

@@ -88,6 +88,15 @@ def compile_choice(device: Any, image_steps: int, pictures: int, *, megapixels: 
     return CompileChoice("on", summary)
 
 
+def story_compile_choice(pipe: Any, family: Any, jobs: list[Any], target: Any) -> CompileChoice:
+    """``--compile auto`` for a story's panel jobs: their image-steps and pictures, their size, the family's saving
+    per step; a pipeline compiled earlier in this process stays compiled."""
+    report = getattr(pipe, "_lorastory_speed", None)
+    megapixels = sum(job.width * job.height for job in jobs) / len(jobs) / 2**20
+    return compile_choice(target, sum(job.steps for job in jobs), len(jobs), megapixels=megapixels,
+                          step_saving=family.compile_step_saving, compiled=bool(report and report.compiled_modules))
+
+
 def auto_batch_size(device: Any, width: int, height: int, panels: int) -> int:
     """Panels per batch: as many as the free GPU memory holds (up to 8), 2 on the CPU.
 

@@ -62,8 +62,9 @@ from lorastory.generate.rundir import (
     write_json,
 )
 from lorastory.generate.samplers import check_sampler
+from lorastory.generate.writer import PictureWriter
 from lorastory.generate.render import PanelJob, RenderProgress, StepCallback, render_panels, render_reference_image
-from lorastory.generate.speed import CompileChoice, compile_choice, prepare_for_speed
+from lorastory.generate.speed import prepare_for_speed, story_compile_choice
 from lorastory.generate.offload import OFFLOAD_DEVICES, offload_plan, prepare_offload
 from lorastory.generate.guidance import check_true_cfg, guidance_parameters, uses_true_cfg
 from lorastory.models.fp8 import check_base_dtype
@@ -348,14 +349,6 @@ def generate_story(
                        out_dir / MANIFEST_FILE, result.seconds, jobs, result.speed)
 
 
-def _compile_choice(pipe: Any, family: Any, jobs: list[PanelJob], target: Any) -> CompileChoice:
-    """``--compile auto`` for this run: its image-steps and pictures, their size, the family's saving per step."""
-    report = getattr(pipe, "_lorastory_speed", None)
-    megapixels = sum(job.width * job.height for job in jobs) / len(jobs) / 2**20
-    return compile_choice(target, sum(job.steps for job in jobs), len(jobs), megapixels=megapixels,
-                          step_saving=family.compile_step_saving, compiled=bool(report and report.compiled_modules))
-
-
 def _check_panel_size(story: Story, family: Any) -> None:
     """A DiT draws in patches of its latent (Flux: multiples of 16 px); another size would be resized silently."""
     step = 8 * family.latent_patch
@@ -391,7 +384,7 @@ def _render_story(
         choice = None
         # Off the GPU nothing compiles; the attention modes change every step, so they never do.
         if compile is None and settings.mode == "none" and target.type == "cuda":
-            choice = _compile_choice(pipe, family, jobs, target)
+            choice = story_compile_choice(pipe, family, jobs, target)
             compile = choice.compiles
         speed = prepare_for_speed(pipe, compile=bool(compile), base_dtype=plan.denoiser_dtype if planned else base_dtype,
                                   device=target, offload=offload and not planned, text_encoders=not planned)
@@ -438,17 +431,21 @@ def _render_story(
     dit = family.denoiser != "unet"
     describe = {"Consistency": settings.describe(reference_hash, dit)} if settings.mode != "none" else None
 
-    # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render)
-    timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
-                                      target, out_dir, lambda job: params(job, describe), progress, consistency_record,
-                                      prompts)
-
-    # 5. storyboard (from the pictures in memory: the same pixels as the files), manifest, resolved story
-    panel_paths = [out_dir / job.file_name for job in jobs]
+    # 4. render group by group, in batches (with the IP-Adapter in the UNet while they render); each batch's
+    # panels are written on the writer's threads while the next one renders
     storyboard = out_dir / STORYBOARD_FILE
-    save_storyboard([pictures[job.index] for job in jobs], storyboard, cols=2, title=story.title or None,
-                    captions=[job.caption for job in jobs] if any(job.caption for job in jobs) else None,
-                    compress_level=PNG_COMPRESS_LEVEL)
+    with PictureWriter() as writer:
+        timings, pictures = render_panels(pipe, jobs, settings, adapter_spec, reference, batch_size, base_scheduler,
+                                          target, out_dir, lambda job: params(job, describe), progress,
+                                          consistency_record, prompts, writer)
+
+        # 5. storyboard (from the pictures in memory: the same pixels as the files), beside the last panels
+        captions = [job.caption for job in jobs] if any(job.caption for job in jobs) else None
+        writer.submit(save_storyboard, [pictures[job.index] for job in jobs], storyboard, cols=2,
+                      title=story.title or None, captions=captions, compress_level=PNG_COMPRESS_LEVEL)
+
+    # 6. every picture is on disk (the writer waited for them): the manifest and the resolved story
+    panel_paths = [out_dir / job.file_name for job in jobs]
     seconds = time.perf_counter() - started
     manifest = out_dir / MANIFEST_FILE
     write_json(manifest, RunManifest(
