@@ -23,7 +23,7 @@ from lorastory.models.fp8 import check_base_dtype, check_selection, family_selec
 from lorastory.models.lora import LoraSpec, inject_lora
 from lorastory.models.objectives import FlowObjective, flow_shift
 from lorastory.models.registry import get_family
-from lorastory.models.speed import sdpa_allowed
+from lorastory.models.speed import SDPA_BACKENDS, sdpa_allowed
 from lorastory.train.speed import lora_compute_in_input_dtype
 
 
@@ -52,12 +52,7 @@ def attention_backend(name: str | None, family: str) -> Any:
     included, which fails on Flux at 1024²), or by default what ``lorastory train`` allows the family."""
     if name == "torch":
         return contextlib.nullcontext()
-    if not name:
-        return sdpa_allowed(get_family(family).training_attention)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                                            "cudnn": "CUDNN_ATTENTION", "math": "MATH"}[name]))
+    return sdpa_allowed([name] if name else get_family(family).training_attention)
 
 
 def train_steps(kit: DitKit, base: str, args: argparse.Namespace, device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -121,7 +116,7 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
                         help="train without gradient checkpointing (more memory; isolates the recompute)")
     parser.add_argument("--autocast", action="store_true",
                         help="the diffusers example's path (autocast around fp32 LoRA weights) instead of lorastory train's")
-    parser.add_argument("--sdpa", choices=["flash", "efficient", "cudnn", "math", "torch"], default=None,
+    parser.add_argument("--sdpa", choices=[*SDPA_BACKENDS, "torch"], default=None,
                         help="pin scaled_dot_product_attention to one backend, or 'torch' for PyTorch's own choice "
                              "(default: the backends lorastory train allows the family)")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke test of this script")

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from lorastory.models.speed import sdpa_allowed
+
 
 @dataclass(frozen=True)
 class Shapes:
@@ -158,10 +160,7 @@ def layernorm_case(setting: Setting) -> dict[str, Any]:
 
 
 def _backend(name: str) -> Any:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(getattr(SDPBackend, {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                                            "cudnn": "CUDNN_ATTENTION", "math": "MATH"}[name]))
+    return sdpa_allowed([name])  # that backend alone
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ _KEY_FIELDS = {
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 # zlib level of the pictures a run writes (panels, reference, storyboard). 1 writes a 1024x1024 picture about
 # 2.5x faster than Pillow's default 6 (0.13 vs 0.35 s here; an 8-panel storyboard 1.5 vs 4.0 s), about 15%
-# larger; a noisy picture (random weights) takes as long at either level .
+# larger; a noisy picture (random weights) takes as long at either level.
 PNG_COMPRESS_LEVEL = 1
 
 
