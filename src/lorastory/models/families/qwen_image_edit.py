@@ -21,6 +21,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from lorastory.models.tiny_clip import quiet_transformers
+
 # Where an Edit model keeps its Qwen2-VL image processor's settings (the diffusers folder's processor component).
 PROCESSOR_CONFIG = "processor/preprocessor_config.json"
 
@@ -52,19 +54,14 @@ def image_only_processor(image_processor: Any, tokenizer: Any) -> Any:
 def edit_components(source: str, pipe: Any, local_only: bool) -> dict[str, Any]:
     """The components an Edit model adds to the text-to-image pipeline loaded from ``source``: its processor."""
     from transformers import Qwen2VLImageProcessor
-    from transformers.utils import logging as transformers_logging
 
     config = Path(source) / PROCESSOR_CONFIG
     if not config.is_file():  # a hub id: the small settings file, from the cache or the hub
         from huggingface_hub import hf_hub_download
 
         config = Path(hf_hub_download(source, PROCESSOR_CONFIG, local_files_only=local_only))
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # not "requires torchvision; falling back to ...Pil" on every load
-    try:
+    with quiet_transformers():  # not "requires torchvision; falling back to ...Pil" on every load
         image_processor = Qwen2VLImageProcessor.from_pretrained(str(config.parent))
-    finally:
-        transformers_logging.set_verbosity(level)
     return {"processor": image_only_processor(image_processor, pipe.tokenizer)}
 
 
