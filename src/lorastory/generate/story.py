@@ -391,7 +391,7 @@ def _render_story(
         if choice is not None and not choice.compiles:
             speed.skipped["compile"] = choice.reason
     if planned:
-        family.denoiser_of(pipe).to(target)  # an fp8 one converted onto the GPU already
+        family.denoiser_of(pipe).to(target)  # an fp8 one: the layers left in bf16 (the converted ones are there)
         batch_size = plan.batch
     elif offload:  # after the LoRA is fused and the weights converted, on the CPU
         pipe.enable_model_cpu_offload(device=target)
