@@ -3,9 +3,10 @@
 #
 # The first call starts the queue in its own process session (it outlives the call while the machine stays
 # warm); every call waits up to WAIT seconds, then packs what has finished into $OUT/results.tgz. Call it
-# again, straight away, until the log says "queue done". Needs `.whl` (our wheels, torchao among them) and
-# `.peers/kohya.tar.xz` (kohya sd-scripts plus the packages it pins, made by bench/pack_kohya.py) carried:
-# together with the tracked files that is about 64.7 of the 67.1 MB a call may carry.
+# again, straight away, until the log says "queue done". Needs `.whl` (our wheels, torchao among them) carried,
+# and `.peers/kohya.tar.xz` (kohya sd-scripts plus the packages it pins, made by bench/pack_kohya.py) for the rows
+# that run kohya (none of those left in this queue is one): with the tracked files that is about 70 of the 67.1 MB
+# a call may carry, so carry it only when a kohya row is queued.
 #
 #     bash bench/gpu_pending.sh 560
 set -u
@@ -17,7 +18,7 @@ started=$(date +%s)
 queue() {
     set -u
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/ours/*.whl
-    mkdir -p /tmp/k && tar xJf .peers/kohya.tar.xz -C /tmp/k
+    if [ -e .peers/kohya.tar.xz ]; then mkdir -p /tmp/k && tar xJf .peers/kohya.tar.xz -C /tmp/k; fi
     export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu.txt"
     python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)" >> "$RES/gpu.txt" 2>&1
@@ -31,32 +32,24 @@ queue() {
     # The device sets PYTHONDONTWRITEBYTECODE=1 and the wheels install with --no-compile: without bytecode the
     # generate imports took 17-23 s there, with it 12 s (2026-12-02 #6). Write it, as an ordinary pip install has it.
     unset PYTHONDONTWRITEBYTECODE
-    # 1. Flux LoRA training with cuDNN's fused attention left out of the step (the probe of 2026-12-02 #6 put the
-    #    first-backward failure there), then the same bf16 row with torch's own choice as the control.
-    step flux_train 420 python3 bench/flux_train.py --json "$RES/flux_train.json"
-    step flux_train_torch 120 python3 bench/flux_train.py --bases bf16 --sdpa torch --json "$RES/flux_train_torch.json"
-    # kohya's flux_train_network.py beside lorastory train on one random real-size Flux.1 dev (34 GB on disk, before
-    #    the Kolors folder takes its room), bf16 and fp8 base, both without cuDNN attention.
-    step flux_peers 480 python3 bench/flux_peers.py --kohya /tmp/k/sd-scripts --kohya-site /tmp/k/ksite --work /tmp/fpeer \
-        --configs ours-bf16,kohya-bf16-nocudnn,ours-fp8w,kohya-fp8-nocudnn --json "$RES/flux_peers.json" \
-        --logs "$RES/flux_peers" --cleanup
-    # 2. The 12 GB story with the new offload plan (prompts encoded once, UNet resident), cold, warm and at batch 4, and the Kolors story after the output writing
-    #    work (warm; it was 34.8 s).
+    # 1. The 12 GB story with the offload plan (prompts encoded once, UNet resident), cold, warm and at batch 4; the
+    #    queue before stopped here on the index-less torch.device("cuda") that the per-process cap reader refuses.
     step e2e_build 300 python3 bench/e2e.py --work /tmp/lsb --only build
     step mem12gb 300 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb.json"
     step mem12gb_warm 300 python3 bench/mem12gb.py --work /tmp/lsb --only story --json "$RES/mem12gb_warm.json"
     step mem12gb_b4 300 python3 bench/mem12gb.py --work /tmp/lsb --only story --story-args "--offload --batch-size 4" \
         --json "$RES/mem12gb_b4.json"
-    step e2e_generate 240 python3 bench/e2e.py --work /tmp/lsb --only generate --runs warm --json "$RES/e2e_generate.json"
-    # 3. Qwen-Image training as the library runs it now (no cuDNN attention), and with torch's choice as measured.
-    step qwen_image_train 300 python3 bench/qwen_image_train.py --json "$RES/qwen_image_train.json"
-    step qwen_image_torch 150 python3 bench/qwen_image_train.py --bases bf16 --sdpa torch --json "$RES/qwen_image_torch.json"
-    # 4. The 24 GB preset with fp8 weights instead of checkpointing (the issue's >= 20 img/s), a warm window that
+    # 2. The 24 GB preset with fp8 weights instead of checkpointing (the issue's >= 20 img/s), a warm window that
     #    fits the steps this time.
     step peer_24g 460 python3 bench/peer_kohya.py "${kohya[@]}" --json "$RES/peer_24g.json" \
         --configs ours-b4-24g-fp8w,ours-b2-24g-fp8w --steps 40 --warm 8 --timeout 200
     step gpu_tests 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/train/test_compile_auto.py \
         tests/models/test_fp8.py tests/train/test_train_speed.py tests/generate/test_generate_speed.py
+    # 3. Our bf16 Flux row beside kohya's (its JSON was lost with the last queue's results): the Kolors folder goes
+    #    first, to leave the disk to the 34 GB Flux folder.
+    rm -rf /tmp/lsb
+    step flux_peers 300 python3 bench/flux_peers.py --work /tmp/fpeer --configs ours-bf16 \
+        --json "$RES/flux_peers.json" --logs "$RES/flux_peers" --cleanup
     echo "$(date +%T) queue done" >> "$RES/queue.log"
 }
 

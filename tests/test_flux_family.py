@@ -230,6 +230,7 @@ def test_training_keeps_cudnn_attention_off_in_the_step_and_its_recompute(tiny_m
     assert torch.backends.cuda.cudnn_sdp_enabled()
     assert get_family("flux").training_attention == ("flash", "efficient", "math")
     assert get_family("kolors").training_attention is None  # a UNet's attention: torch's choice, measured fine
+    assert get_family("qwen-image").training_attention is None  # cuDNN's runs it at full size, and is fastest there
 
 
 def test_flux_sizes_and_adapters_it_cannot_save_are_one_line_errors(cli, tiny_model_path, style_train_folder, tmp_path):

@@ -31,10 +31,13 @@ def device_memory_budget(device: Any) -> int | None:
         return host_available_memory() if kind == "cpu" else None
     import torch
 
-    free, total = torch.cuda.mem_get_info(device)
-    allocated = torch.cuda.memory_allocated(device)
-    budget = free + torch.cuda.memory_reserved(device) - allocated
+    # torch.device("cuda") names no GPU, and get_per_process_memory_fraction refuses it (torch 2.11): use the index.
+    index = getattr(device, "index", None)
+    index = torch.cuda.current_device() if index is None else index
+    free, total = torch.cuda.mem_get_info(index)
+    allocated = torch.cuda.memory_allocated(index)
+    budget = free + torch.cuda.memory_reserved(index) - allocated
     fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
     if fraction is not None:  # the cap bounds what the allocator reserves, ours included
-        budget = min(budget, int(fraction(device) * total) - allocated)
+        budget = min(budget, int(fraction(index) * total) - allocated)
     return max(0, budget)

@@ -136,13 +136,23 @@ def test_the_budget_is_the_free_memory_within_a_per_process_cap(monkeypatch):
 
     from lorastory.memory import device_memory_budget
 
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * GIB, 141 * GIB))
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * GIB)
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * GIB)
-    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 12 / 141, raising=False)
-    assert device_memory_budget(torch.device("cuda")) == 11 * GIB  # the 12 GiB cap less what is allocated
+    def on_gpu_0(reading):
+        """As torch's own readers are strict: a device must name its GPU (torch.device("cuda") does not)."""
+        def read(device=None):
+            if not isinstance(device, int) and getattr(device, "index", None) is None:
+                raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+            return reading
+        return read
 
-    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", on_gpu_0((100 * GIB, 141 * GIB)))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", on_gpu_0(1 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", on_gpu_0(3 * GIB))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", on_gpu_0(12 / 141), raising=False)
+    assert device_memory_budget(torch.device("cuda")) == 11 * GIB  # the 12 GiB cap less what is allocated
+    assert device_memory_budget(torch.device("cuda", 0)) == 11 * GIB
+
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", on_gpu_0(1.0))
     assert device_memory_budget(torch.device("cuda")) == 102 * GIB  # free, and the allocator's unused 2 GiB
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lorastory.errors import ConfigError
-from lorastory.models.speed import DIT_TRAINING_ATTENTION
+from lorastory.models.speed import FLUX_TRAINING_ATTENTION
 from lorastory.models.registry import CLIP_TE_TARGETS, Family, IpAdapterSource, register_family
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ FLUX = register_family(Family(
     ip_adapter_check="lorastory.models.families.flux_ip_adapter:check_flux_ip_adapter",
     in_context_pipeline="FluxKontextPipeline",  # FLUX.1 Kontext: the reference's latents appended to the image tokens
     true_cfg_argument="true_cfg_scale", shared_attention="lorastory.models.families.flux_attention:FluxSharedAttnProcessor",
-    training_attention=DIT_TRAINING_ATTENTION,
+    training_attention=FLUX_TRAINING_ATTENTION,
     compile_repeated=True,  # fused QKV: FluxAttention reads to_qkv once fused, shared attention included
     # compile_step_saving: not measured on a GPU yet (the story benchmark's 1.11x over batched diffusers was eager:
     # LoRA and q/k/v fused); the default (a UNet's) makes auto compile only long runs
