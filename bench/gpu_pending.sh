@@ -5,8 +5,10 @@
 # warm); every call waits up to WAIT seconds, then packs what has finished into $OUT/results.tgz. Call it
 # again, straight away, until the log says "queue done". Needs `.whl` (our wheels, torchao among them) carried,
 # and `.peers/kohya.tar.xz` (kohya sd-scripts plus the packages it pins, made by bench/pack_kohya.py) for the rows
-# that run kohya (none of those left in this queue is one): with the tracked files that is about 70 of the 67.1 MB
-# a call may carry, so carry it only when a kohya row is queued.
+# that run kohya (none of those left in this queue is one). The tracked files (49.9 MB) and `.whl` (14.9 MB:
+# diffusers, pydantic and its four, torchao, prodigyopt, the CJK font; ImageHash and PyWavelets stay behind, no GPU
+# step deduplicates) leave 2.3 of the 67.1 MB a call may carry: too little for kohya's 2.6 MB, so carry it only in a
+# queue of kohya rows, with the font wheel left out.
 #
 #     bash bench/gpu_pending.sh 560
 set -u
