@@ -73,6 +73,14 @@ def test_qkv_is_not_fused_under_an_unfused_lora(tiny_model_path):
     assert np.abs(_render(pipe) - reference).max() < 1e-3
 
 
+def test_a_pipeline_compiled_after_an_auto_skip_reports_only_the_compile(tiny_model_path):
+    pipe = _pipe(tiny_model_path)
+    report = prepare_for_speed(pipe, qkv=False)
+    report.skipped["compile"] = "auto: 6 image-steps save about 0 s"  # what a story run adds when auto declines
+    assert str(report) == "nothing; compile skipped (auto: 6 image-steps save about 0 s)"
+    assert str(prepare_for_speed(pipe, qkv=False, compile=True, compile_vae=False)) == "compiled"
+
+
 def test_generate_story_fast_on_cpu_matches_the_plain_path(tmp_path, tiny_model_path):
     from PIL import Image
 

@@ -11,12 +11,13 @@ encoder and the UNet on and off the GPU for each pipeline call (an H200 capped a
 picture: its encoder and in-context pipeline read the picture at call time; text encoders larger than the
 budget even in fp8) keeps diffusers' model offload, and the speed line says why.
 
-Memory figures (:data:`ACTIVATION_BYTES_PER_IMAGE`): the full-memory run of the same story on an H200
-(Kolors bf16, 8 panels at 1024² in one batch, CFG: 16 UNet images) peaked at 32.7 GB allocated with 12.5 +
-5.2 + 0.2 GB of text encoder, UNet and VAE weights resident: at most (32.7 - 17.9) / 16 = 0.925 GB per UNet
-image per megapixel. Whether that peak came in the denoising or in the decode of the 8 pictures at once, the
-same run bounds the VAE's decode at 14.8 / 8 = 1.85 GB per picture per megapixel. A DiT's activations are not
-measured here: the UNet's figure stands in.
+Memory figures (:data:`ACTIVATION_BYTES_PER_IMAGE`): the 12 GB story on an H200 at batch 4 (fp8-weights UNet,
+CFG: 8 UNet images of 1024²) peaked at 11.03 GB allocated with 3.0 + 0.17 GB of UNet and VAE weights resident:
+(11.03 - 3.17) / 8 = 0.98 GB per UNet image per megapixel (a full-memory run at batch 8 had bounded it at 0.925,
+6 % short). A batch decodes one picture at a time (VAE slicing, ~0.1 s a picture either way): in the same
+story at batch 3 with a bf16 UNet the first batch rendered and the second ran out of memory in the decode of
+three pictures at once, throwing its 50 denoising steps away. A DiT's activations are not measured here: the
+UNet's figure stands in.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from lorastory.memory import device_memory_budget
 from lorastory.models.fp8 import family_selection, fp8_layer_names, quantize_base
 
 GB = 1e9
-# Upper bounds derived above (per megapixel of 2**20 pixels): a UNet image's activations, a picture's decode.
-ACTIVATION_BYTES_PER_IMAGE = 0.925e9
-DECODE_BYTES_PER_PICTURE = 1.85e9
+# Derived above (per megapixel of 2**20 pixels): a UNet image's activations at the peak of a batch's denoising.
+ACTIVATION_BYTES_PER_IMAGE = 0.98e9
 # Text encoding: 16 prompts of 256 tokens through ChatGLM3-6B hold well under this (hidden 4096, MLP 13696).
 TEXT_ACTIVATION_BYTES = 1.0e9
 # Left free of the budget: cuBLAS workspaces and the allocator's fragmentation.
@@ -84,7 +84,7 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
     panel's activations (``images_per_panel`` images of ``megapixels``: 2 with CFG) fit, else fp8-weights.
     Batch: ``batch_size``, else the most panels the rest of the budget holds (up to :data:`MAX_PLAN_BATCH`),
     evened out over the calls that takes;
-    the VAE decodes one picture at a time when the batch's decode would not fit.
+    the VAE decodes one picture at a time whenever the batch holds more than one.
     """
     usable = budget * (1 - RESERVE_FRACTION)
     if sizes.text_encoders + TEXT_ACTIVATION_BYTES <= usable:
@@ -97,7 +97,6 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
         return OffloadPlan(False, f"diffusers' model offload: the text encoders need {_gb(need)} of a "
                                   f"{_gb(budget)} budget{hint}")
     per_panel = ACTIVATION_BYTES_PER_IMAGE * megapixels * images_per_panel
-    per_picture = DECODE_BYTES_PER_PICTURE * megapixels
     choices = [base_dtype] if base_dtype != "default" else ["default", *(["fp8-weights"] if fp8 else [])]
     options = []  # (dtype, weights on the GPU while rendering, panels the rest holds)
     for dtype in choices:
@@ -114,8 +113,7 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
     dtype, weights, fits = chosen
     most = max(1, min(fits, panels, MAX_PLAN_BATCH))
     batch = batch_size or math.ceil(panels / math.ceil(panels / most))  # as many calls, evened out: 4 + 4, not 5 + 3
-    room = usable - weights
-    slicing = batch > 1 and batch * per_picture > room
+    slicing = batch > 1  # one picture's decode is within a panel's figure; a batch's was seen running out
     stored = {"default": loaded_dtype, "fp8": "fp8", "fp8-weights": "fp8-weights"}[dtype]
     why = ("as --base-dtype asks" if base_dtype != "default"
            else f"in {loaded_dtype} it and a panel exceed the budget" if dtype != "default" else "")

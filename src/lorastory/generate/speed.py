@@ -328,6 +328,7 @@ def prepare_for_speed(
                 report.compiled_modules += compile_regions(vae, ("ResnetBlock2D",))
         if "compiled" not in report.levers:
             report.levers.append("compiled")
+        report.skipped.pop("compile", None)  # an earlier run's auto choice not to: this run compiles
     if sdpa is not None:
         report.sdpa = sdpa
     pipe._lorastory_speed = report
