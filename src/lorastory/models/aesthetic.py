@@ -37,7 +37,7 @@ from lorastory.hub import PICKLE_SUFFIXES, hub_reachable, looks_like_hub_id, off
 from lorastory.errors import DataError
 from lorastory.fileio import parse_json
 from lorastory.models.clip import resolve_device
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 
 AESTHETIC_OPTION = "--aesthetic"
 # Sequential indices of the Linear layers in LAION's two MLP heads.

@@ -18,7 +18,7 @@ from PIL import Image
 from lorastory.hub import from_pretrained, resolve_source
 from lorastory.models.clip import resolve_device
 from lorastory.models.image_classifier import ImageClassifierError
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 
 
 @dataclass

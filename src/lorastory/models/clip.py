@@ -29,7 +29,7 @@ from PIL import Image
 from lorastory.errors import ClipModelError
 from lorastory.errors import first_line
 from lorastory.hub import from_pretrained, resolve_source
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 CHINESE_CLIP = "OFA-Sys/chinese-clip-vit-base-patch16"

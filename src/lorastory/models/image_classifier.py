@@ -20,7 +20,7 @@ from PIL import Image
 from lorastory.errors import ScorerModelError
 from lorastory.hub import check_source, from_pretrained, resolve_source
 from lorastory.models.clip import resolve_device
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 
 
 class ImageClassifierError(ScorerModelError):

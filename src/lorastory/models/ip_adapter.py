@@ -44,7 +44,7 @@ from lorastory.models.registry import (
     family_of_pipeline,
     get_family,
 )
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_diffusers, quiet_transformers
 
 IP_ADAPTER_OPTION = "consistency.ip_adapter"
 
@@ -157,7 +157,6 @@ def _weight_shapes(spec: IpAdapterSource, local_only: bool) -> dict[str, tuple[i
 
 
 def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
-    from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPVisionModelWithProjection
 
     encoder_source, encoder_folder, encoder_revision = encoder_location(spec)
@@ -173,13 +172,9 @@ def _load_into(pipe: Any, spec: IpAdapterSource, local_only: bool) -> None:
             raise IpAdapterMismatch(f"IP-Adapter {spec.source} ({spec.weight}) {problem}; set {IP_ADAPTER_OPTION} to "
                                     f"{family.article} {family.display} IP-Adapter such as {default_ip_adapter(family.name).source}")
     pipe.register_modules(image_encoder=encoder.to(denoiser(pipe).device))
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" on every load
-    try:  # the encoder is registered already, so each family's loader (UNet or Flux) reads only the adapter file
+    with quiet_diffusers():  # the encoder is registered already, so each family's loader (UNet or Flux) reads only the adapter file
         pipe.load_ip_adapter(spec.source, subfolder=spec.subfolder, weight_name=spec.weight_name,
                              local_files_only=local_only, revision=spec.revision)
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def _check_hub_files(spec: IpAdapterSource) -> None:

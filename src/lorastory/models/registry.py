@@ -15,12 +15,11 @@ download it.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from lorastory.errors import ConfigError, LorastoryError, first_line
 from lorastory.hub import PICKLE_SUFFIXES, looks_like_hub_id
 from lorastory.models.prefetch import prefetch_weights
+from lorastory.models.quiet import loading_bars_off, quiet_diffusers
 from lorastory.models.speed import UNET_COMPILE_STEP_SAVING
 
 
@@ -207,15 +207,9 @@ class Family:
     def in_context_pipe(self, pipe: Any) -> Any:
         """The family's in-context reference pipeline sharing ``pipe``'s modules (no copy), or a ConfigError."""
         class_name, components = self.check_in_context(pipe)
-        from diffusers.utils import logging as diffusers_logging
-
         module = importlib.import_module(self.pipeline_module)
-        level = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" per module
-        try:  # from_pipe casts every shared module to its dtype, float32 unless told: the pipe's own
+        with quiet_diffusers():  # from_pipe casts every shared module to its dtype, float32 unless told: the pipe's own
             return getattr(module, class_name).from_pipe(pipe, dtype=pipe.dtype, **components)
-        finally:
-            diffusers_logging.set_verbosity(level)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -402,7 +396,7 @@ def _from_pretrained(family: Family, source: str, dtype: Any, local_only: bool, 
         kwargs["device_map"] = device  # diffusers' one-device map: every component on it, pipe.to() still allowed
     kwargs.update(family.pretrained_kwargs)
     try:
-        with warnings.catch_warnings(), _quiet_loading():
+        with warnings.catch_warnings(), loading_bars_off():
             # diffusers >= 0.42 renamed torch_dtype to dtype; older releases know only torch_dtype.
             warnings.filterwarnings("ignore", message=".*use `dtype` instead", category=FutureWarning)
             pipe = family.pipeline_type().from_pretrained(source, use_safetensors=True, local_files_only=local_only, **kwargs)
@@ -426,22 +420,6 @@ def _declared_class(source: str, local_only: bool) -> str | None:
     except Exception:  # offline, no such file: a plain model as far as loading can tell
         return None
     return name if isinstance(name, str) else None
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No per-component loading bars: the caller reports progress in its own terms."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
-    for module in restore:
-        module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module in restore:
-            module.enable_progress_bar()
 
 
 def _hub_family(model_id: str) -> str:

@@ -19,19 +19,18 @@ The same seed gives the same bytes.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import json
 import math
 import os
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
+from lorastory.models.quiet import quiet_transformers
 
 CLIP_FAMILIES = ("clip", "chinese-clip")
 CLIP_VOCAB_SIZE = 49408
@@ -181,23 +180,6 @@ def _portable_processor_files(folder: Path, class_name: str, processor_class: st
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     legacy = {**image, "processor_class": processor_class}
     (folder / "preprocessor_config.json").write_text(json.dumps(legacy, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' warnings (the 'falling back to the Pil processor' one) and progress bars."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def build_tiny_clip(

@@ -25,7 +25,7 @@ from lorastory.models.captioners.vlm import VlmCaptioner
 from lorastory.models.captioners.wd14 import MODEL_FILE, TAGS_FILE, TagThresholds, Wd14Tagger, is_tagger_folder
 from lorastory.hub import check_source
 from lorastory.models.captioners.toy import ToyCaptioner
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 
 OPTION = "--model"
 TOY = "toy"

@@ -18,7 +18,7 @@ from typing import Any
 from lorastory.errors import ConfigError
 from lorastory.fileio import atomic_dir
 from lorastory.models.captioners.base import DEFAULT_PROMPTS
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 from lorastory.models.toy import toy_captions
 
 TINY_KINDS = ("blip", "blip2", "florence2", "qwen2_5_vl", "wd14")

@@ -21,7 +21,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from lorastory.models.tiny_clip import quiet_transformers
+from lorastory.models.quiet import quiet_transformers
 
 # Where an Edit model keeps its Qwen2-VL image processor's settings (the diffusers folder's processor component).
 PROCESSOR_CONFIG = "processor/preprocessor_config.json"
