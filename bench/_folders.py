@@ -131,7 +131,7 @@ def make_data(folder: Path, count: int, size: int) -> None:
 def tiny_story(source: Path, target: Path, size: int = 64, steps: int = 2) -> Path:
     """A copy of a story file with small panels and few steps (the CPU smoke tests)."""
     from lorastory.config import read_yaml
-    from lorastory.generate.story import Story
+    from lorastory.generate.story_file import Story
 
     data = read_yaml(source)
     data.setdefault("defaults", {}).update(width=size, height=size, steps=steps)

@@ -40,7 +40,7 @@ RESULT = "consistency_effect"
 
 def story_for(story: Any, mode: str, args: argparse.Namespace) -> Any:
     """The story with ``mode`` (and the command line's size, steps and IP-Adapter) applied."""
-    from lorastory.generate.story import with_consistency
+    from lorastory.generate.story_file import with_consistency
 
     changes: dict[str, Any] = {"mode": mode}
     if args.ip_adapter:
@@ -164,7 +164,7 @@ def main() -> int:
 
     from lorastory.models.clip import DEFAULT_CLIP
     from lorastory.eval.report import load_scorers
-    from lorastory.generate.story import load_story
+    from lorastory.generate.story_file import load_story
 
     args.clip = args.clip or DEFAULT_CLIP
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

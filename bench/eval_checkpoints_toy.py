@@ -29,7 +29,7 @@ from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.eval.checkpoints import evaluate_checkpoints
 from lorastory.eval.selection import combined_score
 from lorastory.eval.sweep import sweep_scales
-from lorastory.generate.story import load_story, panel_prompt
+from lorastory.generate.story_file import load_story, panel_prompt
 from lorastory.models.toy import TOY_RESOLUTION, write_toy_model
 from lorastory.toyworld.dataset import write_toy_dataset
 from lorastory.train.config import TrainConfig

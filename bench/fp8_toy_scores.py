@@ -41,7 +41,8 @@ import torch
 from lorastory.data.dataset import ImportConfig, export_csv, import_dataset
 from lorastory.eval.report import evaluate_run, load_scorers
 from lorastory.generate.speed import prepare_for_speed
-from lorastory.generate.story import generate_story, load_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import load_story
 from lorastory.images import load_rgb
 from lorastory.models.lora.apply import apply_lora
 from lorastory.models.registry import load_pipeline

@@ -54,7 +54,8 @@ def per_step_ms(per_step: list[float], panels: int, steps: range) -> float | Non
 
 def smoke(rec: Recorder, device: str) -> None:
     """``generate_story`` on the tiny model in every mode on ``device``: the library path, not the cost."""
-    from lorastory.generate.story import Story, generate_story
+    from lorastory.generate.story import generate_story
+    from lorastory.generate.story_file import Story
     from lorastory.models.ip_adapter import build_tiny_ip_adapter
     from lorastory.models.tiny import build_tiny_model
 

@@ -50,7 +50,8 @@ if str(ROOT / "src") not in sys.path:
 from lorastory.fileio import atomic_open  # noqa: E402
 from lorastory.generate.grid import make_storyboard, save_storyboard  # noqa: E402
 from lorastory.generate.pngmeta import PNG_COMPRESS_LEVEL, GenerationParams, png_info, save_png_with_info  # noqa: E402
-from lorastory.generate.story import PanelJob, load_story, resolve_panels  # noqa: E402
+from lorastory.generate.story import PanelJob  # noqa: E402
+from lorastory.generate.story_file import load_story, resolve_panels  # noqa: E402
 from lorastory.generate.writer import PictureWriter, default_workers  # noqa: E402
 from lorastory.toyworld import STYLES, render, sample_scene  # noqa: E402
 

@@ -30,7 +30,8 @@ def test_documented_names_are_the_implementations() -> None:
     from lorastory.data.dataset import export_csv, import_dataset
     from lorastory.data.executor import run_recipe
     from lorastory.eval.report import evaluate_run
-    from lorastory.generate.story import generate_story, load_story
+    from lorastory.generate.story import generate_story
+    from lorastory.generate.story_file import load_story
     from lorastory.train.config import TrainConfig
     from lorastory.train.trainer import train as train_fn
 

@@ -28,7 +28,8 @@ from lorastory.eval.report import evaluate_run
 from lorastory.eval.sweep import sweep_scales
 from lorastory.errors import OutputError
 from lorastory.fileio import atomic_write_text, display_path
-from lorastory.generate.story import Story, generate_story, load_story, panel_prompt
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story, load_story, panel_prompt
 from lorastory.models.captioners.loader import load_captioner
 from lorastory.models.captioners.toy import held_out_accuracy
 from lorastory.models.toy import TOY_RESOLUTION, write_toy_model

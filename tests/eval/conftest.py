@@ -57,7 +57,8 @@ def lora_file(tiny_model_path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def story_run(tiny_model_path, lora_file, tmp_path_factory) -> Path:
     """A generated 3-panel run (64 px, 2 steps) of the tiny Kolors model with the LoRA at 0.8."""
-    from lorastory.generate.story import generate_story, load_story
+    from lorastory.generate.story import generate_story
+    from lorastory.generate.story_file import load_story
 
     folder = tmp_path_factory.mktemp("story")
     (folder / "story.yaml").write_text(STORY, encoding="utf-8")

@@ -21,7 +21,8 @@ from lorastory.generate.consistency import (
 from lorastory.generate.consistency_settings import ConsistencySettings
 from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.regenerate import regenerate_panel
-from lorastory.generate.story import Story, generate_story, with_consistency
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story, with_consistency
 
 PANELS, TOKENS, DIM = 3, 12, 16
 

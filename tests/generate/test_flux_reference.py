@@ -14,7 +14,8 @@ from PIL import Image
 
 from lorastory.errors import ConfigError
 from lorastory.generate.pngmeta import read_parameters
-from lorastory.generate.story import generate_story, load_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import load_story
 from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS, build_tiny_ip_adapter, ip_adapter_loaded, resolve_ip_adapter
 from lorastory.models.registry import ModelLoadError, load_pipeline
 

@@ -12,7 +12,8 @@ import torch
 from lorastory.generate.consistency import shared_attention
 from lorastory.generate.consistency_settings import ConsistencySettings
 from lorastory.generate.pngmeta import read_parameters
-from lorastory.generate.story import Story, generate_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story
 from lorastory.models.families.flux_attention import FluxSharedAttnProcessor
 from lorastory.models.registry import load_pipeline
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from lorastory.generate.pngmeta import read_parameters
-from lorastory.generate.story import Story, generate_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story
 from lorastory.images import load_rgb
 from lorastory.models.registry import load_pipeline
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lorastory.errors import ConfigError, DataError, OutputError
-from lorastory.generate.story import generate_story, load_story, manifest_panels
+from lorastory.generate.story import generate_story, manifest_panels
+from lorastory.generate.story_file import load_story
 
 STORY = """\
 # my story: this comment must survive

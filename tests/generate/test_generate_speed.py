@@ -84,7 +84,9 @@ def test_a_pipeline_compiled_after_an_auto_skip_reports_only_the_compile(tiny_mo
 def test_generate_story_fast_on_cpu_matches_the_plain_path(tmp_path, tiny_model_path):
     from PIL import Image
 
-    from lorastory.generate.story import Story, generate_story
+    from lorastory.generate.story import generate_story
+
+    from lorastory.generate.story_file import Story
 
     story = Story.model_validate({"defaults": {"steps": 3, "width": 64, "height": 64},
                                   "panels": [{"prompt": "少女"}, {"prompt": "a fox"}]})
@@ -212,7 +214,8 @@ def test_fp8_linear_on_cuda_is_close_to_bf16(monkeypatch):
 
 @pytest.mark.gpu
 def test_generate_story_on_cuda_is_fast_by_default(tmp_path, tiny_model_path):
-    from lorastory.generate.story import Story, generate_story
+    from lorastory.generate.story import generate_story
+    from lorastory.generate.story_file import Story
 
     story = Story.model_validate({"defaults": {"steps": 3, "width": 64, "height": 64},
                                   "panels": [{"prompt": "少女"}, {"prompt": "a fox"}]})

@@ -66,7 +66,9 @@ def test_flux_fast_path_fuses_qkv_and_keeps_the_pixels(tiny_model_path):
 def test_flux_story_on_the_fast_path_gives_the_plain_pixels(tmp_path, tiny_model_path):
     from PIL import Image
 
-    from lorastory.generate.story import Story, generate_story
+    from lorastory.generate.story import generate_story
+
+    from lorastory.generate.story_file import Story
 
     story = Story.model_validate({"defaults": {"steps": 2, "width": 64, "height": 64},
                                   "panels": [{"prompt": "a girl"}, {"prompt": "a fox"}]})

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from lorastory.generate.offload import ModelSizes, plan_offload
-from lorastory.generate.story import generate_story, load_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import load_story
 
 GIB = 2**30
 # Kolors: UNet 2.58 B parameters (fp8-weights: its transformer blocks' Linear layers at one byte), ChatGLM3-6B, VAE.

@@ -16,7 +16,8 @@ from PIL import Image
 
 from lorastory.errors import ConfigError
 from lorastory.generate.pngmeta import read_parameters
-from lorastory.generate.story import generate_story, load_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import load_story
 from lorastory.models.registry import denoiser, detect_family, family_of_pipeline, load_pipeline
 
 

@@ -11,7 +11,8 @@ import torch
 
 from lorastory.generate.consistency import shared_attention
 from lorastory.generate.consistency_settings import ConsistencySettings
-from lorastory.generate.story import Story, generate_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story
 from lorastory.images import load_rgb
 from lorastory.models.families.qwen_image_attention import QwenImageSharedAttnProcessor
 from lorastory.models.registry import load_pipeline

@@ -13,7 +13,8 @@ from lorastory.errors import ConfigError
 from lorastory.generate.grid import make_storyboard
 from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.samplers import SAMPLERS
-from lorastory.generate.story import Story, generate_story, load_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story, load_story
 
 STORY = """\
 title: 紫发少女
@@ -150,7 +151,7 @@ def test_cli_reports_a_bad_story_in_one_line(tmp_path, cli):
 
 def test_reference_story_example_matches_the_workflow():
     story = load_story("examples/story_kolors_anime.yaml")
-    from lorastory.generate.story import resolve_panels
+    from lorastory.generate.story_file import resolve_panels
 
     jobs = resolve_panels(story)
     assert [j.seed for j in jobs] == [1, 1, 2, 5, 0, 1, 7, 0]

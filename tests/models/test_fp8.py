@@ -94,7 +94,9 @@ def test_fp8_without_torchao_says_what_to_install(monkeypatch):
 def test_train_and_generate_on_cuda_with_an_fp8_base(tmp_path, tiny_model_path, style_train_folder, base_dtype):
     import math
 
-    from lorastory.generate.story import Story, generate_story
+    from lorastory.generate.story import generate_story
+
+    from lorastory.generate.story_file import Story
     from lorastory.train.config import TrainConfig
     from lorastory.train.trainer import train
 

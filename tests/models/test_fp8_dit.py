@@ -101,7 +101,9 @@ def test_fp8_weights_flux_passes_the_lora_gradient_as_bf16_does(tiny_model_path)
 def test_flux_trains_and_renders_on_cuda_with_an_fp8_base(tmp_path, tiny_model_path, style_train_folder, base_dtype):
     import math
 
-    from lorastory.generate.story import Story, generate_story
+    from lorastory.generate.story import generate_story
+
+    from lorastory.generate.story_file import Story
     from lorastory.train.config import TrainConfig
     from lorastory.train.trainer import train
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from lorastory.generate.story import load_story
+from lorastory.generate.story_file import load_story
 from lorastory.models.registry import FAMILIES, Family, register_family, unregister_family
 from lorastory.ui import actions
 from lorastory.ui.actions.families import model_picker

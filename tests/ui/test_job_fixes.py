@@ -12,7 +12,7 @@ from lorastory.demo import EXAMPLES
 from lorastory.errors import ConfigError, DataError, TrainingError
 from lorastory.eval.compare import _half
 from lorastory.generate.pngmeta import read_parameters
-from lorastory.generate.story import load_story
+from lorastory.generate.story_file import load_story
 from lorastory.train.checkpoint import list_checkpoints
 from lorastory.ui import actions, presets
 from lorastory.ui.formstore import FormStore

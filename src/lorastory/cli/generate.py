@@ -13,7 +13,8 @@ from lorastory.fileio import display_path
 from lorastory.generate.grid import check_grid_output, check_grid_text, parse_size, save_storyboard
 from lorastory.generate.pngmeta import read_parameters
 from lorastory.generate.regenerate import regenerate_panel
-from lorastory.generate.story import generate_story, load_story, with_consistency
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import load_story, with_consistency
 
 
 def _on_off_auto(value: str, flag: str) -> bool | None:

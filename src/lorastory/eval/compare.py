@@ -24,7 +24,8 @@ from lorastory.eval.scores import SCORES_FILE, Scores, score_caption
 from lorastory.fileio import atomic_write_json, file_sha256
 from lorastory.generate.grid import save_storyboard
 from lorastory.generate.manifest import RunManifest
-from lorastory.generate.story import generate_story, load_story, lora_tag_name
+from lorastory.generate.story import generate_story, lora_tag_name
+from lorastory.generate.story_file import load_story
 from lorastory.models.registry import FAMILIES, load_pipeline
 
 COMPARE_DIR = "compare"

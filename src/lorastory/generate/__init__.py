@@ -14,6 +14,7 @@ Heavy libraries (torch, diffusers) load only when a story renders.
 """
 
 from lorastory.generate.regenerate import regenerate_panel
-from lorastory.generate.story import Story, StoryResult, generate_story, load_story
+from lorastory.generate.story import StoryResult, generate_story
+from lorastory.generate.story_file import Story, load_story
 
 __all__ = ["Story", "StoryResult", "generate_story", "load_story", "regenerate_panel"]

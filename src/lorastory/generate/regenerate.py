@@ -30,7 +30,8 @@ from lorastory.generate.rundir import (
     remove_staging,
     write_json,
 )
-from lorastory.generate.story import StepCallback, Story, generate_story, load_story, with_consistency
+from lorastory.generate.story import StepCallback, generate_story
+from lorastory.generate.story_file import Story, load_story, with_consistency
 
 
 def _check_run(folder: Path, index: int) -> tuple[Story, RunManifest]:

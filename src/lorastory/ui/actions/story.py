@@ -14,7 +14,8 @@ from lorastory.fileio import atomic_open, replace_dir
 from lorastory.generate.guidance import check_true_cfg
 from lorastory.generate.regenerate import regenerate_panel
 from lorastory.generate.rundir import read_manifest
-from lorastory.generate.story import Story, generate_story
+from lorastory.generate.story import generate_story
+from lorastory.generate.story_file import Story
 from lorastory.hub import hub_reachable
 from lorastory.models.ip_adapter import DEFAULT_IP_ADAPTERS
 from lorastory.ui.actions.families import model_family

@@ -8,7 +8,7 @@ from typing import Any
 
 from lorastory.demo import EXAMPLES
 from lorastory.generate.samplers import SAMPLERS
-from lorastory.generate.story import load_story
+from lorastory.generate.story_file import load_story
 from lorastory.models.fp8 import BASE_DTYPES
 from lorastory.ui import actions
 from lorastory.ui.actions.families import FormFit, fit_for, model_picker
