@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU runs still owed to issues 21 and 23, in priority order, on one lent GPU machine whose calls last 10 minutes.
+# A queue of GPU runs, in priority order, on one lent GPU machine whose calls last 10 minutes. It holds the last
+# queue run (2026-12-03: the 12 GB story after its fix; bench/RESULTS.md, fifth queue): edit `queue` for the next.
 #
 # The first call starts the queue in its own process session (it outlives the call while the machine stays
 # warm); every call waits up to WAIT seconds, then packs what has finished into $OUT/results.tgz. Call it
