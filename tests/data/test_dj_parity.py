@@ -44,6 +44,10 @@ TEXT_OPS = (
 # Issue 19's model-backed image ops: their cases run tiny random models committed under
 # cases/models/ (built by scripts/dj_parity_models.py), which Data-Juicer loads from the folder too.
 MODEL_OPS = ("image_nsfw_filter", "image_watermark_filter", "image_text_matching_filter", "image_pair_similarity_filter")
+# A model's float32 outputs move with the transformers release (5.24, against the one the Data-Juicer runs were
+# recorded under, moved the ViT scores by up to 3e-7 and a BLIP ITM score of the noise picture by 2.4e-6): the
+# tolerance of a case that runs one, still six digits.
+MODEL_STATS_REL_TOL = 1e-5
 
 # Ray runs the very same op chain as the local executor (executor_ray hands each actor a
 # _Chain), so what the Ray run adds is building the ops inside actors: one case per kind of op
@@ -96,7 +100,8 @@ def _differences(case: dict, expected: dict, got: tuple[list[dict], list[dict]] 
                 break
         return problems
     ignored = set(case.get("ignore_stats") or [])
-    rel_tol = float(case.get("stats_rel_tol", 1e-9))
+    runs_a_model = any(name in MODEL_OPS for entry in (case.get("process") or []) for name in entry)
+    rel_tol = float(case.get("stats_rel_tol", MODEL_STATS_REL_TOL if runs_a_model else 1e-9))
     for index, (want, have) in enumerate(zip(expected["stats"], stats)):
         for key in set(want) | set(have):
             if key in ignored:

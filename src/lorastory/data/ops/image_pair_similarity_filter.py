@@ -42,7 +42,9 @@ class ImagePairSimilarityFilter(ClipFilter):
         if len(paths) != 2 or paths[0] == paths[1]:
             raise DataError(f"{self.name} needs exactly two different images per row, this one has {len(set(paths))}")
         embeddings = self._model().image_embeddings([sample.image_rgb(p) for p in paths])
-        sample.stats[STATS_KEY] = [float(embeddings[0] @ embeddings[1])]
+        # A cosine is at most 1, but float32 rounding can put two copies of one picture at 1.0000002: past the
+        # default max_score of 1.0, which would drop exactly the pairs a near-duplicate recipe is looking for.
+        sample.stats[STATS_KEY] = [min(1.0, max(-1.0, float(embeddings[0] @ embeddings[1])))]
 
     def keep(self, stats: dict[str, Any]) -> bool:
         p = self.params
