@@ -63,8 +63,13 @@ class OffloadPlan:
     text_encoder_dtype: str = "default"  # "default" (as loaded) or "fp8-weights"
     denoiser_dtype: str = "default"  # "default", "fp8" or "fp8-weights"
     batch: int = 1
-    vae_slicing: bool = False
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def vae_slicing(self) -> bool:
+        """A batch decodes one picture at a time: one picture's decode is within a panel's figure, while a
+        batch's decode was seen running out of memory (the module docstring)."""
+        return self.applies and self.batch > 1
 
     def __str__(self) -> str:
         return f"offload: {self.reason}" if not self.applies else f"offload: {'; '.join(self.notes)}"
@@ -113,7 +118,6 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
     dtype, weights, fits = chosen
     most = max(1, min(fits, panels, MAX_PLAN_BATCH))
     batch = batch_size or math.ceil(panels / math.ceil(panels / most))  # as many calls, evened out: 4 + 4, not 5 + 3
-    slicing = batch > 1  # one picture's decode is within a panel's figure; a batch's was seen running out
     stored = {"default": loaded_dtype, "fp8": "fp8", "fp8-weights": "fp8-weights"}[dtype]
     why = ("as --base-dtype asks" if base_dtype != "default"
            else f"in {loaded_dtype} it and a panel exceed the budget" if dtype != "default" else "")
@@ -123,9 +127,9 @@ def plan_offload(sizes: ModelSizes, budget: float, *, panels: int, megapixels: f
              f"batch {batch} {'as --batch-size asks' if batch_size else 'by the ' + _gb(budget) + ' budget'}"
              f"{f' (the budget holds {fits})' if over else ''} "
              f"({_gb(per_panel)} a panel)"]
-    if slicing:
+    if batch > 1:
         notes.append("VAE decodes one picture at a time")
-    return OffloadPlan(True, "planned", text_dtype, dtype, batch, slicing, tuple(notes))
+    return OffloadPlan(True, "planned", text_dtype, dtype, batch, tuple(notes))
 
 
 def _bytes(model: Any, fp8_names: list[str] = ()) -> tuple[int, int]:
